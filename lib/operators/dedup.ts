@@ -1,0 +1,67 @@
+import { defer, filter, type MonoTypeOperatorFunction } from 'rxjs';
+import { LRUCache } from 'lru-cache';
+
+/** Options of {@link dedup}. Every default is sized for a chat network; see each field for why. */
+export interface DedupOptions<T> {
+  /** The id of a value; values with an id seen before are dropped. */
+  readonly key: (value: T) => string;
+  /**
+   * The sender's timestamp of a value (ms since the epoch). When given, values older than
+   * `maxAgeMs` or further than `maxSkewMs` in the future are dropped: the timestamp gate that keeps a
+   * message whose id left the cache from looping again.
+   */
+  readonly time?: (value: T) => number;
+  /** Most ids remembered. Default 100,000: a few MB, and many minutes of a busy chat. */
+  readonly max?: number;
+  /** Oldest timestamp accepted, relative to now. Default 10 minutes: tolerates slow links and clock drift. */
+  readonly maxAgeMs?: number;
+  /** Furthest future timestamp accepted. Default 2 minutes of clock skew between nodes. */
+  readonly maxSkewMs?: number;
+  /** Clock, ms since the epoch. Default `Date.now`; tests pass the scheduler's. */
+  readonly now?: () => number;
+}
+
+export const DEDUP_DEFAULTS = { max: 100_000, maxAgeMs: 10 * 60_000, maxSkewMs: 2 * 60_000 } as const;
+
+function positiveInteger(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1)
+    throw new RangeError(`dedup: ${name} must be a positive integer, got ${value}`);
+  return value;
+}
+
+/**
+ * Passes each value whose key was not seen before, within a bounded memory.
+ *
+ * Ids are kept in an LRU (lru-cache) bounded by `max` entries and by age: an id is remembered for
+ * `maxAgeMs + maxSkewMs`, and with a `time` function the timestamp gate drops what is older than
+ * `maxAgeMs` (or further than `maxSkewMs` ahead), so every value the gate lets through is one whose
+ * id is still in the cache if it was seen. Only ids are stored, never values.
+ *
+ * State is per subscription. Completes and errors with the source; a throwing `key` or `time`
+ * becomes an error notification.
+ * @throws {RangeError} at call time for a non-positive `max`, `maxAgeMs` or `maxSkewMs`.
+ */
+export function dedup<T>(options: DedupOptions<T>): MonoTypeOperatorFunction<T> {
+  const max = positiveInteger('max', options.max ?? DEDUP_DEFAULTS.max);
+  const maxAgeMs = positiveInteger('maxAgeMs', options.maxAgeMs ?? DEDUP_DEFAULTS.maxAgeMs);
+  const maxSkewMs = positiveInteger('maxSkewMs', options.maxSkewMs ?? DEDUP_DEFAULTS.maxSkewMs);
+  const now = options.now ?? Date.now;
+  const { key, time } = options;
+  return (source) =>
+    defer(() => {
+      const seen = new LRUCache<string, true>({ max, ttl: maxAgeMs + maxSkewMs, perf: { now } });
+      return source.pipe(
+        filter((value) => {
+          if (time !== undefined) {
+            const ts = time(value);
+            const t = now();
+            if (ts < t - maxAgeMs || ts > t + maxSkewMs) return false;
+          }
+          const id = key(value);
+          if (seen.has(id)) return false;
+          seen.set(id, true);
+          return true;
+        }),
+      );
+    });
+}

@@ -1,0 +1,5 @@
+export * from './decode.js';
+export * from './dedup.js';
+export * from './merge-peers.js';
+export * from './relay.js';
+export type * from './types.js';

@@ -1,0 +1,83 @@
+import { isIP } from 'node:net';
+
+/** A TCP endpoint. `host` is a name, an IPv4 address or an IPv6 address without brackets. */
+export interface Address {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Why a `host:port` string was refused; thrown by {@link parseAddress}. */
+export class AddressError extends Error {
+  override readonly name = 'AddressError';
+}
+
+const HOSTNAME =
+  /^(?=.{1,253}$)[a-zA-Z0-9_](?:[a-zA-Z0-9_-]{0,62})(?:\.[a-zA-Z0-9_](?:[a-zA-Z0-9_-]{0,62}))*\.?$/;
+
+/** Parses a port number written in decimal, 1..65535 (or 0..65535 with `allowZero`). */
+export function parsePort(text: string, allowZero = false): number {
+  if (!/^\d{1,5}$/.test(text)) throw new AddressError(`port ${JSON.stringify(text)} is not a number`);
+  const port = Number(text);
+  if (port > 65535 || (port === 0 && !allowZero)) {
+    throw new AddressError(`port ${port} is out of range (${allowZero ? 0 : 1}-65535)`);
+  }
+  return port;
+}
+
+/**
+ * Parses `host:port` as users type it: `localhost:8002`, `127.0.0.1:8002`, `[::1]:8002`.
+ * @throws {AddressError} naming what is wrong.
+ */
+export function parseAddress(text: string): Address {
+  let host: string;
+  let portText: string;
+  if (text.startsWith('[')) {
+    const close = text.indexOf(']');
+    if (close < 0 || text[close + 1] !== ':')
+      throw new AddressError(`${JSON.stringify(text)}: expected [ipv6]:port`);
+    host = text.slice(1, close);
+    portText = text.slice(close + 2);
+    if (isIP(host) !== 6)
+      throw new AddressError(`${JSON.stringify(text)}: ${JSON.stringify(host)} is not an IPv6 address`);
+  } else {
+    const colon = text.lastIndexOf(':');
+    if (colon <= 0) throw new AddressError(`${JSON.stringify(text)}: expected host:port`);
+    host = text.slice(0, colon);
+    portText = text.slice(colon + 1);
+    if (host.includes(':')) {
+      throw new AddressError(
+        `${JSON.stringify(text)}: write an IPv6 address in brackets, as [${host}]:${portText}`,
+      );
+    }
+    if (isIP(host) === 0 && !HOSTNAME.test(host)) {
+      throw new AddressError(
+        `${JSON.stringify(text)}: ${JSON.stringify(host)} is not a host name or IP address`,
+      );
+    }
+  }
+  return { host: normalizeHost(host), port: parsePort(portText) };
+}
+
+/** Writes an address the way {@link parseAddress} reads it (IPv6 in brackets). */
+export function formatAddress(address: Address): string {
+  return isIP(address.host) === 6 ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
+}
+
+/** Lower-cases names and unwraps IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1` → `10.0.0.1`). */
+export function normalizeHost(host: string): string {
+  const lower = host.toLowerCase();
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(lower);
+  return mapped !== null ? mapped[1]! : lower;
+}
+
+/** True for loopback addresses and `localhost`. */
+export function isLoopback(host: string): boolean {
+  const h = normalizeHost(host);
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
+}
+
+/** True for addresses that mean "any interface" and must never be advertised. */
+export function isUnspecified(host: string): boolean {
+  const h = normalizeHost(host);
+  return h === '0.0.0.0' || h === '::';
+}

@@ -1,0 +1,168 @@
+import { ProtocolError } from './errors.js';
+
+/**
+ * Version of the wire protocol, sent in every hello. A node refuses a peer whose version differs.
+ * Bump it for any change an older node would misread.
+ */
+export const PROTOCOL_VERSION = 1;
+
+/** Longest nickname, in UTF-16 code units. Nicknames are display names only. */
+export const MAX_NICK_LENGTH = 32;
+/** Longest chat text, in UTF-16 code units (well under the frame limit even in 4-byte UTF-8). */
+export const MAX_TEXT_LENGTH = 16 * 1024;
+/** Most entries a peer list may carry; more is a protocol violation, not something to truncate. */
+export const MAX_PEERS_PER_LIST = 64;
+
+/** First frame on every connection, in both directions. */
+export interface HelloFrame {
+  readonly type: 'hello';
+  /** Protocol version, {@link PROTOCOL_VERSION}. */
+  readonly v: number;
+  /** The sender's node id. */
+  readonly id: string;
+  readonly nick: string;
+  /** The port the sender listens on; its host is taken from the socket. */
+  readonly port: number;
+  /** `host:port` the sender asks to be known by (from `--advertise`), instead of socket address + port. */
+  readonly addr?: string;
+}
+
+/** One chat message. Relays forward it unchanged. */
+export interface ChatFrame {
+  readonly type: 'chat';
+  /** Unique message id, the same on every node and every retry. */
+  readonly id: string;
+  /** Node id of the sender. */
+  readonly from: string;
+  readonly nick: string;
+  /** Sender's clock, milliseconds since the epoch. */
+  readonly ts: number;
+  readonly text: string;
+}
+
+/** A node that one peer knows, as sent in a peer list. */
+export interface PeerEntry {
+  readonly id: string;
+  /** `host:port` where the node listens, as `formatAddress` writes it. */
+  readonly addr: string;
+}
+
+/** The peers the sender is connected to. */
+export interface PeersFrame {
+  readonly type: 'peers';
+  readonly peers: readonly PeerEntry[];
+}
+
+/** Liveness probe; answered by a pong with the same nonce. */
+export interface PingFrame {
+  readonly type: 'ping';
+  readonly n: number;
+}
+
+export interface PongFrame {
+  readonly type: 'pong';
+  readonly n: number;
+}
+
+export type Frame = HelloFrame | ChatFrame | PeersFrame | PingFrame | PongFrame;
+export type FrameType = Frame['type'];
+
+/** Frame types of protocol version 1. Append-only. */
+export const FRAME_TYPES: readonly FrameType[] = ['hello', 'chat', 'peers', 'ping', 'pong'];
+
+const ID_PATTERN = /^[0-9a-zA-Z_-]{1,64}$/;
+
+type Json = Record<string, unknown>;
+
+function bad(message: string): never {
+  throw new ProtocolError('ERR_BAD_FRAME', message);
+}
+
+function str(o: Json, key: string, max: number, pattern?: RegExp): string {
+  const value = o[key];
+  if (typeof value !== 'string') bad(`${key} must be a string`);
+  if (value.length > max) bad(`${key} is longer than ${max}`);
+  if (pattern !== undefined && !pattern.test(value)) bad(`${key} is malformed`);
+  return value;
+}
+
+function int(o: Json, key: string, min: number, max: number): number {
+  const value = o[key];
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    bad(`${key} must be an integer in ${min}..${max}`);
+  }
+  return value;
+}
+
+/** Parses one frame payload (UTF-8 JSON) into a validated {@link Frame}. */
+export function parseFrame(payload: Buffer): Frame {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw new ProtocolError('ERR_BAD_JSON', 'frame is not valid JSON');
+  }
+  return validateFrame(raw);
+}
+
+/**
+ * Checks that a decoded JSON value is a well-formed frame and returns it typed. Unknown extra fields
+ * are dropped (newer senders may add fields within one protocol version).
+ * @throws {ProtocolError} `ERR_BAD_FRAME` or `ERR_UNKNOWN_TYPE`.
+ */
+export function validateFrame(raw: unknown): Frame {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) bad('frame must be a JSON object');
+  const o = raw as Json;
+  const type = o['type'];
+  switch (type) {
+    case 'hello': {
+      const v = int(o, 'v', 0, 0xffff);
+      if (v !== PROTOCOL_VERSION) {
+        throw new ProtocolError(
+          'ERR_PROTOCOL_VERSION',
+          `protocol version ${v}, this node speaks ${PROTOCOL_VERSION}`,
+        );
+      }
+      const hello: HelloFrame = {
+        type,
+        v,
+        id: str(o, 'id', 64, ID_PATTERN),
+        nick: str(o, 'nick', MAX_NICK_LENGTH),
+        port: int(o, 'port', 1, 65535),
+      };
+      return o['addr'] === undefined ? hello : { ...hello, addr: str(o, 'addr', 300) };
+    }
+    case 'chat':
+      return {
+        type,
+        id: str(o, 'id', 64, ID_PATTERN),
+        from: str(o, 'from', 64, ID_PATTERN),
+        nick: str(o, 'nick', MAX_NICK_LENGTH),
+        ts: int(o, 'ts', 0, Number.MAX_SAFE_INTEGER),
+        text: str(o, 'text', MAX_TEXT_LENGTH),
+      };
+    case 'peers': {
+      const list = o['peers'];
+      if (!Array.isArray(list)) bad('peers must be an array');
+      if (list.length > MAX_PEERS_PER_LIST)
+        bad(`peer list of ${list.length} entries, the limit is ${MAX_PEERS_PER_LIST}`);
+      const peers = list.map((entry: unknown): PeerEntry => {
+        if (typeof entry !== 'object' || entry === null) bad('peer entry must be an object');
+        const e = entry as Json;
+        return { id: str(e, 'id', 64, ID_PATTERN), addr: str(e, 'addr', 300) };
+      });
+      return { type, peers };
+    }
+    case 'ping':
+    case 'pong':
+      return { type, n: int(o, 'n', 0, 0xffff_ffff) };
+    default:
+      if (typeof type !== 'string') bad('frame type must be a string');
+      throw new ProtocolError('ERR_UNKNOWN_TYPE', `unknown frame type ${JSON.stringify(type.slice(0, 32))}`);
+  }
+}
+
+/** Serialises a frame to its payload (without the length prefix). */
+export function serializeFrame(frame: Frame): Buffer {
+  return Buffer.from(JSON.stringify(frame), 'utf8');
+}
