@@ -64,11 +64,21 @@ export interface PongFrame {
   readonly n: number;
 }
 
-export type Frame = HelloFrame | ChatFrame | PeersFrame | PingFrame | PongFrame;
+/**
+ * The sender is about to close this connection, and why: `shutdown` (the node is stopping), `full`
+ * (it has --max-peers peers), `duplicate` (another connection between the same two nodes is kept; the
+ * receiver closes this one once it has that other connection).
+ */
+export interface ByeFrame {
+  readonly type: 'bye';
+  readonly reason: string;
+}
+
+export type Frame = HelloFrame | ChatFrame | PeersFrame | PingFrame | PongFrame | ByeFrame;
 export type FrameType = Frame['type'];
 
 /** Frame types of protocol version 1. Append-only. */
-export const FRAME_TYPES: readonly FrameType[] = ['hello', 'chat', 'peers', 'ping', 'pong'];
+export const FRAME_TYPES: readonly FrameType[] = ['hello', 'chat', 'peers', 'ping', 'pong', 'bye'];
 
 const ID_PATTERN = /^[0-9a-zA-Z_-]{1,64}$/;
 
@@ -156,6 +166,8 @@ export function validateFrame(raw: unknown): Frame {
     case 'ping':
     case 'pong':
       return { type, n: int(o, 'n', 0, 0xffff_ffff) };
+    case 'bye':
+      return { type, reason: str(o, 'reason', 64) };
     default:
       if (typeof type !== 'string') bad('frame type must be a string');
       throw new ProtocolError('ERR_UNKNOWN_TYPE', `unknown frame type ${JSON.stringify(type.slice(0, 32))}`);

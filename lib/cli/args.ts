@@ -1,0 +1,139 @@
+import minimist from 'minimist';
+import { AddressError, parseAddress, parsePort, type Address } from '../protocol/address.js';
+import { MAX_NICK_LENGTH } from '../protocol/frames.js';
+import { LOG_LEVELS, type LogLevel } from '../node/log.js';
+
+/** What the command line asks for. */
+export interface CliOptions {
+  readonly port: number;
+  readonly peers: readonly Address[];
+  readonly host: string | undefined;
+  readonly advertise: Address | undefined;
+  readonly nick: string | undefined;
+  readonly json: boolean;
+  readonly maxPeers: number;
+  readonly logLevel: LogLevel;
+}
+
+export type ParsedArgs =
+  | { readonly kind: 'run'; readonly options: CliOptions }
+  | { readonly kind: 'help' }
+  | { readonly kind: 'version' };
+
+/** A command line that cannot be run; the CLI prints the message and the usage and exits 2. */
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+export const USAGE = `usage: p2p <port> [host:port ...] [options]
+
+Starts a chat node that listens on <port> (0: any free port), dials the given
+peers (host:port, [ipv6]:port), learns more peers from them, and sends each line
+typed on stdin to every node of the network.
+
+options:
+  --host ADDR          listen on this interface only (default: all interfaces)
+  --advertise H:P      address peers should dial for this node, instead of the
+                       one they see (port forwarding, NAT)
+  --nick NAME          display name, 1-${MAX_NICK_LENGTH} characters (default: $USER, or anon)
+  --json               one JSON event per line on stdout (see README)
+  --max-peers N        most connected peers (default 32)
+  --log-level LEVEL    error, warn, info or debug (default info), on stderr
+  -h, --help           show this help and exit
+  -v, --version        print the version and exit
+
+commands (type them in the chat): /help /peers /nick NAME /connect HOST:PORT /quit
+`;
+
+const STRINGS = ['host', 'advertise', 'nick', 'max-peers', 'log-level'] as const;
+const BOOLEANS = ['json', 'help', 'version'] as const;
+
+/**
+ * Parses the command line (without `node` and the script).
+ * @throws {UsageError} naming the first thing that is wrong.
+ */
+export function parseArgs(argv: readonly string[]): ParsedArgs {
+  const negative = argv.find((arg) => /^-\d/.test(arg));
+  if (negative !== undefined)
+    throw new UsageError(`${negative}: expected a port or count, not a negative number`);
+  const unknown: string[] = [];
+  const args = minimist([...argv], {
+    string: [...STRINGS],
+    boolean: [...BOOLEANS],
+    alias: { h: 'help', v: 'version' },
+    unknown: (arg) => {
+      if (/^-[^\d]/.test(arg) || arg.startsWith('--')) {
+        unknown.push(arg);
+        return false;
+      }
+      return true;
+    },
+  });
+  if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]!.replace(/=.*/, '')}`);
+  if (args['help'] === true) return { kind: 'help' };
+  if (args['version'] === true) return { kind: 'version' };
+
+  const positional = args._.map(String);
+  const [portText, ...peerTexts] = positional;
+  if (portText === undefined) throw new UsageError('missing <port>');
+  const port = wrap(() => parsePort(portText, true), 'port');
+  const peers = peerTexts.map((text) => wrap(() => parseAddress(text), 'peer'));
+
+  const advertiseText = single(args, 'advertise');
+  const advertise =
+    advertiseText === undefined ? undefined : wrap(() => parseAddress(advertiseText), '--advertise');
+  if (advertise !== undefined && (advertise.host === '0.0.0.0' || advertise.host === '::')) {
+    throw new UsageError(
+      '--advertise: 0.0.0.0 and :: mean "any interface" and cannot be dialled; give a real address',
+    );
+  }
+  const nick = single(args, 'nick');
+  if (nick !== undefined && (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /\p{Cc}/u.test(nick))) {
+    throw new UsageError(`--nick: a name of 1-${MAX_NICK_LENGTH} characters without control characters`);
+  }
+  const maxPeersText = single(args, 'max-peers');
+  let maxPeers = 32;
+  if (maxPeersText !== undefined) {
+    if (!/^\d+$/.test(maxPeersText) || Number(maxPeersText) < 1 || Number(maxPeersText) > 1024) {
+      throw new UsageError(`--max-peers: expected a number in 1..1024, got ${JSON.stringify(maxPeersText)}`);
+    }
+    maxPeers = Number(maxPeersText);
+  }
+  const levelText = single(args, 'log-level') ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(levelText)) {
+    throw new UsageError(
+      `--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(levelText)}`,
+    );
+  }
+  const host = single(args, 'host');
+  if (host === '') throw new UsageError('--host: expected an address');
+  return {
+    kind: 'run',
+    options: {
+      port,
+      peers,
+      host,
+      advertise,
+      nick,
+      json: args['json'] === true,
+      maxPeers,
+      logLevel: levelText as LogLevel,
+    },
+  };
+}
+
+function single(args: minimist.ParsedArgs, name: string): string | undefined {
+  const value: unknown = args[name];
+  if (value === undefined) return undefined;
+  if (Array.isArray(value)) throw new UsageError(`--${name} given more than once`);
+  return String(value);
+}
+
+function wrap<T>(parse: () => T, what: string): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof AddressError) throw new UsageError(`${what}: ${err.message}`);
+    throw err;
+  }
+}

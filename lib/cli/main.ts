@@ -1,0 +1,212 @@
+import { readFileSync } from 'node:fs';
+import type { Readable, Writable } from 'node:stream';
+import { Subscription } from 'rxjs';
+import { AddressError } from '../protocol/address.js';
+import { MAX_TEXT_LENGTH } from '../protocol/frames.js';
+import { levelLogger } from '../node/log.js';
+import { createNode, type P2PNode } from '../node/node.js';
+import { parseArgs, UsageError, USAGE, type CliOptions } from './args.js';
+import { jsonConsole, plainConsole, ttyConsole, type ConsoleSink } from './console.js';
+
+/** Standard streams and signals of a CLI run; tests and embedders can pass their own. */
+export interface CliIo {
+  readonly stdin: Readable & { isTTY?: boolean };
+  readonly stdout: Writable & { isTTY?: boolean };
+  readonly stderr: Writable;
+  readonly env: NodeJS.ProcessEnv;
+  /** Where SIGINT/SIGTERM are listened for. */
+  readonly signals: NodeJS.EventEmitter;
+}
+
+const defaultIo = (): CliIo => ({
+  stdin: process.stdin,
+  stdout: process.stdout,
+  stderr: process.stderr,
+  env: process.env,
+  signals: process,
+});
+
+/** How long close() may take before the CLI gives up waiting for sockets. */
+const CLOSE_GRACE_MS = 2000;
+
+export const HELP_TEXT = `commands:
+  /help              this list
+  /peers             the connected peers
+  /nick NAME         change your display name
+  /connect HOST:PORT dial a node (retried until it answers)
+  /quit              leave (Ctrl+C and Ctrl+D too)
+  //text             send a line that starts with /`;
+
+export function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
+    version: string;
+  };
+  return pkg.version;
+}
+
+/**
+ * Runs the CLI and resolves with its exit code: 0 after a clean shutdown, 1 for a runtime failure
+ * (port in use), 2 for a usage error. Never calls `process.exit`.
+ */
+export async function main(argv: readonly string[], io: CliIo = defaultIo()): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    io.stderr.write(`p2p: ${err.message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (parsed.kind === 'help') {
+    io.stdout.write(USAGE);
+    return 0;
+  }
+  if (parsed.kind === 'version') {
+    io.stdout.write(`p2p ${version()}\n`);
+    return 0;
+  }
+  return runNode(parsed.options, io);
+}
+
+async function runNode(options: CliOptions, io: CliIo): Promise<number> {
+  let quit: () => void = () => {};
+  const quitting = new Promise<void>((resolve) => (quit = resolve));
+  const mode = options.json ? 'json' : io.stdin.isTTY === true && io.stdout.isTTY === true ? 'tty' : 'plain';
+  const sink: ConsoleSink =
+    mode === 'json' ? jsonConsole(io) : mode === 'tty' ? ttyConsole(io, () => quit()) : plainConsole(io);
+  const log = levelLogger(options.logLevel, (line) => sink.log(line));
+
+  let node: P2PNode;
+  try {
+    node = await createNode({
+      port: options.port,
+      peers: options.peers,
+      nick: options.nick ?? defaultNick(io.env),
+      maxPeers: options.maxPeers,
+      log,
+      ...(options.host !== undefined ? { host: options.host } : {}),
+      ...(options.advertise !== undefined ? { advertise: options.advertise } : {}),
+    });
+  } catch (err) {
+    sink.close();
+    io.stderr.write(`p2p: ${listenFailure(err, options)}\n`);
+    return 1;
+  }
+
+  const subscription = new Subscription();
+  subscription.add(node.messages$.subscribe((m) => sink.message(m)));
+  subscription.add(
+    node.events$.subscribe((e) =>
+      e.type === 'peer-up' ? sink.peerUp(e.peer) : sink.peerDown(e.peer, e.reason),
+    ),
+  );
+  sink.ready({ id: node.id, port: node.port, nick: node.nick });
+
+  subscription.add(
+    sink.lines$.subscribe({
+      next: (line) => handleLine(line, node, sink, quit),
+      // At the end of piped input the node stays up, relaying, until a signal; a terminal's Ctrl+D quits.
+      complete: () => {
+        if (mode === 'tty') quit();
+      },
+    }),
+  );
+  const onSignal = (): void => quit();
+  io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+
+  await quitting;
+  io.signals.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  subscription.unsubscribe();
+  sink.close();
+  await Promise.race([node.close(), new Promise((resolve) => setTimeout(resolve, CLOSE_GRACE_MS).unref())]);
+  return 0;
+}
+
+function handleLine(raw: string, node: P2PNode, sink: ConsoleSink, quit: () => void): void {
+  const line = raw.replace(/\r$/, '');
+  if (line.trim().length === 0) return;
+  if (line.startsWith('/') && !line.startsWith('//')) {
+    runCommand(line, node, sink, quit);
+    return;
+  }
+  const text = line.startsWith('//') ? line.slice(1) : line;
+  if (text.length > MAX_TEXT_LENGTH) {
+    sink.notice(`message not sent: ${text.length} characters, the limit is ${MAX_TEXT_LENGTH}`);
+    return;
+  }
+  sink.sent(node.send(text));
+}
+
+function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => void): void {
+  const [command = '', ...rest] = line.trim().split(/\s+/);
+  const arg = rest.join(' ');
+  switch (command) {
+    case '/help':
+      sink.notice(HELP_TEXT);
+      return;
+    case '/peers':
+      sink.peers(node.peers());
+      return;
+    case '/nick':
+      try {
+        node.setNick(arg);
+        sink.setPrompt(node.nick);
+        sink.notice(`you are now ${node.nick}`);
+      } catch (err) {
+        if (!(err instanceof RangeError)) throw err;
+        sink.notice(`/nick: ${err.message}`);
+      }
+      return;
+    case '/connect':
+      try {
+        node.connect(arg);
+        sink.notice(`dialling ${arg}`);
+      } catch (err) {
+        if (!(err instanceof AddressError)) throw err;
+        sink.notice(`/connect: ${err.message}`);
+      }
+      return;
+    case '/quit':
+    case '/exit':
+      quit();
+      return;
+    default:
+      sink.notice(`unknown command ${command}; /help lists them (start a message with // to send a /)`);
+  }
+}
+
+function defaultNick(env: NodeJS.ProcessEnv): string {
+  const user = (env['USER'] ?? env['USERNAME'] ?? '').replace(/\p{Cc}/gu, '').slice(0, 32);
+  return user.length > 0 ? user : 'anon';
+}
+
+function listenFailure(err: unknown, options: CliOptions): string {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const where = options.host === undefined ? `port ${options.port}` : `${options.host} port ${options.port}`;
+  switch (code) {
+    case 'EADDRINUSE':
+      return `cannot listen on ${where}: it is already in use (another node running?); pick another port`;
+    case 'EACCES':
+      return `cannot listen on ${where}: permission denied (ports below 1024 need privileges)`;
+    case 'EADDRNOTAVAIL':
+      return `cannot listen on ${where}: ${options.host ?? 'that address'} is not an address of this host`;
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+      return `cannot listen on ${where}: cannot resolve ${options.host ?? 'the host'}`;
+    default:
+      if (err instanceof Error && code !== undefined) return `cannot listen on ${where}: ${err.message}`;
+      throw err;
+  }
+}
+
+/** Entry point of `bin/p2p`: runs {@link main} and exits with its code. */
+export function run(argv: readonly string[]): void {
+  main(argv).then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      // A bug, not a user or network error: show it whole.
+      console.error(err);
+      process.exit(70);
+    },
+  );
+}

@@ -1,0 +1,103 @@
+import type { Socket } from 'node:net';
+import { Subject, type Observable } from 'rxjs';
+import { formatAddress, normalizeHost } from '../protocol/address.js';
+import { FrameDecoder } from '../protocol/codec.js';
+import type { ProtocolError } from '../protocol/errors.js';
+import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
+import { decode, type Decoded } from '../operators/decode.js';
+import { fromSocket } from '../transport/from-socket.js';
+import { PeerWriter, type WriterOptions } from '../transport/writer.js';
+
+let nextConnectionNumber = 1;
+
+/**
+ * One TCP connection, from accept or dial to close. Owns its socket: the read side as `frames$`, the
+ * write side through a {@link PeerWriter} fed by the `outbox` subject.
+ */
+export class Connection {
+  /** A number for logs, unique in this process. */
+  readonly number = nextConnectionNumber++;
+  /** Decoded frames; completes or errors when the connection ends. Subscribe once. */
+  readonly frames$: Observable<Decoded>;
+  /** Host of the remote end, as the socket sees it (IPv4-mapped IPv6 unwrapped). */
+  readonly remoteHost: string;
+  /** Host of our end of the socket: the address the remote side reaches us at. */
+  readonly localHost: string;
+  /** The peer's hello, once received. */
+  hello: HelloFrame | undefined;
+  /** When the last frame arrived (ms, `Date.now`). */
+  lastSeen = Date.now();
+  /** Set when this node decided to close it, so the reason is logged once. */
+  closing = false;
+  /** Why it was closed, when this node knows (a protocol error, a timeout, a socket error). */
+  closeReason: string | undefined;
+  private readonly outbox = new Subject<Buffer>();
+  private readonly writer: PeerWriter;
+
+  constructor(
+    readonly socket: Socket,
+    /** True when this node dialled it. */
+    readonly outbound: boolean,
+    maxFrameBytes: number,
+    writerOptions: WriterOptions,
+    onWriteFault: (conn: Connection, err: ProtocolError) => void,
+    /** The address this node dialled, for outbound connections. */
+    readonly dialed?: string,
+  ) {
+    socket.setNoDelay(true);
+    this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
+    this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
+    this.frames$ = fromSocket(socket, new FrameDecoder(maxFrameBytes)).pipe(decode());
+    this.writer = new PeerWriter(socket, (err) => onWriteFault(this, err), writerOptions);
+    this.outbox.subscribe(this.writer);
+  }
+
+  /** The remote node's id, once its hello arrived. */
+  get peerId(): string | undefined {
+    return this.hello?.id;
+  }
+
+  /** `host:port` of the remote socket, as seen here. */
+  get remoteSocketAddress(): string {
+    return formatAddress({ host: this.remoteHost, port: this.socket.remotePort ?? 0 });
+  }
+
+  /** Where the remote node listens: its advertised address, or its socket host and hello port. */
+  get listenAddress(): string | undefined {
+    if (this.hello === undefined) return undefined;
+    return this.hello.addr ?? formatAddress({ host: this.remoteHost, port: this.hello.port });
+  }
+
+  /** A name for logs: "peer 3fa9c1 (bob) at 127.0.0.1:8002", or the socket address before hello. */
+  get label(): string {
+    const where = this.listenAddress ?? this.remoteSocketAddress;
+    return this.hello === undefined
+      ? `peer at ${where}`
+      : `peer ${this.hello.id.slice(0, 8)} (${this.hello.nick}) at ${where}`;
+  }
+
+  /** Queues a frame for sending. */
+  send(frame: Frame): void {
+    this.outbox.next(serializeFrame(frame));
+  }
+
+  /** Queues a payload that is already serialised (a relayed message). */
+  sendPayload(payload: Buffer): void {
+    this.outbox.next(payload);
+  }
+
+  /** Flushes what is queued and ends the connection; destroys it if the peer does not close in time. */
+  end(graceMs = 2000): void {
+    this.closing = true;
+    this.outbox.complete();
+    const timer = setTimeout(() => this.socket.destroy(), graceMs);
+    timer.unref();
+    this.socket.once('close', () => clearTimeout(timer));
+  }
+
+  /** Drops what is queued and closes the socket now. */
+  destroy(): void {
+    this.closing = true;
+    this.outbox.error(new Error('connection destroyed'));
+  }
+}

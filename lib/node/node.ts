@@ -1,0 +1,801 @@
+import { randomBytes } from 'node:crypto';
+import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
+import {
+  BehaviorSubject,
+  catchError,
+  EMPTY,
+  filter,
+  finalize,
+  map,
+  merge,
+  mergeMap,
+  share,
+  Subject,
+  Subscription,
+  throwError,
+  timeout,
+  type Observable,
+} from 'rxjs';
+import { formatAddress, isLoopback, isUnspecified, parseAddress, type Address } from '../protocol/address.js';
+import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.js';
+import { isPeerError, ProtocolError } from '../protocol/errors.js';
+import {
+  MAX_NICK_LENGTH,
+  MAX_PEERS_PER_LIST,
+  MAX_TEXT_LENGTH,
+  PROTOCOL_VERSION,
+  serializeFrame,
+  type ChatFrame,
+  type Frame,
+  type HelloFrame,
+  type PeerEntry,
+  type PeersFrame,
+} from '../protocol/frames.js';
+import type { Decoded } from '../operators/decode.js';
+import { dedup } from '../operators/dedup.js';
+import { mergePeers } from '../operators/merge-peers.js';
+import { relay } from '../operators/relay.js';
+import type { Inbound } from '../operators/types.js';
+import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
+import type { WriterOptions } from '../transport/writer.js';
+import { Connection } from './connection.js';
+import { silentLogger, type Logger } from './log.js';
+
+/** A chat message as the node delivers it. */
+export interface ChatMessage {
+  /** Unique id of the message, the same on every node. */
+  readonly id: string;
+  /** Node id of the sender. */
+  readonly from: string;
+  /** The sender's nickname when it sent the message (a display name, not unique). */
+  readonly nick: string;
+  /** The sender's clock when it sent the message, ms since the epoch. */
+  readonly ts: number;
+  readonly text: string;
+}
+
+/** A connected peer. */
+export interface PeerInfo {
+  readonly id: string;
+  readonly nick: string;
+  /** `host:port` the peer listens on, as this node knows it. */
+  readonly address: string;
+  /** `out` when this node dialled it, `in` when it dialled this node. */
+  readonly direction: 'in' | 'out';
+}
+
+/** Something that happened to the node's set of peers. */
+export type NodeEvent =
+  | { readonly type: 'peer-up'; readonly peer: PeerInfo }
+  | { readonly type: 'peer-down'; readonly peer: PeerInfo; readonly reason: string };
+
+/** Timers of a node; every default carries its reason. Tests shorten them. */
+export interface NodeTiming {
+  /** Time a new connection has to send its hello. Default 10 s: generous for a slow link, short for a squatter. */
+  readonly helloTimeoutMs?: number;
+  /** Interval of pings and of the peer-table upkeep. Default 5 s. */
+  readonly pingIntervalMs?: number;
+  /** A peer silent this long (no frame at all, pongs included) is dead. Default 15 s: three missed pings. */
+  readonly peerTimeoutMs?: number;
+  /** Longest wait for a TCP connect. Default 5 s. */
+  readonly connectTimeoutMs?: number;
+  /** Retry delays of dials. */
+  readonly backoff?: BackoffOptions;
+  /** Delay before telling peers that the peer set changed, so a burst of joins sends one list. Default 250 ms. */
+  readonly peerListDelayMs?: number;
+}
+
+/** Options of {@link createNode}. */
+export interface NodeOptions {
+  /** TCP port to listen on. Default 0: any free port (see `P2PNode.port`). */
+  readonly port?: number;
+  /** Interface to listen on. Default: all interfaces (IPv6 and IPv4). */
+  readonly host?: string;
+  /** `host:port` to tell peers instead of the address they see (port forwarding, NAT). */
+  readonly advertise?: Address;
+  /** Display name. Default `anon`. */
+  readonly nick?: string;
+  /** Node id. Default: 16 random hex digits per start. */
+  readonly id?: string;
+  /** Peers to dial at start; retried with backoff until they answer, and after every loss. */
+  readonly peers?: readonly Address[];
+  /** Most connected peers; further peers are refused after their hello. Default 32. */
+  readonly maxPeers?: number;
+  /**
+   * Peers learned through peer exchange are dialled while fewer than this are connected. Default 8:
+   * enough paths for a flood to survive losses, few enough that traffic grows with N, not N².
+   */
+  readonly targetPeers?: number;
+  /** Dials of a learned address before it is forgotten. Default 8 (about a minute of backoff). */
+  readonly learnedDialAttempts?: number;
+  /** Largest frame accepted, in bytes. Default {@link DEFAULT_MAX_FRAME_BYTES}. */
+  readonly maxFrameBytes?: number;
+  readonly writer?: WriterOptions;
+  readonly timing?: NodeTiming;
+  /** Where the node logs. Default: nowhere. */
+  readonly log?: Logger;
+}
+
+/** A running node. See {@link createNode}. */
+export interface P2PNode {
+  /** This node's id. */
+  readonly id: string;
+  /** The port it listens on. */
+  readonly port: number;
+  /** Its current nickname. */
+  readonly nick: string;
+  /** Messages received from the network, each once; never the node's own. Hot: subscribe early. */
+  readonly messages$: Observable<ChatMessage>;
+  /** The connected peers; replays the current list to each new subscriber. */
+  readonly peers$: Observable<readonly PeerInfo[]>;
+  /** Peers coming and going. Hot. */
+  readonly events$: Observable<NodeEvent>;
+  /** The connected peers now. */
+  peers(): readonly PeerInfo[];
+  /**
+   * Sends a chat message to every node of the network and returns it.
+   * @throws {RangeError} when `text` is empty or longer than `MAX_TEXT_LENGTH`, or the node is closed.
+   */
+  send(text: string): ChatMessage;
+  /**
+   * Dials `address` (a `host:port` string or an {@link Address}) and keeps it connected, retrying with
+   * backoff. @throws {AddressError} for a malformed string.
+   */
+  connect(address: string | Address): void;
+  /** Changes the nickname used from now on. @throws {RangeError} for an empty or too long name. */
+  setNick(nick: string): void;
+  /** Closes every connection and the listener; resolves when all sockets are closed. Idempotent. */
+  close(): Promise<void>;
+}
+
+interface Target {
+  readonly addr: string;
+  readonly address: Address;
+  /** Given by the user (command line, `connect`): retried forever. Learned ones are forgotten. */
+  persistent: boolean;
+  nodeId: string | undefined;
+  attempts: number;
+  timer: NodeJS.Timeout | undefined;
+  dialing: boolean;
+}
+
+interface ActivePeer {
+  conn: Connection;
+  info: PeerInfo;
+}
+
+const DEFAULT_TIMING = {
+  helloTimeoutMs: 10_000,
+  pingIntervalMs: 5_000,
+  peerTimeoutMs: 15_000,
+  connectTimeoutMs: 5_000,
+  peerListDelayMs: 250,
+} as const;
+
+function checkNick(nick: string): string {
+  if (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /[\p{Cc}]/u.test(nick)) {
+    throw new RangeError(`nickname must be 1-${MAX_NICK_LENGTH} characters without control characters`);
+  }
+  return nick;
+}
+
+function positive(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1)
+    throw new RangeError(`${name} must be a positive integer, got ${value}`);
+  return value;
+}
+
+/**
+ * Starts a node: listens, dials `options.peers`, and relays chat messages through the pipeline
+ * fromSocket → decode → merge → dedup → peer-list merge / relay → per-peer writers.
+ *
+ * Resolves once listening. Rejects with the listen error (e.g. `EADDRINUSE`).
+ *
+ * @example
+ * const node = await createNode({ port: 8001, nick: 'ann', peers: [parseAddress('127.0.0.1:8002')] });
+ * node.messages$.subscribe((m) => console.log(`${m.nick}: ${m.text}`));
+ * node.send('hello');
+ */
+export async function createNode(options: NodeOptions = {}): Promise<P2PNode> {
+  const node = new ChatNode(options);
+  await node.listen();
+  return node;
+}
+
+class ChatNode implements P2PNode {
+  readonly id: string;
+  nick: string;
+  readonly messages$: Observable<ChatMessage>;
+  readonly peers$: Observable<readonly PeerInfo[]>;
+  readonly events$: Observable<NodeEvent>;
+
+  private readonly log: Logger;
+  private readonly server: Server;
+  private readonly timing: Required<Omit<NodeTiming, 'backoff'>> & { backoff: BackoffOptions };
+  private readonly maxPeers: number;
+  private readonly targetPeers: number;
+  private readonly learnedDialAttempts: number;
+  private readonly maxFrameBytes: number;
+  private readonly writerOptions: WriterOptions;
+  private readonly advertise: Address | undefined;
+
+  private readonly conns = new Set<Connection>();
+  private readonly active = new Map<string, ActivePeer>();
+  private readonly targets = new Map<string, Target>();
+  /** Addresses that turned out to be this node. */
+  private readonly selfAddrs = new Set<string>();
+  private readonly connections$ = new Subject<Connection>();
+  private readonly local$ = new Subject<Inbound<ChatFrame>>();
+  private readonly events = new Subject<NodeEvent>();
+  private readonly peerList = new BehaviorSubject<readonly PeerInfo[]>([]);
+  private readonly peerIds = new BehaviorSubject<readonly string[]>([]);
+  private readonly subscription = new Subscription();
+  private readonly tick: NodeJS.Timeout;
+  private peerListTimer: NodeJS.Timeout | undefined;
+  private listenPort = 0;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  private pingNonce = 0;
+
+  constructor(private readonly options: NodeOptions) {
+    this.id = options.id ?? randomBytes(8).toString('hex');
+    this.nick = checkNick(options.nick ?? 'anon');
+    this.log = options.log ?? silentLogger;
+    this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
+    this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
+    this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 8, this.maxPeers));
+    this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
+    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.writerOptions = options.writer ?? {};
+    if (options.advertise !== undefined && isUnspecified(options.advertise.host)) {
+      throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
+    }
+    this.advertise = options.advertise;
+
+    this.events$ = this.events.asObservable();
+    this.peers$ = this.peerList.asObservable();
+
+    // Each connection's frames, after its handshake, merged into one inbound stream. A failing peer
+    // ends its own stream only; a bug (TypeError, RangeError) errors the whole stream and is thrown.
+    const inbound$ = this.connections$.pipe(
+      mergeMap((conn) => this.session(conn)),
+      share(),
+    );
+    const chat$ = merge(this.local$, inbound$.pipe(filter(isChat))).pipe(
+      dedup({ key: (m: Inbound<ChatFrame>) => m.frame.id, time: (m) => m.frame.ts }),
+      share(),
+    );
+    this.messages$ = chat$.pipe(
+      filter((m) => m.peer !== null),
+      map(({ frame }): ChatMessage => ({
+        id: frame.id,
+        from: frame.from,
+        nick: frame.nick,
+        ts: frame.ts,
+        text: frame.text,
+      })),
+      share(),
+    );
+    this.subscription.add(
+      chat$.pipe(relay(this.peerIds)).subscribe(({ payload, to }) => {
+        for (const id of to) this.active.get(id)?.conn.sendPayload(payload);
+      }),
+    );
+    this.subscription.add(
+      inbound$.pipe(filter(isPeers), mergePeers({ selfId: this.id })).subscribe((entry) => this.learn(entry)),
+    );
+    // Keep messages$ hot even with no outside subscriber, so it never starts mid-stream.
+    this.subscription.add(this.messages$.subscribe());
+
+    this.server = createServer((socket) => this.accept(socket));
+    this.tick = setInterval(() => this.upkeep(), this.timing.pingIntervalMs);
+    this.tick.unref();
+  }
+
+  get port(): number {
+    return this.listenPort;
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => {
+        clearInterval(this.tick);
+        this.subscription.unsubscribe();
+        reject(err);
+      };
+      this.server.once('error', onError);
+      const host = this.options.host;
+      this.server.listen({ port: this.options.port ?? 0, ...(host !== undefined ? { host } : {}) }, () => {
+        this.server.off('error', onError);
+        this.server.on('error', (err) => this.log.error(`listener: ${err.message}`));
+        const address = this.server.address();
+        this.listenPort = typeof address === 'object' && address !== null ? address.port : 0;
+        this.log.info(`listening on port ${this.listenPort} as ${this.id} (${this.nick})`);
+        for (const peer of this.options.peers ?? []) this.connect(peer);
+        resolve();
+      });
+    });
+  }
+
+  peers(): readonly PeerInfo[] {
+    return this.peerList.value;
+  }
+
+  send(text: string): ChatMessage {
+    if (this.closed) throw new RangeError('send: the node is closed');
+    if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
+      throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
+    }
+    const frame: ChatFrame = {
+      type: 'chat',
+      id: randomBytes(12).toString('base64url'),
+      from: this.id,
+      nick: this.nick,
+      ts: Date.now(),
+      text,
+    };
+    this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
+    return { id: frame.id, from: frame.from, nick: frame.nick, ts: frame.ts, text };
+  }
+
+  connect(address: string | Address): void {
+    if (this.closed) return;
+    const parsed = typeof address === 'string' ? parseAddress(address) : address;
+    const addr = formatAddress(parsed);
+    if (this.selfAddrs.has(addr)) {
+      this.log.info(`${addr} is this node; not dialling it`);
+      return;
+    }
+    const target = this.targets.get(addr);
+    if (target !== undefined) {
+      target.persistent = true;
+      if (target.timer !== undefined || !target.dialing) this.dialNow(target);
+      return;
+    }
+    const fresh: Target = {
+      addr,
+      address: parsed,
+      persistent: true,
+      nodeId: undefined,
+      attempts: 0,
+      timer: undefined,
+      dialing: false,
+    };
+    this.targets.set(addr, fresh);
+    this.dialNow(fresh);
+  }
+
+  setNick(nick: string): void {
+    this.nick = checkNick(nick);
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  // ---- connections -------------------------------------------------------------------------
+
+  private accept(socket: Socket): void {
+    if (this.closed) {
+      socket.destroy();
+      return;
+    }
+    this.attach(socket, false, undefined);
+  }
+
+  private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
+    const conn = new Connection(
+      socket,
+      outbound,
+      this.maxFrameBytes,
+      this.writerOptions,
+      (c, err) => this.drop(c, err),
+      dialed,
+    );
+    this.conns.add(conn);
+    const hello: HelloFrame = {
+      type: 'hello',
+      v: PROTOCOL_VERSION,
+      id: this.id,
+      nick: this.nick,
+      port: this.advertise?.port ?? this.listenPort,
+      ...(this.advertise !== undefined ? { addr: formatAddress(this.advertise) } : {}),
+    };
+    conn.send(hello);
+    this.log.debug(`${outbound ? 'connected to' : 'accepted'} ${conn.remoteSocketAddress}`);
+    this.connections$.next(conn);
+  }
+
+  /** One connection's frames after the handshake, as pipeline input; handles hello, ping and pong. */
+  private session(conn: Connection): Observable<Inbound> {
+    return conn.frames$.pipe(
+      timeout({
+        first: this.timing.helloTimeoutMs,
+        with: () =>
+          throwError(
+            () => new ProtocolError('ERR_HELLO_TIMEOUT', `no hello within ${this.timing.helloTimeoutMs} ms`),
+          ),
+      }),
+      mergeMap((decoded) => this.onFrame(conn, decoded)),
+      catchError((err: unknown) => {
+        if (!isPeerError(err)) return throwError(() => err);
+        this.drop(conn, err as Error);
+        return EMPTY;
+      }),
+      finalize(() => this.onClosed(conn)),
+    );
+  }
+
+  private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound[] {
+    conn.lastSeen = Date.now();
+    const hello = conn.hello;
+    if (hello === undefined) {
+      if (frame.type !== 'hello')
+        throw new ProtocolError('ERR_EXPECTED_HELLO', `expected hello, got ${frame.type}`);
+      this.onHello(conn, frame);
+      return [];
+    }
+    switch (frame.type) {
+      case 'hello':
+        throw new ProtocolError('ERR_DUPLICATE_HELLO', 'second hello on one connection');
+      case 'ping':
+        conn.send({ type: 'pong', n: frame.n });
+        return [];
+      case 'pong':
+        return [];
+      case 'bye':
+        this.onBye(conn, frame.reason);
+        return [];
+      case 'chat':
+      case 'peers':
+        return [{ peer: { id: hello.id, host: conn.remoteHost }, frame, payload }];
+    }
+  }
+
+  private onHello(conn: Connection, hello: HelloFrame): void {
+    conn.hello = hello;
+    const target = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
+    if (hello.id === this.id) {
+      // We dialled ourselves (our own address, or one that leads back here): forget that address.
+      if (conn.dialed !== undefined) {
+        this.selfAddrs.add(conn.dialed);
+        if (target !== undefined) this.forget(target);
+        this.log.info(`${conn.dialed} is this node; not dialling it again`);
+      }
+      conn.end(0);
+      return;
+    }
+    if (target !== undefined) {
+      target.nodeId = hello.id;
+      target.attempts = 0;
+    }
+    if (hello.addr !== undefined) {
+      try {
+        const advertised = parseAddress(hello.addr);
+        if (isUnspecified(advertised.host))
+          throw new ProtocolError('ERR_BAD_FRAME', 'hello advertises 0.0.0.0');
+      } catch (err) {
+        if (err instanceof ProtocolError) throw err;
+        throw new ProtocolError(
+          'ERR_BAD_FRAME',
+          `hello advertises a malformed address ${JSON.stringify(hello.addr)}`,
+        );
+      }
+    }
+    const existing = this.active.get(hello.id);
+    if (existing !== undefined) {
+      // Two connections between the same two nodes: keep the one dialled by the node with the
+      // smaller id (both sides compute the same answer); on a tie keep the older one.
+      if (this.dialerOf(conn) < this.dialerOf(existing.conn)) {
+        this.log.debug(`duplicate connection to ${conn.label}: keeping the new one (#${conn.number})`);
+        const old = existing.conn;
+        existing.conn = conn;
+        existing.info = this.infoOf(conn);
+        this.retire(old);
+        this.publishPeers();
+        conn.send(this.peerListFor(conn));
+      } else {
+        this.log.debug(
+          `duplicate connection to ${conn.label}: keeping the existing one (#${existing.conn.number})`,
+        );
+        this.retire(conn);
+      }
+      return;
+    }
+    if (this.active.size >= this.maxPeers) {
+      this.log.info(`refusing ${conn.label}: already ${this.maxPeers} peers (--max-peers)`);
+      conn.send({ type: 'bye', reason: 'full' });
+      conn.end();
+      return;
+    }
+    const info = this.infoOf(conn);
+    this.active.set(hello.id, { conn, info });
+    this.log.info(`peer up: ${conn.label}`);
+    this.publishPeers();
+    this.events.next({ type: 'peer-up', peer: info });
+    conn.send(this.peerListFor(conn));
+    this.schedulePeerList();
+    if (!conn.outbound) this.rememberInbound(conn);
+  }
+
+  /**
+   * Stops using a duplicate connection. It is not closed here: the other side may still be using it
+   * (it has not seen the connection we keep yet), so we tell it, and it closes this one as soon as it
+   * has the other. Closing it ourselves would make the peer look gone for a moment.
+   */
+  private retire(conn: Connection): void {
+    conn.send({ type: 'bye', reason: 'duplicate' });
+    const timer = setTimeout(() => conn.end(), this.timing.helloTimeoutMs);
+    timer.unref();
+    conn.socket.once('close', () => clearTimeout(timer));
+  }
+
+  private onBye(conn: Connection, reason: string): void {
+    const id = conn.peerId!;
+    if (reason === 'duplicate' && this.active.get(id)?.conn === conn) {
+      // The peer keeps another connection to us that we have not seen yet: go on using this one
+      // until that one's hello arrives (onHello swaps and ends this), or give up after the hello timeout.
+      const timer = setTimeout(() => {
+        if (this.active.get(id)?.conn === conn) {
+          conn.closeReason = 'duplicate connection, and the other one never came';
+          conn.end();
+        }
+      }, this.timing.helloTimeoutMs);
+      timer.unref();
+      conn.socket.once('close', () => clearTimeout(timer));
+      return;
+    }
+    conn.closeReason = reason === 'shutdown' ? 'it shut down' : `it closed the connection (${reason})`;
+    conn.end();
+  }
+
+  private dialerOf(conn: Connection): string {
+    return conn.outbound ? this.id : (conn.peerId ?? '');
+  }
+
+  private infoOf(conn: Connection): PeerInfo {
+    const hello = conn.hello!;
+    return {
+      id: hello.id,
+      nick: hello.nick,
+      address: conn.listenAddress ?? conn.remoteSocketAddress,
+      direction: conn.outbound ? 'out' : 'in',
+    };
+  }
+
+  /** A bad peer or a failed socket: one log line naming the peer and the reason, then close it. */
+  private drop(conn: Connection, err: Error): void {
+    if (conn.closing) return;
+    const code = err instanceof ProtocolError ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERR');
+    const reason = `${code}: ${err.message}`;
+    conn.closeReason = reason;
+    if (err instanceof ProtocolError && err.code !== 'ERR_PEER_TIMEOUT' && err.code !== 'ERR_HELLO_TIMEOUT') {
+      this.log.warn(`disconnecting ${conn.label}: ${reason}`);
+    } else {
+      this.log.info(`lost ${conn.label}: ${reason}`);
+    }
+    conn.destroy();
+  }
+
+  private onClosed(conn: Connection): void {
+    this.conns.delete(conn);
+    conn.destroy();
+    const id = conn.peerId;
+    let wasActive = false;
+    if (id !== undefined && this.active.get(id)?.conn === conn) {
+      wasActive = true;
+      const { info } = this.active.get(id)!;
+      this.active.delete(id);
+      const reason = conn.closeReason ?? (this.closed ? 'node closing' : 'connection closed');
+      if (!this.closed) this.log.info(`peer down: ${conn.label} (${reason})`);
+      this.publishPeers();
+      this.events.next({ type: 'peer-down', peer: info, reason });
+      this.schedulePeerList();
+    }
+    if (this.closed) return;
+    // Dial again whatever this connection stood for, unless the node is reachable another way.
+    for (const target of this.targets.values()) {
+      const related = target.addr === conn.dialed || (id !== undefined && target.nodeId === id);
+      if (!related || target.dialing || target.timer !== undefined) continue;
+      if (target.nodeId !== undefined && this.active.has(target.nodeId)) continue;
+      if (wasActive) {
+        target.attempts = 0;
+        this.schedule(target);
+      } else this.failed(target);
+    }
+  }
+
+  // ---- dialling ----------------------------------------------------------------------------
+
+  private learn(entry: PeerEntry): void {
+    if (this.active.has(entry.id) || this.selfAddrs.has(entry.addr)) return;
+    let target = this.targets.get(entry.addr);
+    if (target === undefined) {
+      target = {
+        addr: entry.addr,
+        address: parseAddress(entry.addr),
+        persistent: false,
+        nodeId: entry.id,
+        attempts: 0,
+        timer: undefined,
+        dialing: false,
+      };
+      this.targets.set(entry.addr, target);
+      this.log.debug(`learned ${entry.id.slice(0, 8)} at ${entry.addr}`);
+    } else target.nodeId = entry.id;
+    if (!target.dialing && target.timer === undefined) this.dialNow(target);
+  }
+
+  /** An inbound peer's listen address is worth redialling if the link breaks. */
+  private rememberInbound(conn: Connection): void {
+    const addr = conn.listenAddress;
+    if (addr === undefined || this.targets.has(addr)) return;
+    try {
+      this.targets.set(addr, {
+        addr,
+        address: parseAddress(addr),
+        persistent: false,
+        nodeId: conn.peerId,
+        attempts: 0,
+        timer: undefined,
+        dialing: false,
+      });
+    } catch {
+      // An address we cannot parse is one we cannot dial; the hello check already logged it.
+    }
+  }
+
+  private wantsDial(target: Target): boolean {
+    if (this.closed || target.dialing) return false;
+    if (target.nodeId !== undefined && this.active.has(target.nodeId)) return false;
+    if (target.persistent) return true;
+    return this.active.size + this.dialsInFlight() < this.targetPeers;
+  }
+
+  private dialsInFlight(): number {
+    let n = 0;
+    for (const t of this.targets.values()) if (t.dialing) n++;
+    return n;
+  }
+
+  private dialNow(target: Target): void {
+    clearTimeout(target.timer);
+    target.timer = undefined;
+    if (!this.wantsDial(target)) return;
+    target.dialing = true;
+    const socket = netConnect({ host: target.address.host, port: target.address.port });
+    const timer = setTimeout(
+      () => socket.destroy(new Error('connect timed out')),
+      this.timing.connectTimeoutMs,
+    );
+    const onError = (err: NodeJS.ErrnoException): void => {
+      clearTimeout(timer);
+      target.dialing = false;
+      this.log.debug(`cannot reach ${target.addr}: ${err.code ?? err.message}`);
+      if (!this.closed) this.failed(target);
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.off('error', onError);
+      target.dialing = false;
+      if (this.closed) {
+        socket.destroy();
+        return;
+      }
+      this.attach(socket, true, target.addr);
+    });
+  }
+
+  private failed(target: Target): void {
+    target.attempts++;
+    if (!target.persistent && target.attempts >= this.learnedDialAttempts) {
+      this.log.debug(`forgetting ${target.addr}: unreachable after ${target.attempts} attempts`);
+      this.forget(target);
+      return;
+    }
+    this.schedule(target);
+  }
+
+  private schedule(target: Target): void {
+    clearTimeout(target.timer);
+    const delay = backoffDelay(target.attempts, this.timing.backoff);
+    target.timer = setTimeout(() => {
+      target.timer = undefined;
+      this.dialNow(target);
+    }, delay);
+    target.timer.unref();
+  }
+
+  private forget(target: Target): void {
+    clearTimeout(target.timer);
+    this.targets.delete(target.addr);
+  }
+
+  // ---- peer table ----------------------------------------------------------------------------
+
+  private publishPeers(): void {
+    const infos = [...this.active.values()].map((p) => p.info);
+    this.peerList.next(infos);
+    this.peerIds.next(infos.map((p) => p.id));
+  }
+
+  /** The peers to tell `recipient` about: every other connected peer at an address it can use. */
+  private peerListFor(recipient: Connection): PeersFrame {
+    const peers: PeerEntry[] = [];
+    for (const { conn } of this.active.values()) {
+      if (conn === recipient || peers.length >= MAX_PEERS_PER_LIST) continue;
+      const addr = conn.listenAddress;
+      if (addr === undefined) continue;
+      peers.push({ id: conn.peerId!, addr: this.localize(addr, recipient) });
+    }
+    return { type: 'peers', peers };
+  }
+
+  /**
+   * A loopback address means "this host". Told to a peer on another host, it must become the address
+   * that peer reaches this host at, or the peer would dial itself.
+   */
+  private localize(addr: string, recipient: Connection): string {
+    const parsed = parseAddress(addr);
+    if (!isLoopback(parsed.host) || isLoopback(recipient.remoteHost)) return addr;
+    return formatAddress({ host: recipient.localHost, port: parsed.port });
+  }
+
+  private schedulePeerList(): void {
+    if (this.peerListTimer !== undefined || this.closed) return;
+    this.peerListTimer = setTimeout(() => {
+      this.peerListTimer = undefined;
+      for (const { conn } of this.active.values()) conn.send(this.peerListFor(conn));
+    }, this.timing.peerListDelayMs);
+    this.peerListTimer.unref();
+  }
+
+  /** Pings every peer, drops silent ones, and dials known nodes while below the target degree. */
+  private upkeep(): void {
+    const now = Date.now();
+    const ping: Frame = { type: 'ping', n: (this.pingNonce = (this.pingNonce + 1) >>> 0) };
+    for (const conn of this.conns) {
+      if (conn.hello === undefined || conn.closing) continue;
+      if (now - conn.lastSeen > this.timing.peerTimeoutMs) {
+        this.drop(conn, new ProtocolError('ERR_PEER_TIMEOUT', `silent for ${now - conn.lastSeen} ms`));
+      } else conn.send(ping);
+    }
+    for (const target of this.targets.values()) {
+      if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
+    }
+  }
+
+  private async shutdown(): Promise<void> {
+    this.closed = true;
+    clearInterval(this.tick);
+    clearTimeout(this.peerListTimer);
+    for (const target of this.targets.values()) clearTimeout(target.timer);
+    const closedSockets = [...this.conns].map(
+      (conn) =>
+        new Promise<void>((resolve) => {
+          if (conn.socket.destroyed) resolve();
+          else conn.socket.once('close', () => resolve());
+          if (conn.hello !== undefined) conn.send({ type: 'bye', reason: 'shutdown' });
+          conn.end(500);
+        }),
+    );
+    const serverClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    await Promise.all([...closedSockets, serverClosed]);
+    this.subscription.unsubscribe();
+    this.local$.complete();
+    this.connections$.complete();
+    this.events.complete();
+    this.peerList.complete();
+    this.peerIds.complete();
+  }
+}
+
+function isChat(m: Inbound): m is Inbound<ChatFrame> {
+  return m.frame.type === 'chat';
+}
+
+function isPeers(m: Inbound): m is Inbound<PeersFrame> {
+  return m.frame.type === 'peers';
+}

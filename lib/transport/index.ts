@@ -1,0 +1,3 @@
+export * from './backoff.js';
+export * from './from-socket.js';
+export * from './writer.js';

@@ -1,0 +1,139 @@
+import type { Socket } from 'node:net';
+import type { Observer } from 'rxjs';
+import { LENGTH_PREFIX_BYTES } from '../protocol/codec.js';
+import { ProtocolError } from '../protocol/errors.js';
+
+/** Options of a {@link PeerWriter}. */
+export interface WriterOptions {
+  /**
+   * Most bytes queued for one peer (our outbox plus the socket's own buffer). Default 8 MiB: about
+   * 40,000 chat messages, far beyond any burst a healthy peer lags behind by; past it the peer is a
+   * slow reader and is disconnected rather than buffered without end.
+   */
+  readonly maxOutboxBytes?: number;
+  /**
+   * Longest wait for `'drain'` while bytes are queued. Default 30 s: a live peer drains far sooner;
+   * one that does not has stopped reading.
+   */
+  readonly drainTimeoutMs?: number;
+}
+
+export const WRITER_DEFAULTS = { maxOutboxBytes: 8 * 1024 * 1024, drainTimeoutMs: 30_000 } as const;
+
+/**
+ * The actor that owns one socket's write side. Frame payloads are given to it as an `Observer`
+ * (`next`); it adds the length prefix, batches everything given in one tick into one `write()`,
+ * and honours backpressure: while `write()` has returned false it queues until `'drain'`.
+ *
+ * When the queued bytes pass `maxOutboxBytes`, or `'drain'` does not come within `drainTimeoutMs`,
+ * it calls `onFault` with an `ERR_OUTBOX_OVERFLOW` error and drops its queue; the owner then closes
+ * the connection. `complete()` flushes and ends the socket; `error()` destroys it.
+ */
+export class PeerWriter implements Observer<Buffer> {
+  private pending: Buffer[] = [];
+  private pendingBytes = 0;
+  private scheduled = false;
+  private waitingForDrain = false;
+  private drainTimer: NodeJS.Timeout | undefined;
+  private done = false;
+  private readonly maxOutboxBytes: number;
+  private readonly drainTimeoutMs: number;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly onFault: (err: ProtocolError) => void,
+    options: WriterOptions = {},
+  ) {
+    this.maxOutboxBytes = options.maxOutboxBytes ?? WRITER_DEFAULTS.maxOutboxBytes;
+    this.drainTimeoutMs = options.drainTimeoutMs ?? WRITER_DEFAULTS.drainTimeoutMs;
+    if (!Number.isInteger(this.maxOutboxBytes) || this.maxOutboxBytes < 1) {
+      throw new RangeError(
+        `PeerWriter: maxOutboxBytes must be a positive integer, got ${this.maxOutboxBytes}`,
+      );
+    }
+    socket.on('drain', this.onDrain);
+  }
+
+  /** Bytes waiting: in this writer's queue and in the socket's buffer. */
+  get outboxBytes(): number {
+    return this.pendingBytes + this.socket.writableLength;
+  }
+
+  /** Queues one frame payload. Ignored after `complete()`, `error()` or a fault. */
+  next(payload: Buffer): void {
+    if (this.done) return;
+    this.pending.push(payload);
+    this.pendingBytes += LENGTH_PREFIX_BYTES + payload.length;
+    if (this.outboxBytes > this.maxOutboxBytes) {
+      this.fault(`outbox over ${this.maxOutboxBytes} bytes: the peer reads too slowly`);
+      return;
+    }
+    if (!this.scheduled && !this.waitingForDrain) {
+      this.scheduled = true;
+      queueMicrotask(this.flush);
+    }
+  }
+
+  /** Flushes what is queued, then ends the socket's write side. */
+  complete(): void {
+    if (this.done) return;
+    this.done = true;
+    this.waitingForDrain = false; // the socket buffers the rest; end() flushes it
+    this.flush();
+    this.release();
+    if (!this.socket.destroyed) this.socket.end();
+  }
+
+  /** Drops the queue and destroys the socket. */
+  error(_err?: unknown): void {
+    this.done = true;
+    this.drop();
+    this.socket.destroy();
+  }
+
+  private readonly flush = (): void => {
+    this.scheduled = false;
+    if (this.pendingBytes === 0 || this.waitingForDrain || this.socket.destroyed) return;
+    const batch = Buffer.allocUnsafe(this.pendingBytes);
+    let offset = 0;
+    for (const payload of this.pending) {
+      batch.writeUInt32BE(payload.length, offset);
+      payload.copy(batch, offset + LENGTH_PREFIX_BYTES);
+      offset += LENGTH_PREFIX_BYTES + payload.length;
+    }
+    this.pending = [];
+    this.pendingBytes = 0;
+    if (!this.socket.write(batch)) {
+      this.waitingForDrain = true;
+      this.drainTimer = setTimeout(
+        () => this.fault(`no drain for ${this.drainTimeoutMs} ms: the peer stopped reading`),
+        this.drainTimeoutMs,
+      );
+      this.drainTimer.unref();
+    }
+  };
+
+  private readonly onDrain = (): void => {
+    this.waitingForDrain = false;
+    clearTimeout(this.drainTimer);
+    this.flush();
+  };
+
+  private fault(reason: string): void {
+    if (this.done) return;
+    this.done = true;
+    this.drop();
+    this.onFault(new ProtocolError('ERR_OUTBOX_OVERFLOW', reason));
+  }
+
+  private drop(): void {
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.release();
+  }
+
+  private release(): void {
+    clearTimeout(this.drainTimer);
+    this.socket.off('drain', this.onDrain);
+  }
+}
