@@ -12,7 +12,8 @@ export interface CliOptions {
   readonly nick: string | undefined;
   readonly json: boolean;
   readonly maxPeers: number;
-  readonly logLevel: LogLevel;
+  /** Undefined when not given: the CLI picks `warn` in a terminal (joins are shown there anyway), else `info`. */
+  readonly logLevel: LogLevel | undefined;
 }
 
 export type ParsedArgs =
@@ -38,7 +39,8 @@ options:
   --nick NAME          display name, 1-${MAX_NICK_LENGTH} characters (default: $USER, or anon)
   --json               one JSON event per line on stdout (see README)
   --max-peers N        most connected peers (default 32)
-  --log-level LEVEL    error, warn, info or debug (default info), on stderr
+  --log-level LEVEL    error, warn, info or debug, on stderr (default: info;
+                       warn in a terminal, where joins and leaves are shown)
   -h, --help           show this help and exit
   -v, --version        print the version and exit
 
@@ -99,8 +101,8 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     }
     maxPeers = Number(maxPeersText);
   }
-  const levelText = single(args, 'log-level') ?? 'info';
-  if (!(LOG_LEVELS as readonly string[]).includes(levelText)) {
+  const levelText = single(args, 'log-level');
+  if (levelText !== undefined && !(LOG_LEVELS as readonly string[]).includes(levelText)) {
     throw new UsageError(
       `--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(levelText)}`,
     );
@@ -117,7 +119,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
       nick,
       json: args['json'] === true,
       maxPeers,
-      logLevel: levelText as LogLevel,
+      logLevel: levelText as LogLevel | undefined,
     },
   };
 }
@@ -126,7 +128,7 @@ function single(args: minimist.ParsedArgs, name: string): string | undefined {
   const value: unknown = args[name];
   if (value === undefined) return undefined;
   if (Array.isArray(value)) throw new UsageError(`--${name} given more than once`);
-  return String(value);
+  return typeof value === 'string' ? value : JSON.stringify(value);
 }
 
 function wrap<T>(parse: () => T, what: string): T {

@@ -74,7 +74,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   const mode = options.json ? 'json' : io.stdin.isTTY === true && io.stdout.isTTY === true ? 'tty' : 'plain';
   const sink: ConsoleSink =
     mode === 'json' ? jsonConsole(io) : mode === 'tty' ? ttyConsole(io, () => quit()) : plainConsole(io);
-  const log = levelLogger(options.logLevel, (line) => sink.log(line));
+  const log = levelLogger(options.logLevel ?? (mode === 'tty' ? 'warn' : 'info'), (line) => sink.log(line));
 
   let node: P2PNode;
   try {

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { Subject, type Observable } from 'rxjs';
+import { Subject, type Observable, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder } from '../protocol/codec.js';
 import type { ProtocolError } from '../protocol/errors.js';
@@ -33,6 +33,7 @@ export class Connection {
   closeReason: string | undefined;
   private readonly outbox = new Subject<Buffer>();
   private readonly writer: PeerWriter;
+  private readonly writerSubscription: Subscription;
 
   constructor(
     readonly socket: Socket,
@@ -49,7 +50,8 @@ export class Connection {
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
     this.frames$ = fromSocket(socket, new FrameDecoder(maxFrameBytes)).pipe(decode());
     this.writer = new PeerWriter(socket, (err) => onWriteFault(this, err), writerOptions);
-    this.outbox.subscribe(this.writer);
+    // Ends with the outbox (complete/error below); the writer owns the socket's write side from here.
+    this.writerSubscription = this.outbox.subscribe(this.writer);
   }
 
   /** The remote node's id, once its hello arrived. */
@@ -99,5 +101,7 @@ export class Connection {
   destroy(): void {
     this.closing = true;
     this.outbox.error(new Error('connection destroyed'));
+    this.writerSubscription.unsubscribe();
+    this.socket.destroy();
   }
 }

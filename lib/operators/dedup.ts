@@ -33,7 +33,7 @@ function positiveInteger(name: string, value: number): number {
  * Passes each value whose key was not seen before, within a bounded memory.
  *
  * Ids are kept in an LRU (lru-cache) bounded by `max` entries and by age: an id is remembered for
- * `maxAgeMs + maxSkewMs`, and with a `time` function the timestamp gate drops what is older than
+ * `maxAgeMs + maxSkewMs` (and while it keeps arriving it stays the most recently used), and with a `time` function the timestamp gate drops what is older than
  * `maxAgeMs` (or further than `maxSkewMs` ahead), so every value the gate lets through is one whose
  * id is still in the cache if it was seen. Only ids are stored, never values.
  *
@@ -47,19 +47,24 @@ export function dedup<T>(options: DedupOptions<T>): MonoTypeOperatorFunction<T> 
   const maxSkewMs = positiveInteger('maxSkewMs', options.maxSkewMs ?? DEDUP_DEFAULTS.maxSkewMs);
   const now = options.now ?? Date.now;
   const { key, time } = options;
+  const horizon = maxAgeMs + maxSkewMs;
   return (source) =>
     defer(() => {
-      const seen = new LRUCache<string, true>({ max, ttl: maxAgeMs + maxSkewMs, perf: { now } });
+      // id -> when it was first seen. get() refreshes recency, so an id whose copies keep arriving
+      // is the last to be evicted. Age is checked on our own clock (not lru-cache's TTL) so an
+      // injected clock, e.g. virtual time in tests, is honoured exactly.
+      const seen = new LRUCache<string, number>({ max });
       return source.pipe(
         filter((value) => {
+          const t = now();
           if (time !== undefined) {
             const ts = time(value);
-            const t = now();
             if (ts < t - maxAgeMs || ts > t + maxSkewMs) return false;
           }
           const id = key(value);
-          if (seen.has(id)) return false;
-          seen.set(id, true);
+          const firstSeen = seen.get(id);
+          if (firstSeen !== undefined && t - firstSeen <= horizon) return false;
+          seen.set(id, t);
           return true;
         }),
       );

@@ -63,17 +63,33 @@ export function formatAddress(address: Address): string {
   return isIP(address.host) === 6 ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }
 
-/** Lower-cases names and unwraps IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1` → `10.0.0.1`). */
+/**
+ * Puts a host in one canonical spelling, so one node is never known under two: names lower-cased,
+ * IPv6 in RFC 5952 form (`2001:db8::1`), IPv4 shorthands the way the resolver reads them
+ * (`127.1`, `0x7f.1`, `2130706433` → `127.0.0.1`), IPv4-mapped IPv6 unwrapped (`::ffff:10.0.0.1` → `10.0.0.1`).
+ */
 export function normalizeHost(host: string): string {
-  const lower = host.toLowerCase();
-  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/.exec(lower);
-  return mapped !== null ? mapped[1]! : lower;
+  let canonical: string;
+  try {
+    // The WHATWG URL parser implements exactly these canonical forms.
+    canonical = new URL(`http://${isIP(host) === 6 ? `[${host}]` : host}/`).hostname;
+  } catch {
+    return host.toLowerCase();
+  }
+  if (canonical.startsWith('[')) canonical = canonical.slice(1, -1);
+  const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
+  if (mapped !== null) {
+    const hi = parseInt(mapped[1]!, 16);
+    const lo = parseInt(mapped[2]!, 16);
+    return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+  }
+  return canonical;
 }
 
 /** True for loopback addresses and `localhost`. */
 export function isLoopback(host: string): boolean {
   const h = normalizeHost(host);
-  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
+  return h === 'localhost' || h.endsWith('.localhost') || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h);
 }
 
 /** True for addresses that mean "any interface" and must never be advertised. */

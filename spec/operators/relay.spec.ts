@@ -1,0 +1,209 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { from, map, of, take, tap } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { relay, type Relayed } from '../../lib/operators/relay.js';
+import type { Inbound, PeerRef } from '../../lib/operators/types.js';
+import { serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
+
+const testScheduler = (): TestScheduler =>
+  new TestScheduler((actual, expected) => assert.deepStrictEqual(actual, expected));
+
+const peerA: PeerRef = { id: 'pa', host: '10.0.0.1' };
+const peerB: PeerRef = { id: 'pb', host: '10.0.0.2' };
+
+/** A chat message with id `id`, delivered by `peer` (null: written on this node). */
+function chat(id: string, peer: PeerRef | null): Inbound<ChatFrame> {
+  const frame: ChatFrame = {
+    type: 'chat',
+    id,
+    from: 'author',
+    nick: 'ann',
+    ts: 1_700_000_000_000,
+    text: `text ${id}`,
+  };
+  return { peer, frame, payload: serializeFrame(frame) };
+}
+
+const relayed = (message: Inbound<ChatFrame>, to: readonly string[]): Relayed => ({
+  frame: message.frame,
+  payload: message.payload,
+  to,
+});
+
+const m = { a: chat('m1', peerA), b: chat('m2', peerB), c: chat('m3', null), d: chat('m4', peerA) };
+const lists = {
+  p: ['pa', 'pb', 'pc'],
+  q: ['pa', 'pc'],
+  o: ['pa'],
+  e: [],
+} satisfies Record<string, readonly string[]>;
+
+describe('relay', () => {
+  it('sends a message to every peer but the one it came from', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p-------', lists);
+      const source = hot('  -a-b---|', m);
+      const subs = '        ^------!';
+      const expected = '    -x-y---|';
+      const out = { x: relayed(m.a, ['pb', 'pc']), y: relayed(m.b, ['pa', 'pc']) };
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, out);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('sends a message written on this node to every peer', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p----', lists);
+      const source = hot('  -c--|', m);
+      const subs = '        ^---!';
+      const expected = '    -x--|';
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, { x: relayed(m.c, ['pa', 'pb', 'pc']) });
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('uses the latest list of peers', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p--q------', lists);
+      const source = hot('  -c---c-d-|', m);
+      const subs = '        ^--------!';
+      const expected = '    -x---y-z-|';
+      const out = { x: relayed(m.c, lists.p), y: relayed(m.c, lists.q), z: relayed(m.d, ['pc']) };
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, out);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('hands on the payload bytes it received, not a copy', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p----', lists);
+      const source = hot('  -a--|', m);
+      const subs = '        ^---!';
+      const expected = '    -t--|';
+      const samePayload$ = source.pipe(
+        relay(peers$),
+        map(({ payload }) => payload === m.a.payload),
+      );
+      expectObservable(samePayload$).toBe(expected, { t: true });
+      expectSubscriptions(source.subscriptions).toBe(subs);
+    });
+  });
+
+  it('drops a message that arrives before peers$ has emitted', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  ---p-----', lists);
+      const source = hot('  -ac--b--|', m);
+      const subs = '        ^-------!';
+      const expected = '    -----x--|';
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, { x: relayed(m.b, ['pa', 'pc']) });
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('drops a message when nobody but its origin is connected', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  o--e------', lists);
+      const source = hot('  -a-----c-|', m);
+      const subs = '        ^--------!';
+      const expected = '    ---------|';
+      // a comes from the only peer; c, written here, finds the list empty.
+      expectObservable(source.pipe(relay(peers$))).toBe(expected);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('keeps relaying with the last list after peers$ completes', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p-|', lists);
+      const source = hot('  -a--b-|', m);
+      const peerSubs = '    ^-!';
+      const subs = '        ^-----!';
+      const expected = '    -x--y-|';
+      const out = { x: relayed(m.a, ['pb', 'pc']), y: relayed(m.b, ['pa', 'pc']) };
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, out);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(peerSubs);
+    });
+  });
+
+  it('completes when the source completes, leaving peers$', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p-----q--', lists);
+      const source = hot('  -a--|', m);
+      const subs = '        ^---!';
+      const expected = '    -x--|';
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, { x: relayed(m.a, ['pb', 'pc']) });
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('passes a source error through, leaving peers$', () => {
+    const error = new Error('source failed');
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p------', lists);
+      const source = hot('  -a-#', m, error);
+      const subs = '        ^--!';
+      const expected = '    -x-#';
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, { x: relayed(m.a, ['pb', 'pc']) }, error);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('passes on an error of peers$, leaving the source', () => {
+    const error = new Error('peer table failed');
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p--#', lists, error);
+      const source = hot('  -a---b-|', m);
+      const subs = '        ^--!';
+      const expected = '    -x-#';
+      expectObservable(source.pipe(relay(peers$))).toBe(expected, { x: relayed(m.a, ['pb', 'pc']) }, error);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('leaves the source and peers$ when unsubscribed early', () => {
+    testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
+      const peers$ = hot('  p-------', lists);
+      const source = hot('  -a-b-d-|', m);
+      const unsub = '       ----!';
+      const subs = '        ^---!';
+      const expected = '    -x-y';
+      const out = { x: relayed(m.a, ['pb', 'pc']), y: relayed(m.b, ['pa', 'pc']) };
+      expectObservable(source.pipe(relay(peers$)), unsub).toBe(expected, out);
+      expectSubscriptions(source.subscriptions).toBe(subs);
+      expectSubscriptions(peers$.subscriptions).toBe(subs);
+    });
+  });
+
+  it('relays for each subscription of the same pipeline on its own', () => {
+    testScheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
+      const peers$ = cold(' p', lists);
+      const source = cold(' -a-a|', m);
+      const relayed$ = source.pipe(relay(peers$));
+      const x = { x: relayed(m.a, ['pb', 'pc']) };
+      expectObservable(relayed$).toBe('-x-x|', x);
+      expectObservable(relayed$, '---^').toBe('----x-x|', x);
+      expectSubscriptions(source.subscriptions).toBe(['^---!', '---^---!']);
+      expectSubscriptions(peers$.subscriptions).toBe(['^---!', '---^---!']);
+    });
+  });
+
+  it('stops a synchronous source when take(n) has what it needs', () => {
+    let pulled = 0;
+    testScheduler().run(({ expectObservable }) => {
+      const source = from([m.a, m.b, m.c, m.d]).pipe(tap(() => (pulled += 1)));
+      const out = { x: relayed(m.a, ['pb', 'pc']), y: relayed(m.b, ['pa', 'pc']) };
+      expectObservable(source.pipe(relay(of(lists.p)), take(2))).toBe('(xy|)', out);
+    });
+    assert.equal(pulled, 2);
+  });
+});
