@@ -31,6 +31,10 @@ export class Connection {
   closing = false;
   /** Why it was closed, when this node knows (a protocol error, a timeout, a socket error). */
   closeReason: string | undefined;
+  /** The reason was logged already (one line per dropped peer). */
+  reasonLogged = false;
+  /** The peer refused this connection (`bye full`): a failed dial, not a lost link. */
+  refused = false;
   private readonly outbox = new Subject<Buffer>();
   private readonly writer: PeerWriter;
   private readonly writerSubscription: Subscription;

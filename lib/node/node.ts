@@ -466,10 +466,7 @@ class ChatNode implements P2PNode {
       conn.end(0);
       return;
     }
-    if (target !== undefined) {
-      target.nodeId = hello.id;
-      target.attempts = 0;
-    }
+    if (target !== undefined) target.nodeId = hello.id;
     if (hello.addr !== undefined) {
       try {
         const advertised = parseAddress(hello.addr);
@@ -546,6 +543,7 @@ class ChatNode implements P2PNode {
       conn.socket.once('close', () => clearTimeout(timer));
       return;
     }
+    conn.refused = reason === 'full';
     conn.closeReason = reason === 'shutdown' ? 'it shut down' : `it closed the connection (${reason})`;
     conn.end();
   }
@@ -570,6 +568,7 @@ class ChatNode implements P2PNode {
     const code = err instanceof ProtocolError ? err.code : ((err as NodeJS.ErrnoException).code ?? 'ERR');
     const reason = `${code}: ${err.message}`;
     conn.closeReason = reason;
+    conn.reasonLogged = true;
     if (err instanceof ProtocolError && err.code !== 'ERR_PEER_TIMEOUT' && err.code !== 'ERR_HELLO_TIMEOUT') {
       this.log.warn(`disconnecting ${conn.label}: ${reason}`);
     } else {
@@ -588,7 +587,7 @@ class ChatNode implements P2PNode {
       const { info } = this.active.get(id)!;
       this.active.delete(id);
       const reason = conn.closeReason ?? (this.closed ? 'node closing' : 'connection closed');
-      if (!this.closed) this.log.info(`peer down: ${conn.label} (${reason})`);
+      if (!this.closed && !conn.reasonLogged) this.log.info(`peer down: ${conn.label} (${reason})`);
       this.publishPeers();
       this.events.next({ type: 'peer-down', peer: info, reason });
       this.schedulePeerList();
@@ -599,7 +598,7 @@ class ChatNode implements P2PNode {
       const related = target.addr === conn.dialed || (id !== undefined && target.nodeId === id);
       if (!related || target.dialing || target.timer !== undefined) continue;
       if (target.nodeId !== undefined && this.active.has(target.nodeId)) continue;
-      if (wasActive) {
+      if (wasActive && !conn.refused) {
         target.attempts = 0;
         this.schedule(target);
       } else this.failed(target);

@@ -55,7 +55,14 @@ export function parseAddress(text: string): Address {
       );
     }
   }
-  return { host: normalizeHost(host), port: parsePort(portText) };
+  let port: number;
+  try {
+    port = parsePort(portText);
+  } catch (err) {
+    if (err instanceof AddressError) throw new AddressError(`${JSON.stringify(text)}: ${err.message}`);
+    throw err;
+  }
+  return { host: normalizeHost(host), port };
 }
 
 /** Writes an address the way {@link parseAddress} reads it (IPv6 in brackets). */

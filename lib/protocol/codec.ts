@@ -39,17 +39,18 @@ export class FrameDecoder {
     }
   }
 
-  /** Bytes received and not yet returned as a frame. */
+  /** Bytes received and not yet returned as a frame (a length prefix already read included). */
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.buffered + (this.expected >= 0 ? LENGTH_PREFIX_BYTES : 0);
   }
 
   /**
-   * Takes the next chunk of the stream and returns every frame it completes (possibly none).
+   * Takes the next chunk of the stream and returns every frame it completes (possibly none),
+   * appended to `frames`.
    * @throws {ProtocolError} `ERR_FRAME_TOO_LARGE` or `ERR_EMPTY_FRAME`; the decoder is unusable after.
+   *   The frames that came before the bad length in this chunk are in `frames` when it throws.
    */
-  push(chunk: Buffer): Buffer[] {
-    const frames: Buffer[] = [];
+  push(chunk: Buffer, frames: Buffer[] = []): Buffer[] {
     if (chunk.length === 0) return frames;
     this.chunks.push(chunk);
     this.buffered += chunk.length;

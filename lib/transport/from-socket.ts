@@ -14,17 +14,18 @@ import { ProtocolError } from '../protocol/errors.js';
 export function fromSocket(socket: Socket, decoder: FrameDecoder = new FrameDecoder()): Observable<Buffer> {
   return new Observable<Buffer>((subscriber) => {
     const onData = (chunk: Buffer): void => {
-      let frames: Buffer[];
+      const frames: Buffer[] = [];
+      let failure: unknown;
       try {
-        frames = decoder.push(chunk);
+        decoder.push(chunk, frames);
       } catch (err) {
-        subscriber.error(err);
-        return;
+        failure = err; // the frames before the bad one still count
       }
       for (const frame of frames) {
         if (subscriber.closed) return;
         subscriber.next(frame);
       }
+      if (failure !== undefined) subscriber.error(failure);
     };
     const onEnd = (): void => {
       if (decoder.bufferedBytes === 0) subscriber.complete();

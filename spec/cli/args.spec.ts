@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
+import { describe, it } from 'node:test';
+import { freePorts, procsFor, ROOT, runCli } from '../helpers/procs.js';
+
+const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { version: string };
+const USAGE_LINE = /^usage: p2p <port> \[host:port \.\.\.\] \[options\]$/m;
+const STACK_LINE = /^\s+at /m;
+
+describe('bin/p2p: command line', () => {
+  it('prints the usage on stdout and exits 0 for --help and -h', async () => {
+    for (const flag of ['--help', '-h']) {
+      const run = await runCli([flag]);
+      assert.equal(run.code, 0, flag);
+      assert.match(run.stdout, USAGE_LINE);
+      assert.match(run.stdout, /--json/);
+      assert.equal(run.stderr, '');
+    }
+  });
+
+  it('prints the package.json version and exits 0 for --version and -v', async () => {
+    for (const flag of ['--version', '-v']) {
+      const run = await runCli([flag]);
+      assert.equal(run.code, 0, flag);
+      assert.equal(run.stdout.trim(), `p2p ${pkg.version}`);
+      assert.equal(run.stderr, '');
+    }
+  });
+
+  const usageErrors: ReadonlyArray<{ name: string; args: string[]; mentions: RegExp }> = [
+    { name: 'a port out of range', args: ['70000'], mentions: /70000/ },
+    { name: 'a port that is not a number', args: ['abc'], mentions: /abc/ },
+    { name: 'a peer without a port', args: ['0', 'nohost'], mentions: /nohost/ },
+    // The message says `port "" is not a number` without naming the argument; enough to act on.
+    { name: 'a peer with an empty port', args: ['0', '1.2.3.4:'], mentions: /port/ },
+    { name: 'an IPv6 peer without brackets', args: ['0', '::1:80'], mentions: /\[/ },
+    { name: 'an unknown option', args: ['0', '--bogus'], mentions: /--bogus/ },
+    { name: 'no port at all', args: [], mentions: /port/ },
+    { name: 'options but no port', args: ['--json'], mentions: /port/ },
+  ];
+  for (const { name, args, mentions } of usageErrors) {
+    it(`exits 2 with a message and the usage on stderr for ${name}`, async () => {
+      const run = await runCli(args);
+      assert.equal(run.code, 2, `exit code for ${JSON.stringify(args)}; stderr: ${run.stderr}`);
+      assert.equal(run.stdout, '', 'nothing on stdout');
+      const [first = ''] = run.stderr.split('\n');
+      assert.match(first, /^p2p: /, 'a one-line message first');
+      assert.match(first, mentions, 'the message names what is wrong');
+      assert.match(run.stderr, USAGE_LINE, 'then the usage');
+      assert.doesNotMatch(run.stderr, STACK_LINE, 'no stack trace');
+    });
+  }
+
+  it('accepts [::1]:PORT and localhost:PORT peers', async (t) => {
+    const procs = procsFor(t);
+    const [port] = (await freePorts(1)) as [number];
+    const node = await procs.node({ peers: [`[::1]:${port}`, `localhost:${port}`], nick: 'v6' });
+    assert.equal(typeof node.ready.port, 'number');
+    assert.ok(node.ready.port > 0);
+    assert.doesNotMatch(node.stderr, USAGE_LINE);
+    assert.equal(node.exit, undefined, 'still running');
+  });
+
+  it('exits 1 with a one-line explanation when the port is already in use', async (t) => {
+    const squatter = createServer();
+    t.after(() => new Promise<void>((resolve) => squatter.close(() => resolve())));
+    await new Promise<void>((resolve, reject) => {
+      squatter.once('error', reject);
+      squatter.listen(0, '127.0.0.1', () => resolve());
+    });
+    const { port } = squatter.address() as AddressInfo;
+
+    const run = await runCli([String(port), '--host', '127.0.0.1', '--json']);
+    assert.equal(run.code, 1, `stderr: ${run.stderr}`);
+    assert.equal(run.stdout, '', 'no ready event');
+    const lines = run.stderr.split('\n').filter((line) => line.length > 0);
+    assert.equal(lines.length, 1, `one line on stderr, got:\n${run.stderr}`);
+    assert.match(lines[0]!, /^p2p: /);
+    assert.match(lines[0]!, new RegExp(`${port}`));
+    assert.match(lines[0]!, /in use/);
+    assert.doesNotMatch(run.stderr, STACK_LINE, 'no stack trace');
+  });
+});

@@ -1,0 +1,73 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { describe, it } from 'node:test';
+import { procsFor, type Proc, type SentEvent } from '../helpers/procs.js';
+
+// `script` (util-linux) gives the node a pseudo-terminal, so it runs its interactive console.
+// Only this spec needs it; the suite is written for machines that have it (checked below).
+const hasScript = spawnSync('script', ['--version'], { encoding: 'utf8' }).status === 0;
+
+/** An ANSI control sequence (cursor moves, line clears), as readline writes them. */
+const CSI = new RegExp(String.raw`\x1b\[[0-9;?]*[A-Za-z]`, 'g');
+
+/** What the terminal shows, without ANSI escapes and carriage returns. */
+function screen(proc: Proc, from = 0): string {
+  return proc.stdout.slice(from).replace(CSI, '').replace(/\r/g, '');
+}
+
+function waitForScreen(proc: Proc, pattern: RegExp, from = 0, timeoutMs = 8_000): Promise<RegExpMatchArray> {
+  return proc.waitUntil(() => screen(proc, from).match(pattern) ?? undefined, timeoutMs, `screen ${pattern}`);
+}
+
+describe('bin/p2p in a terminal', { skip: hasScript ? false : 'no `script` (util-linux) for a pty' }, () => {
+  it('shows a prompt, answers /help, /peers and /nick, and shows messages as "[HH:MM:SS] nick (id): text"', async (t) => {
+    const procs = procsFor(t);
+    const tty = procs.spawn(
+      ['-qfec', 'stty cols 200 rows 50; exec bin/p2p 0 --host 127.0.0.1 --nick tty', '/dev/null'],
+      { command: 'script', json: false, env: { TERM: 'xterm' } },
+    );
+    const [, id, port] = await waitForScreen(tty, /node [0-9a-f]{6} \(([0-9a-f]+)\) listening on port (\d+)/);
+    await waitForScreen(tty, /^tty> /m);
+
+    let mark = tty.stdout.length;
+    tty.write('/help\r');
+    await waitForScreen(tty, /commands:[\s\S]*\/peers[\s\S]*\/nick NAME[\s\S]*\/quit/, mark);
+
+    mark = tty.stdout.length;
+    tty.write('/peers\r');
+    await waitForScreen(tty, /no peers connected/, mark);
+
+    const jay = await procs.node({ nick: 'jay', peers: [`127.0.0.1:${port}`] });
+    const jid = jay.ready.id.slice(0, 6);
+    await jay.waitForPeerUp(id!);
+    await waitForScreen(tty, new RegExp(`\\* jay \\(${jid}\\) joined from 127\\.0\\.0\\.1:`));
+
+    mark = tty.stdout.length;
+    tty.write('/peers\r');
+    await waitForScreen(
+      tty,
+      new RegExp(`1 peer:\\n\\s+${jid}\\s+jay\\s+127\\.0\\.0\\.1:\\d+ \\(in\\)`),
+      mark,
+    );
+
+    mark = tty.stdout.length;
+    tty.write('/nick zed\r');
+    await waitForScreen(tty, /you are now zed\n(?:.*\n)*?zed> /, mark);
+
+    mark = tty.stdout.length;
+    jay.send('hello terminal');
+    const sent = await jay.waitForEvent((e): e is SentEvent => e.event === 'sent');
+    const clock = new Date(sent.ts).toTimeString().slice(0, 8);
+    const shown = await waitForScreen(tty, /^\[\d\d:\d\d:\d\d\] jay \([0-9a-f]{6}\): hello terminal$/m, mark);
+    assert.equal(shown[0], `[${clock}] jay (${jid}): hello terminal`);
+
+    tty.write('typed in the terminal\r');
+    const received = await jay.waitForMessage('typed in the terminal');
+    assert.equal(received.from, id);
+    assert.equal(received.nick, 'zed', '/nick changes the name peers see');
+
+    tty.write('/quit\r');
+    assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
+    await jay.waitForPeerDown(id!);
+  });
+});

@@ -1,0 +1,264 @@
+/**
+ * Helpers of the real-socket specs (spec/transport, spec/node): loopback socket pairs, nodes with short
+ * timers that are always closed, a bounded polling wait, recorders for hot streams, and a raw peer
+ * that speaks the wire protocol by hand.
+ */
+import { readFileSync } from 'node:fs';
+import { connect, createServer, type Server, type Socket } from 'node:net';
+import type { TestContext } from 'node:test';
+import type { Observable } from 'rxjs';
+import { createNode, type NodeOptions, type NodeTiming, type P2PNode } from '../../lib/node/node.js';
+import type { Logger } from '../../lib/node/log.js';
+import type { Address } from '../../lib/protocol/address.js';
+import { encodeFrame, FrameDecoder } from '../../lib/protocol/codec.js';
+import { parseFrame, PROTOCOL_VERSION, serializeFrame, type Frame } from '../../lib/protocol/frames.js';
+
+export const HOST = '127.0.0.1';
+
+/** Timers short enough for tests, long enough for a loaded CI machine. */
+export const FAST_TIMING: NodeTiming = {
+  pingIntervalMs: 100,
+  peerTimeoutMs: 400,
+  helloTimeoutMs: 500,
+  connectTimeoutMs: 1000,
+  peerListDelayMs: 20,
+  backoff: { baseMs: 20, maxMs: 200 },
+};
+
+/** `127.0.0.1:port` as an {@link Address}. */
+export const loopback = (port: number): Address => ({ host: HOST, port });
+
+/**
+ * Polls `predicate` every few milliseconds until it holds; rejects after `timeoutMs` naming `what`.
+ * The only way these specs wait: never a fixed sleep.
+ */
+export async function waitFor(predicate: () => boolean, what: string, timeoutMs = 3000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/** Resolves on the next turn of the event loop, after pending I/O callbacks. */
+export const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** A port that was free a moment ago: listen on port 0, read the port, close. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  if (typeof address !== 'object' || address === null) throw new Error('no port');
+  return address.port;
+}
+
+/** Resolves when `socket` has closed (at once if it already has). */
+export function closed(socket: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    if (socket.destroyed && !socket.connecting) resolve();
+    else socket.once('close', () => resolve());
+  });
+}
+
+/** Two ends of one TCP connection on loopback: `client` dialled `server`'s listener. */
+export interface SocketPair {
+  readonly client: Socket;
+  readonly server: Socket;
+}
+
+/**
+ * Opens a loopback TCP connection through a listener on port 0. The listener and both sockets are
+ * destroyed after the test `t`, whatever its outcome.
+ */
+export async function socketPair(t: TestContext): Promise<SocketPair> {
+  const listener: Server = createServer();
+  await new Promise<void>((resolve) => listener.listen(0, HOST, resolve));
+  const address = listener.address();
+  if (typeof address !== 'object' || address === null) throw new Error('no port');
+  const accepted = new Promise<Socket>((resolve) => listener.once('connection', resolve));
+  const client = connect({ host: HOST, port: address.port });
+  await new Promise<void>((resolve, reject) => client.once('connect', resolve).once('error', reject));
+  const server = await accepted;
+  t.after(async () => {
+    for (const socket of [client, server]) {
+      socket.on('error', () => {}); // a reset during teardown is expected
+      socket.destroy();
+    }
+    await new Promise<void>((resolve) => listener.close(() => resolve()));
+  });
+  return { client, server };
+}
+
+/** Everything a hot Observable emitted since {@link record} subscribed, when, and how it ended. */
+export interface Recording<T> {
+  readonly values: T[];
+  /** `Date.now()` at each value, in step with `values`. */
+  readonly at: number[];
+  readonly completed: boolean;
+  readonly error: unknown;
+}
+
+/** Subscribes to `source$` and records what it emits; the subscription lives as long as the source. */
+export function record<T>(source$: Observable<T>): Recording<T> {
+  const state: { values: T[]; at: number[]; completed: boolean; error: unknown } = {
+    values: [],
+    at: [],
+    completed: false,
+    error: undefined,
+  };
+  source$.subscribe({
+    next: (value) => {
+      state.values.push(value);
+      state.at.push(Date.now());
+    },
+    error: (err: unknown) => (state.error = err),
+    complete: () => (state.completed = true),
+  });
+  return state;
+}
+
+/** When each recorded value that passes `test` arrived. */
+export function timesOf<T>(recording: Recording<T>, test: (value: T) => boolean): number[] {
+  return recording.values.flatMap((value, i) => (test(value) ? [recording.at[i]!] : []));
+}
+
+/** A logger that keeps every line, level included (`debug: connected to ...`), and when it came. */
+export interface LineLogger extends Logger {
+  readonly lines: string[];
+  /** Lines containing `text`. */
+  count(text: string): number;
+  /** `Date.now()` at each line containing `text`. */
+  times(text: string): number[];
+}
+
+export function lineLogger(): LineLogger {
+  const lines: string[] = [];
+  const at: number[] = [];
+  const add = (line: string): void => {
+    lines.push(line);
+    at.push(Date.now());
+  };
+  const times = (text: string): number[] => at.filter((_, i) => lines[i]!.includes(text));
+  return {
+    lines,
+    count: (text) => times(text).length,
+    times,
+    error: (line) => add(`error: ${line}`),
+    warn: (line) => add(`warn: ${line}`),
+    info: (line) => add(`info: ${line}`),
+    debug: (line) => add(`debug: ${line}`),
+  };
+}
+
+/**
+ * Starts nodes on 127.0.0.1:0 with {@link FAST_TIMING} and closes every one of them after the test `t`,
+ * even when it fails.
+ */
+export function nodeFactory(t: TestContext): (options?: NodeOptions) => Promise<P2PNode> {
+  const nodes: P2PNode[] = [];
+  t.after(() => Promise.all(nodes.map((node) => node.close())));
+  return async (options = {}) => {
+    const node = await createNode({
+      port: 0,
+      host: HOST,
+      ...options,
+      timing: { ...FAST_TIMING, ...options.timing },
+    });
+    nodes.push(node);
+    return node;
+  };
+}
+
+/** The ids of a node's connected peers, sorted. */
+export const peerIds = (node: P2PNode): string[] =>
+  node
+    .peers()
+    .map((p) => p.id)
+    .sort();
+
+/** True when `node` is connected to exactly the nodes `others`. */
+export function connectedTo(node: P2PNode, others: readonly P2PNode[]): boolean {
+  const want = others.map((o) => o.id).sort();
+  const have = peerIds(node);
+  return have.length === want.length && have.every((id, i) => id === want[i]);
+}
+
+/**
+ * Established TCP connections on loopback whose listening end is one of `ports` (each connection
+ * counted once, by its accepted socket), read from Linux's /proc/net/tcp.
+ */
+export function establishedOn(ports: readonly number[]): number {
+  let n = 0;
+  let tables = 0;
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+      tables++;
+    } catch {
+      continue; // tcp6 is absent on a kernel without IPv6
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      const local = fields[1];
+      const state = fields[3];
+      if (local === undefined || state !== '01') continue; // 01: ESTABLISHED
+      const port = parseInt(local.slice(local.lastIndexOf(':') + 1), 16);
+      if (ports.includes(port)) n++;
+    }
+  }
+  if (tables === 0) throw new Error('establishedOn reads /proc/net/tcp, which only Linux has');
+  return n;
+}
+
+/**
+ * A peer written by hand on a raw socket: sends a valid hello, records every frame the node sends,
+ * and answers pings only when `answerPings` is set.
+ */
+export interface RawPeer {
+  readonly socket: Socket;
+  readonly frames: Frame[];
+  /** Frames of `type` received so far. */
+  count(type: Frame['type']): number;
+  send(frame: Frame): void;
+  readonly closed: Promise<void>;
+}
+
+export async function rawPeer(
+  t: TestContext,
+  port: number,
+  options: { id: string; listenPort?: number; answerPings?: boolean },
+): Promise<RawPeer> {
+  const socket = connect({ host: HOST, port });
+  socket.on('error', () => {}); // the node may reset it; the test looks at `closed`
+  await new Promise<void>((resolve) => socket.once('connect', resolve));
+  t.after(() => socket.destroy());
+  const frames: Frame[] = [];
+  const decoder = new FrameDecoder();
+  const send = (frame: Frame): void => {
+    if (!socket.destroyed) socket.write(encodeFrame(serializeFrame(frame)));
+  };
+  socket.on('data', (chunk: Buffer) => {
+    for (const payload of decoder.push(chunk)) {
+      const frame = parseFrame(payload);
+      frames.push(frame);
+      if (frame.type === 'ping' && options.answerPings === true) send({ type: 'pong', n: frame.n });
+    }
+  });
+  const done = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  send({
+    type: 'hello',
+    v: PROTOCOL_VERSION,
+    id: options.id,
+    nick: 'raw',
+    port: options.listenPort ?? (await freePort()),
+  });
+  return {
+    socket,
+    frames,
+    count: (type) => frames.filter((f) => f.type === type).length,
+    send,
+    closed: done,
+  };
+}

@@ -1,0 +1,508 @@
+import assert from 'node:assert/strict';
+import { connect } from 'node:net';
+import { describe, it } from 'node:test';
+import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
+import { encodeFrame } from '../../lib/protocol/codec.js';
+import { MAX_TEXT_LENGTH } from '../../lib/protocol/frames.js';
+import {
+  closed,
+  connectedTo,
+  establishedOn,
+  FAST_TIMING,
+  freePort,
+  HOST,
+  lineLogger,
+  loopback,
+  nextTurn,
+  nodeFactory,
+  peerIds,
+  rawPeer,
+  record,
+  timesOf,
+  waitFor,
+  type Recording,
+} from '../helpers/nodes.js';
+
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** How many times `inbox` delivered the message with id `id`. */
+const times = (inbox: Recording<ChatMessage>, id: string): number =>
+  inbox.values.filter((m) => m.id === id).length;
+
+const downs = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-down' }> =>
+  events.values.filter((e): e is NodeEvent & { type: 'peer-down' } => e.type === 'peer-down');
+
+const ups = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-up' }> =>
+  events.values.filter((e): e is NodeEvent & { type: 'peer-up' } => e.type === 'peer-up');
+
+/**
+ * Sends a message from `sender` and waits until every other node's inbox has it. Messages that went
+ * out before it along the same links have then arrived too, which makes it a barrier.
+ */
+async function sendAndAwait(
+  sender: P2PNode,
+  nodes: readonly P2PNode[],
+  inboxes: readonly Recording<ChatMessage>[],
+  text: string,
+): Promise<ChatMessage> {
+  const message = sender.send(text);
+  await waitFor(
+    () => nodes.every((node, i) => node === sender || times(inboxes[i]!, message.id) > 0),
+    `"${text}" to reach every node`,
+  );
+  return message;
+}
+
+/** True when the nodes form a line, each connected to its neighbours only. */
+const isLine = (nodes: readonly P2PNode[]): boolean =>
+  nodes.every((node, i) =>
+    connectedTo(
+      node,
+      [nodes[i - 1], nodes[i + 1]].filter((n) => n !== undefined),
+    ),
+  );
+
+/** Starts five nodes, each given only the previous one, with targetPeers 1 so peer exchange adds no links. */
+async function line(start: ReturnType<typeof nodeFactory>): Promise<P2PNode[]> {
+  const nodes: P2PNode[] = [];
+  for (const i of range(5)) {
+    const previous = nodes[i - 1];
+    const node = await start({
+      nick: `n${i}`,
+      targetPeers: 1,
+      peers: previous === undefined ? [] : [loopback(previous.port)],
+    });
+    if (previous !== undefined) {
+      const neighbours = [nodes[i - 2], node].filter((n) => n !== undefined);
+      await waitFor(() => connectedTo(previous, neighbours), `link ${i}`);
+    }
+    nodes.push(node);
+  }
+  await waitFor(() => isLine(nodes), 'a line of five');
+  return nodes;
+}
+
+describe('createNode', () => {
+  it('exchanges messages both ways, each with the sender id, nick, time and text', async (t) => {
+    const start = nodeFactory(t);
+    const ann = await start({ nick: 'ann' });
+    const bob = await start({ nick: 'bob', peers: [loopback(ann.port)] });
+    const annInbox = record(ann.messages$);
+    const bobInbox = record(bob.messages$);
+    await waitFor(() => connectedTo(ann, [bob]) && connectedTo(bob, [ann]), 'ann and bob to connect');
+
+    const before = Date.now();
+    const hello = ann.send('hello bob');
+    const after = Date.now();
+    assert.match(hello.id, /^[0-9a-zA-Z_-]{1,64}$/);
+    assert.equal(hello.from, ann.id);
+    assert.equal(hello.nick, 'ann');
+    assert.equal(hello.text, 'hello bob');
+    assert.ok(hello.ts >= before && hello.ts <= after, 'ts is the time of sending');
+    await waitFor(() => bobInbox.values.length === 1, 'bob to get a message');
+    assert.deepEqual(bobInbox.values, [hello]);
+
+    bob.setNick('robert');
+    const reply = bob.send('hi ann, ünïcödé ✓');
+    await waitFor(() => annInbox.values.length === 1, 'ann to get a message');
+    assert.deepEqual(annInbox.values, [reply]);
+    assert.equal(reply.from, bob.id);
+    assert.equal(reply.nick, 'robert');
+    assert.notEqual(reply.id, hello.id);
+
+    assert.ok(
+      annInbox.values.every((m) => m.from !== ann.id),
+      "ann's own message is not in her inbox",
+    );
+    assert.ok(
+      bobInbox.values.every((m) => m.from !== bob.id),
+      "bob's own message is not in his inbox",
+    );
+  });
+
+  it('lists a connected peer with its id, nick, listen address and direction', async (t) => {
+    const start = nodeFactory(t);
+    const ann = await start({ nick: 'ann' });
+    const bob = await start({ nick: 'bob', peers: [loopback(ann.port)] });
+    await waitFor(() => connectedTo(ann, [bob]) && connectedTo(bob, [ann]), 'ann and bob to connect');
+    assert.deepEqual(ann.peers(), [
+      { id: bob.id, nick: 'bob', address: `127.0.0.1:${bob.port}`, direction: 'in' },
+    ] satisfies PeerInfo[]);
+    assert.deepEqual(bob.peers(), [
+      { id: ann.id, nick: 'ann', address: `127.0.0.1:${ann.port}`, direction: 'out' },
+    ] satisfies PeerInfo[]);
+  });
+
+  it('ends simultaneous dials with exactly one connection on both sides, never zero', async (t) => {
+    const start = nodeFactory(t);
+    await Promise.all(
+      range(10).map(async (i) => {
+        // Even pairs: the first node has the smaller id; odd pairs: the second one does.
+        const [idA, idB] = i % 2 === 0 ? [`p${i}-a`, `p${i}-b`] : [`p${i}-b`, `p${i}-a`];
+        const log = lineLogger();
+        const a = await start({ id: idA, log });
+        const b = await start({ id: idB, log });
+        const eventsA = record(a.events$);
+        const eventsB = record(b.events$);
+        const listsA = record(a.peers$);
+        const listsB = record(b.peers$);
+        // Vary who dials first and how far apart; both dial before either has seen a hello.
+        switch (i % 4) {
+          case 0:
+            a.connect(loopback(b.port));
+            b.connect(loopback(a.port));
+            break;
+          case 1:
+            b.connect(loopback(a.port));
+            a.connect(loopback(b.port));
+            break;
+          case 2:
+            a.connect(loopback(b.port));
+            await nextTurn();
+            b.connect(loopback(a.port));
+            break;
+          default:
+            b.connect(loopback(a.port));
+            await nextTurn();
+            a.connect(loopback(b.port));
+        }
+        await waitFor(
+          () => connectedTo(a, [b]) && connectedTo(b, [a]) && establishedOn([a.port, b.port]) === 1,
+          `pair ${i} to settle on one connection`,
+          5000,
+        );
+        // Both sides kept the same connection: the one dialled by the node with the smaller id.
+        const [lower, higher] = a.id < b.id ? [a, b] : [b, a];
+        assert.equal(lower.peers()[0]?.direction, 'out', `pair ${i}`);
+        assert.equal(higher.peers()[0]?.direction, 'in', `pair ${i}`);
+
+        // The link works both ways after the duplicate is gone.
+        const inboxA = record(a.messages$);
+        const inboxB = record(b.messages$);
+        await sendAndAwait(a, [a, b], [inboxA, inboxB], `ping ${i}`);
+        await sendAndAwait(b, [a, b], [inboxA, inboxB], `pong ${i}`);
+
+        assert.equal(ups(eventsA).length, 1, `pair ${i}: one peer-up on a`);
+        assert.equal(ups(eventsB).length, 1, `pair ${i}: one peer-up on b`);
+        assert.deepEqual(downs(eventsA), [], `pair ${i}: no peer-down on a`);
+        assert.deepEqual(downs(eventsB), [], `pair ${i}: no peer-down on b`);
+        for (const lists of [listsA, listsB]) {
+          const first = lists.values.findIndex((l) => l.length > 0);
+          assert.ok(
+            lists.values.slice(first).every((l) => l.length === 1),
+            `pair ${i}: never zero nor two peers once connected`,
+          );
+        }
+        assert.equal(establishedOn([a.port, b.port]), 1, `pair ${i}: one TCP connection`);
+        assert.ok(log.count('duplicate connection') >= 1, `pair ${i}: the two dials did cross`);
+      }),
+    );
+  });
+
+  it('drops a link to its own port and does not dial it again', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const node = await start({ log });
+    const events = record(node.events$);
+    // A peer that answers pings is the test's clock: each ping is one upkeep tick of the node.
+    const witness = await rawPeer(t, node.port, { id: 'witness', answerPings: true });
+
+    node.connect(loopback(node.port));
+    await waitFor(() => log.count('is this node; not dialling it again') === 1, 'the node to notice itself');
+    await waitFor(() => establishedOn([node.port]) === 1, 'the link to itself to close (the witness stays)');
+    const pings = witness.count('ping');
+    await waitFor(() => witness.count('ping') >= pings + 5, 'five more upkeep ticks', 5000);
+    node.connect(`127.0.0.1:${node.port}`); // asked again: refused without a dial
+    await waitFor(() => witness.count('ping') >= pings + 7, 'two more upkeep ticks', 5000);
+
+    assert.equal(log.count('connected to'), 1, 'dialled itself once');
+    assert.deepEqual(peerIds(node), ['witness']);
+    assert.deepEqual(
+      ups(events).map((e) => e.peer.id),
+      ['witness'],
+    );
+    assert.deepEqual(downs(events), []);
+  });
+
+  it('relays a message from one end of a line of five to the other, exactly once at every node', async (t) => {
+    const start = nodeFactory(t);
+    const nodes = await line(start);
+    const inboxes = nodes.map((node) => record(node.messages$));
+    const first = nodes[0]!;
+    const last = nodes[4]!;
+
+    const message = await sendAndAwait(first, nodes, inboxes, 'end to end');
+    await sendAndAwait(first, nodes, inboxes, 'barrier from the first');
+    await sendAndAwait(last, nodes, inboxes, 'barrier from the last');
+
+    assert.deepEqual(
+      inboxes.map((inbox) => times(inbox, message.id)),
+      [0, 1, 1, 1, 1],
+    );
+    assert.deepEqual(inboxes[4]!.values[0], message, 'delivered unchanged');
+    assert.ok(isLine(nodes), 'still a line');
+  });
+
+  it('relays several messages from the middle of a line to both ends, once each and in order', async (t) => {
+    const start = nodeFactory(t);
+    const nodes = await line(start);
+    const inboxes = nodes.map((node) => record(node.messages$));
+    const middle = nodes[2]!;
+
+    const sent = range(5).map((k) => middle.send(`from the middle #${k}`));
+    await waitFor(
+      () => inboxes.every((inbox, i) => i === 2 || sent.every((m) => times(inbox, m.id) > 0)),
+      'every message everywhere',
+    );
+    await sendAndAwait(nodes[0]!, nodes, inboxes, 'barrier from the first');
+    await sendAndAwait(nodes[4]!, nodes, inboxes, 'barrier from the last');
+
+    for (const [i, inbox] of inboxes.entries()) {
+      const fromMiddle = inbox.values.filter((m) => m.from === middle.id).map((m) => m.text);
+      assert.deepEqual(fromMiddle, i === 2 ? [] : sent.map((m) => m.text), `node ${i}`);
+    }
+    assert.ok(isLine(nodes), 'still a line');
+  });
+
+  it('discovers the other nodes through peer exchange when given only one', async (t) => {
+    const start = nodeFactory(t);
+    const hub = await start({ nick: 'hub' });
+    const b = await start({ nick: 'b', peers: [loopback(hub.port)] });
+    const c = await start({ nick: 'c', peers: [loopback(hub.port)] });
+    await waitFor(() => connectedTo(b, [hub, c]) && connectedTo(c, [hub, b]), 'b and c to find each other');
+
+    const newcomer = await start({ nick: 'new', peers: [loopback(hub.port)] });
+    const lists = record(newcomer.peers$);
+    const nodes = [hub, b, c, newcomer];
+    await waitFor(
+      () =>
+        nodes.every((node) =>
+          connectedTo(
+            node,
+            nodes.filter((other) => other !== node),
+          ),
+        ),
+      'a full mesh of four',
+    );
+    const latest = lists.values.at(-1) ?? [];
+    assert.deepEqual(latest.map((p) => p.id).sort(), [hub.id, b.id, c.id].sort());
+    assert.deepEqual(
+      latest
+        .filter((p) => p.id !== hub.id)
+        .map((p) => p.address)
+        .sort(),
+      [`127.0.0.1:${b.port}`, `127.0.0.1:${c.port}`].sort(),
+    );
+
+    // In a mesh each node hears a message from several neighbours, and delivers it once.
+    const inboxes = nodes.map((node) => record(node.messages$));
+    const message = await sendAndAwait(newcomer, nodes, inboxes, 'hello everyone');
+    await sendAndAwait(hub, nodes, inboxes, 'barrier');
+    assert.deepEqual(
+      inboxes.map((inbox) => times(inbox, message.id)),
+      [1, 1, 1, 0],
+    );
+  });
+
+  it('reports peer-down naming the shutdown when a node closes, and the others keep chatting', async (t) => {
+    const start = nodeFactory(t);
+    const a = await start({ nick: 'a' });
+    const b = await start({ nick: 'b', peers: [loopback(a.port)] });
+    const c = await start({ nick: 'c', peers: [loopback(a.port)] });
+    await waitFor(
+      () => connectedTo(a, [b, c]) && connectedTo(b, [a, c]) && connectedTo(c, [a, b]),
+      'a triangle',
+    );
+    const eventsA = record(a.events$);
+    const eventsB = record(b.events$);
+
+    await c.close();
+    await waitFor(() => downs(eventsA).length === 1 && downs(eventsB).length === 1, 'both to lose c');
+    for (const events of [eventsA, eventsB]) {
+      const [down] = downs(events);
+      assert.equal(down?.peer.id, c.id);
+      assert.equal(down?.peer.nick, 'c');
+      assert.match(down?.reason ?? '', /shut ?down/i);
+    }
+    assert.deepEqual(peerIds(a), [b.id]);
+    assert.deepEqual(peerIds(b), [a.id]);
+
+    const inboxes = [record(a.messages$), record(b.messages$)];
+    const fromA = await sendAndAwait(a, [a, b], inboxes, 'still here?');
+    const fromB = await sendAndAwait(b, [a, b], inboxes, 'yes');
+    assert.equal(times(inboxes[1]!, fromA.id), 1);
+    assert.equal(times(inboxes[0]!, fromB.id), 1);
+  });
+
+  it('retries a peer that is not up yet, and connects once it starts', async (t) => {
+    const start = nodeFactory(t);
+    const port = await freePort();
+    const log = lineLogger();
+    const early = await start({ log, peers: [loopback(port)] });
+    const failures = (): number[] => log.times(`cannot reach 127.0.0.1:${port}`);
+    await waitFor(() => failures().length >= 3, 'three failed dials');
+    const [first, , third] = failures();
+    // Retries 1 and 2 wait at least half of 40 and 80 ms; at the base delay they would take 20-40 ms.
+    assert.ok(third! - first! >= 55, `the delay between dials grows (${third! - first!} ms for two)`);
+    assert.deepEqual(early.peers(), []);
+
+    const late = await start({ port });
+    await waitFor(
+      () => connectedTo(early, [late]) && connectedTo(late, [early]),
+      'the late node to be found',
+    );
+    assert.equal(early.peers()[0]?.direction, 'out');
+  });
+
+  it('drops a peer that sends a hello and then nothing, after peerTimeoutMs', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const events = record(node.events$);
+    const silent = await rawPeer(t, node.port, { id: 'silent', answerPings: false });
+    await waitFor(() => ups(events).length === 1, 'the silent peer to be up');
+    assert.deepEqual(peerIds(node), ['silent']);
+
+    await waitFor(() => downs(events).length === 1, 'the silent peer to be dropped');
+    await silent.closed;
+    const [upAt, downAt] = events.at;
+    const [down] = downs(events);
+    assert.equal(down?.peer.id, 'silent');
+    assert.match(down?.reason ?? '', /ERR_PEER_TIMEOUT/);
+    assert.ok(downAt! - upAt! >= FAST_TIMING.peerTimeoutMs! - 5, 'not dropped before its time was up');
+    assert.ok(silent.count('ping') >= 1, 'it was pinged first');
+    assert.deepEqual(node.peers(), []);
+  });
+
+  it('keeps a quiet peer that answers its pings', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const events = record(node.events$);
+    const quiet = await rawPeer(t, node.port, { id: 'quiet', answerPings: true });
+    await waitFor(() => ups(events).length === 1, 'the quiet peer to be up');
+    // Eight ping intervals are twice peerTimeoutMs: long enough to be dropped were pongs not counted.
+    await waitFor(() => quiet.count('ping') >= 8, 'eight pings', 5000);
+    assert.deepEqual(downs(events), []);
+    assert.deepEqual(peerIds(node), ['quiet']);
+  });
+
+  it('drops a peer that breaks the protocol, and goes on with the others', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const friend = await start({ peers: [loopback(node.port)] });
+    await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
+    const events = record(node.events$);
+    const rogue = await rawPeer(t, node.port, { id: 'rogue' });
+    await waitFor(() => ups(events).length === 1, 'the rogue to be up');
+    rogue.socket.write(encodeFrame(Buffer.from('{not json')));
+    await rogue.closed;
+    await waitFor(() => downs(events).length === 1, 'the rogue to be dropped');
+    assert.match(downs(events)[0]?.reason ?? '', /ERR_BAD_JSON/);
+
+    const inboxes = [record(node.messages$), record(friend.messages$)];
+    await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
+    assert.deepEqual(peerIds(node), [friend.id]);
+  });
+
+  it('close resolves once every socket is closed, and completes its streams', async (t) => {
+    const start = nodeFactory(t);
+    const upstream = await start({ nick: 'upstream' });
+    const node = await start({ nick: 'node', peers: [loopback(upstream.port)] });
+    const downstream = await start({ nick: 'downstream', peers: [loopback(node.port)] });
+    await waitFor(() => connectedTo(node, [upstream, downstream]), 'node to have both peers');
+    const raw = await rawPeer(t, node.port, { id: 'raw', answerPings: true });
+    await waitFor(() => node.peers().length === 3, 'the raw peer to be up');
+    const messages = record(node.messages$);
+    const lists = record(node.peers$);
+    const events = record(node.events$);
+    const upstreamEvents = record(upstream.events$);
+    const downstreamEvents = record(downstream.events$);
+
+    const closing = node.close();
+    assert.equal(node.close(), closing, 'idempotent');
+    await closing;
+
+    assert.equal(messages.completed, true, 'messages$ completes');
+    assert.equal(lists.completed, true, 'peers$ completes');
+    assert.equal(events.completed, true, 'events$ completes');
+    assert.deepEqual(lists.values.at(-1), [], 'the last list is empty');
+    assert.equal(downs(events).length, 3, 'every peer reported down');
+    assert.equal(establishedOn([node.port]), 0, 'no connection to its port is left');
+    assert.equal(raw.socket.destroyed, true, 'the raw peer saw the close');
+    assert.throws(() => node.send('too late'), RangeError);
+    node.connect(loopback(upstream.port)); // a no-op once closed
+    await waitFor(
+      () => downs(upstreamEvents).length === 1 && downs(downstreamEvents).length === 1,
+      'peers to notice',
+    );
+    for (const events of [upstreamEvents, downstreamEvents]) {
+      assert.equal(downs(events)[0]?.peer.id, node.id);
+      assert.match(downs(events)[0]?.reason ?? '', /shut ?down/i);
+    }
+    assert.equal(peerIds(upstream).includes(node.id), false);
+  });
+
+  it('refuses peers beyond maxPeers with a bye naming the reason', async (t) => {
+    const start = nodeFactory(t);
+    const full = await start({ maxPeers: 1 });
+    const lists = record(full.peers$);
+    const fullEvents = record(full.events$);
+    const first = await start({ peers: [loopback(full.port)] });
+    await waitFor(() => connectedTo(full, [first]), 'the first peer to connect');
+    const extra = await start({ peers: [loopback(full.port)] });
+    const events = record(extra.events$);
+
+    await waitFor(() => downs(events).length >= 2, 'the extra node to be refused, twice');
+    assert.match(downs(events)[0]?.reason ?? '', /full/);
+    assert.ok(
+      lists.values.every((l) => l.length <= 1),
+      'never more than maxPeers',
+    );
+    assert.deepEqual(peerIds(full), [first.id]);
+    assert.deepEqual(peerIds(extra), []);
+    assert.deepEqual(
+      ups(fullEvents).map((e) => e.peer.id),
+      [first.id],
+    );
+    assert.deepEqual(downs(fullEvents), []);
+  });
+
+  it('backs off from a node that keeps refusing it as full', async (t) => {
+    const start = nodeFactory(t);
+    const full = await start({ maxPeers: 1 });
+    const first = await start({ peers: [loopback(full.port)] });
+    await waitFor(() => connectedTo(full, [first]), 'the first peer to connect');
+    const extra = await start({ peers: [loopback(full.port)] });
+    const events = record(extra.events$);
+
+    await waitFor(() => downs(events).length >= 5, 'five refusals', 5000);
+    const refusals = timesOf(events, (e) => e.type === 'peer-down');
+    const elapsed = refusals[4]! - refusals[0]!;
+    // A refusal is a failed dial: retries 1..4 wait at least half their ceilings, 20·2^k capped at
+    // 200 ms, so 20 + 40 + 80 + 100 ms. Redialling at the base delay (10-20 ms) hammers the full node.
+    assert.ok(elapsed >= 230, `four redials of a full node took only ${elapsed} ms: no backoff`);
+  });
+
+  it('drops a connection that sends no hello within helloTimeoutMs', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const events = record(node.events$);
+    const openedAt = Date.now();
+    const socket = connect({ host: HOST, port: node.port });
+    socket.on('error', () => {});
+    socket.resume(); // read and discard the node's hello
+    t.after(() => socket.destroy());
+    await closed(socket);
+    assert.ok(Date.now() - openedAt >= FAST_TIMING.helloTimeoutMs! - 5, 'not dropped before its time was up');
+    assert.deepEqual(events.values, []);
+    assert.deepEqual(node.peers(), []);
+  });
+
+  it('refuses to send an empty or oversized message', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    assert.throws(() => node.send(''), RangeError);
+    assert.throws(() => node.send('x'.repeat(MAX_TEXT_LENGTH + 1)), RangeError);
+    assert.throws(() => node.setNick(''), RangeError);
+    assert.equal(node.send('x'.repeat(MAX_TEXT_LENGTH)).text.length, MAX_TEXT_LENGTH);
+  });
+});

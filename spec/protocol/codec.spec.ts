@@ -1,0 +1,305 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import {
+  DEFAULT_MAX_FRAME_BYTES,
+  encodeFrame,
+  FrameDecoder,
+  LENGTH_PREFIX_BYTES,
+} from '../../lib/protocol/codec.js';
+import { ProtocolError, type ProtocolErrorCode } from '../../lib/protocol/errors.js';
+
+const NUM_RUNS = 200;
+
+/** A bare length prefix announcing `length` bytes. */
+function prefix(length: number): Buffer {
+  const out = Buffer.alloc(LENGTH_PREFIX_BYTES);
+  out.writeUInt32BE(length, 0);
+  return out;
+}
+
+/** Splits `stream` at the given cut points (taken modulo its length + 1); repeated cuts give empty chunks. */
+function split(stream: Buffer, cuts: readonly number[]): Buffer[] {
+  const points = cuts.map((cut) => cut % (stream.length + 1)).sort((a, b) => a - b);
+  const chunks: Buffer[] = [];
+  let start = 0;
+  for (const point of points) {
+    chunks.push(Buffer.from(stream.subarray(start, point))); // a copy, as a socket hands out fresh buffers
+    start = point;
+  }
+  chunks.push(Buffer.from(stream.subarray(start)));
+  return chunks;
+}
+
+const hex = (buffers: readonly Buffer[]): string[] => buffers.map((b) => b.toString('hex'));
+
+/** A validator for `assert.throws` that wants a ProtocolError with `code`. */
+function protocolError(code: ProtocolErrorCode): (err: unknown) => boolean {
+  return (err) => {
+    assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  };
+}
+
+/**
+ * The most a decoder may hold between pushes: a push never returns with a complete frame, nor with a
+ * complete but unchecked length prefix, still buffered. So at most a prefix and `maxFrameBytes - 1`
+ * bytes of body remain, whatever the size of the chunk just pushed.
+ */
+const bufferBound = (maxFrameBytes: number): number => maxFrameBytes + LENGTH_PREFIX_BYTES - 1;
+
+const payloadArb = fc.uint8Array({ minLength: 1, maxLength: 300 }).map((bytes) => Buffer.from(bytes));
+const cutsArb = fc.array(fc.nat(), { maxLength: 32 });
+const uint32Arb = fc
+  .tuple(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }))
+  .map(([high, low]) => high * 0x1_0000 + low);
+const maxFrameBytesArb = fc.oneof(fc.integer({ min: 1, max: 64 }), fc.constant(DEFAULT_MAX_FRAME_BYTES));
+
+/** What a hostile or broken peer may send: well-formed frames, loose bytes, and bare prefixes of any length. */
+const hostileStreamArb = fc
+  .array(
+    fc.oneof(
+      fc.uint8Array({ minLength: 1, maxLength: 48 }).map((bytes) => encodeFrame(Buffer.from(bytes))),
+      fc.uint8Array({ maxLength: 16 }).map((bytes) => Buffer.from(bytes)),
+      fc.oneof(fc.integer({ min: 0, max: 70 }), uint32Arb).map(prefix),
+    ),
+    { maxLength: 12 },
+  )
+  .map((segments) => Buffer.concat(segments));
+
+describe('encodeFrame', () => {
+  it('prepends the payload length as a 4-byte big-endian integer', () => {
+    assert.deepEqual(encodeFrame(Buffer.from('abc')), Buffer.from([0, 0, 0, 3, 0x61, 0x62, 0x63]));
+    assert.deepEqual(encodeFrame(Buffer.alloc(0x0102)).subarray(0, 4), Buffer.from([0, 0, 1, 2]));
+  });
+});
+
+describe('FrameDecoder', () => {
+  describe('constructor', () => {
+    it('defaults maxFrameBytes to DEFAULT_MAX_FRAME_BYTES (256 KiB)', () => {
+      assert.equal(DEFAULT_MAX_FRAME_BYTES, 256 * 1024);
+      assert.equal(new FrameDecoder().maxFrameBytes, DEFAULT_MAX_FRAME_BYTES);
+    });
+
+    it('throws a RangeError for a maxFrameBytes that is not an integer in 1..2^32-1', () => {
+      for (const bad of [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 32]) {
+        assert.throws(() => new FrameDecoder(bad), RangeError, `maxFrameBytes ${bad}`);
+      }
+    });
+
+    it('accepts the extreme limits 1 and 2^32-1', () => {
+      assert.equal(new FrameDecoder(1).maxFrameBytes, 1);
+      assert.equal(new FrameDecoder(2 ** 32 - 1).maxFrameBytes, 2 ** 32 - 1);
+    });
+  });
+
+  describe('push', () => {
+    it('returns nothing for an empty chunk and leaves the buffer alone', () => {
+      const decoder = new FrameDecoder();
+      assert.deepEqual(decoder.push(Buffer.alloc(0)), []);
+      assert.equal(decoder.bufferedBytes, 0);
+    });
+
+    it('returns every frame a chunk completes, in order', () => {
+      const decoder = new FrameDecoder();
+      const chunk = Buffer.concat([encodeFrame(Buffer.from('one')), encodeFrame(Buffer.from('two'))]);
+      assert.deepEqual(hex(decoder.push(chunk)), hex([Buffer.from('one'), Buffer.from('two')]));
+      assert.equal(decoder.bufferedBytes, 0);
+    });
+
+    it('reassembles a frame sent one byte at a time, returning it on its last byte only', () => {
+      const decoder = new FrameDecoder();
+      const wire = encodeFrame(Buffer.from('hello'));
+      for (let i = 0; i < wire.length - 1; i++) {
+        assert.deepEqual(decoder.push(wire.subarray(i, i + 1)), [], `byte ${i}`);
+      }
+      assert.deepEqual(hex(decoder.push(wire.subarray(wire.length - 1))), hex([Buffer.from('hello')]));
+      assert.equal(decoder.bufferedBytes, 0);
+    });
+
+    it('reads a length prefix that straddles chunks', () => {
+      const decoder = new FrameDecoder();
+      const wire = Buffer.concat([encodeFrame(Buffer.from('first')), encodeFrame(Buffer.from('second'))]);
+      const secondPrefixAt = LENGTH_PREFIX_BYTES + 'first'.length;
+      // first frame plus 1 prefix byte | 2 more prefix bytes | last prefix byte and the body
+      const [cutA, cutB] = [secondPrefixAt + 1, secondPrefixAt + 3];
+      assert.deepEqual(hex(decoder.push(wire.subarray(0, cutA))), hex([Buffer.from('first')]));
+      assert.deepEqual(decoder.push(wire.subarray(cutA, cutB)), []);
+      assert.deepEqual(hex(decoder.push(wire.subarray(cutB))), hex([Buffer.from('second')]));
+      assert.equal(decoder.bufferedBytes, 0);
+    });
+
+    it('reads a length prefix split over four one-byte chunks followed by the body', () => {
+      const decoder = new FrameDecoder();
+      const wire = encodeFrame(Buffer.alloc(300, 7)); // a length whose prefix has two non-zero bytes
+      for (let i = 0; i < LENGTH_PREFIX_BYTES; i++)
+        assert.deepEqual(decoder.push(wire.subarray(i, i + 1)), []);
+      assert.deepEqual(hex(decoder.push(wire.subarray(LENGTH_PREFIX_BYTES))), hex([Buffer.alloc(300, 7)]));
+    });
+
+    it('accepts a frame of exactly maxFrameBytes', () => {
+      const decoder = new FrameDecoder(8);
+      assert.deepEqual(hex(decoder.push(encodeFrame(Buffer.alloc(8, 1)))), hex([Buffer.alloc(8, 1)]));
+    });
+
+    it('refuses a frame one byte over maxFrameBytes with ERR_FRAME_TOO_LARGE', () => {
+      const decoder = new FrameDecoder(8);
+      assert.throws(() => decoder.push(encodeFrame(Buffer.alloc(9))), protocolError('ERR_FRAME_TOO_LARGE'));
+    });
+
+    it('refuses a zero-length frame with ERR_EMPTY_FRAME', () => {
+      const decoder = new FrameDecoder();
+      assert.throws(() => decoder.push(prefix(0)), protocolError('ERR_EMPTY_FRAME'));
+    });
+
+    it('refuses a 4 GiB announcement under the default limit from its prefix alone', () => {
+      const decoder = new FrameDecoder();
+      assert.throws(() => decoder.push(prefix(0xffff_ffff)), protocolError('ERR_FRAME_TOO_LARGE'));
+    });
+
+    it('counts a bare length prefix as buffered, so an end of stream right after it is seen as mid-frame', () => {
+      // fromSocket treats bufferedBytes === 0 at 'end' as a clean close.
+      const decoder = new FrameDecoder();
+      assert.deepEqual(decoder.push(prefix(10)), []);
+      assert.equal(decoder.bufferedBytes, LENGTH_PREFIX_BYTES);
+    });
+  });
+
+  describe('properties', () => {
+    it('yields exactly the encoded payloads, in order, however the stream is chunked', () => {
+      fc.assert(
+        fc.property(fc.array(payloadArb, { maxLength: 16 }), cutsArb, (payloads, cuts) => {
+          // The tightest limit that admits every payload, so frames of exactly the limit occur.
+          const decoder = new FrameDecoder(Math.max(1, ...payloads.map((p) => p.length)));
+          const stream = Buffer.concat(payloads.map((p) => encodeFrame(p)));
+          const received: Buffer[] = [];
+          for (const chunk of split(stream, cuts)) received.push(...decoder.push(chunk));
+          assert.deepEqual(hex(received), hex(payloads));
+          assert.equal(decoder.bufferedBytes, 0);
+        }),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('counts in bufferedBytes every byte received and not yet returned in a frame', () => {
+      fc.assert(
+        fc.property(fc.array(payloadArb, { maxLength: 8 }), cutsArb, (payloads, cuts) => {
+          const decoder = new FrameDecoder();
+          const stream = Buffer.concat(payloads.map((p) => encodeFrame(p)));
+          let pending = 0;
+          for (const chunk of split(stream, cuts)) {
+            pending += chunk.length;
+            for (const frame of decoder.push(chunk)) pending -= LENGTH_PREFIX_BYTES + frame.length;
+            assert.equal(decoder.bufferedBytes, pending);
+          }
+        }),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('gives only frames or a ProtocolError (ERR_FRAME_TOO_LARGE, ERR_EMPTY_FRAME) for any bytes in any chunks', () => {
+      fc.assert(
+        fc.property(
+          maxFrameBytesArb,
+          fc.oneof(
+            hostileStreamArb,
+            fc.uint8Array({ maxLength: 200 }).map((b) => Buffer.from(b)),
+          ),
+          cutsArb,
+          (maxFrameBytes, stream, cuts) => {
+            const decoder = new FrameDecoder(maxFrameBytes);
+            for (const chunk of split(stream, cuts)) {
+              let frames: Buffer[];
+              try {
+                frames = decoder.push(chunk);
+              } catch (err) {
+                if (!(err instanceof ProtocolError)) throw err;
+                assert.ok(
+                  err.code === 'ERR_FRAME_TOO_LARGE' || err.code === 'ERR_EMPTY_FRAME',
+                  `unexpected code ${err.code}`,
+                );
+                return; // the decoder is unusable after an error
+              }
+              for (const frame of frames) {
+                assert.ok(
+                  frame.length >= 1 && frame.length <= maxFrameBytes,
+                  `frame of ${frame.length} bytes`,
+                );
+              }
+            }
+          },
+        ),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('never holds more than maxFrameBytes + 3 bytes after a push, whatever the chunk size', () => {
+      fc.assert(
+        fc.property(maxFrameBytesArb, hostileStreamArb, cutsArb, (maxFrameBytes, stream, cuts) => {
+          const decoder = new FrameDecoder(maxFrameBytes);
+          for (const chunk of split(stream, cuts)) {
+            try {
+              decoder.push(chunk);
+            } catch (err) {
+              if (err instanceof ProtocolError) return;
+              throw err;
+            }
+            assert.ok(
+              decoder.bufferedBytes <= bufferBound(maxFrameBytes),
+              `${decoder.bufferedBytes} bytes buffered after a chunk of ${chunk.length}, limit ${maxFrameBytes}`,
+            );
+          }
+        }),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('refuses an oversize announcement when its 4th prefix byte arrives, before any body is sent', () => {
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 1, max: 1 << 20 }),
+          uint32Arb,
+          fc.array(payloadArb, { maxLength: 4 }),
+          cutsArb,
+          fc.integer({ min: 0, max: LENGTH_PREFIX_BYTES - 1 }),
+          (maxFrameBytes, excess, before, cuts, prefixSent) => {
+            const announced = maxFrameBytes + 1 + (excess % (2 ** 32 - maxFrameBytes - 1));
+            const legal = before.map((p) => p.subarray(0, maxFrameBytes));
+            const head = prefix(announced);
+            const decoder = new FrameDecoder(maxFrameBytes);
+            const lead = Buffer.concat([...legal.map((p) => encodeFrame(p)), head.subarray(0, prefixSent)]);
+            const received: Buffer[] = [];
+            for (const chunk of split(lead, cuts)) received.push(...decoder.push(chunk));
+            assert.deepEqual(hex(received), hex(legal));
+            assert.ok(decoder.bufferedBytes < LENGTH_PREFIX_BYTES);
+            assert.throws(
+              () => decoder.push(head.subarray(prefixSent)),
+              protocolError('ERR_FRAME_TOO_LARGE'),
+            );
+          },
+        ),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('buffers only the bytes actually sent, not the length a peer announces', () => {
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 2, max: DEFAULT_MAX_FRAME_BYTES }),
+          fc.uint8Array({ maxLength: 64 }),
+          cutsArb,
+          (announced, body, cuts) => {
+            const sent = Buffer.from(body).subarray(0, announced - 1); // one byte short of a frame at most
+            const decoder = new FrameDecoder();
+            for (const chunk of split(Buffer.concat([prefix(announced), sent]), cuts)) {
+              assert.deepEqual(decoder.push(chunk), []);
+            }
+            assert.ok(decoder.bufferedBytes <= LENGTH_PREFIX_BYTES + sent.length);
+          },
+        ),
+        { numRuns: NUM_RUNS },
+      );
+    });
+  });
+});

@@ -1,0 +1,463 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { ProtocolError, type ProtocolErrorCode } from '../../lib/protocol/errors.js';
+import {
+  FRAME_TYPES,
+  MAX_NICK_LENGTH,
+  MAX_PEERS_PER_LIST,
+  MAX_TEXT_LENGTH,
+  parseFrame,
+  PROTOCOL_VERSION,
+  serializeFrame,
+  validateFrame,
+  type ByeFrame,
+  type ChatFrame,
+  type Frame,
+  type HelloFrame,
+  type PeerEntry,
+  type PeersFrame,
+  type PingFrame,
+  type PongFrame,
+} from '../../lib/protocol/frames.js';
+
+const NUM_RUNS = 200;
+
+/** Codes `validateFrame` may throw; `parseFrame` adds ERR_BAD_JSON. */
+const VALIDATE_CODES: readonly ProtocolErrorCode[] = [
+  'ERR_BAD_FRAME',
+  'ERR_UNKNOWN_TYPE',
+  'ERR_PROTOCOL_VERSION',
+];
+const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_CODES];
+
+/** Every field each frame type carries; anything else is dropped by validation. */
+const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
+  hello: ['type', 'v', 'id', 'nick', 'port', 'addr'],
+  chat: ['type', 'id', 'from', 'nick', 'ts', 'text'],
+  peers: ['type', 'peers'],
+  ping: ['type', 'n'],
+  pong: ['type', 'n'],
+  bye: ['type', 'reason'],
+};
+
+/** A validator for `assert.throws` that wants a ProtocolError with `code`. */
+function protocolError(code: ProtocolErrorCode): (err: unknown) => boolean {
+  return (err) => {
+    assert.ok(err instanceof ProtocolError, `expected a ProtocolError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    return true;
+  };
+}
+
+const payload = (value: unknown): Buffer => Buffer.from(JSON.stringify(value), 'utf8');
+
+/**
+ * Runs `decode` and returns its frame, or undefined when it throws a ProtocolError with one of
+ * `codes`; anything else (TypeError, RangeError, another code) fails the test.
+ */
+function frameOrProtocolError(decode: () => Frame, codes: readonly ProtocolErrorCode[]): Frame | undefined {
+  let frame: Frame;
+  try {
+    frame = decode();
+  } catch (err) {
+    if (!(err instanceof ProtocolError)) throw err;
+    assert.ok(codes.includes(err.code), `unexpected code ${err.code}`);
+    return undefined;
+  }
+  assert.ok(FRAME_TYPES.includes(frame.type));
+  assert.deepEqual(validateFrame(frame), frame, 'a returned frame is itself valid');
+  return frame;
+}
+
+// ---- arbitraries, each within the protocol limits ----
+
+const idArb = fc.stringMatching(/^[0-9a-zA-Z_-]{1,64}$/);
+
+/** Strings of at most `max` UTF-16 code units: printable ones, and any code units (lone surrogates too). */
+function textArb(max: number): fc.Arbitrary<string> {
+  return fc.oneof(
+    fc.string({ maxLength: max }),
+    fc
+      .array(fc.integer({ min: 0, max: 0xffff }), { maxLength: max })
+      .map((units) => String.fromCharCode(...units)),
+    fc.string({ unit: 'grapheme', maxLength: max }).filter((s) => s.length <= max),
+  );
+}
+
+const uint32Arb = fc
+  .tuple(fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }))
+  .map(([high, low]) => high * 0x1_0000 + low);
+
+const helloArb: fc.Arbitrary<HelloFrame> = fc
+  .tuple(
+    idArb,
+    textArb(MAX_NICK_LENGTH),
+    fc.integer({ min: 1, max: 65535 }),
+    fc.option(textArb(300), { nil: undefined }),
+  )
+  .map(([id, nick, port, addr]) => {
+    const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id, nick, port };
+    return addr === undefined ? hello : { ...hello, addr };
+  });
+
+const chatArb: fc.Arbitrary<ChatFrame> = fc.record(
+  {
+    type: fc.constant('chat'),
+    id: idArb,
+    from: idArb,
+    nick: textArb(MAX_NICK_LENGTH),
+    ts: fc.maxSafeNat(),
+    text: textArb(MAX_TEXT_LENGTH),
+  },
+  { noNullPrototype: true },
+);
+
+const peerEntryArb: fc.Arbitrary<PeerEntry> = fc.record(
+  { id: idArb, addr: textArb(300) },
+  { noNullPrototype: true },
+);
+
+const peersArb: fc.Arbitrary<PeersFrame> = fc.record(
+  {
+    type: fc.constant('peers'),
+    peers: fc.array(peerEntryArb, { maxLength: MAX_PEERS_PER_LIST }),
+  },
+  { noNullPrototype: true },
+);
+
+const pingArb: fc.Arbitrary<PingFrame> = fc.record(
+  { type: fc.constant('ping'), n: uint32Arb },
+  { noNullPrototype: true },
+);
+const pongArb: fc.Arbitrary<PongFrame> = fc.record(
+  { type: fc.constant('pong'), n: uint32Arb },
+  { noNullPrototype: true },
+);
+
+const byeArb: fc.Arbitrary<ByeFrame> = fc.record(
+  {
+    type: fc.constant('bye'),
+    reason: fc.oneof(fc.constantFrom('shutdown', 'full', 'duplicate'), textArb(64)),
+  },
+  { noNullPrototype: true },
+);
+
+const frameArb: fc.Arbitrary<Frame> = fc.oneof(helloArb, chatArb, peersArb, pingArb, pongArb, byeArb);
+
+/** A valid frame with one of its fields (or a field of one peer entry) replaced by any JSON value. */
+const mutatedFrameArb = fc
+  .tuple(frameArb, fc.nat(), fc.jsonValue(), fc.boolean())
+  .map(([frame, pick, value, remove]): Record<string, unknown> => {
+    const raw: Record<string, unknown> = JSON.parse(JSON.stringify(frame)) as Record<string, unknown>;
+    const firstPeer = frame.type === 'peers' ? (raw['peers'] as Record<string, unknown>[])[0] : undefined;
+    const target = firstPeer !== undefined && pick % 2 === 0 ? firstPeer : raw;
+    const keys = target === raw ? FIELDS[frame.type] : ['id', 'addr'];
+    const key = keys[pick % keys.length] ?? 'type';
+    if (remove) delete target[key];
+    else target[key] = value;
+    return raw;
+  });
+
+// ---- specs ----
+
+describe('serializeFrame / parseFrame', () => {
+  it('round-trips every valid frame unchanged', () => {
+    fc.assert(
+      fc.property(frameArb, (frame) => {
+        assert.deepEqual(parseFrame(serializeFrame(frame)), frame);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('serialises a frame as UTF-8 JSON', () => {
+    const frame: PingFrame = { type: 'ping', n: 7 };
+    assert.equal(serializeFrame(frame).toString('utf8'), '{"type":"ping","n":7}');
+  });
+
+  it('round-trips a lone surrogate in chat text', () => {
+    const frame: ChatFrame = { type: 'chat', id: 'm1', from: 'n1', nick: '\ud800', ts: 0, text: 'a\udfffb' };
+    assert.deepEqual(parseFrame(serializeFrame(frame)), frame);
+  });
+
+  it('gives a Frame or a ProtocolError for any bytes', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 200 }).map((bytes) => Buffer.from(bytes)),
+          fc.json().map((text) => Buffer.from(text, 'utf8')),
+          mutatedFrameArb.map(payload),
+        ),
+        (bytes) => {
+          frameOrProtocolError(() => parseFrame(bytes), PARSE_CODES);
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('refuses bytes that are not JSON with ERR_BAD_JSON', () => {
+    for (const text of ['', '{', 'hello', '{"type":"ping","n":1', '\ufeff{"type":"ping","n":1}']) {
+      assert.throws(() => parseFrame(Buffer.from(text, 'utf8')), protocolError('ERR_BAD_JSON'), text);
+    }
+    assert.throws(() => parseFrame(Buffer.from([0xff, 0xfe, 0x00])), protocolError('ERR_BAD_JSON'));
+  });
+});
+
+describe('validateFrame', () => {
+  it('gives a Frame or a ProtocolError for any JSON value', () => {
+    fc.assert(
+      fc.property(fc.oneof(fc.jsonValue(), mutatedFrameArb), (value) => {
+        frameOrProtocolError(() => validateFrame(value), VALIDATE_CODES);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('gives a Frame or a ProtocolError for any JavaScript value', () => {
+    fc.assert(
+      fc.property(fc.anything({ withNullPrototype: true, withMap: true, withSet: true }), (value) => {
+        frameOrProtocolError(() => validateFrame(value), VALIDATE_CODES);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('drops unknown extra fields, at the top level and in peer entries', () => {
+    const extraKeysArb = fc.dictionary(
+      fc.string().filter((key) => !Object.values(FIELDS).some((fields) => fields.includes(key))),
+      fc.jsonValue(),
+      { maxKeys: 4 },
+    );
+    fc.assert(
+      fc.property(frameArb, extraKeysArb, extraKeysArb, (frame, extra, entryExtra) => {
+        const raw: unknown =
+          frame.type === 'peers'
+            ? { ...extra, ...frame, peers: frame.peers.map((entry) => ({ ...entryExtra, ...entry })) }
+            : { ...extra, ...frame };
+        assert.deepEqual(parseFrame(payload(raw)), frame);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('drops an unknown field of a hello', () => {
+    const hello = { type: 'hello', v: 1, id: 'a', nick: 'ann', port: 8002, colour: 'red' };
+    assert.deepEqual(validateFrame(hello), { type: 'hello', v: 1, id: 'a', nick: 'ann', port: 8002 });
+  });
+
+  describe('accepts', () => {
+    it('a hello with and without addr', () => {
+      const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id: 'node-1', nick: 'ann', port: 8002 };
+      assert.deepEqual(validateFrame(hello), hello);
+      assert.deepEqual(validateFrame({ ...hello, addr: 'example.com:9000' }), {
+        ...hello,
+        addr: 'example.com:9000',
+      });
+    });
+
+    it('text of exactly MAX_TEXT_LENGTH and a nick of exactly MAX_NICK_LENGTH code units', () => {
+      const chat: ChatFrame = {
+        type: 'chat',
+        id: 'm',
+        from: 'n',
+        nick: '😀'.repeat(MAX_NICK_LENGTH / 2),
+        ts: Number.MAX_SAFE_INTEGER,
+        text: 'x'.repeat(MAX_TEXT_LENGTH),
+      };
+      assert.deepEqual(validateFrame(chat), chat);
+    });
+
+    it('a peer list of exactly MAX_PEERS_PER_LIST entries, and an empty one', () => {
+      const peers = Array.from({ length: MAX_PEERS_PER_LIST }, (_, i) => ({
+        id: `p${i}`,
+        addr: `h:${i + 1}`,
+      }));
+      assert.deepEqual(validateFrame({ type: 'peers', peers }), { type: 'peers', peers });
+      assert.deepEqual(validateFrame({ type: 'peers', peers: [] }), { type: 'peers', peers: [] });
+    });
+
+    it('a bye whose reason has at most 64 code units', () => {
+      for (const reason of ['shutdown', 'full', 'duplicate', '', 'r'.repeat(64)]) {
+        assert.deepEqual(validateFrame({ type: 'bye', reason }), { type: 'bye', reason });
+      }
+    });
+
+    it('ping and pong nonces from 0 to 2^32-1', () => {
+      for (const n of [0, 1, 0xffff_ffff]) {
+        assert.deepEqual(validateFrame({ type: 'ping', n }), { type: 'ping', n });
+        assert.deepEqual(validateFrame({ type: 'pong', n }), { type: 'pong', n });
+      }
+    });
+  });
+
+  describe('ERR_BAD_FRAME', () => {
+    const hello = { type: 'hello', v: 1, id: 'a', nick: 'ann', port: 8002 };
+    const chat = { type: 'chat', id: 'm', from: 'n', nick: 'ann', ts: 1, text: 'hi' };
+
+    it('for a value that is not a JSON object', () => {
+      for (const value of [null, 1, 'ping', true, [], [{ type: 'ping', n: 1 }]]) {
+        assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));
+      }
+    });
+
+    it('for a missing or non-string type', () => {
+      for (const value of [{}, { n: 1 }, { type: 1, n: 1 }, { type: null }, { type: ['ping'], n: 1 }]) {
+        assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));
+      }
+    });
+
+    it('for a missing field', () => {
+      for (const key of Object.keys(chat).filter((k) => k !== 'type')) {
+        const partial: Record<string, unknown> = { ...chat };
+        delete partial[key];
+        assert.throws(() => validateFrame(partial), protocolError('ERR_BAD_FRAME'), `chat without ${key}`);
+      }
+      for (const key of ['id', 'nick', 'port']) {
+        const partial: Record<string, unknown> = { ...hello };
+        delete partial[key];
+        assert.throws(() => validateFrame(partial), protocolError('ERR_BAD_FRAME'), `hello without ${key}`);
+      }
+      assert.throws(() => validateFrame({ type: 'ping' }), protocolError('ERR_BAD_FRAME'));
+      assert.throws(() => validateFrame({ type: 'bye' }), protocolError('ERR_BAD_FRAME'));
+      assert.throws(() => validateFrame({ type: 'peers' }), protocolError('ERR_BAD_FRAME'));
+      assert.throws(
+        () => validateFrame({ type: 'peers', peers: [{ id: 'a' }] }),
+        protocolError('ERR_BAD_FRAME'),
+      );
+    });
+
+    it('for a field of the wrong type', () => {
+      const cases: unknown[] = [
+        { type: 'ping', n: '1' },
+        { type: 'pong', n: null },
+        { type: 'bye', reason: 1 },
+        { ...chat, text: 5 },
+        { ...chat, ts: '1' },
+        { ...chat, nick: ['ann'] },
+        { ...hello, v: '1' },
+        { ...hello, port: '8002' },
+        { ...hello, addr: 8002 },
+        { ...hello, addr: null },
+        { type: 'peers', peers: {} },
+        { type: 'peers', peers: 'a:1' },
+        { type: 'peers', peers: [null] },
+        { type: 'peers', peers: ['a:1'] },
+        { type: 'peers', peers: [{ id: 'a', addr: 1 }] },
+      ];
+      for (const value of cases) {
+        assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));
+      }
+    });
+
+    it('for a number out of range or not an integer', () => {
+      const cases: unknown[] = [
+        { type: 'ping', n: -1 },
+        { type: 'ping', n: 1.5 },
+        { type: 'ping', n: 2 ** 32 },
+        { ...chat, ts: -1 },
+        { ...chat, ts: 2 ** 53 },
+        { ...hello, port: 0 },
+        { ...hello, port: 65536 },
+        { ...hello, v: 1.5 },
+      ];
+      for (const value of cases) {
+        assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));
+      }
+    });
+
+    it('for text longer than MAX_TEXT_LENGTH', () => {
+      const value = { ...chat, text: 'x'.repeat(MAX_TEXT_LENGTH + 1) };
+      assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'));
+    });
+
+    it('for a nick longer than MAX_NICK_LENGTH code units', () => {
+      assert.throws(
+        () => validateFrame({ ...chat, nick: 'n'.repeat(MAX_NICK_LENGTH + 1) }),
+        protocolError('ERR_BAD_FRAME'),
+      );
+      assert.throws(
+        () => validateFrame({ ...hello, nick: '😀'.repeat(MAX_NICK_LENGTH / 2 + 1) }),
+        protocolError('ERR_BAD_FRAME'),
+      );
+    });
+
+    it('for a malformed or over-long id', () => {
+      for (const id of ['', 'a b', 'a.b', 'é', 'x'.repeat(65)]) {
+        assert.throws(() => validateFrame({ ...chat, id }), protocolError('ERR_BAD_FRAME'), `id ${id}`);
+        assert.throws(
+          () => validateFrame({ ...chat, from: id }),
+          protocolError('ERR_BAD_FRAME'),
+          `from ${id}`,
+        );
+        assert.throws(
+          () => validateFrame({ ...hello, id }),
+          protocolError('ERR_BAD_FRAME'),
+          `hello id ${id}`,
+        );
+      }
+      assert.throws(
+        () => validateFrame({ type: 'peers', peers: [{ id: 'a b', addr: 'h:1' }] }),
+        protocolError('ERR_BAD_FRAME'),
+      );
+    });
+
+    it('for an addr longer than 300 code units', () => {
+      const addr = 'a'.repeat(301);
+      assert.throws(() => validateFrame({ ...hello, addr }), protocolError('ERR_BAD_FRAME'));
+      assert.throws(
+        () => validateFrame({ type: 'peers', peers: [{ id: 'a', addr }] }),
+        protocolError('ERR_BAD_FRAME'),
+      );
+    });
+
+    it('for a bye reason longer than 64 code units', () => {
+      assert.throws(
+        () => validateFrame({ type: 'bye', reason: 'r'.repeat(65) }),
+        protocolError('ERR_BAD_FRAME'),
+      );
+    });
+
+    it('for more than MAX_PEERS_PER_LIST peers', () => {
+      const peers = Array.from({ length: MAX_PEERS_PER_LIST + 1 }, (_, i) => ({
+        id: `p${i}`,
+        addr: `h:${i + 1}`,
+      }));
+      assert.throws(() => validateFrame({ type: 'peers', peers }), protocolError('ERR_BAD_FRAME'));
+    });
+  });
+
+  describe('ERR_UNKNOWN_TYPE', () => {
+    it('for a type string that is not a frame type', () => {
+      for (const type of ['gossip', 'HELLO', '', 'constructor', '__proto__', 'x'.repeat(10_000)]) {
+        assert.throws(() => validateFrame({ type }), protocolError('ERR_UNKNOWN_TYPE'), type.slice(0, 20));
+      }
+    });
+
+    it('through parseFrame as well', () => {
+      assert.throws(() => parseFrame(payload({ type: 'gossip', n: 1 })), protocolError('ERR_UNKNOWN_TYPE'));
+    });
+  });
+
+  describe('ERR_PROTOCOL_VERSION', () => {
+    it('for a hello with v: 2', () => {
+      const hello = { type: 'hello', v: 2, id: 'a', nick: 'ann', port: 8002 };
+      assert.throws(() => validateFrame(hello), protocolError('ERR_PROTOCOL_VERSION'));
+      assert.throws(() => parseFrame(payload(hello)), protocolError('ERR_PROTOCOL_VERSION'));
+    });
+
+    it('for a hello with v: 0', () => {
+      const hello = { type: 'hello', v: 0, id: 'a', nick: 'ann', port: 8002 };
+      assert.throws(() => validateFrame(hello), protocolError('ERR_PROTOCOL_VERSION'));
+    });
+
+    it('before the other hello fields are checked, whose shape a newer version may change', () => {
+      assert.throws(() => validateFrame({ type: 'hello', v: 2 }), protocolError('ERR_PROTOCOL_VERSION'));
+    });
+
+    it('is PROTOCOL_VERSION 1', () => {
+      assert.equal(PROTOCOL_VERSION, 1);
+    });
+  });
+});

@@ -1,0 +1,196 @@
+import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
+import { describe, it } from 'node:test';
+import { FrameDecoder, LENGTH_PREFIX_BYTES } from '../../lib/protocol/codec.js';
+import { ProtocolError } from '../../lib/protocol/errors.js';
+import { fromSocket } from '../../lib/transport/from-socket.js';
+import { PeerWriter } from '../../lib/transport/writer.js';
+import { closed, nextTurn, record, socketPair, waitFor } from '../helpers/nodes.js';
+
+/** A payload of `size` bytes that carries its index `i` in its first four bytes. */
+function numbered(i: number, size: number): Buffer {
+  const payload = Buffer.alloc(size, i % 251);
+  payload.writeUInt32BE(i, 0);
+  return payload;
+}
+
+const indexOf = (payload: Buffer): number => payload.readUInt32BE(0);
+const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
+
+/** Counts the `write()` calls made on `socket`, passing each one on. */
+function countWrites(socket: Socket): { readonly calls: number } {
+  const counter = { calls: 0 };
+  const write = socket.write.bind(socket);
+  Object.assign(socket, {
+    write: (chunk: Buffer): boolean => {
+      counter.calls++;
+      return write(chunk);
+    },
+  });
+  return counter;
+}
+
+/**
+ * Gives `writer` numbered payloads, one per turn of the event loop, until the socket refuses more
+ * (`write()` returned false: the kernel's buffers are full because the reader paused). Returns how
+ * many it gave. Bounded, so a socket that never pushes back fails the test instead of hanging it.
+ */
+async function fillUntilBlocked(writer: PeerWriter, socket: Socket, size: number, from = 0): Promise<number> {
+  let i = from;
+  while (!socket.writableNeedDrain) {
+    if (i - from > 2000) throw new Error('the socket never pushed back');
+    writer.next(numbered(i++, size));
+    await nextTurn();
+  }
+  return i;
+}
+
+const MIB = 1024 * 1024;
+/** A reader that takes the 1 MiB payloads these specs fill sockets with. */
+const bigFrames = (): FrameDecoder => new FrameDecoder(2 * MIB);
+
+describe('PeerWriter', () => {
+  it('batches the payloads given in one tick into one write, decoded in order at the other end', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server));
+    const writes = countWrites(client);
+    const writer = new PeerWriter(client, (err) => assert.fail(err));
+    for (const text of ['one', 'two', 'three', 'four']) writer.next(Buffer.from(text));
+    assert.equal(writes.calls, 0, 'nothing is written before the tick ends');
+    await waitFor(() => got.values.length === 4, 'four payloads');
+    assert.equal(writes.calls, 1);
+    assert.deepEqual(
+      got.values.map((b) => b.toString()),
+      ['one', 'two', 'three', 'four'],
+    );
+    writer.next(Buffer.from('five'));
+    await waitFor(() => got.values.length === 5, 'a fifth payload');
+    assert.equal(writes.calls, 2, 'a later tick is a later write');
+  });
+
+  it('counts queued bytes, prefixes included, in outboxBytes', async (t) => {
+    const { client } = await socketPair(t);
+    const writer = new PeerWriter(client, (err) => assert.fail(err));
+    writer.next(Buffer.alloc(10));
+    writer.next(Buffer.alloc(20));
+    assert.equal(writer.outboxBytes, 30 + 2 * LENGTH_PREFIX_BYTES);
+    await waitFor(() => writer.outboxBytes === 0, 'the outbox to empty');
+  });
+
+  it('holds payloads back while the reader is paused, and sends them all in order after drain', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server, bigFrames()));
+    server.pause();
+    const faults: ProtocolError[] = [];
+    const writer = new PeerWriter(client, (err) => faults.push(err), { maxOutboxBytes: 256 * MIB });
+    const size = MIB;
+    let n = await fillUntilBlocked(writer, client, size);
+    const inSocket = client.writableLength;
+    for (let k = 0; k < 5; k++) writer.next(numbered(n++, 1000));
+    await nextTurn();
+    await nextTurn();
+    assert.equal(client.writableNeedDrain, true, 'still waiting for drain');
+    assert.ok(client.writableLength <= inSocket, 'nothing more went to the socket');
+    assert.equal(writer.outboxBytes - client.writableLength, 5 * (1000 + LENGTH_PREFIX_BYTES));
+    server.resume();
+    await waitFor(() => got.values.length === n, `${n} payloads`, 10_000);
+    assert.deepEqual(got.values.map(indexOf), range(n));
+    await waitFor(() => writer.outboxBytes === 0, 'the outbox to empty');
+    assert.deepEqual(faults, []);
+  });
+
+  it('reports ERR_OUTBOX_OVERFLOW once, with its bytes bounded, when a slow reader passes maxOutboxBytes', async (t) => {
+    const { client, server } = await socketPair(t);
+    record(fromSocket(server, bigFrames()));
+    server.pause();
+    const faults: ProtocolError[] = [];
+    const maxOutboxBytes = 512 * 1024;
+    const size = 64 * 1024;
+    const writer = new PeerWriter(client, (err) => faults.push(err), { maxOutboxBytes });
+    let largest = 0;
+    for (let i = 0; faults.length === 0; i++) {
+      if (i > 5000) assert.fail('no fault while the reader stays paused');
+      writer.next(numbered(i, size));
+      largest = Math.max(largest, writer.outboxBytes);
+      await nextTurn();
+    }
+    assert.equal(faults.length, 1);
+    const [fault] = faults;
+    assert.ok(fault instanceof ProtocolError);
+    assert.equal(fault.code, 'ERR_OUTBOX_OVERFLOW');
+    assert.ok(largest <= maxOutboxBytes + size + LENGTH_PREFIX_BYTES, `outbox reached ${largest} bytes`);
+    const inSocket = client.writableLength;
+    writer.next(numbered(0, size)); // ignored after a fault
+    await nextTurn();
+    assert.equal(writer.outboxBytes, inSocket, 'the queue was dropped and stays empty');
+    assert.equal(faults.length, 1);
+    assert.equal(client.listenerCount('drain'), 0);
+  });
+
+  it('reports ERR_OUTBOX_OVERFLOW when no drain comes within drainTimeoutMs', async (t) => {
+    const { client, server } = await socketPair(t);
+    record(fromSocket(server, bigFrames()));
+    server.pause();
+    let fault: ProtocolError | undefined;
+    const writer = new PeerWriter(client, (err) => (fault = err), {
+      maxOutboxBytes: 256 * MIB,
+      drainTimeoutMs: 50,
+    });
+    await fillUntilBlocked(writer, client, MIB);
+    await waitFor(() => fault !== undefined, 'a fault');
+    assert.ok(fault instanceof ProtocolError);
+    assert.equal(fault.code, 'ERR_OUTBOX_OVERFLOW');
+    assert.match(fault.message, /drain/);
+    assert.equal(client.destroyed, false, 'closing is left to the owner');
+  });
+
+  it('flushes what is queued and ends the socket on complete', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server));
+    const writer = new PeerWriter(client, (err) => assert.fail(err));
+    writer.next(Buffer.from('a'));
+    writer.next(Buffer.from('b'));
+    writer.complete();
+    writer.next(Buffer.from('after')); // ignored
+    await waitFor(() => got.completed, 'the other end to see the end');
+    assert.deepEqual(
+      got.values.map((b) => b.toString()),
+      ['a', 'b'],
+    );
+    assert.equal(got.error, undefined);
+    assert.equal(client.listenerCount('drain'), 0);
+  });
+
+  it('flushes a queue held back by backpressure before ending, on complete', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server, bigFrames()));
+    server.pause();
+    const writer = new PeerWriter(client, (err) => assert.fail(err), { maxOutboxBytes: 256 * MIB });
+    let n = await fillUntilBlocked(writer, client, MIB);
+    for (let k = 0; k < 3; k++) writer.next(numbered(n++, 100));
+    writer.complete();
+    server.resume();
+    await waitFor(() => got.completed, 'the other end to see the end', 10_000);
+    assert.deepEqual(got.values.map(indexOf), range(n));
+    assert.equal(got.error, undefined);
+  });
+
+  it('drops what is queued and destroys the socket on error', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server));
+    const writer = new PeerWriter(client, (err) => assert.fail(err));
+    writer.next(Buffer.from('never sent'));
+    writer.error(new Error('going away'));
+    assert.equal(client.destroyed, true);
+    await closed(server);
+    assert.deepEqual(got.values, []);
+    assert.equal(writer.outboxBytes, 0);
+  });
+
+  it('throws a RangeError at construction for a maxOutboxBytes that is not a positive integer', async (t) => {
+    const { client } = await socketPair(t);
+    for (const maxOutboxBytes of [0, -1, 1.5, Number.NaN]) {
+      assert.throws(() => new PeerWriter(client, () => {}, { maxOutboxBytes }), RangeError);
+    }
+  });
+});
