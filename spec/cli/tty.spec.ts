@@ -3,8 +3,8 @@ import { spawnSync } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { procsFor, type Proc, type SentEvent } from '../helpers/procs.js';
 
-// `script` (util-linux) gives the node a pseudo-terminal, so it runs its interactive console.
-// Only this spec needs it; the suite is written for machines that have it (checked below).
+// `script` (util-linux; .ci/run installs it if missing) gives the node a pseudo-terminal, so it runs
+// its interactive console. Without it this spec fails loudly rather than skipping.
 const hasScript = spawnSync('script', ['--version'], { encoding: 'utf8' }).status === 0;
 
 /** An ANSI control sequence (cursor moves, line clears), as readline writes them. */
@@ -19,7 +19,11 @@ function waitForScreen(proc: Proc, pattern: RegExp, from = 0, timeoutMs = 8_000)
   return proc.waitUntil(() => screen(proc, from).match(pattern) ?? undefined, timeoutMs, `screen ${pattern}`);
 }
 
-describe('bin/p2p in a terminal', { skip: hasScript ? false : 'no `script` (util-linux) for a pty' }, () => {
+describe('bin/p2p in a terminal', () => {
+  it('has `script` (util-linux) to give it a pseudo-terminal', () => {
+    assert.ok(hasScript, 'install util-linux (bsdutils) for `script`: the terminal tests need a pty');
+  });
+
   it('shows a prompt, answers /help, /peers and /nick, and shows messages as "[HH:MM:SS] nick (id): text"', async (t) => {
     const procs = procsFor(t);
     const tty = procs.spawn(
