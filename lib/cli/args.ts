@@ -12,6 +12,11 @@ export interface CliOptions {
   readonly nick: string | undefined;
   readonly json: boolean;
   readonly maxPeers: number;
+  /** `--data-dir`; undefined: the default for the port (none for port 0 or with `--ephemeral`). */
+  readonly dataDir: string | undefined;
+  readonly ephemeral: boolean;
+  readonly historyMessages: number | undefined;
+  readonly historyAgeMs: number | undefined;
   /** Undefined when not given: the CLI picks `warn` in a terminal (joins are shown there anyway), else `info`. */
   readonly logLevel: LogLevel | undefined;
 }
@@ -39,16 +44,32 @@ options:
   --nick NAME          display name, 1-${MAX_NICK_LENGTH} characters (default: $USER, or anon)
   --json               one JSON event per line on stdout (see README)
   --max-peers N        most connected peers (default 32)
+  --data-dir DIR       where the node keeps its id and history (default:
+                       ~/.local/state/p2p/node-PORT; $XDG_STATE_HOME if set)
+  --ephemeral          keep nothing on disk: a new id, history in memory only
+                       (also the default with port 0)
+  --history N          messages of history to keep and offer (default 10000)
+  --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d)
   --log-level LEVEL    error, warn, info or debug, on stderr (default: info;
                        warn in a terminal, where joins and leaves are shown)
   -h, --help           show this help and exit
   -v, --version        print the version and exit
 
-commands (type them in the chat): /help /peers /nick NAME /connect HOST:PORT /quit
+commands (type them in the chat): /help /peers /history [N] /nick NAME
+  /connect HOST:PORT /quit
 `;
 
-const STRINGS = ['host', 'advertise', 'nick', 'max-peers', 'log-level'] as const;
-const BOOLEANS = ['json', 'help', 'version'] as const;
+const STRINGS = [
+  'host',
+  'advertise',
+  'nick',
+  'max-peers',
+  'log-level',
+  'data-dir',
+  'history',
+  'history-age',
+] as const;
+const BOOLEANS = ['json', 'help', 'version', 'ephemeral'] as const;
 
 /**
  * Parses the command line (without `node` and the script).
@@ -107,6 +128,23 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
       `--log-level: expected one of ${LOG_LEVELS.join(', ')}, got ${JSON.stringify(levelText)}`,
     );
   }
+  const dataDir = single(args, 'data-dir');
+  if (dataDir === '') throw new UsageError('--data-dir: expected a directory');
+  const ephemeral = args['ephemeral'] === true;
+  if (ephemeral && dataDir !== undefined)
+    throw new UsageError('--ephemeral and --data-dir exclude each other');
+  const historyText = single(args, 'history');
+  let historyMessages: number | undefined;
+  if (historyText !== undefined) {
+    if (!/^\d+$/.test(historyText) || Number(historyText) < 1 || Number(historyText) > 10_000_000) {
+      throw new UsageError(
+        `--history: expected a number of messages in 1..10000000, got ${JSON.stringify(historyText)}`,
+      );
+    }
+    historyMessages = Number(historyText);
+  }
+  const ageText = single(args, 'history-age');
+  const historyAgeMs = ageText === undefined ? undefined : parseDuration(ageText, '--history-age');
   const host = single(args, 'host');
   if (host === '') throw new UsageError('--host: expected an address');
   return {
@@ -119,9 +157,24 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
       nick,
       json: args['json'] === true,
       maxPeers,
+      dataDir,
+      ephemeral,
+      historyMessages,
+      historyAgeMs,
       logLevel: levelText as LogLevel | undefined,
     },
   };
+}
+
+const UNITS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** Parses `90s`, `30m`, `12h`, `7d` into milliseconds. */
+export function parseDuration(text: string, what: string): number {
+  const match = /^(\d{1,6})([smhd])$/.exec(text);
+  if (match === null || Number(match[1]) === 0) {
+    throw new UsageError(`${what}: expected a duration such as 30m, 12h or 7d, got ${JSON.stringify(text)}`);
+  }
+  return Number(match[1]) * UNITS[match[2]!]!;
 }
 
 function single(args: minimist.ParsedArgs, name: string): string | undefined {

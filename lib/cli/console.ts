@@ -14,6 +14,10 @@ export interface ConsoleSink {
   sent(message: ChatMessage): void;
   peerUp(peer: PeerInfo): void;
   peerDown(peer: PeerInfo, reason: string): void;
+  /**
+   * Messages of the history, oldest first: shown at start (`atStart`, terminal only) and for /history.
+   */
+  history(messages: readonly ChatMessage[], atStart: boolean): void;
   /** The peer list, as asked for with /peers. */
   peers(peers: readonly PeerInfo[]): void;
   /** A reply to a command, or a problem with what the user typed. */
@@ -50,6 +54,27 @@ function clock(ts: number): string {
 /** One message as the terminal shows it: `[12:34:56] bob (3fa9c1): hello`. */
 export function formatMessage(m: ChatMessage): string {
   return `[${clock(m.ts)}] ${sanitize(m.nick)} (${shortId(m.from)}): ${sanitize(m.text)}`;
+}
+
+/** History lines, marked as such so they are not mistaken for new messages. */
+function formatHistory(messages: readonly ChatMessage[]): string {
+  return [
+    `-- history: last ${messages.length} --`,
+    ...messages.map(formatMessage),
+    '-- end of history --',
+  ].join('\n');
+}
+
+function messageEvent(event: string | undefined, m: ChatMessage): Record<string, unknown> {
+  return {
+    ...(event !== undefined ? { event } : {}),
+    id: m.id,
+    from: m.from,
+    nick: m.nick,
+    text: m.text,
+    ts: m.ts,
+    seq: m.seq,
+  };
 }
 
 function formatPeers(peers: readonly PeerInfo[]): string {
@@ -103,6 +128,13 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     peerUp: (p) => above(out, `* ${sanitize(p.nick)} (${shortId(p.id)}) joined from ${p.address}`),
     peerDown: (p, reason) => above(out, `* ${sanitize(p.nick)} (${shortId(p.id)}) left: ${reason}`),
     peers: (peers) => above(out, formatPeers(peers)),
+    history(messages, atStart) {
+      if (messages.length === 0) {
+        if (!atStart) above(out, 'no history yet');
+        return;
+      }
+      above(out, formatHistory(messages));
+    },
     notice: (text) => above(out, text),
     log: (line) => above(io.stderr, line),
     setPrompt(nick) {
@@ -129,6 +161,9 @@ export function plainConsole(io: ConsoleIo): ConsoleSink {
     peerUp() {},
     peerDown() {},
     peers: (peers) => write(formatPeers(peers)),
+    history(messages, atStart) {
+      if (!atStart) write(messages.length === 0 ? 'no history yet' : formatHistory(messages));
+    },
     notice: (text) => write(text),
     log: (line) => io.stderr.write(`${line}\n`),
     setPrompt() {},
@@ -144,11 +179,14 @@ export function jsonConsole(io: ConsoleIo): ConsoleSink {
   return {
     lines$: linesOf(rl),
     ready: ({ id, port, nick }) => emit({ event: 'ready', id, port, nick }),
-    message: (m) => emit({ event: 'message', id: m.id, from: m.from, nick: m.nick, text: m.text, ts: m.ts }),
-    sent: (m) => emit({ event: 'sent', id: m.id, ts: m.ts }),
+    message: (m) => emit(messageEvent('message', m)),
+    sent: (m) => emit({ event: 'sent', id: m.id, ts: m.ts, seq: m.seq }),
     peerUp: (p) => emit({ event: 'peer-up', ...peer(p) }),
     peerDown: (p, reason) => emit({ event: 'peer-down', ...peer(p), reason }),
     peers: (peers) => emit({ event: 'peers', peers: peers.map(peer) }),
+    history(messages, atStart) {
+      if (!atStart) emit({ event: 'history', messages: messages.map((m) => messageEvent(undefined, m)) });
+    },
     notice: (text) => io.stderr.write(`${text}\n`),
     log: (line) => io.stderr.write(`${line}\n`),
     setPrompt() {},

@@ -5,6 +5,7 @@ import { AddressError } from '../protocol/address.js';
 import { MAX_TEXT_LENGTH } from '../protocol/frames.js';
 import { levelLogger } from '../node/log.js';
 import { createNode, type P2PNode } from '../node/node.js';
+import { DataDirLockedError, defaultDataDir } from '../node/data-dir.js';
 import { parseArgs, UsageError, USAGE, type CliOptions } from './args.js';
 import { jsonConsole, plainConsole, ttyConsole, type ConsoleSink } from './console.js';
 
@@ -26,12 +27,16 @@ const defaultIo = (): CliIo => ({
   signals: process,
 });
 
+/** Messages of history shown when a terminal chat starts. */
+const START_HISTORY = 10;
+
 /** How long close() may take before the CLI gives up waiting for sockets. */
 const CLOSE_GRACE_MS = 2000;
 
 export const HELP_TEXT = `commands:
   /help              this list
   /peers             the connected peers
+  /history [N]       the last N messages (default 20)
   /nick NAME         change your display name
   /connect HOST:PORT dial a node (retried until it answers)
   /quit              leave (Ctrl+C and Ctrl+D too)
@@ -77,9 +82,18 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   const log = levelLogger(options.logLevel ?? (mode === 'tty' ? 'warn' : 'info'), (line) => sink.log(line));
 
   let node: P2PNode;
+  const dataDir =
+    options.ephemeral || (options.dataDir === undefined && options.port === 0)
+      ? undefined
+      : (options.dataDir ?? defaultDataDir(options.port, io.env));
   try {
     node = await createNode({
       port: options.port,
+      ...(dataDir !== undefined ? { dataDir } : {}),
+      history: {
+        ...(options.historyMessages !== undefined ? { maxMessages: options.historyMessages } : {}),
+        ...(options.historyAgeMs !== undefined ? { maxAgeMs: options.historyAgeMs } : {}),
+      },
       peers: options.peers,
       nick: options.nick ?? defaultNick(io.env),
       maxPeers: options.maxPeers,
@@ -89,7 +103,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     });
   } catch (err) {
     sink.close();
-    io.stderr.write(`p2p: ${listenFailure(err, options)}\n`);
+    io.stderr.write(`p2p: ${startFailure(err, options)}\n`);
     return 1;
   }
 
@@ -101,6 +115,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     ),
   );
   sink.ready({ id: node.id, port: node.port, nick: node.nick });
+  sink.history(node.history(START_HISTORY), true);
 
   subscription.add(
     sink.lines$.subscribe({
@@ -147,6 +162,15 @@ function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => 
     case '/peers':
       sink.peers(node.peers());
       return;
+    case '/history': {
+      const n = arg === '' ? 20 : Number(arg);
+      if (!Number.isInteger(n) || n < 1) {
+        sink.notice('/history: expected a number of messages, e.g. /history 50');
+        return;
+      }
+      sink.history(node.history(n), false);
+      return;
+    }
     case '/nick':
       try {
         node.setNick(arg);
@@ -180,7 +204,10 @@ function defaultNick(env: NodeJS.ProcessEnv): string {
   return user.length > 0 ? user : 'anon';
 }
 
-function listenFailure(err: unknown, options: CliOptions): string {
+function startFailure(err: unknown, options: CliOptions): string {
+  if (err instanceof DataDirLockedError) {
+    return `${err.message}: another node runs with it; give this one its own --data-dir (or --ephemeral)`;
+  }
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const where = options.host === undefined ? `port ${options.port}` : `${options.host} port ${options.port}`;
   switch (code) {

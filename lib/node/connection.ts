@@ -82,6 +82,11 @@ export class Connection {
       : `peer ${this.hello.id.slice(0, 8)} (${this.hello.nick}) at ${where}`;
   }
 
+  /** Bytes queued for this peer and not yet taken by the kernel. */
+  get outboxBytes(): number {
+    return this.writer.outboxBytes;
+  }
+
   /** Queues a frame for sending. */
   send(frame: Frame): void {
     this.outbox.next(serializeFrame(frame));

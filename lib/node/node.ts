@@ -30,6 +30,8 @@ import {
   type HelloFrame,
   type PeerEntry,
   type PeersFrame,
+  type SyncFrame,
+  MAX_SYNC_MARKS,
 } from '../protocol/frames.js';
 import type { Decoded } from '../operators/decode.js';
 import { dedup } from '../operators/dedup.js';
@@ -38,7 +40,10 @@ import { relay } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
 import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import type { WriterOptions } from '../transport/writer.js';
+import { remember } from '../operators/remember.js';
+import { HISTORY_DEFAULTS, MessageStore, type HistoryWindow } from '../store/message-store.js';
 import { Connection } from './connection.js';
+import { loadOrCreateNodeId, lockDataDir } from './data-dir.js';
 import { silentLogger, type Logger } from './log.js';
 
 /** A chat message as the node delivers it. */
@@ -51,6 +56,8 @@ export interface ChatMessage {
   readonly nick: string;
   /** The sender's clock when it sent the message, ms since the epoch. */
   readonly ts: number;
+  /** The sender's sequence number for it (1, 2, 3, ... per sender). */
+  readonly seq: number;
   readonly text: string;
 }
 
@@ -108,6 +115,13 @@ export interface NodeOptions {
   readonly targetPeers?: number;
   /** Dials of a learned address before it is forgotten. Default 8 (about a minute of backoff). */
   readonly learnedDialAttempts?: number;
+  /**
+   * Directory for the node's id, history and lock (created if missing). Without it the node keeps
+   * nothing on disk: a new id per start and history in memory only.
+   */
+  readonly dataDir?: string;
+  /** How much history to keep and to offer peers that reconnect or join late. */
+  readonly history?: HistoryWindow;
   /** Largest frame accepted, in bytes. Default {@link DEFAULT_MAX_FRAME_BYTES}. */
   readonly maxFrameBytes?: number;
   readonly writer?: WriterOptions;
@@ -132,6 +146,8 @@ export interface P2PNode {
   readonly events$: Observable<NodeEvent>;
   /** The connected peers now. */
   peers(): readonly PeerInfo[];
+  /** The last `limit` messages of the history (own ones included), oldest first. */
+  history(limit?: number): readonly ChatMessage[];
   /**
    * Sends a chat message to every node of the network and returns it.
    * @throws {RangeError} when `text` is empty or longer than `MAX_TEXT_LENGTH`, or the node is closed.
@@ -144,7 +160,10 @@ export interface P2PNode {
   connect(address: string | Address): void;
   /** Changes the nickname used from now on. @throws {RangeError} for an empty or too long name. */
   setNick(nick: string): void;
-  /** Closes every connection and the listener; resolves when all sockets are closed. Idempotent. */
+  /**
+   * Closes every connection and the listener, writes the history and releases the data directory;
+   * resolves when all sockets are closed. Idempotent.
+   */
   close(): Promise<void>;
 }
 
@@ -209,6 +228,8 @@ class ChatNode implements P2PNode {
   readonly peers$: Observable<readonly PeerInfo[]>;
   readonly events$: Observable<NodeEvent>;
 
+  private readonly store: MessageStore;
+  private readonly releaseDataDir: () => void;
   private readonly log: Logger;
   private readonly server: Server;
   private readonly timing: Required<Omit<NodeTiming, 'backoff'>> & { backoff: BackoffOptions };
@@ -238,9 +259,24 @@ class ChatNode implements P2PNode {
   private pingNonce = 0;
 
   constructor(private readonly options: NodeOptions) {
-    this.id = options.id ?? randomBytes(8).toString('hex');
     this.nick = checkNick(options.nick ?? 'anon');
     this.log = options.log ?? silentLogger;
+    const dataDir = options.dataDir;
+    this.releaseDataDir = dataDir === undefined ? () => {} : lockDataDir(dataDir);
+    try {
+      this.id =
+        options.id ?? (dataDir === undefined ? randomBytes(8).toString('hex') : loadOrCreateNodeId(dataDir));
+      const { store, repair } = MessageStore.open(this.id, dataDir, options.history);
+      this.store = store;
+      if (repair !== undefined) {
+        this.log.warn(
+          `history: dropped ${repair.droppedBytes} bytes of ${dataDir} (${repair.reason}); peers will resend what is missing`,
+        );
+      }
+    } catch (err) {
+      this.releaseDataDir();
+      throw err;
+    }
     this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 8, this.maxPeers));
@@ -262,18 +298,17 @@ class ChatNode implements P2PNode {
       share(),
     );
     const chat$ = merge(this.local$, inbound$.pipe(filter(isChat))).pipe(
-      dedup({ key: (m: Inbound<ChatFrame>) => m.frame.id, time: (m) => m.frame.ts }),
+      dedup({
+        key: (m: Inbound<ChatFrame>) => m.frame.id,
+        time: (m) => m.frame.ts,
+        maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
+      }),
+      remember(this.store),
       share(),
     );
     this.messages$ = chat$.pipe(
       filter((m) => m.peer !== null),
-      map(({ frame }): ChatMessage => ({
-        id: frame.id,
-        from: frame.from,
-        nick: frame.nick,
-        ts: frame.ts,
-        text: frame.text,
-      })),
+      map(({ frame }) => toMessage(frame)),
       share(),
     );
     this.subscription.add(
@@ -321,6 +356,10 @@ class ChatNode implements P2PNode {
     return this.peerList.value;
   }
 
+  history(limit = 20): readonly ChatMessage[] {
+    return this.store.recent(limit).map(({ frame }) => toMessage(frame));
+  }
+
   send(text: string): ChatMessage {
     if (this.closed) throw new RangeError('send: the node is closed');
     if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
@@ -332,10 +371,11 @@ class ChatNode implements P2PNode {
       from: this.id,
       nick: this.nick,
       ts: Date.now(),
+      seq: this.store.nextSeq(),
       text,
     };
     this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
-    return { id: frame.id, from: frame.from, nick: frame.nick, ts: frame.ts, text };
+    return toMessage(frame);
   }
 
   connect(address: string | Address): void {
@@ -447,6 +487,9 @@ class ChatNode implements P2PNode {
       case 'bye':
         this.onBye(conn, frame.reason);
         return [];
+      case 'sync':
+        this.resync(conn, new Map(frame.marks.map((m) => [m.from, m.seq])));
+        return [];
       case 'chat':
       case 'peers':
         return [{ peer: { id: hello.id, host: conn.remoteHost }, frame, payload }];
@@ -492,6 +535,7 @@ class ChatNode implements P2PNode {
         this.retire(old);
         this.publishPeers();
         conn.send(this.peerListFor(conn));
+        conn.send(this.syncFrame());
       } else {
         this.log.debug(
           `duplicate connection to ${conn.label}: keeping the existing one (#${existing.conn.number})`,
@@ -512,6 +556,7 @@ class ChatNode implements P2PNode {
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
     conn.send(this.peerListFor(conn));
+    conn.send(this.syncFrame());
     this.schedulePeerList();
     if (!conn.outbound) this.rememberInbound(conn);
   }
@@ -603,6 +648,39 @@ class ChatNode implements P2PNode {
         this.schedule(target);
       } else this.failed(target);
     }
+  }
+
+  // ---- history resync ----------------------------------------------------------------------
+
+  /** What this node holds, for a peer to send what it lacks. The most recent senders first, bounded. */
+  private syncFrame(): SyncFrame {
+    const marks = [...this.store.marks()].slice(-MAX_SYNC_MARKS).map(([from, seq]) => ({ from, seq }));
+    return { type: 'sync', marks };
+  }
+
+  /**
+   * Sends a peer the messages of our window it lacks, as ordinary chat frames, in bounded batches:
+   * a batch per turn of the event loop and never more than RESYNC_OUTBOX_BYTES queued, so live
+   * traffic to this and every other peer goes on in between.
+   */
+  private resync(conn: Connection, marks: Map<string, number>): void {
+    const backlog = this.store.lacking(marks);
+    if (backlog.length === 0) return;
+    this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
+    let next = 0;
+    const pump = (): void => {
+      if (this.closed || conn.closing || conn.socket.destroyed) return;
+      let sent = 0;
+      while (next < backlog.length && sent < RESYNC_BATCH && conn.outboxBytes < RESYNC_OUTBOX_BYTES) {
+        conn.sendPayload(backlog[next++]!.payload);
+        sent++;
+      }
+      if (next < backlog.length) {
+        if (sent > 0) setImmediate(pump);
+        else setTimeout(pump, 10).unref(); // the peer is still draining the last batch
+      }
+    };
+    pump();
   }
 
   // ---- dialling ----------------------------------------------------------------------------
@@ -783,12 +861,22 @@ class ChatNode implements P2PNode {
     const serverClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     await Promise.all([...closedSockets, serverClosed]);
     this.subscription.unsubscribe();
+    this.store.close();
+    this.releaseDataDir();
     this.local$.complete();
     this.connections$.complete();
     this.events.complete();
     this.peerList.complete();
     this.peerIds.complete();
   }
+}
+
+/** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */
+const RESYNC_BATCH = 256;
+const RESYNC_OUTBOX_BYTES = 1024 * 1024;
+
+function toMessage(frame: ChatFrame): ChatMessage {
+  return { id: frame.id, from: frame.from, nick: frame.nick, ts: frame.ts, seq: frame.seq, text: frame.text };
 }
 
 function isChat(m: Inbound): m is Inbound<ChatFrame> {

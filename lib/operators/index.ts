@@ -2,4 +2,5 @@ export * from './decode.js';
 export * from './dedup.js';
 export * from './merge-peers.js';
 export * from './relay.js';
+export * from './remember.js';
 export type * from './types.js';

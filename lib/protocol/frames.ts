@@ -37,6 +37,8 @@ export interface ChatFrame {
   readonly nick: string;
   /** Sender's clock, milliseconds since the epoch. */
   readonly ts: number;
+  /** The sender's sequence number: 1, 2, 3, ... per sender, never reused (across restarts too). */
+  readonly seq: number;
   readonly text: string;
 }
 
@@ -74,11 +76,29 @@ export interface ByeFrame {
   readonly reason: string;
 }
 
-export type Frame = HelloFrame | ChatFrame | PeersFrame | PingFrame | PongFrame | ByeFrame;
+/** One sender and the highest sequence number the node holds of it without a gap. */
+export interface SyncMark {
+  readonly from: string;
+  readonly seq: number;
+}
+
+/**
+ * Sent when a connection comes up: what the sender holds, per sender. The receiver answers with the
+ * messages of its history window above each mark (all of a sender not listed), as ordinary chat frames.
+ */
+export interface SyncFrame {
+  readonly type: 'sync';
+  readonly marks: readonly SyncMark[];
+}
+
+/** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
+export const MAX_SYNC_MARKS = 2048;
+
+export type Frame = HelloFrame | ChatFrame | PeersFrame | PingFrame | PongFrame | ByeFrame | SyncFrame;
 export type FrameType = Frame['type'];
 
 /** Frame types of protocol version 1. Append-only. */
-export const FRAME_TYPES: readonly FrameType[] = ['hello', 'chat', 'peers', 'ping', 'pong', 'bye'];
+export const FRAME_TYPES: readonly FrameType[] = ['hello', 'chat', 'peers', 'ping', 'pong', 'bye', 'sync'];
 
 const ID_PATTERN = /^[0-9a-zA-Z_-]{1,64}$/;
 
@@ -149,6 +169,7 @@ export function validateFrame(raw: unknown): Frame {
         from: str(o, 'from', 64, ID_PATTERN),
         nick: str(o, 'nick', MAX_NICK_LENGTH),
         ts: int(o, 'ts', 0, Number.MAX_SAFE_INTEGER),
+        seq: int(o, 'seq', 1, Number.MAX_SAFE_INTEGER),
         text: str(o, 'text', MAX_TEXT_LENGTH),
       };
     case 'peers': {
@@ -168,6 +189,17 @@ export function validateFrame(raw: unknown): Frame {
       return { type, n: int(o, 'n', 0, 0xffff_ffff) };
     case 'bye':
       return { type, reason: str(o, 'reason', 64) };
+    case 'sync': {
+      const list = o['marks'];
+      if (!Array.isArray(list)) bad('marks must be an array');
+      if (list.length > MAX_SYNC_MARKS) bad(`sync of ${list.length} marks, the limit is ${MAX_SYNC_MARKS}`);
+      const marks = list.map((entry: unknown): SyncMark => {
+        if (typeof entry !== 'object' || entry === null) bad('sync mark must be an object');
+        const e = entry as Json;
+        return { from: str(e, 'from', 64, ID_PATTERN), seq: int(e, 'seq', 0, Number.MAX_SAFE_INTEGER) };
+      });
+      return { type, marks };
+    }
     default:
       if (typeof type !== 'string') bad('frame type must be a string');
       throw new ProtocolError('ERR_UNKNOWN_TYPE', `unknown frame type ${JSON.stringify(type.slice(0, 32))}`);

@@ -190,7 +190,15 @@ describe('bin/p2p --json: a bad peer on a raw socket is dropped, the node and it
 
   it('drops a peer that sends a chat frame before its hello', async () => {
     const raw = await openRaw(node.ready.port);
-    const chat = { type: 'chat', id: 'rawchat1', from: 'rawchat1', nick: 'raw', ts: Date.now(), text: 'hi' };
+    const chat = {
+      type: 'chat',
+      id: 'rawchat1',
+      from: 'rawchat1',
+      nick: 'raw',
+      ts: Date.now(),
+      seq: 1,
+      text: 'hi',
+    };
     raw.socket.write(frame(chat));
     await expectDropped(raw, 'ERR_EXPECTED_HELLO');
     assert.ok(

@@ -7,7 +7,9 @@
  * alive when the test process exits is sent SIGKILL.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -119,6 +121,10 @@ function isAlive(pid: number): boolean {
   }
 }
 
+/** Where the spawned nodes keep their data directories: one fresh folder per test file run. */
+export const STATE_HOME = mkdtempSync(join(tmpdir(), 'p2p-spec-state-'));
+process.once('exit', () => rmSync(STATE_HOME, { recursive: true, force: true }));
+
 /** One spawned process, its output as it arrives, and bounded waits on it. */
 export class Proc {
   readonly child: ChildProcess;
@@ -145,7 +151,8 @@ export class Proc {
     this.args = args;
     this.command = options.command ?? BIN;
     this.json = options.json ?? args.includes('--json');
-    const env: NodeJS.ProcessEnv = { ...process.env, ...options.env };
+    // Default data directories (per port) go under a state home of this test run, never the user's.
+    const env: NodeJS.ProcessEnv = { ...process.env, XDG_STATE_HOME: STATE_HOME, ...options.env };
     delete env['NODE_TEST_CONTEXT']; // the child is a program under test, not a test file
     delete env['NODE_OPTIONS'];
     this.child = spawn(this.command, [...args], {

@@ -22,6 +22,7 @@ const chat: ChatFrame = {
   from: 'n1',
   nick: 'ann',
   ts: 1_700_000_000_000,
+  seq: 1,
   text: 'hi',
 };
 const ping: PingFrame = { type: 'ping', n: 7 };

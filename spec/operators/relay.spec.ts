@@ -20,6 +20,7 @@ function chat(id: string, peer: PeerRef | null): Inbound<ChatFrame> {
     from: 'author',
     nick: 'ann',
     ts: 1_700_000_000_000,
+    seq: 1,
     text: `text ${id}`,
   };
   return { peer, frame, payload: serializeFrame(frame) };

@@ -19,6 +19,7 @@ import {
   type PeersFrame,
   type PingFrame,
   type PongFrame,
+  type SyncFrame,
 } from '../../lib/protocol/frames.js';
 
 const NUM_RUNS = 200;
@@ -34,11 +35,12 @@ const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_C
 /** Every field each frame type carries; anything else is dropped by validation. */
 const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
   hello: ['type', 'v', 'id', 'nick', 'port', 'addr'],
-  chat: ['type', 'id', 'from', 'nick', 'ts', 'text'],
+  chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text'],
   peers: ['type', 'peers'],
   ping: ['type', 'n'],
   pong: ['type', 'n'],
   bye: ['type', 'reason'],
+  sync: ['type', 'marks'],
 };
 
 /** A validator for `assert.throws` that wants a ProtocolError with `code`. */
@@ -108,6 +110,7 @@ const chatArb: fc.Arbitrary<ChatFrame> = fc.record(
     from: idArb,
     nick: textArb(MAX_NICK_LENGTH),
     ts: fc.maxSafeNat(),
+    seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
     text: textArb(MAX_TEXT_LENGTH),
   },
   { noNullPrototype: true },
@@ -143,7 +146,25 @@ const byeArb: fc.Arbitrary<ByeFrame> = fc.record(
   { noNullPrototype: true },
 );
 
-const frameArb: fc.Arbitrary<Frame> = fc.oneof(helloArb, chatArb, peersArb, pingArb, pongArb, byeArb);
+const syncArb: fc.Arbitrary<SyncFrame> = fc.record(
+  {
+    type: fc.constant('sync'),
+    marks: fc.array(fc.record({ from: idArb, seq: fc.maxSafeNat() }, { noNullPrototype: true }), {
+      maxLength: 50,
+    }),
+  },
+  { noNullPrototype: true },
+);
+
+const frameArb: fc.Arbitrary<Frame> = fc.oneof(
+  helloArb,
+  chatArb,
+  peersArb,
+  pingArb,
+  pongArb,
+  byeArb,
+  syncArb,
+);
 
 /** A valid frame with one of its fields (or a field of one peer entry) replaced by any JSON value. */
 const mutatedFrameArb = fc
@@ -177,7 +198,15 @@ describe('serializeFrame / parseFrame', () => {
   });
 
   it('round-trips a lone surrogate in chat text', () => {
-    const frame: ChatFrame = { type: 'chat', id: 'm1', from: 'n1', nick: '\ud800', ts: 0, text: 'a\udfffb' };
+    const frame: ChatFrame = {
+      type: 'chat',
+      id: 'm1',
+      from: 'n1',
+      nick: '\ud800',
+      ts: 0,
+      seq: 1,
+      text: 'a\udfffb',
+    };
     assert.deepEqual(parseFrame(serializeFrame(frame)), frame);
   });
 
@@ -264,6 +293,7 @@ describe('validateFrame', () => {
         from: 'n',
         nick: '😀'.repeat(MAX_NICK_LENGTH / 2),
         ts: Number.MAX_SAFE_INTEGER,
+        seq: Number.MAX_SAFE_INTEGER,
         text: 'x'.repeat(MAX_TEXT_LENGTH),
       };
       assert.deepEqual(validateFrame(chat), chat);

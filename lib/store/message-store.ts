@@ -1,0 +1,336 @@
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { parseFrame, type ChatFrame } from '../protocol/frames.js';
+import { ProtocolError } from '../protocol/errors.js';
+
+/** How much history a node keeps. Every default carries its reason. */
+export interface HistoryWindow {
+  /** Most messages kept. Default 10,000: days of a busy group chat, about 2-3 MB on disk and in memory. */
+  readonly maxMessages?: number;
+  /** Oldest message kept, by its timestamp. Default 7 days: a laptop closed over a long weekend still catches up. */
+  readonly maxAgeMs?: number;
+}
+
+export const HISTORY_DEFAULTS = { maxMessages: 10_000, maxAgeMs: 7 * 24 * 3600_000 } as const;
+
+/** One stored message: the frame and its payload bytes exactly as they travel. */
+export interface StoredMessage {
+  readonly frame: ChatFrame;
+  readonly payload: Buffer;
+}
+
+/** The highest sequence number held without a gap, per sender: what a peer is asked to go beyond. */
+export type Marks = ReadonlyMap<string, number>;
+
+/** What {@link MessageStore.open} found wrong in the file and dropped. */
+export interface StoreRepair {
+  readonly droppedBytes: number;
+  readonly reason: string;
+}
+
+const LOG_FILE = 'messages.log';
+const RECORD_HEADER = 8; // u32 length + u32 crc32 of the body
+/** Record kinds: append-only. */
+const KIND_MESSAGE = 1;
+const KIND_META = 2;
+
+interface Meta {
+  /** Own last sequence number, kept through compactions that drop own messages. */
+  lastSeq: number;
+  /** Per sender, the highest sequence number that was evicted from the window. */
+  floors: Record<string, number>;
+}
+
+interface SenderState {
+  /** Held messages by sequence number. */
+  readonly held: Map<number, StoredMessage>;
+  /** Highest sequence number evicted (or never to be fetched): anything at or below is old. */
+  floor: number;
+}
+
+/**
+ * The node's recent history: a bounded window of chat messages, in memory and (with a directory) in
+ * an append-only log that survives `kill -9`.
+ *
+ * The log is a sequence of records `[u32 length][u32 crc32][kind byte + body]`. A torn or corrupted
+ * record stops the reading there: what follows is dropped (and reported by `open`), the file is
+ * truncated to the last good record, and resync with peers fetches the rest. When the log holds
+ * twice the window it is compacted (rewritten to a temporary file, then renamed over).
+ *
+ * It is also the replay guard: a message is known when it is held, or when its sequence number is at
+ * or below the highest one evicted for its sender, so an old message whose id left the dedup cache
+ * is still recognised.
+ */
+export class MessageStore {
+  private readonly senders = new Map<string, SenderState>();
+  /** Held messages in arrival order (oldest first), for eviction and `recent`. */
+  private order: StoredMessage[] = [];
+  private orderStart = 0;
+  private lastSeq = 0;
+  private fd: number | undefined;
+  private recordsInLog = 0;
+  private pending: Buffer[] = [];
+  private flushScheduled = false;
+  private readonly maxMessages: number;
+  private readonly maxAgeMs: number;
+
+  private constructor(
+    private readonly selfId: string,
+    private readonly dir: string | undefined,
+    window: HistoryWindow,
+    private readonly now: () => number,
+  ) {
+    this.maxMessages = window.maxMessages ?? HISTORY_DEFAULTS.maxMessages;
+    this.maxAgeMs = window.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs;
+    if (!Number.isInteger(this.maxMessages) || this.maxMessages < 1) {
+      throw new RangeError(`history: maxMessages must be a positive integer, got ${this.maxMessages}`);
+    }
+    if (!Number.isInteger(this.maxAgeMs) || this.maxAgeMs < 1) {
+      throw new RangeError(`history: maxAgeMs must be a positive integer, got ${this.maxAgeMs}`);
+    }
+  }
+
+  /**
+   * Opens the store of node `selfId` in `dir` (created if missing), or an in-memory one without `dir`.
+   * Returns it with what had to be dropped from a damaged log, if anything.
+   */
+  static open(
+    selfId: string,
+    dir: string | undefined,
+    window: HistoryWindow = {},
+    now: () => number = Date.now,
+  ): { store: MessageStore; repair: StoreRepair | undefined } {
+    const store = new MessageStore(selfId, dir, window, now);
+    let repair: StoreRepair | undefined;
+    if (dir !== undefined) {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      repair = store.load(join(dir, LOG_FILE));
+    }
+    store.evict();
+    if (dir !== undefined) store.compact(); // start from a clean log holding just the window
+    return { store, repair };
+  }
+
+  /** Number of messages held. */
+  get size(): number {
+    return this.order.length - this.orderStart;
+  }
+
+  /** The next sequence number for a message of this node (never reused, across restarts too). */
+  nextSeq(): number {
+    return ++this.lastSeq;
+  }
+
+  /** True when the message is held, or older than what is held for its sender. */
+  knows(frame: ChatFrame): boolean {
+    const sender = this.senders.get(frame.from);
+    if (sender === undefined) return false;
+    return frame.seq <= sender.floor || sender.held.has(frame.seq);
+  }
+
+  /**
+   * Adds a message unless it is known or outside the window; returns whether it was added.
+   * Added messages are appended to the log within the same tick.
+   */
+  add(frame: ChatFrame, payload: Buffer): boolean {
+    if (this.knows(frame)) return false;
+    if (frame.ts < this.now() - this.maxAgeMs) return false;
+    const message: StoredMessage = { frame, payload };
+    this.hold(message);
+    if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
+    this.append(KIND_MESSAGE, payload);
+    this.evict();
+    return true;
+  }
+
+  /** The highest sequence number held without a gap, per sender. */
+  marks(): Map<string, number> {
+    const marks = new Map<string, number>();
+    for (const [from, sender] of this.senders) {
+      let mark = sender.floor;
+      while (sender.held.has(mark + 1)) mark++;
+      // A sender whose window starts above 1 (older ones evicted elsewhere) counts from its first held.
+      if (mark === sender.floor && sender.held.size > 0) {
+        const lowest = Math.min(...sender.held.keys());
+        mark = lowest - 1;
+        while (sender.held.has(mark + 1)) mark++;
+      }
+      marks.set(from, mark);
+    }
+    return marks;
+  }
+
+  /** Messages a peer with `marks` lacks: per sender, in sequence order, those above its mark. */
+  lacking(marks: Marks): StoredMessage[] {
+    const out: StoredMessage[] = [];
+    for (const [from, sender] of this.senders) {
+      const mark = marks.get(from) ?? 0;
+      const seqs = [...sender.held.keys()].filter((seq) => seq > mark).sort((a, b) => a - b);
+      for (const seq of seqs) out.push(sender.held.get(seq)!);
+    }
+    return out;
+  }
+
+  /** The last `n` messages held, oldest first. */
+  recent(n: number): StoredMessage[] {
+    return this.order.slice(Math.max(this.orderStart, this.order.length - n));
+  }
+
+  /** Writes what is pending and closes the log. */
+  close(): void {
+    this.flush();
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
+  }
+
+  // ---- internals -----------------------------------------------------------------------------
+
+  private hold(message: StoredMessage): void {
+    let sender = this.senders.get(message.frame.from);
+    if (sender === undefined) {
+      sender = { held: new Map(), floor: 0 };
+      this.senders.set(message.frame.from, sender);
+    }
+    sender.held.set(message.frame.seq, message);
+    this.order.push(message);
+  }
+
+  /** Drops the oldest messages beyond the window, raising their senders' floors. */
+  private evict(): void {
+    const oldest = this.now() - this.maxAgeMs;
+    while (this.size > 0) {
+      const first = this.order[this.orderStart]!;
+      if (this.size <= this.maxMessages && first.frame.ts >= oldest) break;
+      this.orderStart++;
+      const sender = this.senders.get(first.frame.from)!;
+      sender.held.delete(first.frame.seq);
+      // Everything of this sender up to here is now "old"; a later-arrived lower seq still held is
+      // evicted in its own turn (and is known either way).
+      if (first.frame.seq > sender.floor) sender.floor = first.frame.seq;
+    }
+    if (this.orderStart > 1024 && this.orderStart * 2 > this.order.length) {
+      this.order = this.order.slice(this.orderStart);
+      this.orderStart = 0;
+    }
+    if (this.fd !== undefined && this.recordsInLog > 2 * this.maxMessages + 1) this.compact();
+  }
+
+  private meta(): Meta {
+    const floors: Record<string, number> = {};
+    for (const [from, sender] of this.senders) if (sender.floor > 0) floors[from] = sender.floor;
+    return { lastSeq: this.lastSeq, floors };
+  }
+
+  /** Reads the log; stops at the first torn or damaged record and truncates the file there. */
+  private load(path: string): StoreRepair | undefined {
+    let data: Buffer;
+    try {
+      data = readFileSync(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+    let offset = 0;
+    let reason: string | undefined;
+    while (offset < data.length) {
+      if (data.length - offset < RECORD_HEADER) {
+        reason = 'a torn record header at the end';
+        break;
+      }
+      const length = data.readUInt32BE(offset);
+      const sum = data.readUInt32BE(offset + 4);
+      if (length < 1 || length > data.length - offset - RECORD_HEADER) {
+        reason = length < 1 ? 'an empty record' : 'a torn record at the end';
+        break;
+      }
+      const body = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length);
+      if (crc32(body) !== sum) {
+        reason = `a damaged record at byte ${offset}`;
+        break;
+      }
+      try {
+        this.replay(body);
+      } catch (err) {
+        if (!(err instanceof ProtocolError) && !(err instanceof SyntaxError)) throw err;
+        reason = `an unreadable record at byte ${offset}`;
+        break;
+      }
+      offset += RECORD_HEADER + length;
+    }
+    this.recordsInLog = 0;
+    return reason === undefined ? undefined : { droppedBytes: data.length - offset, reason };
+  }
+
+  private replay(body: Buffer): void {
+    const kind = body[0];
+    const rest = Buffer.from(body.subarray(1));
+    if (kind === KIND_META) {
+      const meta = JSON.parse(rest.toString('utf8')) as Meta;
+      if (typeof meta.lastSeq === 'number' && meta.lastSeq > this.lastSeq) this.lastSeq = meta.lastSeq;
+      for (const [from, floor] of Object.entries(meta.floors ?? {})) {
+        if (typeof floor !== 'number') continue;
+        const sender = this.senders.get(from) ?? { held: new Map<number, StoredMessage>(), floor: 0 };
+        sender.floor = Math.max(sender.floor, floor);
+        this.senders.set(from, sender);
+      }
+      return;
+    }
+    if (kind !== KIND_MESSAGE) throw new ProtocolError('ERR_BAD_FRAME', `unknown record kind ${kind}`);
+    const frame = parseFrame(rest);
+    if (frame.type !== 'chat')
+      throw new ProtocolError('ERR_BAD_FRAME', 'a stored record is not a chat message');
+    if (this.knows(frame)) return;
+    this.hold({ frame, payload: rest });
+    if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
+  }
+
+  private record(kind: number, body: Buffer): Buffer {
+    const out = Buffer.allocUnsafe(RECORD_HEADER + 1 + body.length);
+    out.writeUInt32BE(1 + body.length, 0);
+    out[RECORD_HEADER] = kind;
+    body.copy(out, RECORD_HEADER + 1);
+    out.writeUInt32BE(crc32(out.subarray(RECORD_HEADER)), 4);
+    return out;
+  }
+
+  private append(kind: number, body: Buffer): void {
+    if (this.dir === undefined) return;
+    this.pending.push(this.record(kind, body));
+    this.recordsInLog++;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Writes pending records with one write. A write that returned survives `kill -9` (page cache). */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.fd === undefined || this.pending.length === 0) return;
+    const batch = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
+    this.pending = [];
+    writeSync(this.fd, batch);
+  }
+
+  /** Rewrites the log as one meta record plus the window, atomically (temporary file + rename). */
+  private compact(): void {
+    if (this.dir === undefined) return;
+    this.flush();
+    const path = join(this.dir, LOG_FILE);
+    const tmp = `${path}.tmp`;
+    const fd = openSync(tmp, 'w', 0o600);
+    try {
+      const parts = [this.record(KIND_META, Buffer.from(JSON.stringify(this.meta()), 'utf8'))];
+      for (let i = this.orderStart; i < this.order.length; i++)
+        parts.push(this.record(KIND_MESSAGE, this.order[i]!.payload));
+      writeSync(fd, Buffer.concat(parts));
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = openSync(path, 'a', 0o600);
+    this.recordsInLog = this.size + 1;
+  }
+}
