@@ -17,9 +17,11 @@ export const HOST = '127.0.0.1';
 
 /** Timers short enough for tests, long enough for a loaded CI machine. */
 export const FAST_TIMING: NodeTiming = {
-  pingIntervalMs: 100,
-  peerTimeoutMs: 400,
-  helloTimeoutMs: 500,
+  // A loaded 2-core machine can stall an event loop for hundreds of ms: a timeout near that makes
+  // healthy links flap and the tests flaky.
+  pingIntervalMs: 250,
+  peerTimeoutMs: 1500,
+  helloTimeoutMs: 1500,
   connectTimeoutMs: 1000,
   peerListDelayMs: 20,
   backoff: { baseMs: 20, maxMs: 200 },

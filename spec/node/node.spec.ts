@@ -379,7 +379,7 @@ describe('createNode', () => {
     const events = record(node.events$);
     const quiet = await rawPeer(t, node.port, { id: 'quiet', answerPings: true });
     await waitFor(() => ups(events).length === 1, 'the quiet peer to be up');
-    // Eight ping intervals are twice peerTimeoutMs: long enough to be dropped were pongs not counted.
+    // Eight ping intervals outlast peerTimeoutMs: long enough to be dropped were pongs not counted.
     await waitFor(() => quiet.count('ping') >= 8, 'eight pings', 5000);
     assert.deepEqual(downs(events), []);
     assert.deepEqual(peerIds(node), ['quiet']);
