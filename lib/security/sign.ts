@@ -1,0 +1,165 @@
+import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
+import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, publicKeyFromRaw, type Identity } from './identity.js';
+import { NETWORK_TAG_BYTES } from './network-key.js';
+
+/**
+ * Domain-separation prefix of every signed message: names the protocol and its version, and ends in
+ * a NUL so that no other string this node signs can start the same way.
+ */
+export const SIGNING_PREFIX = Buffer.from('p2p-chat-v1\0', 'utf8');
+
+/** Kinds of signed records, one byte after the prefix. Append-only. */
+export const SIGNED_KIND = { chat: 1 } as const;
+
+/** The fields of a chat message that its signature covers. */
+export interface SignedChatFields {
+  /** The message id (ASCII, at most 65,535 bytes; the wire allows 64). */
+  readonly id: string;
+  /** The sender's raw 32-byte Ed25519 public key. */
+  readonly publicKey: Uint8Array;
+  readonly nick: string;
+  /** Sender's clock, ms since the epoch: a safe non-negative integer. */
+  readonly ts: number;
+  readonly text: string;
+  /** Per-sender sequence number, a safe non-negative integer; 0 stands for "none". */
+  readonly seq?: number;
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+/**
+ * UTF-8 of a well-formed string. A lone surrogate would be encoded as U+FFFD, so two different
+ * strings would sign the same: refused instead.
+ */
+function utf8(name: string, value: string, maxBytes: number): Buffer {
+  if (LONE_SURROGATE.test(value)) throw new RangeError(`${name} contains a lone surrogate`);
+  const bytes = Buffer.from(value, 'utf8');
+  if (bytes.length > maxBytes)
+    throw new RangeError(`${name} is ${bytes.length} bytes, the limit is ${maxBytes}`);
+  return bytes;
+}
+
+function u64(name: string, value: number): Buffer {
+  if (!Number.isSafeInteger(value) || value < 0) {
+    throw new RangeError(`${name} must be a safe non-negative integer, got ${value}`);
+  }
+  const out = Buffer.alloc(8);
+  out.writeBigUInt64BE(BigInt(value));
+  return out;
+}
+
+function u16(length: number): Buffer {
+  const out = Buffer.alloc(2);
+  out.writeUInt16BE(length);
+  return out;
+}
+
+function u32(length: number): Buffer {
+  const out = Buffer.alloc(4);
+  out.writeUInt32BE(length);
+  return out;
+}
+
+/**
+ * The bytes a chat signature covers, a fixed binary layout (no JSON canonicalisation to get wrong):
+ *
+ * ```
+ * "p2p-chat-v1\0"            12  domain separation
+ * kind = 1 (chat)             1
+ * network tag                32  networkTag(key), or the public tag
+ * sender public key          32
+ * seq                         8  big-endian, 0 when absent
+ * ts                          8  big-endian
+ * id    length u16 + UTF-8
+ * nick  length u16 + UTF-8
+ * text  length u32 + UTF-8
+ * ```
+ *
+ * Every variable field is length-prefixed, so two different messages never give the same bytes.
+ * @throws {RangeError} for a field out of range: a key or tag of the wrong size, a negative or unsafe
+ *   number, a string with a lone surrogate or longer than its length prefix allows.
+ */
+export function chatSigningBytes(fields: SignedChatFields, network: Uint8Array): Buffer {
+  if (network.length !== NETWORK_TAG_BYTES) {
+    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`);
+  }
+  if (fields.publicKey.length !== PUBLIC_KEY_BYTES) {
+    throw new RangeError(
+      `an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${fields.publicKey.length}`,
+    );
+  }
+  const id = utf8('id', fields.id, 0xffff);
+  const nick = utf8('nick', fields.nick, 0xffff);
+  const text = utf8('text', fields.text, 0xffff_ffff);
+  return Buffer.concat([
+    SIGNING_PREFIX,
+    Buffer.of(SIGNED_KIND.chat),
+    network,
+    fields.publicKey,
+    u64('seq', fields.seq ?? 0),
+    u64('ts', fields.ts),
+    u16(id.length),
+    id,
+    u16(nick.length),
+    nick,
+    u32(text.length),
+    text,
+  ]);
+}
+
+/**
+ * Signs a chat message as `identity`, for the network with tag `network` ({@link networkTag}).
+ * @returns the 64-byte Ed25519 signature.
+ * @throws {RangeError} for a field out of range (see {@link chatSigningBytes}).
+ * @example const sig = signChat(identity, { id, nick, ts, text, seq }, networkTag(networkKey));
+ */
+export function signChat(
+  identity: Identity,
+  fields: Omit<SignedChatFields, 'publicKey'>,
+  network: Uint8Array,
+): Buffer {
+  return identity.sign(chatSigningBytes({ ...fields, publicKey: identity.publicKey }, network));
+}
+
+/**
+ * Imported public keys, by hex: importing a raw key costs about as much as a verification, and a chat
+ * has few authors. 1,024 keys is far more than one network's active senders.
+ */
+const keyCache = new LRUCache<string, KeyObject>({ max: 1024 });
+
+function cachedKey(publicKey: Uint8Array): KeyObject {
+  const hex = Buffer.from(publicKey).toString('hex');
+  let key = keyCache.get(hex);
+  if (key === undefined) {
+    key = publicKeyFromRaw(publicKey);
+    keyCache.set(hex, key);
+  }
+  return key;
+}
+
+/**
+ * True when `signature` is `fields.publicKey`'s signature of the message for the network with tag
+ * `network`. False for anything else: a changed field, another network, a signature or key of the
+ * wrong size, a field out of range, a key that is not a valid Ed25519 point. Never throws for bytes a
+ * peer chose; a TypeError (a field of the wrong type) is a bug of the caller and is thrown.
+ * @throws {RangeError} when `network` is not a 32-byte tag (this node's configuration).
+ *
+ * The caller still checks that the message's `from` equals `nodeIdOf(fields.publicKey)`.
+ */
+export function verifyChat(fields: SignedChatFields, signature: Uint8Array, network: Uint8Array): boolean {
+  if (network.length !== NETWORK_TAG_BYTES) {
+    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`); // our config, not the peer
+  }
+  if (signature.length !== SIGNATURE_BYTES) return false;
+  let data: Buffer;
+  let key: KeyObject;
+  try {
+    data = chatSigningBytes(fields, network);
+    key = cachedKey(fields.publicKey);
+  } catch (err) {
+    if (err instanceof TypeError) throw err;
+    return false; // RangeError from a peer's field, or node:crypto refusing the key bytes
+  }
+  return cryptoVerify(null, data, key, signature);
+}

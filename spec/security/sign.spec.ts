@@ -1,0 +1,154 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { generateIdentity } from '../../lib/security/identity.js';
+import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
+import {
+  chatSigningBytes,
+  signChat,
+  SIGNING_PREFIX,
+  verifyChat,
+  type SignedChatFields,
+} from '../../lib/security/sign.js';
+
+const alice = generateIdentity();
+const bob = generateIdentity();
+const ours = networkTag(generateNetworkKey());
+const theirs = networkTag(generateNetworkKey());
+const publicNet = networkTag();
+
+const message = {
+  id: 'k3J0c9vQ2m8dXw1Z',
+  nick: 'alice',
+  ts: 1_764_079_331_000,
+  text: 'hello, world',
+  seq: 7,
+};
+const fields: SignedChatFields = { ...message, publicKey: alice.publicKey };
+
+function flipBit(bytes: Uint8Array, bit: number): Buffer {
+  const out = Buffer.from(bytes);
+  const index = Math.floor(bit / 8) % out.length;
+  out[index] = out[index]! ^ (1 << (bit % 8));
+  return out;
+}
+
+describe('chat signatures', () => {
+  it('verifies a message signed by its sender for this network', () => {
+    const signature = signChat(alice, message, ours);
+    assert.equal(signature.length, 64);
+    assert.ok(verifyChat(fields, signature, ours));
+  });
+
+  it('fails when any signed field changes', () => {
+    const signature = signChat(alice, message, ours);
+    const changed: SignedChatFields[] = [
+      { ...fields, id: 'k3J0c9vQ2m8dXw1Y' },
+      { ...fields, publicKey: bob.publicKey },
+      { ...fields, nick: 'mallory' },
+      { ...fields, ts: fields.ts + 1 },
+      { ...fields, text: 'hello, world!' },
+      { ...fields, seq: 8 },
+      { id: fields.id, publicKey: fields.publicKey, nick: fields.nick, ts: fields.ts, text: fields.text },
+    ];
+    for (const other of changed)
+      assert.equal(verifyChat(other, signature, ours), false, JSON.stringify(other));
+  });
+
+  it('fails in another network, and between a keyed network and the public one', () => {
+    assert.equal(verifyChat(fields, signChat(alice, message, ours), theirs), false);
+    assert.equal(verifyChat(fields, signChat(alice, message, ours), publicNet), false);
+    assert.equal(verifyChat(fields, signChat(alice, message, publicNet), ours), false);
+    assert.ok(verifyChat(fields, signChat(alice, message, publicNet), publicNet));
+  });
+
+  it('fails for another signer or a signature with any bit flipped', () => {
+    assert.equal(verifyChat(fields, signChat(bob, message, ours), ours), false);
+    const signature = signChat(alice, message, ours);
+    for (let bit = 0; bit < 512; bit += 37)
+      assert.equal(verifyChat(fields, flipBit(signature, bit), ours), false);
+  });
+
+  it('signs an absent seq as 0', () => {
+    const { seq: _seq, ...noSeq } = message;
+    const signature = signChat(alice, noSeq, ours);
+    assert.ok(verifyChat({ ...fields, seq: 0 }, signature, ours));
+    assert.ok(
+      chatSigningBytes({ ...fields, seq: 0 }, ours).equals(
+        chatSigningBytes({ ...noSeq, publicKey: alice.publicKey }, ours),
+      ),
+    );
+  });
+
+  it('lays the signed bytes out with the domain prefix and length-prefixed strings', () => {
+    const bytes = chatSigningBytes(fields, ours);
+    assert.ok(bytes.subarray(0, SIGNING_PREFIX.length).equals(Buffer.from('p2p-chat-v1\0')));
+    assert.equal(bytes[12], 1, 'kind: chat');
+    assert.ok(bytes.subarray(13, 45).equals(ours));
+    assert.ok(bytes.subarray(45, 77).equals(alice.publicKey));
+    assert.equal(bytes.readBigUInt64BE(77), 7n);
+    assert.equal(bytes.readBigUInt64BE(85), BigInt(fields.ts));
+    // Moving characters between adjacent strings changes the bytes: the lengths are part of them.
+    const moved = chatSigningBytes({ ...fields, nick: 'alic', text: 'ehello, world' }, ours);
+    assert.ok(!bytes.equals(moved));
+  });
+
+  it('returns false, never throws, for peer-chosen bytes out of range', () => {
+    const signature = signChat(alice, message, ours);
+    assert.equal(verifyChat(fields, signature.subarray(0, 63), ours), false);
+    assert.equal(verifyChat({ ...fields, publicKey: alice.publicKey.subarray(1) }, signature, ours), false);
+    assert.equal(verifyChat({ ...fields, ts: -1 }, signature, ours), false);
+    assert.equal(verifyChat({ ...fields, seq: 2 ** 53 }, signature, ours), false);
+    assert.equal(verifyChat({ ...fields, text: 'a\uD800b' }, signature, ours), false);
+  });
+
+  it('throws a RangeError for a bad network tag or a field this node cannot sign', () => {
+    assert.throws(() => verifyChat(fields, signChat(alice, message, ours), Buffer.alloc(16)), RangeError);
+    assert.throws(() => signChat(alice, { ...message, ts: 1.5 }, ours), RangeError);
+    assert.throws(() => signChat(alice, { ...message, nick: '\uDC00' }, ours), RangeError);
+    assert.throws(() => signChat(alice, message, Buffer.alloc(31)), RangeError);
+  });
+
+  const arbitraryMessage = fc.record({
+    id: fc.stringMatching(/^[0-9a-zA-Z_-]{1,64}$/),
+    nick: fc.string({ maxLength: 32 }),
+    ts: fc.nat({ max: Number.MAX_SAFE_INTEGER }),
+    text: fc.string({ maxLength: 200, unit: 'grapheme' }),
+    seq: fc.option(fc.nat({ max: Number.MAX_SAFE_INTEGER }), { nil: undefined }),
+  });
+
+  it('verifies any message it signed, and no message with one field changed (property)', () => {
+    fc.assert(
+      fc.property(arbitraryMessage, fc.nat(5), (m, which) => {
+        const { seq, ...rest } = m;
+        const msg = seq === undefined ? rest : { ...rest, seq };
+        const signed: SignedChatFields = { ...msg, publicKey: alice.publicKey };
+        const signature = signChat(alice, msg, ours);
+        assert.ok(verifyChat(signed, signature, ours));
+        const mutations: SignedChatFields[] = [
+          { ...signed, id: `${signed.id}x` },
+          { ...signed, nick: `${signed.nick}x` },
+          { ...signed, text: `x${signed.text}` },
+          { ...signed, ts: signed.ts === 0 ? 1 : signed.ts - 1 },
+          { ...signed, seq: (signed.seq ?? 0) + 1 },
+          { ...signed, publicKey: bob.publicKey },
+        ];
+        assert.equal(verifyChat(mutations[which]!, signature, ours), false);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it('answers a boolean for any signature and key bytes (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 80 }),
+        fc.uint8Array({ maxLength: 40 }),
+        (signature, publicKey) => {
+          assert.equal(verifyChat({ ...fields, publicKey }, signature, ours), false);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
