@@ -6,4 +6,6 @@ export * from './protocol/index.js';
 export * from './operators/index.js';
 export * from './transport/index.js';
 export * from './node/index.js';
+export * from './store/index.js';
+export * from './security/index.js';
 export { main } from './cli/main.js';

@@ -17,12 +17,15 @@ export interface CliOptions {
   readonly ephemeral: boolean;
   readonly historyMessages: number | undefined;
   readonly historyAgeMs: number | undefined;
+  /** `--network-key FILE`: join only the private network of that key. */
+  readonly networkKeyFile: string | undefined;
   /** Undefined when not given: the CLI picks `warn` in a terminal (joins are shown there anyway), else `info`. */
   readonly logLevel: LogLevel | undefined;
 }
 
 export type ParsedArgs =
   | { readonly kind: 'run'; readonly options: CliOptions }
+  | { readonly kind: 'create-network-key'; readonly path: string }
   | { readonly kind: 'help' }
   | { readonly kind: 'version' };
 
@@ -32,6 +35,7 @@ export class UsageError extends Error {
 }
 
 export const USAGE = `usage: p2p <port> [host:port ...] [options]
+       p2p --create-network-key FILE
 
 Starts a chat node that listens on <port> (0: any free port), dials the given
 peers (host:port, [ipv6]:port), learns more peers from them, and sends each line
@@ -50,6 +54,10 @@ options:
                        (also the default with port 0)
   --history N          messages of history to keep and offer (default 10000)
   --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d)
+  --network-key FILE   join the private network of this key: nodes without it
+                       are refused during the handshake
+  --create-network-key FILE
+                       write a new random network key to FILE (mode 0600), exit
   --log-level LEVEL    error, warn, info or debug, on stderr (default: info;
                        warn in a terminal, where joins and leaves are shown)
   -h, --help           show this help and exit
@@ -95,6 +103,11 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
   if (unknown.length > 0) throw new UsageError(`unknown option ${unknown[0]!.replace(/=.*/, '')}`);
   if (args['help'] === true) return { kind: 'help' };
   if (args['version'] === true) return { kind: 'version' };
+  const createKey = single(args, 'create-network-key');
+  if (createKey !== undefined) {
+    if (createKey === '') throw new UsageError('--create-network-key: expected a file name');
+    return { kind: 'create-network-key', path: createKey };
+  }
 
   const positional = args._.map(String);
   const [portText, ...peerTexts] = positional;
@@ -145,6 +158,8 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
   }
   const ageText = single(args, 'history-age');
   const historyAgeMs = ageText === undefined ? undefined : parseDuration(ageText, '--history-age');
+  const networkKeyFile = single(args, 'network-key');
+  if (networkKeyFile === '') throw new UsageError('--network-key: expected a file name');
   const host = single(args, 'host');
   if (host === '') throw new UsageError('--host: expected an address');
   return {
@@ -161,6 +176,7 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
       ephemeral,
       historyMessages,
       historyAgeMs,
+      networkKeyFile,
       logLevel: levelText as LogLevel | undefined,
     },
   };

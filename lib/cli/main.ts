@@ -6,6 +6,8 @@ import { MAX_TEXT_LENGTH } from '../protocol/frames.js';
 import { levelLogger } from '../node/log.js';
 import { createNode, type P2PNode } from '../node/node.js';
 import { DataDirLockedError, defaultDataDir } from '../node/data-dir.js';
+import { SecurityError } from '../security/errors.js';
+import { createNetworkKeyFile, loadNetworkKey, networkFingerprint } from '../security/network-key.js';
 import { parseArgs, UsageError, USAGE, type CliOptions } from './args.js';
 import { jsonConsole, plainConsole, ttyConsole, type ConsoleSink } from './console.js';
 
@@ -70,6 +72,20 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
     io.stdout.write(`p2p ${version()}\n`);
     return 0;
   }
+  if (parsed.kind === 'create-network-key') {
+    try {
+      const key = createNetworkKeyFile(parsed.path);
+      io.stdout.write(
+        `created network key ${parsed.path} (fingerprint ${networkFingerprint(key)})\n` +
+          `copy it to every node of the network by a channel you trust, and start each with --network-key FILE\n`,
+      );
+      return 0;
+    } catch (err) {
+      if (!(err instanceof SecurityError)) throw err;
+      io.stderr.write(`p2p: ${err.message}\n`);
+      return 1;
+    }
+  }
   return runNode(parsed.options, io);
 }
 
@@ -81,6 +97,16 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     mode === 'json' ? jsonConsole(io) : mode === 'tty' ? ttyConsole(io, () => quit()) : plainConsole(io);
   const log = levelLogger(options.logLevel ?? (mode === 'tty' ? 'warn' : 'info'), (line) => sink.log(line));
 
+  let networkKey: Buffer | undefined;
+  if (options.networkKeyFile !== undefined) {
+    try {
+      networkKey = loadNetworkKey(options.networkKeyFile);
+    } catch (err) {
+      if (!(err instanceof SecurityError)) throw err;
+      io.stderr.write(`p2p: --network-key: ${err.message}\n`);
+      return 1;
+    }
+  }
   let node: P2PNode;
   const dataDir =
     options.ephemeral || (options.dataDir === undefined && options.port === 0)
@@ -90,6 +116,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     node = await createNode({
       port: options.port,
       ...(dataDir !== undefined ? { dataDir } : {}),
+      ...(networkKey !== undefined ? { networkKey } : {}),
       history: {
         ...(options.historyMessages !== undefined ? { maxMessages: options.historyMessages } : {}),
         ...(options.historyAgeMs !== undefined ? { maxAgeMs: options.historyAgeMs } : {}),
@@ -205,6 +232,7 @@ function defaultNick(env: NodeJS.ProcessEnv): string {
 }
 
 function startFailure(err: unknown, options: CliOptions): string {
+  if (err instanceof SecurityError) return `cannot start: ${err.message}`;
   if (err instanceof DataDirLockedError) {
     return `${err.message}: another node runs with it; give this one its own --data-dir (or --ephemeral)`;
   }

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { Subject, type Observable, type Subscription } from 'rxjs';
+import { defer, mergeMap, Subject, tap, type Observable, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder } from '../protocol/codec.js';
 import type { ProtocolError } from '../protocol/errors.js';
@@ -7,12 +7,25 @@ import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.
 import { decode, type Decoded } from '../operators/decode.js';
 import { fromSocket } from '../transport/from-socket.js';
 import { PeerWriter, type WriterOptions } from '../transport/writer.js';
+import { TAG_BYTES } from '../security/cipher.js';
+import type { Identity } from '../security/identity.js';
+import { createHandshake, type Handshake, type SecureSession } from '../security/noise.js';
+
+/** What a connection needs to authenticate and encrypt: who we are, and the network key if any. */
+export interface LinkSecurity {
+  readonly identity: Identity;
+  readonly networkKey: Uint8Array | undefined;
+}
 
 let nextConnectionNumber = 1;
 
 /**
  * One TCP connection, from accept or dial to close. Owns its socket: the read side as `frames$`, the
  * write side through a {@link PeerWriter} fed by the `outbox` subject.
+ *
+ * Every connection starts with a Noise handshake (XX, or XXpsk0 with a network key; see
+ * lib/security/noise.ts), each message one length-prefixed frame. After it every frame is encrypted
+ * and authenticated; frames sent before it completes wait in a queue.
  */
 export class Connection {
   /** A number for logs, unique in this process. */
@@ -33,8 +46,15 @@ export class Connection {
   closeReason: string | undefined;
   /** The reason was logged already (one line per dropped peer). */
   reasonLogged = false;
+  /** Invalid messages this peer relayed. */
+  strikes = 0;
   /** The peer refused this connection (`bye full`): a failed dial, not a lost link. */
   refused = false;
+  /** The authenticated session, once the handshake completed. */
+  session: SecureSession | undefined;
+  private readonly handshake: Handshake;
+  /** Plaintext payloads queued until the session exists. */
+  private queued: Buffer[] = [];
   private readonly outbox = new Subject<Buffer>();
   private readonly writer: PeerWriter;
   private readonly writerSubscription: Subscription;
@@ -46,13 +66,32 @@ export class Connection {
     maxFrameBytes: number,
     writerOptions: WriterOptions,
     onWriteFault: (conn: Connection, err: ProtocolError) => void,
+    security: LinkSecurity,
     /** The address this node dialled, for outbound connections. */
     readonly dialed?: string,
   ) {
     socket.setNoDelay(true);
     this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
-    this.frames$ = fromSocket(socket, new FrameDecoder(maxFrameBytes)).pipe(decode());
+    this.handshake = createHandshake({
+      initiator: outbound,
+      identity: security.identity,
+      maxMessageBytes: maxFrameBytes,
+      ...(security.networkKey !== undefined ? { networkKey: security.networkKey } : {}),
+    });
+    this.frames$ = defer(() => {
+      const first = this.handshake.start();
+      if (first !== undefined) this.outbox.next(first);
+      return fromSocket(socket, new FrameDecoder(maxFrameBytes + TAG_BYTES)).pipe(
+        mergeMap((raw) => this.open(raw)),
+        tap({
+          complete: () => {
+            if (this.session === undefined) throw this.handshake.closedError();
+          },
+        }),
+        decode(),
+      );
+    });
     this.writer = new PeerWriter(socket, (err) => onWriteFault(this, err), writerOptions);
     // Ends with the outbox (complete/error below); the writer owns the socket's write side from here.
     this.writerSubscription = this.outbox.subscribe(this.writer);
@@ -89,12 +128,27 @@ export class Connection {
 
   /** Queues a frame for sending. */
   send(frame: Frame): void {
-    this.outbox.next(serializeFrame(frame));
+    this.sendPayload(serializeFrame(frame));
   }
 
-  /** Queues a payload that is already serialised (a relayed message). */
+  /** Queues a payload that is already serialised (a relayed message); encrypted for this link. */
   sendPayload(payload: Buffer): void {
-    this.outbox.next(payload);
+    if (this.session !== undefined) this.outbox.next(this.session.encrypt(payload));
+    else this.queued.push(payload);
+  }
+
+  /** A received frame: the next handshake message, or an encrypted frame to open. */
+  private open(raw: Buffer): Buffer[] {
+    if (this.session !== undefined) return [this.session.decrypt(raw)];
+    const { reply, session } = this.handshake.receive(raw);
+    if (reply !== undefined) this.outbox.next(reply);
+    if (session !== undefined) {
+      this.session = session;
+      const queued = this.queued;
+      this.queued = [];
+      for (const payload of queued) this.outbox.next(session.encrypt(payload));
+    }
+    return [];
   }
 
   /** Flushes what is queued and ends the connection; destroys it if the peer does not close in time. */

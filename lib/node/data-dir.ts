@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -57,18 +56,4 @@ export function lockDataDir(dir: string): () => void {
     }
   }
   throw new DataDirLockedError(dir, -1);
-}
-
-/** The node id kept in `dir` (created on first start): the same node across restarts. */
-export function loadOrCreateNodeId(dir: string): string {
-  const path = join(dir, 'node-id');
-  try {
-    const id = readFileSync(path, 'utf8').trim();
-    if (/^[0-9a-f]{16}$/.test(id)) return id;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  const id = randomBytes(8).toString('hex');
-  writeFileSync(path, `${id}\n`, { mode: 0o600 });
-  return id;
 }

@@ -43,7 +43,13 @@ import type { WriterOptions } from '../transport/writer.js';
 import { remember } from '../operators/remember.js';
 import { HISTORY_DEFAULTS, MessageStore, type HistoryWindow } from '../store/message-store.js';
 import { Connection } from './connection.js';
-import { loadOrCreateNodeId, lockDataDir } from './data-dir.js';
+import { lockDataDir } from './data-dir.js';
+import type { LinkSecurity } from './connection.js';
+import { SecurityError } from '../security/errors.js';
+import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
+import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
+import { signChat } from '../security/sign.js';
+import { verifySignatures } from '../operators/verify.js';
 import { silentLogger, type Logger } from './log.js';
 
 /** A chat message as the node delivers it. */
@@ -102,8 +108,16 @@ export interface NodeOptions {
   readonly advertise?: Address;
   /** Display name. Default `anon`. */
   readonly nick?: string;
-  /** Node id. Default: 16 random hex digits per start. */
-  readonly id?: string;
+  /**
+   * The node's Ed25519 identity; its id is derived from the public key. Default: the one kept in
+   * `dataDir` (created on first start), or a fresh one per start without `dataDir`.
+   */
+  readonly identity?: Identity;
+  /**
+   * A 32-byte network key: only nodes holding the same key can connect (Noise XXpsk0); others are
+   * refused during the handshake, before either side reveals its identity.
+   */
+  readonly networkKey?: Uint8Array;
   /** Peers to dial at start; retried with backoff until they answer, and after every loss. */
   readonly peers?: readonly Address[];
   /** Most connected peers; further peers are refused after their hello. Default 32. */
@@ -116,8 +130,8 @@ export interface NodeOptions {
   /** Dials of a learned address before it is forgotten. Default 8 (about a minute of backoff). */
   readonly learnedDialAttempts?: number;
   /**
-   * Directory for the node's id, history and lock (created if missing). Without it the node keeps
-   * nothing on disk: a new id per start and history in memory only.
+   * Directory for the node's identity key, history and lock (created if missing, mode 0700). Without
+   * it the node keeps nothing on disk: a new identity per start and history in memory only.
    */
   readonly dataDir?: string;
   /** How much history to keep and to offer peers that reconnect or join late. */
@@ -148,6 +162,8 @@ export interface P2PNode {
   peers(): readonly PeerInfo[];
   /** The last `limit` messages of the history (own ones included), oldest first. */
   history(limit?: number): readonly ChatMessage[];
+  /** Counters: messages dropped because they did not verify, and messages held in the history. */
+  stats(): { readonly invalidMessages: number; readonly historySize: number };
   /**
    * Sends a chat message to every node of the network and returns it.
    * @throws {RangeError} when `text` is empty or longer than `MAX_TEXT_LENGTH`, or the node is closed.
@@ -229,6 +245,9 @@ class ChatNode implements P2PNode {
   readonly events$: Observable<NodeEvent>;
 
   private readonly store: MessageStore;
+  private readonly identity: Identity;
+  private readonly security: LinkSecurity;
+  private readonly networkTag: Buffer;
   private readonly releaseDataDir: () => void;
   private readonly log: Logger;
   private readonly server: Server;
@@ -257,6 +276,8 @@ class ChatNode implements P2PNode {
   private closed = false;
   private closing: Promise<void> | undefined;
   private pingNonce = 0;
+  /** Messages dropped because their signature or sender id did not verify. */
+  private invalidMessages = 0;
 
   constructor(private readonly options: NodeOptions) {
     this.nick = checkNick(options.nick ?? 'anon');
@@ -264,8 +285,16 @@ class ChatNode implements P2PNode {
     const dataDir = options.dataDir;
     this.releaseDataDir = dataDir === undefined ? () => {} : lockDataDir(dataDir);
     try {
-      this.id =
-        options.id ?? (dataDir === undefined ? randomBytes(8).toString('hex') : loadOrCreateNodeId(dataDir));
+      this.identity =
+        options.identity ?? (dataDir === undefined ? generateIdentity() : loadOrCreateIdentity(dataDir));
+      this.id = this.identity.id;
+      if (options.networkKey !== undefined && options.networkKey.length !== NETWORK_KEY_BYTES) {
+        throw new RangeError(
+          `networkKey must be ${NETWORK_KEY_BYTES} bytes, got ${options.networkKey.length}`,
+        );
+      }
+      this.security = { identity: this.identity, networkKey: options.networkKey };
+      this.networkTag = networkTag(options.networkKey);
       const { store, repair } = MessageStore.open(this.id, dataDir, options.history);
       this.store = store;
       if (repair !== undefined) {
@@ -297,7 +326,14 @@ class ChatNode implements P2PNode {
       mergeMap((conn) => this.session(conn)),
       share(),
     );
+    // Cheap checks first (held or older than held: the store knows), so each message is verified
+    // once; it is remembered as seen only once verified, so a tampered copy cannot shadow the real one.
     const chat$ = merge(this.local$, inbound$.pipe(filter(isChat))).pipe(
+      filter((m) => !this.store.knows(m.frame)),
+      verifySignatures({
+        network: this.networkTag,
+        onInvalid: (m, reason) => this.invalidMessage(m, reason),
+      }),
       dedup({
         key: (m: Inbound<ChatFrame>) => m.frame.id,
         time: (m) => m.frame.ts,
@@ -307,7 +343,8 @@ class ChatNode implements P2PNode {
       share(),
     );
     this.messages$ = chat$.pipe(
-      filter((m) => m.peer !== null),
+      // Own messages come back only through resync after a damaged log: kept, never shown as received.
+      filter((m) => m.peer !== null && m.frame.from !== this.id),
       map(({ frame }) => toMessage(frame)),
       share(),
     );
@@ -356,6 +393,10 @@ class ChatNode implements P2PNode {
     return this.peerList.value;
   }
 
+  stats(): { readonly invalidMessages: number; readonly historySize: number } {
+    return { invalidMessages: this.invalidMessages, historySize: this.store.size };
+  }
+
   history(limit = 20): readonly ChatMessage[] {
     return this.store.recent(limit).map(({ frame }) => toMessage(frame));
   }
@@ -365,14 +406,19 @@ class ChatNode implements P2PNode {
     if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
       throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
     }
-    const frame: ChatFrame = {
-      type: 'chat',
+    const fields = {
       id: randomBytes(12).toString('base64url'),
-      from: this.id,
       nick: this.nick,
       ts: Date.now(),
       seq: this.store.nextSeq(),
       text,
+    };
+    const frame: ChatFrame = {
+      type: 'chat',
+      ...fields,
+      from: this.id,
+      key: this.identity.publicKey.toString('hex'),
+      sig: signChat(this.identity, fields, this.networkTag).toString('base64url'),
     };
     this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
     return toMessage(frame);
@@ -431,6 +477,7 @@ class ChatNode implements P2PNode {
       this.maxFrameBytes,
       this.writerOptions,
       (c, err) => this.drop(c, err),
+      this.security,
       dialed,
     );
     this.conns.add(conn);
@@ -487,9 +534,12 @@ class ChatNode implements P2PNode {
       case 'bye':
         this.onBye(conn, frame.reason);
         return [];
-      case 'sync':
-        this.resync(conn, new Map(frame.marks.map((m) => [m.from, m.seq])));
+      case 'sync': {
+        const marks = new Map(frame.marks.map((m) => [m.from, m.seq]));
+        this.store.noteOwnSeq(marks.get(this.id) ?? 0);
+        this.resync(conn, marks);
         return [];
+      }
       case 'chat':
       case 'peers':
         return [{ peer: { id: hello.id, host: conn.remoteHost }, frame, payload }];
@@ -497,6 +547,12 @@ class ChatNode implements P2PNode {
   }
 
   private onHello(conn: Connection, hello: HelloFrame): void {
+    if (hello.id !== conn.session?.remoteId) {
+      throw new ProtocolError(
+        'ERR_BAD_FRAME',
+        `hello claims id ${hello.id}, the handshake proved another key`,
+      );
+    }
     conn.hello = hello;
     const target = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
     if (hello.id === this.id) {
@@ -509,7 +565,10 @@ class ChatNode implements P2PNode {
       conn.end(0);
       return;
     }
-    if (target !== undefined) target.nodeId = hello.id;
+    if (target !== undefined) {
+      target.nodeId = hello.id;
+      target.dialing = false;
+    }
     if (hello.addr !== undefined) {
       try {
         const advertised = parseAddress(hello.addr);
@@ -607,6 +666,25 @@ class ChatNode implements P2PNode {
     };
   }
 
+  /**
+   * A message that failed verification: dropped and counted against the peer that delivered it;
+   * a peer that keeps doing it is disconnected. One line per peer for its first offence, so a
+   * flood of forgeries cannot flood the log.
+   */
+  private invalidMessage(message: Inbound<ChatFrame>, reason: string): void {
+    const conn = message.peer === null ? undefined : this.active.get(message.peer.id)?.conn;
+    if (conn === undefined) return;
+    conn.strikes++;
+    this.invalidMessages++;
+    if (conn.strikes === 1) this.log.warn(`${conn.label} relayed an invalid message (${reason}): dropped`);
+    if (conn.strikes >= MAX_STRIKES) {
+      this.drop(
+        conn,
+        new ProtocolError('ERR_BAD_SIGNATURE', `${conn.strikes} invalid messages, the last: ${reason}`),
+      );
+    }
+  }
+
   /** A bad peer or a failed socket: one log line naming the peer and the reason, then close it. */
   private drop(conn: Connection, err: Error): void {
     if (conn.closing) return;
@@ -614,7 +692,10 @@ class ChatNode implements P2PNode {
     const reason = `${code}: ${err.message}`;
     conn.closeReason = reason;
     conn.reasonLogged = true;
-    if (err instanceof ProtocolError && err.code !== 'ERR_PEER_TIMEOUT' && err.code !== 'ERR_HELLO_TIMEOUT') {
+    const misbehaved =
+      (err instanceof ProtocolError && err.code !== 'ERR_PEER_TIMEOUT' && err.code !== 'ERR_HELLO_TIMEOUT') ||
+      err instanceof SecurityError;
+    if (misbehaved) {
       this.log.warn(`disconnecting ${conn.label}: ${reason}`);
     } else {
       this.log.info(`lost ${conn.label}: ${reason}`);
@@ -638,6 +719,8 @@ class ChatNode implements P2PNode {
       this.schedulePeerList();
     }
     if (this.closed) return;
+    const dialedTarget = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
+    if (dialedTarget !== undefined && conn.hello === undefined) dialedTarget.dialing = false;
     // Dial again whatever this connection stood for, unless the node is reachable another way.
     for (const target of this.targets.values()) {
       const related = target.addr === conn.dialed || (id !== undefined && target.nodeId === id);
@@ -756,8 +839,10 @@ class ChatNode implements P2PNode {
     socket.once('connect', () => {
       clearTimeout(timer);
       socket.off('error', onError);
-      target.dialing = false;
+      // Still "dialling" until the hello (onHello) or the close (onClosed): a connection in its
+      // handshake must not be dialled again.
       if (this.closed) {
+        target.dialing = false;
         socket.destroy();
         return;
       }
@@ -870,6 +955,13 @@ class ChatNode implements P2PNode {
     this.peerIds.complete();
   }
 }
+
+/**
+ * Invalid messages a peer may relay before it is disconnected. Every node verifies before it relays,
+ * so an honest peer relays none; three rather than one so a single corrupted record (a bug, a bad
+ * disk) does not cut a link at once.
+ */
+const MAX_STRIKES = 3;
 
 /** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */
 const RESYNC_BATCH = 256;

@@ -3,4 +3,5 @@ export * from './dedup.js';
 export * from './merge-peers.js';
 export * from './relay.js';
 export * from './remember.js';
+export * from './verify.js';
 export type * from './types.js';

@@ -11,7 +11,8 @@ export type ProtocolErrorCode =
   | 'ERR_PROTOCOL_VERSION'
   | 'ERR_HELLO_TIMEOUT'
   | 'ERR_PEER_TIMEOUT'
-  | 'ERR_OUTBOX_OVERFLOW';
+  | 'ERR_OUTBOX_OVERFLOW'
+  | 'ERR_BAD_SIGNATURE';
 
 /**
  * A peer broke the protocol. Ends that peer's connection only; never a bug of this node.

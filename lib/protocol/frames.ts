@@ -40,6 +40,10 @@ export interface ChatFrame {
   /** The sender's sequence number: 1, 2, 3, ... per sender, never reused (across restarts too). */
   readonly seq: number;
   readonly text: string;
+  /** The sender's Ed25519 public key, 64 hex digits; `from` is derived from it. */
+  readonly key: string;
+  /** Ed25519 signature of the message (lib/security/sign.ts layout), base64url, 86 characters. */
+  readonly sig: string;
 }
 
 /** A node that one peer knows, as sent in a peer list. */
@@ -171,6 +175,8 @@ export function validateFrame(raw: unknown): Frame {
         ts: int(o, 'ts', 0, Number.MAX_SAFE_INTEGER),
         seq: int(o, 'seq', 1, Number.MAX_SAFE_INTEGER),
         text: str(o, 'text', MAX_TEXT_LENGTH),
+        key: str(o, 'key', 64, /^[0-9a-f]{64}$/),
+        sig: str(o, 'sig', 86, /^[0-9A-Za-z_-]{86}$/),
       };
     case 'peers': {
       const list = o['peers'];

@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { parseFrame, type ChatFrame } from '../protocol/frames.js';
@@ -30,6 +30,19 @@ export interface StoreRepair {
 }
 
 const LOG_FILE = 'messages.log';
+const SEQ_FILE = 'seq';
+/** Own sequence numbers reserved per write of the `seq` file: one small write per 1,000 messages. */
+const SEQ_RESERVE = 1000;
+
+function readReserved(path: string): number {
+  try {
+    const value = Number.parseInt(readFileSync(path, 'utf8'), 10);
+    return Number.isSafeInteger(value) && value > 0 ? value : 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    throw err;
+  }
+}
 const RECORD_HEADER = 8; // u32 length + u32 crc32 of the body
 /** Record kinds: append-only. */
 const KIND_MESSAGE = 1;
@@ -68,10 +81,10 @@ export class MessageStore {
   private order: StoredMessage[] = [];
   private orderStart = 0;
   private lastSeq = 0;
+  /** Own sequence numbers up to this one are reserved in the `seq` file. */
+  private reservedSeq = 0;
   private fd: number | undefined;
   private recordsInLog = 0;
-  private pending: Buffer[] = [];
-  private flushScheduled = false;
   private readonly maxMessages: number;
   private readonly maxAgeMs: number;
 
@@ -106,6 +119,12 @@ export class MessageStore {
     if (dir !== undefined) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       repair = store.load(join(dir, LOG_FILE));
+      store.reservedSeq = readReserved(join(dir, SEQ_FILE));
+      // With a damaged log the last own numbers may be gone from it: resume above the reserved block
+      // rather than reuse one (peers would drop the new message as known).
+      if (repair !== undefined || store.lastSeq > store.reservedSeq) {
+        store.lastSeq = Math.max(store.lastSeq, store.reservedSeq);
+      }
     }
     store.evict();
     if (dir !== undefined) store.compact(); // start from a clean log holding just the window
@@ -117,9 +136,27 @@ export class MessageStore {
     return this.order.length - this.orderStart;
   }
 
-  /** The next sequence number for a message of this node (never reused, across restarts too). */
+  /**
+   * The next sequence number for a message of this node (never reused, across restarts too: when
+   * the log was damaged, numbering resumes above the block reserved in the `seq` file).
+   */
   nextSeq(): number {
-    return ++this.lastSeq;
+    this.lastSeq++;
+    if (this.lastSeq > this.reservedSeq) this.reserve(this.lastSeq + SEQ_RESERVE);
+    return this.lastSeq;
+  }
+
+  /** Raises the own counter to at least `seq` (a peer holds own messages this node lost). */
+  noteOwnSeq(seq: number): void {
+    if (seq > this.lastSeq) this.lastSeq = seq;
+  }
+
+  private reserve(upTo: number): void {
+    this.reservedSeq = upTo;
+    if (this.dir === undefined) return;
+    const path = join(this.dir, SEQ_FILE);
+    writeFileSync(`${path}.tmp`, `${upTo}\n`, { mode: 0o600 });
+    renameSync(`${path}.tmp`, path);
   }
 
   /** True when the message is held, or older than what is held for its sender. */
@@ -146,12 +183,13 @@ export class MessageStore {
 
   /** The highest sequence number held without a gap, per sender. */
   marks(): Map<string, number> {
+    this.evict();
     const marks = new Map<string, number>();
     for (const [from, sender] of this.senders) {
       let mark = sender.floor;
       while (sender.held.has(mark + 1)) mark++;
       // A sender whose window starts above 1 (older ones evicted elsewhere) counts from its first held.
-      if (mark === sender.floor && sender.held.size > 0) {
+      if (sender.floor === 0 && mark === 0 && sender.held.size > 0) {
         const lowest = Math.min(...sender.held.keys());
         mark = lowest - 1;
         while (sender.held.has(mark + 1)) mark++;
@@ -163,23 +201,37 @@ export class MessageStore {
 
   /** Messages a peer with `marks` lacks: per sender, in sequence order, those above its mark. */
   lacking(marks: Marks): StoredMessage[] {
-    const out: StoredMessage[] = [];
+    this.evict();
+    const perSender = new Map<string, StoredMessage[]>();
+    const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
       const mark = marks.get(from) ?? 0;
-      const seqs = [...sender.held.keys()].filter((seq) => seq > mark).sort((a, b) => a - b);
-      for (const seq of seqs) out.push(sender.held.get(seq)!);
+      const list = [...sender.held.values()]
+        .filter((m) => m.frame.seq > mark)
+        .sort((a, b) => a.frame.seq - b.frame.seq);
+      if (list.length === 0) continue;
+      perSender.set(from, list);
+      all.push(...list);
     }
-    return out;
+    // The conversation's order (by timestamp), with each sender's messages kept in sequence order
+    // even if its clock went backwards: sort the slots by time, then fill each sender's slots in order.
+    all.sort((a, b) => a.frame.ts - b.frame.ts || a.frame.seq - b.frame.seq);
+    const next = new Map<string, number>();
+    return all.map((slot) => {
+      const i = next.get(slot.frame.from) ?? 0;
+      next.set(slot.frame.from, i + 1);
+      return perSender.get(slot.frame.from)![i]!;
+    });
   }
 
   /** The last `n` messages held, oldest first. */
   recent(n: number): StoredMessage[] {
+    this.evict();
     return this.order.slice(Math.max(this.orderStart, this.order.length - n));
   }
 
-  /** Writes what is pending and closes the log. */
+  /** Closes the log (every record is written already). */
   close(): void {
-    this.flush();
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;
   }
@@ -294,29 +346,19 @@ export class MessageStore {
     return out;
   }
 
+  /**
+   * Writes one record before the message goes any further (shown, relayed): a write that returned
+   * survives `kill -9` (it is in the page cache), so a message shown is a message kept.
+   */
   private append(kind: number, body: Buffer): void {
-    if (this.dir === undefined) return;
-    this.pending.push(this.record(kind, body));
+    if (this.fd === undefined) return;
+    writeSync(this.fd, this.record(kind, body));
     this.recordsInLog++;
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      queueMicrotask(() => this.flush());
-    }
-  }
-
-  /** Writes pending records with one write. A write that returned survives `kill -9` (page cache). */
-  private flush(): void {
-    this.flushScheduled = false;
-    if (this.fd === undefined || this.pending.length === 0) return;
-    const batch = this.pending.length === 1 ? this.pending[0]! : Buffer.concat(this.pending);
-    this.pending = [];
-    writeSync(this.fd, batch);
   }
 
   /** Rewrites the log as one meta record plus the window, atomically (temporary file + rename). */
   private compact(): void {
     if (this.dir === undefined) return;
-    this.flush();
     const path = join(this.dir, LOG_FILE);
     const tmp = `${path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);

@@ -1,0 +1,276 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
+import { freePort, HOST, loopback, nodeFactory, record, waitFor, type Recording } from '../helpers/nodes.js';
+
+/**
+ * A fresh data directory, removed after the test: `t.after` hooks run in the order they were added,
+ * so call it after `nodeFactory(t)` and the nodes are closed first.
+ */
+function dataDir(t: TestContext, name: string): string {
+  const dir = mkdtempSync(join(tmpdir(), `p2p-history-${name}-`));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const idsOf = (messages: readonly ChatMessage[]): string[] => messages.map((m) => m.id);
+
+/** Ids that occur more than once. */
+function duplicates(ids: readonly string[]): string[] {
+  const seen = new Set<string>();
+  const twice = new Set<string>();
+  for (const id of ids) (seen.has(id) ? twice : seen).add(id);
+  return [...twice];
+}
+
+/** True when, for every sender, its messages come in increasing sequence order. */
+function inOrderPerSender(messages: readonly ChatMessage[]): boolean {
+  const last = new Map<string, number>();
+  for (const m of messages) {
+    if ((last.get(m.from) ?? 0) >= m.seq) return false;
+    last.set(m.from, m.seq);
+  }
+  return true;
+}
+
+const sameSet = (a: readonly string[], b: readonly string[]): boolean =>
+  a.length === b.length && new Set(a).size === a.length && b.every((id) => a.includes(id));
+
+/** True when `node`'s history holds exactly the messages `ids`, each once. */
+const holdsExactly = (node: P2PNode, ids: ReadonlySet<string>): boolean => {
+  const held = idsOf(node.history(ids.size + 1));
+  return held.length === ids.size && held.every((id) => ids.has(id));
+};
+
+/**
+ * Sends `n` messages from each of `senders` in turn, in `rounds` rounds, and after each round waits
+ * until every one of `receivers` (default: the senders) holds the last message of each sender: links
+ * are FIFO, so it then holds the earlier ones too.
+ */
+async function chat(
+  senders: readonly P2PNode[],
+  n: number,
+  label: string,
+  { rounds = 1, receivers = senders }: { rounds?: number; receivers?: readonly P2PNode[] } = {},
+): Promise<ChatMessage[]> {
+  const sent: ChatMessage[] = [];
+  for (let round = 0; round < rounds; round++) {
+    const lasts: ChatMessage[] = [];
+    for (let i = 0; i < n / rounds; i++) {
+      lasts.length = 0;
+      for (const node of senders) {
+        const message = node.send(`${label} ${node.nick} ${round}.${i}`);
+        sent.push(message);
+        lasts.push(message);
+      }
+    }
+    const recent = (2 * n * senders.length) / rounds + 10;
+    await waitFor(
+      () =>
+        receivers.every((node) => {
+          const held = new Set(idsOf(node.history(recent)));
+          return lasts.every((m) => held.has(m.id));
+        }),
+      `${label}: round ${round} to reach every node`,
+      10_000,
+    );
+  }
+  return sent;
+}
+
+describe('history: nothing lost (in-process nodes)', () => {
+  it('gives a node that joins after 1,000 messages the whole window, in order per sender, each once', async (t) => {
+    const start = nodeFactory(t);
+    const history = { maxMessages: 600 };
+    const a = await start({ nick: 'a', history });
+    // targetPeers 1: b and the joiner talk to a only, so the joiner's backlog is a's window exactly.
+    const b = await start({ nick: 'b', history, peers: [loopback(a.port)], targetPeers: 1 });
+    await waitFor(() => a.peers().length === 1, 'a and b to connect');
+    const sent = await chat([a, b], 500, 'early', { rounds: 10 });
+    assert.equal(sent.length, 1_000);
+    const window = a.history(10_000);
+    assert.equal(window.length, 600, 'a keeps its window of 600 out of 1,000');
+
+    const joinedAt = Date.now();
+    const j = await start({
+      nick: 'j',
+      history,
+      peers: [loopback(a.port)],
+      targetPeers: 1,
+      dataDir: dataDir(t, 'joiner'),
+    });
+    const inbox = record(j.messages$);
+    await waitFor(() => inbox.values.length >= 600, 'the joiner to receive the window', 10_000);
+    t.diagnostic(`late join: ${inbox.values.length} messages of the window in ${Date.now() - joinedAt} ms`);
+
+    const received = idsOf(inbox.values);
+    assert.deepEqual(duplicates(received), [], 'each message once');
+    assert.ok(sameSet(received, idsOf(window)), "exactly a's window");
+    assert.ok(inOrderPerSender(inbox.values), 'in order per sender');
+    const joinedHistory = j.history(600);
+    assert.ok(sameSet(idsOf(joinedHistory), idsOf(window)), 'history(600) holds the window');
+    assert.ok(inOrderPerSender(joinedHistory));
+    assert.ok(inOrderPerSender(j.history(50)));
+    assert.deepEqual(
+      j
+        .history(600)
+        .map((m) => [m.from, m.seq, m.text])
+        .sort(),
+      window.map((m) => [m.from, m.seq, m.text]).sort(),
+      'the same messages, field by field',
+    );
+  });
+
+  it("shows a late joiner the conversation's last n messages, not the last n of one sender", async (t) => {
+    const start = nodeFactory(t);
+    const a = await start({ nick: 'a' });
+    const b = await start({ nick: 'b', peers: [loopback(a.port)], targetPeers: 1 });
+    await waitFor(() => a.peers().length === 1, 'a and b to connect');
+    await chat([a, b], 10, 'turn', { rounds: 10 }); // a, b, a, b, ... one round trip at a time
+    const j = await start({ nick: 'j', peers: [loopback(a.port)], targetPeers: 1 });
+    const inbox = record(j.messages$);
+    await waitFor(() => inbox.values.length >= 20, 'the joiner to catch up');
+    assert.deepEqual(
+      j.history(4).map((m) => m.text),
+      a.history(4).map((m) => m.text),
+    );
+  });
+
+  it('gives a node that restarts with its data dir exactly the messages it missed, once, and keeps its id', async (t) => {
+    const start = nodeFactory(t);
+    const dir = dataDir(t, 'restart');
+    const a = await start({ nick: 'a' });
+    const options: NodeOptions = { nick: 'b', peers: [loopback(a.port)], dataDir: dir };
+    const b = await start(options);
+    const before = record(b.messages$);
+    await waitFor(() => a.peers().length === 1, 'a and b to connect');
+    const early = await chat([a], 50, 'before', { receivers: [a, b] });
+    const own = await chat([b], 5, 'own', { receivers: [a, b] });
+    assert.deepEqual(
+      own.map((m) => m.seq),
+      [1, 2, 3, 4, 5],
+    );
+    assert.equal(before.values.length, 50);
+    await b.close();
+    await waitFor(() => a.peers().length === 0, 'a to see b go');
+
+    const missed = await chat([a], 30, 'missed');
+    const aInbox = record(a.messages$);
+    const restartedAt = Date.now();
+    const b2 = await start(options);
+    const after = record(b2.messages$);
+    assert.equal(b2.id, b.id, 'the same node id after the restart');
+    await waitFor(() => after.values.length >= 30, 'b to fetch what it missed', 10_000);
+    t.diagnostic(`restart: ${after.values.length} missed messages fetched in ${Date.now() - restartedAt} ms`);
+    // One more message through the link: anything that would come twice has come by then.
+    const [barrier] = await chat([a], 1, 'barrier', { receivers: [a, b2] });
+    assert.deepEqual(
+      idsOf(after.values),
+      [...idsOf(missed), barrier!.id],
+      'the missed ones, in order, once, then the new one; nothing it had already',
+    );
+    const all = idsOf([...early, ...own, ...missed, barrier!]);
+    assert.ok(sameSet(idsOf(b2.history(1_000)), all), 'its history holds what it had and what it missed');
+    const next = b2.send('after the restart');
+    assert.equal(next.seq, 6, 'its own sequence numbers go on');
+    await waitFor(() => aInbox.values.some((m) => m.id === next.id), 'a to get the new message');
+    assert.deepEqual(duplicates(idsOf(aInbox.values)), []);
+  });
+
+  it('does not reuse its sequence numbers after its log lost its last own messages', async (t) => {
+    const start = nodeFactory(t);
+    const dir = dataDir(t, 'torn');
+    const a = await start({ nick: 'a' });
+    const aInbox = record(a.messages$);
+    const b = await start({ nick: 'b', peers: [loopback(a.port)], dataDir: dir });
+    await waitFor(() => a.peers().length === 1, 'a and b to connect');
+    const own = await chat([b], 5, 'own', { receivers: [a, b] });
+    await b.close();
+    // Tear the log in the second own message: b keeps its first one only.
+    const path = join(dir, 'messages.log');
+    const log = readFileSync(path);
+    writeFileSync(path, log.subarray(0, log.indexOf(own[1]!.id) + 4));
+    const b2 = await start({ nick: 'b', dataDir: dir }); // alone: a is not dialled yet
+    const next = b2.send('after the repair');
+    b2.connect(loopback(a.port));
+    assert.ok(next.seq > 5, `seq ${next.seq} after 5 sent before the restart`);
+    // With a reused number, a holds another message under it and drops this one as known.
+    await waitFor(() => aInbox.values.some((m) => m.id === next.id), 'a to get the new message');
+  });
+
+  it('leaves both sides of a healed partition holding every message exactly once', async (t) => {
+    const start = nodeFactory(t);
+    // Nodes that advertise an address where nothing listens can only be reached by a dial given by
+    // hand: so peer exchange cannot route around the bridge b, and closing b is a real partition.
+    const nowhere = { host: HOST, port: await freePort() };
+    const side = { advertise: nowhere, learnedDialAttempts: 1 } satisfies NodeOptions;
+    const a1 = await start({ nick: 'a1', ...side });
+    const a2 = await start({ nick: 'a2', ...side, peers: [loopback(a1.port)] });
+    const c1 = await start({ nick: 'c1', ...side });
+    const c2 = await start({ nick: 'c2', ...side, peers: [loopback(c1.port)] });
+    const bOptions: NodeOptions = {
+      nick: 'b',
+      peers: [loopback(a2.port), loopback(c2.port)],
+      dataDir: dataDir(t, 'bridge'),
+    };
+    const b = await start(bOptions);
+    const sides = [a1, a2, c1, c2];
+    const inboxes = new Map<P2PNode, Recording<ChatMessage>>(sides.map((n) => [n, record(n.messages$)]));
+    const bBefore = record(b.messages$);
+    await waitFor(() => a2.peers().length >= 2 && c2.peers().length >= 2, 'the bridge to connect both sides');
+
+    const together = await chat([...sides, b], 20, 'together');
+    await b.close();
+    await waitFor(
+      () => sides.every((n) => !n.peers().some((p) => p.id === b.id)),
+      'both sides to lose the bridge',
+    );
+    const aSide = await chat([a1, a2], 30, 'a-side');
+    const cSide = await chat([c1, c2], 30, 'c-side');
+    const crossed = [a1, a2].some((n) => inboxes.get(n)!.values.some((m) => m.text.startsWith('c-side')));
+    assert.equal(crossed, false, 'the sides were cut off from each other');
+    const cIds = new Set([c1.id, c2.id]);
+    assert.ok(
+      [a1, a2].every((n) => n.peers().every((p) => !cIds.has(p.id))),
+      'no link across',
+    );
+
+    const healedAt = Date.now();
+    const b2 = await start(bOptions);
+    const bAfter = record(b2.messages$);
+    const everything = new Set(idsOf([...together, ...aSide, ...cSide]));
+    await waitFor(
+      () => [...sides, b2].every((n) => holdsExactly(n, everything)),
+      'every node to hold every message',
+      10_000,
+    );
+    const healMs = Date.now() - healedAt;
+    t.diagnostic(
+      `heal → full delivery in ${healMs} ms (${aSide.length} + ${cSide.length} messages across, 5 nodes)`,
+    );
+
+    assert.equal(b2.id, b.id);
+    for (const node of sides) {
+      const got = idsOf(inboxes.get(node)!.values);
+      assert.deepEqual(duplicates(got), [], `${node.nick} got each message once`);
+      const own = new Set(idsOf([...together, ...aSide, ...cSide].filter((m) => m.from === node.id)));
+      assert.ok(
+        sameSet(
+          got,
+          [...everything].filter((id) => !own.has(id)),
+        ),
+        `${node.nick} got every message but its own`,
+      );
+      assert.ok(inOrderPerSender(inboxes.get(node)!.values), `${node.nick}: in order per sender`);
+    }
+    const bGot = [...idsOf(bBefore.values), ...idsOf(bAfter.values)];
+    assert.deepEqual(duplicates(bGot), [], 'the bridge got each message once, across its restart');
+    assert.ok(
+      sameSet(idsOf(bAfter.values), idsOf([...aSide, ...cSide])),
+      'after the restart: what it missed',
+    );
+  });
+});

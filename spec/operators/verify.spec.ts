@@ -1,0 +1,130 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { from, take, tap } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
+import { verifySignatures } from '../../lib/operators/verify.js';
+import type { Inbound } from '../../lib/operators/types.js';
+import type { ChatFrame } from '../../lib/protocol/frames.js';
+import { generateIdentity } from '../../lib/security/identity.js';
+import { networkTag } from '../../lib/security/network-key.js';
+import { signChat } from '../../lib/security/sign.js';
+
+const scheduler = (): TestScheduler =>
+  new TestScheduler((actual, expected) => assert.deepStrictEqual(actual, expected));
+
+const network = networkTag();
+const author = generateIdentity();
+const peer = { id: 'relay', host: '127.0.0.1' };
+
+function signed(text: string, seq: number, net: Buffer = network): ChatFrame {
+  const fields = { id: `m${seq}`, nick: 'ann', ts: 1_700_000_000_000, seq, text };
+  return {
+    type: 'chat',
+    ...fields,
+    from: author.id,
+    key: author.publicKey.toString('hex'),
+    sig: signChat(author, fields, net).toString('base64url'),
+  };
+}
+
+const inbound = (frame: ChatFrame, from: typeof peer | null = peer): Inbound<ChatFrame> => ({
+  peer: from,
+  frame,
+  payload: Buffer.alloc(0),
+});
+
+const good = inbound(signed('hello', 1));
+const tampered = inbound({ ...signed('hello', 2), text: 'HELLO' });
+const otherNetwork = inbound(signed('hello', 3, networkTag(Buffer.alloc(32, 7))));
+const impostor = inbound({ ...signed('hello', 4), from: generateIdentity().id });
+const ownUnsigned = inbound({ ...signed('mine', 5), sig: 'x'.repeat(86) }, null);
+
+describe('verifySignatures', () => {
+  it('passes a message signed by the key of its sender, for this network', () => {
+    scheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
+      const source = cold('-a-|', { a: good });
+      expectObservable(source.pipe(verifySignatures({ network }))).toBe('-a-|', { a: good });
+      expectSubscriptions(source.subscriptions).toBe('^--!');
+    });
+  });
+
+  it('drops tampered, other-network and impostor messages and reports each with its reason', () => {
+    const reports: string[] = [];
+    scheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
+      const source = cold('-t-o-i-g-|', { t: tampered, o: otherNetwork, i: impostor, g: good });
+      const op = verifySignatures({
+        network,
+        onInvalid: (m, reason) => reports.push(`${m.frame.id}: ${reason}`),
+      });
+      expectObservable(source.pipe(op)).toBe('-------g-|', { g: good });
+      expectSubscriptions(source.subscriptions).toBe('^--------!');
+    });
+    assert.deepEqual(reports, [
+      'm2: its signature does not verify',
+      'm3: its signature does not verify',
+      'm4: its sender id is not the id of its key',
+    ]);
+  });
+
+  it("passes this node's own messages without checking them", () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      expectObservable(cold('-a|', { a: ownUnsigned }).pipe(verifySignatures({ network }))).toBe('-a|', {
+        a: ownUnsigned,
+      });
+    });
+  });
+
+  it('passes errors through, and stops at unsubscription', () => {
+    scheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
+      const failing = cold('-a-#', { a: good }, new Error('boom'));
+      expectObservable(failing.pipe(verifySignatures({ network }))).toBe(
+        '-a-#',
+        { a: good },
+        new Error('boom'),
+      );
+      const long = cold('-a-a-a-|', { a: good });
+      expectObservable(long.pipe(verifySignatures({ network })), '^--!').toBe('-a-', { a: good });
+      expectSubscriptions(long.subscriptions).toBe('^--!');
+    });
+  });
+
+  it('turns a throwing onInvalid into an error notification', () => {
+    scheduler().run(({ cold, expectObservable }) => {
+      const op = verifySignatures({
+        network,
+        onInvalid: () => {
+          throw new Error('report failed');
+        },
+      });
+      expectObservable(cold('-t-g|', { t: tampered, g: good }).pipe(op)).toBe(
+        '-#',
+        undefined,
+        new Error('report failed'),
+      );
+    });
+  });
+
+  it('lets take(n) stop a synchronous source', () => {
+    let pulled = 0;
+    const out: Inbound<ChatFrame>[] = [];
+    from([good, good, good, good])
+      .pipe(
+        tap(() => pulled++),
+        verifySignatures({ network }),
+        take(2),
+      )
+      .subscribe((m) => out.push(m));
+    assert.equal(out.length, 2);
+    assert.equal(pulled, 2);
+  });
+
+  it('throws RangeError at verification for a network tag of the wrong size (a configuration bug)', () => {
+    assert.throws(
+      () =>
+        from([good])
+          .pipe(verifySignatures({ network: Buffer.alloc(3) }))
+          .subscribe(),
+      RangeError,
+    );
+  });
+});

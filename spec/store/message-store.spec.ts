@@ -1,0 +1,452 @@
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import fc from 'fast-check';
+import { serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
+import { MessageStore, type HistoryWindow } from '../../lib/store/message-store.js';
+
+const SELF = 'me';
+/** The clock of every store here: the frames' timestamps are well inside the default 7-day window. */
+const T0 = 1_000_000;
+const clock = (): number => T0;
+const LOG = 'messages.log';
+
+/**
+ * Well-formed signing fields. The store keeps frames as they are; checking signatures is the node's
+ * job (the verify operator), so dummies of the right shape do here.
+ */
+const SIGNED = { key: 'ab'.repeat(32), sig: 'A'.repeat(86) };
+
+/** A chat frame of `from` with sequence number `seq`; its id names both, so ids are unique per message. */
+function chat(from: string, seq: number, ts = T0, text = `${from} #${seq}`): ChatFrame {
+  return { type: 'chat', id: `${from}-${seq}`, from, nick: from, ts, seq, text, ...SIGNED };
+}
+
+/** Adds a frame with its payload as the wire carries it. */
+const add = (store: MessageStore, frame: ChatFrame): boolean => store.add(frame, serializeFrame(frame));
+
+/** Ids of the messages held, oldest first. */
+const ids = (store: MessageStore, n = 1_000_000): string[] => store.recent(n).map((m) => m.frame.id);
+
+/** A fresh directory removed after the test. */
+function tempDir(t: TestContext): string {
+  const dir = mkdtempSync(join(tmpdir(), 'p2p-store-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Opens a store and closes it after the test (close is idempotent). */
+function open(
+  t: TestContext,
+  dir: string | undefined,
+  window: HistoryWindow = {},
+  now: () => number = clock,
+): ReturnType<typeof MessageStore.open> {
+  const opened = MessageStore.open(SELF, dir, window, now);
+  t.after(() => opened.store.close());
+  return opened;
+}
+
+/** Byte offsets at which each record of a log starts, and the offset of its end. */
+function recordStarts(log: Buffer): { starts: number[]; end: number } {
+  const starts: number[] = [];
+  let offset = 0;
+  while (offset + 8 <= log.length) {
+    const length = log.readUInt32BE(offset);
+    if (offset + 8 + length > log.length) break;
+    starts.push(offset);
+    offset += 8 + length;
+  }
+  return { starts, end: offset };
+}
+
+/** The kind byte of the record at `start`: 1 a message, 2 the meta record. */
+const kindAt = (log: Buffer, start: number): number => log[start + 8]!;
+
+describe('MessageStore', () => {
+  describe('in memory', () => {
+    it('adds a new message once and knows it afterwards', (t) => {
+      const { store, repair } = open(t, undefined);
+      assert.equal(repair, undefined);
+      const a1 = chat('a', 1);
+      assert.equal(store.knows(a1), false);
+      assert.equal(add(store, a1), true);
+      assert.equal(store.knows(a1), true);
+      assert.equal(add(store, a1), false, 'a second copy is not added');
+      assert.equal(store.size, 1);
+      assert.deepEqual(ids(store), ['a-1']);
+    });
+
+    it('does not know a message of a sender it never heard of', (t) => {
+      const { store } = open(t, undefined);
+      add(store, chat('a', 1));
+      assert.equal(store.knows(chat('b', 1)), false);
+      assert.equal(store.knows(chat('a', 2)), false);
+    });
+
+    it('marks per sender the highest sequence number held without a gap', (t) => {
+      const { store } = open(t, undefined);
+      for (const seq of [1, 2, 3, 5]) add(store, chat('a', seq));
+      for (const seq of [1, 2]) add(store, chat('b', seq));
+      assert.deepEqual(
+        store.marks(),
+        new Map([
+          ['a', 3],
+          ['b', 2],
+        ]),
+      );
+      add(store, chat('a', 4));
+      assert.equal(store.marks().get('a'), 5, 'the gap is filled');
+    });
+
+    it('offers a peer what it lacks, per sender in sequence order, all of a sender it does not list', (t) => {
+      const { store } = open(t, undefined);
+      // Arrival order mixes senders and sequence numbers.
+      for (const [from, seq] of [
+        ['a', 2],
+        ['b', 1],
+        ['a', 1],
+        ['a', 3],
+        ['b', 2],
+      ] as const)
+        add(store, chat(from, seq));
+      const lacking = store.lacking(new Map([['a', 1]])).map((m) => m.frame.id);
+      assert.deepEqual(
+        lacking.filter((id) => id.startsWith('a-')),
+        ['a-2', 'a-3'],
+      );
+      assert.deepEqual(
+        lacking.filter((id) => id.startsWith('b-')),
+        ['b-1', 'b-2'],
+      );
+      assert.deepEqual(
+        store.lacking(
+          new Map([
+            ['a', 3],
+            ['b', 2],
+          ]),
+        ),
+        [],
+        'nothing for a peer that holds everything',
+      );
+    });
+
+    it('hands out the payload bytes exactly as they were added', (t) => {
+      const { store } = open(t, undefined);
+      const frame = chat('a', 1);
+      const payload = serializeFrame(frame);
+      store.add(frame, payload);
+      const [held] = store.lacking(new Map());
+      assert.ok(held !== undefined);
+      assert.deepEqual(held.payload, payload);
+      assert.deepEqual(held.frame, frame);
+    });
+
+    it('returns the last n messages, oldest first', (t) => {
+      const { store } = open(t, undefined);
+      for (let seq = 1; seq <= 5; seq++) add(store, chat('a', seq));
+      assert.deepEqual(ids(store, 3), ['a-3', 'a-4', 'a-5']);
+      assert.deepEqual(ids(store, 50), ['a-1', 'a-2', 'a-3', 'a-4', 'a-5']);
+      assert.deepEqual(ids(store, 0), []);
+    });
+
+    it('keeps at most maxMessages, evicting the oldest to arrive', (t) => {
+      const { store } = open(t, undefined, { maxMessages: 3 });
+      for (let seq = 1; seq <= 5; seq++) add(store, chat('a', seq));
+      assert.equal(store.size, 3);
+      assert.deepEqual(ids(store), ['a-3', 'a-4', 'a-5']);
+      assert.deepEqual(store.marks(), new Map([['a', 5]]));
+      assert.deepEqual(
+        store.lacking(new Map()).map((m) => m.frame.id),
+        ['a-3', 'a-4', 'a-5'],
+        'only the window is offered',
+      );
+    });
+
+    it('keeps messages no older than maxAgeMs, by their timestamps (injected clock)', (t) => {
+      let now = 10_000;
+      const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
+      assert.equal(add(store, chat('a', 1, 8_999)), false, 'already too old when it arrives');
+      assert.equal(add(store, chat('a', 2, 9_000)), true, 'exactly maxAgeMs old is kept');
+      assert.equal(add(store, chat('a', 3, 9_500)), true);
+      now = 10_200; // a-2 is now 1,200 ms old
+      assert.equal(add(store, chat('b', 1, 10_100)), true);
+      assert.deepEqual(ids(store), ['a-3', 'b-1']);
+      assert.equal(store.knows(chat('a', 2, 9_000)), true, 'an evicted message stays known');
+    });
+
+    it('recognises a message older than the evicted floor of its sender, one it never held', (t) => {
+      // Replay safety: the old message's id would have left any LRU long ago, and this store never
+      // held it (it was sent while we were away), yet it is older than what we evicted.
+      const { store } = open(t, undefined, { maxMessages: 2 });
+      for (const seq of [5, 6, 7, 8]) add(store, chat('a', seq));
+      assert.deepEqual(ids(store), ['a-7', 'a-8']);
+      const replayed = chat('a', 3);
+      assert.equal(store.knows(replayed), true);
+      assert.equal(add(store, replayed), false);
+      assert.equal(add(store, chat('a', 6)), false, 'an evicted one is not taken back');
+      assert.equal(add(store, chat('a', 9)), true, 'a newer one is');
+      assert.equal(store.knows(chat('b', 3)), false, 'floors are per sender');
+    });
+
+    it('marks a sender at its floor when the message right above the floor is missing', (t) => {
+      // a4 was never received (sent while away), a5.. came live; a1..a3 were evicted. A peer that
+      // still holds a4 must be asked for it: the mark has to stay at 3.
+      const { store } = open(t, undefined, { maxMessages: 3 });
+      for (const seq of [1, 2, 3, 5, 6, 7]) add(store, chat('a', seq));
+      assert.equal(store.knows(chat('a', 4)), false, 'a4 would still be taken');
+      assert.equal(store.marks().get('a'), 3);
+    });
+
+    it('does not return messages that aged out of the window while nothing arrived', (t) => {
+      let now = 10_000;
+      const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
+      add(store, chat('a', 1, 9_500));
+      now = 20_000;
+      assert.deepEqual(ids(store), []);
+      assert.deepEqual(store.lacking(new Map()), []);
+    });
+
+    it('gives this node fresh sequence numbers from 1', (t) => {
+      const { store } = open(t, undefined);
+      assert.deepEqual([store.nextSeq(), store.nextSeq(), store.nextSeq()], [1, 2, 3]);
+    });
+
+    it('goes on after the highest own sequence number it holds', (t) => {
+      const { store } = open(t, undefined);
+      add(store, chat(SELF, 41)); // e.g. own messages handed back by a peer
+      assert.equal(store.nextSeq(), 42);
+    });
+
+    for (const [name, window] of [
+      ['maxMessages 0', { maxMessages: 0 }],
+      ['maxMessages 1.5', { maxMessages: 1.5 }],
+      ['maxMessages NaN', { maxMessages: Number.NaN }],
+      ['maxAgeMs 0', { maxAgeMs: 0 }],
+      ['maxAgeMs -1', { maxAgeMs: -1 }],
+    ] as const) {
+      it(`throws a RangeError for ${name}`, () => {
+        assert.throws(() => MessageStore.open(SELF, undefined, window), RangeError);
+      });
+    }
+  });
+
+  describe('on disk', () => {
+    it('holds the same messages, marks and floors after close and reopen', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, { maxMessages: 3 }, clock).store;
+      for (let seq = 1; seq <= 5; seq++) add(first, chat('a', seq));
+      add(first, chat('b', 1));
+      const before = { ids: ids(first), marks: first.marks() };
+      assert.deepEqual(before.ids, ['a-4', 'a-5', 'b-1']);
+      first.close();
+
+      const { store, repair } = open(t, dir, { maxMessages: 3 });
+      assert.equal(repair, undefined);
+      assert.deepEqual(ids(store), before.ids);
+      assert.deepEqual(store.marks(), before.marks);
+      assert.equal(store.knows(chat('a', 1)), true, 'the floor of a survives too');
+      assert.equal(add(store, chat('a', 2)), false);
+    });
+
+    it('makes each added message durable within the tick, without close (as for kill -9)', async (t) => {
+      const dir = tempDir(t);
+      const { store } = open(t, dir);
+      add(store, chat('a', 1));
+      add(store, chat('a', 2));
+      await Promise.resolve(); // the append is flushed in a microtask, before any I/O callback
+      const copy = tempDir(t);
+      writeFileSync(join(copy, LOG), readFileSync(join(dir, LOG))); // what a crash now would leave
+      const reopened = MessageStore.open(SELF, copy, {}, clock).store;
+      t.after(() => reopened.close());
+      assert.deepEqual(ids(reopened), ['a-1', 'a-2']);
+    });
+
+    it('keeps its own sequence counter across a reopen after compaction evicted all its messages', (t) => {
+      const dir = tempDir(t);
+      const window = { maxMessages: 4 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      for (let i = 0; i < 3; i++) add(first, chat(SELF, first.nextSeq()));
+      for (let seq = 1; seq <= 40; seq++) add(first, chat('a', seq)); // 10× the window: compacts
+      assert.equal(
+        ids(first).some((id) => id.startsWith(`${SELF}-`)),
+        false,
+      );
+      first.close();
+      const log = readFileSync(join(dir, LOG));
+      assert.ok(!log.includes(`"from":"${SELF}"`), 'no own message is left in the log');
+
+      const { store } = open(t, dir, window);
+      assert.equal(store.nextSeq(), 4);
+      assert.equal(store.knows(chat(SELF, 2)), true);
+    });
+
+    it('drops a torn last record, reports it, and keeps the rest', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let seq = 1; seq <= 5; seq++) add(first, chat('a', seq));
+      first.close();
+      const path = join(dir, LOG);
+      const size = statSync(path).size;
+      truncateSync(path, size - 3);
+
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3', 'a-4']);
+      assert.ok(repair !== undefined, 'the repair is reported');
+      const lastRecord = 8 + 1 + serializeFrame(chat('a', 5)).length;
+      assert.equal(repair.droppedBytes, lastRecord - 3);
+      assert.match(repair.reason, /torn/);
+      store.close();
+      const again = open(t, dir);
+      assert.equal(again.repair, undefined, 'the log was repaired: the next open finds nothing wrong');
+      assert.deepEqual(ids(again.store), ['a-1', 'a-2', 'a-3', 'a-4']);
+    });
+
+    it('drops a torn record header at the end', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      add(first, chat('a', 1));
+      first.close();
+      const path = join(dir, LOG);
+      writeFileSync(path, Buffer.concat([readFileSync(path), Buffer.from([0, 0, 1])]));
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1']);
+      assert.deepEqual(repair, { droppedBytes: 3, reason: 'a torn record header at the end' });
+    });
+
+    it('stops at a corrupted record in the middle, reports it, and truncates the log to the good part', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let seq = 1; seq <= 10; seq++) add(first, chat('a', seq));
+      first.close();
+      const path = join(dir, LOG);
+      const log = readFileSync(path);
+      const { starts } = recordStarts(log);
+      const messageStarts = starts.filter((s) => kindAt(log, s) === 1);
+      assert.equal(messageStarts.length, 10);
+      const bad = messageStarts[4]!; // a-5
+      log[bad + 20]! ^= 0x01; // one bit inside its body
+      writeFileSync(path, log);
+
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3', 'a-4']);
+      assert.deepEqual(repair, { droppedBytes: log.length - bad, reason: `a damaged record at byte ${bad}` });
+      store.close();
+      const repaired = readFileSync(path);
+      assert.ok(repaired.length <= bad, `the log shrank to the good part (${repaired.length} <= ${bad})`);
+      assert.ok(!repaired.includes('"a-5"'), 'nothing from the damaged record on');
+      const again = open(t, dir);
+      assert.equal(again.repair, undefined);
+      assert.deepEqual(ids(again.store), ['a-1', 'a-2', 'a-3', 'a-4']);
+    });
+
+    it('treats a record whose length was zeroed as the end of the good part', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let seq = 1; seq <= 3; seq++) add(first, chat('a', seq));
+      first.close();
+      const path = join(dir, LOG);
+      const log = readFileSync(path);
+      const bad = recordStarts(log).starts.at(-1)!;
+      log.writeUInt32BE(0, bad);
+      writeFileSync(path, log);
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1', 'a-2']);
+      assert.deepEqual(repair, { droppedBytes: log.length - bad, reason: 'an empty record' });
+    });
+
+    it('keeps the log within about twice the window while 10× the window is written', async (t) => {
+      const dir = tempDir(t);
+      const window = { maxMessages: 100 };
+      const { store } = open(t, dir, window);
+      const path = join(dir, LOG);
+      let largest = 0;
+      for (let seq = 1; seq <= 1_000; seq++) {
+        add(store, chat('a', seq, 1_000, `message ${String(seq).padStart(6, '0')}`));
+        if (seq % 10 === 0) {
+          await Promise.resolve(); // let the append flush
+          largest = Math.max(largest, statSync(path).size);
+        }
+      }
+      store.close();
+      assert.equal(store.size, 100);
+      // What one full window takes on disk: a fresh open compacts the log to exactly that.
+      const reopened = open(t, dir, window);
+      reopened.store.close();
+      const windowBytes = statSync(path).size;
+      t.diagnostic(`log: ${windowBytes} bytes for the window, at most ${largest} bytes while writing 10×`);
+      assert.ok(largest <= 2.1 * windowBytes, `${largest} <= 2.1 × ${windowBytes}`);
+      assert.deepEqual(ids(reopened.store).length, 100);
+    });
+
+    it('survives any truncation or single-byte corruption of a valid log, keeping a prefix', (t) => {
+      const dir = tempDir(t);
+      const window = { maxMessages: 8 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      // Own messages and two senders, with evictions, so the log holds a meta record with a sequence
+      // number and floors, then messages.
+      for (let i = 1; i <= 12; i++) {
+        add(first, chat('a', i));
+        if (i % 3 === 0) add(first, chat(SELF, first.nextSeq()));
+        if (i % 4 === 0) add(first, chat('b', i / 4));
+      }
+      first.close();
+      // Reopening compacts the log to the meta record plus the window, so every prefix of it fits
+      // the window and nothing is evicted when a damaged copy is opened.
+      const compacted = MessageStore.open(SELF, dir, window, clock).store;
+      const all = ids(compacted);
+      compacted.close();
+      const original = readFileSync(join(dir, LOG));
+      const { starts, end } = recordStarts(original);
+      assert.equal(end, original.length, 'the log is well formed before the damage');
+      assert.equal(kindAt(original, 0), 2, 'it starts with the meta record');
+      assert.equal(all.length, 8);
+      /** Messages of the whole records before `offset`, and where the last of them ends. */
+      const kept = (offset: number): { n: number; boundary: number } => {
+        const boundaries = [...starts, end].filter((s) => s <= offset);
+        const boundary = boundaries.at(-1) ?? 0;
+        return { n: Math.max(0, boundaries.length - 2), boundary }; // minus the meta record and `end`/itself
+      };
+      let run = 0;
+      const check = (damaged: Buffer, expected: { n: number; boundary: number }): void => {
+        const sub = join(dir, `run-${run++}`);
+        mkdirSync(sub);
+        try {
+          writeFileSync(join(sub, LOG), damaged);
+          const { store, repair } = MessageStore.open(SELF, sub, window, clock);
+          store.close();
+          assert.deepEqual(ids(store), all.slice(0, expected.n), 'a prefix of the messages');
+          const dropped = damaged.length - expected.boundary;
+          if (dropped > 0) assert.equal(repair?.droppedBytes, dropped, 'the repair names the bytes dropped');
+          else assert.equal(repair, undefined, 'no repair when nothing was dropped');
+          // The meta record carries the own counter (4 own messages were sent) whatever follows it.
+          if (expected.boundary > 0) assert.equal(store.nextSeq(), 5, 'the own counter survives');
+        } finally {
+          rmSync(sub, { recursive: true, force: true });
+        }
+      };
+      fc.assert(
+        fc.property(fc.integer({ min: 0, max: original.length }), (cut) => {
+          check(original.subarray(0, cut), kept(cut));
+        }),
+        { numRuns: 150 },
+      );
+      fc.assert(
+        fc.property(
+          fc.integer({ min: 0, max: original.length - 1 }),
+          fc.integer({ min: 1, max: 255 }),
+          (at, xor) => {
+            const damaged = Buffer.from(original);
+            damaged[at]! ^= xor;
+            // The record holding the damaged byte is dropped, with everything after it.
+            const { boundary } = kept(at);
+            check(damaged, { n: kept(boundary).n, boundary });
+          },
+        ),
+        { numRuns: 150 },
+      );
+    });
+  });
+});
