@@ -16,7 +16,15 @@ import {
   timeout,
   type Observable,
 } from 'rxjs';
-import { formatAddress, isLoopback, isUnspecified, parseAddress, type Address } from '../protocol/address.js';
+import { LRUCache } from 'lru-cache';
+import {
+  formatAddress,
+  isLoopback,
+  isUnspecified,
+  normalizeHost,
+  parseAddress,
+  type Address,
+} from '../protocol/address.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.js';
 import { isPeerError, ProtocolError } from '../protocol/errors.js';
 import {
@@ -276,6 +284,8 @@ class ChatNode implements P2PNode {
   private closed = false;
   private closing: Promise<void> | undefined;
   private pingNonce = 0;
+  private readonly acceptBuckets = new LRUCache<string, { tokens: number; at: number }>({ max: 4096 });
+  private lastRefusalLog = 0;
   /** Messages dropped because their signature or sender id did not verify. */
   private invalidMessages = 0;
 
@@ -467,7 +477,48 @@ class ChatNode implements P2PNode {
       socket.destroy();
       return;
     }
+    const host = normalizeHost(socket.remoteAddress ?? 'unknown');
+    let refusal: string | undefined;
+    // Loopback is exempt from the per-host rate: every node on this host shares it.
+    if (!isLoopback(host) && !this.acceptRate(host)) {
+      refusal = `more than ${ACCEPT_RATE.burst} connections in a burst from ${host}`;
+    } else if (this.pendingHandshakes() >= MAX_PENDING_HANDSHAKES) {
+      refusal = `${MAX_PENDING_HANDSHAKES} connections are already in their handshake`;
+    }
+    if (refusal !== undefined) {
+      // Shed the flood, not the honest peers: a refused socket costs nothing more. One line per second.
+      const now = Date.now();
+      if (now - this.lastRefusalLog > 1000) {
+        this.lastRefusalLog = now;
+        this.log.warn(`refusing connections: ${refusal}`);
+      }
+      socket.on('error', () => {});
+      socket.destroy();
+      return;
+    }
     this.attach(socket, false, undefined);
+  }
+
+  /** Connections still before their hello (handshake included). */
+  private pendingHandshakes(): number {
+    let n = 0;
+    for (const conn of this.conns) if (conn.hello === undefined) n++;
+    return n;
+  }
+
+  /** A token bucket per remote host: `burst` connections at once, then `perSecond`. */
+  private acceptRate(host: string): boolean {
+    const now = Date.now();
+    const bucket = this.acceptBuckets.get(host) ?? { tokens: ACCEPT_RATE.burst, at: now };
+    bucket.tokens = Math.min(
+      ACCEPT_RATE.burst,
+      bucket.tokens + ((now - bucket.at) / 1000) * ACCEPT_RATE.perSecond,
+    );
+    bucket.at = now;
+    const ok = bucket.tokens >= 1;
+    if (ok) bucket.tokens -= 1;
+    this.acceptBuckets.set(host, bucket);
+    return ok;
   }
 
   private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
@@ -962,6 +1013,17 @@ class ChatNode implements P2PNode {
  * disk) does not cut a link at once.
  */
 const MAX_STRIKES = 3;
+
+/**
+ * Connections in their handshake at once. 64: a handshake takes about 1 ms of CPU, so 64 is far
+ * more than honest peers ever open together, and bounds what a connection flood can hold.
+ */
+const MAX_PENDING_HANDSHAKES = 64;
+/**
+ * New connections accepted per remote host: 20 at once, then 5 per second, so a flood from one
+ * address is cut while a NAT'd office starting together is not. Loopback is exempt.
+ */
+const ACCEPT_RATE = { burst: 20, perSecond: 5 } as const;
 
 /** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */
 const RESYNC_BATCH = 256;
