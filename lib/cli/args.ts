@@ -76,6 +76,8 @@ const STRINGS = [
   'data-dir',
   'history',
   'history-age',
+  'network-key',
+  'create-network-key',
 ] as const;
 const BOOLEANS = ['json', 'help', 'version', 'ephemeral'] as const;
 

@@ -9,7 +9,12 @@ import { fromSocket } from '../transport/from-socket.js';
 import { PeerWriter, type WriterOptions } from '../transport/writer.js';
 import { TAG_BYTES } from '../security/cipher.js';
 import type { Identity } from '../security/identity.js';
-import { createHandshake, type Handshake, type SecureSession } from '../security/noise.js';
+import {
+  createHandshake,
+  MAX_HANDSHAKE_MESSAGE_BYTES,
+  type Handshake,
+  type SecureSession,
+} from '../security/noise.js';
 
 /** What a connection needs to authenticate and encrypt: who we are, and the network key if any. */
 export interface LinkSecurity {
@@ -53,6 +58,9 @@ export class Connection {
   /** The authenticated session, once the handshake completed. */
   session: SecureSession | undefined;
   private readonly handshake: Handshake;
+  private decoder: FrameDecoder | undefined;
+  /** The frame limit once the session exists: the largest plaintext plus the cipher's tag. */
+  private readonly fullFrameBytes: number;
   /** Plaintext payloads queued until the session exists. */
   private queued: Buffer[] = [];
   private readonly outbox = new Subject<Buffer>();
@@ -73,6 +81,7 @@ export class Connection {
     socket.setNoDelay(true);
     this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
+    this.fullFrameBytes = maxFrameBytes + TAG_BYTES;
     this.handshake = createHandshake({
       initiator: outbound,
       identity: security.identity,
@@ -82,7 +91,10 @@ export class Connection {
     this.frames$ = defer(() => {
       const first = this.handshake.start();
       if (first !== undefined) this.outbox.next(first);
-      return fromSocket(socket, new FrameDecoder(maxFrameBytes + TAG_BYTES)).pipe(
+      // Until the peer has authenticated, no frame may be larger than a handshake message.
+      const decoder = new FrameDecoder(MAX_HANDSHAKE_MESSAGE_BYTES);
+      this.decoder = decoder;
+      return fromSocket(socket, decoder).pipe(
         mergeMap((raw) => this.open(raw)),
         tap({
           complete: () => {
@@ -144,6 +156,7 @@ export class Connection {
     if (reply !== undefined) this.outbox.next(reply);
     if (session !== undefined) {
       this.session = session;
+      if (this.decoder !== undefined) this.decoder.maxFrameBytes = this.fullFrameBytes;
       const queued = this.queued;
       this.queued = [];
       for (const payload of queued) this.outbox.next(session.encrypt(payload));

@@ -30,13 +30,31 @@ export class FrameDecoder {
   /** Length of the frame being read, or -1 while its prefix is incomplete. */
   private expected = -1;
 
+  private limit: number;
+
   /** @throws {RangeError} when `maxFrameBytes` is not a positive integer below 2^32. */
-  constructor(readonly maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {
-    if (!Number.isInteger(maxFrameBytes) || maxFrameBytes < 1 || maxFrameBytes > 0xffff_ffff) {
-      throw new RangeError(
-        `FrameDecoder: maxFrameBytes must be an integer in 1..2^32-1, got ${maxFrameBytes}`,
-      );
+  constructor(maxFrameBytes: number = DEFAULT_MAX_FRAME_BYTES) {
+    this.limit = FrameDecoder.check(maxFrameBytes);
+  }
+
+  /** Largest frame accepted now. */
+  get maxFrameBytes(): number {
+    return this.limit;
+  }
+
+  /**
+   * Changes the largest frame accepted from the next length read on (small during a handshake, the
+   * full size after it). @throws {RangeError} as the constructor.
+   */
+  set maxFrameBytes(value: number) {
+    this.limit = FrameDecoder.check(value);
+  }
+
+  private static check(value: number): number {
+    if (!Number.isInteger(value) || value < 1 || value > 0xffff_ffff) {
+      throw new RangeError(`FrameDecoder: maxFrameBytes must be an integer in 1..2^32-1, got ${value}`);
     }
+    return value;
   }
 
   /** Bytes received and not yet returned as a frame (a length prefix already read included). */

@@ -1,11 +1,23 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
-import { Procs, type Proc, type ReadyEvent } from '../helpers/procs.js';
+import { serializeFrame, type Frame } from '../../lib/protocol/frames.js';
+import { generateIdentity } from '../../lib/security/identity.js';
+import { networkTag } from '../../lib/security/network-key.js';
+import { HANDSHAKE_MESSAGE_BYTES } from '../../lib/security/noise.js';
+import { signChat } from '../../lib/security/sign.js';
+import { secureHandshake, type SecureLink, type SecureOptions } from '../helpers/nodes.js';
+import { Procs, WAIT_MS, type Proc, type ReadyEvent } from '../helpers/procs.js';
 
 /** The frame limit the node enforces (DEFAULT_MAX_FRAME_BYTES), written out as the README states it. */
 const LIMIT = 256 * 1024;
+/**
+ * After the handshake every frame is a ciphertext: the plaintext and its 16-byte Poly1305 tag. The
+ * limit holds for the plaintext, so the largest frame on the wire is LIMIT + 16 bytes.
+ */
+const TAG = 16;
 /**
  * Hello port of the raw peers that complete a handshake. Nothing listens on port 1, so the dials that
  * peer exchange makes towards it (from the node and the honest peer) are refused at once.
@@ -39,6 +51,7 @@ function paddedHello(id: string, size: number): Buffer {
 
 /** A TCP client that speaks whatever bytes a test gives it. */
 interface RawPeer {
+  /** The plaintext bytes it writes go on the wire as they are (before or instead of a handshake). */
   readonly socket: Socket;
   /** `127.0.0.1:<its port>`: how the node names it in logs before a hello. */
   readonly addr: string;
@@ -53,7 +66,7 @@ async function openRaw(port: number): Promise<RawPeer> {
   const socket = connect({ host: '127.0.0.1', port });
   rawSockets.add(socket);
   socket.on('error', () => {}); // ECONNRESET when the node destroys a socket holding unread bytes
-  socket.resume(); // read and discard the node's hello and peer list
+  socket.resume(); // read and discard what the node sends (a secure client reads it through its link)
   let closedAt: number | undefined;
   const closed = new Promise<number>((resolve) =>
     socket.once('close', () => {
@@ -79,6 +92,29 @@ async function openRaw(port: number): Promise<RawPeer> {
       ]).finally(() => clearTimeout(timer));
     },
   };
+}
+
+/** A raw client that completed the Noise handshake: what it sends through `link` is encrypted. */
+interface SecurePeer extends RawPeer {
+  readonly link: SecureLink;
+  /** Its node id, proven in the handshake. */
+  readonly id: string;
+  /** How the node names it in logs once its hello is in: the first 8 characters of its id. */
+  readonly who: string;
+  /** Frames the node sent it, decrypted. */
+  readonly frames: Frame[];
+}
+
+/** Opens a raw client and runs the handshake as a real node would; the node's frames are decrypted. */
+async function openSecure(port: number, options: SecureOptions = {}): Promise<SecurePeer> {
+  const raw = await openRaw(port);
+  const frames: Frame[] = [];
+  const link = await secureHandshake(
+    raw.socket,
+    (payload) => frames.push(JSON.parse(payload.toString('utf8')) as Frame),
+    options,
+  );
+  return { ...raw, link, id: link.identity.id, who: link.identity.id.slice(0, 8), frames };
 }
 
 describe('bin/p2p --json: a bad peer on a raw socket is dropped, the node and its honest peer go on', () => {
@@ -138,10 +174,51 @@ describe('bin/p2p --json: a bad peer on a raw socket is dropped, the node and it
     await expectDropped(raw, 'ERR_FRAME_TOO_LARGE');
   });
 
-  it('drops a peer that sends binary garbage inside a frame', async () => {
+  it('drops a peer that sends garbage instead of a handshake message', async () => {
     const raw = await openRaw(node.ready.port);
     raw.socket.write(frame(Buffer.from([0xff, 0xfe, 0x00, 0x01, 0x80, 0x7b, 0x22, 0xc3])));
+    await expectDropped(raw, 'ERR_HANDSHAKE');
+  });
+
+  it('drops a peer whose handshake messages are garbage of the right sizes', async () => {
+    const raw = await openRaw(node.ready.port);
+    // 32 random bytes pass for an ephemeral key: the node answers with its second message ...
+    const answered = new Promise<void>((resolve) => raw.socket.once('data', () => resolve()));
+    raw.socket.write(frame(randomBytes(HANDSHAKE_MESSAGE_BYTES.first)));
+    await answered;
+    // ... and a third message that does not decrypt fails the handshake.
+    raw.socket.write(frame(randomBytes(HANDSHAKE_MESSAGE_BYTES.third)));
+    await expectDropped(raw, 'ERR_HANDSHAKE');
+  });
+
+  it('drops a peer that sends binary garbage inside an encrypted frame', async () => {
+    const raw = await openSecure(node.ready.port);
+    raw.link.sendPayload(Buffer.from([0xff, 0xfe, 0x00, 0x01, 0x80, 0x7b, 0x22, 0xc3]));
     await expectDropped(raw, 'ERR_BAD_JSON');
+  });
+
+  it('drops a peer that sends a plaintext frame after the handshake', async () => {
+    const raw = await openSecure(node.ready.port);
+    raw.socket.write(frame(hello(raw.id)));
+    await expectDropped(raw, 'ERR_DECRYPT');
+    assert.equal(
+      node.events.filter((e) => e.event === 'peer-up' && e.peer === raw.id).length,
+      0,
+      'never counted as a peer',
+    );
+  });
+
+  it('drops a peer whose encrypted frame has a flipped bit, once it is up', async () => {
+    const raw = await openSecure(node.ready.port);
+    raw.link.send(hello(raw.id) as Frame);
+    await node.waitForPeerUp(raw.id);
+    const tampered = raw.link.seal(serializeFrame({ type: 'ping', n: 1 }));
+    tampered[tampered.length - 20]! ^= 0x01; // a bit of the ciphertext, before its 16-byte tag
+    raw.socket.write(tampered);
+    await expectDropped(raw, 'ERR_DECRYPT', raw.who);
+    const down = await node.waitForPeerDown(raw.id);
+    assert.match(down.reason, /ERR_DECRYPT/);
+    assert.equal(raw.frames.filter((f) => f.type === 'pong').length, 0, 'the tampered ping was not answered');
   });
 
   it('drops a peer that announces a 4 GB frame at once, without waiting for its body', async () => {
@@ -166,40 +243,42 @@ describe('bin/p2p --json: a bad peer on a raw socket is dropped, the node and it
   });
 
   it('drops a peer that sends invalid JSON in a well-formed frame', async () => {
-    const raw = await openRaw(node.ready.port);
-    raw.socket.write(frame('{"type": hello, v: 1}'));
+    const raw = await openSecure(node.ready.port);
+    raw.link.sendPayload(Buffer.from('{"type": hello, v: 1}'));
     await expectDropped(raw, 'ERR_BAD_JSON');
   });
 
   it('drops a peer that sends an unknown frame type after a valid hello', async () => {
-    const raw = await openRaw(node.ready.port);
-    raw.socket.write(Buffer.concat([frame(hello('rawunk01')), frame({ type: 'gossip', n: 1 })]));
-    await expectDropped(raw, 'ERR_UNKNOWN_TYPE', 'rawunk01');
+    const raw = await openSecure(node.ready.port);
+    raw.link.send(hello(raw.id) as Frame);
+    raw.link.sendPayload(Buffer.from(JSON.stringify({ type: 'gossip', n: 1 })));
+    await expectDropped(raw, 'ERR_UNKNOWN_TYPE', raw.who);
   });
 
   it('drops a peer whose hello has another protocol version', async () => {
-    const raw = await openRaw(node.ready.port);
-    raw.socket.write(frame(hello('rawver02', { v: 2 })));
+    const raw = await openSecure(node.ready.port);
+    raw.link.sendPayload(Buffer.from(JSON.stringify(hello(raw.id, { v: 2 }))));
     await expectDropped(raw, 'ERR_PROTOCOL_VERSION');
     assert.equal(
-      node.events.filter((e) => e.event === 'peer-up' && e.peer === 'rawver02').length,
+      node.events.filter((e) => e.event === 'peer-up' && e.peer === raw.id).length,
       0,
       'never counted as a peer',
     );
   });
 
   it('drops a peer that sends a chat frame before its hello', async () => {
-    const raw = await openRaw(node.ready.port);
-    const chat = {
+    const identity = generateIdentity();
+    const raw = await openSecure(node.ready.port, { identity });
+    // A well-formed chat frame, signed by the peer for this (public) network: only its place is wrong.
+    const fields = { id: 'rawchat1', nick: 'raw', ts: Date.now(), seq: 1, text: 'hi' };
+    const chat: Frame = {
       type: 'chat',
-      id: 'rawchat1',
-      from: 'rawchat1',
-      nick: 'raw',
-      ts: Date.now(),
-      seq: 1,
-      text: 'hi',
+      ...fields,
+      from: identity.id,
+      key: identity.publicKey.toString('hex'),
+      sig: signChat(identity, fields, networkTag()).toString('base64url'),
     };
-    raw.socket.write(frame(chat));
+    raw.link.send(chat);
     await expectDropped(raw, 'ERR_EXPECTED_HELLO');
     assert.ok(
       !node.events.some((e) => e.event === 'message' && e.id === 'rawchat1'),
@@ -208,35 +287,56 @@ describe('bin/p2p --json: a bad peer on a raw socket is dropped, the node and it
   });
 
   it('buffers only what a peer sends of a 200 KB frame, and still serves the honest peer meanwhile', async () => {
-    const raw = await openRaw(node.ready.port);
-    const payload = paddedHello('rawbig01', 200 * 1024);
-    raw.socket.write(prefix(payload.length));
-    raw.socket.write(payload.subarray(0, 64 * 1024));
+    const raw = await openSecure(node.ready.port);
+    const sealed = raw.link.seal(paddedHello(raw.id, 200 * 1024));
+    assert.equal(sealed.length, 4 + 200 * 1024 + TAG);
+    raw.socket.write(sealed.subarray(0, 4 + 64 * 1024));
     await honestStillHeard();
     assert.equal(raw.isClosed(), false, 'an announced length under the limit is not refused');
 
-    raw.socket.write(payload.subarray(64 * 1024));
-    const up = await node.waitForPeerUp('rawbig01');
+    raw.socket.write(sealed.subarray(4 + 64 * 1024));
+    const up = await node.waitForPeerUp(raw.id);
     assert.equal(up.nick, 'raw');
     raw.socket.end();
-    await node.waitForPeerDown('rawbig01');
+    await node.waitForPeerDown(raw.id);
     await raw.closed();
-    assert.deepEqual(linesAbout('rawbig01', 'ERR_'), [], 'a clean close is not an error');
+    assert.deepEqual(linesAbout(raw.who, 'ERR_'), [], 'a clean close is not an error');
     await honestStillHeard();
   });
 
-  it('accepts a frame of exactly 256 KiB and refuses one byte more at once', async () => {
-    const ok = await openRaw(node.ready.port);
-    ok.socket.write(frame(paddedHello('rawmax01', LIMIT)));
-    await node.waitForPeerUp('rawmax01');
-
-    const over = await openRaw(node.ready.port);
-    const sentAt = Date.now();
-    over.socket.write(prefix(LIMIT + 1));
-    const closedAt = await expectDropped(over, 'ERR_FRAME_TOO_LARGE');
+  it('refuses a frame one byte over the limit at once, before and after the handshake', async () => {
+    const early = await openRaw(node.ready.port);
+    let sentAt = Date.now();
+    early.socket.write(prefix(LIMIT + TAG + 1));
+    let closedAt = await expectDropped(early, 'ERR_FRAME_TOO_LARGE');
     assert.ok(closedAt - sentAt < 1_500, `closed ${closedAt - sentAt} ms after the length prefix`);
+
+    const over = await openSecure(node.ready.port);
+    over.link.send(hello(over.id) as Frame);
+    await node.waitForPeerUp(over.id);
+    sentAt = Date.now();
+    over.socket.write(prefix(LIMIT + TAG + 1));
+    closedAt = await expectDropped(over, 'ERR_FRAME_TOO_LARGE', over.who);
+    assert.ok(closedAt - sentAt < 1_500, `closed ${closedAt - sentAt} ms after the length prefix`);
+  });
+
+  it('accepts an encrypted frame of exactly 256 KiB of plaintext (256 KiB + 16 bytes on the wire)', async () => {
+    // The client may encrypt up to the limit; a session's default stops 16 bytes short of it.
+    const ok = await openSecure(node.ready.port, { maxMessageBytes: LIMIT });
+    const sealed = ok.link.seal(paddedHello(ok.id, LIMIT));
+    assert.equal(sealed.length, 4 + LIMIT + TAG);
+    ok.socket.write(sealed);
+    // Fails fast, naming the node's reason, when the node closes the link instead.
+    const refused = ok.closed(WAIT_MS).then(
+      () => linesAbout(ok.addr, 'ERR_').join('\n') || 'closed without a log line',
+      () => new Promise<never>(() => {}),
+    );
+    const outcome = await Promise.race([node.waitForPeerUp(ok.id).then(() => 'up'), refused]);
+    assert.equal(outcome, 'up', 'the node refused a frame at the limit');
+    await honestStillHeard();
     assert.equal(ok.isClosed(), false, 'the peer that kept to the limit stays');
+    assert.deepEqual(linesAbout(ok.who, 'ERR_'), []);
     ok.socket.end();
-    await node.waitForPeerDown('rawmax01');
+    await node.waitForPeerDown(ok.id);
   });
 });

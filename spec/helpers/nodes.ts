@@ -1,7 +1,7 @@
 /**
  * Helpers of the real-socket specs (spec/transport, spec/node): loopback socket pairs, nodes with short
  * timers that are always closed, a bounded polling wait, recorders for hot streams, and a raw peer
- * that speaks the wire protocol by hand.
+ * that speaks the wire protocol by hand (Noise handshake included).
  */
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
@@ -10,8 +10,11 @@ import type { Observable } from 'rxjs';
 import { createNode, type NodeOptions, type NodeTiming, type P2PNode } from '../../lib/node/node.js';
 import type { Logger } from '../../lib/node/log.js';
 import type { Address } from '../../lib/protocol/address.js';
-import { encodeFrame, FrameDecoder } from '../../lib/protocol/codec.js';
+import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder } from '../../lib/protocol/codec.js';
 import { parseFrame, PROTOCOL_VERSION, serializeFrame, type Frame } from '../../lib/protocol/frames.js';
+import { TAG_BYTES } from '../../lib/security/cipher.js';
+import { generateIdentity, type Identity } from '../../lib/security/identity.js';
+import { createHandshake, type SecureSession } from '../../lib/security/noise.js';
 
 export const HOST = '127.0.0.1';
 
@@ -214,53 +217,174 @@ export function establishedOn(ports: readonly number[]): number {
   return n;
 }
 
+/** Options of a hand-written Noise client ({@link secureHandshake}). */
+export interface SecureOptions {
+  /** Who the client proves to be. Default: a fresh {@link generateIdentity}. */
+  readonly identity?: Identity;
+  /** The network key to handshake with (XXpsk0). Default: none (XX). */
+  readonly networkKey?: Uint8Array;
+  /**
+   * Largest plaintext the client encrypts. Default the session's own (a frame of 256 KiB once
+   * encrypted); the frame-limit tests raise it to send the largest frame the node must accept.
+   */
+  readonly maxMessageBytes?: number;
+  /** Bound on the whole handshake. Default 5 s. */
+  readonly timeoutMs?: number;
+}
+
+/** A completed handshake on a socket: the client side of an encrypted link to a node. */
+export interface SecureLink {
+  readonly identity: Identity;
+  readonly session: SecureSession;
+  /**
+   * One encrypted frame, length prefix included, ready to write. Each call uses the next nonce: write
+   * the frames in the order they were sealed (or tamper with one to see it refused).
+   */
+  seal(payload: Buffer): Buffer;
+  /** Encrypts `payload` into one frame and writes it. */
+  sendPayload(payload: Buffer): void;
+  /** Encrypts and writes one frame. */
+  send(frame: Frame): void;
+  /** The first error after the handshake: a frame from the node that did not decrypt. */
+  readonly error: unknown;
+}
+
 /**
- * A peer written by hand on a raw socket: sends a valid hello, records every frame the node sends,
- * and answers pings only when `answerPings` is set.
+ * Runs the initiator's side of the node's Noise handshake on a connected `socket`, as a real node
+ * would (lib/security/noise.ts, each message one length-prefixed frame), then decrypts every later
+ * frame and hands its payload to `onPayload` (with the link, which may not have resolved yet). Resolves with the link once the session exists; rejects
+ * with the handshake's error if it fails, the socket closes first, or `timeoutMs` passes.
+ */
+export function secureHandshake(
+  socket: Socket,
+  onPayload: (payload: Buffer, link: SecureLink) => void,
+  options: SecureOptions = {},
+): Promise<SecureLink> {
+  const identity = options.identity ?? generateIdentity();
+  const handshake = createHandshake({
+    initiator: true,
+    identity,
+    ...(options.networkKey !== undefined ? { networkKey: options.networkKey } : {}),
+    ...(options.maxMessageBytes !== undefined ? { maxMessageBytes: options.maxMessageBytes } : {}),
+  });
+  const decoder = new FrameDecoder(DEFAULT_MAX_FRAME_BYTES + TAG_BYTES);
+  return new Promise<SecureLink>((resolve, reject) => {
+    let session: SecureSession | undefined;
+    let error: unknown;
+    const write = (bytes: Buffer): void => {
+      if (!socket.destroyed) socket.write(bytes);
+    };
+    const seal = (payload: Buffer): Buffer => encodeFrame(session!.encrypt(payload));
+    const link: SecureLink = {
+      identity,
+      get session() {
+        return session!;
+      },
+      seal,
+      sendPayload: (payload) => write(seal(payload)),
+      send: (frame) => write(seal(serializeFrame(frame))),
+      get error() {
+        return error;
+      },
+    };
+    const fail = (err: unknown): void => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.destroy();
+      reject(err instanceof Error ? err : new Error(String(err)));
+    };
+    const timer = setTimeout(
+      () => fail(new Error(`no handshake within ${options.timeoutMs ?? 5000} ms`)),
+      options.timeoutMs ?? 5000,
+    );
+    const onClose = (): void => fail(handshake.closedError());
+    const onData = (chunk: Buffer): void => {
+      try {
+        for (const raw of decoder.push(chunk)) {
+          if (session !== undefined) {
+            onPayload(session.decrypt(raw), link);
+            continue;
+          }
+          const step = handshake.receive(raw);
+          if (step.reply !== undefined) write(encodeFrame(step.reply));
+          if (step.session !== undefined) {
+            session = step.session;
+            clearTimeout(timer);
+            socket.off('close', onClose);
+            resolve(link);
+          }
+        }
+      } catch (err) {
+        if (session === undefined) fail(err);
+        else {
+          error ??= err;
+          socket.destroy();
+        }
+      }
+    };
+    socket.on('data', onData);
+    socket.once('close', onClose);
+    write(encodeFrame(handshake.start()!));
+  });
+}
+
+/**
+ * A peer written by hand on a raw socket: completes the Noise handshake as a real client, sends a
+ * valid hello (its id is its identity's), records every frame the node sends, and answers pings only
+ * when `answerPings` is set. Everything it sends after the handshake is encrypted, except what a test
+ * writes with `writePlain`.
  */
 export interface RawPeer {
   readonly socket: Socket;
+  /** Its identity, and the node id derived from it (the id in its hello). */
+  readonly identity: Identity;
+  readonly id: string;
   readonly frames: Frame[];
   /** Frames of `type` received so far. */
   count(type: Frame['type']): number;
+  /** Encrypts and sends one frame. */
   send(frame: Frame): void;
+  /** Encrypts and sends one payload as it is (bytes that need not be a valid frame). */
+  sendPayload(payload: Buffer): void;
+  /** Writes bytes on the socket as they are, unencrypted and unframed. */
+  writePlain(bytes: Buffer | string): void;
   readonly closed: Promise<void>;
 }
 
 export async function rawPeer(
   t: TestContext,
   port: number,
-  options: { id: string; listenPort?: number; answerPings?: boolean },
+  options: SecureOptions & { listenPort?: number; answerPings?: boolean } = {},
 ): Promise<RawPeer> {
+  const listenPort = options.listenPort ?? (await freePort());
   const socket = connect({ host: HOST, port });
   socket.on('error', () => {}); // the node may reset it; the test looks at `closed`
-  await new Promise<void>((resolve) => socket.once('connect', resolve));
   t.after(() => socket.destroy());
+  const done = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+  await new Promise<void>((resolve) => socket.once('connect', resolve));
   const frames: Frame[] = [];
-  const decoder = new FrameDecoder();
-  const send = (frame: Frame): void => {
-    if (!socket.destroyed) socket.write(encodeFrame(serializeFrame(frame)));
-  };
-  socket.on('data', (chunk: Buffer) => {
-    for (const payload of decoder.push(chunk)) {
+  const link = await secureHandshake(
+    socket,
+    (payload, self) => {
       const frame = parseFrame(payload);
       frames.push(frame);
-      if (frame.type === 'ping' && options.answerPings === true) send({ type: 'pong', n: frame.n });
-    }
-  });
-  const done = new Promise<void>((resolve) => socket.once('close', () => resolve()));
-  send({
-    type: 'hello',
-    v: PROTOCOL_VERSION,
-    id: options.id,
-    nick: 'raw',
-    port: options.listenPort ?? (await freePort()),
-  });
+      if (frame.type === 'ping' && options.answerPings === true) self.send({ type: 'pong', n: frame.n });
+    },
+    options,
+  );
+  const { identity } = link;
+  link.send({ type: 'hello', v: PROTOCOL_VERSION, id: identity.id, nick: 'raw', port: listenPort });
   return {
     socket,
+    identity,
+    id: identity.id,
     frames,
     count: (type) => frames.filter((f) => f.type === type).length,
-    send,
+    send: (frame) => link.send(frame),
+    sendPayload: (payload) => link.sendPayload(payload),
+    writePlain: (bytes) => {
+      if (!socket.destroyed) socket.write(bytes);
+    },
     closed: done,
   };
 }

@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
-import { connect } from 'node:net';
+import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
-import { encodeFrame } from '../../lib/protocol/codec.js';
 import { MAX_TEXT_LENGTH } from '../../lib/protocol/frames.js';
+import { generateIdentity } from '../../lib/security/identity.js';
 import {
   closed,
   connectedTo,
@@ -138,10 +138,14 @@ describe('createNode', () => {
     await Promise.all(
       range(10).map(async (i) => {
         // Even pairs: the first node has the smaller id; odd pairs: the second one does.
-        const [idA, idB] = i % 2 === 0 ? [`p${i}-a`, `p${i}-b`] : [`p${i}-b`, `p${i}-a`];
+        const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) =>
+          x.id < y.id ? -1 : 1,
+        );
+        const [identityA, identityB] = i % 2 === 0 ? [smaller!, larger!] : [larger!, smaller!];
         const log = lineLogger();
-        const a = await start({ id: idA, log });
-        const b = await start({ id: idB, log });
+        const a = await start({ identity: identityA, log });
+        const b = await start({ identity: identityB, log });
+        assert.equal(a.id < b.id, i % 2 === 0, `pair ${i}: the ids are ordered as planned`);
         const eventsA = record(a.events$);
         const eventsB = record(b.events$);
         const listsA = record(a.peers$);
@@ -205,7 +209,7 @@ describe('createNode', () => {
     const node = await start({ log });
     const events = record(node.events$);
     // A peer that answers pings is the test's clock: each ping is one upkeep tick of the node.
-    const witness = await rawPeer(t, node.port, { id: 'witness', answerPings: true });
+    const witness = await rawPeer(t, node.port, { answerPings: true });
 
     node.connect(loopback(node.port));
     await waitFor(() => log.count('is this node; not dialling it again') === 1, 'the node to notice itself');
@@ -216,12 +220,42 @@ describe('createNode', () => {
     await waitFor(() => witness.count('ping') >= pings + 7, 'two more upkeep ticks', 5000);
 
     assert.equal(log.count('connected to'), 1, 'dialled itself once');
-    assert.deepEqual(peerIds(node), ['witness']);
+    assert.deepEqual(peerIds(node), [witness.id]);
     assert.deepEqual(
       ups(events).map((e) => e.peer.id),
-      ['witness'],
+      [witness.id],
     );
     assert.deepEqual(downs(events), []);
+  });
+
+  it('does not dial a target again while its first connection is still in the handshake', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    // A listener that accepts and never answers the handshake: every dial of it is one socket here.
+    let open = 0;
+    let mostOpen = 0;
+    const sockets: Socket[] = [];
+    const silent = createServer((socket) => {
+      sockets.push(socket);
+      socket.on('error', () => {});
+      mostOpen = Math.max(mostOpen, ++open);
+      socket.once('close', () => open--);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, HOST, resolve));
+    t.after(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    });
+    const { port } = silent.address() as AddressInfo;
+    // A peer that answers pings is the test's clock: each ping is one upkeep tick of the node.
+    const witness = await rawPeer(t, node.port, { answerPings: true });
+
+    node.connect(loopback(port));
+    await waitFor(() => sockets.length >= 1, 'the dial');
+    const pings = witness.count('ping');
+    await waitFor(() => witness.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    // A redial after the hello timeout closed the first connection is fine; two at once are not.
+    assert.equal(mostOpen, 1, `${sockets.length} connections, ${mostOpen} open at once`);
   });
 
   it('relays a message from one end of a line of five to the other, exactly once at every node', async (t) => {
@@ -358,15 +392,15 @@ describe('createNode', () => {
     const start = nodeFactory(t);
     const node = await start();
     const events = record(node.events$);
-    const silent = await rawPeer(t, node.port, { id: 'silent', answerPings: false });
+    const silent = await rawPeer(t, node.port, { answerPings: false });
     await waitFor(() => ups(events).length === 1, 'the silent peer to be up');
-    assert.deepEqual(peerIds(node), ['silent']);
+    assert.deepEqual(peerIds(node), [silent.id]);
 
     await waitFor(() => downs(events).length === 1, 'the silent peer to be dropped');
     await silent.closed;
     const [upAt, downAt] = events.at;
     const [down] = downs(events);
-    assert.equal(down?.peer.id, 'silent');
+    assert.equal(down?.peer.id, silent.id);
     assert.match(down?.reason ?? '', /ERR_PEER_TIMEOUT/);
     assert.ok(downAt! - upAt! >= FAST_TIMING.peerTimeoutMs! - 5, 'not dropped before its time was up');
     assert.ok(silent.count('ping') >= 1, 'it was pinged first');
@@ -377,12 +411,12 @@ describe('createNode', () => {
     const start = nodeFactory(t);
     const node = await start();
     const events = record(node.events$);
-    const quiet = await rawPeer(t, node.port, { id: 'quiet', answerPings: true });
+    const quiet = await rawPeer(t, node.port, { answerPings: true });
     await waitFor(() => ups(events).length === 1, 'the quiet peer to be up');
     // Eight ping intervals outlast peerTimeoutMs: long enough to be dropped were pongs not counted.
     await waitFor(() => quiet.count('ping') >= 8, 'eight pings', 5000);
     assert.deepEqual(downs(events), []);
-    assert.deepEqual(peerIds(node), ['quiet']);
+    assert.deepEqual(peerIds(node), [quiet.id]);
   });
 
   it('drops a peer that breaks the protocol, and goes on with the others', async (t) => {
@@ -391,9 +425,9 @@ describe('createNode', () => {
     const friend = await start({ peers: [loopback(node.port)] });
     await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
     const events = record(node.events$);
-    const rogue = await rawPeer(t, node.port, { id: 'rogue' });
+    const rogue = await rawPeer(t, node.port);
     await waitFor(() => ups(events).length === 1, 'the rogue to be up');
-    rogue.socket.write(encodeFrame(Buffer.from('{not json')));
+    rogue.sendPayload(Buffer.from('{not json')); // encrypted: it passes the cipher and fails as JSON
     await rogue.closed;
     await waitFor(() => downs(events).length === 1, 'the rogue to be dropped');
     assert.match(downs(events)[0]?.reason ?? '', /ERR_BAD_JSON/);
@@ -409,7 +443,7 @@ describe('createNode', () => {
     const node = await start({ nick: 'node', peers: [loopback(upstream.port)] });
     const downstream = await start({ nick: 'downstream', peers: [loopback(node.port)] });
     await waitFor(() => connectedTo(node, [upstream, downstream]), 'node to have both peers');
-    const raw = await rawPeer(t, node.port, { id: 'raw', answerPings: true });
+    const raw = await rawPeer(t, node.port, { answerPings: true });
     await waitFor(() => node.peers().length === 3, 'the raw peer to be up');
     const messages = record(node.messages$);
     const lists = record(node.peers$);
@@ -489,7 +523,7 @@ describe('createNode', () => {
     const openedAt = Date.now();
     const socket = connect({ host: HOST, port: node.port });
     socket.on('error', () => {});
-    socket.resume(); // read and discard the node's hello
+    socket.resume(); // the node, the responder, sends nothing before a first handshake message
     t.after(() => socket.destroy());
     await closed(socket);
     assert.ok(Date.now() - openedAt >= FAST_TIMING.helloTimeoutMs! - 5, 'not dropped before its time was up');

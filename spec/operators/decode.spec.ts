@@ -24,6 +24,9 @@ const chat: ChatFrame = {
   ts: 1_700_000_000_000,
   seq: 1,
   text: 'hi',
+  // Well-formed key and signature fields (decode checks their form; signatures are verified later).
+  key: 'ab'.repeat(32),
+  sig: 'A'.repeat(86),
 };
 const ping: PingFrame = { type: 'ping', n: 7 };
 const hello: HelloFrame = { type: 'hello', v: 1, id: 'n2', nick: 'bob', port: 8002 };

@@ -22,6 +22,8 @@ function chat(id: string, peer: PeerRef | null): Inbound<ChatFrame> {
     ts: 1_700_000_000_000,
     seq: 1,
     text: `text ${id}`,
+    key: 'ab'.repeat(32),
+    sig: 'A'.repeat(86),
   };
   return { peer, frame, payload: serializeFrame(frame) };
 }

@@ -35,7 +35,7 @@ const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_C
 /** Every field each frame type carries; anything else is dropped by validation. */
 const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
   hello: ['type', 'v', 'id', 'nick', 'port', 'addr'],
-  chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text'],
+  chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig'],
   peers: ['type', 'peers'],
   ping: ['type', 'n'],
   pong: ['type', 'n'],
@@ -103,6 +103,19 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
     return addr === undefined ? hello : { ...hello, addr };
   });
 
+/** A public key as a chat frame carries it: 32 bytes in lowercase hex. */
+const keyArb = fc
+  .uint8Array({ minLength: 32, maxLength: 32 })
+  .map((bytes) => Buffer.from(bytes).toString('hex'));
+/** A signature as a chat frame carries it: 64 bytes in unpadded base64url (86 characters). */
+const sigArb = fc
+  .uint8Array({ minLength: 64, maxLength: 64 })
+  .map((bytes) => Buffer.from(bytes).toString('base64url'));
+
+/** Well-formed key and signature fields for hand-written chat frames (validation does not verify them). */
+const KEY = 'ab'.repeat(32);
+const SIG = 'A'.repeat(86);
+
 const chatArb: fc.Arbitrary<ChatFrame> = fc.record(
   {
     type: fc.constant('chat'),
@@ -112,6 +125,8 @@ const chatArb: fc.Arbitrary<ChatFrame> = fc.record(
     ts: fc.maxSafeNat(),
     seq: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
     text: textArb(MAX_TEXT_LENGTH),
+    key: keyArb,
+    sig: sigArb,
   },
   { noNullPrototype: true },
 );
@@ -206,6 +221,8 @@ describe('serializeFrame / parseFrame', () => {
       ts: 0,
       seq: 1,
       text: 'a\udfffb',
+      key: KEY,
+      sig: SIG,
     };
     assert.deepEqual(parseFrame(serializeFrame(frame)), frame);
   });
@@ -295,6 +312,8 @@ describe('validateFrame', () => {
         ts: Number.MAX_SAFE_INTEGER,
         seq: Number.MAX_SAFE_INTEGER,
         text: 'x'.repeat(MAX_TEXT_LENGTH),
+        key: KEY,
+        sig: SIG,
       };
       assert.deepEqual(validateFrame(chat), chat);
     });
@@ -324,7 +343,21 @@ describe('validateFrame', () => {
 
   describe('ERR_BAD_FRAME', () => {
     const hello = { type: 'hello', v: 1, id: 'a', nick: 'ann', port: 8002 };
-    const chat = { type: 'chat', id: 'm', from: 'n', nick: 'ann', ts: 1, text: 'hi' };
+    const chat = {
+      type: 'chat',
+      id: 'm',
+      from: 'n',
+      nick: 'ann',
+      ts: 1,
+      seq: 1,
+      text: 'hi',
+      key: KEY,
+      sig: SIG,
+    };
+
+    it('for nothing else: the base chat frame of these cases is valid', () => {
+      assert.deepEqual(validateFrame(chat), chat);
+    });
 
     it('for a value that is not a JSON object', () => {
       for (const value of [null, 1, 'ping', true, [], [{ type: 'ping', n: 1 }]]) {
@@ -431,6 +464,15 @@ describe('validateFrame', () => {
         () => validateFrame({ type: 'peers', peers: [{ id: 'a b', addr: 'h:1' }] }),
         protocolError('ERR_BAD_FRAME'),
       );
+    });
+
+    it('for a key that is not 64 lowercase hex digits, or a sig that is not 86 base64url characters', () => {
+      for (const key of ['', 'ab'.repeat(31), 'ab'.repeat(33), 'AB'.repeat(32), 'zz'.repeat(32)]) {
+        assert.throws(() => validateFrame({ ...chat, key }), protocolError('ERR_BAD_FRAME'), `key ${key}`);
+      }
+      for (const sig of ['', 'A'.repeat(85), 'A'.repeat(87), `${'A'.repeat(84)}==`, `${'A'.repeat(85)}+`]) {
+        assert.throws(() => validateFrame({ ...chat, sig }), protocolError('ERR_BAD_FRAME'), `sig ${sig}`);
+      }
     });
 
     it('for an addr longer than 300 code units', () => {
