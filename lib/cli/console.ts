@@ -66,15 +66,16 @@ function formatHistory(messages: readonly ChatMessage[]): string {
 }
 
 function messageEvent(event: string | undefined, m: ChatMessage): Record<string, unknown> {
-  return {
-    ...(event !== undefined ? { event } : {}),
-    id: m.id,
-    from: m.from,
-    nick: m.nick,
-    text: m.text,
-    ts: m.ts,
-    seq: m.seq,
-  };
+  // Built field by field (no spread): this runs once per message on the hot path.
+  const out: Record<string, unknown> = {};
+  if (event !== undefined) out['event'] = event;
+  out['id'] = m.id;
+  out['from'] = m.from;
+  out['nick'] = m.nick;
+  out['text'] = m.text;
+  out['ts'] = m.ts;
+  out['seq'] = m.seq;
+  return out;
 }
 
 function formatPeers(peers: readonly PeerInfo[]): string {
