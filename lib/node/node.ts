@@ -60,20 +60,12 @@ import { signChat } from '../security/sign.js';
 import { verifySignatures } from '../operators/verify.js';
 import { silentLogger, type Logger } from './log.js';
 
-/** A chat message as the node delivers it. */
-export interface ChatMessage {
-  /** Unique id of the message, the same on every node. */
-  readonly id: string;
-  /** Node id of the sender. */
-  readonly from: string;
-  /** The sender's nickname when it sent the message (a display name, not unique). */
-  readonly nick: string;
-  /** The sender's clock when it sent the message, ms since the epoch. */
-  readonly ts: number;
-  /** The sender's sequence number for it (1, 2, 3, ... per sender). */
-  readonly seq: number;
-  readonly text: string;
-}
+/**
+ * A chat message as the node delivers it: the fields of its {@link ChatFrame} that matter to a
+ * reader (id, sender id, nickname, timestamp, sequence number, text), without the wire-only ones
+ * (type, key, signature: checked before a message is delivered).
+ */
+export type ChatMessage = Pick<ChatFrame, 'id' | 'from' | 'nick' | 'ts' | 'seq' | 'text'>;
 
 /** A connected peer. */
 export interface PeerInfo {
