@@ -89,6 +89,17 @@ function receives(proc: Proc, texts: readonly string[], timeoutMs = 8_000): Prom
   );
 }
 
+/** Node s, and node v dialling it, each with its own data directory; v's options to restart it. */
+async function twoNodesWithDataDirs(t: TestContext) {
+  const procs = procsFor(t);
+  const s = await procs.node({ nick: 's', extra: ['--data-dir', tempDir(t, 's')] });
+  const vDir = tempDir(t, 'v');
+  const vOptions = { nick: 'v', peers: [`127.0.0.1:${s.ready.port}`], extra: ['--data-dir', vDir] };
+  const v = await procs.node(vOptions);
+  await v.waitForPeerUp(s.ready.id);
+  return { procs, s, vDir, vOptions, v };
+}
+
 describe('bin/p2p: nothing lost', () => {
   it('brings a node killed with -9 mid-burst back with its id and sequence, fetching what it missed, once', async (t) => {
     const procs = procsFor(t);
@@ -200,12 +211,7 @@ describe('bin/p2p: nothing lost', () => {
   });
 
   it('starts from a corrupted log, says what it dropped, and fetches the rest from a peer', async (t) => {
-    const procs = procsFor(t);
-    const s = await procs.node({ nick: 's', extra: ['--data-dir', tempDir(t, 's')] });
-    const vDir = tempDir(t, 'v');
-    const vOptions = { nick: 'v', peers: [`127.0.0.1:${s.ready.port}`], extra: ['--data-dir', vDir] };
-    const v = await procs.node(vOptions);
-    await v.waitForPeerUp(s.ready.id);
+    const { procs, s, vDir, vOptions, v } = await twoNodesWithDataDirs(t);
     const first = range(20).map((i) => `s first ${i}`);
     const own = range(5).map((i) => `v own ${i}`);
     const last = range(20).map((i) => `s last ${i}`);
@@ -249,12 +255,7 @@ describe('bin/p2p: nothing lost', () => {
   });
 
   it('does not announce as received its own messages that a damaged log lost and a peer handed back', async (t) => {
-    const procs = procsFor(t);
-    const s = await procs.node({ nick: 's', extra: ['--data-dir', tempDir(t, 's')] });
-    const vDir = tempDir(t, 'v');
-    const vOptions = { nick: 'v', peers: [`127.0.0.1:${s.ready.port}`], extra: ['--data-dir', vDir] };
-    const v = await procs.node(vOptions);
-    await v.waitForPeerUp(s.ready.id);
+    const { procs, s, vDir, vOptions, v } = await twoNodesWithDataDirs(t);
     const own = range(3).map((i) => `v own ${i}`);
     await say(v, own);
     await receives(s, own);

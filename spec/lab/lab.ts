@@ -170,6 +170,27 @@ export function run(cmd: string, args: readonly string[], options: RunOptions = 
   });
 }
 
+/**
+ * A veth pair with each end created directly in its namespace (`name` in `ns`, `peerName` in
+ * `peerNs`): nothing ever appears in the root namespace.
+ */
+async function veth(ns: string, name: string, peerNs: string, peerName: string): Promise<void> {
+  await run('ip', [
+    'link',
+    'add',
+    name,
+    'netns',
+    ns,
+    'type',
+    'veth',
+    'peer',
+    'name',
+    peerName,
+    'netns',
+    peerNs,
+  ]);
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 export { sleep };
 
@@ -386,20 +407,7 @@ export class Lab {
     const port = `p${index}`;
     await this.addNamespace(ns);
     // Both ends are created directly in their namespaces: nothing appears in the root namespace.
-    await run('ip', [
-      'link',
-      'add',
-      'eth0',
-      'netns',
-      ns,
-      'type',
-      'veth',
-      'peer',
-      'name',
-      port,
-      'netns',
-      this.switchNs,
-    ]);
+    await veth(ns, 'eth0', this.switchNs, port);
     await this.ip(ns, 'addr', 'add', `${SUBNET_PREFIX}${index}/24`, 'dev', 'eth0');
     await this.ip(ns, 'link', 'set', 'eth0', 'up');
     await this.ip(this.switchNs, 'link', 'set', port, 'master', 'br0');
@@ -421,20 +429,7 @@ export class Lab {
     assert.ok(net < 255, 'at most 254 NAT hosts');
     const ns = `${this.prefix}${name}`;
     await this.addNamespace(ns);
-    await run('ip', [
-      'link',
-      'add',
-      'eth0',
-      'netns',
-      ns,
-      'type',
-      'veth',
-      'peer',
-      'name',
-      'lan0',
-      'netns',
-      router.ns,
-    ]);
+    await veth(ns, 'eth0', router.ns, 'lan0');
     await this.ip(router.ns, 'addr', 'add', `10.77.${net}.1/24`, 'dev', 'lan0');
     await this.ip(router.ns, 'link', 'set', 'lan0', 'up');
     await this.ip(ns, 'addr', 'add', `10.77.${net}.2/24`, 'dev', 'eth0');

@@ -65,14 +65,14 @@ describe('identity', () => {
     assert.throws(() => publicKeyFromRaw(Buffer.alloc(33)), RangeError);
   });
 
-  it('refuses a key file that other users can read', { skip: !posix }, () => {
+  it('refuses a key file that other users can read', () => {
     const dir = tempDir();
     loadOrCreateIdentity(dir);
     chmodSync(join(dir, IDENTITY_FILE), 0o644);
     assert.throws(() => loadOrCreateIdentity(dir), securityError('ERR_IDENTITY_FILE', /chmod 600/));
   });
 
-  it('refuses a directory that other users can write to', { skip: !posix }, () => {
+  it('refuses a directory that other users can write to', () => {
     const dir = join(tempDir(), 'shared');
     mkdirSync(dir);
     chmodSync(dir, 0o777);
