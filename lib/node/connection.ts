@@ -8,6 +8,7 @@ import { decode, type Decoded } from '../operators/decode.js';
 import { fromSocket } from '../transport/from-socket.js';
 import { PeerWriter, type WriterOptions } from '../transport/writer.js';
 import { TAG_BYTES } from '../security/cipher.js';
+import { TokenBucket, type RateOptions } from '../transport/token-bucket.js';
 import type { Identity } from '../security/identity.js';
 import {
   createHandshake,
@@ -66,6 +67,8 @@ export class Connection {
   private readonly outbox = new Subject<Buffer>();
   private readonly writer: PeerWriter;
   private readonly writerSubscription: Subscription;
+  private readonly frameRate: TokenBucket;
+  private resumeTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly socket: Socket,
@@ -73,6 +76,8 @@ export class Connection {
     readonly outbound: boolean,
     maxFrameBytes: number,
     writerOptions: WriterOptions,
+    /** Frames per second the peer may send once authenticated; over it, reading pauses. */
+    frameRate: RateOptions,
     onWriteFault: (conn: Connection, err: ProtocolError) => void,
     security: LinkSecurity,
     /** The address this node dialled, for outbound connections. */
@@ -82,6 +87,7 @@ export class Connection {
     this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
     this.fullFrameBytes = maxFrameBytes + TAG_BYTES;
+    this.frameRate = new TokenBucket(frameRate);
     this.handshake = createHandshake({
       initiator: outbound,
       identity: security.identity,
@@ -151,7 +157,10 @@ export class Connection {
 
   /** A received frame: the next handshake message, or an encrypted frame to open. */
   private open(raw: Buffer): Buffer[] {
-    if (this.session !== undefined) return [this.session.decrypt(raw)];
+    if (this.session !== undefined) {
+      this.charge();
+      return [this.session.decrypt(raw)];
+    }
     const { reply, session } = this.handshake.receive(raw);
     if (reply !== undefined) this.outbox.next(reply);
     if (session !== undefined) {
@@ -164,9 +173,27 @@ export class Connection {
     return [];
   }
 
+  /**
+   * Charges a frame to the peer's rate. Over it, the socket stops being read until the bucket holds
+   * a token again: the kernel's buffers fill and TCP slows the peer down; nothing is dropped.
+   */
+  private charge(): void {
+    this.frameRate.spend();
+    if (this.resumeTimer !== undefined || this.frameRate.tokens >= 0) return;
+    this.socket.pause();
+    this.resumeTimer = setTimeout(() => {
+      this.resumeTimer = undefined;
+      if (!this.socket.destroyed) this.socket.resume();
+    }, this.frameRate.msUntil(1));
+    this.resumeTimer.unref();
+  }
+
   /** Flushes what is queued and ends the connection; destroys it if the peer does not close in time. */
   end(graceMs = 2000): void {
     this.closing = true;
+    // Read again if the rate limit paused it, or the peer's own close would go unseen.
+    clearTimeout(this.resumeTimer);
+    this.socket.resume();
     this.outbox.complete();
     const timer = setTimeout(() => this.socket.destroy(), graceMs);
     timer.unref();
@@ -176,6 +203,7 @@ export class Connection {
   /** Drops what is queued and closes the socket now. */
   destroy(): void {
     this.closing = true;
+    clearTimeout(this.resumeTimer);
     this.outbox.error(new Error('connection destroyed'));
     this.writerSubscription.unsubscribe();
     this.socket.destroy();

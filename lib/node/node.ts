@@ -58,6 +58,8 @@ import { generateIdentity, loadOrCreateIdentity, type Identity } from '../securi
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signChat } from '../security/sign.js';
 import { verifySignatures } from '../operators/verify.js';
+import { rateLimit, spendRate } from '../operators/rate-limit.js';
+import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
 import { silentLogger, type Logger } from './log.js';
 
 /**
@@ -97,6 +99,47 @@ export interface NodeTiming {
   /** Delay before telling peers that the peer set changed, so a burst of joins sends one list. Default 250 ms. */
   readonly peerListDelayMs?: number;
 }
+
+/**
+ * Abuse limits of a node; every default carries its reason. Over a limit the node sheds the
+ * offender (a flooding peer is slowed, a flooding sender's excess dropped), not its honest peers.
+ */
+export interface NodeLimits {
+  /**
+   * Frames a peer may send per second, with a burst on top; over it the node stops reading that
+   * peer's socket until the bucket refills (TCP flow control slows the peer; nothing is lost).
+   * Default 10,000/s, burst 20,000: several times what a busy chat or a history resync needs, and a
+   * fraction of what the node can decrypt and parse, so one peer cannot take the node's whole CPU.
+   */
+  readonly peerFrames?: RateOptions;
+  /**
+   * Chat messages a sender (a signing key) may have accepted per second, with a burst on top; its
+   * excess is dropped before the signature check (cheap) and not relayed, so a flood is cut at the
+   * first hop instead of crossing the network. Only new, valid messages are charged: a forger cannot
+   * spend an honest sender's budget, and copies relayed by several peers count once.
+   * Default 1,000/s, burst 10,000: a pasted file of 10,000 lines, or a whole history window
+   * resynced at once, passes; a sustained flood is cut to 1,000/s.
+   */
+  readonly senderMessages?: RateOptions;
+  /**
+   * Connection attempts in flight at once (TCP connect and handshake). Default 16: enough to reach
+   * a full set of peers in one round, few enough that a peer list full of dead addresses cannot tie
+   * up the node's sockets. Dials over the cap wait their turn.
+   */
+  readonly maxDials?: number;
+  /**
+   * Addresses learned from peer lists and inbound peers, kept for dialling. Default 256: many times
+   * the target degree; the least recently learned idle one is forgotten when a new one comes.
+   */
+  readonly maxLearnedAddresses?: number;
+}
+
+export const LIMIT_DEFAULTS = {
+  peerFrames: { perSecond: 10_000, burst: 20_000 },
+  senderMessages: { perSecond: 1_000, burst: 10_000 },
+  maxDials: 16,
+  maxLearnedAddresses: 256,
+} as const;
 
 /** Options of {@link createNode}. */
 export interface NodeOptions {
@@ -140,8 +183,24 @@ export interface NodeOptions {
   readonly maxFrameBytes?: number;
   readonly writer?: WriterOptions;
   readonly timing?: NodeTiming;
+  /** Abuse limits; see {@link LIMIT_DEFAULTS}. */
+  readonly limits?: NodeLimits;
   /** Where the node logs. Default: nowhere. */
   readonly log?: Logger;
+}
+
+/** Counters of a node. */
+export interface NodeStats {
+  /** Messages dropped because their signature or sender id did not verify. */
+  readonly invalidMessages: number;
+  /** Messages dropped because their sender was over its rate ({@link NodeLimits.senderMessages}). */
+  readonly rateLimitedMessages: number;
+  /** Messages held in the history. */
+  readonly historySize: number;
+  /** Addresses the node knows to dial: given ones, and learned ones (bounded by {@link NodeLimits.maxLearnedAddresses}). */
+  readonly knownAddresses: number;
+  /** Connection attempts in flight (bounded by {@link NodeLimits.maxDials}). */
+  readonly dialsInFlight: number;
 }
 
 /** A running node. See {@link createNode}. */
@@ -162,8 +221,8 @@ export interface P2PNode {
   peers(): readonly PeerInfo[];
   /** The last `limit` messages of the history (own ones included), oldest first. */
   history(limit?: number): readonly ChatMessage[];
-  /** Counters: messages dropped because they did not verify, and messages held in the history. */
-  stats(): { readonly invalidMessages: number; readonly historySize: number };
+  /** Counters of the node; see {@link NodeStats}. */
+  stats(): NodeStats;
   /**
    * Sends a chat message to every node of the network and returns it.
    * @throws {RangeError} when `text` is empty or longer than `MAX_TEXT_LENGTH`, or the node is closed.
@@ -276,10 +335,16 @@ class ChatNode implements P2PNode {
   private closed = false;
   private closing: Promise<void> | undefined;
   private pingNonce = 0;
-  private readonly acceptBuckets = new LRUCache<string, { tokens: number; at: number }>({ max: 4096 });
+  private readonly acceptRate = new RateLimiter(ACCEPT_RATE, { max: 4096 });
   private lastRefusalLog = 0;
+  private readonly limits: Required<NodeLimits>;
+  private readonly senderRate: RateLimiter;
+  /** Senders over their rate, and when that was last logged: one line per sender per minute. */
+  private readonly limitedLog = new LRUCache<string, number>({ max: 1024 });
   /** Messages dropped because their signature or sender id did not verify. */
   private invalidMessages = 0;
+  /** Messages dropped because their sender was over its rate. */
+  private rateLimitedMessages = 0;
 
   constructor(private readonly options: NodeOptions) {
     this.nick = checkNick(options.nick ?? 'anon');
@@ -314,6 +379,10 @@ class ChatNode implements P2PNode {
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.writerOptions = options.writer ?? {};
+    this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
+    positive('maxDials', this.limits.maxDials);
+    positive('maxLearnedAddresses', this.limits.maxLearnedAddresses);
+    this.senderRate = new RateLimiter(this.limits.senderMessages, { max: 10_000 });
     if (options.advertise !== undefined && isUnspecified(options.advertise.host)) {
       throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
     }
@@ -328,10 +397,14 @@ class ChatNode implements P2PNode {
       mergeMap((conn) => this.session(conn)),
       share(),
     );
-    // Cheap checks first (held or older than held: the store knows), so each message is verified
-    // once; it is remembered as seen only once verified, so a tampered copy cannot shadow the real one.
+    // Cheap checks first (held or older than held: the store knows; sender over its rate), so each
+    // message is verified once; it is remembered as seen, and charged to its sender, only once
+    // verified, so a tampered copy cannot shadow the real one nor spend the sender's budget.
+    const sender = (m: Inbound<ChatFrame>): string | undefined =>
+      m.peer === null ? undefined : m.frame.from;
     const chat$ = merge(this.local$, inbound$.pipe(filter(isChat))).pipe(
       filter((m) => !this.store.knows(m.frame)),
+      rateLimit({ limiter: this.senderRate, key: sender, onLimited: (m) => this.overRate(m) }),
       verifySignatures({
         network: this.networkTag,
         onInvalid: (m, reason) => this.invalidMessage(m, reason),
@@ -341,6 +414,7 @@ class ChatNode implements P2PNode {
         time: (m) => m.frame.ts,
         maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
       }),
+      spendRate({ limiter: this.senderRate, key: sender }),
       remember(this.store),
       share(),
     );
@@ -395,8 +469,14 @@ class ChatNode implements P2PNode {
     return this.peerList.value;
   }
 
-  stats(): { readonly invalidMessages: number; readonly historySize: number } {
-    return { invalidMessages: this.invalidMessages, historySize: this.store.size };
+  stats(): NodeStats {
+    return {
+      invalidMessages: this.invalidMessages,
+      rateLimitedMessages: this.rateLimitedMessages,
+      historySize: this.store.size,
+      knownAddresses: this.targets.size,
+      dialsInFlight: this.dialsInFlight(),
+    };
   }
 
   history(limit = 20): readonly ChatMessage[] {
@@ -440,15 +520,7 @@ class ChatNode implements P2PNode {
       if (target.timer !== undefined || !target.dialing) this.dialNow(target);
       return;
     }
-    const fresh: Target = {
-      addr,
-      address: parsed,
-      persistent: true,
-      nodeId: undefined,
-      attempts: 0,
-      timer: undefined,
-      dialing: false,
-    };
+    const fresh = newTarget(addr, parsed, true, undefined);
     this.targets.set(addr, fresh);
     this.dialNow(fresh);
   }
@@ -472,7 +544,7 @@ class ChatNode implements P2PNode {
     const host = normalizeHost(socket.remoteAddress ?? 'unknown');
     let refusal: string | undefined;
     // Loopback is exempt from the per-host rate: every node on this host shares it.
-    if (!isLoopback(host) && !this.acceptRate(host)) {
+    if (!isLoopback(host) && !this.acceptRate.tryTake(host)) {
       refusal = `more than ${ACCEPT_RATE.burst} connections in a burst from ${host}`;
     } else if (this.pendingHandshakes() >= MAX_PENDING_HANDSHAKES) {
       refusal = `${MAX_PENDING_HANDSHAKES} connections are already in their handshake`;
@@ -498,27 +570,13 @@ class ChatNode implements P2PNode {
     return n;
   }
 
-  /** A token bucket per remote host: `burst` connections at once, then `perSecond`. */
-  private acceptRate(host: string): boolean {
-    const now = Date.now();
-    const bucket = this.acceptBuckets.get(host) ?? { tokens: ACCEPT_RATE.burst, at: now };
-    bucket.tokens = Math.min(
-      ACCEPT_RATE.burst,
-      bucket.tokens + ((now - bucket.at) / 1000) * ACCEPT_RATE.perSecond,
-    );
-    bucket.at = now;
-    const ok = bucket.tokens >= 1;
-    if (ok) bucket.tokens -= 1;
-    this.acceptBuckets.set(host, bucket);
-    return ok;
-  }
-
   private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
     const conn = new Connection(
       socket,
       outbound,
       this.maxFrameBytes,
       this.writerOptions,
+      this.limits.peerFrames,
       (c, err) => this.drop(c, err),
       this.security,
       dialed,
@@ -728,6 +786,27 @@ class ChatNode implements P2PNode {
     }
   }
 
+  /**
+   * A message dropped because its sender is over its rate: counted, and logged once per sender per
+   * minute (naming the sender and the peer that delivered it), so a flood cannot flood the log.
+   */
+  private overRate(message: Inbound<ChatFrame>): void {
+    this.rateLimitedMessages++;
+    const { from, nick } = message.frame;
+    const now = Date.now();
+    const last = this.limitedLog.get(from);
+    if (last !== undefined && now - last < 60_000) return;
+    this.limitedLog.set(from, now);
+    const via =
+      message.peer === null
+        ? ''
+        : ` (via ${this.active.get(message.peer.id)?.conn.label ?? message.peer.id})`;
+    const { perSecond, burst } = this.limits.senderMessages;
+    this.log.warn(
+      `sender ${from.slice(0, 8)} (${nick}) is over ${perSecond} messages/s (burst ${burst})${via}: dropping its excess`,
+    );
+  }
+
   /** A bad peer or a failed socket: one log line naming the peer and the reason, then close it. */
   private drop(conn: Connection, err: Error): void {
     if (conn.closing) return;
@@ -815,16 +894,8 @@ class ChatNode implements P2PNode {
     if (this.active.has(entry.id) || this.selfAddrs.has(entry.addr)) return;
     let target = this.targets.get(entry.addr);
     if (target === undefined) {
-      target = {
-        addr: entry.addr,
-        address: parseAddress(entry.addr),
-        persistent: false,
-        nodeId: entry.id,
-        attempts: 0,
-        timer: undefined,
-        dialing: false,
-      };
-      this.targets.set(entry.addr, target);
+      target = newTarget(entry.addr, parseAddress(entry.addr), false, entry.id);
+      if (!this.addLearned(target)) return;
       this.log.debug(`learned ${entry.id.slice(0, 8)} at ${entry.addr}`);
     } else target.nodeId = entry.id;
     if (!target.dialing && target.timer === undefined) this.dialNow(target);
@@ -835,18 +906,32 @@ class ChatNode implements P2PNode {
     const addr = conn.listenAddress;
     if (addr === undefined || this.targets.has(addr)) return;
     try {
-      this.targets.set(addr, {
-        addr,
-        address: parseAddress(addr),
-        persistent: false,
-        nodeId: conn.peerId,
-        attempts: 0,
-        timer: undefined,
-        dialing: false,
-      });
+      this.addLearned(newTarget(addr, parseAddress(addr), false, conn.peerId));
     } catch {
       // An address we cannot parse is one we cannot dial; the hello check already logged it.
     }
+  }
+
+  /**
+   * Keeps a learned address, within {@link NodeLimits.maxLearnedAddresses}: when the table is full
+   * the least recently learned idle one (not being dialled, its node not connected) makes room.
+   * False when every learned address is busy: the new one is not kept.
+   */
+  private addLearned(target: Target): boolean {
+    let learned = 0;
+    let idle: Target | undefined;
+    for (const t of this.targets.values()) {
+      if (t.persistent) continue;
+      learned++;
+      if (idle === undefined && !t.dialing && !(t.nodeId !== undefined && this.active.has(t.nodeId)))
+        idle = t;
+    }
+    if (learned >= this.limits.maxLearnedAddresses) {
+      if (idle === undefined) return false;
+      this.forget(idle);
+    }
+    this.targets.set(target.addr, target);
+    return true;
   }
 
   private wantsDial(target: Target): boolean {
@@ -866,6 +951,18 @@ class ChatNode implements P2PNode {
     clearTimeout(target.timer);
     target.timer = undefined;
     if (!this.wantsDial(target)) return;
+    if (this.dialsInFlight() >= this.limits.maxDials) {
+      // Wait for a turn: try again shortly, without counting it as a failed attempt.
+      target.timer = setTimeout(
+        () => {
+          target.timer = undefined;
+          this.dialNow(target);
+        },
+        backoffDelay(0, this.timing.backoff),
+      );
+      target.timer.unref();
+      return;
+    }
     target.dialing = true;
     const socket = netConnect({ host: target.address.host, port: target.address.port });
     const timer = setTimeout(
@@ -1035,6 +1132,10 @@ function messageId(): string {
   const id = idPool.toString('base64url', idOffset, idOffset + ID_BYTES);
   idOffset += ID_BYTES;
   return id;
+}
+
+function newTarget(addr: string, address: Address, persistent: boolean, nodeId: string | undefined): Target {
+  return { addr, address, persistent, nodeId, attempts: 0, timer: undefined, dialing: false };
 }
 
 function toMessage(frame: ChatFrame): ChatMessage {

@@ -5,3 +5,4 @@ export * from './relay.js';
 export * from './remember.js';
 export * from './verify.js';
 export type * from './types.js';
+export * from './rate-limit.js';

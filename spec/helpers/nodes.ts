@@ -3,6 +3,7 @@
  * timers that are always closed, a bounded polling wait, recorders for hot streams, and a raw peer
  * that speaks the wire protocol by hand (Noise handshake included).
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
@@ -11,7 +12,15 @@ import { createNode, type NodeOptions, type NodeTiming, type P2PNode } from '../
 import type { Logger } from '../../lib/node/log.js';
 import type { Address } from '../../lib/protocol/address.js';
 import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder } from '../../lib/protocol/codec.js';
-import { parseFrame, PROTOCOL_VERSION, serializeFrame, type Frame } from '../../lib/protocol/frames.js';
+import {
+  parseFrame,
+  PROTOCOL_VERSION,
+  serializeFrame,
+  type ChatFrame,
+  type Frame,
+} from '../../lib/protocol/frames.js';
+import { networkTag } from '../../lib/security/network-key.js';
+import { signChat } from '../../lib/security/sign.js';
 import { TAG_BYTES } from '../../lib/security/cipher.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import { createHandshake, type SecureSession } from '../../lib/security/noise.js';
@@ -386,5 +395,39 @@ export async function rawPeer(
       if (!socket.destroyed) socket.write(bytes);
     },
     closed: done,
+  };
+}
+
+/** What a test may choose of a message it signs; the rest gets fresh values. */
+export interface SignedFields {
+  readonly text: string;
+  readonly seq: number;
+  readonly id?: string;
+  readonly ts?: number;
+  readonly nick?: string;
+}
+
+/**
+ * A chat frame signed by `author` for the network with tag `network` (default: the public network),
+ * exactly as a node builds one.
+ */
+export function signedChat(
+  author: Identity,
+  fields: SignedFields,
+  network: Uint8Array = networkTag(),
+): ChatFrame {
+  const body = {
+    id: fields.id ?? randomBytes(12).toString('base64url'),
+    nick: fields.nick ?? 'raw',
+    ts: fields.ts ?? Date.now(),
+    seq: fields.seq,
+    text: fields.text,
+  };
+  return {
+    type: 'chat',
+    ...body,
+    from: author.id,
+    key: author.publicKey.toString('hex'),
+    sig: signChat(author, body, network).toString('base64url'),
   };
 }

@@ -8,7 +8,6 @@
  * happened.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +16,6 @@ import type { ChatMessage, NodeEvent, NodeOptions, P2PNode } from '../../lib/nod
 import type { ChatFrame, Frame } from '../../lib/protocol/frames.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
-import { signChat } from '../../lib/security/sign.js';
 import {
   connectedTo,
   lineLogger,
@@ -25,6 +23,7 @@ import {
   nodeFactory,
   peerIds,
   rawPeer,
+  signedChat,
   record,
   waitFor,
   type LineLogger,
@@ -33,33 +32,6 @@ import {
 } from '../helpers/nodes.js';
 
 const PUBLIC_TAG = networkTag();
-
-/** What a test may choose of a message it signs; the rest gets fresh values. */
-interface Fields {
-  readonly text: string;
-  readonly seq: number;
-  readonly id?: string;
-  readonly ts?: number;
-  readonly nick?: string;
-}
-
-/** A chat frame signed by `author` for the network with tag `network`, exactly as a node builds one. */
-function signed(author: Identity, fields: Fields, network: Uint8Array = PUBLIC_TAG): ChatFrame {
-  const body = {
-    id: fields.id ?? randomBytes(12).toString('base64url'),
-    nick: fields.nick ?? 'raw',
-    ts: fields.ts ?? Date.now(),
-    seq: fields.seq,
-    text: fields.text,
-  };
-  return {
-    type: 'chat',
-    ...body,
-    from: author.id,
-    key: author.publicKey.toString('hex'),
-    sig: signChat(author, body, network).toString('base64url'),
-  };
-}
 
 const isChat = (frame: Frame): frame is ChatFrame => frame.type === 'chat';
 
@@ -164,7 +136,7 @@ async function scene(
     witness,
     nextSeq,
     async barrier(raw, text) {
-      const frame = signed(raw.identity, { text, seq: nextSeq(raw) }, tag);
+      const frame = signedChat(raw.identity, { text, seq: nextSeq(raw) }, tag);
       raw.send(frame);
       await waitFor(
         () => times(inboxA, frame.id) === 1 && times(inboxB, frame.id) === 1,
@@ -206,7 +178,7 @@ describe('forgery: a relay cannot make a node deliver what its sender did not se
 
     // The attacker's own key, a valid signature of it, and B's id as the sender: the claim of `from`
     // is what the key check refuses. Seq 2 is the number B's next message will carry.
-    const forged = { ...signed(s.attacker.identity, { text: 'forged as b', seq: 2 }), from: s.b.id };
+    const forged = { ...signedChat(s.attacker.identity, { text: 'forged as b', seq: 2 }), from: s.b.id };
     s.attacker.send(forged);
     await s.barrier(s.attacker, 'barrier a');
 
@@ -222,7 +194,7 @@ describe('forgery: a relay cannot make a node deliver what its sender did not se
     const s = await scene(t);
     const first = await s.fromB('b1');
     const forged = {
-      ...signed(s.attacker.identity, { text: 'forged with b key', seq: 2 }),
+      ...signedChat(s.attacker.identity, { text: 'forged with b key', seq: 2 }),
       from: s.b.id,
       key: s.bIdentity.publicKey.toString('hex'),
     };
@@ -240,7 +212,7 @@ describe('forgery: a relay cannot make a node deliver what its sender did not se
     const first = await s.fromB('b1');
     // A genuine message of B (B's key, B's signature) that A has not seen yet, with its text changed
     // after signing, as a relay holding it first would.
-    const genuine = signed(s.bIdentity, { text: 'b2 as signed', seq: 2, nick: 'b' });
+    const genuine = signedChat(s.bIdentity, { text: 'b2 as signed', seq: 2, nick: 'b' });
     s.attacker.send({ ...genuine, text: 'b2 tampered' });
     await s.barrier(s.attacker, 'barrier b');
 
@@ -278,9 +250,9 @@ describe('forgery: a relay cannot make a node deliver what its sender did not se
     const elsewhere = networkTag(generateNetworkKey());
     // The relay's own message, and a genuine message of B, each signed for another network.
     s.attacker.send(
-      signed(s.attacker.identity, { text: 'other net (own)', seq: s.nextSeq(s.attacker) }, elsewhere),
+      signedChat(s.attacker.identity, { text: 'other net (own)', seq: s.nextSeq(s.attacker) }, elsewhere),
     );
-    s.attacker.send(signed(s.bIdentity, { text: 'other net (b)', seq: 2, nick: 'b' }, elsewhere));
+    s.attacker.send(signedChat(s.bIdentity, { text: 'other net (b)', seq: 2, nick: 'b' }, elsewhere));
     await s.barrier(s.attacker, 'barrier c');
 
     assert.equal(s.a.stats().invalidMessages, 2, 'both counted');
@@ -296,7 +268,7 @@ describe('forgery: a relay cannot make a node deliver what its sender did not se
     const s = await scene(t, { networkKey });
     const first = await s.fromB('b1');
     s.attacker.send(
-      signed(s.attacker.identity, { text: 'public tag', seq: s.nextSeq(s.attacker) }, PUBLIC_TAG),
+      signedChat(s.attacker.identity, { text: 'public tag', seq: s.nextSeq(s.attacker) }, PUBLIC_TAG),
     );
     await s.barrier(s.attacker, 'barrier c′');
 
@@ -374,7 +346,7 @@ describe('forgery: a relay cannot make a node deliver what its sender did not se
     const attacker = await rawPeer(t, a2.port, { answerPings: true });
     await waitFor(() => a2.peers().length === 2, 'the attacker to be up');
     for (const frame of old) attacker.send(frame);
-    const barrier = signed(attacker.identity, { text: 'barrier e′', seq: 1 });
+    const barrier = signedChat(attacker.identity, { text: 'barrier e′', seq: 1 });
     attacker.send(barrier);
     await waitFor(() => times(inbox, barrier.id) === 1, 'the barrier');
 
@@ -398,9 +370,9 @@ describe('forgery: strikes', () => {
     const first = await s.fromB('b1');
     const elsewhere = networkTag(generateNetworkKey());
     const invalid = [
-      { ...signed(s.attacker.identity, { text: 'strike 1', seq: 2 }), from: s.b.id },
-      { ...signed(s.bIdentity, { text: 'strike 2 as signed', seq: 2 }), text: 'strike 2' },
-      signed(s.attacker.identity, { text: 'strike 3', seq: s.nextSeq(s.attacker) }, elsewhere),
+      { ...signedChat(s.attacker.identity, { text: 'strike 1', seq: 2 }), from: s.b.id },
+      { ...signedChat(s.bIdentity, { text: 'strike 2 as signed', seq: 2 }), text: 'strike 2' },
+      signedChat(s.attacker.identity, { text: 'strike 3', seq: s.nextSeq(s.attacker) }, elsewhere),
     ];
 
     s.attacker.send(invalid[0]!);
@@ -442,7 +414,10 @@ describe('forgery: strikes', () => {
     const s = await scene(t);
     const first = await s.fromB('b1');
     for (let i = 0; i < 8; i++) {
-      s.attacker.send({ ...signed(s.attacker.identity, { text: `burst ${i}`, seq: i + 2 }), from: s.b.id });
+      s.attacker.send({
+        ...signedChat(s.attacker.identity, { text: `burst ${i}`, seq: i + 2 }),
+        from: s.b.id,
+      });
     }
     await dropped(s.attacker);
     await waitFor(() => downs(s.eventsA).length === 1, 'A to report the attacker down');
@@ -476,7 +451,7 @@ describe('forgery: a tampered copy that arrives first does not shadow the real m
     attacker.send({ ...frame, text: 'poisoned text' });
     await waitFor(() => a.stats().invalidMessages === 1, 'the tampered copy to be refused');
     attacker.send({
-      ...signed(attacker.identity, { text: 'forged text', seq: real.seq, id: real.id, ts: real.ts }),
+      ...signedChat(attacker.identity, { text: 'forged text', seq: real.seq, id: real.id, ts: real.ts }),
       from: b.id,
     });
     await waitFor(() => a.stats().invalidMessages === 2, 'the forged copy to be refused');
@@ -505,7 +480,7 @@ describe('forgery: a tampered copy that arrives first does not shadow the real m
   it('live: a tampered copy relayed first, then the genuine one from an honest relay', async (t) => {
     const s = await scene(t);
     const carol = generateIdentity(); // an author elsewhere in the network, reaching A through relays
-    const genuine = signed(carol, { text: 'carol says hi', seq: 1, nick: 'carol' });
+    const genuine = signedChat(carol, { text: 'carol says hi', seq: 1, nick: 'carol' });
     s.attacker.send({ ...genuine, text: 'carol says bye' });
     await waitFor(() => s.a.stats().invalidMessages === 1, 'the tampered copy to be refused');
     s.witness.send(genuine); // the honest relay, later

@@ -1,0 +1,42 @@
+import { filter, tap, type MonoTypeOperatorFunction } from 'rxjs';
+import type { RateLimiter } from '../transport/token-bucket.js';
+
+/** Options of {@link rateLimit} and {@link spendRate}. */
+export interface RateLimitOptions<T> {
+  /** The buckets, one per key; shared by the two operators of a pipeline. */
+  readonly limiter: RateLimiter;
+  /** The key whose bucket a value draws on; `undefined` exempts the value (e.g. the node's own). */
+  readonly key: (value: T) => string | undefined;
+  /** Told of each value dropped because its key had no token left. */
+  readonly onLimited?: (value: T) => void;
+}
+
+/**
+ * Drops each value whose key has run out of tokens, before any costly stage; takes no token itself.
+ * Pair it with {@link spendRate} placed after the stages that decide whether a value counts
+ * (signature check, deduplication), so only values that were really new and valid are charged:
+ * a forger cannot spend an honest sender's tokens, and each message is charged once however many
+ * peers deliver a copy.
+ *
+ * Completes and errors with the source; a throwing `key` or `onLimited` becomes an error notification.
+ */
+export function rateLimit<T>(options: RateLimitOptions<T>): MonoTypeOperatorFunction<T> {
+  const { limiter, key, onLimited } = options;
+  return filter((value) => {
+    const k = key(value);
+    if (k === undefined || limiter.allows(k)) return true;
+    onLimited?.(value);
+    return false;
+  });
+}
+
+/** Charges one token per value to its key (see {@link rateLimit}); passes every value on. */
+export function spendRate<T>(
+  options: Pick<RateLimitOptions<T>, 'limiter' | 'key'>,
+): MonoTypeOperatorFunction<T> {
+  const { limiter, key } = options;
+  return tap((value) => {
+    const k = key(value);
+    if (k !== undefined) limiter.spend(k);
+  });
+}

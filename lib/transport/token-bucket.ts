@@ -1,0 +1,108 @@
+import { LRUCache } from 'lru-cache';
+
+/** Shape of a {@link TokenBucket}: a sustained rate and the burst allowed on top of it. */
+export interface RateOptions {
+  /** Tokens added per second. */
+  readonly perSecond: number;
+  /** Most tokens held: what may be spent at once after a quiet spell. */
+  readonly burst: number;
+}
+
+function checkRate(rate: RateOptions): void {
+  for (const [name, value] of Object.entries(rate)) {
+    if (!Number.isFinite(value) || value <= 0)
+      throw new RangeError(`rate: ${name} must be a positive number, got ${value}`);
+  }
+}
+
+/**
+ * A token bucket: starts full (`burst` tokens), refills at `perSecond`, never above `burst`.
+ * `spend` may overdraw it (the debt is paid back by the refill), so work already done can be
+ * charged after the fact; `tryTake` only takes what is there.
+ * @throws {RangeError} at construction for a non-positive rate or burst.
+ */
+export class TokenBucket {
+  private level: number;
+  private at: number;
+
+  constructor(
+    private readonly rate: RateOptions,
+    private readonly now: () => number = Date.now,
+  ) {
+    checkRate(rate);
+    this.level = rate.burst;
+    this.at = now();
+  }
+
+  /** Tokens available now (negative while in debt). */
+  get tokens(): number {
+    const t = this.now();
+    if (t > this.at) {
+      this.level = Math.min(this.rate.burst, this.level + ((t - this.at) / 1000) * this.rate.perSecond);
+      this.at = t;
+    }
+    return this.level;
+  }
+
+  /** Takes `n` tokens when there are that many; false (and nothing taken) otherwise. */
+  tryTake(n = 1): boolean {
+    if (this.tokens < n) return false;
+    this.level -= n;
+    return true;
+  }
+
+  /** Takes `n` tokens, going into debt if need be. */
+  spend(n = 1): void {
+    this.level = this.tokens - n;
+  }
+
+  /** Milliseconds until at least `n` tokens are there (0 when they are now). */
+  msUntil(n = 1): number {
+    const missing = n - this.tokens;
+    return missing <= 0 ? 0 : Math.ceil((missing / this.rate.perSecond) * 1000);
+  }
+}
+
+/**
+ * One {@link TokenBucket} per key (a peer, a sender, a remote host), the least recently used
+ * forgotten beyond `max` keys so memory stays bounded whoever floods with new keys. A forgotten key
+ * starts again with a full bucket: `max` is sized well above the keys that are active at once.
+ */
+export class RateLimiter<K extends string = string> {
+  private readonly buckets: LRUCache<K, TokenBucket>;
+  private readonly now: () => number;
+
+  constructor(
+    private readonly rate: RateOptions,
+    options: { readonly max?: number; readonly now?: () => number } = {},
+  ) {
+    checkRate(rate);
+    this.buckets = new LRUCache({ max: options.max ?? 4096 });
+    this.now = options.now ?? Date.now;
+  }
+
+  /** The bucket of `key`, created full on first use. */
+  bucket(key: K): TokenBucket {
+    let bucket = this.buckets.get(key);
+    if (bucket === undefined) {
+      bucket = new TokenBucket(this.rate, this.now);
+      this.buckets.set(key, bucket);
+    }
+    return bucket;
+  }
+
+  /** True when `key` has a whole token now; takes nothing. */
+  allows(key: K): boolean {
+    return this.bucket(key).tokens >= 1;
+  }
+
+  /** Takes a token of `key` when there is one. */
+  tryTake(key: K): boolean {
+    return this.bucket(key).tryTake();
+  }
+
+  /** Takes a token of `key`, going into debt if need be. */
+  spend(key: K): void {
+    this.bucket(key).spend();
+  }
+}

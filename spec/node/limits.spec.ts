@@ -1,0 +1,170 @@
+/**
+ * The node's abuse limits, end to end on 127.0.0.1 with the limits turned down so a test can reach
+ * them: a sender over its message rate has its excess dropped (not relayed) while every other
+ * sender's messages flow; a peer over its frame rate is slowed (its socket read later) but loses
+ * nothing; dials in flight never exceed the cap; learned addresses never exceed the table size.
+ */
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket } from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
+import type { ChatMessage } from '../../lib/node/node.js';
+import type { PeerEntry } from '../../lib/protocol/frames.js';
+import {
+  HOST,
+  lineLogger,
+  loopback,
+  nodeFactory,
+  rawPeer,
+  record,
+  signedChat,
+  waitFor,
+  type RawPeer,
+  type Recording,
+} from '../helpers/nodes.js';
+
+const fromSender = (inbox: Recording<ChatMessage>, id: string): ChatMessage[] =>
+  inbox.values.filter((m) => m.from === id);
+
+/** Sends `n` valid messages of `raw`'s own at once, seq from `firstSeq`. */
+function burst(raw: RawPeer, n: number, firstSeq = 1, tag = 'burst'): void {
+  for (let i = 0; i < n; i++) raw.send(signedChat(raw.identity, { text: `${tag} ${i}`, seq: firstSeq + i }));
+}
+
+/**
+ * Listeners on 127.0.0.1 that accept connections and never answer (a dead end that holds a dial
+ * open until the node gives up): counts connections open at once and addresses ever dialled.
+ */
+interface DeadEnds {
+  readonly addresses: string[];
+  /** Most connections open at the same time, over all listeners. */
+  readonly peak: () => number;
+  /** Listeners that received at least one connection. */
+  readonly reached: () => number;
+}
+
+async function deadEnds(t: TestContext, n: number): Promise<DeadEnds> {
+  const servers: Server[] = [];
+  const sockets = new Set<Socket>();
+  const reached = new Set<number>();
+  let peak = 0;
+  for (let i = 0; i < n; i++) {
+    const server = createServer((socket) => {
+      sockets.add(socket);
+      reached.add(i);
+      peak = Math.max(peak, sockets.size);
+      socket.on('error', () => {});
+      socket.resume(); // read (and ignore) what comes, so the node's close is seen
+      socket.once('close', () => sockets.delete(socket));
+    });
+    await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+    servers.push(server);
+  }
+  t.after(async () => {
+    for (const socket of sockets) socket.destroy();
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  });
+  const addresses = servers.map((s) => {
+    const a = s.address();
+    if (typeof a !== 'object' || a === null) throw new Error('no port');
+    return `${HOST}:${a.port}`;
+  });
+  return { addresses, peak: () => peak, reached: () => reached.size };
+}
+
+describe('abuse limits', () => {
+  it("drops a sender's messages over its rate, logs it once, and keeps every other sender flowing", async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const h = await start({ nick: 'h', log, limits: { senderMessages: { perSecond: 5, burst: 20 } } });
+    const b = await start({ nick: 'b', peers: [loopback(h.port)] });
+    const inboxB = record(b.messages$);
+    const raw = await rawPeer(t, h.port, { answerPings: true });
+    await waitFor(() => h.peers().length === 2, 'h to have b and the raw peer');
+
+    burst(raw, 200);
+    h.send('honest from h');
+    await waitFor(() => inboxB.values.some((m) => m.text === 'honest from h'), 'the honest message at b');
+    await waitFor(() => h.stats().rateLimitedMessages >= 150, 'the excess to be dropped', 5000);
+    const relayed = fromSender(inboxB, raw.id).length;
+    // 20 at once, then 5/s for however long the burst took to arrive.
+    assert.ok(relayed >= 20 && relayed <= 30, `${relayed} of 200 relayed`);
+    assert.equal(h.stats().rateLimitedMessages + h.stats().invalidMessages + relayed, 200);
+    assert.equal(h.stats().invalidMessages, 0);
+    assert.equal(log.count('is over 5 messages/s'), 1, log.lines.join('\n'));
+    assert.ok(
+      h.peers().some((p) => p.id === raw.id),
+      'the sender is slowed, not disconnected',
+    );
+
+    // Its budget refills: a second later its messages pass again.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    raw.send(signedChat(raw.identity, { text: 'after a pause', seq: 1000 }));
+    await waitFor(() => inboxB.values.some((m) => m.text === 'after a pause'), 'the later message at b');
+  });
+
+  it('slows a peer over its frame rate without losing anything', async (t) => {
+    const start = nodeFactory(t);
+    const h = await start({ nick: 'h', limits: { peerFrames: { perSecond: 1000, burst: 50 } } });
+    const b = await start({ nick: 'b', peers: [loopback(h.port)] });
+    const inboxB = record(b.messages$);
+    const raw = await rawPeer(t, h.port, { answerPings: true });
+    await waitFor(() => h.peers().length === 2, 'h to have b and the raw peer');
+
+    // The limit applies between socket reads (a read of up to 64 KiB is handled whole): 2,000 frames
+    // of ~450 bytes span many reads.
+    const sent = Date.now();
+    burst(raw, 2000);
+    await waitFor(() => fromSender(inboxB, raw.id).length === 2000, 'all 2,000 at b', 15_000);
+    const took = Date.now() - sent;
+    // (2,000 - 50) frames over the burst at 1,000/s: 1.95 s, less one read's worth and a margin.
+    assert.ok(took >= 1500, `2,000 frames took ${took} ms`);
+    assert.equal(new Set(fromSender(inboxB, raw.id).map((m) => m.seq)).size, 2000, 'each once');
+    assert.equal(h.stats().rateLimitedMessages, 0);
+  });
+
+  it('keeps at most maxDials connection attempts in flight; the others wait their turn', async (t) => {
+    const start = nodeFactory(t);
+    const dead = await deadEnds(t, 8);
+    const h = await start({
+      nick: 'h',
+      limits: { maxDials: 2 },
+      peers: dead.addresses.map((a) => ({ host: HOST, port: Number(a.split(':')[1]) })),
+    });
+    let peakInFlight = 0;
+    const watch = setInterval(() => (peakInFlight = Math.max(peakInFlight, h.stats().dialsInFlight)), 5);
+    t.after(() => clearInterval(watch));
+    // Each dead end holds a dial until the hello timeout (1.5 s in tests): turns come as they fail.
+    await waitFor(() => dead.reached() >= 4, 'dials beyond the first two', 6000);
+    assert.ok(peakInFlight <= 2, `${peakInFlight} dials in flight`);
+    // Seen from the dead ends, a slot's next dial may open a moment before the last one's close
+    // arrives; without the cap all 8 would be open at once.
+    assert.ok(dead.peak() <= 4, `${dead.peak()} connections open at once`);
+  });
+
+  it('keeps at most maxLearnedAddresses learned addresses, however many peer lists arrive', async (t) => {
+    const start = nodeFactory(t);
+    const dead = await deadEnds(t, 4);
+    const h = await start({ nick: 'h', limits: { maxLearnedAddresses: 10 } });
+    const raw = await rawPeer(t, h.port, { answerPings: true });
+    await waitFor(() => h.peers().length === 1, 'h to have the raw peer');
+    // 3 lists of 60 entries: fake ids on closed loopback ports, and the dead ends.
+    for (let list = 0; list < 3; list++) {
+      const peers: PeerEntry[] = [];
+      for (let i = 0; i < 60; i++) {
+        const id = (list * 100 + i).toString(16).padStart(32, '0');
+        const addr = i < dead.addresses.length ? dead.addresses[i]! : `127.0.0.1:${1 + list * 100 + i}`;
+        peers.push({ id, addr });
+      }
+      raw.send({ type: 'peers', peers });
+    }
+    raw.send(signedChat(raw.identity, { text: 'barrier', seq: 1 }));
+    await waitFor(() => h.stats().historySize === 1, 'the frames before the barrier to be handled');
+    // The raw peer's own address (learned when it connected) plus at most 10 learned ones.
+    assert.ok(h.stats().knownAddresses <= 10, `${h.stats().knownAddresses} addresses kept`);
+    assert.ok(h.stats().dialsInFlight <= 16);
+    assert.ok(
+      h.peers().some((p) => p.id === raw.id),
+      'the raw peer is still connected',
+    );
+  });
+});

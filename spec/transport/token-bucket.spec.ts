@@ -1,0 +1,101 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { RateLimiter, TokenBucket } from '../../lib/transport/token-bucket.js';
+
+/** A clock the test moves by hand. */
+function manualClock(): { now: () => number; advance: (ms: number) => void } {
+  let t = 1_000_000;
+  return { now: () => t, advance: (ms) => void (t += ms) };
+}
+
+describe('TokenBucket', () => {
+  it('starts full, gives out its burst, then refills at its rate', () => {
+    const clock = manualClock();
+    const bucket = new TokenBucket({ perSecond: 10, burst: 3 }, clock.now);
+    assert.deepEqual(
+      [1, 2, 3, 4].map(() => bucket.tryTake()),
+      [true, true, true, false],
+    );
+    assert.equal(bucket.msUntil(1), 100);
+    clock.advance(99);
+    assert.equal(bucket.tryTake(), false);
+    clock.advance(1);
+    assert.equal(bucket.tryTake(), true);
+    clock.advance(10_000);
+    assert.equal(bucket.tokens, 3, 'never above the burst');
+  });
+
+  it('lets spend overdraw, and the debt is paid back by the refill before tokens come again', () => {
+    const clock = manualClock();
+    const bucket = new TokenBucket({ perSecond: 100, burst: 5 }, clock.now);
+    for (let i = 0; i < 15; i++) bucket.spend();
+    assert.equal(bucket.tokens, -10);
+    assert.equal(bucket.msUntil(1), 110);
+    assert.equal(bucket.tryTake(), false);
+    clock.advance(110);
+    assert.equal(bucket.tryTake(), true);
+  });
+
+  it('refuses a rate or burst that is not positive', () => {
+    for (const rate of [
+      { perSecond: 0, burst: 1 },
+      { perSecond: 1, burst: -1 },
+      { perSecond: Number.NaN, burst: 1 },
+      { perSecond: 1, burst: Number.POSITIVE_INFINITY },
+    ]) {
+      assert.throws(() => new TokenBucket(rate), RangeError);
+      assert.throws(() => new RateLimiter(rate), RangeError);
+    }
+  });
+
+  it('never grants more than burst + rate x elapsed, whatever the pattern of takes', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 1000 }),
+        fc.integer({ min: 1, max: 100 }),
+        fc.array(fc.tuple(fc.integer({ min: 0, max: 500 }), fc.integer({ min: 1, max: 20 })), {
+          maxLength: 200,
+        }),
+        (perSecond, burst, steps) => {
+          const clock = manualClock();
+          const bucket = new TokenBucket({ perSecond, burst }, clock.now);
+          let granted = 0;
+          let elapsed = 0;
+          for (const [ms, takes] of steps) {
+            clock.advance(ms);
+            elapsed += ms;
+            for (let i = 0; i < takes; i++) if (bucket.tryTake()) granted++;
+            assert.ok(bucket.tokens >= 0 && bucket.tokens <= burst);
+          }
+          assert.ok(granted <= burst + (perSecond * elapsed) / 1000 + 1e-9, `${granted} granted`);
+        },
+      ),
+    );
+  });
+});
+
+describe('RateLimiter', () => {
+  it('keeps one bucket per key', () => {
+    const clock = manualClock();
+    const limiter = new RateLimiter({ perSecond: 1, burst: 2 }, { now: clock.now });
+    assert.deepEqual(
+      ['a', 'a', 'a', 'b', 'b', 'b'].map((k) => limiter.tryTake(k)),
+      [true, true, false, true, true, false],
+    );
+    assert.equal(limiter.allows('a'), false);
+    assert.equal(limiter.allows('c'), true, 'a new key starts full');
+    clock.advance(1000);
+    assert.equal(limiter.allows('a'), true);
+  });
+
+  it('remembers at most max keys, forgetting the least recently used', () => {
+    const limiter = new RateLimiter({ perSecond: 1, burst: 1 }, { max: 2, now: () => 0 });
+    limiter.spend('a');
+    limiter.spend('b');
+    assert.equal(limiter.allows('a'), false); // a is now the most recently used
+    limiter.spend('c'); // evicts b
+    assert.equal(limiter.allows('a'), false);
+    assert.equal(limiter.allows('b'), true, 'a forgotten key starts full again');
+  });
+});
