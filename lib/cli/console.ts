@@ -26,6 +26,12 @@ export interface ConsoleSink {
   log(line: string): void;
   /** The prompt, when it changes (nickname). */
   setPrompt(nick: string): void;
+  /**
+   * Writes what is still queued for stdout (see {@link lineBatch}) now, synchronously. For exit paths
+   * that do not go through `close()`, such as `process.on('exit')`.
+   */
+  flush(): void;
+  /** Flushes, and stops reading input. Lines given after it are written at once. */
   close(): void;
 }
 
@@ -98,6 +104,95 @@ function linesOf(rl: Interface): Observable<string> {
 }
 
 /**
+ * Lines for one stream, written together: every line queued during one turn of the event loop goes
+ * out in a single `write`, at the end of that turn. One write per line cost a stream write (and often
+ * a syscall) per chat message in a burst. The flush runs on `setImmediate`, right after the loop's
+ * I/O phase, so the lines of every socket read in that phase share one write, and a line waits only
+ * for the rest of the turn it was made in (microseconds, unless that turn is busy anyway). A
+ * microtask would flush after each socket's read instead: more writes, no latency worth having saved.
+ *
+ * Backpressure: while the stream wants a `'drain'` (a pipe whose reader is slower than the chat),
+ * lines wait here and go out in one write when it drains, rather than piling up in the stream's own
+ * buffer one chunk per line. Nothing is dropped, so this queue is unbounded, as that buffer was.
+ *
+ * @param stream where the lines go; watched for `'drain'`.
+ * @param writeOut writes one batch (lines with their newlines) to `stream`; the terminal's console
+ *   passes one that redraws its prompt after the batch.
+ */
+export function lineBatch(
+  stream: Writable,
+  writeOut: (text: string) => void = (text) => void stream.write(text),
+): LineBatch {
+  let queue: string[] = [];
+  let turnEnd: NodeJS.Immediate | undefined;
+  let awaitingDrain = false;
+  let closed = false;
+  const flush = (): void => {
+    if (turnEnd !== undefined) {
+      clearImmediate(turnEnd);
+      turnEnd = undefined;
+    }
+    if (queue.length === 0) return;
+    const text = `${queue.join('\n')}\n`;
+    queue = [];
+    writeOut(text);
+  };
+  const schedule = (): void => {
+    if (turnEnd === undefined && !awaitingDrain && queue.length > 0) turnEnd = setImmediate(atTurnEnd);
+  };
+  // 'close' too: a destroyed stream never drains, and must not make the queue grow for ever.
+  const onWritable = (): void => {
+    stream.off('drain', onWritable).off('close', onWritable);
+    awaitingDrain = false;
+    schedule();
+  };
+  const atTurnEnd = (): void => {
+    turnEnd = undefined;
+    if (stream.writableNeedDrain && !stream.destroyed) {
+      awaitingDrain = true;
+      stream.on('drain', onWritable).on('close', onWritable);
+      return;
+    }
+    flush();
+  };
+  return {
+    push(line) {
+      if (closed) {
+        writeOut(`${line}\n`);
+        return;
+      }
+      queue.push(line);
+      schedule();
+    },
+    flush,
+    get queued() {
+      return queue.length;
+    },
+    close() {
+      flush();
+      closed = true;
+      if (awaitingDrain) onWritable();
+    },
+  };
+}
+
+/** A queue of lines for one stream; see {@link lineBatch}. */
+export interface LineBatch {
+  /** Queues one line (without its newline) for the end of this turn; after `close()`, writes it at once. */
+  push(line: string): void;
+  /**
+   * Writes every queued line now, in one write, even while the stream wants a drain (it then buffers
+   * them, as it would have anyway). For exit paths, and before a write to another stream, so the two
+   * keep the order in which their lines were given.
+   */
+  flush(): void;
+  /** Lines queued and not yet written. */
+  readonly queued: number;
+  /** Flushes; from then on each line is written at once. */
+  close(): void;
+}
+
+/**
  * For a terminal: a prompt that stays intact while messages and logs arrive (each is written above
  * it, then the prompt and the half-typed line are drawn again).
  */
@@ -108,41 +203,49 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
   let closed = false;
   const above = (stream: Writable, text: string): void => {
     if (closed) {
-      stream.write(`${text}\n`);
+      stream.write(text);
       return;
     }
     cursorTo(out, 0);
     clearLine(out, 0);
-    stream.write(`${text}\n`);
+    stream.write(text);
     rl.prompt(true);
   };
+  // A burst of messages is drawn once per turn: one clear, the lines, one prompt.
+  const batch = lineBatch(out, (text) => above(out, text));
+  const show = (text: string): void => batch.push(text);
   return {
     lines$: linesOf(rl),
     ready({ id, port, nick }) {
       rl.setPrompt(`${sanitize(nick)}> `);
-      above(out, `p2p: node ${shortId(id)} (${id}) listening on port ${port}. Type a message, or /help.`);
+      show(`p2p: node ${shortId(id)} (${id}) listening on port ${port}. Type a message, or /help.`);
     },
-    message: (m) => above(out, formatMessage(m)),
+    message: (m) => show(formatMessage(m)),
     sent() {
       rl.prompt();
     },
-    peerUp: (p) => above(out, `* ${sanitize(p.nick)} (${shortId(p.id)}) joined from ${p.address}`),
-    peerDown: (p, reason) => above(out, `* ${sanitize(p.nick)} (${shortId(p.id)}) left: ${reason}`),
-    peers: (peers) => above(out, formatPeers(peers)),
+    peerUp: (p) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) joined from ${p.address}`),
+    peerDown: (p, reason) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) left: ${reason}`),
+    peers: (peers) => show(formatPeers(peers)),
     history(messages, atStart) {
       if (messages.length === 0) {
-        if (!atStart) above(out, 'no history yet');
+        if (!atStart) show('no history yet');
         return;
       }
-      above(out, formatHistory(messages));
+      show(formatHistory(messages));
     },
-    notice: (text) => above(out, text),
-    log: (line) => above(io.stderr, line),
+    notice: (text) => show(text),
+    log(line) {
+      batch.flush();
+      above(io.stderr, `${line}\n`);
+    },
     setPrompt(nick) {
       rl.setPrompt(`${sanitize(nick)}> `);
     },
+    flush: () => batch.flush(),
     close() {
       if (closed) return;
+      batch.close();
       closed = true;
       rl.close();
       out.write('\n');
@@ -153,10 +256,15 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
 /** For pipes without --json: each received message as one plain line on stdout. */
 export function plainConsole(io: ConsoleIo): ConsoleSink {
   const rl = createInterface({ input: io.stdin, terminal: false, crlfDelay: Infinity });
-  const write = (text: string): void => void io.stdout.write(`${text}\n`);
+  const batch = lineBatch(io.stdout);
+  const write = (text: string): void => batch.push(text);
+  const toStderr = (text: string): void => {
+    batch.flush(); // what came before it reaches stdout first, as when every line was written at once
+    io.stderr.write(`${text}\n`);
+  };
   return {
     lines$: linesOf(rl),
-    ready: ({ id, port }) => io.stderr.write(`p2p: node ${id} listening on port ${port}\n`),
+    ready: ({ id, port }) => toStderr(`p2p: node ${id} listening on port ${port}`),
     message: (m) => write(formatMessage(m)),
     sent() {},
     peerUp() {},
@@ -166,16 +274,25 @@ export function plainConsole(io: ConsoleIo): ConsoleSink {
       if (!atStart) write(messages.length === 0 ? 'no history yet' : formatHistory(messages));
     },
     notice: (text) => write(text),
-    log: (line) => io.stderr.write(`${line}\n`),
+    log: toStderr,
     setPrompt() {},
-    close: () => rl.close(),
+    flush: () => batch.flush(),
+    close() {
+      batch.close();
+      rl.close();
+    },
   };
 }
 
 /** `--json`: one JSON event per line on stdout, for programs. The events are documented in README. */
 export function jsonConsole(io: ConsoleIo): ConsoleSink {
   const rl = createInterface({ input: io.stdin, terminal: false, crlfDelay: Infinity });
-  const emit = (event: Record<string, unknown>): void => void io.stdout.write(`${JSON.stringify(event)}\n`);
+  const batch = lineBatch(io.stdout);
+  const emit = (event: Record<string, unknown>): void => batch.push(JSON.stringify(event));
+  const toStderr = (text: string): void => {
+    batch.flush(); // what came before it reaches stdout first, as when every line was written at once
+    io.stderr.write(`${text}\n`);
+  };
   const peer = (p: PeerInfo) => ({ peer: p.id, nick: p.nick, address: p.address, direction: p.direction });
   return {
     lines$: linesOf(rl),
@@ -188,9 +305,13 @@ export function jsonConsole(io: ConsoleIo): ConsoleSink {
     history(messages, atStart) {
       if (!atStart) emit({ event: 'history', messages: messages.map((m) => messageEvent(undefined, m)) });
     },
-    notice: (text) => io.stderr.write(`${text}\n`),
-    log: (line) => io.stderr.write(`${line}\n`),
+    notice: toStderr,
+    log: toStderr,
     setPrompt() {},
-    close: () => rl.close(),
+    flush: () => batch.flush(),
+    close() {
+      batch.close();
+      rl.close();
+    },
   };
 }

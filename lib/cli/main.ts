@@ -17,7 +17,7 @@ export interface CliIo {
   readonly stdout: Writable & { isTTY?: boolean };
   readonly stderr: Writable;
   readonly env: NodeJS.ProcessEnv;
-  /** Where SIGINT/SIGTERM are listened for. */
+  /** Where SIGINT/SIGTERM are listened for, and `'exit'` (to write out queued output). */
   readonly signals: NodeJS.EventEmitter;
 }
 
@@ -35,6 +35,13 @@ const START_HISTORY = 10;
 /** How long close() may take before the CLI gives up waiting for sockets. */
 const CLOSE_GRACE_MS = 2000;
 
+/**
+ * How long `run` waits at exit for stdout to take what is still buffered in it (a pipe whose reader is
+ * behind). As long as the close grace: a reader that is alive catches up within it, one that stopped
+ * reading must not keep a finished node alive.
+ */
+const EXIT_FLUSH_MS = 2000;
+
 export const HELP_TEXT = `commands:
   /help              this list
   /peers             the connected peers
@@ -44,11 +51,19 @@ export const HELP_TEXT = `commands:
   /quit              leave (Ctrl+C and Ctrl+D too)
   //text             send a line that starts with /`;
 
+/** The package's version, from package.json: two levels up from dist/cli/main.js, one from the bundle dist/p2p.mjs. */
 export function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as {
-    version: string;
-  };
-  return pkg.version;
+  for (const path of ['../../package.json', '../package.json']) {
+    let text: string;
+    try {
+      text = readFileSync(new URL(path, import.meta.url), 'utf8');
+    } catch {
+      continue;
+    }
+    const pkg = JSON.parse(text) as { name?: string; version: string };
+    if (pkg.name === 'p2p') return pkg.version;
+  }
+  throw new Error('p2p: package.json not found next to the program');
 }
 
 /**
@@ -154,10 +169,12 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     }),
   );
   const onSignal = (): void => quit();
-  io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  // Exits that skip the return path below (an uncaught exception) still write the queued lines.
+  const onExit = (): void => sink.flush();
+  io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal).on('exit', onExit);
 
   await quitting;
-  io.signals.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  io.signals.off('SIGINT', onSignal).off('SIGTERM', onSignal).off('exit', onExit);
   subscription.unsubscribe();
   sink.close();
   await Promise.race([node.close(), new Promise((resolve) => setTimeout(resolve, CLOSE_GRACE_MS).unref())]);
@@ -254,14 +271,31 @@ function startFailure(err: unknown, options: CliOptions): string {
   }
 }
 
-/** Entry point of `bin/p2p`: runs {@link main} and exits with its code. */
+/**
+ * Entry point of `bin/p2p`: runs {@link main} and exits with its code, once stdout has written what
+ * it holds (see {@link exitWhenWritten}).
+ */
 export function run(argv: readonly string[]): void {
   main(argv).then(
-    (code) => process.exit(code),
+    (code) => exitWhenWritten(code),
     (err: unknown) => {
       // A bug, not a user or network error: show it whole.
       console.error(err);
-      process.exit(70);
+      exitWhenWritten(70);
     },
   );
+}
+
+/**
+ * `process.exit(code)`, after stdout has written what is buffered in it, or after EXIT_FLUSH_MS. A
+ * pipe is asynchronous on POSIX: data it could not take yet sits in the stream, and `process.exit`
+ * would drop it. The empty write's callback runs once everything written before it is out.
+ */
+function exitWhenWritten(code: number): void {
+  const out = process.stdout;
+  if (out.writableLength === 0 || out.destroyed) process.exit(code);
+  const exit = (): never => process.exit(code);
+  setTimeout(exit, EXIT_FLUSH_MS);
+  out.once('error', exit);
+  out.write('', exit);
 }

@@ -1,0 +1,347 @@
+import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import { PassThrough, Writable } from 'node:stream';
+import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  jsonConsole,
+  lineBatch,
+  plainConsole,
+  ttyConsole,
+  type ConsoleIo,
+  type ConsoleSink,
+} from '../../lib/cli/console.js';
+import { main } from '../../lib/cli/main.js';
+import type { ChatMessage, PeerInfo } from '../../lib/node/node.js';
+import { procsFor, type CliEvent, type SentEvent } from '../helpers/procs.js';
+
+/** The end of this turn of the event loop, after the sinks' own `setImmediate` flush. */
+const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+
+/** An ANSI control sequence (cursor moves, line clears), as readline writes them. */
+const CSI = new RegExp(String.raw`\x1b\[[0-9;?]*[A-Za-z]`, 'g');
+
+/** Writes to every fake stream of a test, in the order they reached the streams. */
+type Journal = Array<{ readonly stream: string; readonly text: string }>;
+
+/**
+ * A stdout or stderr stand-in: a real Writable whose `write` is a spy. While `slow`, it keeps each
+ * chunk's callback back, like a pipe whose reader has stopped: past `highWaterMark` bytes, `write`
+ * returns false until `release()` lets it drain.
+ */
+function fakeStream(t: TestContext, name: string, journal: Journal, highWaterMark = 16 * 1024) {
+  const held: Array<() => void> = [];
+  const state = { slow: false };
+  const stream = new Writable({
+    highWaterMark,
+    decodeStrings: false,
+    write(chunk: string, _encoding, callback) {
+      journal.push({ stream: name, text: chunk });
+      if (state.slow) held.push(callback);
+      else callback();
+    },
+  });
+  const write = t.mock.method(stream, 'write');
+  return {
+    stream,
+    /** What each call of `write` was given, in order. */
+    writes: (): string[] => write.mock.calls.map((call) => String(call.arguments[0])),
+    slow(): void {
+      state.slow = true;
+    },
+    release(): void {
+      state.slow = false;
+      for (const callback of held.splice(0)) callback();
+    },
+  };
+}
+
+function fakeIo(t: TestContext, stdoutHighWaterMark?: number) {
+  const journal: Journal = [];
+  const stdin = new PassThrough();
+  const stdout = fakeStream(t, 'stdout', journal, stdoutHighWaterMark);
+  const stderr = fakeStream(t, 'stderr', journal);
+  const io: ConsoleIo = { stdin, stdout: stdout.stream, stderr: stderr.stream };
+  t.after(() => stdin.end());
+  return { io, stdin, stdout, stderr, journal };
+}
+
+const ID = 'a1b2c3d4e5f60718293a4b5c6d7e8f90';
+const message = (seq: number): ChatMessage => ({
+  id: `m${seq}`,
+  from: ID,
+  nick: 'bob',
+  text: `line ${seq}`,
+  ts: Date.UTC(2025, 0, 1, 12, 0, 0),
+  seq,
+});
+const PEER: PeerInfo = { id: ID, nick: 'bob', address: '127.0.0.1:8002', direction: 'out' };
+
+/** The JSON events of one chunk of `--json` output. */
+const eventsOf = (chunk: string): Array<Record<string, unknown>> =>
+  chunk
+    .split('\n')
+    .filter((line) => line.length > 0)
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+
+describe('console sinks: one stdout write per turn of the event loop', () => {
+  it('writes every --json event of one turn in one write, in the order they came', async (t) => {
+    const { io, stdout } = fakeIo(t);
+    const sink = jsonConsole(io);
+    t.after(() => sink.close());
+    sink.ready({ id: ID, port: 8001, nick: 'alice' });
+    sink.peerUp(PEER);
+    for (let seq = 1; seq <= 1000; seq++) sink.message(message(seq));
+    sink.sent(message(1001));
+    sink.peers([PEER]);
+    sink.history([message(1)], false);
+    sink.peerDown(PEER, 'closed');
+    assert.equal(stdout.writes().length, 0, 'nothing is written before the end of the turn');
+
+    await nextTurn();
+    const writes = stdout.writes();
+    assert.equal(writes.length, 1, 'one write for the whole turn');
+    const events = eventsOf(writes[0]!);
+    assert.deepEqual(
+      events.map((e) => e['event']),
+      ['ready', 'peer-up', ...Array<string>(1000).fill('message'), 'sent', 'peers', 'history', 'peer-down'],
+    );
+    assert.deepEqual(
+      events.filter((e) => e['event'] === 'message').map((e) => e['seq']),
+      Array.from({ length: 1000 }, (_, i) => i + 1),
+    );
+    assert.ok(writes[0]!.endsWith('}\n'), 'the last line ends with its newline');
+
+    sink.message(message(2000));
+    await nextTurn();
+    assert.equal(stdout.writes().length, 2, 'a later turn is a write of its own');
+    assert.deepEqual(eventsOf(stdout.writes()[1]!), [{ event: 'message', ...message(2000) }]);
+  });
+
+  it('writes every plain line of one turn in one write, in the order they came', async (t) => {
+    const { io, stdout } = fakeIo(t);
+    const sink = plainConsole(io);
+    t.after(() => sink.close());
+    for (let seq = 1; seq <= 500; seq++) sink.message(message(seq));
+    sink.notice('you are now carol');
+    sink.peers([]);
+    sink.history([], false);
+    sink.peerUp(PEER); // not shown in plain mode
+
+    await nextTurn();
+    const writes = stdout.writes();
+    assert.equal(writes.length, 1);
+    const lines = writes[0]!.split('\n');
+    assert.equal(lines.pop(), '', 'ends with a newline');
+    assert.equal(lines.length, 503);
+    assert.match(lines[0]!, /^\[\d\d:\d\d:\d\d\] bob \(a1b2c3\): line 1$/);
+    assert.match(lines[499]!, /: line 500$/);
+    assert.deepEqual(lines.slice(500), ['you are now carol', 'no peers connected', 'no history yet']);
+  });
+
+  it('writes what stdout has queued before a stderr line, so the two keep their order', async (t) => {
+    const { io, journal } = fakeIo(t);
+    const sink = jsonConsole(io);
+    t.after(() => sink.close());
+    sink.message(message(1));
+    sink.message(message(2));
+    sink.log('info: peer up: bob');
+    sink.message(message(3));
+    sink.notice('message not sent: too long'); // --json notices go to stderr
+    await nextTurn();
+    assert.deepEqual(
+      journal.map((w) => [w.stream, w.stream === 'stdout' ? eventsOf(w.text).map((e) => e['seq']) : w.text]),
+      [
+        ['stdout', [1, 2]],
+        ['stderr', 'info: peer up: bob\n'],
+        ['stdout', [3]],
+        ['stderr', 'message not sent: too long\n'],
+      ],
+    );
+  });
+
+  it('writes the queued lines at once on close(), and any later line right away', async (t) => {
+    for (const make of [jsonConsole, plainConsole]) {
+      const { io, stdout } = fakeIo(t);
+      const sink: ConsoleSink = make(io);
+      for (let seq = 1; seq <= 3; seq++) sink.message(message(seq));
+      sink.close();
+      assert.equal(stdout.writes().length, 1, `${make.name}: written by close() itself, not a turn later`);
+      assert.equal(stdout.writes()[0]!.split('\n').length, 4);
+      sink.message(message(4));
+      assert.equal(stdout.writes().length, 2, `${make.name}: after close() nothing waits`);
+      await nextTurn();
+      assert.equal(stdout.writes().length, 2, `${make.name}: no flush left scheduled`);
+    }
+  });
+
+  it('writes the queued lines at once on flush() (the exit hook), then batches again', async (t) => {
+    const { io, stdout } = fakeIo(t);
+    const sink = jsonConsole(io);
+    t.after(() => sink.close());
+    sink.message(message(1));
+    sink.message(message(2));
+    sink.flush();
+    assert.deepEqual(stdout.writes().map(eventsOf), [
+      [
+        { event: 'message', ...message(1) },
+        { event: 'message', ...message(2) },
+      ],
+    ]);
+    await nextTurn();
+    assert.equal(stdout.writes().length, 1, 'nothing left for the end of the turn');
+    sink.message(message(3));
+    sink.message(message(4));
+    assert.equal(stdout.writes().length, 1);
+    await nextTurn();
+    assert.equal(stdout.writes().length, 2);
+  });
+
+  it('draws a burst in a terminal once: the lines in one write, then the prompt', async (t) => {
+    const { io, stdout } = fakeIo(t);
+    const sink = ttyConsole(io, () => {});
+    sink.ready({ id: ID, port: 8001, nick: 'alice' });
+    await nextTurn();
+    const before = stdout.writes().length;
+    for (let seq = 1; seq <= 100; seq++) sink.message(message(seq));
+    sink.peerUp(PEER);
+    assert.equal(stdout.writes().length, before, 'nothing drawn before the end of the turn');
+    await nextTurn();
+    const drawn = stdout.writes().slice(before);
+    const withLines = drawn.filter((w) => w.includes('line '));
+    assert.equal(withLines.length, 1, 'every line in one write');
+    const lines = withLines[0]!.split('\n');
+    assert.equal(lines.length, 102);
+    assert.match(lines[100]!, /^\* bob \(a1b2c3\) joined from 127\.0\.0\.1:8002$/);
+    const after = drawn.slice(drawn.indexOf(withLines[0]!) + 1).join('');
+    assert.equal(after.replace(CSI, ''), 'alice> ', 'then the prompt, drawn again below them');
+    sink.message(message(101));
+    sink.close();
+    assert.ok(
+      stdout.writes().some((w) => w.includes('line 101\n')),
+      'close() draws what is queued',
+    );
+  });
+});
+
+describe('lineBatch: backpressure', () => {
+  it('while the stream wants a drain, keeps lines back and writes them in one write once it drains', async (t) => {
+    const { stdout, journal } = fakeIo(t, 64);
+    const batch = lineBatch(stdout.stream);
+    stdout.slow();
+    batch.push('x'.repeat(100)); // past the high-water mark: the stream asks for a drain
+    await nextTurn();
+    assert.equal(stdout.writes().length, 1);
+    assert.equal(stdout.stream.writableNeedDrain, true);
+
+    for (let turn = 0; turn < 5; turn++) {
+      for (let i = 0; i < 20; i++) batch.push(`${turn}.${i}`);
+      await nextTurn();
+    }
+    assert.equal(stdout.writes().length, 1, 'nothing more is handed to a stream that wants a drain');
+    assert.equal(batch.queued, 100);
+
+    stdout.release();
+    await nextTurn();
+    await nextTurn();
+    const writes = stdout.writes();
+    assert.equal(writes.length, 2, 'one write once it drains');
+    const expected = Array.from({ length: 5 }, (_, turn) =>
+      Array.from({ length: 20 }, (_, i) => `${turn}.${i}`),
+    );
+    assert.equal(writes[1], `${expected.flat().join('\n')}\n`);
+    assert.equal(batch.queued, 0);
+    assert.equal(
+      journal.map((w) => w.text).join(''),
+      writes.join(''),
+      'everything reached the stream, in order',
+    );
+    batch.close();
+  });
+
+  it('close() hands the stream what is queued even while it wants a drain, so nothing is lost', async (t) => {
+    const { stdout } = fakeIo(t, 64);
+    const batch = lineBatch(stdout.stream);
+    stdout.slow();
+    batch.push('x'.repeat(100));
+    await nextTurn();
+    batch.push('a');
+    batch.push('b');
+    await nextTurn();
+    assert.equal(stdout.writes().length, 1);
+    batch.close();
+    assert.deepEqual(stdout.writes().slice(1), ['a\nb\n']);
+    assert.equal(stdout.stream.listenerCount('drain'), 0, 'stops waiting for the drain');
+    stdout.release();
+  });
+
+  it('stops waiting when the stream is destroyed, rather than queueing for ever', async (t) => {
+    const { stdout } = fakeIo(t, 64);
+    stdout.stream.on('error', () => {}); // writes to a destroyed stream fail, as they did unbatched
+    const batch = lineBatch(stdout.stream);
+    stdout.slow();
+    batch.push('x'.repeat(100));
+    await nextTurn();
+    batch.push('a');
+    stdout.stream.destroy();
+    await once(stdout.stream, 'close');
+    await nextTurn();
+    assert.equal(batch.queued, 0);
+    batch.close();
+  });
+});
+
+describe('main: output still queued at exit', () => {
+  it("writes the queued lines from the process 'exit' hook", async (t) => {
+    const { io, stdin, stdout } = fakeIo(t);
+    const signals = new EventEmitter();
+    const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], {
+      ...io,
+      env: {},
+      signals,
+    });
+    const started = Date.now();
+    while (!stdout.writes().some((w) => w.includes('"ready"'))) {
+      assert.ok(Date.now() - started < 8_000, 'no ready event');
+      await delay(10);
+    }
+    const atExit: string[][] = [];
+    // After the console's own 'data' listener: the /peers reply is queued, the turn not over.
+    stdin.on('data', () => {
+      const before = stdout.writes().length;
+      signals.emit('exit', 1);
+      atExit.push(stdout.writes().slice(before));
+    });
+    const handled = once(stdin, 'data');
+    stdin.write('/peers\n');
+    await handled;
+    assert.deepEqual(
+      atExit.map((writes) => writes.flatMap(eventsOf)),
+      [[{ event: 'peers', peers: [] }]],
+    );
+    signals.emit('SIGTERM');
+    assert.equal(await code, 0);
+    assert.equal(signals.listenerCount('exit'), 0, 'the hook is removed once main is done');
+  });
+});
+
+describe('bin/p2p output at exit', () => {
+  it('exits only once a slow reader has taken everything it printed', async (t) => {
+    const procs = procsFor(t);
+    const node = await procs.node();
+    const stdout = node.child.stdout!;
+    stdout.pause(); // the reader falls behind: the pipe and the node's stdout buffer fill up
+    const count = 2_000; // about 140 KB of `sent` events, more than a pipe holds (64 KiB)
+    node.write(`${Array.from({ length: count }, (_, i) => `burst ${i + 1}`).join('\n')}\n/quit\n`);
+    // Before this, the node exited as soon as /quit was handled, and what the pipe had no room for was lost.
+    await Promise.race([once(node.child, 'exit'), delay(1_000)]);
+    stdout.resume();
+    assert.deepEqual(await node.waitForExit(), { code: 0, signal: null });
+    const sent = node.events.filter((e: CliEvent): e is SentEvent & { seq: number } => e.event === 'sent');
+    assert.equal(sent.length, count, 'every sent event reached the reader');
+    assert.deepEqual(
+      sent.map((e) => e.seq),
+      Array.from({ length: count }, (_, i) => i + 1),
+    );
+  });
+});
