@@ -23,6 +23,25 @@ export interface LinkSecurity {
   readonly networkKey: Uint8Array | undefined;
 }
 
+/** What a {@link Connection} is made of, besides its socket and direction. */
+export interface ConnectionOptions {
+  /** Largest frame accepted from the peer once authenticated (plaintext bytes). */
+  readonly maxFrameBytes: number;
+  readonly writer: WriterOptions;
+  /** Frames per second the peer may send once authenticated; over it, reading pauses. */
+  readonly frameRate: RateOptions;
+  /** Called when the writer gives up on the peer (outbox overflow, no drain). */
+  readonly onWriteFault: (conn: Connection, err: ProtocolError) => void;
+  readonly security: LinkSecurity;
+  /** The address this node dialled, for outbound connections. */
+  readonly dialed?: string | undefined;
+  /**
+   * True for a decrypted payload the node already has (a copy of a message it holds): dropped
+   * before it is parsed. Default: none is.
+   */
+  readonly isKnown?: (payload: Buffer) => boolean;
+}
+
 let nextConnectionNumber = 1;
 
 /**
@@ -44,7 +63,7 @@ export class Connection {
   readonly localHost: string;
   /** The peer's hello, once received. */
   hello: HelloFrame | undefined;
-  /** When the last frame arrived (ms, `Date.now`). */
+  /** When the last frame arrived (ms, `Date.now`); set on every frame, dropped copies included. */
   lastSeen = Date.now();
   /** Set when this node decided to close it, so the reason is logged once. */
   closing = false;
@@ -70,24 +89,24 @@ export class Connection {
   private readonly frameRate: TokenBucket;
   private resumeTimer: NodeJS.Timeout | undefined;
 
+  /** The address this node dialled, for outbound connections. */
+  readonly dialed: string | undefined;
+  private readonly isKnown: (payload: Buffer) => boolean;
+
   constructor(
     readonly socket: Socket,
     /** True when this node dialled it. */
     readonly outbound: boolean,
-    maxFrameBytes: number,
-    writerOptions: WriterOptions,
-    /** Frames per second the peer may send once authenticated; over it, reading pauses. */
-    frameRate: RateOptions,
-    onWriteFault: (conn: Connection, err: ProtocolError) => void,
-    security: LinkSecurity,
-    /** The address this node dialled, for outbound connections. */
-    readonly dialed?: string,
+    options: ConnectionOptions,
   ) {
+    const { maxFrameBytes, security } = options;
+    this.dialed = options.dialed;
+    this.isKnown = options.isKnown ?? (() => false);
     socket.setNoDelay(true);
     this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
     this.fullFrameBytes = maxFrameBytes + TAG_BYTES;
-    this.frameRate = new TokenBucket(frameRate);
+    this.frameRate = new TokenBucket(options.frameRate);
     this.handshake = createHandshake({
       initiator: outbound,
       identity: security.identity,
@@ -110,7 +129,7 @@ export class Connection {
         decode(),
       );
     });
-    this.writer = new PeerWriter(socket, (err) => onWriteFault(this, err), writerOptions);
+    this.writer = new PeerWriter(socket, (err) => options.onWriteFault(this, err), options.writer);
     // Ends with the outbox (complete/error below); the writer owns the socket's write side from here.
     this.writerSubscription = this.outbox.subscribe(this.writer);
   }
@@ -159,7 +178,9 @@ export class Connection {
   private open(raw: Buffer): Buffer[] {
     if (this.session !== undefined) {
       this.charge();
-      return [this.session.decrypt(raw)];
+      this.lastSeen = Date.now();
+      const payload = this.session.decrypt(raw);
+      return this.isKnown(payload) ? [] : [payload];
     }
     const { reply, session } = this.handshake.receive(raw);
     if (reply !== undefined) this.outbox.next(reply);

@@ -11,6 +11,7 @@ import {
   mergeMap,
   share,
   Subject,
+  tap,
   Subscription,
   throwError,
   timeout,
@@ -33,6 +34,7 @@ import {
   MAX_TEXT_LENGTH,
   PROTOCOL_VERSION,
   serializeFrame,
+  chatIdOf,
   type ChatFrame,
   type Frame,
   type HelloFrame,
@@ -341,6 +343,12 @@ class ChatNode implements P2PNode {
   private readonly senderRate: RateLimiter;
   /** Senders over their rate, and when that was last logged: one line per sender per minute. */
   private readonly limitedLog = new LRUCache<string, number>({ max: 1024 });
+  /**
+   * Ids of the messages most recently taken into the history: further copies are dropped on their
+   * raw bytes, before parsing (each message reaches a node once per link). 20,000 covers minutes of a
+   * busy chat; a copy of an older one takes the full path and is dropped there.
+   */
+  private readonly heldIds = new LRUCache<string, true>({ max: 20_000 });
   /** Messages dropped because their signature or sender id did not verify. */
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */
@@ -416,6 +424,7 @@ class ChatNode implements P2PNode {
       }),
       spendRate({ limiter: this.senderRate, key: sender }),
       remember(this.store),
+      tap((m) => this.heldIds.set(m.frame.id, true)),
       share(),
     );
     this.messages$ = chat$.pipe(
@@ -571,16 +580,18 @@ class ChatNode implements P2PNode {
   }
 
   private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
-    const conn = new Connection(
-      socket,
-      outbound,
-      this.maxFrameBytes,
-      this.writerOptions,
-      this.limits.peerFrames,
-      (c, err) => this.drop(c, err),
-      this.security,
+    const conn = new Connection(socket, outbound, {
+      maxFrameBytes: this.maxFrameBytes,
+      writer: this.writerOptions,
+      frameRate: this.limits.peerFrames,
+      onWriteFault: (c, err) => this.drop(c, err),
+      security: this.security,
       dialed,
-    );
+      isKnown: (payload) => {
+        const id = chatIdOf(payload);
+        return id !== undefined && this.heldIds.has(id);
+      },
+    });
     this.conns.add(conn);
     const hello: HelloFrame = {
       type: 'hello',
@@ -616,7 +627,6 @@ class ChatNode implements P2PNode {
   }
 
   private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound[] {
-    conn.lastSeen = Date.now();
     const hello = conn.hello;
     if (hello === undefined) {
       if (frame.type !== 'hello')

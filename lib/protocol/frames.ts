@@ -212,6 +212,31 @@ export function validateFrame(raw: unknown): Frame {
   }
 }
 
+const CHAT_PREFIX = Buffer.from('{"type":"chat","id":"');
+const QUOTE = 0x22;
+
+/**
+ * The id of a chat frame read straight from its payload bytes, without parsing it: the cheap
+ * duplicate check a node does on every copy of a message it already holds. Works on payloads laid
+ * out as {@link serializeFrame} lays them out (type first, then id), which is how every node sends
+ * and relays them; `undefined` for any other payload (then the caller parses it as usual).
+ *
+ * Nothing else of the payload is checked: a node only uses the id to drop copies of messages it
+ * holds, so a payload that lies about its id can at worst be dropped, as a peer could drop it anyway.
+ */
+export function chatIdOf(payload: Buffer): string | undefined {
+  if (
+    payload.length <= CHAT_PREFIX.length ||
+    payload.compare(CHAT_PREFIX, 0, CHAT_PREFIX.length, 0, CHAT_PREFIX.length) !== 0
+  )
+    return undefined;
+  const start = CHAT_PREFIX.length;
+  const end = payload.indexOf(QUOTE, start);
+  if (end < 0 || end - start > 64) return undefined;
+  const id = payload.toString('latin1', start, end);
+  return ID_PATTERN.test(id) ? id : undefined;
+}
+
 /** Serialises a frame to its payload (without the length prefix). */
 export function serializeFrame(frame: Frame): Buffer {
   return Buffer.from(JSON.stringify(frame), 'utf8');

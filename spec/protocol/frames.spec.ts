@@ -10,6 +10,7 @@ import {
   parseFrame,
   PROTOCOL_VERSION,
   serializeFrame,
+  chatIdOf,
   validateFrame,
   type ByeFrame,
   type ChatFrame,
@@ -531,5 +532,45 @@ describe('validateFrame', () => {
     it('is PROTOCOL_VERSION 1', () => {
       assert.equal(PROTOCOL_VERSION, 1);
     });
+  });
+});
+
+describe('chatIdOf', () => {
+  it('reads the id of every chat frame laid out as serializeFrame lays it out (type, then id)', () => {
+    fc.assert(
+      fc.property(chatArb, (frame) => {
+        const payload = serializeFrame(frame);
+        assert.equal(chatIdOf(payload), frame.id);
+        assert.equal((parseFrame(payload) as ChatFrame).id, chatIdOf(payload));
+      }),
+    );
+  });
+
+  it('returns undefined, never throws, for other frames and for arbitrary bytes', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          helloArb.map(serializeFrame),
+          fc.uint8Array().map((b) => Buffer.from(b)),
+        ),
+        (payload) => {
+          const id = chatIdOf(payload);
+          assert.ok(id === undefined || /^[0-9a-zA-Z_-]{1,64}$/.test(id));
+          if (!payload.toString('latin1').startsWith('{"type":"chat","id":"')) assert.equal(id, undefined);
+        },
+      ),
+    );
+    for (const text of [
+      '{"type":"chat"}',
+      '{"type":"chat","id":"',
+      '{"type":"chat","id":"no-end',
+      '{"type":"chat","id":"bad id"}',
+      `{"type":"chat","id":"${'a'.repeat(65)}"}`,
+      '{"id":"abc","type":"chat"}',
+      ' {"type":"chat","id":"abc"}',
+    ]) {
+      assert.equal(chatIdOf(Buffer.from(text)), undefined, text);
+    }
+    assert.equal(chatIdOf(Buffer.from('{"type":"chat","id":"abc"')), 'abc');
   });
 });
