@@ -1,10 +1,11 @@
 import type { Socket } from 'node:net';
-import { defer, mergeMap, Subject, tap, type Observable, type Subscription } from 'rxjs';
+import { defer, filter, map, Subject, tap, type Observable, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder } from '../protocol/codec.js';
 import type { ProtocolError } from '../protocol/errors.js';
 import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
 import { decode, type Decoded } from '../operators/decode.js';
+import type { PeerRef } from '../operators/types.js';
 import { fromSocket } from '../transport/from-socket.js';
 import { PeerWriter, type WriterOptions } from '../transport/writer.js';
 import { TAG_BYTES } from '../security/cipher.js';
@@ -75,6 +76,8 @@ export class Connection {
   strikes = 0;
   /** The peer refused this connection (`bye full`): a failed dial, not a lost link. */
   refused = false;
+  /** A pending request to the peer for messages this node lacks (see the node's rate limits). */
+  resyncTimer: NodeJS.Timeout | undefined;
   /** The authenticated session, once the handshake completed. */
   session: SecureSession | undefined;
   private readonly handshake: Handshake;
@@ -120,7 +123,8 @@ export class Connection {
       const decoder = new FrameDecoder(MAX_HANDSHAKE_MESSAGE_BYTES);
       this.decoder = decoder;
       return fromSocket(socket, decoder).pipe(
-        mergeMap((raw) => this.open(raw)),
+        map((raw) => this.open(raw)),
+        filter((payload): payload is Buffer => payload !== undefined),
         tap({
           complete: () => {
             if (this.session === undefined) throw this.handshake.closedError();
@@ -133,6 +137,15 @@ export class Connection {
     // Ends with the outbox (complete/error below); the writer owns the socket's write side from here.
     this.writerSubscription = this.outbox.subscribe(this.writer);
   }
+
+  /** The peer as the pipeline names it ({@link PeerRef}), once its hello arrived; one object per connection. */
+  get peerRef(): PeerRef | undefined {
+    if (this.ref === undefined && this.hello !== undefined)
+      this.ref = { id: this.hello.id, host: this.remoteHost };
+    return this.ref;
+  }
+
+  private ref: PeerRef | undefined;
 
   /** The remote node's id, once its hello arrived. */
   get peerId(): string | undefined {
@@ -175,12 +188,12 @@ export class Connection {
   }
 
   /** A received frame: the next handshake message, or an encrypted frame to open. */
-  private open(raw: Buffer): Buffer[] {
+  private open(raw: Buffer): Buffer | undefined {
     if (this.session !== undefined) {
       this.charge();
       this.lastSeen = Date.now();
       const payload = this.session.decrypt(raw);
-      return this.isKnown(payload) ? [] : [payload];
+      return this.isKnown(payload) ? undefined : payload;
     }
     const { reply, session } = this.handshake.receive(raw);
     if (reply !== undefined) this.outbox.next(reply);
@@ -191,7 +204,7 @@ export class Connection {
       this.queued = [];
       for (const payload of queued) this.outbox.next(session.encrypt(payload));
     }
-    return [];
+    return undefined;
   }
 
   /**

@@ -100,6 +100,12 @@ export interface NodeTiming {
   readonly backoff?: BackoffOptions;
   /** Delay before telling peers that the peer set changed, so a burst of joins sends one list. Default 250 ms. */
   readonly peerListDelayMs?: number;
+  /**
+   * Delay before asking a peer again for messages dropped over their sender's rate. Default 5 s: the
+   * sender's bucket has refilled by 5 x its rate by then, and a flooding sender's backlog is offered
+   * at most once per 5 s.
+   */
+  readonly rateResyncDelayMs?: number;
 }
 
 /**
@@ -117,10 +123,12 @@ export interface NodeLimits {
   /**
    * Chat messages a sender (a signing key) may have accepted per second, with a burst on top; its
    * excess is dropped before the signature check (cheap) and not relayed, so a flood is cut at the
-   * first hop instead of crossing the network. Only new, valid messages are charged: a forger cannot
-   * spend an honest sender's budget, and copies relayed by several peers count once.
-   * Default 1,000/s, burst 10,000: a pasted file of 10,000 lines, or a whole history window
-   * resynced at once, passes; a sustained flood is cut to 1,000/s.
+   * first hop instead of crossing the network, and the node asks the peer again 5 s later for what
+   * it lacks (history resync), so an honest backlog is delayed, not lost. Only new, valid messages
+   * are charged: a forger cannot spend an honest sender's budget, and copies relayed by several
+   * peers count once. Default 500/s, burst 2,500: a pasted file of 2,500 lines passes at once, a
+   * sustained flood is held to 500/s, which every node of a network can verify and relay with most
+   * of its CPU to spare for the honest senders.
    */
   readonly senderMessages?: RateOptions;
   /**
@@ -138,7 +146,7 @@ export interface NodeLimits {
 
 export const LIMIT_DEFAULTS = {
   peerFrames: { perSecond: 10_000, burst: 20_000 },
-  senderMessages: { perSecond: 1_000, burst: 10_000 },
+  senderMessages: { perSecond: 500, burst: 2_500 },
   maxDials: 16,
   maxLearnedAddresses: 256,
 } as const;
@@ -266,6 +274,7 @@ const DEFAULT_TIMING = {
   peerTimeoutMs: 15_000,
   connectTimeoutMs: 5_000,
   peerListDelayMs: 250,
+  rateResyncDelayMs: 5_000,
 } as const;
 
 function checkNick(nick: string): string {
@@ -616,7 +625,9 @@ class ChatNode implements P2PNode {
             () => new ProtocolError('ERR_HELLO_TIMEOUT', `no hello within ${this.timing.helloTimeoutMs} ms`),
           ),
       }),
-      mergeMap((decoded) => this.onFrame(conn, decoded)),
+      // map + filter, not mergeMap over arrays: no inner subscription per frame.
+      map((decoded) => this.onFrame(conn, decoded)),
+      filter((inbound): inbound is Inbound => inbound !== undefined),
       catchError((err: unknown) => {
         if (!isPeerError(err)) return throwError(() => err);
         this.drop(conn, err as Error);
@@ -626,34 +637,34 @@ class ChatNode implements P2PNode {
     );
   }
 
-  private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound[] {
+  private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound | undefined {
     const hello = conn.hello;
     if (hello === undefined) {
       if (frame.type !== 'hello')
         throw new ProtocolError('ERR_EXPECTED_HELLO', `expected hello, got ${frame.type}`);
       this.onHello(conn, frame);
-      return [];
+      return undefined;
     }
     switch (frame.type) {
       case 'hello':
         throw new ProtocolError('ERR_DUPLICATE_HELLO', 'second hello on one connection');
       case 'ping':
         conn.send({ type: 'pong', n: frame.n });
-        return [];
+        return undefined;
       case 'pong':
-        return [];
+        return undefined;
       case 'bye':
         this.onBye(conn, frame.reason);
-        return [];
+        return undefined;
       case 'sync': {
         const marks = new Map(frame.marks.map((m) => [m.from, m.seq]));
         this.store.noteOwnSeq(marks.get(this.id) ?? 0);
         this.resync(conn, marks);
-        return [];
+        return undefined;
       }
       case 'chat':
       case 'peers':
-        return [{ peer: { id: hello.id, host: conn.remoteHost }, frame, payload }];
+        return { peer: conn.peerRef!, frame, payload };
     }
   }
 
@@ -802,19 +813,34 @@ class ChatNode implements P2PNode {
    */
   private overRate(message: Inbound<ChatFrame>): void {
     this.rateLimitedMessages++;
+    const conn = message.peer === null ? undefined : this.active.get(message.peer.id)?.conn;
+    if (conn !== undefined) this.resyncLater(conn);
     const { from, nick } = message.frame;
     const now = Date.now();
     const last = this.limitedLog.get(from);
     if (last !== undefined && now - last < 60_000) return;
     this.limitedLog.set(from, now);
-    const via =
-      message.peer === null
-        ? ''
-        : ` (via ${this.active.get(message.peer.id)?.conn.label ?? message.peer.id})`;
+    const via = conn === undefined ? '' : ` (via ${conn.label})`;
     const { perSecond, burst } = this.limits.senderMessages;
     this.log.warn(
-      `sender ${from.slice(0, 8)} (${nick}) is over ${perSecond} messages/s (burst ${burst})${via}: dropping its excess`,
+      `sender ${from.slice(0, 8)} (${nick}) is over ${perSecond} messages/s (burst ${burst})${via}: deferring its excess`,
     );
+  }
+
+  /**
+   * Asks `conn` again, a little later, for what this node lacks: messages dropped over their
+   * sender's rate are fetched again by the history resync, at the pace the rate allows, so an honest
+   * backlog (a long paste, a resync after a partition) is delayed, never lost. One request per peer
+   * at a time.
+   */
+  private resyncLater(conn: Connection): void {
+    if (conn.resyncTimer !== undefined || conn.closing) return;
+    conn.resyncTimer = setTimeout(() => {
+      conn.resyncTimer = undefined;
+      if (!conn.closing && this.active.get(conn.peerId ?? '')?.conn === conn) conn.send(this.syncFrame());
+    }, this.timing.rateResyncDelayMs);
+    conn.resyncTimer.unref();
+    conn.socket.once('close', () => clearTimeout(conn.resyncTimer));
   }
 
   /** A bad peer or a failed socket: one log line naming the peer and the reason, then close it. */

@@ -1,4 +1,5 @@
 import { filter, type MonoTypeOperatorFunction } from 'rxjs';
+import { LRUCache } from 'lru-cache';
 import type { ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
 import { NETWORK_TAG_BYTES } from '../security/network-key.js';
@@ -30,12 +31,20 @@ export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFuncti
       `verifySignatures: network must be a ${NETWORK_TAG_BYTES}-byte tag, got ${network.length}`,
     );
   }
+  // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
+  // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
+  const ids = new LRUCache<string, string>({ max: 1024 });
   return filter((message) => {
     if (message.peer === null) return true;
     const { frame } = message;
     const publicKey = Buffer.from(frame.key, 'hex');
+    let id = ids.get(frame.key);
+    if (id === undefined) {
+      id = nodeIdOf(publicKey);
+      ids.set(frame.key, id);
+    }
     let reason: string | undefined;
-    if (nodeIdOf(publicKey) !== frame.from) reason = 'its sender id is not the id of its key';
+    if (id !== frame.from) reason = 'its sender id is not the id of its key';
     else {
       const fields = {
         id: frame.id,

@@ -168,3 +168,24 @@ describe('abuse limits', () => {
     );
   });
 });
+
+describe('abuse limits: nothing lost', () => {
+  it('fetches again, at the allowed pace, an honest backlog dropped over its sender rate', async (t) => {
+    const start = nodeFactory(t);
+    const h = await start({
+      nick: 'h',
+      limits: { senderMessages: { perSecond: 100, burst: 20 } },
+      timing: { rateResyncDelayMs: 300 },
+    });
+    // maxPeers 1: s and b never link to each other, so all b hears of s comes through h.
+    const s = await start({ nick: 's', peers: [loopback(h.port)], maxPeers: 1 });
+    const b = await start({ nick: 'b', peers: [loopback(h.port)], maxPeers: 1 });
+    const inboxB = record(b.messages$);
+    await waitFor(() => h.peers().length === 2, 'the links');
+    for (let i = 0; i < 200; i++) s.send(`paste ${i}`);
+    await waitFor(() => h.stats().rateLimitedMessages > 0, 'h to drop some over the rate');
+    await waitFor(() => h.stats().historySize === 200, 'h to hold all 200 in the end', 10_000);
+    await waitFor(() => fromSender(inboxB, s.id).length === 200, 'b to deliver all 200', 10_000);
+    assert.equal(new Set(fromSender(inboxB, s.id).map((m) => m.seq)).size, 200, 'each once');
+  });
+});
