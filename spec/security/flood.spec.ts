@@ -53,8 +53,12 @@ const RSS_SETTLE_AFTER_MESSAGES_BYTES = 96 * 1024 * 1024;
 const RELAY_TIMEOUT_MS = 5_000;
 /** Longest wait for H's fds and memory to come back after an attack. */
 const SETTLE_MS = 12_000;
-/** 99 % of honest lines must go from A's stdin to B's stdout within this, attack or not. */
-const MAX_P99_LATENCY_MS = 2_000;
+/**
+ * 99 % of honest lines must go from A's stdin to B's stdout within this, attack or not. The bound is
+ * set by the message flood: the sender's burst (2,500 messages) is accepted at once and every node
+ * verifies, stores and relays it before the honest lines queued behind it (about 1 s on 2 busy cores).
+ */
+const MAX_P99_LATENCY_MS = 3_000;
 /** And none may take longer than this. */
 const MAX_LATENCY_MS = 5_000;
 
