@@ -81,14 +81,18 @@ describe('abuse limits', () => {
     const raw = await rawPeer(t, h.port, { answerPings: true });
     await waitFor(() => h.peers().length === 2, 'h to have b and the raw peer');
 
+    const started = Date.now();
     burst(raw, 200);
     h.send('honest from h');
     await waitFor(() => inboxB.values.some((m) => m.text === 'honest from h'), 'the honest message at b');
-    await waitFor(() => h.stats().rateLimitedMessages >= 150, 'the excess to be dropped', 5000);
-    const relayed = fromSender(inboxB, raw.id).length;
+    // Every one of the 200 is either held (history, beside h's own message) or dropped over the rate.
+    const handled = (): number => h.stats().rateLimitedMessages + h.stats().historySize - 1;
+    await waitFor(() => handled() === 200, 'h to handle all 200', 5000);
+    const seconds = (Date.now() - started) / 1000;
+    const accepted = h.stats().historySize - 1;
     // 20 at once, then 5/s for however long the burst took to arrive.
-    assert.ok(relayed >= 20 && relayed <= 30, `${relayed} of 200 relayed`);
-    assert.equal(h.stats().rateLimitedMessages + h.stats().invalidMessages + relayed, 200);
+    assert.ok(accepted >= 20 && accepted <= 20 + 5 * seconds + 1, `${accepted} of 200 in ${seconds} s`);
+    await waitFor(() => fromSender(inboxB, raw.id).length === accepted, 'b to get what h accepted');
     assert.equal(h.stats().invalidMessages, 0);
     assert.equal(log.count('is over 5 messages/s'), 1, log.lines.join('\n'));
     assert.ok(
