@@ -20,11 +20,10 @@ import { randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import { serializeFrame, type ChatFrame, type PeerEntry } from '../../lib/protocol/frames.js';
+import { LIMIT_DEFAULTS } from '../../lib/node/node.js';
+import { serializeFrame, type PeerEntry } from '../../lib/protocol/frames.js';
 import { type Identity } from '../../lib/security/identity.js';
-import { networkTag } from '../../lib/security/network-key.js';
-import { signChat } from '../../lib/security/sign.js';
-import { rawPeer, waitFor, type RawPeer } from '../helpers/nodes.js';
+import { rawPeer, signedChat, waitFor, type RawPeer } from '../helpers/nodes.js';
 import { isMessage, isPeerDown, procsFor, type Proc, type ReadyEvent } from '../helpers/procs.js';
 
 const LOCAL = '127.0.0.1';
@@ -492,27 +491,14 @@ function peakOverlap(intervals: ReadonlyArray<readonly [number, number]>): numbe
 
 // ---- 2. a flood of valid messages ------------------------------------------------------------
 
-const PUBLIC_TAG = networkTag();
 /** The flood: messages per second, for how long, in slices of this many milliseconds. */
 const FLOOD_RATE = 10_000;
 const FLOOD_SECONDS = 3;
 const FLOOD_SLICE_MS = 10;
 /** The node's per-sender limit (burst, then per second), and the slack allowed on top of it. */
-const SENDER_BURST = 10_000;
-const SENDER_PER_SECOND = 1_000;
+const SENDER_BURST = LIMIT_DEFAULTS.senderMessages.burst;
+const SENDER_PER_SECOND = LIMIT_DEFAULTS.senderMessages.perSecond;
 const SENDER_SLACK = 500;
-
-/** A chat frame signed by `author` exactly as a node builds one (see spec/node/forgery.spec.ts). */
-function signed(author: Identity, fields: { text: string; seq: number; ts: number }): ChatFrame {
-  const body = { id: randomBytes(12).toString('base64url'), nick: 'flood', ...fields };
-  return {
-    type: 'chat',
-    ...body,
-    from: author.id,
-    key: author.publicKey.toString('hex'),
-    sig: signChat(author, body, PUBLIC_TAG).toString('base64url'),
-  };
-}
 
 /**
  * `count` payloads of chat frames of `author`, seq 1..count, each stamped with the time it is due
@@ -521,15 +507,19 @@ function signed(author: Identity, fields: { text: string; seq: number; ts: numbe
  */
 function presign(author: Identity, count: number, rate: number): { start: number; payloads: Buffer[] } {
   const probe = 200;
-  for (let i = 0; i < probe / 4; i++) signed(author, { text: 'warm-up', seq: 1, ts: Date.now() });
+  for (let i = 0; i < probe / 4; i++)
+    signedChat(author, { text: 'warm-up', seq: 1, ts: Date.now(), nick: 'flood' });
   const t0 = performance.now();
-  for (let i = 0; i < probe; i++) signed(author, { text: 'probe', seq: 1, ts: Date.now() });
+  for (let i = 0; i < probe; i++)
+    signedChat(author, { text: 'probe', seq: 1, ts: Date.now(), nick: 'flood' });
   const perMessageMs = (performance.now() - t0) / probe;
   const start = Date.now() + Math.ceil(perMessageMs * count * 1.15) + 100;
   const payloads: Buffer[] = [];
   for (let i = 0; i < count; i++) {
     const ts = start + Math.floor((i * 1000) / rate);
-    payloads.push(serializeFrame(signed(author, { text: `flood ${i + 1}`, seq: i + 1, ts })));
+    payloads.push(
+      serializeFrame(signedChat(author, { text: `flood ${i + 1}`, seq: i + 1, ts, nick: 'flood' })),
+    );
   }
   return { start, payloads };
 }

@@ -102,6 +102,29 @@ describe('chat signatures', () => {
     assert.equal(verifyChat({ ...fields, text: 'a\uD800b' }, signature, ours), false);
   });
 
+  it('refuses the signatures that only a lax verifier accepts: small-order keys, non-canonical S', () => {
+    // The identity point as key, and a signature (R = identity, S = 0) that satisfies the
+    // verification equation for every message under cofactor-less checks (RFC 8032 allows it).
+    const identityPoint = Buffer.alloc(32);
+    identityPoint[0] = 1;
+    const trivial = Buffer.concat([identityPoint, Buffer.alloc(32)]);
+    assert.equal(verifyChat({ ...fields, publicKey: identityPoint }, trivial, ours), false);
+    assert.equal(verifyChat({ ...fields, publicKey: Buffer.alloc(32) }, Buffer.alloc(64), ours), false);
+    // A valid signature with S + L (the group order) in place of S: same point, non-canonical bytes.
+    const signature = signChat(alice, message, ours);
+    const L = 2n ** 252n + 27742317777372353535851937790883648493n;
+    let S = 0n;
+    for (let i = 31; i >= 0; i--) S = (S << 8n) | BigInt(signature[32 + i]!);
+    let big = S + L;
+    const malleable = Buffer.from(signature);
+    for (let i = 0; i < 32; i++) {
+      malleable[32 + i] = Number(big & 0xffn);
+      big >>= 8n;
+    }
+    assert.equal(verifyChat(fields, signature, ours), true);
+    assert.equal(verifyChat(fields, malleable, ours), false);
+  });
+
   it('throws a RangeError for a bad network tag or a field this node cannot sign', () => {
     assert.throws(() => verifyChat(fields, signChat(alice, message, ours), Buffer.alloc(16)), RangeError);
     assert.throws(() => signChat(alice, { ...message, ts: 1.5 }, ours), RangeError);
