@@ -176,11 +176,12 @@ export interface NodeOptions {
   /** Most connected peers; further peers are refused after their hello. Default 32. */
   readonly maxPeers?: number;
   /**
-   * Peers learned through peer exchange are dialled while fewer than this are connected. Default 4
-   * (gossipsub's lower mesh bound): with the links other nodes dial in, a node ends with 4-10, enough
-   * paths for a flood to survive losses; each link costs every message one send and one receive at
-   * both ends, so fewer links is the largest saving there is (8 gave 12 links per node in a random
-   * 20-node network and 40 % less throughput).
+   * Peers learned through peer exchange are dialled while fewer than this are connected. Default 6
+   * (gossipsub's mesh degree D): a group of up to 7 nodes, such as the seed's examples, ends as a full
+   * mesh (every message one hop away); in larger networks a node ends with 6-12 links counting the ones
+   * other nodes dial in, enough paths for a flood to survive losses. Each link costs every message one
+   * send and one receive at both ends, so the degree is bounded (8 gave 12 links per node in a random
+   * 20-node network and 40 % less throughput than 4; 4 left 6-node groups short of a full mesh).
    */
   readonly targetPeers?: number;
   /** Dials of a learned address before it is forgotten. Default 8 (about a minute of backoff). */
@@ -395,7 +396,7 @@ class ChatNode implements P2PNode {
     }
     this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
-    this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 4, this.maxPeers));
+    this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.writerOptions = options.writer ?? {};
