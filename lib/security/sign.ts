@@ -28,37 +28,31 @@ export interface SignedChatFields {
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
 /**
- * UTF-8 of a well-formed string. A lone surrogate would be encoded as U+FFFD, so two different
- * strings would sign the same: refused instead.
+ * Byte length of a well-formed string in UTF-8. A lone surrogate would be encoded as U+FFFD, so two
+ * different strings would sign the same: refused instead.
  */
-function utf8(name: string, value: string, maxBytes: number): Buffer {
+function utf8Length(name: string, value: string, maxBytes: number): number {
   if (LONE_SURROGATE.test(value)) throw new RangeError(`${name} contains a lone surrogate`);
-  const bytes = Buffer.from(value, 'utf8');
-  if (bytes.length > maxBytes)
-    throw new RangeError(`${name} is ${bytes.length} bytes, the limit is ${maxBytes}`);
-  return bytes;
+  const length = Buffer.byteLength(value, 'utf8');
+  if (length > maxBytes) throw new RangeError(`${name} is ${length} bytes, the limit is ${maxBytes}`);
+  return length;
 }
 
-function u64(name: string, value: number): Buffer {
+function checkU64(name: string, value: number): number {
   if (!Number.isSafeInteger(value) || value < 0) {
     throw new RangeError(`${name} must be a safe non-negative integer, got ${value}`);
   }
-  const out = Buffer.alloc(8);
-  out.writeBigUInt64BE(BigInt(value));
-  return out;
+  return value;
 }
 
-function u16(length: number): Buffer {
-  const out = Buffer.alloc(2);
-  out.writeUInt16BE(length);
-  return out;
+/** Writes a safe non-negative integer as 8 bytes big-endian (two 32-bit halves: no BigInt). */
+function writeU64(out: Buffer, value: number, offset: number): number {
+  out.writeUInt32BE(Math.floor(value / 0x1_0000_0000), offset);
+  return out.writeUInt32BE(value % 0x1_0000_0000, offset + 4);
 }
 
-function u32(length: number): Buffer {
-  const out = Buffer.alloc(4);
-  out.writeUInt32BE(length);
-  return out;
-}
+/** Bytes before the id: prefix, kind, network tag, public key, seq, ts. */
+const FIXED_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES + PUBLIC_KEY_BYTES + 8 + 8;
 
 /**
  * The bytes a chat signature covers, a fixed binary layout (no JSON canonicalisation to get wrong):
@@ -88,23 +82,29 @@ export function chatSigningBytes(fields: SignedChatFields, network: Uint8Array):
       `an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${fields.publicKey.length}`,
     );
   }
-  const id = utf8('id', fields.id, 0xffff);
-  const nick = utf8('nick', fields.nick, 0xffff);
-  const text = utf8('text', fields.text, 0xffff_ffff);
-  return Buffer.concat([
-    SIGNING_PREFIX,
-    Buffer.of(SIGNED_KIND.chat),
-    network,
-    fields.publicKey,
-    u64('seq', fields.seq ?? 0),
-    u64('ts', fields.ts),
-    u16(id.length),
-    id,
-    u16(nick.length),
-    nick,
-    u32(text.length),
-    text,
-  ]);
+  // One allocation, written in place: this runs for every message at every node.
+  const seq = checkU64('seq', fields.seq ?? 0);
+  const ts = checkU64('ts', fields.ts);
+  const idLength = utf8Length('id', fields.id, 0xffff);
+  const nickLength = utf8Length('nick', fields.nick, 0xffff);
+  const textLength = utf8Length('text', fields.text, 0xffff_ffff);
+  const out = Buffer.allocUnsafe(FIXED_BYTES + 2 + idLength + 2 + nickLength + 4 + textLength);
+  let at = SIGNING_PREFIX.copy(out, 0);
+  at = out.writeUInt8(SIGNED_KIND.chat, at);
+  out.set(network, at);
+  at += NETWORK_TAG_BYTES;
+  out.set(fields.publicKey, at);
+  at += PUBLIC_KEY_BYTES;
+  at = writeU64(out, seq, at);
+  at = writeU64(out, ts, at);
+  at = out.writeUInt16BE(idLength, at);
+  at += out.write(fields.id, at, 'utf8');
+  at = out.writeUInt16BE(nickLength, at);
+  at += out.write(fields.nick, at, 'utf8');
+  at = out.writeUInt32BE(textLength, at);
+  at += out.write(fields.text, at, 'utf8');
+  if (at !== out.length) throw new Error(`chatSigningBytes: wrote ${at} of ${out.length} bytes`); // a bug here
+  return out;
 }
 
 /**
