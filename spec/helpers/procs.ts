@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { createServer, type AddressInfo, type Server } from 'node:net';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { isAlive } from './pids.js';
 
 /** The repository root: every process runs there, as `bin/p2p`. */
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -110,15 +111,6 @@ function descendants(pid: number): number[] {
   };
   visit(pid);
   return out;
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Where the spawned nodes keep their data directories: one fresh folder per test file run. */

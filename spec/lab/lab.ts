@@ -39,6 +39,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { it, type TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { isAlive } from '../helpers/pids.js';
 
 /** The repository root: nodes run there, as `bin/p2p`. */
 export const ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -215,15 +216,6 @@ export async function waitUntil<T>(
       );
     }
     await sleep(Math.min(intervalMs, Math.max(1, deadline - Date.now())));
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }
 

@@ -19,6 +19,7 @@ import {
   secs,
   sleep,
   waitUntil,
+  type Host,
   type Lab,
   type LabNode,
 } from './lab.js';
@@ -29,10 +30,15 @@ import {
  */
 const DIRECT_BOUND_MS = NODE.connectTimeoutMs + 4_000 + 2_000;
 
-async function line(lab: Lab): Promise<{ a: LabNode; r: LabNode; b: LabNode; start: number }> {
+/** A, R and B on three hosts, A and B started with only R; with `blockDirect`, A and B cannot reach each other. */
+async function line(
+  lab: Lab,
+  { blockDirect = false } = {},
+): Promise<{ a: LabNode; r: LabNode; b: LabNode; ha: Host; hb: Host; start: number }> {
   const ha = await lab.addHost('a');
   const hr = await lab.addHost('r');
   const hb = await lab.addHost('b');
+  if (blockDirect) await lab.block(ha, hb);
   const r = await lab.start(hr, ['8001', '--json'], { label: 'R' });
   const [a, b] = await Promise.all([
     lab.start(ha, ['8001', `${hr.address}:8001`, '--json', '--log-level', 'debug'], { label: 'A' }),
@@ -44,7 +50,7 @@ async function line(lab: Lab): Promise<{ a: LabNode; r: LabNode; b: LabNode; sta
     'A and B to link to R',
     () => describeAll([a, r, b]),
   );
-  return { a, r, b, start: Math.max(a.readyAt!, b.readyAt!) };
+  return { a, r, b, ha, hb, start: Math.max(a.readyAt!, b.readyAt!) };
 }
 
 const linkedAt = (node: LabNode, peer: LabNode): number | undefined =>
@@ -92,21 +98,7 @@ describe('lab: kill -9 of a relay', () => {
     'scenario 4b: A and B cannot reach each other while R lives; when R is killed they link directly and chat on',
     { timeoutMs: 60_000 },
     async (t, lab) => {
-      const ha = await lab.addHost('a');
-      const hr = await lab.addHost('r');
-      const hb = await lab.addHost('b');
-      await lab.block(ha, hb);
-      const r = await lab.start(hr, ['8001', '--json'], { label: 'R' });
-      const [a, b] = await Promise.all([
-        lab.start(ha, ['8001', `${hr.address}:8001`, '--json', '--log-level', 'debug'], { label: 'A' }),
-        lab.start(hb, ['8001', `${hr.address}:8001`, '--json', '--log-level', 'debug'], { label: 'B' }),
-      ]);
-      await waitUntil(
-        () => (a.peers.has(r.id!) && b.peers.has(r.id!) ? true : undefined),
-        10_000,
-        'A and B to link to R',
-        () => describeAll([a, r, b]),
-      );
+      const { a, r, b, ha, hb } = await line(lab, { blockDirect: true });
       // Through R only: the chat works, the direct dials fail.
       await chatRound(t, [a, r, b], 'through R', 2, 5_000);
       await sleep(6_000);

@@ -7,7 +7,7 @@ import type { Inbound } from '../../lib/operators/types.js';
 import type { ChatFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { networkTag } from '../../lib/security/network-key.js';
-import { signChat } from '../../lib/security/sign.js';
+import { signedChat } from '../helpers/nodes.js';
 
 const scheduler = (): TestScheduler =>
   new TestScheduler((actual, expected) => assert.deepStrictEqual(actual, expected));
@@ -17,14 +17,7 @@ const author = generateIdentity();
 const peer = { id: 'relay', host: '127.0.0.1' };
 
 function signed(text: string, seq: number, net: Buffer = network): ChatFrame {
-  const fields = { id: `m${seq}`, nick: 'ann', ts: 1_700_000_000_000, seq, text };
-  return {
-    type: 'chat',
-    ...fields,
-    from: author.id,
-    key: author.publicKey.toString('hex'),
-    sig: signChat(author, fields, net).toString('base64url'),
-  };
+  return signedChat(author, { id: `m${seq}`, nick: 'ann', ts: 1_700_000_000_000, seq, text }, net);
 }
 
 const inbound = (frame: ChatFrame, from: typeof peer | null = peer): Inbound<ChatFrame> => ({
