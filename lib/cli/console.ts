@@ -253,17 +253,39 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
   };
 }
 
-/** For pipes without --json: each received message as one plain line on stdout. */
-export function plainConsole(io: ConsoleIo): ConsoleSink {
+/** What the two pipe sinks share: stdin as lines, batched stdout, stderr after what is queued. */
+function pipeSink(io: ConsoleIo): {
+  readonly push: (line: string) => void;
+  readonly toStderr: (text: string) => void;
+  readonly common: Pick<ConsoleSink, 'lines$' | 'log' | 'setPrompt' | 'flush' | 'close'>;
+} {
   const rl = createInterface({ input: io.stdin, terminal: false, crlfDelay: Infinity });
   const batch = lineBatch(io.stdout);
-  const write = (text: string): void => batch.push(text);
   const toStderr = (text: string): void => {
     batch.flush(); // what came before it reaches stdout first, as when every line was written at once
     io.stderr.write(`${text}\n`);
   };
   return {
-    lines$: linesOf(rl),
+    push: (line) => batch.push(line),
+    toStderr,
+    common: {
+      lines$: linesOf(rl),
+      log: toStderr,
+      setPrompt() {},
+      flush: () => batch.flush(),
+      close() {
+        batch.close();
+        rl.close();
+      },
+    },
+  };
+}
+
+/** For pipes without --json: each received message as one plain line on stdout. */
+export function plainConsole(io: ConsoleIo): ConsoleSink {
+  const { push: write, toStderr, common } = pipeSink(io);
+  return {
+    ...common,
     ready: ({ id, port }) => toStderr(`p2p: node ${id} listening on port ${port}`),
     message: (m) => write(formatMessage(m)),
     sent() {},
@@ -274,28 +296,16 @@ export function plainConsole(io: ConsoleIo): ConsoleSink {
       if (!atStart) write(messages.length === 0 ? 'no history yet' : formatHistory(messages));
     },
     notice: (text) => write(text),
-    log: toStderr,
-    setPrompt() {},
-    flush: () => batch.flush(),
-    close() {
-      batch.close();
-      rl.close();
-    },
   };
 }
 
 /** `--json`: one JSON event per line on stdout, for programs. The events are documented in README. */
 export function jsonConsole(io: ConsoleIo): ConsoleSink {
-  const rl = createInterface({ input: io.stdin, terminal: false, crlfDelay: Infinity });
-  const batch = lineBatch(io.stdout);
-  const emit = (event: Record<string, unknown>): void => batch.push(JSON.stringify(event));
-  const toStderr = (text: string): void => {
-    batch.flush(); // what came before it reaches stdout first, as when every line was written at once
-    io.stderr.write(`${text}\n`);
-  };
+  const { push, toStderr, common } = pipeSink(io);
+  const emit = (event: Record<string, unknown>): void => push(JSON.stringify(event));
   const peer = (p: PeerInfo) => ({ peer: p.id, nick: p.nick, address: p.address, direction: p.direction });
   return {
-    lines$: linesOf(rl),
+    ...common,
     ready: ({ id, port, nick }) => emit({ event: 'ready', id, port, nick }),
     message: (m) => emit(messageEvent('message', m)),
     sent: (m) => emit({ event: 'sent', id: m.id, ts: m.ts, seq: m.seq }),
@@ -306,12 +316,5 @@ export function jsonConsole(io: ConsoleIo): ConsoleSink {
       if (!atStart) emit({ event: 'history', messages: messages.map((m) => messageEvent(undefined, m)) });
     },
     notice: toStderr,
-    log: toStderr,
-    setPrompt() {},
-    flush: () => batch.flush(),
-    close() {
-      batch.close();
-      rl.close();
-    },
   };
 }
