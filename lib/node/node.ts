@@ -238,7 +238,8 @@ export interface P2PNode {
   /** Counters of the node; see {@link NodeStats}. */
   stats(): NodeStats;
   /**
-   * Sends a chat message to every node of the network and returns it.
+   * Sends a chat message to every node of the network and returns it. With a data directory the
+   * message is in the history log when this returns.
    * @throws {RangeError} when `text` is empty or longer than `MAX_TEXT_LENGTH`, or the node is closed.
    */
   send(text: string): ChatMessage;
@@ -525,6 +526,8 @@ class ChatNode implements P2PNode {
       sig: signChat(this.identity, fields, this.networkTag).toString('base64url'),
     };
     this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
+    // Written now rather than with the rest of the turn: a message send() returned is kept.
+    this.store.flush();
     return toMessage(frame);
   }
 
@@ -925,7 +928,9 @@ class ChatNode implements P2PNode {
         else setTimeout(pump, 10).unref(); // the peer is still draining the last batch
       }
     };
-    pump();
+    // The backlog may hold messages of this turn whose records are not written yet: none leaves
+    // before it is on disk.
+    this.store.afterWrite(pump);
   }
 
   // ---- dialling ----------------------------------------------------------------------------

@@ -85,6 +85,12 @@ export class MessageStore {
   private reservedSeq = 0;
   private fd: number | undefined;
   private recordsInLog = 0;
+  /** Records of this turn of the event loop not written yet: one write for all of them. */
+  private pendingRecords: Buffer[] = [];
+  /** Callbacks waiting for the pending records to be written, in order ({@link afterWrite}). */
+  private waiting: (() => void)[] = [];
+  private flushScheduled = false;
+  private runningCallbacks = false;
   private readonly maxMessages: number;
   private readonly maxAgeMs: number;
 
@@ -168,7 +174,9 @@ export class MessageStore {
 
   /**
    * Adds a message unless it is known or outside the window; returns whether it was added.
-   * Added messages are appended to the log within the same tick.
+   * Its record is written to the log with the others of this turn of the event loop, in one write at
+   * the end of the turn (a microtask), or at once by {@link flush}. Whatever must not happen before
+   * the message is on disk (showing it, relaying it) waits for {@link afterWrite}.
    */
   add(frame: ChatFrame, payload: Buffer): boolean {
     if (this.knows(frame)) return false;
@@ -230,8 +238,39 @@ export class MessageStore {
     return this.order.slice(Math.max(this.orderStart, this.order.length - n));
   }
 
-  /** Closes the log (every record is written already). */
+  /**
+   * Runs `callback` once every record added so far is written: at once when none is pending (always,
+   * for a store without a directory), else right after the write, in the order of the calls.
+   */
+  afterWrite(callback: () => void): void {
+    if (this.pendingRecords.length === 0 && this.waiting.length === 0) callback();
+    else this.waiting.push(callback);
+  }
+
+  /**
+   * Writes the pending records now (one write), then runs what waited for them. Called from inside
+   * one of those callbacks, it writes only: the outer call goes on running them, in order.
+   */
+  flush(): void {
+    if (this.pendingRecords.length > 0) {
+      const records = this.pendingRecords;
+      this.pendingRecords = [];
+      if (this.fd !== undefined)
+        writeSync(this.fd, records.length === 1 ? records[0]! : Buffer.concat(records));
+    }
+    if (this.runningCallbacks) return;
+    this.runningCallbacks = true;
+    try {
+      // A callback may add more records: what waits after them runs after their write.
+      while (this.waiting.length > 0 && this.pendingRecords.length === 0) this.waiting.shift()!();
+    } finally {
+      this.runningCallbacks = false;
+    }
+  }
+
+  /** Writes what is pending, and closes the log. */
   close(): void {
+    this.flush();
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;
   }
@@ -347,14 +386,25 @@ export class MessageStore {
   }
 
   /**
-   * Writes one record before the message goes any further (shown, relayed): a write that returned
-   * survives `kill -9` (it is in the page cache), so a message shown is a message kept.
+   * Queues one record; the turn's records are written together before any of their messages goes
+   * further (shown, relayed: see {@link afterWrite}). A write that returned survives `kill -9` (it is
+   * in the page cache), so a message shown is a message kept; one write per turn instead of one per
+   * message.
    */
   private append(kind: number, body: Buffer): void {
     if (this.fd === undefined) return;
-    writeSync(this.fd, this.record(kind, body));
+    this.pendingRecords.push(this.record(kind, body));
     this.recordsInLog++;
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      queueMicrotask(this.scheduledFlush);
+    }
   }
+
+  private readonly scheduledFlush = (): void => {
+    this.flushScheduled = false;
+    this.flush();
+  };
 
   /** Rewrites the log as one meta record plus the window, atomically (temporary file + rename). */
   private compact(): void {
@@ -370,6 +420,7 @@ export class MessageStore {
     } finally {
       closeSync(fd);
     }
+    this.pendingRecords = []; // the window just written holds them
     renameSync(tmp, path);
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = openSync(path, 'a', 0o600);

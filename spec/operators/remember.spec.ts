@@ -1,6 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { from, take, tap } from 'rxjs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { from, Subject, take, tap } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { remember } from '../../lib/operators/remember.js';
 import type { Inbound } from '../../lib/operators/types.js';
@@ -175,5 +178,33 @@ describe('remember', () => {
       expectObservable(source.pipe(remember(store))).toBe(expected, v, error);
       expectSubscriptions(source.subscriptions).toBe(subs);
     });
+  });
+
+  it('with a log on disk, passes each message on only once its record is written, in order', async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'p2p-remember-'));
+    const store = MessageStore.open('self', dir, {}, () => 0).store;
+    t.after(() => {
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const log = (): string => readFileSync(join(dir, 'messages.log')).toString('latin1');
+    const passed: { id: string; onDisk: boolean }[] = [];
+    const input = new Subject<Inbound<ChatFrame>>();
+    const subscription = input
+      .pipe(remember(store))
+      .subscribe((m) => passed.push({ id: m.frame.id, onDisk: log().includes(`"id":"${m.frame.id}"`) }));
+    t.after(() => subscription.unsubscribe());
+    input.next(v.a);
+    input.next(v.A); // its copy: dropped
+    input.next(v.b);
+    assert.equal(passed.length, 0, 'nothing passed on within the turn, before the write');
+    await Promise.resolve(); // the end of the turn: one write, then the messages
+    assert.deepEqual(passed, [
+      { id: 'a-1', onDisk: true },
+      { id: 'a-2', onDisk: true },
+    ]);
+    input.next(v.c);
+    store.flush(); // written and passed on at once
+    assert.deepEqual(passed.at(-1), { id: 'a-3', onDisk: true });
   });
 });

@@ -264,6 +264,54 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(reopened), ['a-1', 'a-2']);
     });
 
+    it('writes the records of one turn together, and runs what waited for them after the write, in order', async (t) => {
+      const dir = tempDir(t);
+      const { store } = open(t, dir);
+      const onDisk = (): number => recordStarts(readFileSync(join(dir, LOG))).starts.length;
+      const before = onDisk(); // the meta record of the compaction at open
+      const seen: string[] = [];
+      add(store, chat('a', 1));
+      store.afterWrite(() => seen.push(`after a-1: ${onDisk() - before} on disk`));
+      add(store, chat('a', 2));
+      store.afterWrite(() => seen.push(`after a-2: ${onDisk() - before} on disk`));
+      assert.equal(onDisk(), before, 'nothing written yet within the turn');
+      assert.equal(seen.length, 0);
+      await Promise.resolve();
+      assert.deepEqual(seen, ['after a-1: 2 on disk', 'after a-2: 2 on disk']);
+      // Nothing pending: at once.
+      store.afterWrite(() => seen.push('at once'));
+      assert.equal(seen.at(-1), 'at once');
+    });
+
+    it('flush() writes at once; a callback that adds and flushes does not jump the queue', (t) => {
+      const dir = tempDir(t);
+      const { store } = open(t, dir);
+      const order: string[] = [];
+      add(store, chat('a', 1));
+      store.afterWrite(() => {
+        order.push('a-1');
+        add(store, chat('b', 1)); // as a subscriber that sends from inside its callback
+        store.afterWrite(() => order.push('b-1'));
+        store.flush(); // writes b-1, runs nothing: the outer flush goes on, in order
+        order.push('a-1 done');
+      });
+      add(store, chat('a', 2));
+      store.afterWrite(() => order.push('a-2'));
+      store.flush();
+      assert.deepEqual(order, ['a-1', 'a-1 done', 'a-2', 'b-1']);
+      const reopened = MessageStore.open(SELF, dir, {}, clock).store; // reads the log as a crash leaves it
+      t.after(() => reopened.close());
+      assert.deepEqual(ids(reopened).sort(), ['a-1', 'a-2', 'b-1']);
+    });
+
+    it('runs what waited at once without a directory (nothing to write)', (t) => {
+      const { store } = open(t, undefined);
+      let ran = false;
+      add(store, chat('a', 1));
+      store.afterWrite(() => (ran = true));
+      assert.equal(ran, true);
+    });
+
     it('keeps its own sequence counter across a reopen after compaction evicted all its messages', (t) => {
       const dir = tempDir(t);
       const window = { maxMessages: 4 };
