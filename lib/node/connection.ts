@@ -41,6 +41,12 @@ export interface ConnectionOptions {
    * before it is parsed. Default: none is.
    */
   readonly isKnown?: (payload: Buffer) => boolean;
+  /**
+   * Asked once the handshake proved the peer's identity, before anything queued is sent: a `bye`
+   * reason to send instead of the queued frames (the hello), then close; undefined to go on.
+   * Default: never refuses.
+   */
+  readonly refuse?: (remoteId: string) => string | undefined;
 }
 
 let nextConnectionNumber = 1;
@@ -95,6 +101,7 @@ export class Connection {
   /** The address this node dialled, for outbound connections. */
   readonly dialed: string | undefined;
   private readonly isKnown: (payload: Buffer) => boolean;
+  private readonly refuse: (remoteId: string) => string | undefined;
 
   constructor(
     readonly socket: Socket,
@@ -105,6 +112,7 @@ export class Connection {
     const { maxFrameBytes, security } = options;
     this.dialed = options.dialed;
     this.isKnown = options.isKnown ?? (() => false);
+    this.refuse = options.refuse ?? (() => undefined);
     socket.setNoDelay(true);
     this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
@@ -200,9 +208,11 @@ export class Connection {
     if (session !== undefined) {
       this.session = session;
       if (this.decoder !== undefined) this.decoder.maxFrameBytes = this.fullFrameBytes;
-      const queued = this.queued;
+      const refusal = this.refuse(session.remoteId);
+      const queued = refusal === undefined ? this.queued : [serializeFrame({ type: 'bye', reason: refusal })];
       this.queued = [];
       for (const payload of queued) this.outbox.next(session.encrypt(payload));
+      if (refusal !== undefined) this.end();
     }
     return undefined;
   }

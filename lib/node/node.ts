@@ -596,7 +596,7 @@ class ChatNode implements P2PNode {
   }
 
   private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
-    const conn = new Connection(socket, outbound, {
+    const conn: Connection = new Connection(socket, outbound, {
       maxFrameBytes: this.maxFrameBytes,
       writer: this.writerOptions,
       frameRate: this.limits.peerFrames,
@@ -607,6 +607,8 @@ class ChatNode implements P2PNode {
         const id = chatIdOf(payload);
         return id !== undefined && this.heldIds.has(id);
       },
+      // Full: say so instead of the hello, so the peer never sees us as up for a moment.
+      refuse: (remoteId) => (this.isFullFor(remoteId) ? this.refuseFull(conn, remoteId) : undefined),
     });
     this.conns.add(conn);
     const hello: HelloFrame = {
@@ -647,6 +649,20 @@ class ChatNode implements P2PNode {
   private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound | undefined {
     const hello = conn.hello;
     if (hello === undefined) {
+      if (conn.closing) return undefined; // refused before its hello (full): what it sent is moot
+      if (frame.type === 'bye') {
+        // Refused before the hello (the peer is full): a failed dial, not a peer that came and went.
+        conn.refused = frame.reason === 'full';
+        conn.closeReason = `it refused the connection (${frame.reason})`;
+        // A peer the user named is worth a warning (shown in a terminal); a learned one is routine.
+        const named = conn.dialed !== undefined && this.targets.get(conn.dialed)?.persistent === true;
+        const line = `${conn.label} refused the connection: ${frame.reason}`;
+        if (named) this.log.warn(line);
+        else this.log.info(line);
+        conn.reasonLogged = true;
+        conn.end();
+        return undefined;
+      }
       if (frame.type !== 'hello')
         throw new ProtocolError('ERR_EXPECTED_HELLO', `expected hello, got ${frame.type}`);
       this.onHello(conn, frame);
@@ -733,8 +749,8 @@ class ChatNode implements P2PNode {
       return;
     }
     if (this.active.size >= this.maxPeers) {
-      this.log.info(`refusing ${conn.label}: already ${this.maxPeers} peers (--max-peers)`);
-      conn.send({ type: 'bye', reason: 'full' });
+      // Became full since its handshake ended (the usual refusal comes earlier, instead of our hello).
+      conn.send({ type: 'bye', reason: this.refuseFull(conn) });
       conn.end();
       return;
     }
@@ -779,6 +795,22 @@ class ChatNode implements P2PNode {
     conn.refused = reason === 'full';
     conn.closeReason = reason === 'shutdown' ? 'it shut down' : `it closed the connection (${reason})`;
     conn.end();
+  }
+
+  /** True when a new peer `remoteId` would be one too many (a second connection of a peer is not). */
+  private isFullFor(remoteId: string): boolean {
+    return this.active.size >= this.maxPeers && !this.active.has(remoteId) && remoteId !== this.id;
+  }
+
+  private refuseFull(conn: Connection, remoteId = conn.peerId): 'full' {
+    const who =
+      conn.hello === undefined && remoteId !== undefined
+        ? `node ${remoteId.slice(0, 8)} from ${conn.remoteSocketAddress}`
+        : conn.label;
+    this.log.info(`refusing ${who}: already ${this.maxPeers} peers (--max-peers)`);
+    conn.closeReason = `refused: already ${this.maxPeers} peers`;
+    conn.reasonLogged = true;
+    return 'full';
   }
 
   private dialerOf(conn: Connection): string {

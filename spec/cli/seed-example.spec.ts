@@ -108,6 +108,31 @@ describe('bin/p2p: the seed example', () => {
     assert.equal(atFirst.nick, 'late');
   });
 
+  it('a node refused by a full peer (--max-peers) warns, and never shows it joining or leaving', async (t) => {
+    const procs = procsFor(t);
+    const full = await procs.node({ nick: 'full', extra: ['--max-peers', '1'] });
+    const fullAddr = `127.0.0.1:${full.ready.port}`;
+    const first = await procs.node({ nick: 'first', peers: [fullAddr] });
+    await full.waitForPeerUp(first.ready.id);
+    const extra = await procs.node({ nick: 'extra', peers: [fullAddr] });
+    const refused = `warn: peer at ${fullAddr} refused the connection: full`;
+    await extra.waitUntil(
+      () => (extra.stderrLines.filter((l) => l.endsWith(refused)).length >= 2 ? true : undefined),
+      5_000,
+      'two refusals on stderr',
+    );
+    assert.deepEqual(
+      extra.events.filter((e) => isPeerUp(e) || isPeerDown(e)),
+      [],
+      'no peer-up or peer-down for the full node',
+    );
+    assert.ok(
+      full.stderrLines.some((l) => l.includes(`refusing node ${extra.ready.id.slice(0, 8)} from`)),
+      full.stderrLines.join('\n'),
+    );
+    assert.equal(full.events.filter(isPeerUp).length, 1, 'the full node took only its first peer');
+  });
+
   it('leaves with exit code 0 on SIGTERM and on SIGINT; the others see it go and chat on', async (t) => {
     const procs = procsFor(t);
     const hub = await procs.node({ nick: 'hub' });

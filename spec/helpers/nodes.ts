@@ -132,11 +132,6 @@ export function record<T>(source$: Observable<T>): Recording<T> {
   return state;
 }
 
-/** When each recorded value that passes `test` arrived. */
-export function timesOf<T>(recording: Recording<T>, test: (value: T) => boolean): number[] {
-  return recording.values.flatMap((value, i) => (test(value) ? [recording.at[i]!] : []));
-}
-
 /** A logger that keeps every line, level included (`debug: connected to ...`), and when it came. */
 export interface LineLogger extends Logger {
   readonly lines: string[];

@@ -18,7 +18,6 @@ import {
   peerIds,
   rawPeer,
   record,
-  timesOf,
   waitFor,
   type Recording,
 } from '../helpers/nodes.js';
@@ -475,18 +474,25 @@ describe('createNode', () => {
     assert.equal(peerIds(upstream).includes(node.id), false);
   });
 
-  it('refuses peers beyond maxPeers with a bye naming the reason', async (t) => {
+  it('refuses peers beyond maxPeers with a bye naming the reason, sent instead of its hello', async (t) => {
     const start = nodeFactory(t);
-    const full = await start({ maxPeers: 1 });
+    const fullLog = lineLogger();
+    const full = await start({ maxPeers: 1, log: fullLog });
     const lists = record(full.peers$);
     const fullEvents = record(full.events$);
     const first = await start({ peers: [loopback(full.port)] });
     await waitFor(() => connectedTo(full, [first]), 'the first peer to connect');
-    const extra = await start({ peers: [loopback(full.port)] });
+    const extraLog = lineLogger();
+    const extra = await start({ peers: [loopback(full.port)], log: extraLog });
     const events = record(extra.events$);
 
-    await waitFor(() => downs(events).length >= 2, 'the extra node to be refused, twice');
-    assert.match(downs(events)[0]?.reason ?? '', /full/);
+    await waitFor(
+      () => extraLog.count('refused the connection: full') >= 2,
+      'the extra node to be refused, twice',
+    );
+    // The refusal comes instead of the full node's hello: the extra node never saw it as a peer.
+    assert.deepEqual(events.values, [], 'no peer-up or peer-down on the refused side');
+    assert.ok(fullLog.count(`refusing node ${extra.id.slice(0, 8)} from`) >= 2, fullLog.lines.join('\n'));
     assert.ok(
       lists.values.every((l) => l.length <= 1),
       'never more than maxPeers',
@@ -505,11 +511,12 @@ describe('createNode', () => {
     const full = await start({ maxPeers: 1 });
     const first = await start({ peers: [loopback(full.port)] });
     await waitFor(() => connectedTo(full, [first]), 'the first peer to connect');
-    const extra = await start({ peers: [loopback(full.port)] });
-    const events = record(extra.events$);
+    const extraLog = lineLogger();
+    await start({ peers: [loopback(full.port)], log: extraLog });
 
-    await waitFor(() => downs(events).length >= 5, 'five refusals', 5000);
-    const refusals = timesOf(events, (e) => e.type === 'peer-down');
+    const refusedLine = 'refused the connection: full';
+    await waitFor(() => extraLog.count(refusedLine) >= 5, 'five refusals', 5000);
+    const refusals = extraLog.times(refusedLine);
     const elapsed = refusals[4]! - refusals[0]!;
     // A refusal is a failed dial: retries 1..4 wait at least half their ceilings, 20·2^k capped at
     // 200 ms, so 20 + 40 + 80 + 100 ms. Redialling at the base delay (10-20 ms) hammers the full node.
