@@ -31,10 +31,15 @@ import {
 import { decode, type Decoded } from '../lib/operators/decode.js';
 import { dedup } from '../lib/operators/dedup.js';
 import { relay } from '../lib/operators/relay.js';
+import { verifySignatures } from '../lib/operators/verify.js';
 import type { Inbound } from '../lib/operators/types.js';
 import { encodeFrame, FrameDecoder } from '../lib/protocol/codec.js';
 import { parseFrame, serializeFrame, type ChatFrame } from '../lib/protocol/frames.js';
 import { fromSocket } from '../lib/transport/from-socket.js';
+import { generateIdentity, type Identity } from '../lib/security/identity.js';
+import { networkTag } from '../lib/security/network-key.js';
+import { createHandshake, type SecureSession } from '../lib/security/noise.js';
+import { signChat, verifyChat } from '../lib/security/sign.js';
 import { PeerWriter } from '../lib/transport/writer.js';
 import { renderTable } from './report.js';
 
@@ -131,6 +136,55 @@ function chunked(stream: Buffer, chunkBytes: number): Buffer[] {
   return chunks;
 }
 
+/** The link cryptography of the secure relay path: a session per inbound link, one for sending. */
+interface LinkCrypto {
+  readonly rx: readonly SecureSession[];
+  readonly tx: SecureSession;
+  readonly network: Uint8Array;
+}
+
+/** Chat frames signed for real by `author` in the public network, as `send` builds them. */
+function signedFrames(n: number, size: number, author: Identity, network: Uint8Array): ChatFrame[] {
+  const ts = Date.now();
+  return Array.from({ length: n }, (_, i) => {
+    const fields = {
+      id: randomBytes(12).toString('base64url'),
+      nick: 'bench',
+      ts: ts + i,
+      seq: i + 1,
+      text: `m|${i}|${ts}|`.padEnd(size, 'x'),
+    };
+    return {
+      type: 'chat',
+      ...fields,
+      from: author.id,
+      key: author.publicKey.toString('hex'),
+      sig: signChat(author, fields, network).toString('base64url'),
+    };
+  });
+}
+
+/** Both ends of one Noise session, run in memory: what one side encrypts the other decrypts. */
+function sessionPair(): { tx: SecureSession; rx: SecureSession } {
+  const initiator = createHandshake({ initiator: true, identity: generateIdentity() });
+  const responder = createHandshake({ initiator: false, identity: generateIdentity() });
+  // XX: -> e; <- e, ee, s, es; -> s, se. Each side completes on the receive that gives it its last step.
+  let message = initiator.start();
+  let [from, to] = [initiator, responder];
+  const sessions = new Map<object, SecureSession>();
+  while (message !== undefined) {
+    const { reply, session } = to.receive(message);
+    if (session !== undefined) sessions.set(to, session);
+    message = reply;
+    [from, to] = [to, from];
+  }
+  const tx = sessions.get(initiator);
+  const rx = sessions.get(responder);
+  if (tx === undefined || rx === undefined)
+    throw new Error('bench: the in-memory handshake did not complete');
+  return { tx, rx };
+}
+
 /**
  * The relay path of a node, wired as `lib/node/node.ts` does: per connection fromSocket → decode →
  * (session: hello check, frame switch) → merge → dedup → share → relay(peerIds) → per-peer outbox
@@ -140,15 +194,21 @@ function chunked(stream: Buffer, chunkBytes: number): Buffer[] {
 function nodeLikePipeline(
   inputs: number,
   peers: number,
+  security?: LinkCrypto,
 ): { sockets: (Socket & EventEmitter)[]; stop: () => void } {
   const sockets = Array.from({ length: inputs }, readSocket);
   const peerIds = Array.from({ length: peers }, (_, i) => `peer${i}`);
   const outboxes = peerIds.map(() => new Subject<Buffer>());
-  const subs: Subscription[] = outboxes.map((o) => o.subscribe(new PeerWriter(nullSocket(), noop)));
-  const connections$ = from(sockets.map((socket, i) => ({ socket, id: peerIds[i % peers]! })));
+  const subs: Subscription[] = outboxes.map((o) =>
+    (security === undefined ? o : o.pipe(map((payload) => security.tx.encrypt(payload)))).subscribe(
+      new PeerWriter(nullSocket(), noop),
+    ),
+  );
+  const connections$ = from(sockets.map((socket, i) => ({ socket, i, id: peerIds[i % peers]! })));
   const inbound$: Observable<Inbound> = connections$.pipe(
-    mergeMap(({ socket, id }) =>
+    mergeMap(({ socket, i, id }) =>
       fromSocket(socket, new FrameDecoder()).pipe(
+        map((raw) => (security === undefined ? raw : security.rx[i]!.decrypt(raw))),
         decode(),
         mergeMap(({ frame, payload }: Decoded): Inbound[] => {
           switch (frame.type) {
@@ -167,7 +227,13 @@ function nodeLikePipeline(
   const chat$ = merge(
     local$,
     inbound$.pipe(filter((m): m is Inbound<ChatFrame> => m.frame.type === 'chat')),
-  ).pipe(dedup({ key: (m: Inbound<ChatFrame>) => m.frame.id, time: (m) => m.frame.ts }), share());
+  ).pipe(
+    dedup({ key: (m: Inbound<ChatFrame>) => m.frame.id, time: (m) => m.frame.ts }),
+    security === undefined
+      ? (m$: Observable<Inbound<ChatFrame>>) => m$
+      : verifySignatures({ network: security.network }),
+    share(),
+  );
   const byId = new Map(peerIds.map((id, i) => [id, outboxes[i]!]));
   const ids$ = new BehaviorSubject<readonly string[]>(peerIds);
   subs.push(
@@ -340,6 +406,47 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
       const p = nodeLikePipeline(3, o.peers);
       for (const chunk of chunks) {
         for (const socket of p.sockets) socket.emit('data', chunk);
+        await tick();
+      }
+      p.stop();
+    },
+  );
+  // Security: each stage per message, then the relay path with all of it on. Real signatures are
+  // slow to make, so these rows use fewer frames (the per-frame figures are what count).
+  const S = Math.min(K, 10_000);
+  const author = generateIdentity();
+  const network = networkTag();
+  const signed = signedFrames(S, o.size, author, network);
+  const signedPayloads = signed.map((f) => serializeFrame(f));
+  const fields = signed.map((f) => ({ id: f.id, nick: f.nick, ts: f.ts, seq: f.seq, text: f.text }));
+  const withKeys = fields.map((f) => ({ ...f, publicKey: author.publicKey }));
+  const sigs = signed.map((f) => Buffer.from(f.sig, 'base64url'));
+  await add('signChat (Ed25519, node:crypto)', 'the sender, once per message', S, () => {
+    for (const f of fields) sink += signChat(author, f, network).length;
+  });
+  await add('verifyChat (Ed25519, libsodium)', 'every node, once per message', S, () => {
+    for (let i = 0; i < S; i++) sink += verifyChat(withKeys[i]!, sigs[i]!, network) ? 1 : 0;
+  });
+  const pair = sessionPair();
+  await add('encrypt + decrypt (ChaCha20-Poly1305)', 'one frame over one link, both ends', S, () => {
+    for (const p of signedPayloads) sink += pair.rx.decrypt(pair.tx.encrypt(p)).length;
+  });
+  // Fresh sessions and their encrypted stream for every repetition (nonces only go forward).
+  const secureRuns = Array.from({ length: o.reps + 1 }, () => {
+    const { tx, rx } = sessionPair();
+    const stream = Buffer.concat(signedPayloads.map((p) => encodeFrame(tx.encrypt(p))));
+    return { rx, chunks: chunked(stream, o.chunkBytes) };
+  });
+  let run = 0;
+  await add(
+    `secure relay path, 1 link in, ${o.peers} out`,
+    'as above + decrypt -> verify -> encrypt per peer (each message new)',
+    S,
+    async () => {
+      const { rx, chunks: secureChunks } = secureRuns[run++ % secureRuns.length]!;
+      const p = nodeLikePipeline(1, o.peers, { rx: [rx], tx: sessionPair().tx, network });
+      for (const chunk of secureChunks) {
+        p.sockets[0]!.emit('data', chunk);
         await tick();
       }
       p.stop();
