@@ -174,9 +174,10 @@ export class Connection {
   /** A name for logs: "peer 3fa9c1 (bob) at 127.0.0.1:8002", or the socket address before hello. */
   get label(): string {
     const where = this.listenAddress ?? this.remoteSocketAddress;
-    return this.hello === undefined
-      ? `peer at ${where}`
-      : `peer ${this.hello.id.slice(0, 8)} (${this.hello.nick}) at ${where}`;
+    if (this.hello !== undefined) return `peer ${this.hello.id.slice(0, 8)} (${this.hello.nick}) at ${where}`;
+    // Between the handshake and the hello the id is proven already; the nick is not known yet.
+    if (this.session !== undefined) return `peer ${this.session.remoteId.slice(0, 8)} at ${where}`;
+    return `peer at ${where}`;
   }
 
   /** Bytes queued for this peer and not yet taken by the kernel. */

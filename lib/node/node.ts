@@ -173,7 +173,10 @@ export interface NodeOptions {
   readonly networkKey?: Uint8Array;
   /** Peers to dial at start; retried with backoff until they answer, and after every loss. */
   readonly peers?: readonly Address[];
-  /** Most connected peers; further peers are refused after their hello. Default 32. */
+  /**
+   * Most connected peers; a further one gets `bye full` as soon as its handshake shows who it is
+   * (instead of this node's hello). Default 32.
+   */
   readonly maxPeers?: number;
   /**
    * Peers learned through peer exchange are dialled while fewer than this are connected. Default 6
@@ -608,7 +611,7 @@ class ChatNode implements P2PNode {
         return id !== undefined && this.heldIds.has(id);
       },
       // Full: say so instead of the hello, so the peer never sees us as up for a moment.
-      refuse: (remoteId) => (this.isFullFor(remoteId) ? this.refuseFull(conn, remoteId) : undefined),
+      refuse: (remoteId) => (this.isFullFor(remoteId) ? this.refuseFull(conn) : undefined),
     });
     this.conns.add(conn);
     const hello: HelloFrame = {
@@ -651,16 +654,7 @@ class ChatNode implements P2PNode {
     if (hello === undefined) {
       if (conn.closing) return undefined; // refused before its hello (full): what it sent is moot
       if (frame.type === 'bye') {
-        // Refused before the hello (the peer is full): a failed dial, not a peer that came and went.
-        conn.refused = frame.reason === 'full';
-        conn.closeReason = `it refused the connection (${frame.reason})`;
-        // A peer the user named is worth a warning (shown in a terminal); a learned one is routine.
-        const named = conn.dialed !== undefined && this.targets.get(conn.dialed)?.persistent === true;
-        const line = `${conn.label} refused the connection: ${frame.reason}`;
-        if (named) this.log.warn(line);
-        else this.log.info(line);
-        conn.reasonLogged = true;
-        conn.end();
+        this.onBye(conn, frame.reason); // a refusal, instead of its hello
         return undefined;
       }
       if (frame.type !== 'hello')
@@ -777,9 +771,10 @@ class ChatNode implements P2PNode {
     conn.socket.once('close', () => clearTimeout(timer));
   }
 
+  /** A `bye`: after the hello, the peer is closing; before it, the peer refuses us (it is full). */
   private onBye(conn: Connection, reason: string): void {
-    const id = conn.peerId!;
-    if (reason === 'duplicate' && this.active.get(id)?.conn === conn) {
+    const id = conn.peerId;
+    if (reason === 'duplicate' && id !== undefined && this.active.get(id)?.conn === conn) {
       // The peer keeps another connection to us that we have not seen yet: go on using this one
       // until that one's hello arrives (onHello swaps and ends this), or give up after the hello timeout.
       const timer = setTimeout(() => {
@@ -793,7 +788,18 @@ class ChatNode implements P2PNode {
       return;
     }
     conn.refused = reason === 'full';
-    conn.closeReason = reason === 'shutdown' ? 'it shut down' : `it closed the connection (${reason})`;
+    if (conn.hello === undefined) {
+      // Refused before any hello: a failed dial, never a peer that came and went. A peer the user
+      // named is worth a warning (shown in a terminal); a learned one is routine.
+      conn.closeReason = `it refused the connection (${reason})`;
+      conn.reasonLogged = true;
+      const line = `${conn.label} refused the connection: ${reason}`;
+      if (conn.dialed !== undefined && this.targets.get(conn.dialed)?.persistent === true)
+        this.log.warn(line);
+      else this.log.info(line);
+    } else {
+      conn.closeReason = reason === 'shutdown' ? 'it shut down' : `it closed the connection (${reason})`;
+    }
     conn.end();
   }
 
@@ -802,12 +808,8 @@ class ChatNode implements P2PNode {
     return this.active.size >= this.maxPeers && !this.active.has(remoteId) && remoteId !== this.id;
   }
 
-  private refuseFull(conn: Connection, remoteId = conn.peerId): 'full' {
-    const who =
-      conn.hello === undefined && remoteId !== undefined
-        ? `node ${remoteId.slice(0, 8)} from ${conn.remoteSocketAddress}`
-        : conn.label;
-    this.log.info(`refusing ${who}: already ${this.maxPeers} peers (--max-peers)`);
+  private refuseFull(conn: Connection): 'full' {
+    this.log.info(`refusing ${conn.label}: already ${this.maxPeers} peers (--max-peers)`);
     conn.closeReason = `refused: already ${this.maxPeers} peers`;
     conn.reasonLogged = true;
     return 'full';

@@ -115,7 +115,7 @@ describe('bin/p2p: the seed example', () => {
     const first = await procs.node({ nick: 'first', peers: [fullAddr] });
     await full.waitForPeerUp(first.ready.id);
     const extra = await procs.node({ nick: 'extra', peers: [fullAddr] });
-    const refused = `warn: peer at ${fullAddr} refused the connection: full`;
+    const refused = `warn: peer ${full.ready.id.slice(0, 8)} at ${fullAddr} refused the connection: full`;
     await extra.waitUntil(
       () => (extra.stderrLines.filter((l) => l.endsWith(refused)).length >= 2 ? true : undefined),
       5_000,
@@ -127,7 +127,7 @@ describe('bin/p2p: the seed example', () => {
       'no peer-up or peer-down for the full node',
     );
     assert.ok(
-      full.stderrLines.some((l) => l.includes(`refusing node ${extra.ready.id.slice(0, 8)} from`)),
+      full.stderrLines.some((l) => l.includes(`refusing peer ${extra.ready.id.slice(0, 8)} at`)),
       full.stderrLines.join('\n'),
     );
     assert.equal(full.events.filter(isPeerUp).length, 1, 'the full node took only its first peer');

@@ -492,7 +492,7 @@ describe('createNode', () => {
     );
     // The refusal comes instead of the full node's hello: the extra node never saw it as a peer.
     assert.deepEqual(events.values, [], 'no peer-up or peer-down on the refused side');
-    assert.ok(fullLog.count(`refusing node ${extra.id.slice(0, 8)} from`) >= 2, fullLog.lines.join('\n'));
+    assert.ok(fullLog.count(`refusing peer ${extra.id.slice(0, 8)} at`) >= 2, fullLog.lines.join('\n'));
     assert.ok(
       lists.values.every((l) => l.length <= 1),
       'never more than maxPeers',
