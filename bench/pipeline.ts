@@ -39,7 +39,7 @@ import { fromSocket } from '../lib/transport/from-socket.js';
 import { generateIdentity, type Identity } from '../lib/security/identity.js';
 import { networkTag } from '../lib/security/network-key.js';
 import { createHandshake, type SecureSession } from '../lib/security/noise.js';
-import { signChat, verifyChat } from '../lib/security/sign.js';
+import { signChat, signedChatFrame, verifyChat } from '../lib/security/sign.js';
 import { PeerWriter } from '../lib/transport/writer.js';
 import { renderTable } from './report.js';
 
@@ -146,43 +146,30 @@ interface LinkCrypto {
 /** Chat frames signed for real by `author` in the public network, as `send` builds them. */
 function signedFrames(n: number, size: number, author: Identity, network: Uint8Array): ChatFrame[] {
   const ts = Date.now();
-  return Array.from({ length: n }, (_, i) => {
-    const fields = {
-      id: randomBytes(12).toString('base64url'),
-      nick: 'bench',
-      ts: ts + i,
-      seq: i + 1,
-      text: `m|${i}|${ts}|`.padEnd(size, 'x'),
-    };
-    return {
-      type: 'chat',
-      ...fields,
-      from: author.id,
-      key: author.publicKey.toString('hex'),
-      sig: signChat(author, fields, network).toString('base64url'),
-    };
-  });
+  return Array.from({ length: n }, (_, i) =>
+    signedChatFrame(
+      author,
+      {
+        id: randomBytes(12).toString('base64url'),
+        nick: 'bench',
+        ts: ts + i,
+        seq: i + 1,
+        text: `m|${i}|${ts}|`.padEnd(size, 'x'),
+      },
+      network,
+    ),
+  );
 }
 
 /** Both ends of one Noise session, run in memory: what one side encrypts the other decrypts. */
 function sessionPair(): { tx: SecureSession; rx: SecureSession } {
   const initiator = createHandshake({ initiator: true, identity: generateIdentity() });
   const responder = createHandshake({ initiator: false, identity: generateIdentity() });
-  // XX: -> e; <- e, ee, s, es; -> s, se. Each side completes on the receive that gives it its last step.
-  let message = initiator.start();
-  let [from, to] = [initiator, responder];
-  const sessions = new Map<object, SecureSession>();
-  while (message !== undefined) {
-    const { reply, session } = to.receive(message);
-    if (session !== undefined) sessions.set(to, session);
-    message = reply;
-    [from, to] = [to, from];
-  }
-  const tx = sessions.get(initiator);
-  const rx = sessions.get(responder);
-  if (tx === undefined || rx === undefined)
-    throw new Error('bench: the in-memory handshake did not complete');
-  return { tx, rx };
+  // XX: -> e; <- e, ee, s, es; -> s, se.
+  const second = responder.receive(initiator.start()!).reply!;
+  const third = initiator.receive(second);
+  const last = responder.receive(third.reply!);
+  return { tx: third.session!, rx: last.session! };
 }
 
 /**

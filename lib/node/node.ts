@@ -58,7 +58,7 @@ import type { LinkSecurity } from './connection.js';
 import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
-import { signChat } from '../security/sign.js';
+import { signedChatFrame } from '../security/sign.js';
 import { verifySignatures } from '../operators/verify.js';
 import { rateLimit, spendRate } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
@@ -514,20 +514,11 @@ class ChatNode implements P2PNode {
     if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
       throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
     }
-    const fields = {
-      id: messageId(),
-      nick: this.nick,
-      ts: Date.now(),
-      seq: this.store.nextSeq(),
-      text,
-    };
-    const frame: ChatFrame = {
-      type: 'chat',
-      ...fields,
-      from: this.id,
-      key: this.identity.publicKey.toString('hex'),
-      sig: signChat(this.identity, fields, this.networkTag).toString('base64url'),
-    };
+    const frame = signedChatFrame(
+      this.identity,
+      { id: messageId(), nick: this.nick, ts: Date.now(), seq: this.store.nextSeq(), text },
+      this.networkTag,
+    );
     this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
     // Written now rather than with the rest of the turn: a message send() returned is kept.
     this.store.flush();

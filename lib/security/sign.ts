@@ -1,4 +1,5 @@
 import sodium from 'sodium-universal';
+import type { ChatFrame } from '../protocol/frames.js';
 import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, type Identity } from './identity.js';
 import { NETWORK_TAG_BYTES } from './network-key.js';
 
@@ -119,6 +120,29 @@ export function signChat(
   network: Uint8Array,
 ): Buffer {
   return identity.sign(chatSigningBytes({ ...fields, publicKey: identity.publicKey }, network));
+}
+
+/**
+ * The chat frame of a message signed as `identity` for the network with tag `network`: the fields,
+ * the sender's id and key, and the signature, as every node sends its own messages.
+ * @throws {RangeError} for a field out of range (see {@link chatSigningBytes}).
+ */
+export function signedChatFrame(
+  identity: Identity,
+  fields: Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number },
+  network: Uint8Array,
+): ChatFrame {
+  return {
+    type: 'chat',
+    id: fields.id,
+    nick: fields.nick,
+    ts: fields.ts,
+    seq: fields.seq,
+    text: fields.text,
+    from: identity.id,
+    key: identity.publicKey.toString('hex'),
+    sig: signChat(identity, fields, network).toString('base64url'),
+  };
 }
 
 /**

@@ -20,7 +20,7 @@ import {
   type Frame,
 } from '../../lib/protocol/frames.js';
 import { networkTag } from '../../lib/security/network-key.js';
-import { signChat } from '../../lib/security/sign.js';
+import { signedChatFrame } from '../../lib/security/sign.js';
 import { TAG_BYTES } from '../../lib/security/cipher.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import { createHandshake, type SecureSession } from '../../lib/security/noise.js';
@@ -411,18 +411,15 @@ export function signedChat(
   fields: SignedFields,
   network: Uint8Array = networkTag(),
 ): ChatFrame {
-  const body = {
-    id: fields.id ?? randomBytes(12).toString('base64url'),
-    nick: fields.nick ?? 'raw',
-    ts: fields.ts ?? Date.now(),
-    seq: fields.seq,
-    text: fields.text,
-  };
-  return {
-    type: 'chat',
-    ...body,
-    from: author.id,
-    key: author.publicKey.toString('hex'),
-    sig: signChat(author, body, network).toString('base64url'),
-  };
+  return signedChatFrame(
+    author,
+    {
+      id: fields.id ?? randomBytes(12).toString('base64url'),
+      nick: fields.nick ?? 'raw',
+      ts: fields.ts ?? Date.now(),
+      seq: fields.seq,
+      text: fields.text,
+    },
+    network,
+  );
 }

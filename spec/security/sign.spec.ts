@@ -6,6 +6,7 @@ import { generateNetworkKey, networkTag } from '../../lib/security/network-key.j
 import {
   chatSigningBytes,
   signChat,
+  signedChatFrame,
   SIGNING_PREFIX,
   verifyChat,
   type SignedChatFields,
@@ -67,6 +68,19 @@ describe('chat signatures', () => {
     const signature = signChat(alice, message, ours);
     for (let bit = 0; bit < 512; bit += 37)
       assert.equal(verifyChat(fields, flipBit(signature, bit), ours), false);
+  });
+
+  it('builds a chat frame whose sender, key and signature verify for its fields', () => {
+    const frame = signedChatFrame(alice, message, ours);
+    assert.equal(frame.type, 'chat');
+    assert.equal(frame.from, alice.id);
+    assert.equal(frame.key, alice.publicKey.toString('hex'));
+    assert.deepEqual(
+      { id: frame.id, nick: frame.nick, ts: frame.ts, seq: frame.seq, text: frame.text },
+      message,
+    );
+    assert.ok(verifyChat(fields, Buffer.from(frame.sig, 'base64url'), ours));
+    assert.equal(verifyChat(fields, Buffer.from(frame.sig, 'base64url'), theirs), false);
   });
 
   it('signs an absent seq as 0', () => {
