@@ -146,11 +146,22 @@ export class Connection {
     this.writerSubscription = this.outbox.subscribe(this.writer);
   }
 
-  /** The peer as the pipeline names it ({@link PeerRef}), once its hello arrived; one object per connection. */
+  /**
+   * The peer as the pipeline names it ({@link PeerRef}), once its hello arrived. One object until
+   * the peer's next peer list: frames keep the neighbours that were known when they arrived.
+   */
   get peerRef(): PeerRef | undefined {
-    if (this.ref === undefined && this.hello !== undefined)
-      this.ref = { id: this.hello.id, host: this.remoteHost };
+    if (this.ref === undefined && this.hello !== undefined) {
+      const key = this.session?.remotePublicKey.toString('hex');
+      this.ref = { id: this.hello.id, host: this.remoteHost, ...(key === undefined ? {} : { key }) };
+    }
     return this.ref;
+  }
+
+  /** Records the peers this peer says it is connected to (its latest peer list). */
+  noteNeighbours(ids: ReadonlySet<string>): void {
+    const ref = this.peerRef;
+    if (ref !== undefined) this.ref = { ...ref, neighbours: ids };
   }
 
   private ref: PeerRef | undefined;

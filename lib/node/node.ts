@@ -42,11 +42,13 @@ import {
   type PeersFrame,
   type SyncFrame,
   MAX_SYNC_MARKS,
+  MAX_SYNC_RANGES,
+  type SyncMark,
 } from '../protocol/frames.js';
 import type { Decoded } from '../operators/decode.js';
 import { dedup } from '../operators/dedup.js';
 import { mergePeers } from '../operators/merge-peers.js';
-import { relay } from '../operators/relay.js';
+import { relay, relayTargets } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
 import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import type { WriterOptions } from '../transport/writer.js';
@@ -59,7 +61,7 @@ import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signedChatFrame } from '../security/sign.js';
-import { verifySignatures } from '../operators/verify.js';
+import { chatProblemChecker, verifySignatures } from '../operators/verify.js';
 import { rateLimit, spendRate } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
 import { silentLogger, type Logger } from './log.js';
@@ -106,6 +108,13 @@ export interface NodeTiming {
    * at most once per 5 s.
    */
   readonly rateResyncDelayMs?: number;
+  /**
+   * Anti-entropy: this long after new messages arrived (or a peer left), and once more after that,
+   * the node sends its peers a sync so that what a stale peer list or a lost frame left out is
+   * fetched; peers leave out what they took in during the last half of it (still on its way).
+   * Default 2 s: a hole is filled within about 4 s; an idle node sends nothing.
+   */
+  readonly antiEntropyMs?: number;
 }
 
 /**
@@ -283,6 +292,7 @@ const DEFAULT_TIMING = {
   connectTimeoutMs: 5_000,
   peerListDelayMs: 250,
   rateResyncDelayMs: 5_000,
+  antiEntropyMs: 2_000,
 } as const;
 
 function checkNick(nick: string): string {
@@ -370,6 +380,11 @@ class ChatNode implements P2PNode {
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */
   private rateLimitedMessages = 0;
+  /** Anti-entropy state: new messages since the last sync ('dirty'), one more sync due ('again'). */
+  private entropy: 'idle' | 'dirty' | 'again' = 'idle';
+  private entropyTimer: NodeJS.Timeout | undefined;
+  /** Why a chat frame is not a valid message of this network (lazy checks: relay, resync). */
+  private readonly chatProblem: (frame: ChatFrame) => string | undefined;
 
   constructor(private readonly options: NodeOptions) {
     this.nick = checkNick(options.nick ?? 'anon');
@@ -387,6 +402,7 @@ class ChatNode implements P2PNode {
       }
       this.security = { identity: this.identity, networkKey: options.networkKey };
       this.networkTag = networkTag(options.networkKey);
+      this.chatProblem = chatProblemChecker(this.networkTag);
       const { store, repair } = MessageStore.open(this.id, dataDir, options.history);
       this.store = store;
       if (repair !== undefined) {
@@ -433,6 +449,8 @@ class ChatNode implements P2PNode {
       verifySignatures({
         network: this.networkTag,
         onInvalid: (m, reason) => this.invalidMessage(m, reason),
+        // From its author, and every peer has it from the author too: nothing to vouch for.
+        trusted: (m) => relayTargets(m, this.peerIds.value).length === 0,
       }),
       dedup({
         key: (m: Inbound<ChatFrame>) => m.frame.id,
@@ -441,7 +459,10 @@ class ChatNode implements P2PNode {
       }),
       spendRate({ limiter: this.senderRate, key: sender }),
       remember(this.store),
-      tap((m) => this.heldIds.set(m.frame.id, true)),
+      tap((m) => {
+        this.heldIds.set(m.frame.id, true);
+        if (m.peer !== null) this.noteNews();
+      }),
       share(),
     );
     this.messages$ = chat$.pipe(
@@ -451,7 +472,9 @@ class ChatNode implements P2PNode {
       share(),
     );
     this.subscription.add(
-      chat$.pipe(relay(this.peerIds)).subscribe(({ payload, to }) => {
+      chat$.pipe(relay(this.peerIds)).subscribe(({ frame, payload, to, unverified }) => {
+        // Let through unchecked, but a peer came since: checked now, as it goes on.
+        if (unverified === true && this.chatProblem(frame) !== undefined) return;
         for (const id of to) this.active.get(id)?.conn.sendPayload(payload);
       }),
     );
@@ -664,14 +687,13 @@ class ChatNode implements P2PNode {
       case 'bye':
         this.onBye(conn, frame.reason);
         return undefined;
-      case 'sync': {
-        const marks = new Map(frame.marks.map((m) => [m.from, m.seq]));
-        this.store.noteOwnSeq(marks.get(this.id) ?? 0);
-        this.resync(conn, marks);
+      case 'sync':
+        this.resync(conn, frame);
         return undefined;
-      }
-      case 'chat':
       case 'peers':
+        conn.noteNeighbours(new Set(frame.peers.map((p) => p.id)));
+        return { peer: conn.peerRef!, frame, payload };
+      case 'chat':
         return { peer: conn.peerRef!, frame, payload };
     }
   }
@@ -907,6 +929,8 @@ class ChatNode implements P2PNode {
       this.publishPeers();
       this.events.next({ type: 'peer-down', peer: info, reason });
       this.schedulePeerList();
+      // Frames on their way over it are lost, and peers that counted on it relaying are not told yet.
+      this.noteNews();
     }
     if (this.closed) return;
     const dialedTarget = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
@@ -925,19 +949,57 @@ class ChatNode implements P2PNode {
 
   // ---- history resync ----------------------------------------------------------------------
 
-  /** What this node holds, for a peer to send what it lacks. The most recent senders first, bounded. */
-  private syncFrame(): SyncFrame {
-    const marks = [...this.store.marks()].slice(-MAX_SYNC_MARKS).map(([from, seq]) => ({ from, seq }));
-    return { type: 'sync', marks };
+  /**
+   * What this node holds, for a peer to send what it lacks: per sender (the most recent ones,
+   * bounded) the mark and the ranges held above it. With `minAgeMs`, the peer leaves out what it
+   * took in that recently.
+   */
+  private syncFrame(minAgeMs?: number): SyncFrame {
+    const marks = [...this.store.marks()].slice(-MAX_SYNC_MARKS).map(([from, seq]): SyncMark => {
+      const have = this.store.heldAbove(from, seq, MAX_SYNC_RANGES);
+      return have.length === 0 ? { from, seq } : { from, seq, have };
+    });
+    return minAgeMs === undefined ? { type: 'sync', marks } : { type: 'sync', marks, minAgeMs };
+  }
+
+  /** New messages arrived, or a peer left: a sync to every peer is due (anti-entropy). */
+  private noteNews(): void {
+    this.entropy = 'dirty';
+    if (this.entropyTimer !== undefined || this.closed) return;
+    this.entropyTimer = setTimeout(() => this.antiEntropy(), this.timing.antiEntropyMs);
+    this.entropyTimer.unref();
+  }
+
+  /**
+   * Asks every peer for what this node lacks, leaving out what they took in during the last half
+   * period (on its way still). Once more a period later, so the last messages of a burst, too young
+   * the first time, are covered.
+   */
+  private antiEntropy(): void {
+    this.entropyTimer = undefined;
+    if (this.entropy === 'idle' || this.closed) return;
+    const again = this.entropy === 'dirty';
+    this.entropy = 'idle';
+    const sync = this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2));
+    for (const { conn } of this.active.values()) conn.send(sync);
+    if (again) {
+      this.noteNews();
+      this.entropy = 'again';
+    }
   }
 
   /**
    * Sends a peer the messages of our window it lacks, as ordinary chat frames, in bounded batches:
    * a batch per turn of the event loop and never more than RESYNC_OUTBOX_BYTES queued, so live
-   * traffic to this and every other peer goes on in between.
+   * traffic to this and every other peer goes on in between. A message kept unchecked is checked
+   * before it goes.
    */
-  private resync(conn: Connection, marks: Map<string, number>): void {
-    const backlog = this.store.lacking(marks);
+  private resync(conn: Connection, sync: SyncFrame): void {
+    const marks = new Map(sync.marks.map((m) => [m.from, m.seq]));
+    this.store.noteOwnSeq(marks.get(this.id) ?? 0);
+    const have = new Map(sync.marks.flatMap((m) => (m.have === undefined ? [] : [[m.from, m.have]])));
+    const takenBy = sync.minAgeMs === undefined ? undefined : Date.now() - sync.minAgeMs;
+    const backlog = this.store.lacking(marks, { have, ...(takenBy === undefined ? {} : { takenBy }) });
     if (backlog.length === 0) return;
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
     let next = 0;
@@ -945,7 +1007,18 @@ class ChatNode implements P2PNode {
       if (this.closed || conn.closing || conn.socket.destroyed) return;
       let sent = 0;
       while (next < backlog.length && sent < RESYNC_BATCH && conn.outboxBytes < RESYNC_OUTBOX_BYTES) {
-        conn.sendPayload(backlog[next++]!.payload);
+        const message = backlog[next++]!;
+        if (!message.verified) {
+          const problem = this.chatProblem(message.frame);
+          if (problem !== undefined) {
+            this.log.warn(
+              `resync: not sending a held message of ${message.frame.from.slice(0, 8)} (${problem})`,
+            );
+            continue;
+          }
+          message.verified = true;
+        }
+        conn.sendPayload(message.payload);
         sent++;
       }
       if (next < backlog.length) {
@@ -1143,6 +1216,7 @@ class ChatNode implements P2PNode {
     this.closed = true;
     clearInterval(this.tick);
     clearTimeout(this.peerListTimer);
+    clearTimeout(this.entropyTimer);
     for (const target of this.targets.values()) clearTimeout(target.timer);
     const closedSockets = [...this.conns].map(
       (conn) =>

@@ -7,13 +7,32 @@ export interface Relayed {
   readonly frame: ChatFrame;
   /** Payload bytes to write, unchanged from what was received. */
   readonly payload: Buffer;
-  /** Ids of the peers to send it to: every connected peer but the one it came from. */
+  /**
+   * Ids of the peers to send it to: every connected peer but the one it came from and the peers
+   * that one is connected to.
+   */
   readonly to: readonly string[];
+  /** Passed on from the message ({@link Inbound.unverified}): check its signature before it goes. */
+  readonly unverified?: true;
+}
+
+/**
+ * The peers a message goes on to: every one of `peers` except the peer that delivered it and the
+ * peers that one said it is connected to (`PeerRef.neighbours`: they have it from it, or from
+ * whoever it had it from). In a full mesh a message makes one hop. Skipping them is safe only with
+ * anti-entropy behind it (the node's periodic sync): a peer list can be stale.
+ */
+export function relayTargets(message: Inbound<ChatFrame>, peers: readonly string[]): readonly string[] {
+  const origin = message.peer;
+  if (origin === null) return peers;
+  const skip = origin.neighbours;
+  return peers.filter((id) => id !== origin.id && skip?.has(id) !== true);
 }
 
 /**
  * Decides where each message goes: to every peer in the latest value of `peers$` except the one
- * that delivered it. A message with nobody to go to is dropped.
+ * that delivered it and the peers it is connected to ({@link relayTargets}). A message with nobody
+ * to go to is dropped.
  *
  * Messages arriving before `peers$` has emitted are dropped too (there is nobody to send them to);
  * pass a `BehaviorSubject`-like source. Completes and errors with the source; an error of `peers$`
@@ -24,9 +43,9 @@ export interface Relayed {
 export function relay(peers$: Observable<readonly string[]>): OperatorFunction<Inbound<ChatFrame>, Relayed> {
   return pipe(
     withLatestFrom(peers$),
-    map(([{ peer, frame, payload }, peers]): Relayed => {
-      const origin = peer?.id;
-      return { frame, payload, to: origin === undefined ? peers : peers.filter((id) => id !== origin) };
+    map(([message, peers]): Relayed => {
+      const relayed = { frame: message.frame, payload: message.payload, to: relayTargets(message, peers) };
+      return message.unverified === true ? { ...relayed, unverified: true } : relayed;
     }),
     filter((relayed) => relayed.to.length > 0),
   );

@@ -19,7 +19,7 @@ import type { Inbound } from './types.js';
 export function remember(store: MessageStore): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
   return (source) =>
     source.pipe(
-      filter(({ frame, payload }) => store.add(frame, payload)),
+      filter(({ frame, payload, unverified }) => store.add(frame, payload, unverified !== true)),
       // One inner per new message (not per copy): it emits when the record is written, and the
       // store runs those callbacks in order, so the messages keep their order.
       mergeMap(

@@ -4,6 +4,17 @@ import type { Frame } from '../protocol/frames.js';
 export interface PeerRef {
   readonly id: string;
   readonly host: string;
+  /**
+   * The peers this peer said (in its latest peer list before this frame) it is connected to. A
+   * message it delivers has gone to them from it, or from whoever it had the message from, so
+   * {@link relay} skips them. Absent: unknown, nobody is skipped.
+   */
+  readonly neighbours?: ReadonlySet<string>;
+  /**
+   * The peer's Ed25519 public key (hex), proven by the handshake of the connection. A message whose
+   * key it is came from its author directly.
+   */
+  readonly key?: string;
 }
 
 /** One frame as it enters the node's pipeline. */
@@ -13,4 +24,9 @@ export interface Inbound<F extends Frame = Frame> {
   readonly frame: F;
   /** The frame's payload bytes as received, so a relay can forward them without re-encoding. */
   readonly payload: Buffer;
+  /**
+   * Set by `verifySignatures` on a chat message it let through without checking its signature (its
+   * author delivered it over the authenticated channel, and it goes nowhere else).
+   */
+  readonly unverified?: true;
 }

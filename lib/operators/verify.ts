@@ -1,4 +1,4 @@
-import { filter, type MonoTypeOperatorFunction } from 'rxjs';
+import { filter, map, pipe, type OperatorFunction } from 'rxjs';
 import { LRUCache } from 'lru-cache';
 import type { ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
@@ -12,6 +12,13 @@ export interface VerifyOptions {
   readonly network: Uint8Array;
   /** Called for each message dropped, with the reason; the node penalises the peer that sent it. */
   readonly onInvalid?: (message: Inbound<ChatFrame>, reason: string) => void;
+  /**
+   * Messages whose signature need not be checked now: the node passes those its author delivered
+   * itself (the handshake proved the channel's key, {@link PeerRef.key}) and that go to nobody
+   * else. Only messages whose `key` is the delivering peer's proven key are ever let through
+   * unchecked, whatever this returns; they come out with `unverified: true`.
+   */
+  readonly trusted?: (message: Inbound<ChatFrame>) => boolean;
 }
 
 /**
@@ -24,41 +31,61 @@ export interface VerifyOptions {
  * Stateless: place it after the cheap duplicate checks, so each message is verified once. Completes
  * and errors with the source; a throwing `onInvalid` becomes an error notification.
  */
-export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
-  const { network, onInvalid } = options;
+export function verifySignatures(
+  options: VerifyOptions,
+): OperatorFunction<Inbound<ChatFrame>, Inbound<ChatFrame>> {
+  const { network, onInvalid, trusted } = options;
   if (network.length !== NETWORK_TAG_BYTES) {
     throw new RangeError(
       `verifySignatures: network must be a ${NETWORK_TAG_BYTES}-byte tag, got ${network.length}`,
     );
   }
+  const problem = chatProblemChecker(network);
+  return pipe(
+    map((message): Inbound<ChatFrame> | undefined => {
+      if (message.peer === null) return message;
+      let reason: string | undefined;
+      // From its author over the channel its key authenticates, going nowhere else: the channel
+      // vouches for it; its signature is checked if it is ever sent on.
+      if (message.peer.key === message.frame.key && trusted?.(message) === true) {
+        if (message.peer.id === message.frame.from) return { ...message, unverified: true };
+        reason = 'its sender id is not the id of its key';
+      } else reason = problem(message.frame);
+      if (reason === undefined) return message;
+      onInvalid?.(message, reason);
+      return undefined;
+    }),
+    filter((message): message is Inbound<ChatFrame> => message !== undefined),
+  );
+}
+
+/**
+ * A checker of chat messages: returns why `frame` is not a valid message of the network with tag
+ * `network` (its `from` is not the id of its key, or its signature does not verify), or `undefined`
+ * when it is. Keeps the ids of the last 1,024 sender keys.
+ */
+export function chatProblemChecker(network: Uint8Array): (frame: ChatFrame) => string | undefined {
   // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
   // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
   const ids = new LRUCache<string, string>({ max: 1024 });
-  return filter((message) => {
-    if (message.peer === null) return true;
-    const { frame } = message;
+  return (frame) => {
     const publicKey = Buffer.from(frame.key, 'hex');
     let id = ids.get(frame.key);
     if (id === undefined) {
       id = nodeIdOf(publicKey);
       ids.set(frame.key, id);
     }
-    let reason: string | undefined;
-    if (id !== frame.from) reason = 'its sender id is not the id of its key';
-    else {
-      const fields = {
-        id: frame.id,
-        publicKey,
-        nick: frame.nick,
-        ts: frame.ts,
-        text: frame.text,
-        seq: frame.seq,
-      };
-      if (!verifyChat(fields, Buffer.from(frame.sig, 'base64url'), network))
-        reason = 'its signature does not verify';
-    }
-    if (reason === undefined) return true;
-    onInvalid?.(message, reason);
-    return false;
-  });
+    if (id !== frame.from) return 'its sender id is not the id of its key';
+    const fields = {
+      id: frame.id,
+      publicKey,
+      nick: frame.nick,
+      ts: frame.ts,
+      text: frame.text,
+      seq: frame.seq,
+    };
+    if (!verifyChat(fields, Buffer.from(frame.sig, 'base64url'), network))
+      return 'its signature does not verify';
+    return undefined;
+  };
 }

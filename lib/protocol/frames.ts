@@ -84,19 +84,33 @@ export interface ByeFrame {
 export interface SyncMark {
   readonly from: string;
   readonly seq: number;
+  /**
+   * Ranges `[first, last]` above `seq` that the node holds already (after a gap), ascending, at most
+   * {@link MAX_SYNC_RANGES}: the receiver leaves them out of its answer.
+   */
+  readonly have?: readonly (readonly [number, number])[];
 }
 
 /**
- * Sent when a connection comes up: what the sender holds, per sender. The receiver answers with the
- * messages of its history window above each mark (all of a sender not listed), as ordinary chat frames.
+ * What the sender holds, per sender: sent when a connection comes up, and again a little after new
+ * messages arrived (anti-entropy: what a lost frame or a stale peer list left out is fetched). The
+ * receiver answers with the messages of its history window above each mark (all of a sender not
+ * listed), as ordinary chat frames.
  */
 export interface SyncFrame {
   readonly type: 'sync';
   readonly marks: readonly SyncMark[];
+  /**
+   * Only messages the receiver has held for at least this many milliseconds (0..60,000): younger ones
+   * are likely still on their way. Absent: all of them.
+   */
+  readonly minAgeMs?: number;
 }
 
 /** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
 export const MAX_SYNC_MARKS = 2048;
+/** Most `have` ranges of one sync mark. */
+export const MAX_SYNC_RANGES = 16;
 
 export type Frame = HelloFrame | ChatFrame | PeersFrame | PingFrame | PongFrame | ByeFrame | SyncFrame;
 export type FrameType = Frame['type'];
@@ -126,6 +140,27 @@ function int(o: Json, key: string, min: number, max: number): number {
     bad(`${key} must be an integer in ${min}..${max}`);
   }
   return value;
+}
+
+/** A sync mark's `have`: ascending, disjoint ranges above `mark`. */
+function ranges(value: unknown, mark: number): [number, number][] {
+  if (!Array.isArray(value)) bad('have must be an array');
+  if (value.length > MAX_SYNC_RANGES) bad(`have of ${value.length} ranges, the limit is ${MAX_SYNC_RANGES}`);
+  let above = mark;
+  return value.map((range: unknown): [number, number] => {
+    const [first, last] = Array.isArray(range) && range.length === 2 ? (range as unknown[]) : [];
+    if (
+      typeof first !== 'number' ||
+      typeof last !== 'number' ||
+      !Number.isSafeInteger(first) ||
+      !Number.isSafeInteger(last) ||
+      first <= above ||
+      last < first
+    )
+      bad('have must hold ascending [first, last] ranges above the mark');
+    above = last;
+    return [first, last];
+  });
 }
 
 /** Parses one frame payload (UTF-8 JSON) into a validated {@link Frame}. */
@@ -202,9 +237,12 @@ export function validateFrame(raw: unknown): Frame {
       const marks = list.map((entry: unknown): SyncMark => {
         if (typeof entry !== 'object' || entry === null) bad('sync mark must be an object');
         const e = entry as Json;
-        return { from: str(e, 'from', 64, ID_PATTERN), seq: int(e, 'seq', 0, Number.MAX_SAFE_INTEGER) };
+        const mark = { from: str(e, 'from', 64, ID_PATTERN), seq: int(e, 'seq', 0, Number.MAX_SAFE_INTEGER) };
+        return e['have'] === undefined ? mark : { ...mark, have: ranges(e['have'], mark.seq) };
       });
-      return { type, marks };
+      return o['minAgeMs'] === undefined
+        ? { type, marks }
+        : { type, marks, minAgeMs: int(o, 'minAgeMs', 0, 60_000) };
     }
     default:
       if (typeof type !== 'string') bad('frame type must be a string');

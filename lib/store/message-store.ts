@@ -18,6 +18,24 @@ export const HISTORY_DEFAULTS = { maxMessages: 10_000, maxAgeMs: 7 * 24 * 3600_0
 export interface StoredMessage {
   readonly frame: ChatFrame;
   readonly payload: Buffer;
+  /** When this node took it in (its clock, ms; the load time for a message read from the log). */
+  readonly at: number;
+  /**
+   * Whether its signature was checked. A message its own author delivered over the authenticated
+   * channel and that went nowhere else is kept unchecked; it is checked before it is sent on (resync).
+   */
+  verified: boolean;
+}
+
+/** Sequence numbers `[first, last]`, both included. */
+export type SeqRange = readonly [number, number];
+
+/** What a peer asks for in a resync, beyond its marks. */
+export interface LackingOptions {
+  /** Per sender, ranges above its mark that the peer holds already: not sent again. */
+  readonly have?: ReadonlyMap<string, readonly SeqRange[]>;
+  /** Only messages taken in at or before this time (ms): younger ones are likely still in flight. */
+  readonly takenBy?: number;
 }
 
 /** The highest sequence number held without a gap, per sender: what a peer is asked to go beyond. */
@@ -47,6 +65,8 @@ const RECORD_HEADER = 8; // u32 length + u32 crc32 of the body
 /** Record kinds: append-only. */
 const KIND_MESSAGE = 1;
 const KIND_META = 2;
+/** A message kept without its signature checked (see {@link StoredMessage.verified}). */
+const KIND_UNVERIFIED = 3;
 
 interface Meta {
   /** Own last sequence number, kept through compactions that drop own messages. */
@@ -178,13 +198,14 @@ export class MessageStore {
    * the end of the turn (a microtask), or at once by {@link flush}. Whatever must not happen before
    * the message is on disk (showing it, relaying it) waits for {@link afterWrite}.
    */
-  add(frame: ChatFrame, payload: Buffer): boolean {
+  add(frame: ChatFrame, payload: Buffer, verified = true): boolean {
     if (this.knows(frame)) return false;
-    if (frame.ts < this.now() - this.maxAgeMs) return false;
-    const message: StoredMessage = { frame, payload };
+    const now = this.now();
+    if (frame.ts < now - this.maxAgeMs) return false;
+    const message: StoredMessage = { frame, payload, at: now, verified };
     this.hold(message);
     if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
-    this.append(KIND_MESSAGE, payload);
+    this.append(verified ? KIND_MESSAGE : KIND_UNVERIFIED, payload);
     this.evict();
     return true;
   }
@@ -207,15 +228,43 @@ export class MessageStore {
     return marks;
   }
 
-  /** Messages a peer with `marks` lacks: per sender, in sequence order, those above its mark. */
-  lacking(marks: Marks): StoredMessage[] {
+  /**
+   * Per sender, the ranges of sequence numbers held above `mark` (at most `max` ranges, the lowest):
+   * what a peer need not send again when this node asks beyond its marks.
+   */
+  heldAbove(from: string, mark: number, max: number): SeqRange[] {
+    const held = this.senders.get(from)?.held;
+    if (held === undefined) return [];
+    const seqs = [...held.keys()].filter((seq) => seq > mark).sort((a, b) => a - b);
+    const ranges: [number, number][] = [];
+    for (const seq of seqs) {
+      const last = ranges[ranges.length - 1];
+      if (last !== undefined && seq === last[1] + 1) last[1] = seq;
+      else if (ranges.length === max) break;
+      else ranges.push([seq, seq]);
+    }
+    return ranges;
+  }
+
+  /**
+   * Messages a peer with `marks` lacks: per sender, in sequence order, those above its mark, less
+   * those `options` says it holds or that are too young to send.
+   */
+  lacking(marks: Marks, options: LackingOptions = {}): StoredMessage[] {
     this.evict();
+    const { have, takenBy = Infinity } = options;
     const perSender = new Map<string, StoredMessage[]>();
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
       const mark = marks.get(from) ?? 0;
+      const ranges = have?.get(from) ?? [];
       const list = [...sender.held.values()]
-        .filter((m) => m.frame.seq > mark)
+        .filter(
+          (m) =>
+            m.frame.seq > mark &&
+            m.at <= takenBy &&
+            !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last),
+        )
         .sort((a, b) => a.frame.seq - b.frame.seq);
       if (list.length === 0) continue;
       perSender.set(from, list);
@@ -367,12 +416,13 @@ export class MessageStore {
       }
       return;
     }
-    if (kind !== KIND_MESSAGE) throw new ProtocolError('ERR_BAD_FRAME', `unknown record kind ${kind}`);
+    if (kind !== KIND_MESSAGE && kind !== KIND_UNVERIFIED)
+      throw new ProtocolError('ERR_BAD_FRAME', `unknown record kind ${kind}`);
     const frame = parseFrame(rest);
     if (frame.type !== 'chat')
       throw new ProtocolError('ERR_BAD_FRAME', 'a stored record is not a chat message');
     if (this.knows(frame)) return;
-    this.hold({ frame, payload: rest });
+    this.hold({ frame, payload: rest, at: this.now(), verified: kind === KIND_MESSAGE });
     if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
   }
 
@@ -414,8 +464,10 @@ export class MessageStore {
     const fd = openSync(tmp, 'w', 0o600);
     try {
       const parts = [this.record(KIND_META, Buffer.from(JSON.stringify(this.meta()), 'utf8'))];
-      for (let i = this.orderStart; i < this.order.length; i++)
-        parts.push(this.record(KIND_MESSAGE, this.order[i]!.payload));
+      for (let i = this.orderStart; i < this.order.length; i++) {
+        const message = this.order[i]!;
+        parts.push(this.record(message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload));
+      }
       writeSync(fd, Buffer.concat(parts));
     } finally {
       closeSync(fd);
