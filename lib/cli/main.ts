@@ -159,9 +159,28 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   sink.ready({ id: node.id, port: node.port, nick: node.nick });
   sink.history(node.history(START_HISTORY), true);
 
+  // The text lines of one turn of the event loop (one read of stdin: a paste, a piped file) go out
+  // together, in order: one signature and one log write for all of them. A command sends the lines
+  // before it first, so /nick and the like take effect exactly between the lines around them.
+  let pending: string[] = [];
+  const sendPending = (): void => {
+    const texts = pending;
+    pending = [];
+    for (const message of node.sendAll(texts)) sink.sent(message);
+  };
   subscription.add(
     sink.lines$.subscribe({
-      next: (line) => handleLine(line, node, sink, quit),
+      next: (line) => {
+        const text = textOf(line, sink);
+        if (text === undefined) return;
+        if (typeof text === 'string') {
+          if (pending.length === 0) queueMicrotask(() => pending.length > 0 && sendPending());
+          pending.push(text);
+          return;
+        }
+        if (pending.length > 0) sendPending();
+        runCommand(text.command, node, sink, quit);
+      },
       // At the end of piped input the node stays up, relaying, until a signal; a terminal's Ctrl+D quits.
       complete: () => {
         if (mode === 'tty') quit();
@@ -181,19 +200,17 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   return 0;
 }
 
-function handleLine(raw: string, node: P2PNode, sink: ConsoleSink, quit: () => void): void {
+/** What a typed line is: a chat text, a command, or nothing to send (blank, too long: noticed). */
+function textOf(raw: string, sink: ConsoleSink): string | { readonly command: string } | undefined {
   const line = raw.replace(/\r$/, '');
-  if (line.trim().length === 0) return;
-  if (line.startsWith('/') && !line.startsWith('//')) {
-    runCommand(line, node, sink, quit);
-    return;
-  }
+  if (line.trim().length === 0) return undefined;
+  if (line.startsWith('/') && !line.startsWith('//')) return { command: line };
   const text = line.startsWith('//') ? line.slice(1) : line;
   if (text.length > MAX_TEXT_LENGTH) {
     sink.notice(`message not sent: ${text.length} characters, the limit is ${MAX_TEXT_LENGTH}`);
-    return;
+    return undefined;
   }
-  sink.sent(node.send(text));
+  return text;
 }
 
 function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => void): void {

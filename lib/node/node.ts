@@ -43,6 +43,7 @@ import {
   type SyncFrame,
   MAX_SYNC_MARKS,
   MAX_SYNC_RANGES,
+  MAX_BATCH,
   type SyncMark,
 } from '../protocol/frames.js';
 import type { Decoded } from '../operators/decode.js';
@@ -60,7 +61,7 @@ import type { LinkSecurity } from './connection.js';
 import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
-import { signedChatFrame } from '../security/sign.js';
+import { signedChatFrames } from '../security/sign.js';
 import { chatProblemChecker, verifySignatures } from '../operators/verify.js';
 import { rateLimit, spendRate } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
@@ -109,10 +110,11 @@ export interface NodeTiming {
    */
   readonly rateResyncDelayMs?: number;
   /**
-   * Anti-entropy: this long after new messages arrived (or a peer left), and once more after that,
-   * the node sends its peers a sync so that what a stale peer list or a lost frame left out is
-   * fetched; peers leave out what they took in during the last half of it (still on its way).
-   * Default 2 s: a hole is filled within about 4 s; an idle node sends nothing.
+   * Anti-entropy: once no new message has arrived (and no peer left) for this long, the node sends
+   * its peers a sync, so that what a stale peer list or a lost frame left out is fetched; during a
+   * long busy spell, every ten times this. Peers leave out what they took in during the last half of
+   * it (still on its way). Default 2 s: a hole is filled about 2 s after the talk pauses; an idle
+   * node sends nothing.
    */
   readonly antiEntropyMs?: number;
 }
@@ -256,6 +258,15 @@ export interface P2PNode {
    */
   send(text: string): ChatMessage;
   /**
+   * Sends several messages at once, in order, and returns them: one signature covers up to
+   * `MAX_BATCH` of them (a hash tree, see lib/security/sign.ts) and one write keeps them, so a pasted
+   * block of lines costs about what one line does. With a data directory they are in the history
+   * log when this returns.
+   * @throws {RangeError} when a text is empty or longer than `MAX_TEXT_LENGTH` (then none is sent),
+   *   or the node is closed.
+   */
+  sendAll(texts: readonly string[]): ChatMessage[];
+  /**
    * Dials `address` (a `host:port` string or an {@link Address}) and keeps it connected, retrying with
    * backoff. @throws {AddressError} for a malformed string.
    */
@@ -380,8 +391,9 @@ class ChatNode implements P2PNode {
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */
   private rateLimitedMessages = 0;
-  /** Anti-entropy state: new messages since the last sync ('dirty'), one more sync due ('again'). */
-  private entropy: 'idle' | 'dirty' | 'again' = 'idle';
+  /** Anti-entropy: since when news (new messages, a peer lost) waits for a sync; the last news. */
+  private entropySince: number | undefined;
+  private lastNews = 0;
   private entropyTimer: NodeJS.Timeout | undefined;
   /** Why a chat frame is not a valid message of this network (lazy checks: relay, resync). */
   private readonly chatProblem: (frame: ChatFrame) => string | undefined;
@@ -461,7 +473,7 @@ class ChatNode implements P2PNode {
       remember(this.store),
       tap((m) => {
         this.heldIds.set(m.frame.id, true);
-        if (m.peer !== null) this.noteNews();
+        this.noteNews();
       }),
       share(),
     );
@@ -533,19 +545,30 @@ class ChatNode implements P2PNode {
   }
 
   send(text: string): ChatMessage {
+    return this.sendAll([text])[0]!;
+  }
+
+  sendAll(texts: readonly string[]): ChatMessage[] {
     if (this.closed) throw new RangeError('send: the node is closed');
-    if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
-      throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
+    for (const text of texts) {
+      if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
+        throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
+      }
     }
-    const frame = signedChatFrame(
-      this.identity,
-      { id: messageId(), nick: this.nick, ts: Date.now(), seq: this.store.nextSeq(), text },
-      this.networkTag,
-    );
-    this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
-    // Written now rather than with the rest of the turn: a message send() returned is kept.
+    const sent: ChatMessage[] = [];
+    for (let start = 0; start < texts.length; start += MAX_BATCH) {
+      const ts = Date.now();
+      const batch = texts
+        .slice(start, start + MAX_BATCH)
+        .map((text) => ({ id: messageId(), nick: this.nick, ts, seq: this.store.nextSeq(), text }));
+      for (const frame of signedChatFrames(this.identity, batch, this.networkTag)) {
+        this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
+        sent.push(toMessage(frame));
+      }
+    }
+    // Written now rather than with the rest of the turn: a message sendAll() returned is kept.
     this.store.flush();
-    return toMessage(frame);
+    return sent;
   }
 
   connect(address: string | Address): void {
@@ -689,6 +712,7 @@ class ChatNode implements P2PNode {
         return undefined;
       case 'sync':
         this.resync(conn, frame);
+        if (frame.minAgeMs !== undefined) this.answerEntropySync(conn);
         return undefined;
       case 'peers':
         conn.noteNeighbours(new Set(frame.peers.map((p) => p.id)));
@@ -962,30 +986,55 @@ class ChatNode implements P2PNode {
     return minAgeMs === undefined ? { type: 'sync', marks } : { type: 'sync', marks, minAgeMs };
   }
 
-  /** New messages arrived, or a peer left: a sync to every peer is due (anti-entropy). */
+  /** New messages (received or sent), or a peer left: a sync with every peer is due (anti-entropy). */
   private noteNews(): void {
-    this.entropy = 'dirty';
+    const now = Date.now();
+    if (this.entropySince === undefined) this.entropySince = now;
+    this.lastNews = now;
+    this.armEntropy(this.timing.antiEntropyMs);
+  }
+
+  private armEntropy(delay: number): void {
     if (this.entropyTimer !== undefined || this.closed) return;
-    this.entropyTimer = setTimeout(() => this.antiEntropy(), this.timing.antiEntropyMs);
+    this.entropyTimer = setTimeout(() => this.antiEntropy(), delay);
     this.entropyTimer.unref();
   }
 
   /**
-   * Asks every peer for what this node lacks, leaving out what they took in during the last half
-   * period (on its way still). Once more a period later, so the last messages of a burst, too young
-   * the first time, are covered.
+   * Asks every peer for what this node lacks, once news has stopped for a period (a burst is over:
+   * what is missing now is lost, not on its way), or every ten periods while it goes on. Peers leave
+   * out what they took in during the last half period, and what the marks' ranges say is held; each
+   * asks back ({@link answerEntropySync}), so a peer that missed a message fetches it too.
    */
   private antiEntropy(): void {
     this.entropyTimer = undefined;
-    if (this.entropy === 'idle' || this.closed) return;
-    const again = this.entropy === 'dirty';
-    this.entropy = 'idle';
-    const sync = this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2));
-    for (const { conn } of this.active.values()) conn.send(sync);
-    if (again) {
-      this.noteNews();
-      this.entropy = 'again';
+    if (this.entropySince === undefined || this.closed) return;
+    const period = this.timing.antiEntropyMs;
+    const now = Date.now();
+    const quietAt = this.lastNews + period;
+    if (now < quietAt && now - this.entropySince < 10 * period) {
+      this.armEntropy(quietAt - now);
+      return;
     }
+    this.entropySince = now < quietAt ? now : undefined;
+    const sync = this.syncFrame(Math.floor(period / 2));
+    for (const { conn } of this.active.values()) this.sendEntropySync(conn, sync, now);
+    if (this.entropySince !== undefined) this.armEntropy(quietAt - now);
+  }
+
+  private sendEntropySync(conn: Connection, sync: SyncFrame, now: number): void {
+    conn.lastEntropySync = now;
+    conn.send(sync);
+  }
+
+  /**
+   * A peer's anti-entropy sync is answered with ours, unless we sent it one within the period: the
+   * peer that had news asks, and the one that missed it (it may have had no news at all) asks back.
+   */
+  private answerEntropySync(conn: Connection): void {
+    const now = Date.now();
+    if (now - conn.lastEntropySync < this.timing.antiEntropyMs) return;
+    this.sendEntropySync(conn, this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2)), now);
   }
 
   /**

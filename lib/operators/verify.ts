@@ -3,7 +3,7 @@ import { LRUCache } from 'lru-cache';
 import type { ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
 import { NETWORK_TAG_BYTES } from '../security/network-key.js';
-import { verifyChat } from '../security/sign.js';
+import { verifyChat, verifyChatInBatch } from '../security/sign.js';
 import type { Inbound } from './types.js';
 
 /** Options of {@link verifySignatures}. */
@@ -68,6 +68,8 @@ export function chatProblemChecker(network: Uint8Array): (frame: ChatFrame) => s
   // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
   // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
   const ids = new LRUCache<string, string>({ max: 1024 });
+  // Batches whose signature checked out (their tree nodes checked so far): one Ed25519 check per batch.
+  const batches = new LRUCache<string, Set<string>>({ max: 16 });
   return (frame) => {
     const publicKey = Buffer.from(frame.key, 'hex');
     let id = ids.get(frame.key);
@@ -84,8 +86,11 @@ export function chatProblemChecker(network: Uint8Array): (frame: ChatFrame) => s
       text: frame.text,
       seq: frame.seq,
     };
-    if (!verifyChat(fields, Buffer.from(frame.sig, 'base64url'), network))
-      return 'its signature does not verify';
-    return undefined;
+    const sig = Buffer.from(frame.sig, 'base64url');
+    const valid =
+      frame.proof === undefined
+        ? verifyChat(fields, sig, network)
+        : verifyChatInBatch(fields, frame.proof, sig, network, batches);
+    return valid ? undefined : 'its signature does not verify';
   };
 }

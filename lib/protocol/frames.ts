@@ -42,9 +42,27 @@ export interface ChatFrame {
   readonly text: string;
   /** The sender's Ed25519 public key, 64 hex digits; `from` is derived from it. */
   readonly key: string;
-  /** Ed25519 signature of the message (lib/security/sign.ts layout), base64url, 86 characters. */
+  /**
+   * Ed25519 signature, base64url, 86 characters: of the message (lib/security/sign.ts layout), or,
+   * with `proof`, of the root of the batch the message was sent in.
+   */
   readonly sig: string;
+  /** For a message sent in a batch: where it is in the batch's hash tree (lib/security/sign.ts). */
+  readonly proof?: ChatProof;
 }
+
+/** A message's place in the hash tree of its batch, whose root the sender signed once. */
+export interface ChatProof {
+  /** Index of the message in the batch, 0-based. */
+  readonly i: number;
+  /** Messages in the batch, 2..{@link MAX_BATCH}. */
+  readonly n: number;
+  /** The sibling hashes from the leaf up (32 bytes each), concatenated, base64url. */
+  readonly path: string;
+}
+
+/** Most messages one batch signature covers. */
+export const MAX_BATCH = 1024;
 
 /** A node that one peer knows, as sent in a peer list. */
 export interface PeerEntry {
@@ -142,6 +160,17 @@ function int(o: Json, key: string, min: number, max: number): number {
   return value;
 }
 
+/** A chat frame's `proof`: a place in a batch of 2..MAX_BATCH and at most one hash per tree level. */
+function proofOf(value: unknown): ChatProof {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) bad('proof must be an object');
+  const o = value as Json;
+  const n = int(o, 'n', 2, MAX_BATCH);
+  const i = int(o, 'i', 0, n - 1);
+  // 32-byte hashes, one per level at most: 10 levels for 1,024 messages.
+  const path = str(o, 'path', 427, /^[0-9A-Za-z_-]*$/);
+  return { i, n, path };
+}
+
 /** A sync mark's `have`: ascending, disjoint ranges above `mark`. */
 function ranges(value: unknown, mark: number): [number, number][] {
   if (!Array.isArray(value)) bad('have must be an array');
@@ -201,8 +230,8 @@ export function validateFrame(raw: unknown): Frame {
       };
       return o['addr'] === undefined ? hello : { ...hello, addr: str(o, 'addr', 300) };
     }
-    case 'chat':
-      return {
+    case 'chat': {
+      const chat: ChatFrame = {
         type,
         id: str(o, 'id', 64, ID_PATTERN),
         from: str(o, 'from', 64, ID_PATTERN),
@@ -213,6 +242,8 @@ export function validateFrame(raw: unknown): Frame {
         key: str(o, 'key', 64, /^[0-9a-f]{64}$/),
         sig: str(o, 'sig', 86, /^[0-9A-Za-z_-]{86}$/),
       };
+      return o['proof'] === undefined ? chat : { ...chat, proof: proofOf(o['proof']) };
+    }
     case 'peers': {
       const list = o['peers'];
       if (!Array.isArray(list)) bad('peers must be an array');

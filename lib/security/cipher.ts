@@ -84,7 +84,8 @@ export class CipherState {
     if (plaintext.length > this.maxMessageBytes) {
       throw new RangeError(`message of ${plaintext.length} bytes, the limit is ${this.maxMessageBytes}`);
     }
-    const out = Buffer.alloc(plaintext.length + TAG_BYTES);
+    // Not zero-filled: the cipher writes every byte (small ones come from Node's pool, no allocation).
+    const out = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
     sodium.crypto_aead_chacha20poly1305_ietf_encrypt(out, plaintext, null, null, this.nextNonce(), this.key);
     return out;
   }
@@ -104,7 +105,8 @@ export class CipherState {
         `encrypted message of ${ciphertext.length} bytes, expected ${TAG_BYTES}..${this.maxMessageBytes + TAG_BYTES}`,
       );
     }
-    const out = Buffer.alloc(ciphertext.length - TAG_BYTES);
+    // Not zero-filled: written in full on success, dropped on failure.
+    const out = Buffer.allocUnsafe(ciphertext.length - TAG_BYTES);
     try {
       sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
         out,

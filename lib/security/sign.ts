@@ -1,5 +1,5 @@
 import sodium from 'sodium-universal';
-import type { ChatFrame } from '../protocol/frames.js';
+import { MAX_BATCH, type ChatFrame, type ChatProof } from '../protocol/frames.js';
 import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, type Identity } from './identity.js';
 import { NETWORK_TAG_BYTES } from './network-key.js';
 
@@ -10,7 +10,7 @@ import { NETWORK_TAG_BYTES } from './network-key.js';
 export const SIGNING_PREFIX = Buffer.from('p2p-chat-v1\0', 'utf8');
 
 /** Kinds of signed records, one byte after the prefix. Append-only. */
-export const SIGNED_KIND = { chat: 1 } as const;
+export const SIGNED_KIND = { chat: 1, batch: 2 } as const;
 
 /** The fields of a chat message that its signature covers. */
 export interface SignedChatFields {
@@ -170,4 +170,161 @@ export function verifyChat(fields: SignedChatFields, signature: Uint8Array, netw
   // of every message at every node. Its checks are the strict ones (canonical encodings, no
   // small-order keys), so it accepts no signature that node:crypto would refuse.
   return sodium.crypto_sign_verify_detached(signature, data, fields.publicKey);
+}
+
+// ---- batches: one signature for many messages ----------------------------------------------------
+//
+// A node that sends several messages at once (a pasted block of lines) signs them together: each
+// message is a leaf of a binary hash tree (BLAKE2b-256), and the signature covers the root. Every
+// message still travels, is stored and is checked on its own: it carries the sibling hashes from its
+// leaf up (its proof), so a receiver rebuilds the root from the message alone and checks one Ed25519
+// signature per batch, not per message (a cache keeps the roots already checked).
+//
+//   leaf  = H(0x00 || chatSigningBytes(message))        the chat layout above, kind 1
+//   node  = H(0x01 || left || right)                    a level's odd last node moves up unchanged
+//   signed: "p2p-chat-v1\0" || kind 2 || network tag || public key || u32 n || root
+//
+// Leaf and node hashes differ in their first byte and the signed bytes bind the batch size, so a
+// proof can only place a message where the sender put it (the RFC 9162 tree, with promotion instead
+// of its split: the same shape rules for any n).
+
+const HASH_BYTES = 32;
+const LEAF = Buffer.from([0]);
+const NODE = Buffer.from([1]);
+
+function hash(parts: readonly Uint8Array[]): Buffer {
+  const out = Buffer.allocUnsafe(HASH_BYTES);
+  sodium.crypto_generichash_batch(out, parts);
+  return out;
+}
+
+/** The bytes a batch signature covers: prefix, kind 2, network tag, public key, u32 size, root. */
+function batchSigningBytes(publicKey: Uint8Array, n: number, root: Uint8Array, network: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(
+    SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES + PUBLIC_KEY_BYTES + 4 + HASH_BYTES,
+  );
+  let at = SIGNING_PREFIX.copy(out, 0);
+  at = out.writeUInt8(SIGNED_KIND.batch, at);
+  out.set(network, at);
+  at += NETWORK_TAG_BYTES;
+  out.set(publicKey, at);
+  at += PUBLIC_KEY_BYTES;
+  at = out.writeUInt32BE(n, at);
+  out.set(root, at);
+  return out;
+}
+
+/**
+ * The frames of messages sent together as `identity`, for the network with tag `network`: one
+ * message is signed alone ({@link signedChatFrame}); 2..MAX_BATCH share one signature of their hash
+ * tree's root, each frame carrying its proof.
+ * @throws {RangeError} for no message or more than MAX_BATCH, or a field out of range.
+ */
+export function signedChatFrames(
+  identity: Identity,
+  messages: readonly (Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number })[],
+  network: Uint8Array,
+): ChatFrame[] {
+  const n = messages.length;
+  if (n < 1 || n > MAX_BATCH) throw new RangeError(`a batch holds 1-${MAX_BATCH} messages, got ${n}`);
+  if (n === 1) return [signedChatFrame(identity, messages[0]!, network)];
+  const publicKey = identity.publicKey;
+  const levels: Buffer[][] = [
+    messages.map((m) => hash([LEAF, chatSigningBytes({ ...m, publicKey }, network)])),
+  ];
+  for (let level = levels[0]!; level.length > 1;) {
+    const up: Buffer[] = [];
+    for (let j = 0; j < level.length; j += 2)
+      up.push(j + 1 < level.length ? hash([NODE, level[j]!, level[j + 1]!]) : level[j]!);
+    levels.push(up);
+    level = up;
+  }
+  const root = levels[levels.length - 1]![0]!;
+  const sig = identity.sign(batchSigningBytes(publicKey, n, root, network)).toString('base64url');
+  const key = publicKey.toString('hex');
+  return messages.map((m, i): ChatFrame => {
+    const siblings: Buffer[] = [];
+    for (let level = 0, at = i; level < levels.length - 1; level++, at >>= 1) {
+      const sibling = levels[level]![at ^ 1];
+      if (sibling !== undefined) siblings.push(sibling);
+    }
+    return {
+      type: 'chat',
+      id: m.id,
+      nick: m.nick,
+      ts: m.ts,
+      seq: m.seq,
+      text: m.text,
+      from: identity.id,
+      key,
+      sig,
+      proof: { i, n, path: Buffer.concat(siblings).toString('base64url') },
+    };
+  });
+}
+
+/**
+ * Tree nodes of batches whose signature checked out, per signature and key: a message whose path
+ * reaches one of them is in that signed tree (reaching a known hash from other content would take a
+ * BLAKE2b second preimage), so the rest of its path and the signature need no checking again.
+ */
+export interface BatchCache {
+  get(key: string): Set<string> | undefined;
+  set(key: string, nodes: Set<string>): unknown;
+}
+
+/**
+ * True when `signature` is `fields.publicKey`'s signature of the root of a batch in which `proof`
+ * places this message, for the network with tag `network`. False for anything else (see
+ * {@link verifyChat}). With `cache`, each batch's signature is verified once, and each message of
+ * it costs about two hashes.
+ */
+export function verifyChatInBatch(
+  fields: SignedChatFields,
+  proof: ChatProof,
+  signature: Uint8Array,
+  network: Uint8Array,
+  cache?: BatchCache,
+): boolean {
+  if (network.length !== NETWORK_TAG_BYTES) {
+    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`); // our config, not the peer
+  }
+  if (signature.length !== SIGNATURE_BYTES || fields.publicKey.length !== PUBLIC_KEY_BYTES) return false;
+  if (proof.i >= proof.n || proof.n > MAX_BATCH) return false;
+  let node: Buffer;
+  try {
+    node = hash([LEAF, chatSigningBytes(fields, network)]);
+  } catch (err) {
+    if (err instanceof TypeError) throw err;
+    return false; // RangeError from a peer's field
+  }
+  const path = Buffer.from(proof.path, 'base64url');
+  if (path.length % HASH_BYTES !== 0) return false;
+  const cacheKey = `${Buffer.from(signature).toString('base64url')}:${Buffer.from(fields.publicKey).toString('hex')}`;
+  const known = cache?.get(cacheKey);
+  const seen = [node.toString('latin1')];
+  if (known?.has(seen[0]!) === true) return true;
+  let used = 0;
+  for (let at = proof.i, size = proof.n; size > 1; at >>= 1, size = Math.ceil(size / 2)) {
+    if ((at ^ 1) >= size) continue; // the odd last node of its level: moved up unchanged
+    if (used + HASH_BYTES > path.length) return false;
+    const sibling = path.subarray(used, used + HASH_BYTES);
+    used += HASH_BYTES;
+    node = at & 1 ? hash([NODE, sibling, node]) : hash([NODE, node, sibling]);
+    const id = node.toString('latin1');
+    if (known?.has(id) === true) {
+      for (const s of seen) known.add(s);
+      return true;
+    }
+    seen.push(id);
+  }
+  if (used !== path.length) return false;
+  const signed = batchSigningBytes(fields.publicKey, proof.n, node, network);
+  if (!sodium.crypto_sign_verify_detached(signature, signed, fields.publicKey)) return false;
+  if (cache !== undefined) {
+    const nodes = known ?? new Set<string>();
+    for (const s of seen) nodes.add(s);
+    if (known === undefined) cache.set(cacheKey, nodes);
+  }
+  return true;
 }

@@ -58,6 +58,8 @@ declare module 'sodium-universal' {
     readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
     /** True when `sig` is `pk`'s Ed25519 signature of `m` (libsodium's strict checks: canonical encodings, no small-order keys). */
     crypto_sign_verify_detached(sig: Uint8Array, m: Uint8Array, pk: Uint8Array): boolean;
+    /** BLAKE2b of the concatenation of `batch`, `output.length` bytes (16..64), written into `output`. */
+    crypto_generichash_batch(output: Uint8Array, batch: readonly Uint8Array[], key?: Uint8Array): void;
     /** Writes `m`'s ciphertext and tag into `c` (m.length + ABYTES bytes); returns the bytes written. */
     crypto_aead_chacha20poly1305_ietf_encrypt(
       c: Uint8Array,

@@ -80,6 +80,8 @@ interface SenderState {
   readonly held: Map<number, StoredMessage>;
   /** Highest sequence number evicted (or never to be fetched): anything at or below is old. */
   floor: number;
+  /** Highest sequence number held or evicted. */
+  top: number;
 }
 
 /**
@@ -257,15 +259,23 @@ export class MessageStore {
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
       const mark = marks.get(from) ?? 0;
+      if (mark >= sender.top) continue; // the usual case in a periodic sync: it has them all
       const ranges = have?.get(from) ?? [];
-      const list = [...sender.held.values()]
-        .filter(
-          (m) =>
-            m.frame.seq > mark &&
-            m.at <= takenBy &&
-            !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last),
-        )
-        .sort((a, b) => a.frame.seq - b.frame.seq);
+      const wanted = (m: StoredMessage): boolean =>
+        m.at <= takenBy && !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last);
+      let list: StoredMessage[];
+      if (sender.top - mark <= sender.held.size) {
+        // Few above the mark (a peer a little behind): look those up rather than scan the window.
+        list = [];
+        for (let seq = mark + 1; seq <= sender.top; seq++) {
+          const m = sender.held.get(seq);
+          if (m !== undefined && wanted(m)) list.push(m);
+        }
+      } else {
+        list = [...sender.held.values()]
+          .filter((m) => m.frame.seq > mark && wanted(m))
+          .sort((a, b) => a.frame.seq - b.frame.seq);
+      }
       if (list.length === 0) continue;
       perSender.set(from, list);
       all.push(...list);
@@ -329,10 +339,11 @@ export class MessageStore {
   private hold(message: StoredMessage): void {
     let sender = this.senders.get(message.frame.from);
     if (sender === undefined) {
-      sender = { held: new Map(), floor: 0 };
+      sender = { held: new Map(), floor: 0, top: 0 };
       this.senders.set(message.frame.from, sender);
     }
     sender.held.set(message.frame.seq, message);
+    if (message.frame.seq > sender.top) sender.top = message.frame.seq;
     this.order.push(message);
   }
 
@@ -410,8 +421,9 @@ export class MessageStore {
       if (typeof meta.lastSeq === 'number' && meta.lastSeq > this.lastSeq) this.lastSeq = meta.lastSeq;
       for (const [from, floor] of Object.entries(meta.floors ?? {})) {
         if (typeof floor !== 'number') continue;
-        const sender = this.senders.get(from) ?? { held: new Map<number, StoredMessage>(), floor: 0 };
+        const sender = this.senders.get(from) ?? { held: new Map<number, StoredMessage>(), floor: 0, top: 0 };
         sender.floor = Math.max(sender.floor, floor);
+        sender.top = Math.max(sender.top, floor);
         this.senders.set(from, sender);
       }
       return;

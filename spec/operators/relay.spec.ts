@@ -200,6 +200,37 @@ describe('relay', () => {
     });
   });
 
+  it('skips the peers the delivering peer said it is connected to (they have it from it)', () => {
+    // pa's latest peer list named pb: a message pa delivers goes to pc only; one written here, or
+    // delivered by pb (whose list is unknown), goes to all the others as before.
+    const viaA = chat('m5', { ...peerA, neighbours: new Set(['pb', 'px']) });
+    testScheduler().run(({ hot, expectObservable }) => {
+      const peers$ = hot('  p------', lists);
+      const source = hot('  -a-b-c|', { a: viaA, b: m.b, c: m.c });
+      const out = { x: relayed(viaA, ['pc']), y: relayed(m.b, ['pa', 'pc']), z: relayed(m.c, lists.p) };
+      expectObservable(source.pipe(relay(peers$))).toBe('-x-y-z|', out);
+    });
+  });
+
+  it('drops a message whose every other peer is a neighbour of the peer that delivered it', () => {
+    const viaA = chat('m6', { ...peerA, neighbours: new Set(['pb', 'pc']) });
+    testScheduler().run(({ hot, expectObservable }) => {
+      const peers$ = hot('  p----', lists);
+      const source = hot('  -a--|', { a: viaA });
+      expectObservable(source.pipe(relay(peers$))).toBe('----|');
+    });
+  });
+
+  it('passes on that a message was let through without its signature checked', () => {
+    const unchecked: Inbound<ChatFrame> = { ...m.a, unverified: true };
+    testScheduler().run(({ hot, expectObservable }) => {
+      const peers$ = hot('  p----', lists);
+      const source = hot('  -a--|', { a: unchecked });
+      const out = { x: { ...relayed(m.a, ['pb', 'pc']), unverified: true as const } };
+      expectObservable(source.pipe(relay(peers$))).toBe('-x--|', out);
+    });
+  });
+
   it('stops a synchronous source when take(n) has what it needs', () => {
     let pulled = 0;
     testScheduler().run(({ expectObservable }) => {

@@ -33,6 +33,59 @@ const impostor = inbound({ ...signed('hello', 4), from: generateIdentity().id })
 const ownUnsigned = inbound({ ...signed('mine', 5), sig: 'x'.repeat(86) }, null);
 
 describe('verifySignatures', () => {
+  describe('trusted: a message its author delivered over the authenticated channel', () => {
+    const authorPeer = { id: author.id, host: '127.0.0.1', key: author.publicKey.toString('hex') };
+    const direct = inbound({ ...signed('hello', 6), sig: 'x'.repeat(86) }, authorPeer);
+
+    it('passes it unchecked, marked unverified, when the node says it goes nowhere else', () => {
+      const asked: string[] = [];
+      scheduler().run(({ cold, expectObservable }) => {
+        const source = cold('-d-|', { d: direct });
+        const op = verifySignatures({ network, trusted: (m) => (asked.push(m.frame.id), true) });
+        expectObservable(source.pipe(op)).toBe('-u-|', { u: { ...direct, unverified: true } });
+      });
+      assert.deepEqual(asked, ['m6']);
+    });
+
+    it('checks it when the node says it goes on (trusted returns false)', () => {
+      const reports: string[] = [];
+      scheduler().run(({ cold, expectObservable }) => {
+        const source = cold('-d-g-|', { d: direct, g: inbound(signed('hi', 7), authorPeer) });
+        const op = verifySignatures({ network, trusted: () => false, onInvalid: (_m, r) => reports.push(r) });
+        expectObservable(source.pipe(op)).toBe('---g-|', { g: inbound(signed('hi', 7), authorPeer) });
+      });
+      assert.deepEqual(reports, ['its signature does not verify']);
+    });
+
+    it('never trusts a message whose key is not the proven key of the peer that delivered it', () => {
+      const relayed = inbound({ ...signed('hello', 8), sig: 'x'.repeat(86) }); // via a relay: no key
+      const otherKey = { ...authorPeer, key: generateIdentity().publicKey.toString('hex') };
+      const forged = inbound({ ...signed('hello', 9), sig: 'x'.repeat(86) }, otherKey);
+      const reports: string[] = [];
+      scheduler().run(({ cold, expectObservable }) => {
+        const source = cold('-r-f-|', { r: relayed, f: forged });
+        const op = verifySignatures({
+          network,
+          trusted: () => true,
+          onInvalid: (m, r) => reports.push(`${m.frame.id}: ${r}`),
+        });
+        expectObservable(source.pipe(op)).toBe('-----|');
+      });
+      assert.deepEqual(reports, ['m8: its signature does not verify', 'm9: its signature does not verify']);
+    });
+
+    it("refuses a message carrying the peer's key under another sender id", () => {
+      const renamed = inbound({ ...signed('hello', 10), from: 'someone-else' }, authorPeer);
+      const reports: string[] = [];
+      scheduler().run(({ cold, expectObservable }) => {
+        const source = cold('-r-|', { r: renamed });
+        const op = verifySignatures({ network, trusted: () => true, onInvalid: (_m, r) => reports.push(r) });
+        expectObservable(source.pipe(op)).toBe('---|');
+      });
+      assert.deepEqual(reports, ['its sender id is not the id of its key']);
+    });
+  });
+
   it('passes a message signed by the key of its sender, for this network', () => {
     scheduler().run(({ cold, expectObservable, expectSubscriptions }) => {
       const source = cold('-a-|', { a: good });

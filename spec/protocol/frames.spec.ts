@@ -7,6 +7,8 @@ import {
   MAX_NICK_LENGTH,
   MAX_PEERS_PER_LIST,
   MAX_TEXT_LENGTH,
+  MAX_BATCH,
+  MAX_SYNC_RANGES,
   parseFrame,
   PROTOCOL_VERSION,
   serializeFrame,
@@ -14,6 +16,8 @@ import {
   validateFrame,
   type ByeFrame,
   type ChatFrame,
+  type ChatProof,
+  type SyncMark,
   type Frame,
   type HelloFrame,
   type PeerEntry,
@@ -36,12 +40,12 @@ const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_C
 /** Every field each frame type carries; anything else is dropped by validation. */
 const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
   hello: ['type', 'v', 'id', 'nick', 'port', 'addr'],
-  chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig'],
+  chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig', 'proof'],
   peers: ['type', 'peers'],
   ping: ['type', 'n'],
   pong: ['type', 'n'],
   bye: ['type', 'reason'],
-  sync: ['type', 'marks'],
+  sync: ['type', 'marks', 'minAgeMs'],
 };
 
 /** A validator for `assert.throws` that wants a ProtocolError with `code`. */
@@ -117,6 +121,21 @@ const sigArb = fc
 const KEY = 'ab'.repeat(32);
 const SIG = 'A'.repeat(86);
 
+/** A message's place in a batch: any index of 2..MAX_BATCH, up to ten 32-byte hashes. */
+const proofArb: fc.Arbitrary<ChatProof> = fc.integer({ min: 2, max: MAX_BATCH }).chain((n) =>
+  fc.record(
+    {
+      i: fc.integer({ min: 0, max: n - 1 }),
+      n: fc.constant(n),
+      path: fc
+        .integer({ min: 0, max: 10 })
+        .chain((k) => fc.uint8Array({ minLength: 32 * k, maxLength: 32 * k }))
+        .map((bytes) => Buffer.from(bytes).toString('base64url')),
+    },
+    { noNullPrototype: true },
+  ),
+);
+
 const chatArb: fc.Arbitrary<ChatFrame> = fc.record(
   {
     type: fc.constant('chat'),
@@ -128,8 +147,9 @@ const chatArb: fc.Arbitrary<ChatFrame> = fc.record(
     text: textArb(MAX_TEXT_LENGTH),
     key: keyArb,
     sig: sigArb,
+    proof: proofArb,
   },
-  { noNullPrototype: true },
+  { noNullPrototype: true, requiredKeys: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig'] },
 );
 
 const peerEntryArb: fc.Arbitrary<PeerEntry> = fc.record(
@@ -162,14 +182,32 @@ const byeArb: fc.Arbitrary<ByeFrame> = fc.record(
   { noNullPrototype: true },
 );
 
+/** A mark, and maybe the ascending, disjoint ranges held above it. */
+const syncMarkArb: fc.Arbitrary<SyncMark> = fc
+  .tuple(
+    idArb,
+    fc.nat({ max: 1_000_000 }),
+    fc.array(fc.tuple(fc.integer({ min: 1, max: 50 }), fc.nat({ max: 50 })), { maxLength: MAX_SYNC_RANGES }),
+    fc.boolean(),
+  )
+  .map(([from, seq, steps, withHave]) => {
+    if (!withHave) return { from, seq };
+    let above = seq;
+    const have = steps.map(([gap, length]): [number, number] => {
+      const range: [number, number] = [above + gap, above + gap + length];
+      above = range[1];
+      return range;
+    });
+    return { from, seq, have };
+  });
+
 const syncArb: fc.Arbitrary<SyncFrame> = fc.record(
   {
     type: fc.constant('sync'),
-    marks: fc.array(fc.record({ from: idArb, seq: fc.maxSafeNat() }, { noNullPrototype: true }), {
-      maxLength: 50,
-    }),
+    marks: fc.array(syncMarkArb, { maxLength: 50 }),
+    minAgeMs: fc.integer({ min: 0, max: 60_000 }),
   },
-  { noNullPrototype: true },
+  { noNullPrototype: true, requiredKeys: ['type', 'marks'] },
 );
 
 const frameArb: fc.Arbitrary<Frame> = fc.oneof(
@@ -358,6 +396,77 @@ describe('validateFrame', () => {
 
     it('for nothing else: the base chat frame of these cases is valid', () => {
       assert.deepEqual(validateFrame(chat), chat);
+    });
+
+    it('for a chat proof out of shape: a batch of 1 or over MAX_BATCH, an index outside it, a path that is not base64url or longer than ten hashes', () => {
+      const path = Buffer.alloc(64).toString('base64url');
+      const ok = { i: 1, n: 3, path };
+      assert.deepEqual(validateFrame({ ...chat, proof: ok }), { ...chat, proof: ok });
+      for (const proof of [
+        null,
+        [1, 3, path],
+        { ...ok, n: 1 },
+        { ...ok, n: MAX_BATCH + 1 },
+        { ...ok, i: 3 },
+        { ...ok, i: -1 },
+        { ...ok, path: 'not base64url!' },
+        { ...ok, path: Buffer.alloc(11 * 32).toString('base64url') },
+        { i: 0, n: 2 },
+      ]) {
+        assert.throws(
+          () => validateFrame({ ...chat, proof }),
+          protocolError('ERR_BAD_FRAME'),
+          JSON.stringify(proof),
+        );
+      }
+    });
+
+    it('for sync ranges that are not ascending ranges above their mark, too many, or a minAgeMs out of 0..60,000', () => {
+      const sync = (have: unknown, minAgeMs?: unknown): unknown => ({
+        type: 'sync',
+        marks: [{ from: 'a', seq: 5, have }],
+        ...(minAgeMs === undefined ? {} : { minAgeMs }),
+      });
+      assert.deepEqual(
+        validateFrame(
+          sync(
+            [
+              [7, 9],
+              [11, 11],
+            ],
+            1000,
+          ),
+        ),
+        sync(
+          [
+            [7, 9],
+            [11, 11],
+          ],
+          1000,
+        ),
+      );
+      const tooMany = Array.from({ length: MAX_SYNC_RANGES + 1 }, (_, k) => [10 + 2 * k, 10 + 2 * k]);
+      for (const have of [
+        [[5, 9]],
+        [[7, 6]],
+        [
+          [7, 9],
+          [9, 12],
+        ],
+        [
+          [7, 9],
+          [3, 4],
+        ],
+        [[7]],
+        'x',
+        [[7, 'x']],
+        tooMany,
+      ]) {
+        assert.throws(() => validateFrame(sync(have)), protocolError('ERR_BAD_FRAME'), JSON.stringify(have));
+      }
+      for (const age of [-1, 60_001, 1.5, '5']) {
+        assert.throws(() => validateFrame(sync([[7, 9]], age)), protocolError('ERR_BAD_FRAME'), String(age));
+      }
     });
 
     it('for a value that is not a JSON object', () => {

@@ -1,14 +1,17 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { MAX_BATCH, type ChatFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
 import {
   chatSigningBytes,
   signChat,
   signedChatFrame,
+  signedChatFrames,
   SIGNING_PREFIX,
   verifyChat,
+  verifyChatInBatch,
   type SignedChatFields,
 } from '../../lib/security/sign.js';
 
@@ -224,5 +227,107 @@ describe('chat signatures', () => {
       ),
       { numRuns: 300 },
     );
+  });
+});
+
+describe('batches: one signature of a hash tree for many messages', () => {
+  const batchOf = (
+    n: number,
+    from = 1,
+  ): { id: string; nick: string; ts: number; seq: number; text: string }[] =>
+    Array.from({ length: n }, (_, i) => ({
+      id: `b${from + i}`,
+      nick: 'alice',
+      ts: 1_764_079_331_000,
+      seq: from + i,
+      text: `line ${i}`,
+    }));
+  const fieldsOf = (frame: ChatFrame): SignedChatFields => ({
+    id: frame.id,
+    nick: frame.nick,
+    ts: frame.ts,
+    text: frame.text,
+    seq: frame.seq,
+    publicKey: Buffer.from(frame.key, 'hex'),
+  });
+  const verifies = (frame: ChatFrame, net: Uint8Array = ours, cache?: Map<string, Set<string>>): boolean =>
+    frame.proof === undefined
+      ? verifyChat(fieldsOf(frame), Buffer.from(frame.sig, 'base64url'), net)
+      : verifyChatInBatch(fieldsOf(frame), frame.proof, Buffer.from(frame.sig, 'base64url'), net, cache);
+
+  it('signs one message alone, as signedChatFrame does (no proof)', () => {
+    const [frame] = signedChatFrames(alice, batchOf(1), ours);
+    assert.equal(frame!.proof, undefined);
+    assert.ok(verifies(frame!));
+  });
+
+  it('gives every message of a batch of 2..130 the same signature and a proof that verifies on its own, in any order, with or without a cache', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 2, max: 130 }), fc.integer(), (n, seed) => {
+        const frames = signedChatFrames(alice, batchOf(n), ours);
+        assert.equal(new Set(frames.map((f) => f.sig)).size, 1);
+        assert.deepEqual(
+          frames.map((f) => [f.proof!.i, f.proof!.n]),
+          frames.map((_, i) => [i, n]),
+        );
+        const order = frames
+          .map((_, i) => i)
+          .sort((a, b) => ((a * 7919 + seed) % 131) - ((b * 7919 + seed) % 131));
+        const cache = new Map<string, Set<string>>();
+        for (const i of order) {
+          assert.ok(verifies(frames[i]!), `message ${i} of ${n} alone`);
+          assert.ok(verifies(frames[i]!, ours, cache), `message ${i} of ${n} with the cache`);
+        }
+      }),
+      { numRuns: 25 },
+    );
+  });
+
+  it('refuses a changed message, a proof moved to another message, another place or size, another network or signer', () => {
+    const frames = signedChatFrames(alice, batchOf(37), ours);
+    const cache = new Map<string, Set<string>>();
+    for (const f of frames) assert.ok(verifies(f, ours, cache)); // the cache knows the whole tree now
+    const f = frames[5]!;
+    const p = f.proof!;
+    const other = frames[6]!.proof!;
+    const hash = (path: string): Buffer => Buffer.from(path, 'base64url');
+    const changed: [string, ChatFrame][] = [
+      ['changed text', { ...f, text: 'LINE 5' }],
+      ['changed seq', { ...f, seq: 999 }],
+      ["bob's key", { ...f, key: bob.publicKey.toString('hex') }],
+    ];
+    const misplaced: [string, ChatFrame][] = [
+      ["another message's proof", { ...f, proof: other }],
+      ['another index', { ...f, proof: { ...p, i: 4 } }],
+      ['another size', { ...f, proof: { ...p, n: 36 } }],
+      ['a hash short', { ...f, proof: { ...p, path: hash(p.path).subarray(32).toString('base64url') } }],
+      [
+        'a hash more',
+        {
+          ...f,
+          proof: { ...p, path: Buffer.concat([hash(p.path), Buffer.alloc(32)]).toString('base64url') },
+        },
+      ],
+      [
+        'a flipped bit in the path',
+        { ...f, proof: { ...p, path: flipBit(hash(p.path), 77).toString('base64url') } },
+      ],
+    ];
+    for (const [what, frame] of [...changed, ...misplaced]) assert.equal(verifies(frame), false, what);
+    for (const [what, frame] of changed)
+      assert.equal(verifies(frame, ours, cache), false, `${what}, cached tree`);
+    // With the tree cached, the message itself is found in it: a mangled proof of a message that was
+    // signed changes nothing about who wrote it, so it passes.
+    for (const [what, frame] of misplaced)
+      assert.equal(verifies(frame, ours, cache), true, `${what}, cached tree`);
+    assert.equal(verifies(f, theirs), false, 'another network');
+  });
+
+  it('refuses more than MAX_BATCH messages, and none', () => {
+    assert.throws(() => signedChatFrames(alice, batchOf(MAX_BATCH + 1), ours), RangeError);
+    assert.throws(() => signedChatFrames(alice, [], ours), RangeError);
+    const frames = signedChatFrames(alice, batchOf(MAX_BATCH), ours);
+    assert.ok(verifies(frames[MAX_BATCH - 1]!));
+    assert.ok(Buffer.from(frames[0]!.proof!.path, 'base64url').length <= 10 * 32);
   });
 });

@@ -497,4 +497,79 @@ describe('MessageStore', () => {
       );
     });
   });
+
+  describe('anti-entropy: what a peer asks for beyond its marks', () => {
+    it('lists the ranges held above a mark, lowest first, at most as many as asked', (t) => {
+      const { store } = open(t, undefined);
+      for (const seq of [1, 2, 5, 6, 7, 9, 12, 13]) add(store, chat('a', seq));
+      assert.deepEqual(store.marks().get('a'), 2);
+      assert.deepEqual(store.heldAbove('a', 2, 16), [
+        [5, 7],
+        [9, 9],
+        [12, 13],
+      ]);
+      assert.deepEqual(store.heldAbove('a', 2, 2), [
+        [5, 7],
+        [9, 9],
+      ]);
+      assert.deepEqual(store.heldAbove('a', 13, 16), []);
+      assert.deepEqual(store.heldAbove('nobody', 0, 16), []);
+    });
+
+    it('leaves out what the peer holds above its mark, and what was taken in after takenBy', (t) => {
+      let now = T0;
+      const { store } = open(t, undefined, {}, () => now);
+      for (const seq of [1, 2, 3, 4, 5, 6]) {
+        now = T0 + seq * 100;
+        add(store, chat('a', seq));
+      }
+      const lacking = (options: Parameters<MessageStore['lacking']>[1]): string[] =>
+        store.lacking(new Map([['a', 1]]), options).map((m) => m.frame.id);
+      assert.deepEqual(lacking({}), ['a-2', 'a-3', 'a-4', 'a-5', 'a-6']);
+      assert.deepEqual(lacking({ have: new Map([['a', [[3, 4]] as const]]) }), ['a-2', 'a-5', 'a-6']);
+      assert.deepEqual(lacking({ takenBy: T0 + 400 }), ['a-2', 'a-3', 'a-4'], 'a-5 and a-6 are younger');
+      assert.deepEqual(lacking({ have: new Map([['a', [[2, 3]] as const]]), takenBy: T0 + 400 }), ['a-4']);
+    });
+
+    it('answers a peer a little behind and one far behind alike (lookup and scan)', () => {
+      fc.assert(
+        fc.property(
+          fc.uniqueArray(fc.integer({ min: 1, max: 300 }), { maxLength: 120 }),
+          fc.nat({ max: 320 }),
+          (seqs, mark) => {
+            const { store } = MessageStore.open(SELF, undefined, {}, clock);
+            for (const seq of seqs) add(store, chat('a', seq));
+            const got = store.lacking(new Map([['a', mark]])).map((m) => m.frame.seq);
+            const expected = seqs.filter((seq) => seq > mark).sort((x, y) => x - y);
+            assert.deepEqual(got, expected);
+          },
+        ),
+        { numRuns: 200 },
+      );
+    });
+
+    it('keeps a message taken in unchecked as such across a restart and a compaction, so it is checked before it is sent on', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      first.add(chat('a', 1), serializeFrame(chat('a', 1)), false);
+      first.add(chat('a', 2), serializeFrame(chat('a', 2)));
+      assert.deepEqual(
+        first.recent(2).map((m) => m.verified),
+        [false, true],
+      );
+      first.close();
+      // open() compacts: the rewritten log must keep the kind of each record.
+      for (let round = 0; round < 2; round++) {
+        const { store } = MessageStore.open(SELF, dir, {}, clock);
+        assert.deepEqual(
+          store.recent(2).map((m) => [m.frame.id, m.verified]),
+          [
+            ['a-1', false],
+            ['a-2', true],
+          ],
+        );
+        store.close();
+      }
+    });
+  });
 });

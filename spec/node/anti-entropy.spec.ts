@@ -1,0 +1,144 @@
+/**
+ * Relaying with neighbour knowledge, and the anti-entropy that makes it safe, end to end: real nodes
+ * on 127.0.0.1 and a raw peer (spec/helpers/nodes.ts) whose peer list a test chooses.
+ *
+ * A node does not relay a message to the peers that the peer it came from says it is connected to
+ * (they have it from that peer). A peer list can be stale or a lie: then a node misses the message,
+ * and the anti-entropy sync (after the talk pauses, each side asks the other for what it lacks)
+ * fetches it. A message its author delivered itself and that went nowhere was kept without its
+ * signature checked; it is checked before a resync sends it on.
+ */
+import assert from 'node:assert/strict';
+import { describe, it, type TestContext } from 'node:test';
+import type { ChatMessage, P2PNode } from '../../lib/node/node.js';
+import type { ChatFrame } from '../../lib/protocol/frames.js';
+import {
+  connectedTo,
+  lineLogger,
+  loopback,
+  nodeFactory,
+  rawPeer,
+  record,
+  signedChat,
+  waitFor,
+  type LineLogger,
+  type RawPeer,
+  type Recording,
+} from '../helpers/nodes.js';
+
+/** Anti-entropy period of the nodes here: long enough to tell a relay from a repair apart. */
+const PERIOD_MS = 400;
+
+interface Scene {
+  readonly x: P2PNode;
+  readonly y: P2PNode;
+  readonly inboxX: Recording<ChatMessage>;
+  readonly inboxY: Recording<ChatMessage>;
+  readonly logX: LineLogger;
+  /** A raw peer of X only, whose peer list says it is connected to Y too. */
+  readonly liar: RawPeer;
+}
+
+/** X and Y connected; a raw peer connected to X that claims Y as its neighbour. */
+async function scene(t: TestContext): Promise<Scene> {
+  const start = nodeFactory(t);
+  const logX = lineLogger();
+  const timing = { antiEntropyMs: PERIOD_MS };
+  const x = await start({ nick: 'x', log: logX, timing });
+  const y = await start({ nick: 'y', peers: [loopback(x.port)], timing });
+  await waitFor(() => connectedTo(x, [y]) && connectedTo(y, [x]), 'X and Y to connect');
+  const inboxX = record(x.messages$);
+  const inboxY = record(y.messages$);
+  const liar = await rawPeer(t, x.port, { answerPings: true });
+  await waitFor(() => x.peers().length === 2, 'the raw peer to be up at X');
+  liar.send({ type: 'peers', peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] });
+  return { x, y, inboxX, inboxY, logX, liar };
+}
+
+/** When `inbox` delivered the message with text `text`, or undefined. */
+const arrival = (inbox: Recording<ChatMessage>, text: string): number | undefined =>
+  inbox.at[inbox.values.findIndex((m) => m.text === text)];
+
+const times = (inbox: Recording<ChatMessage>, text: string): number =>
+  inbox.values.filter((m) => m.text === text).length;
+
+describe('relay with neighbour knowledge, and anti-entropy', () => {
+  it("does not relay to a peer the sender's peer list names; anti-entropy fetches it when the list lied", async (t) => {
+    const { inboxX, inboxY, liar } = await scene(t);
+    liar.send(signedChat(liar.identity, { text: 'only to X', seq: 1 }));
+    await waitFor(() => times(inboxX, 'only to X') === 1, 'X to show the message');
+    await waitFor(
+      () => times(inboxY, 'only to X') === 1,
+      'Y to fetch it by anti-entropy',
+      5 * PERIOD_MS + 3000,
+    );
+    // X did not relay it (the liar said Y has it): Y had it from the sync after the pause, which
+    // cannot come before one period has passed since X took it in.
+    const late = arrival(inboxY, 'only to X')! - arrival(inboxX, 'only to X')!;
+    assert.ok(late >= PERIOD_MS - 20, `Y got it ${late} ms after X: relayed, not repaired`);
+    assert.equal(liar.frames.filter((f) => f.type === 'chat').length, 0, 'nothing goes back to its author');
+    assert.equal(times(inboxY, 'only to X'), 1, 'once');
+  });
+
+  it('relays as before to a peer the list does not name', async (t) => {
+    const { inboxX, inboxY, liar } = await scene(t);
+    liar.send({ type: 'peers', peers: [] }); // the latest list replaces the earlier one
+    liar.send(signedChat(liar.identity, { text: 'to all', seq: 1 }));
+    await waitFor(() => times(inboxY, 'to all') === 1, 'Y to get the relayed message');
+    const late = arrival(inboxY, 'to all')! - arrival(inboxX, 'to all')!;
+    assert.ok(late < PERIOD_MS, `relayed at once, not repaired (${late} ms)`);
+  });
+
+  it('shows a message its author delivered directly even when it went nowhere, but never sends a bad signature on', async (t) => {
+    const { x, inboxX, inboxY, logX, liar } = await scene(t);
+    const forged: ChatFrame = {
+      ...signedChat(liar.identity, { text: 'bad signature', seq: 1 }),
+      sig: 'A'.repeat(86),
+    };
+    liar.send(forged);
+    // The channel proves who wrote it; nobody else needs it, so its signature was not checked.
+    await waitFor(() => times(inboxX, 'bad signature') === 1, 'X to show it');
+    // Anti-entropy: Y asks X, X checks the held message before sending it, and keeps it back.
+    await waitFor(
+      () =>
+        logX.lines.some(
+          (l) => l.includes('resync: not sending a held message') && l.includes('does not verify'),
+        ),
+      'X to refuse to send it on',
+      5 * PERIOD_MS + 3000,
+    );
+    liar.send(signedChat(liar.identity, { text: 'good one', seq: 2 }));
+    await waitFor(() => times(inboxY, 'good one') === 1, 'a valid message to reach Y', 5 * PERIOD_MS + 3000);
+    assert.equal(times(inboxY, 'bad signature'), 0);
+    assert.equal(x.stats().invalidMessages, 0, 'not counted against the liar: it was never relayed');
+  });
+});
+
+describe('sendAll', () => {
+  it('sends a batch in order under one signature; every message is checked and shown once, and relayed', async (t) => {
+    const start = nodeFactory(t);
+    const a = await start({ nick: 'a' });
+    const b = await start({ nick: 'b', peers: [loopback(a.port)] });
+    const c = await start({ nick: 'c', peers: [loopback(b.port)], maxPeers: 1 }); // C hears A via B only
+    await waitFor(() => connectedTo(a, [b]) && connectedTo(c, [b]), 'the line A-B-C');
+    const inboxC = record(c.messages$);
+    const texts = Array.from({ length: 50 }, (_, i) => `line ${i}`);
+    const sent = a.sendAll(texts);
+    assert.deepEqual(
+      sent.map((m) => m.text),
+      texts,
+    );
+    assert.deepEqual(
+      sent.map((m) => m.seq),
+      texts.map((_, i) => sent[0]!.seq + i),
+    );
+    await waitFor(() => inboxC.values.length === texts.length, 'C to get the batch');
+    assert.deepEqual(
+      inboxC.values.map((m) => m.text),
+      texts,
+    );
+    assert.equal(b.stats().invalidMessages + c.stats().invalidMessages, 0);
+    assert.throws(() => a.sendAll(['fine', '']), RangeError, 'an empty text refuses the batch');
+    assert.equal(a.history(100).length, texts.length, 'nothing of the refused batch was sent');
+  });
+});
