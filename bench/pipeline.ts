@@ -39,7 +39,13 @@ import { fromSocket } from '../lib/transport/from-socket.js';
 import { generateIdentity, type Identity } from '../lib/security/identity.js';
 import { networkTag } from '../lib/security/network-key.js';
 import { createHandshake, type SecureSession } from '../lib/security/noise.js';
-import { signChat, signedChatFrame, verifyChat } from '../lib/security/sign.js';
+import {
+  signChat,
+  signedChatFrame,
+  signedChatFrames,
+  verifyChat,
+  verifyChatInBatch,
+} from '../lib/security/sign.js';
 import { PeerWriter } from '../lib/transport/writer.js';
 import { renderTable } from './report.js';
 
@@ -414,22 +420,48 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
   await add('verifyChat (Ed25519, libsodium)', 'every node, once per message', S, () => {
     for (let i = 0; i < S; i++) sink += verifyChat(withKeys[i]!, sigs[i]!, network) ? 1 : 0;
   });
+  // A paste or a burst from stdin: one signature per batch (lib/security/sign.ts).
+  const BATCH = 256;
+  const batches = Array.from({ length: Math.ceil(S / BATCH) }, (_, b) =>
+    fields.slice(b * BATCH, (b + 1) * BATCH),
+  );
+  await add(
+    `signedChatFrames, batches of ${BATCH}`,
+    'the sender, per message: hash tree + 1 signature per batch',
+    S,
+    () => {
+      for (const batch of batches) sink += signedChatFrames(author, batch, network).length;
+    },
+  );
+  const batched = batches.flatMap((batch) => signedChatFrames(author, batch, network));
+  const batchedPayloads = batched.map((f) => serializeFrame(f));
+  await add(
+    `verifyChatInBatch, batches of ${BATCH}`,
+    'every node, per message: ~2 hashes, 1 Ed25519 per batch',
+    S,
+    () => {
+      const cache = new Map<string, Set<string>>();
+      for (let i = 0; i < S; i++) {
+        const f = batched[i]!;
+        sink += verifyChatInBatch(withKeys[i]!, f.proof!, Buffer.from(f.sig, 'base64url'), network, cache)
+          ? 1
+          : 0;
+      }
+    },
+  );
   const pair = sessionPair();
   await add('encrypt + decrypt (ChaCha20-Poly1305)', 'one frame over one link, both ends', S, () => {
     for (const p of signedPayloads) sink += pair.rx.decrypt(pair.tx.encrypt(p)).length;
   });
   // Fresh sessions and their encrypted stream for every repetition (nonces only go forward).
-  const secureRuns = Array.from({ length: o.reps + 1 }, () => {
-    const { tx, rx } = sessionPair();
-    const stream = Buffer.concat(signedPayloads.map((p) => encodeFrame(tx.encrypt(p))));
-    return { rx, chunks: chunked(stream, o.chunkBytes) };
-  });
-  let run = 0;
-  await add(
-    `secure relay path, 1 link in, ${o.peers} out`,
-    'as above + decrypt -> verify -> encrypt per peer (each message new)',
-    S,
-    async () => {
+  const securePath = async (stage: string, what: string, payloads: readonly Buffer[]): Promise<void> => {
+    const secureRuns = Array.from({ length: o.reps + 1 }, () => {
+      const { tx, rx } = sessionPair();
+      const stream = Buffer.concat(payloads.map((p) => encodeFrame(tx.encrypt(p))));
+      return { rx, chunks: chunked(stream, o.chunkBytes) };
+    });
+    let run = 0;
+    await add(stage, what, S, async () => {
       const { rx, chunks: secureChunks } = secureRuns[run++ % secureRuns.length]!;
       const p = nodeLikePipeline(1, o.peers, { rx: [rx], tx: sessionPair().tx, network });
       for (const chunk of secureChunks) {
@@ -437,7 +469,17 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
         await tick();
       }
       p.stop();
-    },
+    });
+  };
+  await securePath(
+    `secure relay path, 1 link in, ${o.peers} out`,
+    'as above + decrypt -> verify -> encrypt per peer (each message new, signed alone)',
+    signedPayloads,
+  );
+  await securePath(
+    `secure relay path, batches of ${BATCH}`,
+    'the same, messages signed in batches (a paste, a burst)',
+    batchedPayloads,
   );
   if (sink === -1) throw new Error('unreachable'); // keeps the work observable to the JIT
   return rows;
