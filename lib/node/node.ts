@@ -49,7 +49,7 @@ import {
 import type { Decoded } from '../operators/decode.js';
 import { dedup } from '../operators/dedup.js';
 import { mergePeers } from '../operators/merge-peers.js';
-import { relay, relayTargets } from '../operators/relay.js';
+import { relay, relayTargets, type RelayView } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
 import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import type { WriterOptions } from '../transport/writer.js';
@@ -395,6 +395,8 @@ class ChatNode implements P2PNode {
   private entropySince: number | undefined;
   private lastNews = 0;
   private entropyTimer: NodeJS.Timeout | undefined;
+  /** What the relay knows of the peers around: each peer's latest peer list. */
+  private readonly relayView: RelayView;
   /** Why a chat frame is not a valid message of this network (lazy checks: relay, resync). */
   private readonly chatProblem: (frame: ChatFrame) => string | undefined;
 
@@ -407,6 +409,10 @@ class ChatNode implements P2PNode {
       this.identity =
         options.identity ?? (dataDir === undefined ? generateIdentity() : loadOrCreateIdentity(dataDir));
       this.id = this.identity.id;
+      this.relayView = {
+        selfId: this.id,
+        neighboursOf: (id) => this.active.get(id)?.conn.peerRef?.neighbours,
+      };
       if (options.networkKey !== undefined && options.networkKey.length !== NETWORK_KEY_BYTES) {
         throw new RangeError(
           `networkKey must be ${NETWORK_KEY_BYTES} bytes, got ${options.networkKey.length}`,
@@ -462,7 +468,7 @@ class ChatNode implements P2PNode {
         network: this.networkTag,
         onInvalid: (m, reason) => this.invalidMessage(m, reason),
         // From its author, and every peer has it from the author too: nothing to vouch for.
-        trusted: (m) => relayTargets(m, this.peerIds.value).length === 0,
+        trusted: (m) => relayTargets(m, this.peerIds.value, this.relayView).length === 0,
       }),
       dedup({
         key: (m: Inbound<ChatFrame>) => m.frame.id,
@@ -484,7 +490,7 @@ class ChatNode implements P2PNode {
       share(),
     );
     this.subscription.add(
-      chat$.pipe(relay(this.peerIds)).subscribe(({ frame, payload, to, unverified }) => {
+      chat$.pipe(relay(this.peerIds, this.relayView)).subscribe(({ frame, payload, to, unverified }) => {
         // Let through unchecked, but a peer came since: checked now, as it goes on.
         if (unverified === true && this.chatProblem(frame) !== undefined) return;
         for (const id of to) this.active.get(id)?.conn.sendPayload(payload);

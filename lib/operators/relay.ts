@@ -16,23 +16,48 @@ export interface Relayed {
   readonly unverified?: true;
 }
 
+/** What a node knows of the peers around it, for {@link relayTargets} to send fewer copies. */
+export interface RelayView {
+  /** This node's id. */
+  readonly selfId: string;
+  /** The peers that peer `id` said (its latest peer list) it is connected to, if known. */
+  readonly neighboursOf: (id: string) => ReadonlySet<string> | undefined;
+}
+
 /**
  * The peers a message goes on to: every one of `peers` except the peer that delivered it and the
  * peers that one said it is connected to (`PeerRef.neighbours`: they have it from it, or from
- * whoever it had it from). In a full mesh a message makes one hop. Skipping them is safe only with
- * anti-entropy behind it (the node's periodic sync): a peer list can be stale.
+ * whoever it had it from). In a full mesh a message makes one hop.
+ *
+ * With `view`, also a peer Y that another of the deliverer's neighbours, with a smaller id than this
+ * node, is connected to: that node had the message from the same deliverer and sends it to Y (or
+ * Y is covered further up), so Y gets one copy instead of one from each.
+ *
+ * Skipping is safe only with anti-entropy behind it (the node's periodic sync): a peer list can be
+ * stale, and a node can fail to relay.
  */
-export function relayTargets(message: Inbound<ChatFrame>, peers: readonly string[]): readonly string[] {
+export function relayTargets(
+  message: Inbound<ChatFrame>,
+  peers: readonly string[],
+  view?: RelayView,
+): readonly string[] {
   const origin = message.peer;
   if (origin === null) return peers;
   const skip = origin.neighbours;
-  return peers.filter((id) => id !== origin.id && skip?.has(id) !== true);
+  return peers.filter((id) => {
+    if (id === origin.id || skip?.has(id) === true) return false;
+    if (view === undefined || skip === undefined) return true;
+    const around = view.neighboursOf(id);
+    if (around === undefined) return true;
+    for (const other of around) if (other < view.selfId && skip.has(other)) return false;
+    return true;
+  });
 }
 
 /**
  * Decides where each message goes: to every peer in the latest value of `peers$` except the one
- * that delivered it and the peers it is connected to ({@link relayTargets}). A message with nobody
- * to go to is dropped.
+ * that delivered it and the peers it is connected to, and with `view` those that another of its
+ * peers covers ({@link relayTargets}). A message with nobody to go to is dropped.
  *
  * Messages arriving before `peers$` has emitted are dropped too (there is nobody to send them to);
  * pass a `BehaviorSubject`-like source. Completes and errors with the source; an error of `peers$`
@@ -40,11 +65,18 @@ export function relayTargets(message: Inbound<ChatFrame>, peers: readonly string
  *
  * @param peers$ ids of the connected peers, the latest list standing for the current set.
  */
-export function relay(peers$: Observable<readonly string[]>): OperatorFunction<Inbound<ChatFrame>, Relayed> {
+export function relay(
+  peers$: Observable<readonly string[]>,
+  view?: RelayView,
+): OperatorFunction<Inbound<ChatFrame>, Relayed> {
   return pipe(
     withLatestFrom(peers$),
     map(([message, peers]): Relayed => {
-      const relayed = { frame: message.frame, payload: message.payload, to: relayTargets(message, peers) };
+      const relayed = {
+        frame: message.frame,
+        payload: message.payload,
+        to: relayTargets(message, peers, view),
+      };
       return message.unverified === true ? { ...relayed, unverified: true } : relayed;
     }),
     filter((relayed) => relayed.to.length > 0),

@@ -212,6 +212,24 @@ describe('relay', () => {
     });
   });
 
+  it("with a view of its peers' lists, leaves a peer to a neighbour of the deliverer with a smaller id", () => {
+    // pa (the deliverer) is connected to pe and pz; pb is connected to pe (< 'pm', this node): pe had
+    // the message from pa and sends it to pb. pc is connected to pz only (> 'pm'): this node sends.
+    const viaA = chat('m7', { ...peerA, neighbours: new Set(['pe', 'pz']) });
+    const lists$ = new Map<string, ReadonlySet<string>>([
+      ['pb', new Set(['pe', 'pm'])],
+      ['pc', new Set(['pz'])],
+    ]);
+    const view = { selfId: 'pm', neighboursOf: (id: string) => lists$.get(id) };
+    testScheduler().run(({ hot, expectObservable }) => {
+      const peers$ = hot('  p------', lists);
+      const source = hot('  -a-b-c|', { a: viaA, b: m.b, c: m.c });
+      // m.b (from pb, whose list is unknown) and m.c (written here) are not affected by the view.
+      const out = { x: relayed(viaA, ['pc']), y: relayed(m.b, ['pa', 'pc']), z: relayed(m.c, lists.p) };
+      expectObservable(source.pipe(relay(peers$, view))).toBe('-x-y-z|', out);
+    });
+  });
+
   it('drops a message whose every other peer is a neighbour of the peer that delivered it', () => {
     const viaA = chat('m6', { ...peerA, neighbours: new Set(['pb', 'pc']) });
     testScheduler().run(({ hot, expectObservable }) => {
