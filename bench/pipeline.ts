@@ -440,7 +440,7 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
     'every node, per message: ~2 hashes, 1 Ed25519 per batch',
     S,
     () => {
-      const cache = new Map<string, Set<string>>();
+      const cache = new Map<string, string>();
       for (let i = 0; i < S; i++) {
         const f = batched[i]!;
         sink += verifyChatInBatch(withKeys[i]!, f.proof!, Buffer.from(f.sig, 'base64url'), network, cache)

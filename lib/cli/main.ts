@@ -174,7 +174,9 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
         const text = textOf(line, sink);
         if (text === undefined) return;
         if (typeof text === 'string') {
-          if (pending.length === 0) queueMicrotask(() => pending.length > 0 && sendPending());
+          // Lines after a /quit of the same read are dropped: the node is closing by then.
+          if (pending.length === 0)
+            queueMicrotask(() => !subscription.closed && pending.length > 0 && sendPending());
           pending.push(text);
           return;
         }

@@ -84,8 +84,8 @@ export class Connection {
   refused = false;
   /** A pending request to the peer for messages this node lacks (see the node's rate limits). */
   resyncTimer: NodeJS.Timeout | undefined;
-  /** When this node last sent the peer an anti-entropy sync (ms), to answer one with one at most once a period. */
-  lastEntropySync = 0;
+  /** When this node last answered the peer's anti-entropy sync with its own (ms): once a period at most. */
+  lastEntropyAnswer = 0;
   /** The authenticated session, once the handshake completed. */
   session: SecureSession | undefined;
   private readonly handshake: Handshake;

@@ -985,10 +985,21 @@ class ChatNode implements P2PNode {
    * took in that recently.
    */
   private syncFrame(minAgeMs?: number): SyncFrame {
-    const marks = [...this.store.marks()].slice(-MAX_SYNC_MARKS).map(([from, seq]): SyncMark => {
+    // Most recent senders first, until the frame would pass half the frame limit (a peer's limit
+    // is the default one, or ours if smaller): ranges make marks of very different sizes.
+    const budget = Math.min(this.maxFrameBytes, DEFAULT_MAX_FRAME_BYTES) / 2;
+    const all = [...this.store.marks()];
+    const marks: SyncMark[] = [];
+    let bytes = 64;
+    for (let i = all.length - 1; i >= 0 && marks.length < MAX_SYNC_MARKS; i--) {
+      const [from, seq] = all[i]!;
       const have = this.store.heldAbove(from, seq, MAX_SYNC_RANGES);
-      return have.length === 0 ? { from, seq } : { from, seq, have };
-    });
+      const mark: SyncMark = have.length === 0 ? { from, seq } : { from, seq, have };
+      bytes += JSON.stringify(mark).length + 1;
+      if (bytes > budget) break;
+      marks.push(mark);
+    }
+    marks.reverse();
     return minAgeMs === undefined ? { type: 'sync', marks } : { type: 'sync', marks, minAgeMs };
   }
 
@@ -1024,23 +1035,21 @@ class ChatNode implements P2PNode {
     }
     this.entropySince = now < quietAt ? now : undefined;
     const sync = this.syncFrame(Math.floor(period / 2));
-    for (const { conn } of this.active.values()) this.sendEntropySync(conn, sync, now);
+    for (const { conn } of this.active.values()) conn.send(sync);
     if (this.entropySince !== undefined) this.armEntropy(quietAt - now);
   }
 
-  private sendEntropySync(conn: Connection, sync: SyncFrame, now: number): void {
-    conn.lastEntropySync = now;
-    conn.send(sync);
-  }
-
   /**
-   * A peer's anti-entropy sync is answered with ours, unless we sent it one within the period: the
-   * peer that had news asks, and the one that missed it (it may have had no news at all) asks back.
+   * A peer's anti-entropy sync is answered with ours, at most once a period per peer: the peer that
+   * had news asks, and the one that missed it (it may have had no news at all) asks back. Only the
+   * answers are limited, not by our own periodic syncs: ours may have gone out before the message
+   * it now lacks was old enough to be sent. An exchange ends after at most one answer each way.
    */
   private answerEntropySync(conn: Connection): void {
     const now = Date.now();
-    if (now - conn.lastEntropySync < this.timing.antiEntropyMs) return;
-    this.sendEntropySync(conn, this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2)), now);
+    if (now - conn.lastEntropyAnswer < this.timing.antiEntropyMs) return;
+    conn.lastEntropyAnswer = now;
+    conn.send(this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2)));
   }
 
   /**

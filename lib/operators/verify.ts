@@ -68,8 +68,8 @@ export function chatProblemChecker(network: Uint8Array): (frame: ChatFrame) => s
   // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
   // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
   const ids = new LRUCache<string, string>({ max: 1024 });
-  // Batches whose signature checked out (their tree nodes checked so far): one Ed25519 check per batch.
-  const batches = new LRUCache<string, Set<string>>({ max: 16 });
+  // Batches whose signature checked out (the signed bytes they were checked with): one Ed25519 check per batch.
+  const batches = new LRUCache<string, string>({ max: 64 });
   return (frame) => {
     const publicKey = Buffer.from(frame.key, 'hex');
     let id = ids.get(frame.key);

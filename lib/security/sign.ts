@@ -264,20 +264,20 @@ export function signedChatFrames(
 }
 
 /**
- * Tree nodes of batches whose signature checked out, per signature and key: a message whose path
- * reaches one of them is in that signed tree (reaching a known hash from other content would take a
- * BLAKE2b second preimage), so the rest of its path and the signature need no checking again.
+ * Batches whose signature checked out: per signature and key, the signed bytes (size and root). A
+ * message whose proof rebuilds the same root needs no Ed25519 check again. The whole proof is always
+ * checked: an accepted message is one that every node accepts, cached or not.
  */
 export interface BatchCache {
-  get(key: string): Set<string> | undefined;
-  set(key: string, nodes: Set<string>): unknown;
+  get(key: string): string | undefined;
+  set(key: string, signed: string): unknown;
 }
 
 /**
  * True when `signature` is `fields.publicKey`'s signature of the root of a batch in which `proof`
  * places this message, for the network with tag `network`. False for anything else (see
- * {@link verifyChat}). With `cache`, each batch's signature is verified once, and each message of
- * it costs about two hashes.
+ * {@link verifyChat}). With `cache`, each batch's signature is verified once; each message costs
+ * its path's hashes (at most ten).
  */
 export function verifyChatInBatch(
   fields: SignedChatFields,
@@ -300,10 +300,6 @@ export function verifyChatInBatch(
   }
   const path = Buffer.from(proof.path, 'base64url');
   if (path.length % HASH_BYTES !== 0) return false;
-  const cacheKey = `${Buffer.from(signature).toString('base64url')}:${Buffer.from(fields.publicKey).toString('hex')}`;
-  const known = cache?.get(cacheKey);
-  const seen = [node.toString('latin1')];
-  if (known?.has(seen[0]!) === true) return true;
   let used = 0;
   for (let at = proof.i, size = proof.n; size > 1; at >>= 1, size = Math.ceil(size / 2)) {
     if ((at ^ 1) >= size) continue; // the odd last node of its level: moved up unchanged
@@ -311,20 +307,13 @@ export function verifyChatInBatch(
     const sibling = path.subarray(used, used + HASH_BYTES);
     used += HASH_BYTES;
     node = at & 1 ? hash([NODE, sibling, node]) : hash([NODE, node, sibling]);
-    const id = node.toString('latin1');
-    if (known?.has(id) === true) {
-      for (const s of seen) known.add(s);
-      return true;
-    }
-    seen.push(id);
   }
   if (used !== path.length) return false;
   const signed = batchSigningBytes(fields.publicKey, proof.n, node, network);
+  const cacheKey = `${Buffer.from(signature).toString('base64url')}:${Buffer.from(fields.publicKey).toString('hex')}`;
+  const signedKey = signed.toString('latin1');
+  if (cache?.get(cacheKey) === signedKey) return true;
   if (!sodium.crypto_sign_verify_detached(signature, signed, fields.publicKey)) return false;
-  if (cache !== undefined) {
-    const nodes = known ?? new Set<string>();
-    for (const s of seen) nodes.add(s);
-    if (known === undefined) cache.set(cacheKey, nodes);
-  }
+  cache?.set(cacheKey, signedKey);
   return true;
 }

@@ -35,4 +35,25 @@ describe('a pasted block of lines', () => {
       lines.map((_, i) => (i < 150 ? 'h' : 'bob')),
     );
   });
+
+  it('ends cleanly on a /quit followed by more lines in the same read', async (t) => {
+    const procs = procsFor(t);
+    const h = await procs.node({ nick: 'h' });
+    h.write('before\n/quit\nafter\n');
+    const exit = await h.waitForExit();
+    assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}; stderr: ${h.stderr}`);
+    // A line after /quit goes out only if the node is still open when its batch is sent.
+    const sent = h.events.filter(isSent).length;
+    assert.ok(sent === 1 || sent === 2, `${sent} sent events`);
+    assert.ok(!/RangeError|Error:/.test(h.stderr), h.stderr);
+  });
+
+  it('ends cleanly on /quit followed by a line in one read, in plain mode too', async (t) => {
+    const procs = procsFor(t);
+    const p = procs.spawn(['0', '--host', '127.0.0.1']);
+    p.write('/quit\nhello\n');
+    const exit = await p.waitForExit();
+    assert.equal(exit.code, 0, `exit ${JSON.stringify(exit)}; stderr: ${p.stderr}`);
+    assert.ok(!/RangeError|Error:/.test(p.stderr), p.stderr);
+  });
 });

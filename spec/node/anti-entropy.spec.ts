@@ -11,7 +11,8 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, P2PNode } from '../../lib/node/node.js';
-import type { ChatFrame } from '../../lib/protocol/frames.js';
+import { serializeFrame, type ChatFrame, type SyncFrame } from '../../lib/protocol/frames.js';
+import { generateIdentity } from '../../lib/security/identity.js';
 import {
   connectedTo,
   lineLogger,
@@ -140,5 +141,34 @@ describe('sendAll', () => {
     assert.equal(b.stats().invalidMessages + c.stats().invalidMessages, 0);
     assert.throws(() => a.sendAll(['fine', '']), RangeError, 'an empty text refuses the batch');
     assert.equal(a.history(100).length, texts.length, 'nothing of the refused batch was sent');
+  });
+});
+
+describe('sync frames', () => {
+  it('stay within half the frame limit however many senders and gaps the node holds, most recent senders first', async (t) => {
+    const start = nodeFactory(t);
+    const maxFrameBytes = 8 * 1024;
+    const x = await start({ nick: 'x', maxFrameBytes, timing: { antiEntropyMs: PERIOD_MS } });
+    const inboxX = record(x.messages$);
+    const feeder = await rawPeer(t, x.port, { answerPings: true });
+    await waitFor(() => x.peers().length === 1, 'the feeder to be up');
+    // 120 senders, each with a gap (seq 1 and 3): marks with ranges, ~10 KB of them in all.
+    const authors = Array.from({ length: 120 }, () => generateIdentity());
+    for (const [k, author] of authors.entries()) {
+      for (const seq of [1, 3]) feeder.send(signedChat(author, { text: `s${k}#${seq}`, seq }));
+    }
+    await waitFor(() => inboxX.values.length === 240, 'X to take in every message');
+    const watcher = await rawPeer(t, x.port, { answerPings: true });
+    await waitFor(() => watcher.frames.some((f) => f.type === 'sync'), 'the sync X sends a new peer');
+    const sync = watcher.frames.find((f): f is SyncFrame => f.type === 'sync')!;
+    const bytes = serializeFrame(sync).length;
+    assert.ok(bytes <= maxFrameBytes / 2, `a sync of ${bytes} bytes`);
+    assert.ok(sync.marks.length > 10 && sync.marks.length < 120, `${sync.marks.length} marks`);
+    assert.deepEqual(
+      sync.marks.at(-1),
+      { from: authors.at(-1)!.id, seq: 1, have: [[3, 3]] },
+      'the latest sender last',
+    );
+    assert.ok(x.peers().length === 2, 'X is up, with both peers');
   });
 });
