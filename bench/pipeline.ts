@@ -437,7 +437,7 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
   const batchedPayloads = batched.map((f) => serializeFrame(f));
   await add(
     `verifyChatInBatch, batches of ${BATCH}`,
-    'every node, per message: ~2 hashes, 1 Ed25519 per batch',
+    'every node, per message: its path (8 hashes), 1 Ed25519 per batch',
     S,
     () => {
       const cache = new Map<string, string>();
