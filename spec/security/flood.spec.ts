@@ -380,13 +380,14 @@ const ATTEMPTS = 5_000;
 const OPEN_AT_ONCE = 250;
 const FLOOD_BUDGET_MS = 45_000;
 /**
- * The node's cap on connections in their handshake, and the slack on it as the attacker sees it: a
- * connection still in H's accept queue looks held from outside without taking a slot. How many
- * wait there depends on how fast H accepts on a loaded machine: 73 and 75 were seen on a 2-core
- * machine busy with other work (64 when idle), so 16; a node without the cap shows hundreds.
+ * The node's cap on connections in their handshake, checked on H's side: its open fds above the
+ * baseline, sampled every 50 ms, may pass the cap by this slack (a socket refused at once but not
+ * closed yet at the sample, an honest peer redialling). The attacker's own view (squatters whose
+ * connection H did not close) also counts connections waiting in H's accept queue, which grows with
+ * how fast H accepts: 64 on an idle machine, 73-83 on a busy one. It is reported, not asserted.
  */
 const MAX_PENDING_HANDSHAKES = 64;
-const PENDING_SLACK = 16;
+const PENDING_FD_SLACK = 4;
 /** How long a squatter holds its connection if H does not close it first. */
 const HOLD_MS = 1_500;
 /** How long a garbage sender waits for H to cut it (H does at the first four bytes) before letting go. */
@@ -678,8 +679,10 @@ describe('floods: the node sheds the attacker and keeps serving its honest peers
     assert.equal(s.h.exit, undefined, 'H is still running');
     assert.ok(refusedSquatters > 0, 'with its handshake slots full, H refuses new connections at once');
     assert.ok(
-      heldAtOnce <= MAX_PENDING_HANDSHAKES + PENDING_SLACK,
-      `at most ${MAX_PENDING_HANDSHAKES} (+${PENDING_SLACK}) squatters held at once, saw ${heldAtOnce}`,
+      g.peakFds - g.baselineFds <= MAX_PENDING_HANDSHAKES + PENDING_FD_SLACK,
+      `at most ${MAX_PENDING_HANDSHAKES} (+${PENDING_FD_SLACK}) connections held by H at once: ` +
+        `its fds peaked ${g.peakFds - g.baselineFds} above the baseline ` +
+        `(${heldAtOnce} held as the attacker saw it, its accept queue included)`,
     );
     assert.equal(
       garbageSent.filter((r) => !r.closedByNode).length,
