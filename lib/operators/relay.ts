@@ -29,9 +29,10 @@ export interface RelayView {
  * peers that one said it is connected to (`PeerRef.neighbours`: they have it from it, or from
  * whoever it had it from). In a full mesh a message makes one hop.
  *
- * With `view`, also a peer Y that another of the deliverer's neighbours, with a smaller id than this
- * node, is connected to: that node had the message from the same deliverer and sends it to Y (or
- * Y is covered further up), so Y gets one copy instead of one from each.
+ * With `view`, a link counts only when both its ends list it (so a peer cannot stop this node from
+ * relaying by claiming links), and a peer Y is also left to another neighbour of the deliverer
+ * with a smaller id than this node that is connected to Y: that node most likely had the message
+ * from the same deliverer and sends it to Y, so Y gets one copy instead of one from each.
  *
  * Skipping is safe only with anti-entropy behind it (the node's periodic sync): a peer list can be
  * stale, and a node can fail to relay.
@@ -44,12 +45,16 @@ export function relayTargets(
   const origin = message.peer;
   if (origin === null) return peers;
   const skip = origin.neighbours;
+  if (skip === undefined) return peers.filter((id) => id !== origin.id);
+  // With a view, a link counts only when both ends list it: a peer cannot stop this node from
+  // relaying by claiming links it does not have.
+  const linked = (a: string, b: string): boolean =>
+    view === undefined ? skip.has(a) : skip.has(a) && view.neighboursOf(a)?.has(b) === true;
   return peers.filter((id) => {
-    if (id === origin.id || skip?.has(id) === true) return false;
-    if (view === undefined || skip === undefined) return true;
-    const around = view.neighboursOf(id);
-    if (around === undefined) return true;
-    for (const other of around) if (other < view.selfId && skip.has(other)) return false;
+    if (id === origin.id || linked(id, origin.id)) return false;
+    const around = view?.neighboursOf(id);
+    if (view === undefined || around === undefined) return true;
+    for (const other of around) if (other < view.selfId && linked(other, origin.id)) return false;
     return true;
   });
 }

@@ -217,6 +217,7 @@ describe('relay', () => {
     // the message from pa and sends it to pb. pc is connected to pz only (> 'pm'): this node sends.
     const viaA = chat('m7', { ...peerA, neighbours: new Set(['pe', 'pz']) });
     const lists$ = new Map<string, ReadonlySet<string>>([
+      ['pe', new Set(['pa', 'pb'])], // pe confirms its link to pa
       ['pb', new Set(['pe', 'pm'])],
       ['pc', new Set(['pz'])],
     ]);
@@ -227,6 +228,21 @@ describe('relay', () => {
       // m.b (from pb, whose list is unknown) and m.c (written here) are not affected by the view.
       const out = { x: relayed(viaA, ['pc']), y: relayed(m.b, ['pa', 'pc']), z: relayed(m.c, lists.p) };
       expectObservable(source.pipe(relay(peers$, view))).toBe('-x-y-z|', out);
+    });
+  });
+
+  it('with a view, believes a link only when both ends list it', () => {
+    // pa claims pb and pc; pb lists pa back, pc does not: pc still gets the message.
+    const viaA = chat('m8', { ...peerA, neighbours: new Set(['pb', 'pc']) });
+    const lists$ = new Map<string, ReadonlySet<string>>([
+      ['pb', new Set(['pa'])],
+      ['pc', new Set(['pq'])],
+    ]);
+    const view = { selfId: 'pm', neighboursOf: (id: string) => lists$.get(id) };
+    testScheduler().run(({ hot, expectObservable }) => {
+      const peers$ = hot('  p----', lists);
+      const source = hot('  -a--|', { a: viaA });
+      expectObservable(source.pipe(relay(peers$, view))).toBe('-x--|', { x: relayed(viaA, ['pc']) });
     });
   });
 
@@ -311,7 +327,12 @@ describe('relayTargets across whole networks (a simulation with accurate peer li
         ...chat('m', null),
         peer: from === null ? null : { id: ids[from]!, host: '', neighbours: listFor(from, me) },
       };
-      const view = { selfId: ids[me]!, neighboursOf: (id: string) => listFor(ids.indexOf(id), me) };
+      // As a node knows them: the lists of its own peers only.
+      const view = {
+        selfId: ids[me]!,
+        neighboursOf: (id: string) =>
+          adj[me]!.has(ids.indexOf(id)) ? listFor(ids.indexOf(id), me) : undefined,
+      };
       for (const target of relayTargets(
         message,
         [...adj[me]!].map((x) => ids[x]!),
@@ -329,9 +350,11 @@ describe('relayTargets across whole networks (a simulation with accurate peer li
     for (let seed = 1; seed <= 5_000; seed++) assert.equal(broadcast(seed, false).missed, 0, `seed ${seed}`);
   });
 
-  it('with the smaller-id rule, sends fewer copies, and rarely (anti-entropy repairs it) misses a node', (t) => {
-    // 200,000 runs of this simulation: 27 broadcasts missed a node (1 in 7,400), 1.45 sends per
-    // node with the rule and 1.77 without. 20,000 here, for time.
+  it('with the smaller-id rule and links believed only when both ends list them, sends no more copies and misses nobody', (t) => {
+    // 200,000 runs of this simulation: no broadcast missed a node; 1.74 sends per node with the rule,
+    // 1.77 without (these graphs are sparse: the rule needs triangles; random20 sends 19 per message
+    // for 20 nodes). Believing a deliverer's claimed links unconfirmed sent 1.45 per node but missed
+    // a node in 27 of 200,000. 20,000 here, for time.
     const runs = 20_000;
     const total = { missed: 0, sends: 0, baseSends: 0, nodes: 0 };
     for (let seed = 1; seed <= runs; seed++) {
@@ -345,9 +368,9 @@ describe('relayTargets across whole networks (a simulation with accurate peer li
       `${runs} broadcasts, ${total.nodes} nodes: ${total.missed} missed a node; sends per node ` +
         `${(total.sends / total.nodes).toFixed(2)} with the rule, ${(total.baseSends / total.nodes).toFixed(2)} without`,
     );
-    assert.ok(total.missed <= runs / 1_000, `${total.missed} of ${runs} broadcasts missed a node`);
+    assert.equal(total.missed, 0, `${total.missed} of ${runs} broadcasts missed a node`);
     assert.ok(
-      total.sends < 0.9 * total.baseSends,
+      total.sends <= total.baseSends,
       `${total.sends} sends with the rule, ${total.baseSends} without`,
     );
   });
