@@ -132,7 +132,17 @@ export function signedChatFrame(
   fields: Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number },
   network: Uint8Array,
 ): ChatFrame {
-  return {
+  return chatFrame(identity, fields, signChat(identity, fields, network).toString('base64url'));
+}
+
+/** The chat frame of `fields` sent by `identity` with signature `sig` (and `proof`, in a batch). */
+function chatFrame(
+  identity: Identity,
+  fields: Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number },
+  sig: string,
+  proof?: ChatProof,
+): ChatFrame {
+  const frame: ChatFrame = {
     type: 'chat',
     id: fields.id,
     nick: fields.nick,
@@ -141,8 +151,9 @@ export function signedChatFrame(
     text: fields.text,
     from: identity.id,
     key: identity.publicKey.toString('hex'),
-    sig: signChat(identity, fields, network).toString('base64url'),
+    sig,
   };
+  return proof === undefined ? frame : { ...frame, proof };
 }
 
 /**
@@ -241,25 +252,13 @@ export function signedChatFrames(
   }
   const root = levels[levels.length - 1]![0]!;
   const sig = identity.sign(batchSigningBytes(publicKey, n, root, network)).toString('base64url');
-  const key = publicKey.toString('hex');
   return messages.map((m, i): ChatFrame => {
     const siblings: Buffer[] = [];
     for (let level = 0, at = i; level < levels.length - 1; level++, at >>= 1) {
       const sibling = levels[level]![at ^ 1];
       if (sibling !== undefined) siblings.push(sibling);
     }
-    return {
-      type: 'chat',
-      id: m.id,
-      nick: m.nick,
-      ts: m.ts,
-      seq: m.seq,
-      text: m.text,
-      from: identity.id,
-      key,
-      sig,
-      proof: { i, n, path: Buffer.concat(siblings).toString('base64url') },
-    };
+    return chatFrame(identity, m, sig, { i, n, path: Buffer.concat(siblings).toString('base64url') });
   });
 }
 
