@@ -467,6 +467,7 @@ class ChatNode implements P2PNode {
       verifySignatures({
         network: this.networkTag,
         onInvalid: (m, reason) => this.invalidMessage(m, reason),
+        checker: this.chatProblem,
         // From its author, and every peer has it from the author too: nothing to vouch for.
         trusted: (m) => relayTargets(m, this.peerIds.value, this.relayView).length === 0,
       }),

@@ -7,7 +7,8 @@ export interface PeerRef {
   /**
    * The peers this peer said (in its latest peer list before this frame) it is connected to. A
    * message it delivers has gone to them from it, or from whoever it had the message from, so
-   * {@link relay} skips them. Absent: unknown, nobody is skipped.
+   * {@link relay} skips them (with a view, only those whose own list names this peer back).
+   * Absent: unknown, nobody is skipped.
    */
   readonly neighbours?: ReadonlySet<string>;
   /**

@@ -1,4 +1,4 @@
-import { filter, map, pipe, type OperatorFunction } from 'rxjs';
+import { filter, map, pipe, type MonoTypeOperatorFunction } from 'rxjs';
 import { LRUCache } from 'lru-cache';
 import type { ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
@@ -19,28 +19,34 @@ export interface VerifyOptions {
    * unchecked, whatever this returns; they come out with `unverified: true`.
    */
   readonly trusted?: (message: Inbound<ChatFrame>) => boolean;
+  /**
+   * The checker to use, from {@link chatProblemChecker} for the same `network`: pass the one the
+   * rest of the program checks with, so both share its caches (sender ids, checked batches).
+   * Default: one of its own.
+   */
+  readonly checker?: (frame: ChatFrame) => string | undefined;
 }
 
 /**
  * Passes each message whose signature is valid for its content, its sender's key and this network,
  * and whose `from` is the id of that key; drops (and reports through `onInvalid`) the rest: forged,
- * tampered or from another network. Messages of this node (`peer: null`) pass unchecked.
+ * tampered or from another network. Messages of this node (`peer: null`) pass unchecked, and so
+ * do those `trusted` vouches for (marked `unverified`).
  *
  * @throws {RangeError} at call time when `network` is not a 32-byte tag.
  *
- * Stateless: place it after the cheap duplicate checks, so each message is verified once. Completes
- * and errors with the source; a throwing `onInvalid` becomes an error notification.
+ * Its only state is the checker's caches (sender ids, checked batches), which change no answer.
+ * Place it after the cheap duplicate checks, so each message is verified once. Completes and errors
+ * with the source; a throwing `onInvalid` or `trusted` becomes an error notification.
  */
-export function verifySignatures(
-  options: VerifyOptions,
-): OperatorFunction<Inbound<ChatFrame>, Inbound<ChatFrame>> {
+export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
   const { network, onInvalid, trusted } = options;
   if (network.length !== NETWORK_TAG_BYTES) {
     throw new RangeError(
       `verifySignatures: network must be a ${NETWORK_TAG_BYTES}-byte tag, got ${network.length}`,
     );
   }
-  const problem = chatProblemChecker(network);
+  const problem = options.checker ?? chatProblemChecker(network);
   return pipe(
     map((message): Inbound<ChatFrame> | undefined => {
       if (message.peer === null) return message;
