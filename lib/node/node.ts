@@ -17,7 +17,7 @@ import {
   timeout,
   type Observable,
 } from 'rxjs';
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 import {
   formatAddress,
   isLoopback,
@@ -380,13 +380,13 @@ class ChatNode implements P2PNode {
   private readonly limits: Required<NodeLimits>;
   private readonly senderRate: RateLimiter;
   /** Senders over their rate, and when that was last logged: one line per sender per minute. */
-  private readonly limitedLog = new LRUCache<string, number>({ max: 1024 });
+  private readonly limitedLog = boundedLru<string, number>(1024);
   /**
    * Ids of the messages most recently taken into the history: further copies are dropped on their
    * raw bytes, before parsing (each message reaches a node once per link). 20,000 covers minutes of a
    * busy chat; a copy of an older one takes the full path and is dropped there.
    */
-  private readonly heldIds = new LRUCache<string, true>({ max: 20_000 });
+  private readonly heldIds = boundedLru<string, true>(20_000);
   /** Messages dropped because their signature or sender id did not verify. */
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */

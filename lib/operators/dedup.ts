@@ -1,5 +1,5 @@
 import { defer, filter, type MonoTypeOperatorFunction } from 'rxjs';
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 
 /** Options of {@link dedup}. Every default is sized for a chat network; see each field for why. */
 export interface DedupOptions<T> {
@@ -53,7 +53,7 @@ export function dedup<T>(options: DedupOptions<T>): MonoTypeOperatorFunction<T> 
       // id -> when it was first seen. get() refreshes recency, so an id whose copies keep arriving
       // is the last to be evicted. Age is checked on our own clock (not lru-cache's TTL) so an
       // injected clock, e.g. virtual time in tests, is honoured exactly.
-      const seen = new LRUCache<string, number>({ max });
+      const seen = boundedLru<string, number>(max);
       return source.pipe(
         filter((value) => {
           const t = now();

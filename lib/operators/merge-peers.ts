@@ -1,5 +1,5 @@
 import { defer, mergeMap, type OperatorFunction } from 'rxjs';
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 import { isLoopback, isUnspecified, parseAddress, formatAddress, AddressError } from '../protocol/address.js';
 import type { PeerEntry, PeersFrame } from '../protocol/frames.js';
 import type { Inbound } from './types.js';
@@ -29,7 +29,7 @@ export function mergePeers(options: MergePeersOptions): OperatorFunction<Inbound
   const { selfId } = options;
   return (source) =>
     defer(() => {
-      const known = new LRUCache<string, string>({ max });
+      const known = boundedLru<string, string>(max);
       return source.pipe(
         mergeMap(({ peer, frame }) => {
           const fresh: PeerEntry[] = [];

@@ -1,5 +1,5 @@
 import { filter, map, pipe, type MonoTypeOperatorFunction } from 'rxjs';
-import { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 import type { ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
 import { NETWORK_TAG_BYTES } from '../security/network-key.js';
@@ -73,9 +73,9 @@ export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFuncti
 export function chatProblemChecker(network: Uint8Array): (frame: ChatFrame) => string | undefined {
   // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
   // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
-  const ids = new LRUCache<string, string>({ max: 1024 });
+  const ids = boundedLru<string, string>(1024);
   // Batches whose signature checked out (the signed bytes they were checked with): one Ed25519 check per batch.
-  const batches = new LRUCache<string, string>({ max: 64 });
+  const batches = boundedLru<string, string>(64);
   return (frame) => {
     const publicKey = Buffer.from(frame.key, 'hex');
     let id = ids.get(frame.key);

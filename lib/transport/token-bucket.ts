@@ -1,4 +1,5 @@
-import { LRUCache } from 'lru-cache';
+import type { LRUCache } from 'lru-cache';
+import { boundedLru } from '../util/lru.js';
 
 /** Shape of a {@link TokenBucket}: a sustained rate and the burst allowed on top of it. */
 export interface RateOptions {
@@ -77,7 +78,7 @@ export class RateLimiter<K extends string = string> {
     options: { readonly max?: number; readonly now?: () => number } = {},
   ) {
     checkRate(rate);
-    this.buckets = new LRUCache({ max: options.max ?? 4096 });
+    this.buckets = boundedLru(options.max ?? 4096);
     this.now = options.now ?? Date.now;
   }
 
