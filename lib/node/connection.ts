@@ -51,6 +51,9 @@ export interface ConnectionOptions {
 
 let nextConnectionNumber = 1;
 
+/** How many of the payloads written last a connection remembers, to tell what is still in flight. */
+export const SENT_MEMORY = 16_384;
+
 /**
  * One TCP connection, from accept or dial to close. Owns its socket: the read side as `frames$`, the
  * write side through a {@link PeerWriter} fed by the `outbox` subject.
@@ -88,6 +91,12 @@ export class Connection {
   lastEntropyAnswer = 0;
   /** The authenticated session, once the handshake completed. */
   session: SecureSession | undefined;
+  /** Encrypted frames read on this connection (a sync tells the peer: {@link inFlight}). */
+  rxFrames = 0;
+  /** Encrypted frames written on this connection. */
+  private txFrames = 0;
+  /** The plaintext payloads of the last {@link SENT_MEMORY} frames written, frame `i` at `i % SENT_MEMORY`. */
+  private readonly sent: Buffer[] = [];
   private readonly handshake: Handshake;
   private decoder: FrameDecoder | undefined;
   /** The frame limit once the session exists: the largest plaintext plus the cipher's tag. */
@@ -205,8 +214,27 @@ export class Connection {
 
   /** Queues a payload that is already serialised (a relayed message); encrypted for this link. */
   sendPayload(payload: Buffer): void {
-    if (this.session !== undefined) this.outbox.next(this.session.encrypt(payload));
+    if (this.session !== undefined) this.write(this.session, payload);
     else this.queued.push(payload);
+  }
+
+  /**
+   * The payloads written on this connection after its first `rx` frames (as far as the last
+   * {@link SENT_MEMORY} go): those the peer had not read when it said it had read `rx` frames (TCP
+   * keeps them in order), so they are still on their way to it.
+   */
+  inFlight(rx: number): Set<Buffer> {
+    const flying = new Set<Buffer>();
+    for (let i = Math.max(rx, this.txFrames - SENT_MEMORY); i < this.txFrames; i++) {
+      flying.add(this.sent[i % SENT_MEMORY]!);
+    }
+    return flying;
+  }
+
+  private write(session: SecureSession, payload: Buffer): void {
+    this.sent[this.txFrames % SENT_MEMORY] = payload;
+    this.txFrames++;
+    this.outbox.next(session.encrypt(payload));
   }
 
   /** A received frame: the next handshake message, or an encrypted frame to open. */
@@ -215,6 +243,7 @@ export class Connection {
       this.charge();
       this.lastSeen = Date.now();
       const payload = this.session.decrypt(raw);
+      this.rxFrames++;
       return this.isKnown(payload) ? undefined : payload;
     }
     const { reply, session } = this.handshake.receive(raw);
@@ -225,7 +254,7 @@ export class Connection {
       const refusal = this.refuse(session.remoteId);
       const queued = refusal === undefined ? this.queued : [serializeFrame({ type: 'bye', reason: refusal })];
       this.queued = [];
-      for (const payload of queued) this.outbox.next(session.encrypt(payload));
+      for (const payload of queued) this.write(session, payload);
       if (refusal !== undefined) this.end();
     }
     return undefined;

@@ -777,7 +777,7 @@ class ChatNode implements P2PNode {
         this.retire(old);
         this.publishPeers();
         conn.send(this.peerListFor(conn));
-        conn.send(this.syncFrame());
+        this.sendSync(conn, this.syncFrame());
       } else {
         this.log.debug(
           `duplicate connection to ${conn.label}: keeping the existing one (#${existing.conn.number})`,
@@ -798,7 +798,7 @@ class ChatNode implements P2PNode {
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
     conn.send(this.peerListFor(conn));
-    conn.send(this.syncFrame());
+    this.sendSync(conn, this.syncFrame());
     this.schedulePeerList();
     if (!conn.outbound) this.rememberInbound(conn);
   }
@@ -922,7 +922,8 @@ class ChatNode implements P2PNode {
     if (conn.resyncTimer !== undefined || conn.closing) return;
     conn.resyncTimer = setTimeout(() => {
       conn.resyncTimer = undefined;
-      if (!conn.closing && this.active.get(conn.peerId ?? '')?.conn === conn) conn.send(this.syncFrame());
+      if (!conn.closing && this.active.get(conn.peerId ?? '')?.conn === conn)
+        this.sendSync(conn, this.syncFrame());
     }, this.timing.rateResyncDelayMs);
     conn.resyncTimer.unref();
     conn.socket.once('close', () => clearTimeout(conn.resyncTimer));
@@ -985,7 +986,7 @@ class ChatNode implements P2PNode {
    * bounded) the mark and the ranges held above it. With `minAgeMs`, the peer leaves out what it
    * took in that recently.
    */
-  private syncFrame(minAgeMs?: number): SyncFrame {
+  private syncFrame(minAgeMs?: number, busy = false): SyncFrame {
     // Most recent senders first, until the frame would pass half the frame limit (a peer's limit
     // is the default one, or ours if smaller): ranges make marks of very different sizes.
     const budget = Math.min(this.maxFrameBytes, DEFAULT_MAX_FRAME_BYTES) / 2;
@@ -1001,7 +1002,17 @@ class ChatNode implements P2PNode {
       marks.push(mark);
     }
     marks.reverse();
-    return minAgeMs === undefined ? { type: 'sync', marks } : { type: 'sync', marks, minAgeMs };
+    return {
+      type: 'sync',
+      marks,
+      ...(minAgeMs === undefined ? {} : { minAgeMs }),
+      ...(busy ? { busy } : {}),
+    };
+  }
+
+  /** Sends a sync on `conn`, saying how many frames this node has read on it (see {@link resync}). */
+  private sendSync(conn: Connection, sync: SyncFrame): void {
+    conn.send({ ...sync, rx: conn.rxFrames });
   }
 
   /** New messages (received or sent), or a peer left: a sync with every peer is due (anti-entropy). */
@@ -1020,9 +1031,11 @@ class ChatNode implements P2PNode {
 
   /**
    * Asks every peer for what this node lacks, once news has stopped for a period (a burst is over:
-   * what is missing now is lost, not on its way), or every ten periods while it goes on. Peers leave
-   * out what they took in during the last half period, and what the marks' ranges say is held; each
-   * asks back ({@link answerEntropySync}), so a peer that missed a message fetches it too.
+   * what is missing now is lost, not on its way), or every ten periods while it goes on (`busy`:
+   * then only what fills gaps, since the rest is likely on its way). Peers leave out what they took in
+   * during the last half period, what the marks' ranges say is held, and what they wrote on the link
+   * after the frames this node had read (`rx`); each asks back ({@link answerEntropySync}), so a peer
+   * that missed a message fetches it too.
    */
   private antiEntropy(): void {
     this.entropyTimer = undefined;
@@ -1034,9 +1047,10 @@ class ChatNode implements P2PNode {
       this.armEntropy(quietAt - now);
       return;
     }
-    this.entropySince = now < quietAt ? now : undefined;
-    const sync = this.syncFrame(Math.floor(period / 2));
-    for (const { conn } of this.active.values()) conn.send(sync);
+    const busy = now < quietAt;
+    this.entropySince = busy ? now : undefined;
+    const sync = this.syncFrame(Math.floor(period / 2), busy);
+    for (const { conn } of this.active.values()) this.sendSync(conn, sync);
     if (this.entropySince !== undefined) this.armEntropy(quietAt - now);
   }
 
@@ -1050,7 +1064,8 @@ class ChatNode implements P2PNode {
     const now = Date.now();
     if (now - conn.lastEntropyAnswer < this.timing.antiEntropyMs) return;
     conn.lastEntropyAnswer = now;
-    conn.send(this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2)));
+    const busy = this.entropySince !== undefined && now < this.lastNews + this.timing.antiEntropyMs;
+    this.sendSync(conn, this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2), busy));
   }
 
   /**
@@ -1064,7 +1079,12 @@ class ChatNode implements P2PNode {
     this.store.noteOwnSeq(marks.get(this.id) ?? 0);
     const have = new Map(sync.marks.flatMap((m) => (m.have === undefined ? [] : [[m.from, m.have]])));
     const takenBy = sync.minAgeMs === undefined ? undefined : Date.now() - sync.minAgeMs;
-    const backlog = this.store.lacking(marks, { have, ...(takenBy === undefined ? {} : { takenBy }) });
+    // What this node wrote on the link after the frames the peer had read is on its way: not again.
+    // (In a long burst a peer falls seconds behind; `minAgeMs` alone would send its backlog twice.)
+    const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);
+    const backlog = this.store
+      .lacking(marks, { have, gapsOnly: sync.busy === true, ...(takenBy === undefined ? {} : { takenBy }) })
+      .filter((m) => flying === undefined || !flying.has(m.payload));
     if (backlog.length === 0) return;
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
     let next = 0;

@@ -123,6 +123,18 @@ export interface SyncFrame {
    * are likely still on their way. Absent: all of them.
    */
   readonly minAgeMs?: number;
+  /**
+   * Encrypted frames the sender had read on this connection when it wrote the sync. The receiver's
+   * frames after that many were still on their way, so it does not send those messages again.
+   * Absent: the receiver cannot tell what is in flight.
+   */
+  readonly rx?: number;
+  /**
+   * The sender is still taking in new messages (a burst goes on): the receiver sends only what fills
+   * the gaps, below the highest message held of each sender (the last of `have`, else the mark).
+   * What lies above is likely still on its way; a sync once the talk pauses asks for it.
+   */
+  readonly busy?: boolean;
 }
 
 /** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
@@ -161,6 +173,12 @@ function int(o: Json, key: string, min: number, max: number): number {
 }
 
 /** A chat frame's `proof`: a place in a batch of 2..MAX_BATCH and at most one hash per tree level. */
+function bool(o: Json, key: string): boolean {
+  const v = o[key];
+  if (typeof v !== 'boolean') bad(`${key} must be a boolean`);
+  return v;
+}
+
 function proofOf(value: unknown): ChatProof {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) bad('proof must be an object');
   const o = value as Json;
@@ -271,9 +289,13 @@ export function validateFrame(raw: unknown): Frame {
         const mark = { from: str(e, 'from', 64, ID_PATTERN), seq: int(e, 'seq', 0, Number.MAX_SAFE_INTEGER) };
         return e['have'] === undefined ? mark : { ...mark, have: ranges(e['have'], mark.seq) };
       });
-      return o['minAgeMs'] === undefined
-        ? { type, marks }
-        : { type, marks, minAgeMs: int(o, 'minAgeMs', 0, 60_000) };
+      return {
+        type,
+        marks,
+        ...(o['minAgeMs'] === undefined ? {} : { minAgeMs: int(o, 'minAgeMs', 0, 60_000) }),
+        ...(o['rx'] === undefined ? {} : { rx: int(o, 'rx', 0, Number.MAX_SAFE_INTEGER) }),
+        ...(o['busy'] === undefined ? {} : { busy: bool(o, 'busy') }),
+      };
     }
     default:
       if (typeof type !== 'string') bad('frame type must be a string');

@@ -36,6 +36,12 @@ export interface LackingOptions {
   readonly have?: ReadonlyMap<string, readonly SeqRange[]>;
   /** Only messages taken in at or before this time (ms): younger ones are likely still in flight. */
   readonly takenBy?: number;
+  /**
+   * Only what fills the peer's gaps: per sender, below the highest it holds (the last of its `have`
+   * ranges, else its mark; so nothing of a sender without ranges). A peer in the middle of a burst
+   * asks so: what lies above is on its way.
+   */
+  readonly gapsOnly?: boolean;
 }
 
 /** The highest sequence number held without a gap, per sender: what a peer is asked to go beyond. */
@@ -254,26 +260,27 @@ export class MessageStore {
    */
   lacking(marks: Marks, options: LackingOptions = {}): StoredMessage[] {
     this.evict();
-    const { have, takenBy = Infinity } = options;
+    const { have, takenBy = Infinity, gapsOnly = false } = options;
     const perSender = new Map<string, StoredMessage[]>();
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
       const mark = marks.get(from) ?? 0;
-      if (mark >= sender.top) continue; // the usual case in a periodic sync: it has them all
       const ranges = have?.get(from) ?? [];
+      const top = gapsOnly ? Math.min(sender.top, ranges[ranges.length - 1]?.[0] ?? mark) : sender.top;
+      if (mark >= top) continue; // the usual case in a periodic sync: it has them all
       const wanted = (m: StoredMessage): boolean =>
         m.at <= takenBy && !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last);
       let list: StoredMessage[];
-      if (sender.top - mark <= sender.held.size) {
+      if (top - mark <= sender.held.size) {
         // Few above the mark (a peer a little behind): look those up rather than scan the window.
         list = [];
-        for (let seq = mark + 1; seq <= sender.top; seq++) {
+        for (let seq = mark + 1; seq <= top; seq++) {
           const m = sender.held.get(seq);
           if (m !== undefined && wanted(m)) list.push(m);
         }
       } else {
         list = [...sender.held.values()]
-          .filter((m) => m.frame.seq > mark && wanted(m))
+          .filter((m) => m.frame.seq > mark && m.frame.seq <= top && wanted(m))
           .sort((a, b) => a.frame.seq - b.frame.seq);
       }
       if (list.length === 0) continue;

@@ -195,3 +195,59 @@ describe('sync frames', () => {
     assert.ok(x.peers().length === 2, 'X is up, with both peers');
   });
 });
+
+describe('answering a sync', () => {
+  /** X with five messages of its own, and a raw peer that has read them. */
+  async function held(
+    t: TestContext,
+  ): Promise<{ x: P2PNode; peer: RawPeer; before: number; seqs: number[] }> {
+    const start = nodeFactory(t);
+    const x = await start({ nick: 'x' });
+    const peer = await rawPeer(t, x.port, { answerPings: true });
+    await waitFor(() => x.peers().length === 1, 'the raw peer to be up');
+    const seqs = x.sendAll(['m1', 'm2', 'm3', 'm4', 'm5']).map((m) => m.seq);
+    await waitFor(() => peer.count('chat') === 5, 'the raw peer to read the five messages');
+    const before = peer.frames.findIndex((f) => f.type === 'chat'); // frames read before them
+    return { x, peer, before, seqs };
+  }
+
+  let pings = 0;
+  /**
+   * Sends `sync` (with `rx`, the frames read so far, unless it is given) and then a ping; returns the
+   * seqs of the messages X sent back before its pong: X answers a sync at once (its first batch of
+   * messages), so these are the whole answer.
+   */
+  async function ask(peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<number[]> {
+    const n = ++pings;
+    const from = peer.frames.length;
+    peer.send({ type: 'sync', ...sync });
+    peer.send({ type: 'ping', n });
+    await waitFor(() => peer.frames.some((f) => f.type === 'pong' && f.n === n), 'the pong');
+    const end = peer.frames.findIndex((f) => f.type === 'pong' && f.n === n);
+    return peer.frames.slice(from, end).flatMap((f) => (f.type === 'chat' ? [f.seq] : []));
+  }
+
+  it('leaves out what it wrote on the link after the frames the peer had read (rx): those are on their way', async (t) => {
+    const { peer, before, seqs } = await held(t);
+    // As if the five were still in flight when the peer wrote its sync: nothing is sent again.
+    assert.deepEqual(await ask(peer, { marks: [], rx: before }), []);
+    // Having read them all, the peer lacks them (it dropped them, say): all five are sent again.
+    assert.deepEqual(await ask(peer, { marks: [], rx: peer.frames.length }), seqs);
+    // Without rx the node cannot tell: it sends what the marks lack, as before.
+    assert.deepEqual(await ask(peer, { marks: [] }), seqs);
+  });
+
+  it('sends a busy peer only what fills its gaps, and the rest once it asks without busy', async (t) => {
+    const { x, peer, seqs } = await held(t);
+    const [s1, s2, s3, s4, s5] = seqs as [number, number, number, number, number];
+    const gap = [{ from: x.id, seq: s1, have: [[s3, s3]] as [number, number][] }];
+    const rx = (): number => peer.frames.length;
+    assert.deepEqual(await ask(peer, { marks: gap, busy: true, rx: rx() }), [s2], 'the gap only');
+    assert.deepEqual(
+      await ask(peer, { marks: [{ from: x.id, seq: s3 }], busy: true, rx: rx() }),
+      [],
+      'no gap',
+    );
+    assert.deepEqual(await ask(peer, { marks: gap, rx: rx() }), [s2, s4, s5], 'not busy: all it lacks');
+  });
+});

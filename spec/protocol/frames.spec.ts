@@ -45,7 +45,7 @@ const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
   ping: ['type', 'n'],
   pong: ['type', 'n'],
   bye: ['type', 'reason'],
-  sync: ['type', 'marks', 'minAgeMs'],
+  sync: ['type', 'marks', 'minAgeMs', 'rx'],
 };
 
 /** A validator for `assert.throws` that wants a ProtocolError with `code`. */
@@ -206,6 +206,7 @@ const syncArb: fc.Arbitrary<SyncFrame> = fc.record(
     type: fc.constant('sync'),
     marks: fc.array(syncMarkArb, { maxLength: 50 }),
     minAgeMs: fc.integer({ min: 0, max: 60_000 }),
+    rx: fc.maxSafeNat(),
   },
   { noNullPrototype: true, requiredKeys: ['type', 'marks'] },
 );
@@ -466,6 +467,15 @@ describe('validateFrame', () => {
       }
       for (const age of [-1, 60_001, 1.5, '5']) {
         assert.throws(() => validateFrame(sync([[7, 9]], age)), protocolError('ERR_BAD_FRAME'), String(age));
+      }
+    });
+
+    it('for a sync whose rx (frames read on the link) is not a non-negative safe integer', () => {
+      const sync = (rx: unknown): unknown => ({ type: 'sync', marks: [], rx });
+      assert.deepEqual(validateFrame(sync(0)), sync(0));
+      assert.deepEqual(validateFrame(sync(123_456)), sync(123_456));
+      for (const rx of [-1, 1.5, '5', null, Number.MAX_SAFE_INTEGER + 2]) {
+        assert.throws(() => validateFrame(sync(rx)), protocolError('ERR_BAD_FRAME'), String(rx));
       }
     });
 

@@ -529,6 +529,48 @@ describe('MessageStore', () => {
       assert.deepEqual(lacking({ have: new Map([['a', [[3, 4]] as const]]) }), ['a-2', 'a-5', 'a-6']);
       assert.deepEqual(lacking({ takenBy: T0 + 400 }), ['a-2', 'a-3', 'a-4'], 'a-5 and a-6 are younger');
       assert.deepEqual(lacking({ have: new Map([['a', [[2, 3]] as const]]), takenBy: T0 + 400 }), ['a-4']);
+      // A peer in a burst asks for its gaps only: below its highest range, nothing above it.
+      assert.deepEqual(lacking({ gapsOnly: true }), [], 'no range: no gap, the rest is on its way');
+      assert.deepEqual(lacking({ have: new Map([['a', [[4, 4]] as const]]), gapsOnly: true }), [
+        'a-2',
+        'a-3',
+      ]);
+      assert.deepEqual(
+        lacking({
+          have: new Map([
+            [
+              'a',
+              [
+                [3, 3],
+                [5, 5],
+              ] as const,
+            ],
+          ]),
+          gapsOnly: true,
+        }),
+        ['a-2', 'a-4'],
+      );
+    });
+
+    it('gives a peer in a burst exactly the held messages between its mark and its highest range', () => {
+      fc.assert(
+        fc.property(
+          fc.uniqueArray(fc.integer({ min: 1, max: 300 }), { maxLength: 120 }),
+          fc.nat({ max: 300 }),
+          fc.integer({ min: 1, max: 40 }),
+          (seqs, mark, gap) => {
+            const { store } = MessageStore.open(SELF, undefined, {}, clock);
+            for (const seq of seqs) add(store, chat('a', seq));
+            const range = [mark + gap, mark + gap + 2] as const;
+            const got = store
+              .lacking(new Map([['a', mark]]), { have: new Map([['a', [range]]]), gapsOnly: true })
+              .map((m) => m.frame.seq);
+            const expected = seqs.filter((seq) => seq > mark && seq < range[0]).sort((x, y) => x - y);
+            assert.deepEqual(got, expected);
+          },
+        ),
+        { numRuns: 200 },
+      );
     });
 
     it('answers a peer a little behind and one far behind alike (lookup and scan)', () => {
