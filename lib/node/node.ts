@@ -922,8 +922,9 @@ class ChatNode implements P2PNode {
     if (conn.resyncTimer !== undefined || conn.closing) return;
     conn.resyncTimer = setTimeout(() => {
       conn.resyncTimer = undefined;
+      // No more than the sender's rate lets in by now: the rest would be dropped again.
       if (!conn.closing && this.active.get(conn.peerId ?? '')?.conn === conn)
-        this.sendSync(conn, this.syncFrame());
+        this.sendSync(conn, { ...this.syncFrame(), max: this.limits.senderMessages.burst });
     }, this.timing.rateResyncDelayMs);
     conn.resyncTimer.unref();
     conn.socket.once('close', () => clearTimeout(conn.resyncTimer));
@@ -1084,7 +1085,8 @@ class ChatNode implements P2PNode {
     const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);
     const backlog = this.store
       .lacking(marks, { have, gapsOnly: sync.busy === true, ...(takenBy === undefined ? {} : { takenBy }) })
-      .filter((m) => flying === undefined || !flying.has(m.payload));
+      .filter((m) => flying === undefined || !flying.has(m.payload))
+      .slice(0, sync.max);
     if (backlog.length === 0) return;
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
     let next = 0;

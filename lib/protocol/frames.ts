@@ -135,6 +135,11 @@ export interface SyncFrame {
    * What lies above is likely still on its way; a sync once the talk pauses asks for it.
    */
   readonly busy?: boolean;
+  /**
+   * At most this many messages, the oldest first: what the sender can take in now (a node that
+   * dropped messages over their sender's rate asks for what its rate limit lets in). Absent: all.
+   */
+  readonly max?: number;
 }
 
 /** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
@@ -295,6 +300,7 @@ export function validateFrame(raw: unknown): Frame {
         ...(o['minAgeMs'] === undefined ? {} : { minAgeMs: int(o, 'minAgeMs', 0, 60_000) }),
         ...(o['rx'] === undefined ? {} : { rx: int(o, 'rx', 0, Number.MAX_SAFE_INTEGER) }),
         ...(o['busy'] === undefined ? {} : { busy: bool(o, 'busy') }),
+        ...(o['max'] === undefined ? {} : { max: int(o, 'max', 1, Number.MAX_SAFE_INTEGER) }),
       };
     }
     default:

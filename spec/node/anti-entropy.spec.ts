@@ -249,5 +249,6 @@ describe('answering a sync', () => {
       'no gap',
     );
     assert.deepEqual(await ask(peer, { marks: gap, rx: rx() }), [s2, s4, s5], 'not busy: all it lacks');
+    assert.deepEqual(await ask(peer, { marks: gap, rx: rx(), max: 2 }), [s2, s4], 'the oldest two');
   });
 });

@@ -45,7 +45,7 @@ const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
   ping: ['type', 'n'],
   pong: ['type', 'n'],
   bye: ['type', 'reason'],
-  sync: ['type', 'marks', 'minAgeMs', 'rx'],
+  sync: ['type', 'marks', 'minAgeMs', 'rx', 'busy', 'max'],
 };
 
 /** A validator for `assert.throws` that wants a ProtocolError with `code`. */
@@ -207,6 +207,8 @@ const syncArb: fc.Arbitrary<SyncFrame> = fc.record(
     marks: fc.array(syncMarkArb, { maxLength: 50 }),
     minAgeMs: fc.integer({ min: 0, max: 60_000 }),
     rx: fc.maxSafeNat(),
+    busy: fc.boolean(),
+    max: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
   },
   { noNullPrototype: true, requiredKeys: ['type', 'marks'] },
 );
@@ -476,6 +478,15 @@ describe('validateFrame', () => {
       assert.deepEqual(validateFrame(sync(123_456)), sync(123_456));
       for (const rx of [-1, 1.5, '5', null, Number.MAX_SAFE_INTEGER + 2]) {
         assert.throws(() => validateFrame(sync(rx)), protocolError('ERR_BAD_FRAME'), String(rx));
+      }
+    });
+
+    it('for a sync whose busy is not a boolean, or whose max is not a positive safe integer', () => {
+      for (const busy of [1, 'true', null]) {
+        assert.throws(() => validateFrame({ type: 'sync', marks: [], busy }), protocolError('ERR_BAD_FRAME'));
+      }
+      for (const max of [0, -1, 1.5, '5', null]) {
+        assert.throws(() => validateFrame({ type: 'sync', marks: [], max }), protocolError('ERR_BAD_FRAME'));
       }
     });
 
