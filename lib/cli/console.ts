@@ -26,6 +26,8 @@ export interface ConsoleSink {
   log(line: string): void;
   /** The prompt, when it changes (nickname). */
   setPrompt(nick: string): void;
+  /** Stops (`true`) or resumes reading input: a long paste waits in the pipe meanwhile. */
+  holdInput(held: boolean): void;
   /**
    * Writes what is still queued for stdout (see {@link lineBatch}) now, synchronously. For exit paths
    * that do not go through `close()`, such as `process.on('exit')`.
@@ -242,6 +244,7 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     setPrompt(nick) {
       rl.setPrompt(`${sanitize(nick)}> `);
     },
+    holdInput: (held) => void (held ? rl.pause() : rl.resume()),
     flush: () => batch.flush(),
     close() {
       if (closed) return;
@@ -257,7 +260,7 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
 function pipeSink(io: ConsoleIo): {
   readonly push: (line: string) => void;
   readonly toStderr: (text: string) => void;
-  readonly common: Pick<ConsoleSink, 'lines$' | 'log' | 'setPrompt' | 'flush' | 'close'>;
+  readonly common: Pick<ConsoleSink, 'lines$' | 'log' | 'setPrompt' | 'holdInput' | 'flush' | 'close'>;
 } {
   const rl = createInterface({ input: io.stdin, terminal: false, crlfDelay: Infinity });
   const batch = lineBatch(io.stdout);
@@ -272,6 +275,7 @@ function pipeSink(io: ConsoleIo): {
       lines$: linesOf(rl),
       log: toStderr,
       setPrompt() {},
+      holdInput: (held) => void (held ? rl.pause() : rl.resume()),
       flush: () => batch.flush(),
       close() {
         batch.close();

@@ -4,7 +4,8 @@ import { Subscription } from 'rxjs';
 import { AddressError } from '../protocol/address.js';
 import { MAX_TEXT_LENGTH } from '../protocol/frames.js';
 import { levelLogger } from '../node/log.js';
-import { createNode, type P2PNode } from '../node/node.js';
+import { createNode, LIMIT_DEFAULTS, type P2PNode } from '../node/node.js';
+import { TokenBucket } from '../transport/token-bucket.js';
 import { DataDirLockedError, defaultDataDir } from '../node/data-dir.js';
 import { SecurityError } from '../security/errors.js';
 import { createNetworkKeyFile, loadNetworkKey, networkFingerprint } from '../security/network-key.js';
@@ -31,6 +32,12 @@ const defaultIo = (): CliIo => ({
 
 /** Messages of history shown when a terminal chat starts. */
 const START_HISTORY = 10;
+/** Lines waiting to be sent (a paste faster than the sender rate) past which stdin is not read. */
+const QUEUE_HIGH = 5_000;
+/** ... and at or below which it is read again. */
+const QUEUE_LOW = 1_000;
+/** Lines a paced paste waits for at once, so they go out under one signature. */
+const PACE_BATCH = 64;
 
 /** How long close() may take before the CLI gives up waiting for sockets. */
 const CLOSE_GRACE_MS = 2000;
@@ -106,7 +113,13 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo()): Pr
 
 async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   let quit: () => void = () => {};
-  const quitting = new Promise<void>((resolve) => (quit = resolve));
+  let quitRequested = false;
+  const quitting = new Promise<void>((resolve) => {
+    quit = () => {
+      quitRequested = true;
+      resolve();
+    };
+  });
   const mode = options.json ? 'json' : io.stdin.isTTY === true && io.stdout.isTTY === true ? 'tty' : 'plain';
   const sink: ConsoleSink =
     mode === 'json' ? jsonConsole(io) : mode === 'tty' ? ttyConsole(io, () => quit()) : plainConsole(io);
@@ -162,26 +175,68 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   // The text lines of one turn of the event loop (one read of stdin: a paste, a piped file) go out
   // together, in order: one signature and one log write for all of them. A command sends the lines
   // before it first, so /nick and the like take effect exactly between the lines around them.
-  let pending: string[] = [];
-  const sendPending = (): void => {
-    const texts = pending;
-    pending = [];
-    for (const message of node.sendAll(texts)) sink.sent(message);
+  // Lines go out no faster than peers take one sender's messages (the node's sender rate): past it
+  // they would drop the excess and fetch it again later, at a multiple of the cost. A longer paste
+  // waits here, in order, with stdin no longer read while more than QUEUE_HIGH lines wait.
+  // 90 % of it: peers start counting when the first line arrives (after this node signed and sent
+  // the whole first burst), and later lines may reach them faster than the first did.
+  const { perSecond, burst } = LIMIT_DEFAULTS.senderMessages;
+  const pace = new TokenBucket({ perSecond: perSecond * 0.9, burst: Math.floor(burst * 0.9) });
+  const queue: (string | { readonly command: string })[] = [];
+  let head = 0;
+  let held = false;
+  let timer: NodeJS.Timeout | undefined;
+  let scheduled = false;
+  const send = (texts: string[]): void => {
+    if (texts.length > 0) for (const message of node.sendAll(texts)) sink.sent(message);
   };
+  const drain = (): void => {
+    timer = undefined;
+    scheduled = false;
+    let texts: string[] = [];
+    while (head < queue.length && !quitRequested) {
+      const entry = queue[head]!;
+      if (typeof entry === 'string') {
+        if (!pace.tryTake()) break;
+        texts.push(entry);
+        head++;
+        continue;
+      }
+      send(texts);
+      texts = [];
+      head++;
+      runCommand(entry.command, node, sink, quit);
+    }
+    send(texts);
+    // Lines after a /quit are dropped: the node is closing.
+    if (quitRequested) return;
+    if (head === queue.length) {
+      queue.length = 0;
+      head = 0;
+    } else {
+      // Wait for tokens for a few lines at once: one signature for them, not one per line.
+      timer = setTimeout(drain, pace.msUntil(Math.min(queue.length - head, PACE_BATCH)));
+    }
+    if (held && queue.length - head <= QUEUE_LOW) {
+      held = false;
+      sink.holdInput(false);
+    }
+  };
+  subscription.add(() => clearTimeout(timer));
   subscription.add(
     sink.lines$.subscribe({
       next: (line) => {
         const text = textOf(line, sink);
         if (text === undefined) return;
-        if (typeof text === 'string') {
-          // Lines after a /quit of the same read are dropped: the node is closing by then.
-          if (pending.length === 0)
-            queueMicrotask(() => !subscription.closed && pending.length > 0 && sendPending());
-          pending.push(text);
-          return;
+        queue.push(text);
+        if (!held && queue.length - head > QUEUE_HIGH) {
+          held = true;
+          sink.holdInput(true);
         }
-        if (pending.length > 0) sendPending();
-        runCommand(text.command, node, sink, quit);
+        if (timer === undefined && !scheduled) {
+          scheduled = true;
+          queueMicrotask(() => scheduled && drain());
+        }
       },
       // At the end of piped input the node stays up, relaying, until a signal; a terminal's Ctrl+D quits.
       complete: () => {

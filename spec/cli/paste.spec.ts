@@ -36,6 +36,27 @@ describe('a pasted block of lines', () => {
     );
   });
 
+  it('longer than the sender rate allows at once: paced, so the peer takes every line and defers none', async (t) => {
+    const procs = procsFor(t);
+    const s = await procs.node({ nick: 's' });
+    const h = await procs.node({ nick: 'h', peers: [`127.0.0.1:${s.ready.port}`] });
+    await h.waitForPeerUp(s.ready.id);
+    // 3,500 lines: 1,000 past the burst that peers take from one sender at once (LIMIT_DEFAULTS).
+    const lines = Array.from({ length: 3_500 }, (_, i) => `line ${i}`);
+    h.write(lines.join('\n') + '\n');
+    const got = await s.waitForEvents(isMessage, lines.length, 20_000, 'every line at the peer');
+    assert.deepEqual(
+      got.map((m) => m.text),
+      lines,
+    );
+    const sent = await h.waitForEvents(isSent, lines.length, 5_000, 'a sent event per line');
+    assert.deepEqual(
+      sent.map((e) => e.seq),
+      lines.map((_, i) => sent[0]!.seq + i),
+    );
+    assert.doesNotMatch(s.stderr, /over \d+ messages\/s/, 'the peer dropped nothing over the rate');
+  });
+
   it('ends cleanly on a /quit followed by more lines in the same read', async (t) => {
     const procs = procsFor(t);
     const h = await procs.node({ nick: 'h' });
