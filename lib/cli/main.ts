@@ -233,7 +233,9 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
           held = true;
           sink.holdInput(true);
         }
-        if (timer === undefined && !scheduled) {
+        if (timer !== undefined) return; // paced: it goes when the lines before it have gone
+        if (typeof text !== 'string') drain(); // a command takes effect now, after the lines before it
+        else if (!scheduled) {
           scheduled = true;
           queueMicrotask(() => scheduled && drain());
         }
