@@ -234,7 +234,8 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
           sink.holdInput(true);
         }
         if (timer !== undefined) return; // paced: it goes when the lines before it have gone
-        if (typeof text !== 'string') drain(); // a command takes effect now, after the lines before it
+        if (typeof text !== 'string')
+          drain(); // a command takes effect now, after the lines before it
         else if (!scheduled) {
           scheduled = true;
           queueMicrotask(() => scheduled && drain());
