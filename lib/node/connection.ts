@@ -51,7 +51,7 @@ export interface ConnectionOptions {
 
 let nextConnectionNumber = 1;
 
-/** How many of the payloads written last a connection remembers, to tell what is still in flight. */
+/** How many of the frames written last a connection remembers, to tell what is still in flight. */
 export const SENT_MEMORY = 16_384;
 
 /**
@@ -95,8 +95,11 @@ export class Connection {
   rxFrames = 0;
   /** Encrypted frames written on this connection. */
   private txFrames = 0;
-  /** The plaintext payloads of the last {@link SENT_MEMORY} frames written, frame `i` at `i % SENT_MEMORY`. */
-  private readonly sent: Buffer[] = [];
+  /**
+   * The message ids of the last {@link SENT_MEMORY} frames written (undefined for other frames), frame
+   * `i` at `i % SENT_MEMORY`. Ids, not payloads: a kept payload would keep its whole pool slab alive.
+   */
+  private readonly sent: (string | undefined)[] = [];
   private readonly handshake: Handshake;
   private decoder: FrameDecoder | undefined;
   /** The frame limit once the session exists: the largest plaintext plus the cipher's tag. */
@@ -212,27 +215,31 @@ export class Connection {
     this.sendPayload(serializeFrame(frame));
   }
 
-  /** Queues a payload that is already serialised (a relayed message); encrypted for this link. */
-  sendPayload(payload: Buffer): void {
-    if (this.session !== undefined) this.write(this.session, payload);
+  /**
+   * Queues a payload that is already serialised (a relayed message, with its id); encrypted for this
+   * link.
+   */
+  sendPayload(payload: Buffer, messageId?: string): void {
+    if (this.session !== undefined) this.write(this.session, payload, messageId);
     else this.queued.push(payload);
   }
 
   /**
-   * The payloads written on this connection after its first `rx` frames (as far as the last
-   * {@link SENT_MEMORY} go): those the peer had not read when it said it had read `rx` frames (TCP
-   * keeps them in order), so they are still on their way to it.
+   * The ids of the messages written on this connection after its first `rx` frames (as far as the
+   * last {@link SENT_MEMORY} go): those the peer had not read when it said it had read `rx` frames
+   * (TCP keeps them in order), so they are still on their way to it.
    */
-  inFlight(rx: number): Set<Buffer> {
-    const flying = new Set<Buffer>();
+  inFlight(rx: number): Set<string> {
+    const flying = new Set<string>();
     for (let i = Math.max(rx, this.txFrames - SENT_MEMORY); i < this.txFrames; i++) {
-      flying.add(this.sent[i % SENT_MEMORY]!);
+      const id = this.sent[i % SENT_MEMORY];
+      if (id !== undefined) flying.add(id);
     }
     return flying;
   }
 
-  private write(session: SecureSession, payload: Buffer): void {
-    this.sent[this.txFrames % SENT_MEMORY] = payload;
+  private write(session: SecureSession, payload: Buffer, messageId?: string): void {
+    this.sent[this.txFrames % SENT_MEMORY] = messageId;
     this.txFrames++;
     this.outbox.next(session.encrypt(payload));
   }

@@ -494,7 +494,7 @@ class ChatNode implements P2PNode {
       chat$.pipe(relay(this.peerIds, this.relayView)).subscribe(({ frame, payload, to, unverified }) => {
         // Let through unchecked, but a peer came since: checked now, as it goes on.
         if (unverified === true && this.chatProblem(frame) !== undefined) return;
-        for (const id of to) this.active.get(id)?.conn.sendPayload(payload);
+        for (const id of to) this.active.get(id)?.conn.sendPayload(payload, frame.id);
       }),
     );
     this.subscription.add(
@@ -1085,7 +1085,7 @@ class ChatNode implements P2PNode {
     const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);
     const backlog = this.store
       .lacking(marks, { have, gapsOnly: sync.busy === true, ...(takenBy === undefined ? {} : { takenBy }) })
-      .filter((m) => flying === undefined || !flying.has(m.payload))
+      .filter((m) => flying === undefined || !flying.has(m.frame.id))
       .slice(0, sync.max);
     if (backlog.length === 0) return;
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
@@ -1105,7 +1105,7 @@ class ChatNode implements P2PNode {
           }
           message.verified = true;
         }
-        conn.sendPayload(message.payload);
+        conn.sendPayload(message.payload, message.frame.id);
         sent++;
       }
       if (next < backlog.length) {
