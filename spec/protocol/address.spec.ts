@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { isIP } from 'node:net';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
@@ -234,6 +235,38 @@ describe('normalizeHost', () => {
 
   it('leaves an IPv6 address that merely contains ffff alone', () => {
     assert.equal(normalizeHost('2001:db8::ffff:1'), '2001:db8::ffff:1');
+  });
+
+  it('gives what the URL parser gives for IPv4 in any spelling, plain or mapped (the fast path included)', () => {
+    /** normalizeHost as it was before its fast paths: always through the URL parser. */
+    const viaUrl = (host: string): string => {
+      let canonical: string;
+      try {
+        canonical = new URL(`http://${isIP(host) === 6 ? `[${host}]` : host}/`).hostname;
+      } catch {
+        return host.toLowerCase();
+      }
+      if (canonical.startsWith('[')) canonical = canonical.slice(1, -1);
+      const mapped = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/.exec(canonical);
+      if (mapped === null) return canonical;
+      const [hi, lo] = [parseInt(mapped[1]!, 16), parseInt(mapped[2]!, 16)];
+      return `${hi >> 8}.${hi & 0xff}.${lo >> 8}.${lo & 0xff}`;
+    };
+    const octet = fc.oneof(
+      fc.integer({ min: 0, max: 255 }).map(String),
+      fc.integer({ min: 0, max: 255 }).map((n) => `0${n}`),
+    );
+    fc.assert(
+      fc.property(
+        fc.tuple(octet, octet, octet, octet),
+        fc.constantFrom('', '::ffff:', '::FFFF:'),
+        (octets, prefix) => {
+          const host = prefix + octets.join('.');
+          assert.equal(normalizeHost(host), viaUrl(host), host);
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
   });
 
   it('is idempotent', () => {
