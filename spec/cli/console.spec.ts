@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { PassThrough, Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
   jsonConsole,
   lineBatch,
+  pipeLines,
   plainConsole,
   ttyConsole,
   type ConsoleIo,
@@ -221,6 +223,70 @@ describe('console sinks: one stdout write per turn of the event loop', () => {
       stdout.writes().some((w) => w.includes('line 101\n')),
       'close() draws what is queued',
     );
+  });
+});
+
+describe('pipeLines: piped input split as readline splits it', () => {
+  /** The lines of `chunks`, written one per turn, as `split` gives them. */
+  async function linesOf(chunks: readonly Buffer[], split: 'readline' | 'pipeLines'): Promise<string[]> {
+    const input = new PassThrough();
+    const lines: string[] = [];
+    const done = new Promise<void>((resolve) => {
+      if (split === 'readline') {
+        const rl = createInterface({ input, terminal: false, crlfDelay: Infinity });
+        rl.on('line', (line) => lines.push(line)).on('close', resolve);
+      } else {
+        pipeLines(input).lines$.subscribe({ next: (line) => lines.push(line), complete: resolve });
+      }
+    });
+    for (const chunk of chunks) {
+      input.write(chunk);
+      await nextTurn();
+    }
+    input.end();
+    await done;
+    return lines;
+  }
+
+  it('gives the lines readline gives, whatever the reads (\\r\\n split across two, UTF-8 split, no final newline)', async () => {
+    const parts = ['a', 'bc', '\r', '\n', '\r\n', 'é', '€', ' ', '//x'];
+    let seed = 1;
+    const random = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let run = 0; run < 300; run += 1) {
+      let text = '';
+      for (let i = random(16); i > 0; i -= 1) text += parts[random(parts.length)];
+      const bytes = Buffer.from(text);
+      const chunks: Buffer[] = [];
+      for (let at = 0; at < bytes.length;) {
+        const size = 1 + random(4);
+        chunks.push(bytes.subarray(at, at + size));
+        at += size;
+      }
+      assert.deepEqual(
+        await linesOf(chunks, 'pipeLines'),
+        await linesOf(chunks, 'readline'),
+        JSON.stringify(text),
+      );
+    }
+  });
+
+  it('close() stops reading and completes the lines', async () => {
+    const input = new PassThrough();
+    const reader = pipeLines(input);
+    const lines: string[] = [];
+    let completed = false;
+    reader.lines$.subscribe({ next: (line) => lines.push(line), complete: () => (completed = true) });
+    input.write('one\ntw');
+    await nextTurn();
+    reader.close();
+    input.write('o\nthree\n');
+    await nextTurn();
+    assert.deepEqual(lines, ['one']);
+    assert.equal(completed, true);
+    assert.equal(input.listenerCount('data'), 0);
   });
 });
 
