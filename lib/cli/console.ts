@@ -110,11 +110,24 @@ function linesOf(rl: Interface): Observable<string> {
 const LINE_END = /\r?\n|\r(?!\n)/g;
 
 /**
+ * Longest line of piped input kept whole: the rest of a longer one is dropped as it arrives (the line
+ * is refused as too long anyway), so endless input without a line end (`< /dev/zero`) cannot grow a
+ * string past what V8 allows and crash the node.
+ */
+export const MAX_LINE_CHARS = 64 * 1024;
+
+/**
  * Lines of piped input, split as readline does with `crlfDelay: Infinity` (a `\r\n` split across
  * two reads is one line end; the last line needs no line end), without loading readline (~0.3 MB of
- * code a node at idle never runs). `close()` stops reading and completes the lines.
+ * code a node at idle never runs). A line longer than {@link MAX_LINE_CHARS} comes out cut to one
+ * character more than that. `hold(true)` stops reading until `hold(false)`; `close()` stops reading
+ * and completes the lines.
  */
-export function pipeLines(input: Readable): { readonly lines$: Observable<string>; close(): void } {
+export function pipeLines(input: Readable): {
+  readonly lines$: Observable<string>;
+  hold(held: boolean): void;
+  close(): void;
+} {
   const lines = new Subject<string>();
   const decoder = new StringDecoder('utf8');
   let partial = '';
@@ -136,7 +149,7 @@ export function pipeLines(input: Readable): { readonly lines$: Observable<string
       if (closed) return;
       start = LINE_END.lastIndex;
     }
-    partial = text.slice(start);
+    partial = text.slice(start, start + MAX_LINE_CHARS + 1);
   };
   const close = (): void => {
     if (closed) return;
@@ -152,7 +165,12 @@ export function pipeLines(input: Readable): { readonly lines$: Observable<string
   };
   input.on('data', onData).on('end', onEnd);
   input.resume();
-  return { lines$: lines.asObservable(), close };
+  const hold = (held: boolean): void => {
+    if (closed) return;
+    if (held) input.pause();
+    else input.resume();
+  };
+  return { lines$: lines.asObservable(), hold, close };
 }
 
 /**
@@ -327,7 +345,7 @@ function pipeSink(io: ConsoleIo): {
       lines$: input.lines$,
       log: toStderr,
       setPrompt() {},
-      holdInput: (held) => void (held ? rl.pause() : rl.resume()),
+      holdInput: (held) => input.hold(held),
       flush: () => batch.flush(),
       close() {
         batch.close();

@@ -7,6 +7,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import {
   jsonConsole,
   lineBatch,
+  MAX_LINE_CHARS,
   pipeLines,
   plainConsole,
   ttyConsole,
@@ -287,6 +288,33 @@ describe('pipeLines: piped input split as readline splits it', () => {
     assert.deepEqual(lines, ['one']);
     assert.equal(completed, true);
     assert.equal(input.listenerCount('data'), 0);
+  });
+
+  it('cuts a line longer than MAX_LINE_CHARS as it arrives, so endless input without a line end stays bounded', async () => {
+    const chunk = Buffer.alloc(64 * 1024, 'z');
+    const chunks = [...Array.from({ length: 40 }, () => chunk), Buffer.from('\nhello\n')]; // 2.6 MB, one line
+    const lines = await linesOf(chunks, 'pipeLines');
+    assert.deepEqual(
+      lines.map((l) => l.length),
+      [MAX_LINE_CHARS + 1, 5],
+    );
+    assert.equal(lines[1], 'hello');
+  });
+
+  it('hold(true) stops reading until hold(false); nothing is lost', async () => {
+    const input = new PassThrough();
+    const reader = pipeLines(input);
+    const lines: string[] = [];
+    reader.lines$.subscribe((line) => lines.push(line));
+    input.write('one\n');
+    await nextTurn();
+    reader.hold(true);
+    input.write('two\nthree\n');
+    await nextTurn();
+    assert.deepEqual(lines, ['one']);
+    reader.hold(false);
+    await nextTurn();
+    assert.deepEqual(lines, ['one', 'two', 'three']);
   });
 });
 
