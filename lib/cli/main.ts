@@ -214,6 +214,11 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
       queue.length = 0;
       head = 0;
     } else {
+      // A long piped file never empties the queue: drop what has gone, or it would all stay held.
+      if (head >= 1024 && head * 2 >= queue.length) {
+        queue.splice(0, head);
+        head = 0;
+      }
       // Wait for tokens for a few lines at once: one signature for them, not one per line.
       timer = setTimeout(drain, pace.msUntil(Math.min(queue.length - head, PACE_BATCH)));
     }
