@@ -461,9 +461,17 @@ class ChatNode implements P2PNode {
     // verified, so a tampered copy cannot shadow the real one nor spend the sender's budget.
     const sender = (m: Inbound<ChatFrame>): string | undefined =>
       m.peer === null ? undefined : m.frame.from;
+    // Measured by the sender's clock (its timestamps), so a paced paste is not charged for waiting
+    // behind its own first burst on the way here.
+    const senderTime = (m: Inbound<ChatFrame>): number => m.frame.ts;
     const chat$ = merge(this.local$, inbound$.pipe(filter(isChat))).pipe(
       filter((m) => !this.store.knows(m.frame)),
-      rateLimit({ limiter: this.senderRate, key: sender, onLimited: (m) => this.overRate(m) }),
+      rateLimit({
+        limiter: this.senderRate,
+        key: sender,
+        time: senderTime,
+        onLimited: (m) => this.overRate(m),
+      }),
       verifySignatures({
         network: this.networkTag,
         onInvalid: (m, reason) => this.invalidMessage(m, reason),
@@ -476,7 +484,7 @@ class ChatNode implements P2PNode {
         time: (m) => m.frame.ts,
         maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
       }),
-      spendRate({ limiter: this.senderRate, key: sender }),
+      spendRate({ limiter: this.senderRate, key: sender, time: senderTime }),
       remember(this.store),
       tap((m) => {
         this.heldIds.set(m.frame.id, true);

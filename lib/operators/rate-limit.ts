@@ -9,6 +9,12 @@ export interface RateLimitOptions<T> {
   readonly key: (value: T) => string | undefined;
   /** Told of each value dropped because its key had no token left. */
   readonly onLimited?: (value: T) => void;
+  /**
+   * The value's time on its sender's clock (ms), e.g. a message's timestamp: the key's bucket then
+   * refills by that clock (set to ours at the key's first value, never ahead of ours), so a sender
+   * that paces itself is not charged for how late its values arrive. Default: our clock only.
+   */
+  readonly time?: (value: T) => number;
 }
 
 /**
@@ -21,10 +27,10 @@ export interface RateLimitOptions<T> {
  * Completes and errors with the source; a throwing `key` or `onLimited` becomes an error notification.
  */
 export function rateLimit<T>(options: RateLimitOptions<T>): MonoTypeOperatorFunction<T> {
-  const { limiter, key, onLimited } = options;
+  const { limiter, key, onLimited, time } = options;
   return filter((value) => {
     const k = key(value);
-    if (k === undefined || limiter.allows(k)) return true;
+    if (k === undefined || limiter.allows(k, time?.(value))) return true;
     onLimited?.(value);
     return false;
   });
@@ -32,11 +38,11 @@ export function rateLimit<T>(options: RateLimitOptions<T>): MonoTypeOperatorFunc
 
 /** Charges one token per value to its key (see {@link rateLimit}); passes every value on. */
 export function spendRate<T>(
-  options: Pick<RateLimitOptions<T>, 'limiter' | 'key'>,
+  options: Pick<RateLimitOptions<T>, 'limiter' | 'key' | 'time'>,
 ): MonoTypeOperatorFunction<T> {
-  const { limiter, key } = options;
+  const { limiter, key, time } = options;
   return tap((value) => {
     const k = key(value);
-    if (k !== undefined) limiter.spend(k);
+    if (k !== undefined) limiter.spend(k, time?.(value));
   });
 }

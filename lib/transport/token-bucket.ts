@@ -37,12 +37,24 @@ export class TokenBucket {
 
   /** Tokens available now (negative while in debt). */
   get tokens(): number {
-    const t = this.now();
+    return this.tokensAt(this.now());
+  }
+
+  /**
+   * Tokens available at clock reading `t` (ms): refilled up to `t`; a reading earlier than the last
+   * one refills nothing.
+   */
+  tokensAt(t: number): number {
     if (t > this.at) {
       this.level = Math.min(this.rate.burst, this.level + ((t - this.at) / 1000) * this.rate.perSecond);
       this.at = t;
     }
     return this.level;
+  }
+
+  /** Takes `n` tokens at clock reading `t`, going into debt if need be. */
+  spendAt(t: number, n = 1): void {
+    this.level = this.tokensAt(t) - n;
   }
 
   /** Takes `n` tokens when there are that many; false (and nothing taken) otherwise. */
@@ -64,6 +76,9 @@ export class TokenBucket {
   }
 }
 
+/** How far ahead of ours a sender's clock may run a bucket (ms): the lateness forgiven. */
+export const CLOCK_LEAD_MS = 5_000;
+
 /**
  * One {@link TokenBucket} per key (a peer, a sender, a remote host), the least recently used
  * forgotten beyond `max` keys so memory stays bounded whoever floods with new keys. A forgotten key
@@ -71,6 +86,8 @@ export class TokenBucket {
  */
 export class RateLimiter<K extends string = string> {
   private readonly buckets: LRUCache<K, TokenBucket>;
+  /** Per key with a sender's clock: our clock minus the sender's, at its first value. */
+  private readonly offsets: LRUCache<K, number>;
   private readonly now: () => number;
 
   constructor(
@@ -79,7 +96,28 @@ export class RateLimiter<K extends string = string> {
   ) {
     checkRate(rate);
     this.buckets = boundedLru(options.max ?? 4096);
+    this.offsets = boundedLru(options.max ?? 4096);
     this.now = options.now ?? Date.now;
+  }
+
+  /**
+   * The clock a key's bucket runs on for a value its sender stamped `time` (ms, the sender's clock):
+   * ours, or the sender's (set to ours at the key's first value) where that is ahead, by at most
+   * {@link CLOCK_LEAD_MS}. A sender that paces itself by its own clock is then measured by that
+   * clock: how late its first values arrived (they may wait behind a whole burst, here and on the
+   * way) does not count against it; values stamped long ago (resent history) refill by our clock as
+   * before; and the bucket can never have refilled by more than our clock plus that lead (once: a
+   * bucket's clock never goes back). Without `time`: our clock.
+   */
+  private clock(key: K, time: number | undefined): number {
+    const now = this.now();
+    if (time === undefined) return now;
+    let offset = this.offsets.get(key);
+    if (offset === undefined) {
+      offset = now - time;
+      this.offsets.set(key, offset);
+    }
+    return Math.max(now, Math.min(now + CLOCK_LEAD_MS, time + offset));
   }
 
   /** The bucket of `key`, created full on first use. */
@@ -92,9 +130,13 @@ export class RateLimiter<K extends string = string> {
     return bucket;
   }
 
-  /** True when `key` has a whole token now; takes nothing. */
-  allows(key: K): boolean {
-    return this.bucket(key).tokens >= 1;
+  /**
+   * True when `key` has a whole token now (with `time`, the value's time on its sender's clock: see
+   * {@link clock}); takes nothing.
+   */
+  allows(key: K, time?: number): boolean {
+    const t = this.clock(key, time);
+    return this.bucket(key).tokensAt(t) >= 1;
   }
 
   /** Takes a token of `key` when there is one. */
@@ -102,8 +144,9 @@ export class RateLimiter<K extends string = string> {
     return this.bucket(key).tryTake();
   }
 
-  /** Takes a token of `key`, going into debt if need be. */
-  spend(key: K): void {
-    this.bucket(key).spend();
+  /** Takes a token of `key`, going into debt if need be (`time` as for {@link allows}). */
+  spend(key: K, time?: number): void {
+    const t = this.clock(key, time);
+    this.bucket(key).spendAt(t);
   }
 }

@@ -36,7 +36,7 @@ describe('a pasted block of lines', () => {
     );
   });
 
-  it('longer than the sender rate allows at once: paced, every line arrives once, in order when the peer defers none', async (t) => {
+  it('longer than the sender rate allows at once: paced, so the peer takes every line in order and defers none', async (t) => {
     const procs = procsFor(t);
     const s = await procs.node({ nick: 's' });
     const h = await procs.node({ nick: 'h', peers: [`127.0.0.1:${s.ready.port}`] });
@@ -51,19 +51,14 @@ describe('a pasted block of lines', () => {
       lines.map((_, i) => sent[0]!.seq + i),
       'sent in the order typed',
     );
-    assert.deepEqual(got.map((m) => m.text).sort(), [...lines].sort(), 'each line once');
-    // The pacing keeps 10 % below the peer's rate, counted from the first line the peer sees. On a
-    // CPU-starved machine (the suite beside other node processes) that first line can come late
-    // enough for the peer to defer a few; they then come by resync, after later ones.
-    if (/over \d+ messages\/s/.test(s.stderr)) {
-      t.diagnostic('the peer deferred some lines over the rate (a starved machine): order not checked');
-    } else {
-      assert.deepEqual(
-        got.map((m) => m.text),
-        lines,
-        'in order: the peer deferred none',
-      );
-    }
+    // The pacing keeps 10 % below the peer's rate, and the peer measures it by the sender's clock
+    // (message timestamps): how late the first burst reached it does not count against the rest.
+    assert.deepEqual(
+      got.map((m) => m.text),
+      lines,
+      'each line once, in order',
+    );
+    assert.doesNotMatch(s.stderr, /over \d+ messages\/s/, 'the peer deferred none over the rate');
   });
 
   it('ends cleanly on a /quit followed by more lines in the same read', async (t) => {

@@ -35,6 +35,30 @@ describe('rateLimit + spendRate', () => {
     });
   });
 
+  it("with time, refills by the sender's clock: a paced sender whose first values came late passes", () => {
+    const ts = scheduler();
+    ts.run(({ cold, expectObservable }) => {
+      // Stamped 0, 0, 100, 200 ms by the sender (10/s, a burst of 2), the first two late: all four
+      // arrive within 20 ms of each other here.
+      const v = {
+        a: { from: 's', id: 'a', at: 0 },
+        b: { from: 's', id: 'b', at: 0 },
+        c: { from: 's', id: 'c', at: 100 },
+        d: { from: 's', id: 'd', at: 200 },
+      };
+      const time = (m: Msg & { at: number }): number => m.at;
+      const byTheirs = new RateLimiter({ perSecond: 10, burst: 2 }, { now: () => ts.now() });
+      const byOurs = new RateLimiter({ perSecond: 10, burst: 2 }, { now: () => ts.now() });
+      const source = cold('(ab) 9ms c 9ms d|', v);
+      expectObservable(
+        source.pipe(rateLimit({ limiter: byTheirs, key, time }), spendRate({ limiter: byTheirs, key, time })),
+      ).toBe('(ab) 9ms c 9ms d|', v);
+      expectObservable(
+        source.pipe(rateLimit({ limiter: byOurs, key }), spendRate({ limiter: byOurs, key })),
+      ).toBe('(ab) 20ms |', v);
+    });
+  });
+
   it('charges only what reaches spendRate: values dropped in between cost nothing', () => {
     scheduler().run(({ cold, expectObservable }) => {
       const limiter = new RateLimiter({ perSecond: 1, burst: 1 }, { now: () => 0 });

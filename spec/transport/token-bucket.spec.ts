@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { RateLimiter, TokenBucket } from '../../lib/transport/token-bucket.js';
+import { CLOCK_LEAD_MS, RateLimiter, TokenBucket } from '../../lib/transport/token-bucket.js';
 
 /** A clock the test moves by hand. */
 function manualClock(): { now: () => number; advance: (ms: number) => void } {
@@ -97,5 +97,76 @@ describe('RateLimiter', () => {
     limiter.spend('c'); // evicts b
     assert.equal(limiter.allows('a'), false);
     assert.equal(limiter.allows('b'), true, 'a forgotten key starts full again');
+  });
+
+  describe("with the sender's clock (values' timestamps)", () => {
+    /** Spends one token for a value stamped `time` when allowed; returns whether it was. */
+    const take = (limiter: RateLimiter, time: number): boolean => {
+      if (!limiter.allows('s', time)) return false;
+      limiter.spend('s', time);
+      return true;
+    };
+
+    it('lets a sender that keeps to the rate by its own clock through, however late its first values came', () => {
+      const clock = manualClock();
+      const rate = { perSecond: 10, burst: 5 };
+      const limiter = new RateLimiter(rate, { now: clock.now });
+      const local = new RateLimiter(rate, { now: clock.now }); // our clock only, for comparison
+      // The sender's burst of 5 at its time 0 arrives late (behind a backlog); then one value per
+      // 100 ms of its clock, which arrive 10 ms apart as the backlog drains.
+      const burst = [0, 0, 0, 0, 0].map((t) => take(limiter, t));
+      for (let k = 0; k < 5; k++) local.spend('s');
+      assert.deepEqual(burst, [true, true, true, true, true]);
+      const paced: boolean[] = [];
+      let byOurClock = 0;
+      for (let k = 1; k <= 20; k++) {
+        clock.advance(10);
+        paced.push(take(limiter, k * 100));
+        if (local.allows('s')) {
+          local.spend('s');
+          byOurClock++;
+        }
+      }
+      assert.deepEqual(
+        paced,
+        Array.from({ length: 20 }, () => true),
+      );
+      assert.ok(byOurClock <= 2, `by our clock alone: 200 ms of refill, ${byOurClock} taken`);
+    });
+
+    it('never refills more than our clock, plus the lead, would: a sender cannot stamp its way past the rate', () => {
+      fc.assert(
+        fc.property(
+          fc.array(fc.tuple(fc.nat({ max: 300 }), fc.integer({ min: -60_000, max: 60_000 })), {
+            minLength: 1,
+            maxLength: 200,
+          }),
+          (steps) => {
+            const clock = manualClock();
+            const start = clock.now();
+            const rate = { perSecond: 10, burst: 5 };
+            const limiter = new RateLimiter(rate, { now: clock.now });
+            let taken = 0;
+            for (const [wait, stamp] of steps) {
+              clock.advance(wait);
+              if (take(limiter, clock.now() + stamp)) taken++;
+            }
+            const bound = rate.burst + ((clock.now() - start + CLOCK_LEAD_MS) / 1000) * rate.perSecond;
+            assert.ok(taken <= Math.floor(bound) + 1, `${taken} taken, bound ${bound}`);
+          },
+        ),
+      );
+    });
+
+    it('refills by our clock for values stamped long ago (history resent), and for a clock that went back', () => {
+      const clock = manualClock();
+      const limiter = new RateLimiter({ perSecond: 10, burst: 1 }, { now: clock.now });
+      assert.equal(take(limiter, 5_000_000), true);
+      assert.equal(take(limiter, 5_000_000), false, 'the bucket is empty');
+      clock.advance(200);
+      assert.equal(take(limiter, 1_000), true, 'an old stamp: our clock has refilled it');
+      clock.advance(200);
+      assert.equal(take(limiter, 5_000_000 - 3_600_000), true, 'a clock an hour back');
+    });
   });
 });
