@@ -119,9 +119,10 @@ export const MAX_LINE_CHARS = 64 * 1024;
 /**
  * Lines of piped input, split as readline does with `crlfDelay: Infinity` (a `\r\n` split across
  * two reads is one line end; the last line needs no line end), without loading readline (~0.3 MB of
- * code a node at idle never runs). A line longer than {@link MAX_LINE_CHARS} comes out cut to one
- * character more than that. `hold(true)` stops reading until `hold(false)`; `close()` stops reading
- * and completes the lines.
+ * code a node at idle never runs). A line longer than {@link MAX_LINE_CHARS} comes out cut, to at
+ * most that plus one read's worth of characters. Reading starts with the first subscription (lines
+ * wait in the stream until then); `hold(true)` stops reading until `hold(false)`; `close()` stops
+ * reading and completes the lines.
  */
 export function pipeLines(input: Readable): {
   readonly lines$: Observable<string>;
@@ -163,14 +164,22 @@ export function pipeLines(input: Readable): {
     partial = '';
     close();
   };
-  input.on('data', onData).on('end', onEnd);
-  input.resume();
+  let started = false;
+  const lines$ = new Observable<string>((subscriber) => {
+    const subscription = lines.subscribe(subscriber);
+    if (!started && !closed) {
+      started = true;
+      input.on('data', onData).on('end', onEnd);
+      input.resume();
+    }
+    return subscription;
+  });
   const hold = (held: boolean): void => {
-    if (closed) return;
+    if (closed || !started) return;
     if (held) input.pause();
     else input.resume();
   };
-  return { lines$: lines.asObservable(), hold, close };
+  return { lines$, hold, close };
 }
 
 /**
@@ -314,7 +323,8 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     setPrompt(nick) {
       rl.setPrompt(`${sanitize(nick)}> `);
     },
-    holdInput: (held) => void (held ? rl.pause() : rl.resume()),
+    // A terminal is never held: a paste there is finite, and Ctrl+C arrives as input.
+    holdInput() {},
     flush: () => batch.flush(),
     close() {
       if (closed) return;

@@ -258,6 +258,8 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal).on('exit', onExit);
 
   await quitting;
+  const unsent = queue.length - head;
+  if (unsent > 0) sink.notice(`${unsent} typed line(s) not sent: the node is closing`);
   io.signals.off('SIGINT', onSignal).off('SIGTERM', onSignal).off('exit', onExit);
   subscription.unsubscribe();
   sink.close();

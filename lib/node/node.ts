@@ -1090,11 +1090,18 @@ class ChatNode implements P2PNode {
     const takenBy = sync.minAgeMs === undefined ? undefined : Date.now() - sync.minAgeMs;
     // What this node wrote on the link after the frames the peer had read is on its way: not again.
     // (In a long burst a peer falls seconds behind; `minAgeMs` alone would send its backlog twice.)
+    const lacking = this.store.lacking(marks, {
+      have,
+      ...(takenBy === undefined ? {} : { takenBy }),
+      // Busy: the tail is on its way, unless it is old (then it was missed: a quiet sender's last
+      // message in a chat that never pauses).
+      ...(sync.busy === true
+        ? { tailTakenBy: Date.now() - BUSY_TAIL_PERIODS * this.timing.antiEntropyMs }
+        : {}),
+    });
+    if (lacking.length === 0) return; // the usual answer: nothing (the ring is not walked)
     const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);
-    const backlog = this.store
-      .lacking(marks, { have, gapsOnly: sync.busy === true, ...(takenBy === undefined ? {} : { takenBy }) })
-      .filter((m) => flying === undefined || !flying.has(m.frame.id))
-      .slice(0, sync.max);
+    const backlog = lacking.filter((m) => flying === undefined || !flying.has(m.frame.id)).slice(0, sync.max);
     if (backlog.length === 0) return;
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
     let next = 0;
@@ -1351,6 +1358,8 @@ const MAX_PENDING_HANDSHAKES = 64;
  * New connections accepted per remote host: 20 at once, then 5 per second, so a flood from one
  * address is cut while a NAT'd office starting together is not. Loopback is exempt.
  */
+/** A busy peer is sent messages above its highest held only once they are this many anti-entropy periods old. */
+const BUSY_TAIL_PERIODS = 5;
 const ACCEPT_RATE = { burst: 20, perSecond: 5 } as const;
 
 /** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */

@@ -11,8 +11,9 @@ export interface RateLimitOptions<T> {
   readonly onLimited?: (value: T) => void;
   /**
    * The value's time on its sender's clock (ms), e.g. a message's timestamp: the key's bucket then
-   * refills by that clock (set to ours at the key's first value, never ahead of ours), so a sender
-   * that paces itself is not charged for how late its values arrive. Default: our clock only.
+   * refills by that clock where it runs ahead of ours (set to ours at the start of each burst, at
+   * most 5 s ahead), so a sender that paces itself is not charged for how late the start of its burst
+   * arrived (see `RateLimiter`). Default: our clock only.
    */
   readonly time?: (value: T) => number;
 }

@@ -130,9 +130,10 @@ export interface SyncFrame {
    */
   readonly rx?: number;
   /**
-   * The sender is still taking in new messages (a burst goes on): the receiver sends only what fills
-   * the gaps, below the highest message held of each sender (the last of `have`, else the mark).
-   * What lies above is likely still on its way; a sync once the talk pauses asks for it.
+   * The sender is still taking in new messages (a burst goes on): the receiver sends what fills the
+   * gaps, below the highest message held of each sender (the last of `have`, else the mark), and of
+   * what lies above only what it took in a while ago (five anti-entropy periods): the rest is likely
+   * still on its way; a sync once the talk pauses asks for it.
    */
   readonly busy?: boolean;
   /**
@@ -177,13 +178,13 @@ function int(o: Json, key: string, min: number, max: number): number {
   return value;
 }
 
-/** A chat frame's `proof`: a place in a batch of 2..MAX_BATCH and at most one hash per tree level. */
 function bool(o: Json, key: string): boolean {
   const v = o[key];
   if (typeof v !== 'boolean') bad(`${key} must be a boolean`);
   return v;
 }
 
+/** A chat frame's `proof`: a place in a batch of 2..MAX_BATCH and at most one hash per tree level. */
 function proofOf(value: unknown): ChatProof {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) bad('proof must be an object');
   const o = value as Json;

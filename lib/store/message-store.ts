@@ -37,11 +37,11 @@ export interface LackingOptions {
   /** Only messages taken in at or before this time (ms): younger ones are likely still in flight. */
   readonly takenBy?: number;
   /**
-   * Only what fills the peer's gaps: per sender, below the highest it holds (the last of its `have`
-   * ranges, else its mark; so nothing of a sender without ranges). A peer in the middle of a burst
-   * asks so: what lies above is on its way.
+   * Above the highest the peer holds of a sender (the last of its `have` ranges, else its mark), only
+   * what was taken in at or before this time (ms): a peer in the middle of a burst asks so, since a
+   * younger tail is likely still on its way; gaps below are sent as usual.
    */
-  readonly gapsOnly?: boolean;
+  readonly tailTakenBy?: number;
 }
 
 /** The highest sequence number held without a gap, per sender: what a peer is asked to go beyond. */
@@ -260,16 +260,19 @@ export class MessageStore {
    */
   lacking(marks: Marks, options: LackingOptions = {}): StoredMessage[] {
     this.evict();
-    const { have, takenBy = Infinity, gapsOnly = false } = options;
+    const { have, takenBy = Infinity, tailTakenBy = Infinity } = options;
     const perSender = new Map<string, StoredMessage[]>();
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
       const mark = marks.get(from) ?? 0;
       const ranges = have?.get(from) ?? [];
-      const top = gapsOnly ? Math.min(sender.top, ranges[ranges.length - 1]?.[0] ?? mark) : sender.top;
+      const top = sender.top;
       if (mark >= top) continue; // the usual case in a periodic sync: it has them all
+      const highest = ranges[ranges.length - 1]?.[0] ?? mark;
       const wanted = (m: StoredMessage): boolean =>
-        m.at <= takenBy && !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last);
+        m.at <= takenBy &&
+        (m.frame.seq < highest || m.at <= tailTakenBy) &&
+        !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last);
       let list: StoredMessage[];
       if (top - mark <= sender.held.size) {
         // Few above the mark (a peer a little behind): look those up rather than scan the window.
@@ -280,7 +283,7 @@ export class MessageStore {
         }
       } else {
         list = [...sender.held.values()]
-          .filter((m) => m.frame.seq > mark && m.frame.seq <= top && wanted(m))
+          .filter((m) => m.frame.seq > mark && wanted(m))
           .sort((a, b) => a.frame.seq - b.frame.seq);
       }
       if (list.length === 0) continue;

@@ -46,10 +46,16 @@ export class TokenBucket {
    */
   tokensAt(t: number): number {
     if (t > this.at) {
-      this.level = Math.min(this.rate.burst, this.level + ((t - this.at) / 1000) * this.rate.perSecond);
+      this.level = this.levelAt(t);
       this.at = t;
     }
     return this.level;
+  }
+
+  /** What {@link tokensAt} would give at `t`, without refilling. */
+  levelAt(t: number): number {
+    if (t <= this.at) return this.level;
+    return Math.min(this.rate.burst, this.level + ((t - this.at) / 1000) * this.rate.perSecond);
   }
 
   /** Takes `n` tokens at clock reading `t`, going into debt if need be. */
@@ -86,7 +92,7 @@ export const CLOCK_LEAD_MS = 5_000;
  */
 export class RateLimiter<K extends string = string> {
   private readonly buckets: LRUCache<K, TokenBucket>;
-  /** Per key with a sender's clock: our clock minus the sender's, at its first value. */
+  /** Per key with a sender's clock: our clock minus the sender's, at the start of its last burst. */
   private readonly offsets: LRUCache<K, number>;
   private readonly now: () => number;
 
@@ -101,23 +107,24 @@ export class RateLimiter<K extends string = string> {
   }
 
   /**
-   * The clock a key's bucket runs on for a value its sender stamped `time` (ms, the sender's clock):
-   * ours, or the sender's (set to ours at the key's first value) where that is ahead, by at most
-   * {@link CLOCK_LEAD_MS}. A sender that paces itself by its own clock is then measured by that
-   * clock: how late its first values arrived (they may wait behind a whole burst, here and on the
-   * way) does not count against it; values stamped long ago (resent history) refill by our clock as
-   * before; and the bucket can never have refilled by more than our clock plus that lead (once: a
-   * bucket's clock never goes back). Without `time`: our clock.
+   * The clock `bucket` runs on for a value its sender stamped `time` (ms, the sender's clock): ours,
+   * or the sender's where that is ahead, by at most {@link CLOCK_LEAD_MS}. The sender's clock is set
+   * to ours at the first value of each of its bursts (a value that finds the bucket full). A sender
+   * that paces itself by its own clock is then measured by that clock: how late the start of its
+   * burst arrived (it may wait behind a whole batch, here and on the way) does not count against it;
+   * values stamped long ago (resent history) refill by our clock as before. The lead only moves
+   * refill earlier: a bucket's clock never goes back, so what a burst took ahead of our clock is
+   * paid back before the bucket is full again, and no sender gets more than our clock's rate. Only
+   * {@link spend} (a value that counted: checked and new) sets the sender's clock, so a forged value
+   * in a sender's name cannot. Without `time`: our clock.
+   * @returns the clock reading, and the offset (ours minus the sender's) it used.
    */
-  private clock(key: K, time: number | undefined): number {
+  private clock(key: K, bucket: TokenBucket, time: number | undefined): [number, number | undefined] {
     const now = this.now();
-    if (time === undefined) return now;
+    if (time === undefined) return [now, undefined];
     let offset = this.offsets.get(key);
-    if (offset === undefined) {
-      offset = now - time;
-      this.offsets.set(key, offset);
-    }
-    return Math.max(now, Math.min(now + CLOCK_LEAD_MS, time + offset));
+    if (offset === undefined || bucket.levelAt(now) >= this.rate.burst) offset = now - time;
+    return [Math.max(now, Math.min(now + CLOCK_LEAD_MS, time + offset)), offset];
   }
 
   /** The bucket of `key`, created full on first use. */
@@ -135,8 +142,8 @@ export class RateLimiter<K extends string = string> {
    * {@link clock}); takes nothing.
    */
   allows(key: K, time?: number): boolean {
-    const t = this.clock(key, time);
-    return this.bucket(key).tokensAt(t) >= 1;
+    const bucket = this.bucket(key);
+    return bucket.tokensAt(this.clock(key, bucket, time)[0]) >= 1;
   }
 
   /** Takes a token of `key` when there is one. */
@@ -146,7 +153,9 @@ export class RateLimiter<K extends string = string> {
 
   /** Takes a token of `key`, going into debt if need be (`time` as for {@link allows}). */
   spend(key: K, time?: number): void {
-    const t = this.clock(key, time);
-    this.bucket(key).spendAt(t);
+    const bucket = this.bucket(key);
+    const [t, offset] = this.clock(key, bucket, time);
+    if (offset !== undefined) this.offsets.set(key, offset);
+    bucket.spendAt(t);
   }
 }

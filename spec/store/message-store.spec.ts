@@ -529,9 +529,11 @@ describe('MessageStore', () => {
       assert.deepEqual(lacking({ have: new Map([['a', [[3, 4]] as const]]) }), ['a-2', 'a-5', 'a-6']);
       assert.deepEqual(lacking({ takenBy: T0 + 400 }), ['a-2', 'a-3', 'a-4'], 'a-5 and a-6 are younger');
       assert.deepEqual(lacking({ have: new Map([['a', [[2, 3]] as const]]), takenBy: T0 + 400 }), ['a-4']);
-      // A peer in a burst asks for its gaps only: below its highest range, nothing above it.
-      assert.deepEqual(lacking({ gapsOnly: true }), [], 'no range: no gap, the rest is on its way');
-      assert.deepEqual(lacking({ have: new Map([['a', [[4, 4]] as const]]), gapsOnly: true }), [
+      // A peer in a burst gets its gaps (below its highest range) and, above it, only the old tail.
+      const young = T0; // every message was taken in after it: the whole tail is young
+      assert.deepEqual(lacking({ tailTakenBy: young }), [], 'no range: no gap, the tail is on its way');
+      assert.deepEqual(lacking({ tailTakenBy: T0 + 300 }), ['a-2', 'a-3'], 'a tail taken in long ago');
+      assert.deepEqual(lacking({ have: new Map([['a', [[4, 4]] as const]]), tailTakenBy: young }), [
         'a-2',
         'a-3',
       ]);
@@ -546,13 +548,13 @@ describe('MessageStore', () => {
               ] as const,
             ],
           ]),
-          gapsOnly: true,
+          tailTakenBy: young,
         }),
         ['a-2', 'a-4'],
       );
     });
 
-    it('gives a peer in a burst exactly the held messages between its mark and its highest range', () => {
+    it('gives a peer in a burst whose tail is young exactly the held messages between its mark and its highest range', () => {
       fc.assert(
         fc.property(
           fc.uniqueArray(fc.integer({ min: 1, max: 300 }), { maxLength: 120 }),
@@ -563,7 +565,7 @@ describe('MessageStore', () => {
             for (const seq of seqs) add(store, chat('a', seq));
             const range = [mark + gap, mark + gap + 2] as const;
             const got = store
-              .lacking(new Map([['a', mark]]), { have: new Map([['a', [range]]]), gapsOnly: true })
+              .lacking(new Map([['a', mark]]), { have: new Map([['a', [range]]]), tailTakenBy: -1 })
               .map((m) => m.frame.seq);
             const expected = seqs.filter((seq) => seq > mark && seq < range[0]).sort((x, y) => x - y);
             assert.deepEqual(got, expected);

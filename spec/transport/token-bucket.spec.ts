@@ -134,6 +134,27 @@ describe('RateLimiter', () => {
       assert.ok(byOurClock <= 2, `by our clock alone: 200 ms of refill, ${byOurClock} taken`);
     });
 
+    it("sets the sender's clock again at the start of each burst (a full bucket), and only for a value that counted", () => {
+      const clock = manualClock();
+      const limiter = new RateLimiter({ perSecond: 10, burst: 5 }, { now: clock.now });
+      const paste = (start: number): boolean[] => {
+        const burst = [0, 0, 0, 0, 0].map(() => take(limiter, start));
+        const paced: boolean[] = [];
+        for (let k = 1; k <= 20; k++) {
+          clock.advance(10);
+          paced.push(take(limiter, start + k * 100));
+        }
+        return [...burst, ...paced];
+      };
+      const all = (n: number): boolean[] => Array.from({ length: n }, () => true);
+      assert.equal(take(limiter, 0), true, 'a first message, on time');
+      // A value in the sender's name that never counts (a forgery: checked, then dropped) sets nothing.
+      assert.equal(limiter.allows('s', 10_000_000), true);
+      clock.advance(10_000); // idle: the bucket is full again
+      clock.advance(2_000); // the paste stamped 10 s later arrives 2 s late
+      assert.deepEqual(paste(10_000), all(25));
+    });
+
     it('never refills more than our clock, plus the lead, would: a sender cannot stamp its way past the rate', () => {
       fc.assert(
         fc.property(
