@@ -1056,7 +1056,7 @@ class ChatNode implements P2PNode {
       this.armEntropy(quietAt - now);
       return;
     }
-    const busy = now < quietAt;
+    const busy = this.busy(now);
     this.entropySince = busy ? now : undefined;
     const sync = this.syncFrame(Math.floor(period / 2), busy);
     for (const { conn } of this.active.values()) this.sendSync(conn, sync);
@@ -1073,8 +1073,12 @@ class ChatNode implements P2PNode {
     const now = Date.now();
     if (now - conn.lastEntropyAnswer < this.timing.antiEntropyMs) return;
     conn.lastEntropyAnswer = now;
-    const busy = this.entropySince !== undefined && now < this.lastNews + this.timing.antiEntropyMs;
-    this.sendSync(conn, this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2), busy));
+    this.sendSync(conn, this.syncFrame(Math.floor(this.timing.antiEntropyMs / 2), this.busy(now)));
+  }
+
+  /** News came within the last anti-entropy period: a burst goes on (a sync then says `busy`). */
+  private busy(now: number): boolean {
+    return this.entropySince !== undefined && now < this.lastNews + this.timing.antiEntropyMs;
   }
 
   /**

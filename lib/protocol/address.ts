@@ -84,6 +84,14 @@ export function normalizeHost(host: string): string {
   // ~220 KB of machine code). Run for every connection and every entry of every peer list.
   if (CANONICAL_IPV4.test(host)) return host;
   if (host.startsWith('::ffff:') && CANONICAL_IPV4.test(host.slice(7))) return host.slice(7);
+  return canonicalHost(host);
+}
+
+/**
+ * {@link normalizeHost} without its fast paths: every spelling through the URL parser. Exported so
+ * a spec can check that the fast paths agree with it.
+ */
+export function canonicalHost(host: string): string {
   let canonical: string;
   try {
     // The WHATWG URL parser implements exactly these canonical forms.

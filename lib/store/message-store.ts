@@ -266,7 +266,7 @@ export class MessageStore {
     for (const [from, sender] of this.senders) {
       const mark = marks.get(from) ?? 0;
       const ranges = have?.get(from) ?? [];
-      const top = sender.top;
+      const { top } = sender;
       if (mark >= top) continue; // the usual case in a periodic sync: it has them all
       const highest = ranges[ranges.length - 1]?.[0] ?? mark;
       const wanted = (m: StoredMessage): boolean =>

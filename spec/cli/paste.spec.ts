@@ -4,18 +4,24 @@
  * takes effect exactly between the lines around it.
  */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
-import { procsFor, type MessageEvent, type SentEvent } from '../helpers/procs.js';
+import { describe, it, type TestContext } from 'node:test';
+import { procsFor, type MessageEvent, type Proc, type SentEvent } from '../helpers/procs.js';
 
 const isSent = (e: { event: string }): e is SentEvent & { seq: number } => e.event === 'sent';
 const isMessage = (e: { event: string }): e is MessageEvent => e.event === 'message';
 
+/** Node h (where lines are pasted) linked to node s, both real bin/p2p processes. */
+async function linked(t: TestContext): Promise<{ s: Proc; h: Proc }> {
+  const procs = procsFor(t);
+  const s = await procs.node({ nick: 's' });
+  const h = await procs.node({ nick: 'h', peers: [`127.0.0.1:${s.ready.port}`] });
+  await h.waitForPeerUp(s.ready.id);
+  return { s, h };
+}
+
 describe('a pasted block of lines', () => {
   it('goes out line by line in order, with a /nick among them applied between its neighbours', async (t) => {
-    const procs = procsFor(t);
-    const s = await procs.node({ nick: 's' });
-    const h = await procs.node({ nick: 'h', peers: [`127.0.0.1:${s.ready.port}`] });
-    await h.waitForPeerUp(s.ready.id);
+    const { s, h } = await linked(t);
     const lines = Array.from({ length: 300 }, (_, i) => `paste ${i}`);
     // One write: the node reads it in one or a few chunks, each sent as a batch.
     h.write([...lines.slice(0, 150), '/nick bob', ...lines.slice(150)].join('\n') + '\n');
@@ -37,10 +43,7 @@ describe('a pasted block of lines', () => {
   });
 
   it('longer than the sender rate allows at once: paced, so the peer takes every line in order and defers none', async (t) => {
-    const procs = procsFor(t);
-    const s = await procs.node({ nick: 's' });
-    const h = await procs.node({ nick: 'h', peers: [`127.0.0.1:${s.ready.port}`] });
-    await h.waitForPeerUp(s.ready.id);
+    const { s, h } = await linked(t);
     // 3,500 lines: 1,000 past the burst that peers take from one sender at once (LIMIT_DEFAULTS).
     const lines = Array.from({ length: 3_500 }, (_, i) => `line ${i}`);
     h.write(lines.join('\n') + '\n');
