@@ -7,7 +7,7 @@ import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.
 import { decode, type Decoded } from '../operators/decode.js';
 import type { PeerRef } from '../operators/types.js';
 import { fromSocket } from '../transport/from-socket.js';
-import { PeerWriter, type WriterOptions } from '../transport/writer.js';
+import { PeerWriter, type OutboundFrame, type Sealer, type WriterOptions } from '../transport/writer.js';
 import { TAG_BYTES } from '../security/cipher.js';
 import { TokenBucket, type RateOptions } from '../transport/token-bucket.js';
 import type { Identity } from '../security/identity.js';
@@ -106,7 +106,7 @@ export class Connection {
   private readonly fullFrameBytes: number;
   /** Plaintext payloads queued until the session exists. */
   private queued: Buffer[] = [];
-  private readonly outbox = new Subject<Buffer>();
+  private readonly outbox = new Subject<OutboundFrame>();
   private readonly writer: PeerWriter;
   private readonly writerSubscription: Subscription;
   private readonly frameRate: TokenBucket;
@@ -239,10 +239,20 @@ export class Connection {
   }
 
   private write(session: SecureSession, payload: Buffer, messageId?: string): void {
+    if (payload.length > session.maxMessageBytes) {
+      throw new RangeError(`frame of ${payload.length} bytes, the limit is ${session.maxMessageBytes}`); // a bug
+    }
     this.sent[this.txFrames % SENT_MEMORY] = messageId;
     this.txFrames++;
-    this.outbox.next(session.encrypt(payload));
+    // Sealed by the writer as it copies the frame into its batch (in this order: the nonces count).
+    this.sealer ??= {
+      overhead: TAG_BYTES,
+      sealInto: (out, plaintext) => session.encryptInto(out, plaintext),
+    };
+    this.outbox.next({ plaintext: payload, sealer: this.sealer });
   }
+
+  private sealer: Sealer | undefined;
 
   /** A received frame: the next handshake message, or an encrypted frame to open. */
   private open(raw: Buffer): Buffer | undefined {

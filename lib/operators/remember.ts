@@ -1,4 +1,10 @@
-import { filter, mergeMap, Observable, type MonoTypeOperatorFunction } from 'rxjs';
+import {
+  Observable,
+  Subscription,
+  type MonoTypeOperatorFunction,
+  type Observer,
+  type Subscriber,
+} from 'rxjs';
 import type { ChatFrame } from '../protocol/frames.js';
 import type { MessageStore } from '../store/message-store.js';
 import type { Inbound } from './types.js';
@@ -14,22 +20,65 @@ import type { Inbound } from './types.js';
  * message before it would survive `kill -9`. Without a directory it passes them on at once.
  *
  * The store is the state, shared by design across subscriptions: it is the node's memory.
- * Completes with the source once its messages are passed on; errors with it at once.
+ * Completes with the source once its messages are passed on; errors with it at once. A store that
+ * throws (a bug, a failing clock) errors the stream.
  */
 export function remember(store: MessageStore): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
   return (source) =>
-    source.pipe(
-      filter(({ frame, payload, unverified }) => store.add(frame, payload, unverified !== true)),
-      // One inner per new message (not per copy): it emits when the record is written, and the
-      // store runs those callbacks in order, so the messages keep their order.
-      mergeMap(
-        (message) =>
-          new Observable<Inbound<ChatFrame>>((subscriber) => {
-            store.afterWrite(() => {
-              subscriber.next(message);
-              subscriber.complete();
-            });
-          }),
-      ),
-    );
+    new Observable<Inbound<ChatFrame>>((subscriber) => {
+      const written = new Remembering(store, subscriber);
+      // Added before subscribing: a downstream that unsubscribes during a synchronous source (take)
+      // closes `written`, and with it the source's own subscriber, which stops pulling.
+      subscriber.add(written);
+      return source.subscribe(written); // `written` itself (a subscriber is used as it is)
+    });
+}
+
+/**
+ * The operator's subscriber to its source. One object, not filter + mergeMap: no inner subscription
+ * per message on the hot path. The store runs its afterWrite callbacks in order, so the messages keep
+ * their order. An observer that is also a `Subscription` is used by `subscribe` as it is (RxJS's
+ * `isSubscriber`), so the source's subscriber is torn down with it.
+ */
+class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
+  private waiting = 0;
+  private sourceDone = false;
+
+  constructor(
+    private readonly store: MessageStore,
+    private readonly out: Subscriber<Inbound<ChatFrame>>,
+  ) {
+    super();
+  }
+
+  next(message: Inbound<ChatFrame>): void {
+    if (this.closed) return;
+    let added: boolean;
+    try {
+      added = this.store.add(message.frame, message.payload, message.unverified !== true);
+    } catch (err) {
+      this.out.error(err);
+      return;
+    }
+    if (!added) return;
+    this.waiting++;
+    this.store.afterWrite(() => this.written(message));
+  }
+
+  error(err: unknown): void {
+    if (!this.closed) this.out.error(err);
+  }
+
+  complete(): void {
+    if (this.closed) return;
+    this.sourceDone = true;
+    if (this.waiting === 0) this.out.complete();
+  }
+
+  private written(message: Inbound<ChatFrame>): void {
+    this.waiting--;
+    if (this.closed) return;
+    this.out.next(message);
+    if (this.sourceDone && this.waiting === 0) this.out.complete();
+  }
 }

@@ -48,6 +48,7 @@ export class CipherState {
   private nonce = 0;
   private broken = false;
   private readonly nonceBytes = Buffer.alloc(12);
+  private readonly nonceView = new DataView(this.nonceBytes.buffer, this.nonceBytes.byteOffset, 12);
 
   /** @throws {RangeError} for a key that is not 32 bytes or a bad `maxMessageBytes`. */
   constructor(
@@ -69,8 +70,8 @@ export class CipherState {
     if (this.nonce >= MAX_NONCE) {
       throw new SecurityError('ERR_NONCE_EXHAUSTED', 'this session has used all its nonces; reconnect');
     }
-    this.nonceBytes.writeUInt32LE(this.nonce % 0x1_0000_0000, 4);
-    this.nonceBytes.writeUInt32LE(Math.floor(this.nonce / 0x1_0000_0000), 8);
+    this.nonceView.setUint32(4, this.nonce % 0x1_0000_0000, true);
+    this.nonceView.setUint32(8, Math.floor(this.nonce / 0x1_0000_0000), true);
     this.nonce += 1;
     return this.nonceBytes;
   }
@@ -81,13 +82,26 @@ export class CipherState {
    * @throws {SecurityError} `ERR_NONCE_EXHAUSTED` after 2^53 - 1 messages.
    */
   encrypt(plaintext: Uint8Array): Buffer {
+    // Not zero-filled: the cipher writes every byte.
+    const out = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
+    this.encryptInto(out, plaintext);
+    return out;
+  }
+
+  /**
+   * Encrypts one message into `out`, which must be exactly `plaintext.length + 16` bytes: for a
+   * writer that puts it straight into the bytes it sends (no buffer of its own per message).
+   * @throws {RangeError} as {@link encrypt}, and for an `out` of another size (a bug of the caller).
+   * @throws {SecurityError} as {@link encrypt}.
+   */
+  encryptInto(out: Uint8Array, plaintext: Uint8Array): void {
     if (plaintext.length > this.maxMessageBytes) {
       throw new RangeError(`message of ${plaintext.length} bytes, the limit is ${this.maxMessageBytes}`);
     }
-    // Not zero-filled: the cipher writes every byte (small ones come from Node's pool, no allocation).
-    const out = Buffer.allocUnsafe(plaintext.length + TAG_BYTES);
+    if (out.length !== plaintext.length + TAG_BYTES) {
+      throw new RangeError(`encryptInto: ${out.length} bytes of room for ${plaintext.length + TAG_BYTES}`);
+    }
     sodium.crypto_aead_chacha20poly1305_ietf_encrypt(out, plaintext, null, null, this.nextNonce(), this.key);
-    return out;
   }
 
   /**

@@ -84,6 +84,12 @@ export interface SecureSession {
    */
   encrypt(plaintext: Uint8Array): Buffer;
   /**
+   * Encrypts the next outgoing message into `out`, exactly `plaintext.length + 16` bytes (see
+   * {@link CipherState.encryptInto}).
+   * @throws {RangeError} when `plaintext` is larger than `maxMessageBytes`, or `out` another size.
+   */
+  encryptInto(out: Uint8Array, plaintext: Uint8Array): void;
+  /**
    * Decrypts the next incoming message.
    * @throws {SecurityError} `ERR_DECRYPT` for a tampered, truncated, replayed or reordered message;
    *   every later call throws too.
@@ -349,6 +355,7 @@ class NoiseHandshake implements Handshake {
       initiator: this.initiator,
       maxMessageBytes: this.maxMessageBytes,
       encrypt: (plaintext) => sending.encrypt(plaintext),
+      encryptInto: (out, plaintext) => sending.encryptInto(out, plaintext),
       decrypt: (ciphertext) => receiving.decrypt(ciphertext),
     };
   }

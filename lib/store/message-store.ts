@@ -73,6 +73,8 @@ const KIND_MESSAGE = 1;
 const KIND_META = 2;
 /** A message kept without its signature checked (see {@link StoredMessage.verified}). */
 const KIND_UNVERIFIED = 3;
+/** The crc32 of each kind's byte, where a record's checksum starts. */
+const KIND_CRC: readonly number[] = [0, 1, 2, 3].map((kind) => crc32(Uint8Array.of(kind)));
 
 interface Meta {
   /** Own last sequence number, kept through compactions that drop own messages. */
@@ -114,7 +116,8 @@ export class MessageStore {
   private fd: number | undefined;
   private recordsInLog = 0;
   /** Records of this turn of the event loop not written yet: one write for all of them. */
-  private pendingRecords: Buffer[] = [];
+  /** The records not yet written: header and body of each (see {@link record}). */
+  private pendingRecords: Uint8Array[] = [];
   /** Callbacks waiting for the pending records to be written, in order ({@link afterWrite}). */
   private waiting: (() => void)[] = [];
   private flushScheduled = false;
@@ -449,13 +452,16 @@ export class MessageStore {
     if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
   }
 
-  private record(kind: number, body: Buffer): Buffer {
-    const out = Buffer.allocUnsafe(RECORD_HEADER + 1 + body.length);
-    out.writeUInt32BE(1 + body.length, 0);
-    out[RECORD_HEADER] = kind;
-    body.copy(out, RECORD_HEADER + 1);
-    out.writeUInt32BE(crc32(out.subarray(RECORD_HEADER)), 4);
-    return out;
+  /**
+   * Appends one record to `parts`, as its header (length, crc32, kind) and the body itself: written
+   * with writev, so the body (a message payload, held anyway) is not copied into a buffer of its own.
+   */
+  private record(parts: Uint8Array[], kind: number, body: Buffer): void {
+    const header = Buffer.allocUnsafe(RECORD_HEADER + 1);
+    header.writeUInt32BE(1 + body.length, 0);
+    header[RECORD_HEADER] = kind;
+    header.writeUInt32BE(crc32(body, KIND_CRC[kind]), 4); // the crc32 of kind + body, without joining them
+    parts.push(header, body);
   }
 
   /**
@@ -466,7 +472,7 @@ export class MessageStore {
    */
   private append(kind: number, body: Buffer): void {
     if (this.fd === undefined) return;
-    this.pendingRecords.push(this.record(kind, body));
+    this.record(this.pendingRecords, kind, body);
     this.recordsInLog++;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -486,10 +492,11 @@ export class MessageStore {
     const tmp = `${path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
     try {
-      const parts = [this.record(KIND_META, Buffer.from(JSON.stringify(this.meta()), 'utf8'))];
+      const parts: Uint8Array[] = [];
+      this.record(parts, KIND_META, Buffer.from(JSON.stringify(this.meta()), 'utf8'));
       for (let i = this.orderStart; i < this.order.length; i++) {
         const message = this.order[i]!;
-        parts.push(this.record(message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload));
+        this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
       }
       writevSync(fd, parts);
     } finally {
