@@ -138,6 +138,26 @@ describe('secure session', () => {
     assert.equal(responder.decrypt(initiator.encrypt(Buffer.alloc(0))).length, 0);
   });
 
+  it('encrypts into a given buffer as encrypt does, in the same nonce order, and refuses a wrong size', () => {
+    const { initiator, responder } = handshake();
+    const room = new Uint8Array(64); // a batch with other bytes around the sealed message
+    const text = Buffer.from('into a batch');
+    initiator.encryptInto(room.subarray(10, 10 + text.length + 16), text);
+    assert.ok(responder.decrypt(room.subarray(10, 10 + text.length + 16)).equals(text));
+    assert.deepEqual([...room.subarray(0, 10)], Array(10).fill(0), 'nothing written before it');
+    assert.ok(
+      room.subarray(10 + text.length + 16).every((b) => b === 0),
+      'nor after it',
+    );
+    // Mixed with encrypt(): one counter.
+    assert.ok(responder.decrypt(initiator.encrypt(text)).equals(text));
+    const out = new Uint8Array(text.length + 16);
+    initiator.encryptInto(out, text);
+    assert.ok(responder.decrypt(out).equals(text));
+    assert.throws(() => initiator.encryptInto(new Uint8Array(text.length + 15), text), RangeError);
+    assert.throws(() => initiator.encryptInto(new Uint8Array(text.length + 17), text), RangeError);
+  });
+
   it('carries a message of the largest size, and refuses a larger one with a RangeError', () => {
     const { initiator, responder } = handshake(
       { identity: alice, maxMessageBytes: 70_000 },

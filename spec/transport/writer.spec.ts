@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { FrameDecoder, LENGTH_PREFIX_BYTES } from '../../lib/protocol/codec.js';
 import { ProtocolError } from '../../lib/protocol/errors.js';
 import { fromSocket } from '../../lib/transport/from-socket.js';
-import { PeerWriter } from '../../lib/transport/writer.js';
+import { PeerWriter, type Sealer } from '../../lib/transport/writer.js';
 import { closed, nextTurn, record, socketPair, waitFor } from '../helpers/nodes.js';
 
 /** A payload of `size` bytes that carries its index `i` in its first four bytes. */
@@ -66,6 +66,41 @@ describe('PeerWriter', () => {
     writer.next(Buffer.from('five'));
     await waitFor(() => got.values.length === 5, 'a fifth payload');
     assert.equal(writes.calls, 2, 'a later tick is a later write');
+  });
+
+  it('seals frames as it writes them, in the order given, with raw frames between them', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server));
+    // A stand-in cipher whose output shows the order of its calls: a counter byte, the plaintext
+    // with every byte raised by one, and a 2-byte tag.
+    let calls = 0;
+    const sealer: Sealer = {
+      overhead: 3,
+      sealInto: (out, plaintext) => {
+        assert.equal(out.length, plaintext.length + 3, 'exactly the room the sealed frame takes');
+        out[0] = calls++;
+        for (let i = 0; i < plaintext.length; i++) out[i + 1] = plaintext[i]! + 1;
+        out[plaintext.length + 1] = 0xee;
+        out[plaintext.length + 2] = 0xff;
+      },
+    };
+    const writer = new PeerWriter(client, (err) => assert.fail(err));
+    writer.next(Buffer.from('raw'));
+    writer.next({ plaintext: Buffer.from('abc'), sealer });
+    writer.next({ plaintext: Buffer.from('xy'), sealer });
+    assert.equal(calls, 0, 'sealed when written, at the end of the tick');
+    assert.equal(writer.outboxBytes, 3 * LENGTH_PREFIX_BYTES + 3 + 6 + 5, 'counted as sealed');
+    writer.next(Buffer.from('raw2'));
+    await waitFor(() => got.values.length === 4, 'four frames');
+    assert.deepEqual(
+      got.values.map((b) => [...b]),
+      [
+        [...Buffer.from('raw')],
+        [0, ...Buffer.from('bcd'), 0xee, 0xff],
+        [1, ...Buffer.from('yz'), 0xee, 0xff],
+        [...Buffer.from('raw2')],
+      ],
+    );
   });
 
   it('counts queued bytes, prefixes included, in outboxBytes', async (t) => {
