@@ -259,7 +259,8 @@ export class Connection {
     if (this.session !== undefined) {
       this.charge();
       this.lastSeen = Date.now();
-      const payload = this.session.decrypt(raw);
+      // In place: the frame's bytes are this connection's own (a slice of what the socket read).
+      const payload = this.session.decryptInPlace(raw);
       this.rxFrames++;
       return this.isKnown(payload) ? undefined : payload;
     }

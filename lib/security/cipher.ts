@@ -111,6 +111,25 @@ export class CipherState {
    *   message; `ERR_NONCE_EXHAUSTED` after 2^53 - 1 messages.
    */
   decrypt(ciphertext: Uint8Array): Buffer {
+    // Not zero-filled: written in full on success, dropped on failure.
+    const out = Buffer.allocUnsafe(Math.max(0, ciphertext.length - TAG_BYTES));
+    this.open(out, ciphertext);
+    return out;
+  }
+
+  /**
+   * Decrypts the next message where it lies: the plaintext overwrites the start of `ciphertext`, and
+   * is returned as a view of it (its first `length - 16` bytes). For a frame nothing else reads: no
+   * buffer of its own per message. Fails as {@link decrypt} (the bytes are then garbage).
+   */
+  decryptInPlace(ciphertext: Buffer): Buffer {
+    const out = ciphertext.subarray(0, Math.max(0, ciphertext.length - TAG_BYTES));
+    this.open(out, ciphertext);
+    return out;
+  }
+
+  /** Decrypts `ciphertext` into `out` (its length less the tag; it may be the same memory). */
+  private open(out: Uint8Array, ciphertext: Uint8Array): void {
     if (this.broken) throw new SecurityError('ERR_DECRYPT', 'an earlier message failed to decrypt');
     if (ciphertext.length < TAG_BYTES || ciphertext.length > this.maxMessageBytes + TAG_BYTES) {
       this.broken = true;
@@ -119,8 +138,6 @@ export class CipherState {
         `encrypted message of ${ciphertext.length} bytes, expected ${TAG_BYTES}..${this.maxMessageBytes + TAG_BYTES}`,
       );
     }
-    // Not zero-filled: written in full on success, dropped on failure.
-    const out = Buffer.allocUnsafe(ciphertext.length - TAG_BYTES);
     try {
       sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
         out,
@@ -141,6 +158,5 @@ export class CipherState {
         },
       );
     }
-    return out;
   }
 }

@@ -95,6 +95,11 @@ export interface SecureSession {
    *   every later call throws too.
    */
   decrypt(ciphertext: Uint8Array): Buffer;
+  /**
+   * Decrypts the next incoming message in place: the plaintext overwrites the start of `ciphertext`
+   * and is returned as a view of it. Fails as {@link decrypt}.
+   */
+  decryptInPlace(ciphertext: Buffer): Buffer;
 }
 
 /** What one handshake message produced: a message to send back, and the session once complete. */
@@ -357,6 +362,7 @@ class NoiseHandshake implements Handshake {
       encrypt: (plaintext) => sending.encrypt(plaintext),
       encryptInto: (out, plaintext) => sending.encryptInto(out, plaintext),
       decrypt: (ciphertext) => receiving.decrypt(ciphertext),
+      decryptInPlace: (ciphertext) => receiving.decryptInPlace(ciphertext),
     };
   }
 }

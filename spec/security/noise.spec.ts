@@ -158,6 +158,20 @@ describe('secure session', () => {
     assert.throws(() => initiator.encryptInto(new Uint8Array(text.length + 17), text), RangeError);
   });
 
+  it('decrypts in place as decrypt does, in the same nonce order, and fails a tampered message', () => {
+    const { initiator, responder } = handshake();
+    const text = Buffer.from('decrypted where it lies');
+    const sealed = initiator.encrypt(text);
+    const plain = responder.decryptInPlace(sealed);
+    assert.ok(plain.equals(text));
+    assert.equal(plain.buffer, sealed.buffer, 'a view of the ciphertext, not a copy');
+    assert.equal(plain.byteOffset, sealed.byteOffset);
+    assert.ok(responder.decrypt(initiator.encrypt(text)).equals(text), 'one counter with decrypt');
+    const tampered = initiator.encrypt(text);
+    tampered[3]! ^= 1;
+    assert.throws(() => responder.decryptInPlace(tampered), { code: 'ERR_DECRYPT' });
+  });
+
   it('carries a message of the largest size, and refuses a larger one with a RangeError', () => {
     const { initiator, responder } = handshake(
       { identity: alice, maxMessageBytes: 70_000 },
