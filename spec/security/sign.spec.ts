@@ -322,6 +322,51 @@ describe('batches: one signature of a hash tree for many messages', () => {
     assert.equal(verifies(f, theirs), false, 'another network');
   });
 
+  it('gives the same answer with a cache in any state as without one, for intact and damaged proofs (property)', () => {
+    const hash = (path: string): Buffer => Buffer.from(path, 'base64url');
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 2, max: 70 }),
+        fc.array(fc.nat(), { maxLength: 40 }), // messages verified before (the cache's state)
+        fc.nat(),
+        fc.oneof(
+          fc.constant<'none'>('none'),
+          fc.nat().map((bit) => ({ bit })),
+          fc.nat().map((i) => ({ i })),
+          fc.nat().map((n) => ({ n })),
+        ),
+        (n, before, which, damage) => {
+          const frames = signedChatFrames(alice, batchOf(n), ours);
+          const cache = new Map<string, string>();
+          for (const k of before) verifies(frames[k % n]!, ours, cache);
+          const f = frames[which % n]!;
+          const p = f.proof!;
+          let frame: ChatFrame = f;
+          if (damage !== 'none' && 'bit' in damage) {
+            const path = hash(p.path);
+            if (path.length > 0) {
+              frame = {
+                ...f,
+                proof: { ...p, path: flipBit(path, damage.bit % (path.length * 8)).toString('base64url') },
+              };
+            }
+          } else if (damage !== 'none' && 'i' in damage) frame = { ...f, proof: { ...p, i: damage.i % n } };
+          else if (damage !== 'none' && 'n' in damage) {
+            const size = 2 + (damage.n % MAX_BATCH);
+            frame = { ...f, proof: { ...p, n: size, i: Math.min(p.i, size - 1) } };
+          }
+          const alone = verifies(frame);
+          assert.equal(verifies(frame, ours, cache), alone);
+          assert.equal(
+            alone,
+            frame === f || (frame.proof!.i === p.i && frame.proof!.n === p.n && frame.proof!.path === p.path),
+          );
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
   it('refuses more than MAX_BATCH messages, and none', () => {
     assert.throws(() => signedChatFrames(alice, batchOf(MAX_BATCH + 1), ours), RangeError);
     assert.throws(() => signedChatFrames(alice, [], ours), RangeError);
