@@ -34,6 +34,7 @@ import {
   MAX_TEXT_LENGTH,
   PROTOCOL_VERSION,
   serializeFrame,
+  parseFrame,
   chatIdOf,
   type ChatFrame,
   type Frame,
@@ -54,7 +55,12 @@ import type { Inbound } from '../operators/types.js';
 import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import type { WriterOptions } from '../transport/writer.js';
 import { remember } from '../operators/remember.js';
-import { HISTORY_DEFAULTS, MessageStore, type HistoryWindow } from '../store/message-store.js';
+import {
+  HISTORY_DEFAULTS,
+  MessageStore,
+  type HeldFrame,
+  type HistoryWindow,
+} from '../store/message-store.js';
 import { Connection } from './connection.js';
 import { lockDataDir } from './data-dir.js';
 import type { LinkSecurity } from './connection.js';
@@ -1115,7 +1121,9 @@ class ChatNode implements P2PNode {
       while (next < backlog.length && sent < RESYNC_BATCH && conn.outboxBytes < RESYNC_OUTBOX_BYTES) {
         const message = backlog[next++]!;
         if (!message.verified) {
-          const problem = this.chatProblem(message.frame);
+          // The store keeps no signature: checked on the payload, as the peer will check it.
+          const frame = parseFrame(message.payload);
+          const problem = frame.type === 'chat' ? this.chatProblem(frame) : 'not a chat message';
           if (problem !== undefined) {
             this.log.warn(
               `resync: not sending a held message of ${message.frame.from.slice(0, 8)} (${problem})`,
@@ -1390,7 +1398,7 @@ function newTarget(addr: string, address: Address, persistent: boolean, nodeId: 
   return { addr, address, persistent, nodeId, attempts: 0, timer: undefined, dialing: false };
 }
 
-function toMessage(frame: ChatFrame): ChatMessage {
+function toMessage(frame: HeldFrame): ChatMessage {
   return { id: frame.id, from: frame.from, nick: frame.nick, ts: frame.ts, seq: frame.seq, text: frame.text };
 }
 
