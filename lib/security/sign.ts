@@ -141,6 +141,7 @@ function chatFrame(
   fields: Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number },
   sig: string,
   proof?: ChatProof,
+  key = identity.publicKey.toString('hex'),
 ): ChatFrame {
   const frame: ChatFrame = {
     type: 'chat',
@@ -150,7 +151,7 @@ function chatFrame(
     seq: fields.seq,
     text: fields.text,
     from: identity.id,
-    key: identity.publicKey.toString('hex'),
+    key,
     sig,
   };
   return proof === undefined ? frame : { ...frame, proof };
@@ -203,6 +204,26 @@ const HASH_BYTES = 32;
 const LEAF = Buffer.from([0]);
 const NODE = Buffer.from([1]);
 
+/** Longest base64url path: ten 32-byte hashes (a batch of MAX_BATCH = 1,024). */
+const MAX_PATH_CHARS = Math.ceil((10 * HASH_BYTES * 4) / 3);
+/** Bytes of a node's hash input: 0x01, left, right. */
+const NODE_INPUT_BYTES = 1 + 2 * HASH_BYTES;
+/**
+ * Scratch of {@link verifyChatInBatch} (a node's hash input, then the decoded path) and of
+ * {@link signedChatFrames} (each path before it is encoded). One per process: both are synchronous
+ * and never re-entered.
+ */
+const PATH_WORK = Buffer.alloc(NODE_INPUT_BYTES + 10 * HASH_BYTES + 3);
+PATH_WORK[0] = 1;
+const NODE_INPUT = PATH_WORK.subarray(0, NODE_INPUT_BYTES);
+/** The hash computed last (a leaf, then each node up to the root). */
+const NODE_OUTPUT = Buffer.alloc(HASH_BYTES);
+
+/** The bytes as a latin1 string, one character per byte (a view, no copy). */
+function latin1(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+}
+
 function hash(parts: readonly Uint8Array[]): Buffer {
   const out = Buffer.allocUnsafe(HASH_BYTES);
   sodium.crypto_generichash_batch(out, parts);
@@ -252,13 +273,18 @@ export function signedChatFrames(
   }
   const root = levels[levels.length - 1]![0]!;
   const sig = identity.sign(batchSigningBytes(publicKey, n, root, network)).toString('base64url');
+  const key = publicKey.toString('hex');
+  // Each path is gathered in PATH_WORK's path part and encoded from there: no buffer per message.
   return messages.map((m, i): ChatFrame => {
-    const siblings: Buffer[] = [];
+    let length = 0;
     for (let level = 0, at = i; level < levels.length - 1; level++, at >>= 1) {
       const sibling = levels[level]![at ^ 1];
-      if (sibling !== undefined) siblings.push(sibling);
+      if (sibling === undefined) continue;
+      PATH_WORK.set(sibling, NODE_INPUT_BYTES + length);
+      length += HASH_BYTES;
     }
-    return chatFrame(identity, m, sig, { i, n, path: Buffer.concat(siblings).toString('base64url') });
+    const path = PATH_WORK.toString('base64url', NODE_INPUT_BYTES, NODE_INPUT_BYTES + length);
+    return chatFrame(identity, m, sig, { i, n, path }, key);
   });
 }
 
@@ -290,26 +316,33 @@ export function verifyChatInBatch(
   }
   if (signature.length !== SIGNATURE_BYTES || fields.publicKey.length !== PUBLIC_KEY_BYTES) return false;
   if (proof.i >= proof.n || proof.n > MAX_BATCH) return false;
-  let node: Buffer;
+  // The path is decoded after the three bytes of a node's hash input (0x01 || left || right), and
+  // each level is hashed there: no buffer per level (this runs for every message at every node, most
+  // of it before V8 has optimised any of it).
+  const work = PATH_WORK;
+  if (proof.path.length > MAX_PATH_CHARS) return false;
+  const pathBytes = work.write(proof.path, NODE_INPUT_BYTES, 'base64url');
+  if (pathBytes % HASH_BYTES !== 0) return false;
   try {
-    node = hash([LEAF, chatSigningBytes(fields, network)]);
+    sodium.crypto_generichash_batch(NODE_OUTPUT, [LEAF, chatSigningBytes(fields, network)]);
   } catch (err) {
     if (err instanceof TypeError) throw err;
     return false; // RangeError from a peer's field
   }
-  const path = Buffer.from(proof.path, 'base64url');
-  if (path.length % HASH_BYTES !== 0) return false;
   let used = 0;
   for (let at = proof.i, size = proof.n; size > 1; at >>= 1, size = Math.ceil(size / 2)) {
     if ((at ^ 1) >= size) continue; // the odd last node of its level: moved up unchanged
-    if (used + HASH_BYTES > path.length) return false;
-    const sibling = path.subarray(used, used + HASH_BYTES);
+    if (used + HASH_BYTES > pathBytes) return false;
+    const sibling = NODE_INPUT_BYTES + used;
     used += HASH_BYTES;
-    node = at & 1 ? hash([NODE, sibling, node]) : hash([NODE, node, sibling]);
+    // left || right: the node so far and its sibling, in tree order.
+    work.set(NODE_OUTPUT, at & 1 ? 1 + HASH_BYTES : 1);
+    work.copyWithin(at & 1 ? 1 : 1 + HASH_BYTES, sibling, sibling + HASH_BYTES);
+    sodium.crypto_generichash(NODE_OUTPUT, NODE_INPUT);
   }
-  if (used !== path.length) return false;
-  const signed = batchSigningBytes(fields.publicKey, proof.n, node, network);
-  const cacheKey = `${Buffer.from(signature).toString('base64url')}:${Buffer.from(fields.publicKey).toString('hex')}`;
+  if (used !== pathBytes) return false;
+  const signed = batchSigningBytes(fields.publicKey, proof.n, NODE_OUTPUT, network);
+  const cacheKey = latin1(signature) + latin1(fields.publicKey);
   const signedKey = signed.toString('latin1');
   if (cache?.get(cacheKey) === signedKey) return true;
   if (!sodium.crypto_sign_verify_detached(signature, signed, fields.publicKey)) return false;

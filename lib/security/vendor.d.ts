@@ -60,6 +60,7 @@ declare module 'sodium-universal' {
     crypto_sign_verify_detached(sig: Uint8Array, m: Uint8Array, pk: Uint8Array): boolean;
     /** BLAKE2b of the concatenation of `batch`, `output.length` bytes (16..64), written into `output`. */
     crypto_generichash_batch(output: Uint8Array, batch: readonly Uint8Array[], key?: Uint8Array): void;
+    crypto_generichash(output: Uint8Array, input: Uint8Array, key?: Uint8Array): void;
     /** Writes `m`'s ciphertext and tag into `c` (m.length + ABYTES bytes); returns the bytes written. */
     crypto_aead_chacha20poly1305_ietf_encrypt(
       c: Uint8Array,
