@@ -387,12 +387,6 @@ class ChatNode implements P2PNode {
   private readonly senderRate: RateLimiter;
   /** Senders over their rate, and when that was last logged: one line per sender per minute. */
   private readonly limitedLog = boundedLru<string, number>(1024);
-  /**
-   * Ids of the messages most recently taken into the history: further copies are dropped on their
-   * raw bytes, before parsing (each message reaches a node once per link). 20,000 covers minutes of a
-   * busy chat; a copy of an older one takes the full path and is dropped there.
-   */
-  private readonly heldIds = boundedLru<string, true>(20_000);
   /** Messages dropped because their signature or sender id did not verify. */
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */
@@ -492,10 +486,7 @@ class ChatNode implements P2PNode {
       }),
       spendRate({ limiter: this.senderRate, key: sender, time: senderTime }),
       remember(this.store),
-      tap((m) => {
-        this.heldIds.set(m.frame.id, true);
-        this.noteNews();
-      }),
+      tap(() => this.noteNews()),
       share(),
     );
     this.messages$ = chat$.pipe(
@@ -666,7 +657,9 @@ class ChatNode implements P2PNode {
       dialed,
       isKnown: (payload) => {
         const id = chatIdOf(payload);
-        return id !== undefined && this.heldIds.has(id);
+        // Copies of a held message are dropped on their raw bytes, before parsing (each message
+        // reaches a node once per link); a copy of an older one takes the full path, dropped there.
+        return id !== undefined && this.store.holdsId(id);
       },
       // Full: say so instead of the hello, so the peer never sees us as up for a moment.
       refuse: (remoteId) => (this.isFullFor(remoteId) ? this.refuseFull(conn) : undefined),

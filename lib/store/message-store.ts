@@ -116,6 +116,8 @@ export class MessageStore {
   private readonly senders = new Map<string, SenderState>();
   /** Held messages in arrival order (oldest first), for eviction and `recent`. */
   private order: StoredMessage[] = [];
+  /** The ids of the messages held. */
+  private readonly ids = new Set<string>();
   private orderStart = 0;
   private lastSeq = 0;
   /** Own sequence numbers up to this one are reserved in the `seq` file. */
@@ -201,6 +203,14 @@ export class MessageStore {
     const path = join(this.dir, SEQ_FILE);
     writeFileSync(`${path}.tmp`, `${upTo}\n`, { mode: 0o600 });
     renameSync(`${path}.tmp`, path);
+  }
+
+  /**
+   * True when a message with this id is held: for a copy recognised by its id alone, before its
+   * payload is parsed (see `chatIdOf`).
+   */
+  holdsId(id: string): boolean {
+    return this.ids.has(id);
   }
 
   /** True when the message is held, or older than what is held for its sender. */
@@ -358,6 +368,7 @@ export class MessageStore {
   // ---- internals -----------------------------------------------------------------------------
 
   private hold(message: StoredMessage): void {
+    this.ids.add(message.frame.id);
     let sender = this.senders.get(message.frame.from);
     if (sender === undefined) {
       sender = { held: new Map(), floor: 0, top: 0 };
@@ -375,6 +386,7 @@ export class MessageStore {
       const first = this.order[this.orderStart]!;
       if (this.size <= this.maxMessages && first.frame.ts >= oldest) break;
       this.orderStart++;
+      this.ids.delete(first.frame.id);
       const sender = this.senders.get(first.frame.from)!;
       sender.held.delete(first.frame.seq);
       // Everything of this sender up to here is now "old"; a later-arrived lower seq still held is

@@ -165,6 +165,11 @@ describe('MessageStore', () => {
         ['a-3', 'a-4', 'a-5'],
         'only the window is offered',
       );
+      assert.deepEqual(
+        ['a-1', 'a-2', 'a-3', 'a-5', 'b-1'].map((id) => store.holdsId(id)),
+        [false, false, true, true, false],
+        'ids of the held messages only',
+      );
     });
 
     it('keeps messages no older than maxAgeMs, by their timestamps (injected clock)', (t) => {
@@ -250,6 +255,10 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(store), before.ids);
       assert.deepEqual(store.marks(), before.marks);
       assert.equal(store.knows(chat('a', 1)), true, 'the floor of a survives too');
+      assert.ok(
+        before.ids.every((id) => store.holdsId(id)),
+        'their ids are held',
+      );
       assert.equal(add(store, chat('a', 2)), false);
     });
 
