@@ -143,7 +143,7 @@ function chatFrame(
   proof?: ChatProof,
   key = identity.publicKey.toString('hex'),
 ): ChatFrame {
-  const frame: ChatFrame = {
+  const frame: { -readonly [K in keyof ChatFrame]: ChatFrame[K] } = {
     type: 'chat',
     id: fields.id,
     nick: fields.nick,
@@ -154,7 +154,8 @@ function chatFrame(
     key,
     sig,
   };
-  return proof === undefined ? frame : { ...frame, proof };
+  if (proof !== undefined) frame.proof = proof; // not a spread: no copy of the frame per message
+  return frame;
 }
 
 /**
@@ -202,7 +203,6 @@ export function verifyChat(fields: SignedChatFields, signature: Uint8Array, netw
 
 const HASH_BYTES = 32;
 const LEAF = Buffer.from([0]);
-const NODE = Buffer.from([1]);
 
 /** Longest base64url path: ten 32-byte hashes (a batch of MAX_BATCH = 1,024). */
 const MAX_PATH_CHARS = Math.ceil((10 * HASH_BYTES * 4) / 3);
@@ -214,7 +214,7 @@ const NODE_INPUT_BYTES = 1 + 2 * HASH_BYTES;
  * and never re-entered.
  */
 const PATH_WORK = Buffer.alloc(NODE_INPUT_BYTES + 10 * HASH_BYTES + 3);
-PATH_WORK[0] = 1;
+PATH_WORK[0] = 1; // a node's marker byte (a leaf's is 0)
 const NODE_INPUT = PATH_WORK.subarray(0, NODE_INPUT_BYTES);
 /** The hash computed last (a leaf, then each node up to the root). */
 const NODE_OUTPUT = Buffer.alloc(HASH_BYTES);
@@ -222,6 +222,15 @@ const NODE_OUTPUT = Buffer.alloc(HASH_BYTES);
 /** The bytes as a latin1 string, one character per byte (a view, no copy). */
 function latin1(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
+}
+
+/** H(0x01 || left || right), hashed in PATH_WORK: one call, no array of parts. */
+function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
+  PATH_WORK.set(left, 1);
+  PATH_WORK.set(right, 1 + HASH_BYTES);
+  const out = Buffer.allocUnsafe(HASH_BYTES);
+  sodium.crypto_generichash(out, NODE_INPUT);
+  return out;
 }
 
 function hash(parts: readonly Uint8Array[]): Buffer {
@@ -267,7 +276,7 @@ export function signedChatFrames(
   for (let level = levels[0]!; level.length > 1;) {
     const up: Buffer[] = [];
     for (let j = 0; j < level.length; j += 2)
-      up.push(j + 1 < level.length ? hash([NODE, level[j]!, level[j + 1]!]) : level[j]!);
+      up.push(j + 1 < level.length ? nodeHash(level[j]!, level[j + 1]!) : level[j]!);
     levels.push(up);
     level = up;
   }
