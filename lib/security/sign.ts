@@ -46,12 +46,6 @@ function checkU64(name: string, value: number): number {
   return value;
 }
 
-/** Writes a safe non-negative integer as 8 bytes big-endian (two 32-bit halves: no BigInt). */
-function writeU64(out: Buffer, value: number, offset: number): number {
-  out.writeUInt32BE(Math.floor(value / 0x1_0000_0000), offset);
-  return out.writeUInt32BE(value % 0x1_0000_0000, offset + 4);
-}
-
 /** Bytes before the id: prefix, kind, network tag, public key, seq, ts. */
 const FIXED_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES + PUBLIC_KEY_BYTES + 8 + 8;
 
@@ -75,6 +69,14 @@ const FIXED_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES + PUBLIC_KEY_B
  *   number, a string with a lone surrogate or longer than its length prefix allows.
  */
 export function chatSigningBytes(fields: SignedChatFields, network: Uint8Array): Buffer {
+  return signingBytesAfter(0, fields, network);
+}
+
+/**
+ * {@link chatSigningBytes} after `lead` bytes left for the caller (a leaf's marker byte): one
+ * allocation for both.
+ */
+function signingBytesAfter(lead: number, fields: SignedChatFields, network: Uint8Array): Buffer {
   if (network.length !== NETWORK_TAG_BYTES) {
     throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`);
   }
@@ -83,27 +85,35 @@ export function chatSigningBytes(fields: SignedChatFields, network: Uint8Array):
       `an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${fields.publicKey.length}`,
     );
   }
-  // One allocation, written in place: this runs for every message at every node.
+  // One allocation, written in place: this runs for every message at every node. Integers through a
+  // DataView: Buffer's writeUInt* are layers of checks in JavaScript, and most of these calls run
+  // before V8 has optimised any of it.
   const seq = checkU64('seq', fields.seq ?? 0);
   const ts = checkU64('ts', fields.ts);
   const idLength = utf8Length('id', fields.id, 0xffff);
   const nickLength = utf8Length('nick', fields.nick, 0xffff);
   const textLength = utf8Length('text', fields.text, 0xffff_ffff);
-  const out = Buffer.allocUnsafe(FIXED_BYTES + 2 + idLength + 2 + nickLength + 4 + textLength);
-  let at = SIGNING_PREFIX.copy(out, 0);
-  at = out.writeUInt8(SIGNED_KIND.chat, at);
+  const out = Buffer.allocUnsafe(lead + FIXED_BYTES + 2 + idLength + 2 + nickLength + 4 + textLength);
+  const view = new DataView(out.buffer, out.byteOffset, out.length);
+  out.set(SIGNING_PREFIX, lead);
+  let at = lead + SIGNING_PREFIX.length;
+  out[at++] = SIGNED_KIND.chat;
   out.set(network, at);
   at += NETWORK_TAG_BYTES;
   out.set(fields.publicKey, at);
   at += PUBLIC_KEY_BYTES;
-  at = writeU64(out, seq, at);
-  at = writeU64(out, ts, at);
-  at = out.writeUInt16BE(idLength, at);
-  at += out.write(fields.id, at, 'utf8');
-  at = out.writeUInt16BE(nickLength, at);
-  at += out.write(fields.nick, at, 'utf8');
-  at = out.writeUInt32BE(textLength, at);
-  at += out.write(fields.text, at, 'utf8');
+  // u64 big-endian as two 32-bit halves: no BigInt.
+  view.setUint32(at, Math.floor(seq / 0x1_0000_0000));
+  view.setUint32(at + 4, seq % 0x1_0000_0000);
+  view.setUint32(at + 8, Math.floor(ts / 0x1_0000_0000));
+  view.setUint32(at + 12, ts % 0x1_0000_0000);
+  at += 16;
+  view.setUint16(at, idLength);
+  at += 2 + out.write(fields.id, at + 2, 'utf8');
+  view.setUint16(at, nickLength);
+  at += 2 + out.write(fields.nick, at + 2, 'utf8');
+  view.setUint32(at, textLength);
+  at += 4 + out.write(fields.text, at + 4, 'utf8');
   if (at !== out.length) throw new Error(`chatSigningBytes: wrote ${at} of ${out.length} bytes`); // a bug here
   return out;
 }
@@ -202,7 +212,6 @@ export function verifyChat(fields: SignedChatFields, signature: Uint8Array, netw
 // of its split: the same shape rules for any n).
 
 const HASH_BYTES = 32;
-const LEAF = Buffer.from([0]);
 
 /** Longest base64url path: ten 32-byte hashes (a batch of MAX_BATCH = 1,024). */
 const MAX_PATH_CHARS = Math.ceil((10 * HASH_BYTES * 4) / 3);
@@ -233,10 +242,11 @@ function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
   return out;
 }
 
-function hash(parts: readonly Uint8Array[]): Buffer {
-  const out = Buffer.allocUnsafe(HASH_BYTES);
-  sodium.crypto_generichash_batch(out, parts);
-  return out;
+/** A leaf's hash input: 0x00 || chatSigningBytes(message). */
+function leafInput(fields: SignedChatFields, network: Uint8Array): Buffer {
+  const input = signingBytesAfter(1, fields, network);
+  input[0] = 0;
+  return input;
 }
 
 /** The bytes a batch signature covers: prefix, kind 2, network tag, public key, u32 size, root. */
@@ -271,7 +281,11 @@ export function signedChatFrames(
   if (n === 1) return [signedChatFrame(identity, messages[0]!, network)];
   const publicKey = identity.publicKey;
   const levels: Buffer[][] = [
-    messages.map((m) => hash([LEAF, chatSigningBytes({ ...m, publicKey }, network)])),
+    messages.map((m) => {
+      const leaf = Buffer.allocUnsafe(HASH_BYTES);
+      sodium.crypto_generichash(leaf, leafInput({ ...m, publicKey }, network));
+      return leaf;
+    }),
   ];
   for (let level = levels[0]!; level.length > 1;) {
     const up: Buffer[] = [];
@@ -333,7 +347,7 @@ export function verifyChatInBatch(
   const pathBytes = work.write(proof.path, NODE_INPUT_BYTES, 'base64url');
   if (pathBytes % HASH_BYTES !== 0) return false;
   try {
-    sodium.crypto_generichash_batch(NODE_OUTPUT, [LEAF, chatSigningBytes(fields, network)]);
+    sodium.crypto_generichash(NODE_OUTPUT, leafInput(fields, network));
   } catch (err) {
     if (err instanceof TypeError) throw err;
     return false; // RangeError from a peer's field
