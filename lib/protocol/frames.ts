@@ -255,7 +255,7 @@ export function validateFrame(raw: unknown): Frame {
       return o['addr'] === undefined ? hello : { ...hello, addr: str(o, 'addr', 300) };
     }
     case 'chat': {
-      const chat: ChatFrame = {
+      const chat: { -readonly [K in keyof ChatFrame]: ChatFrame[K] } = {
         type,
         id: str(o, 'id', 64, ID_PATTERN),
         from: str(o, 'from', 64, ID_PATTERN),
@@ -266,7 +266,9 @@ export function validateFrame(raw: unknown): Frame {
         key: str(o, 'key', 64, /^[0-9a-f]{64}$/),
         sig: str(o, 'sig', 86, /^[0-9A-Za-z_-]{86}$/),
       };
-      return o['proof'] === undefined ? chat : { ...chat, proof: proofOf(o['proof']) };
+      // Set, not spread: no copy of the frame per message.
+      if (o['proof'] !== undefined) chat.proof = proofOf(o['proof']);
+      return chat;
     }
     case 'peers': {
       const list = o['peers'];
