@@ -50,7 +50,7 @@ import {
 import type { Decoded } from '../operators/decode.js';
 import { dedup } from '../operators/dedup.js';
 import { mergePeers } from '../operators/merge-peers.js';
-import { relay, relayTargets, type RelayView } from '../operators/relay.js';
+import { lastRelayTargets, relay, type RelayView } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
 import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import type { WriterOptions } from '../transport/writer.js';
@@ -397,6 +397,13 @@ class ChatNode implements P2PNode {
   private entropyTimer: NodeJS.Timeout | undefined;
   /** What the relay knows of the peers around: each peer's latest peer list. */
   private readonly relayView: RelayView;
+  /**
+   * Raised whenever what `relayView` answers may change: a peer's new peer list, a peer up, down or
+   * replaced (see {@link RelayView.version}).
+   */
+  private neighbourVersion = 0;
+  /** The relay targets of a message for the trusted check (the last answer kept, as relay() does). */
+  private readonly relayTargetsOf: (m: Inbound<ChatFrame>, peers: readonly string[]) => readonly string[];
   /** Why a chat frame is not a valid message of this network (lazy checks: relay, resync). */
   private readonly chatProblem: (frame: ChatFrame) => string | undefined;
 
@@ -412,7 +419,9 @@ class ChatNode implements P2PNode {
       this.relayView = {
         selfId: this.id,
         neighboursOf: (id) => this.active.get(id)?.conn.peerRef?.neighbours,
+        version: () => this.neighbourVersion,
       };
+      this.relayTargetsOf = lastRelayTargets(this.relayView);
       if (options.networkKey !== undefined && options.networkKey.length !== NETWORK_KEY_BYTES) {
         throw new RangeError(
           `networkKey must be ${NETWORK_KEY_BYTES} bytes, got ${options.networkKey.length}`,
@@ -477,7 +486,7 @@ class ChatNode implements P2PNode {
         onInvalid: (m, reason) => this.invalidMessage(m, reason),
         checker: this.chatProblem,
         // From its author, and every peer has it from the author too: nothing to vouch for.
-        trusted: (m) => relayTargets(m, this.peerIds.value, this.relayView).length === 0,
+        trusted: (m) => this.relayTargetsOf(m, this.peerIds.value).length === 0,
       }),
       dedup({
         key: (m: Inbound<ChatFrame>) => m.frame.id,
@@ -730,6 +739,7 @@ class ChatNode implements P2PNode {
         return undefined;
       case 'peers':
         conn.noteNeighbours(new Set(frame.peers.map((p) => p.id)));
+        this.neighbourVersion++;
         return { peer: conn.peerRef!, frame, payload };
       case 'chat':
         return { peer: conn.peerRef!, frame, payload };
@@ -1268,6 +1278,7 @@ class ChatNode implements P2PNode {
   // ---- peer table ----------------------------------------------------------------------------
 
   private publishPeers(): void {
+    this.neighbourVersion++;
     const infos = [...this.active.values()].map((p) => p.info);
     this.peerList.next(infos);
     this.peerIds.next(infos.map((p) => p.id));

@@ -1,6 +1,6 @@
 import { filter, map, withLatestFrom, type Observable, type OperatorFunction, pipe } from 'rxjs';
 import type { ChatFrame } from '../protocol/frames.js';
-import type { Inbound } from './types.js';
+import type { Inbound, PeerRef } from './types.js';
 
 /** A message to forward and the peers to forward it to. */
 export interface Relayed {
@@ -22,6 +22,14 @@ export interface RelayView {
   readonly selfId: string;
   /** The peers that peer `id` said (its latest peer list) it is connected to, if known. */
   readonly neighboursOf: (id: string) => ReadonlySet<string> | undefined;
+  /**
+   * A number that changes whenever what `neighboursOf` answers may have changed. With it, the
+   * targets of a message are those of the message before it when both came from the same peer (the
+   * same `PeerRef` object) over the same peer list (the same array): the usual case in a burst,
+   * where computing them is a walk over every peer's neighbours. Without it, each message's are
+   * computed.
+   */
+  readonly version?: () => number;
 }
 
 /**
@@ -60,6 +68,31 @@ export function relayTargets(
 }
 
 /**
+ * {@link relayTargets}, keeping its last answer for the next message from the same peer over the
+ * same peer list while `view.version` stays the same (see {@link RelayView.version}).
+ */
+export function lastRelayTargets(
+  view?: RelayView,
+): (message: Inbound<ChatFrame>, peers: readonly string[]) => readonly string[] {
+  let last:
+    { origin: PeerRef | null; peers: readonly string[]; version: number; to: readonly string[] } | undefined;
+  return (message, peers) => {
+    const version = view?.version?.();
+    if (
+      last !== undefined &&
+      version !== undefined &&
+      last.version === version &&
+      last.origin === message.peer &&
+      last.peers === peers
+    )
+      return last.to;
+    const to = relayTargets(message, peers, view);
+    if (version !== undefined) last = { origin: message.peer, peers, version, to };
+    return to;
+  };
+}
+
+/**
  * Decides where each message goes: to every peer in the latest value of `peers$` except the one
  * that delivered it and the peers it is connected to, and with `view` those that another of its
  * peers covers ({@link relayTargets}). A message with nobody to go to is dropped.
@@ -74,13 +107,14 @@ export function relay(
   peers$: Observable<readonly string[]>,
   view?: RelayView,
 ): OperatorFunction<Inbound<ChatFrame>, Relayed> {
+  const targets = lastRelayTargets(view);
   return pipe(
     withLatestFrom(peers$),
     map(([message, peers]): Relayed => {
       const relayed = {
         frame: message.frame,
         payload: message.payload,
-        to: relayTargets(message, peers, view),
+        to: targets(message, peers),
       };
       return message.unverified === true ? { ...relayed, unverified: true } : relayed;
     }),

@@ -231,6 +231,48 @@ describe('relay', () => {
     });
   });
 
+  it('with a versioned view, reuses the targets of the last message from the same peer until the version changes', () => {
+    const fromA: PeerRef = { ...peerA, neighbours: new Set(['pb', 'pc']) };
+    const [a, b, c, d] = ['m1', 'm2', 'm3', 'm4'].map((id) => chat(id, fromA));
+    /** Relays a..d, pc dropping its link to pa between b and c; how often the view was walked. */
+    const run = (versioned: boolean): number => {
+      const lists$ = new Map<string, ReadonlySet<string>>([
+        ['pb', new Set(['pa'])],
+        ['pc', new Set(['pa'])],
+      ]);
+      let version = 0;
+      let walks = 0;
+      const view = {
+        selfId: 'pm',
+        neighboursOf: (id: string) => {
+          walks++;
+          return lists$.get(id);
+        },
+        ...(versioned ? { version: () => version } : {}),
+      };
+      testScheduler().run(({ hot, cold, expectObservable }) => {
+        const peers$ = hot('p------', lists);
+        const change = cold('---x|').pipe(
+          tap(() => {
+            lists$.set('pc', new Set(['pz']));
+            version++;
+          }),
+        );
+        const source = hot('-a-b-c-d|', { a, b, c, d });
+        expectObservable(change).toBe('---x|');
+        expectObservable(source.pipe(relay(peers$, view))).toBe('-----y-z|', {
+          y: relayed(c!, ['pc']),
+          z: relayed(d!, ['pc']),
+        });
+      });
+      return walks;
+    };
+    const unversioned = run(false);
+    assert.ok(unversioned > 0);
+    // Computed for a and c only: b and d took the answer of the message before them.
+    assert.equal(run(true) * 2, unversioned);
+  });
+
   it('with a view, believes a link only when both ends list it', () => {
     // pa claims pb and pc; pb lists pa back, pc does not: pc still gets the message.
     const viaA = chat('m8', { ...peerA, neighbours: new Set(['pb', 'pc']) });
