@@ -233,7 +233,7 @@ describe('relay', () => {
 
   it('with a versioned view, reuses the targets of the last message from the same peer until the version changes', () => {
     const fromA: PeerRef = { ...peerA, neighbours: new Set(['pb', 'pc']) };
-    const [a, b, c, d] = ['m1', 'm2', 'm3', 'm4'].map((id) => chat(id, fromA));
+    const [a, b, c, d] = [chat('m1', fromA), chat('m2', fromA), chat('m3', fromA), chat('m4', fromA)];
     /** Relays a..d, pc dropping its link to pa between b and c; how often the view was walked. */
     const run = (versioned: boolean): number => {
       const lists$ = new Map<string, ReadonlySet<string>>([
@@ -261,8 +261,8 @@ describe('relay', () => {
         const source = hot('-a-b-c-d|', { a, b, c, d });
         expectObservable(change).toBe('---x|');
         expectObservable(source.pipe(relay(peers$, view))).toBe('-----y-z|', {
-          y: relayed(c!, ['pc']),
-          z: relayed(d!, ['pc']),
+          y: relayed(c, ['pc']),
+          z: relayed(d, ['pc']),
         });
       });
       return walks;
