@@ -1,5 +1,6 @@
 /**
- * A pasted block of lines (one read of stdin) is sent as one batch: one signature, one log write.
+ * A pasted block of lines (one read of stdin) is sent in batches: one signature and one log write per
+ * 64 lines (lib/node/node.ts, SIGN_BATCH).
  * What a user sees must not change: every line is a message, in order, and a command among the lines
  * takes effect exactly between the lines around it.
  */

@@ -167,6 +167,35 @@ describe('sendAll', () => {
   });
 });
 
+describe('a long paste', () => {
+  it('is signed 64 messages at a time: each frame proves its place in its own slice, in order', async (t) => {
+    const start = nodeFactory(t);
+    const a = await start({ nick: 'a' });
+    const watcher = await rawPeer(t, a.port, { answerPings: true });
+    await waitFor(() => a.peers().length === 1, 'the watcher to be up');
+    const texts = Array.from({ length: 150 }, (_, i) => `line ${i}`);
+    a.sendAll(texts);
+    const chats = (): ChatFrame[] => watcher.frames.filter((f): f is ChatFrame => f.type === 'chat');
+    await waitFor(() => chats().length === texts.length, 'every line to reach the watcher');
+    const got = chats();
+    assert.deepEqual(
+      got.map((f) => f.text),
+      texts,
+    );
+    const slices = [...new Set(got.map((f) => f.sig))].map((sig) => got.filter((f) => f.sig === sig));
+    assert.deepEqual(
+      slices.map((slice) => slice.length),
+      [64, 64, 22],
+    );
+    for (const slice of slices) {
+      assert.deepEqual(
+        slice.map((f) => [f.proof?.i, f.proof?.n]),
+        slice.map((_, i) => [i, slice.length]),
+      );
+    }
+  });
+});
+
 describe('sync frames', () => {
   it('stay within half the frame limit however many senders and gaps the node holds, most recent senders first', async (t) => {
     const start = nodeFactory(t);
