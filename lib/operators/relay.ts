@@ -111,12 +111,11 @@ export function relay(
   return pipe(
     withLatestFrom(peers$),
     map(([message, peers]): Relayed => {
-      const relayed = {
-        frame: message.frame,
-        payload: message.payload,
-        to: targets(message, peers),
-      };
-      return message.unverified === true ? { ...relayed, unverified: true } : relayed;
+      const to = targets(message, peers);
+      // Literals, not a spread: this runs per message, mostly before V8 optimises it.
+      return message.unverified === true
+        ? { frame: message.frame, payload: message.payload, to, unverified: true }
+        : { frame: message.frame, payload: message.payload, to };
     }),
     filter((relayed) => relayed.to.length > 0),
   );

@@ -117,15 +117,23 @@ export class RateLimiter<K extends string = string> {
    * paid back before the bucket is full again, and no sender gets more than our clock's rate. Only
    * {@link spend} (a value that counted: checked and new) sets the sender's clock, so a forged value
    * in a sender's name cannot. Without `time`: our clock.
-   * @returns the clock reading, and the offset (ours minus the sender's) it used.
+   * @returns the clock reading; {@link newOffset} is the offset (ours minus the sender's) it set
+   *   the sender's clock to, if it did.
    */
-  private clock(key: K, bucket: TokenBucket, time: number | undefined): [number, number | undefined] {
+  private clock(key: K, bucket: TokenBucket, time: number | undefined): number {
     const now = this.now();
-    if (time === undefined) return [now, undefined];
+    this.newOffset = undefined;
+    if (time === undefined) return now;
     let offset = this.offsets.get(key);
-    if (offset === undefined || bucket.levelAt(now) >= this.rate.burst) offset = now - time;
-    return [Math.max(now, Math.min(now + CLOCK_LEAD_MS, time + offset)), offset];
+    if (offset === undefined || bucket.levelAt(now) >= this.rate.burst) {
+      offset = now - time;
+      this.newOffset = offset;
+    }
+    return Math.max(now, Math.min(now + CLOCK_LEAD_MS, time + offset));
   }
+
+  /** Set by {@link clock} when it set a sender's clock (a number, not a tuple per value). */
+  private newOffset: number | undefined;
 
   /** The bucket of `key`, created full on first use. */
   bucket(key: K): TokenBucket {
@@ -143,7 +151,7 @@ export class RateLimiter<K extends string = string> {
    */
   allows(key: K, time?: number): boolean {
     const bucket = this.bucket(key);
-    return bucket.tokensAt(this.clock(key, bucket, time)[0]) >= 1;
+    return bucket.tokensAt(this.clock(key, bucket, time)) >= 1;
   }
 
   /** Takes a token of `key` when there is one. */
@@ -154,8 +162,9 @@ export class RateLimiter<K extends string = string> {
   /** Takes a token of `key`, going into debt if need be (`time` as for {@link allows}). */
   spend(key: K, time?: number): void {
     const bucket = this.bucket(key);
-    const [t, offset] = this.clock(key, bucket, time);
-    if (offset !== undefined) this.offsets.set(key, offset);
+    const t = this.clock(key, bucket, time);
+    // Kept only where it was set: the start of a burst (not a cache write per value).
+    if (this.newOffset !== undefined) this.offsets.set(key, this.newOffset);
     bucket.spendAt(t);
   }
 }
