@@ -26,6 +26,8 @@ export function encodeFrame(payload: Buffer): Buffer {
  */
 export class FrameDecoder {
   private readonly chunks: Buffer[] = [];
+  /** Bytes of `chunks[0]` already read: a position, so reading a frame makes no view of the rest. */
+  private head = 0;
   private buffered = 0;
   /** Length of the frame being read, or -1 while its prefix is incomplete. */
   private expected = -1;
@@ -83,7 +85,7 @@ export class FrameDecoder {
           );
         }
         if (length === 0) throw new ProtocolError('ERR_EMPTY_FRAME', 'empty frame');
-        this.consume(LENGTH_PREFIX_BYTES);
+        this.skip(LENGTH_PREFIX_BYTES);
         this.expected = length;
       }
       if (this.buffered < this.expected) break;
@@ -93,41 +95,70 @@ export class FrameDecoder {
     return frames;
   }
 
+  /** The length prefix at the read position (4 bytes are buffered). */
   private peekLength(): number {
-    const first = this.chunks[0];
-    if (first !== undefined && first.length >= LENGTH_PREFIX_BYTES) return first.readUInt32BE(0);
-    return this.flatten().readUInt32BE(0);
+    let first = this.chunks[0]!;
+    let at = this.head;
+    if (first.length - at < LENGTH_PREFIX_BYTES) {
+      first = this.flatten();
+      at = 0;
+    }
+    // Byte by byte, not readUInt32BE: no layer of checks per frame.
+    return first[at]! * 0x100_0000 + ((first[at + 1]! << 16) | (first[at + 2]! << 8) | first[at + 3]!);
   }
 
   /** Joins the buffered chunks into one (rare: only when a prefix straddles chunks). */
   private flatten(): Buffer {
-    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.buffered);
+    const first = this.chunks[0]!;
+    const all =
+      this.chunks.length === 1
+        ? first.subarray(this.head)
+        : Buffer.concat([first.subarray(this.head), ...this.chunks.slice(1)], this.buffered);
     this.chunks.length = 0;
     this.chunks.push(all);
+    this.head = 0;
     return all;
   }
 
-  /** Removes and returns the first `n` buffered bytes (n <= buffered). */
+  /** Drops the next `n` buffered bytes (n <= buffered). */
+  private skip(n: number): void {
+    this.buffered -= n;
+    while (n > 0) {
+      const left = this.chunks[0]!.length - this.head;
+      if (left > n) {
+        this.head += n;
+        return;
+      }
+      this.chunks.shift();
+      this.head = 0;
+      n -= left;
+    }
+  }
+
+  /** Removes and returns the next `n` buffered bytes (n <= buffered): a view where they lie in one chunk. */
   private consume(n: number): Buffer {
     this.buffered -= n;
     const first = this.chunks[0]!;
-    if (first.length === n) {
-      this.chunks.shift();
-      return first;
-    }
-    if (first.length > n) {
-      this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
+    const left = first.length - this.head;
+    if (left >= n) {
+      const out = this.head === 0 && left === n ? first : first.subarray(this.head, this.head + n);
+      if (left === n) {
+        this.chunks.shift();
+        this.head = 0;
+      } else this.head += n;
+      return out;
     }
     const out = Buffer.allocUnsafe(n);
     let filled = 0;
     while (filled < n) {
-      const head = this.chunks[0]!;
-      const take = Math.min(head.length, n - filled);
-      head.copy(out, filled, 0, take);
+      const chunk = this.chunks[0]!;
+      const take = Math.min(chunk.length - this.head, n - filled);
+      out.set(chunk.subarray(this.head, this.head + take), filled);
       filled += take;
-      if (take === head.length) this.chunks.shift();
-      else this.chunks[0] = head.subarray(take);
+      if (this.head + take === chunk.length) {
+        this.chunks.shift();
+        this.head = 0;
+      } else this.head += take;
     }
     return out;
   }
