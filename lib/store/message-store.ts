@@ -230,7 +230,7 @@ export class MessageStore {
     if (this.knows(frame)) return false;
     const now = this.now();
     if (frame.ts < now - this.maxAgeMs) return false;
-    const message: StoredMessage = { frame: heldFrame(frame), payload, at: now, verified };
+    const message: StoredMessage = { frame: heldFrame(frame), payload: keepable(payload), at: now, verified };
     this.hold(message);
     if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
     this.append(verified ? KIND_MESSAGE : KIND_UNVERIFIED, payload);
@@ -467,7 +467,12 @@ export class MessageStore {
     if (frame.type !== 'chat')
       throw new ProtocolError('ERR_BAD_FRAME', 'a stored record is not a chat message');
     if (this.knows(frame)) return;
-    this.hold({ frame: heldFrame(frame), payload: rest, at: this.now(), verified: kind === KIND_MESSAGE });
+    this.hold({
+      frame: heldFrame(frame),
+      payload: keepable(rest),
+      at: this.now(),
+      verified: kind === KIND_MESSAGE,
+    });
     if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
   }
 
@@ -531,4 +536,16 @@ export class MessageStore {
 
 function heldFrame({ id, from, nick, ts, seq, text }: ChatFrame): HeldFrame {
   return { id, from, nick, ts, seq, text };
+}
+
+/**
+ * Largest buffer a held payload may be a view of. A received payload is a view of the bytes the
+ * socket read (decrypted in place), up to 64 KiB that may hold many other frames, and one read at
+ * start-up holds the whole log: a view of those is copied when it is kept, so a held message keeps
+ * at most this much memory alive (a payload of Node's 8 KiB pool is kept as it is).
+ */
+const MAX_KEPT_BACKING = 16 * 1024;
+
+function keepable(payload: Buffer): Buffer {
+  return payload.buffer.byteLength > MAX_KEPT_BACKING ? Buffer.from(payload) : payload;
 }

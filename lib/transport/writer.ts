@@ -117,11 +117,16 @@ export class PeerWriter implements Observer<OutboundFrame> {
     this.scheduled = false;
     if (this.pendingBytes === 0 || this.waitingForDrain || this.socket.destroyed) return;
     const batch = Buffer.allocUnsafe(this.pendingBytes);
+    const frames = this.pending;
+    // Taken off the queue before they are sealed: a sealer that throws (a session out of nonces
+    // after 2^53 frames, or a bug) cannot leave frames behind to be sealed again with later nonces.
+    this.pending = [];
+    this.pendingBytes = 0;
     let offset = 0;
     // Plain byte stores, TypedArray#set and a plain Uint8Array view: Buffer's writeUInt32BE, copy
     // and subarray are layers of checks in JavaScript, run for every frame, and a burst runs them
     // before V8 has optimised any of it.
-    for (const payload of this.pending) {
+    for (const payload of frames) {
       const length = frameLength(payload);
       batch[offset] = length >>> 24;
       batch[offset + 1] = (length >>> 16) & 0xff;
@@ -136,8 +141,6 @@ export class PeerWriter implements Observer<OutboundFrame> {
         );
       offset += length;
     }
-    this.pending = [];
-    this.pendingBytes = 0;
     if (!this.socket.write(batch)) {
       this.waitingForDrain = true;
       this.drainTimer = setTimeout(

@@ -146,6 +146,24 @@ describe('MessageStore', () => {
       assert.deepEqual(parseFrame(held.payload), frame, 'those are in the payload');
     });
 
+    it('copies a payload that is a view of a large buffer (a socket read) when it keeps it, and keeps a small one as it is', (t) => {
+      const { store } = open(t, undefined);
+      const a = chat('a', 1);
+      const read = Buffer.alloc(64 * 1024); // one socket read, holding this frame among others
+      const bytes = serializeFrame(a);
+      bytes.copy(read, 1000);
+      store.add(a, read.subarray(1000, 1000 + bytes.length));
+      const b = chat('b', 1);
+      const pooled = serializeFrame(b);
+      store.add(b, pooled);
+      const [heldA, heldB] = store.lacking(new Map());
+      assert.ok(heldA !== undefined && heldB !== undefined);
+      assert.deepEqual(heldA.payload, bytes);
+      assert.notEqual(heldA.payload.buffer, read.buffer, 'the 64 KiB read is not kept alive');
+      assert.ok(heldA.payload.buffer.byteLength <= 16 * 1024);
+      assert.equal(heldB.payload, pooled, 'a payload of the pool is kept as it is');
+    });
+
     it('returns the last n messages, oldest first', (t) => {
       const { store } = open(t, undefined);
       for (let seq = 1; seq <= 5; seq++) add(store, chat('a', seq));
