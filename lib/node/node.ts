@@ -263,9 +263,9 @@ export interface P2PNode {
    */
   send(text: string): ChatMessage;
   /**
-   * Sends several messages at once, in order, and returns them: one signature covers up to
-   * `SIGN_BATCH` of them (a hash tree, see lib/security/sign.ts) and one write keeps them, so a
-   * pasted block of lines costs little more than one line does. With a data directory they are in the history
+   * Sends several messages at once, in order, and returns them: one signature and one log write
+   * cover each 64 of them (a hash tree, see lib/security/sign.ts), so a pasted block of lines costs
+   * little more than one line does. With a data directory they are in the history
    * log when this returns.
    * @throws {RangeError} when a text is empty or longer than `MAX_TEXT_LENGTH` (then none is sent),
    *   or the node is closed.

@@ -213,8 +213,9 @@ export function verifyChat(fields: SignedChatFields, signature: Uint8Array, netw
 
 const HASH_BYTES = 32;
 
-/** Longest base64url path: ten 32-byte hashes (a batch of MAX_BATCH = 1,024). */
-const MAX_PATH_CHARS = Math.ceil((10 * HASH_BYTES * 4) / 3);
+/** Longest path: ten 32-byte hashes (a batch of MAX_BATCH = 1,024), and in base64url. */
+const MAX_PATH_BYTES = 10 * HASH_BYTES;
+const MAX_PATH_CHARS = Math.ceil((MAX_PATH_BYTES * 4) / 3);
 /** Bytes of a node's hash input: 0x01, left, right. */
 const NODE_INPUT_BYTES = 1 + 2 * HASH_BYTES;
 /**
@@ -222,7 +223,7 @@ const NODE_INPUT_BYTES = 1 + 2 * HASH_BYTES;
  * {@link signedChatFrames} (each path before it is encoded). One per process: both are synchronous
  * and never re-entered.
  */
-const PATH_WORK = Buffer.alloc(NODE_INPUT_BYTES + 10 * HASH_BYTES + 3);
+const PATH_WORK = Buffer.alloc(NODE_INPUT_BYTES + MAX_PATH_BYTES + 3);
 PATH_WORK[0] = 1; // a node's marker byte (a leaf's is 0)
 const NODE_INPUT = PATH_WORK.subarray(0, NODE_INPUT_BYTES);
 /** The hash computed last (a leaf, then each node up to the root). */
@@ -339,12 +340,11 @@ export function verifyChatInBatch(
   }
   if (signature.length !== SIGNATURE_BYTES || fields.publicKey.length !== PUBLIC_KEY_BYTES) return false;
   if (proof.i >= proof.n || proof.n > MAX_BATCH) return false;
-  // The path is decoded after the three bytes of a node's hash input (0x01 || left || right), and
-  // each level is hashed there: no buffer per level (this runs for every message at every node, most
-  // of it before V8 has optimised any of it).
-  const work = PATH_WORK;
+  // The path is decoded in PATH_WORK after a node's hash input (0x01 || left || right), and each
+  // level is hashed there: no buffer per level (this runs for every message at every node, most of
+  // it before V8 has optimised any of it).
   if (proof.path.length > MAX_PATH_CHARS) return false;
-  const pathBytes = work.write(proof.path, NODE_INPUT_BYTES, 'base64url');
+  const pathBytes = PATH_WORK.write(proof.path, NODE_INPUT_BYTES, 'base64url');
   if (pathBytes % HASH_BYTES !== 0) return false;
   try {
     sodium.crypto_generichash(NODE_OUTPUT, leafInput(fields, network));
@@ -359,8 +359,8 @@ export function verifyChatInBatch(
     const sibling = NODE_INPUT_BYTES + used;
     used += HASH_BYTES;
     // left || right: the node so far and its sibling, in tree order.
-    work.set(NODE_OUTPUT, at & 1 ? 1 + HASH_BYTES : 1);
-    work.copyWithin(at & 1 ? 1 : 1 + HASH_BYTES, sibling, sibling + HASH_BYTES);
+    PATH_WORK.set(NODE_OUTPUT, at & 1 ? 1 + HASH_BYTES : 1);
+    PATH_WORK.copyWithin(at & 1 ? 1 : 1 + HASH_BYTES, sibling, sibling + HASH_BYTES);
     sodium.crypto_generichash(NODE_OUTPUT, NODE_INPUT);
   }
   if (used !== pathBytes) return false;

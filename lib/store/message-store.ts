@@ -124,8 +124,7 @@ export class MessageStore {
   private reservedSeq = 0;
   private fd: number | undefined;
   private recordsInLog = 0;
-  /** Records of this turn of the event loop not written yet: one write for all of them. */
-  /** The records not yet written: header and body of each (see {@link record}). */
+  /** Records of this turn of the event loop not written yet, header and body of each: one write. */
   private pendingRecords: Uint8Array[] = [];
   /** Callbacks waiting for the pending records to be written, in order ({@link afterWrite}). */
   private waiting: (() => void)[] = [];

@@ -72,7 +72,7 @@ export class TokenBucket {
 
   /** Takes `n` tokens, going into debt if need be. */
   spend(n = 1): void {
-    this.level = this.tokens - n;
+    this.spendAt(this.now(), n);
   }
 
   /** Milliseconds until at least `n` tokens are there (0 when they are now). */
