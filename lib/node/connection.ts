@@ -1,7 +1,7 @@
 import type { Socket } from 'node:net';
-import { defer, filter, map, Subject, tap, type Observable, type Subscription } from 'rxjs';
+import { defer, Observable, Subject, tap, type Subscriber, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
-import { FrameDecoder } from '../protocol/codec.js';
+import { FrameDecoder, isPack, unpack } from '../protocol/codec.js';
 import type { ProtocolError } from '../protocol/errors.js';
 import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
 import { decode, type Decoded } from '../operators/decode.js';
@@ -55,6 +55,19 @@ let nextConnectionNumber = 1;
 export const SENT_MEMORY = 16_384;
 
 /**
+ * Largest pack this node seals (plaintext bytes), when the peer reads packs that large: about 90
+ * chat messages, one cipher call instead of 90, and no more than a socket read.
+ */
+export const PACK_BYTES = 64 * 1024;
+
+/** A link's {@link Sealer}: its session's cipher, packing once the peer has said it reads packs. */
+interface LinkSealer extends Sealer {
+  packBytes: number;
+  /** Largest plaintext of one sealed message. */
+  readonly maxBytes: number;
+}
+
+/**
  * One TCP connection, from accept or dial to close. Owns its socket: the read side as `frames$`, the
  * write side through a {@link PeerWriter} fed by the `outbox` subject.
  *
@@ -71,8 +84,11 @@ export class Connection {
   readonly remoteHost: string;
   /** Host of our end of the socket: the address the remote side reaches us at. */
   readonly localHost: string;
-  /** The peer's hello, once received. */
-  hello: HelloFrame | undefined;
+  /** The peer's hello, once received ({@link greet}). */
+  get hello(): HelloFrame | undefined {
+    return this.greeting;
+  }
+  private greeting: HelloFrame | undefined;
   /** When the last frame arrived (ms, `Date.now`); set on every frame, dropped copies included. */
   lastSeen = Date.now();
   /** Set when this node decided to close it, so the reason is logged once. */
@@ -144,9 +160,21 @@ export class Connection {
       // Until the peer has authenticated, no frame may be larger than a handshake message.
       const decoder = new FrameDecoder(MAX_HANDSHAKE_MESSAGE_BYTES);
       this.decoder = decoder;
-      return fromSocket(socket, decoder).pipe(
-        map((raw) => this.open(raw)),
-        filter((payload): payload is Buffer => payload !== undefined),
+      const raw$ = fromSocket(socket, decoder);
+      const payloads$ = new Observable<Buffer>((subscriber) =>
+        raw$.subscribe({
+          next: (raw) => {
+            try {
+              this.open(raw, subscriber);
+            } catch (err) {
+              subscriber.error(err);
+            }
+          },
+          error: (err: unknown) => subscriber.error(err),
+          complete: () => subscriber.complete(),
+        }),
+      );
+      return payloads$.pipe(
         tap({
           complete: () => {
             if (this.session === undefined) throw this.handshake.closedError();
@@ -170,6 +198,17 @@ export class Connection {
       this.ref = { id: this.hello.id, host: this.remoteHost, ...(key === undefined ? {} : { key }) };
     }
     return this.ref;
+  }
+
+  /**
+   * Records the peer's hello. From here on, frames go to it as packs when it says it reads them
+   * (its `pack`, up to {@link PACK_BYTES}).
+   */
+  greet(hello: HelloFrame): void {
+    this.greeting = hello;
+    if (hello.pack !== undefined && this.sealer !== undefined) {
+      this.sealer.packBytes = Math.min(hello.pack, PACK_BYTES, this.sealer.maxBytes);
+    }
   }
 
   /** Records the peers this peer says it is connected to (its latest peer list). */
@@ -220,7 +259,7 @@ export class Connection {
    * link.
    */
   sendPayload(payload: Buffer, messageId?: string): void {
-    if (this.session !== undefined) this.write(this.session, payload, messageId);
+    if (this.sealer !== undefined) this.write(this.sealer, payload, messageId);
     else this.queued.push(payload);
   }
 
@@ -238,44 +277,57 @@ export class Connection {
     return flying;
   }
 
-  private write(session: SecureSession, payload: Buffer, messageId?: string): void {
-    if (payload.length > session.maxMessageBytes) {
-      throw new RangeError(`frame of ${payload.length} bytes, the limit is ${session.maxMessageBytes}`); // a bug
+  private write(sealer: LinkSealer, payload: Buffer, messageId?: string): void {
+    if (payload.length > sealer.maxBytes) {
+      throw new RangeError(`frame of ${payload.length} bytes, the limit is ${sealer.maxBytes}`); // a bug
     }
     this.sent[this.txFrames % SENT_MEMORY] = messageId;
     this.txFrames++;
     // Sealed by the writer as it copies the frame into its batch (in this order: the nonces count).
-    this.sealer ??= {
-      overhead: TAG_BYTES,
-      sealInto: (out, plaintext) => session.encryptInto(out, plaintext),
-    };
-    this.outbox.next({ plaintext: payload, sealer: this.sealer });
+    this.outbox.next({ plaintext: payload, sealer });
   }
 
-  private sealer: Sealer | undefined;
+  /** Exists once the session does. */
+  private sealer: LinkSealer | undefined;
 
-  /** A received frame: the next handshake message, or an encrypted frame to open. */
-  private open(raw: Buffer): Buffer | undefined {
+  /**
+   * A received frame: the next handshake message, or an encrypted frame (one frame or a pack) to
+   * open; each payload inside that the node does not have goes to `out`.
+   */
+  private open(raw: Buffer, out: Subscriber<Buffer>): void {
     if (this.session !== undefined) {
-      this.charge();
       this.lastSeen = Date.now();
       // In place: the frame's bytes are this connection's own (a slice of what the socket read).
-      const payload = this.session.decryptInPlace(raw);
-      this.rxFrames++;
-      return this.isKnown(payload) ? undefined : payload;
+      const plaintext = this.session.decryptInPlace(raw);
+      if (!isPack(plaintext)) this.take(plaintext, out);
+      else for (const payload of unpack(plaintext)) if (!out.closed) this.take(payload, out);
+      return;
     }
     const { reply, session } = this.handshake.receive(raw);
     if (reply !== undefined) this.outbox.next(reply);
     if (session !== undefined) {
       this.session = session;
+      const sealer: LinkSealer = {
+        overhead: TAG_BYTES,
+        packBytes: 0,
+        maxBytes: session.maxMessageBytes,
+        sealInto: (sealed, plaintext) => session.encryptInto(sealed, plaintext),
+      };
+      this.sealer = sealer;
       if (this.decoder !== undefined) this.decoder.maxFrameBytes = this.fullFrameBytes;
       const refusal = this.refuse(session.remoteId);
       const queued = refusal === undefined ? this.queued : [serializeFrame({ type: 'bye', reason: refusal })];
       this.queued = [];
-      for (const payload of queued) this.write(session, payload);
+      for (const payload of queued) this.write(sealer, payload);
       if (refusal !== undefined) this.end();
     }
-    return undefined;
+  }
+
+  /** One decrypted frame: counted and charged to the peer's rate, then passed on unless known. */
+  private take(payload: Buffer, out: Subscriber<Buffer>): void {
+    this.charge();
+    this.rxFrames++;
+    if (!this.isKnown(payload)) out.next(payload);
   }
 
   /**

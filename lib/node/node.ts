@@ -681,6 +681,7 @@ class ChatNode implements P2PNode {
       nick: this.nick,
       port: this.advertise?.port ?? this.listenPort,
       ...(this.advertise !== undefined ? { addr: formatAddress(this.advertise) } : {}),
+      pack: this.maxFrameBytes,
     };
     conn.send(hello);
     this.log.debug(`${outbound ? 'connected to' : 'accepted'} ${conn.remoteSocketAddress}`);
@@ -753,7 +754,7 @@ class ChatNode implements P2PNode {
         `hello claims id ${hello.id}, the handshake proved another key`,
       );
     }
-    conn.hello = hello;
+    conn.greet(hello);
     const target = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
     if (hello.id === this.id) {
       // We dialled ourselves (our own address, or one that leads back here): forget that address.

@@ -12,7 +12,8 @@ export type ProtocolErrorCode =
   | 'ERR_HELLO_TIMEOUT'
   | 'ERR_PEER_TIMEOUT'
   | 'ERR_OUTBOX_OVERFLOW'
-  | 'ERR_BAD_SIGNATURE';
+  | 'ERR_BAD_SIGNATURE'
+  | 'ERR_BAD_PACK';
 
 /**
  * A peer broke the protocol. Ends that peer's connection only; never a bug of this node.

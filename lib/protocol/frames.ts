@@ -25,6 +25,11 @@ export interface HelloFrame {
   readonly port: number;
   /** `host:port` the sender asks to be known by (from `--advertise`), instead of socket address + port. */
   readonly addr?: string;
+  /**
+   * The sender reads packs (several frames sealed as one message; `pack` in codec.ts) of up to this
+   * many plaintext bytes. Without it, every frame is sealed alone for this sender.
+   */
+  readonly pack?: number;
 }
 
 /** One chat message. Relays forward it unchanged. */
@@ -245,14 +250,16 @@ export function validateFrame(raw: unknown): Frame {
           `protocol version ${v}, this node speaks ${PROTOCOL_VERSION}`,
         );
       }
-      const hello: HelloFrame = {
+      const hello: { -readonly [K in keyof HelloFrame]: HelloFrame[K] } = {
         type,
         v,
         id: str(o, 'id', 64, ID_PATTERN),
         nick: str(o, 'nick', MAX_NICK_LENGTH),
         port: int(o, 'port', 1, 65535),
       };
-      return o['addr'] === undefined ? hello : { ...hello, addr: str(o, 'addr', 300) };
+      if (o['addr'] !== undefined) hello.addr = str(o, 'addr', 300);
+      if (o['pack'] !== undefined) hello.pack = int(o, 'pack', 1, 0xffff_ffff);
+      return hello;
     }
     case 'chat': {
       const chat: { -readonly [K in keyof ChatFrame]: ChatFrame[K] } = {

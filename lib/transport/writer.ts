@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Observer } from 'rxjs';
-import { LENGTH_PREFIX_BYTES } from '../protocol/codec.js';
+import { LENGTH_PREFIX_BYTES, PACK_HEADER_BYTES, PACK_MARKER } from '../protocol/codec.js';
 import { ProtocolError } from '../protocol/errors.js';
 
 /** Options of a {@link PeerWriter}. */
@@ -24,8 +24,18 @@ export const WRITER_DEFAULTS = { maxOutboxBytes: 8 * 1024 * 1024, drainTimeoutMs
 export interface Sealer {
   /** Bytes a sealed frame has more than its plaintext (the cipher's tag). */
   readonly overhead: number;
-  /** Seals the next frame into `out`, exactly `plaintext.length + overhead` bytes. */
+  /**
+   * Seals the next message into `out`, exactly `plaintext.length + overhead` bytes. `plaintext` may
+   * be the start of `out` (sealed in place).
+   */
   sealInto(out: Uint8Array, plaintext: Uint8Array): void;
+  /**
+   * Largest plaintext of a pack (see `pack` in lib/protocol/codec.ts): when set, frames queued
+   * together for this sealer go as packs of up to this many bytes, each sealed as one message. Unset
+   * or under two frames' worth, or an `overhead` under 5 bytes: each frame is sealed alone. Read at every flush, so it may be set
+   * once the peer has said it reads packs.
+   */
+  readonly packBytes?: number;
 }
 
 /**
@@ -45,7 +55,8 @@ export interface SealedFrame {
  * (`next`); it adds the length prefix, batches everything given in one tick into one `write()`,
  * and honours backpressure: while `write()` has returned false it queues until `'drain'`. A
  * {@link SealedFrame} is encrypted straight into that batch, in the order given, so a message costs
- * no buffer of its own per link.
+ * no buffer of its own per link; with a sealer's `packBytes`, the sealed frames queued together go
+ * as packs, one cipher call each.
  *
  * When the queued bytes pass `maxOutboxBytes`, or `'drain'` does not come within `drainTimeoutMs`,
  * it calls `onFault` with an `ERR_OUTBOX_OVERFLOW` error and drops its queue; the owner then closes
@@ -126,22 +137,45 @@ export class PeerWriter implements Observer<OutboundFrame> {
     // Plain byte stores, TypedArray#set and a plain Uint8Array view: Buffer's writeUInt32BE, copy
     // and subarray are layers of checks in JavaScript, run for every frame, and a burst runs them
     // before V8 has optimised any of it.
-    for (const payload of frames) {
-      const length = frameLength(payload);
-      batch[offset] = length >>> 24;
-      batch[offset + 1] = (length >>> 16) & 0xff;
-      batch[offset + 2] = (length >>> 8) & 0xff;
-      batch[offset + 3] = length & 0xff;
-      offset += LENGTH_PREFIX_BYTES;
-      if (payload instanceof Uint8Array) batch.set(payload, offset);
-      else
-        payload.sealer.sealInto(
-          new Uint8Array(batch.buffer, batch.byteOffset + offset, length),
-          payload.plaintext,
-        );
-      offset += length;
+    for (let i = 0; i < frames.length;) {
+      const payload = frames[i]!;
+      if (payload instanceof Uint8Array) {
+        putLength(batch, offset, payload.length);
+        batch.set(payload, offset + LENGTH_PREFIX_BYTES);
+        offset += LENGTH_PREFIX_BYTES + payload.length;
+        i++;
+        continue;
+      }
+      const { sealer } = payload;
+      const end = packEnd(frames, i, sealer);
+      if (end - i < 2) {
+        const length = payload.plaintext.length + sealer.overhead;
+        putLength(batch, offset, length);
+        offset += LENGTH_PREFIX_BYTES;
+        sealer.sealInto(new Uint8Array(batch.buffer, batch.byteOffset + offset, length), payload.plaintext);
+        offset += length;
+        i++;
+        continue;
+      }
+      // A pack: its frames laid out in the batch, then sealed where they lie.
+      const start = offset + LENGTH_PREFIX_BYTES;
+      let at = start;
+      batch[at++] = PACK_MARKER;
+      for (; i < end; i++) {
+        const { plaintext } = frames[i] as SealedFrame;
+        putLength(batch, at, plaintext.length);
+        batch.set(plaintext, at + LENGTH_PREFIX_BYTES);
+        at += LENGTH_PREFIX_BYTES + plaintext.length;
+      }
+      putLength(batch, offset, at - start + sealer.overhead);
+      sealer.sealInto(
+        new Uint8Array(batch.buffer, batch.byteOffset + start, at - start + sealer.overhead),
+        new Uint8Array(batch.buffer, batch.byteOffset + start, at - start),
+      );
+      offset = at + sealer.overhead;
     }
-    if (!this.socket.write(batch)) {
+    // Packs take less room than the frames sealed alone that `pendingBytes` counted.
+    if (!this.socket.write(offset === batch.length ? batch : batch.subarray(0, offset))) {
       this.waitingForDrain = true;
       this.drainTimer = setTimeout(
         () => this.fault(`no drain for ${this.drainTimeoutMs} ms: the peer stopped reading`),
@@ -174,6 +208,35 @@ export class PeerWriter implements Observer<OutboundFrame> {
     clearTimeout(this.drainTimer);
     this.socket.off('drain', this.onDrain);
   }
+}
+
+/** Writes a 4-byte big-endian length at `offset`. */
+function putLength(batch: Buffer, offset: number, length: number): void {
+  batch[offset] = length >>> 24;
+  batch[offset + 1] = (length >>> 16) & 0xff;
+  batch[offset + 2] = (length >>> 8) & 0xff;
+  batch[offset + 3] = length & 0xff;
+}
+
+/**
+ * The end of the pack that starts at `frames[start]`: the frames after it sealed by the same sealer,
+ * as many as fit in its `packBytes` (at least the first one).
+ */
+function packEnd(frames: readonly OutboundFrame[], start: number, sealer: Sealer): number {
+  // Under 5 bytes of overhead, a pack would take more room than its frames sealed alone (the batch
+  // is allocated for those).
+  if (sealer.overhead < PACK_HEADER_BYTES + LENGTH_PREFIX_BYTES) return start + 1;
+  const limit = sealer.packBytes ?? 0;
+  let size = PACK_HEADER_BYTES;
+  let end = start;
+  while (end < frames.length) {
+    const frame = frames[end]!;
+    if (frame instanceof Uint8Array || frame.sealer !== sealer) break;
+    size += LENGTH_PREFIX_BYTES + frame.plaintext.length;
+    if (size > limit && end > start) break;
+    end++;
+  }
+  return end;
 }
 
 /** Bytes of a frame's payload as it is sent (sealed: with the cipher's tag). */

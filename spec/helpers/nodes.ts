@@ -11,7 +11,14 @@ import type { Observable } from 'rxjs';
 import { createNode, type NodeOptions, type NodeTiming, type P2PNode } from '../../lib/node/node.js';
 import type { Logger } from '../../lib/node/log.js';
 import type { Address } from '../../lib/protocol/address.js';
-import { DEFAULT_MAX_FRAME_BYTES, encodeFrame, FrameDecoder } from '../../lib/protocol/codec.js';
+import {
+  DEFAULT_MAX_FRAME_BYTES,
+  encodeFrame,
+  FrameDecoder,
+  isPack,
+  pack,
+  unpack,
+} from '../../lib/protocol/codec.js';
 import {
   parseFrame,
   PROTOCOL_VERSION,
@@ -249,14 +256,19 @@ export interface SecureLink {
   sendPayload(payload: Buffer): void;
   /** Encrypts and writes one frame. */
   send(frame: Frame): void;
+  /** Encrypts `payloads` as one pack (lib/protocol/codec.ts) and writes it. */
+  sendPack(payloads: readonly Buffer[]): void;
   /** The first error after the handshake: a frame from the node that did not decrypt. */
   readonly error: unknown;
+  /** Encrypted messages received after the handshake, and how many of them were packs. */
+  readonly received: { messages: number; packs: number };
 }
 
 /**
  * Runs the initiator's side of the node's Noise handshake on a connected `socket`, as a real node
  * would (lib/security/noise.ts, each message one length-prefixed frame), then decrypts every later
- * frame and hands its payload to `onPayload` (with the link, which may not have resolved yet). Resolves with the link once the session exists; rejects
+ * frame and hands its payload (each payload of a pack) to `onPayload` (with the link, which may not
+ * have resolved yet). Resolves with the link once the session exists; rejects
  * with the handshake's error if it fails, the socket closes first, or `timeoutMs` passes.
  */
 export function secureHandshake(
@@ -275,6 +287,7 @@ export function secureHandshake(
   return new Promise<SecureLink>((resolve, reject) => {
     let session: SecureSession | undefined;
     let error: unknown;
+    const received = { messages: 0, packs: 0 };
     const write = (bytes: Buffer): void => {
       if (!socket.destroyed) socket.write(bytes);
     };
@@ -287,9 +300,11 @@ export function secureHandshake(
       seal,
       sendPayload: (payload) => write(seal(payload)),
       send: (frame) => write(seal(serializeFrame(frame))),
+      sendPack: (payloads) => write(seal(pack(payloads))),
       get error() {
         return error;
       },
+      received,
     };
     const fail = (err: unknown): void => {
       clearTimeout(timer);
@@ -306,7 +321,11 @@ export function secureHandshake(
       try {
         for (const raw of decoder.push(chunk)) {
           if (session !== undefined) {
-            onPayload(session.decrypt(raw), link);
+            const plaintext = session.decrypt(raw);
+            received.messages++;
+            if (isPack(plaintext)) received.packs++;
+            for (const payload of isPack(plaintext) ? unpack(plaintext) : [plaintext])
+              onPayload(payload, link);
             continue;
           }
           const step = handshake.receive(raw);
@@ -350,6 +369,10 @@ export interface RawPeer {
   send(frame: Frame): void;
   /** Encrypts and sends one payload as it is (bytes that need not be a valid frame). */
   sendPayload(payload: Buffer): void;
+  /** Encrypts and sends payloads as one pack. */
+  sendPack(payloads: readonly Buffer[]): void;
+  /** Encrypted messages received after the handshake, and how many were packs. */
+  readonly received: { readonly messages: number; readonly packs: number };
   /** Writes bytes on the socket as they are, unencrypted and unframed. */
   writePlain(bytes: Buffer | string): void;
   readonly closed: Promise<void>;
@@ -358,7 +381,8 @@ export interface RawPeer {
 export async function rawPeer(
   t: TestContext,
   port: number,
-  options: SecureOptions & { listenPort?: number; answerPings?: boolean } = {},
+  /** `pack`: the largest pack its hello says it reads (default: none, as a node before packs). */
+  options: SecureOptions & { listenPort?: number; answerPings?: boolean; pack?: number } = {},
 ): Promise<RawPeer> {
   const listenPort = options.listenPort ?? (await freePort());
   const socket = connect({ host: HOST, port });
@@ -377,7 +401,14 @@ export async function rawPeer(
     options,
   );
   const { identity } = link;
-  link.send({ type: 'hello', v: PROTOCOL_VERSION, id: identity.id, nick: 'raw', port: listenPort });
+  link.send({
+    type: 'hello',
+    v: PROTOCOL_VERSION,
+    id: identity.id,
+    nick: 'raw',
+    port: listenPort,
+    ...(options.pack !== undefined ? { pack: options.pack } : {}),
+  });
   return {
     socket,
     identity,
@@ -386,6 +417,8 @@ export async function rawPeer(
     count: (type) => frames.filter((f) => f.type === type).length,
     send: (frame) => link.send(frame),
     sendPayload: (payload) => link.sendPayload(payload),
+    sendPack: (payloads) => link.sendPack(payloads),
+    received: link.received,
     writePlain: (bytes) => {
       if (!socket.destroyed) socket.write(bytes);
     },

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage } from '../../lib/node/node.js';
-import type { PeerEntry } from '../../lib/protocol/frames.js';
+import { serializeFrame, type PeerEntry } from '../../lib/protocol/frames.js';
 import {
   HOST,
   lineLogger,
@@ -106,25 +106,35 @@ describe('abuse limits', () => {
     await waitFor(() => inboxB.values.some((m) => m.text === 'after a pause'), 'the later message at b');
   });
 
-  it('slows a peer over its frame rate without losing anything', async (t) => {
-    const start = nodeFactory(t);
-    const h = await start({ nick: 'h', limits: { peerFrames: { perSecond: 1000, burst: 50 } } });
-    const b = await start({ nick: 'b', peers: [loopback(h.port)] });
-    const inboxB = record(b.messages$);
-    const raw = await rawPeer(t, h.port, { answerPings: true });
-    await waitFor(() => h.peers().length === 2, 'h to have b and the raw peer');
+  for (const packed of [false, true]) {
+    it(`slows a peer over its frame rate without losing anything${packed ? ', counting each frame of a pack' : ''}`, async (t) => {
+      const start = nodeFactory(t);
+      const h = await start({ nick: 'h', limits: { peerFrames: { perSecond: 1000, burst: 50 } } });
+      const b = await start({ nick: 'b', peers: [loopback(h.port)] });
+      const inboxB = record(b.messages$);
+      const raw = await rawPeer(t, h.port, { answerPings: true });
+      await waitFor(() => h.peers().length === 2, 'h to have b and the raw peer');
 
-    // The limit applies between socket reads (a read of up to 64 KiB is handled whole): 2,000 frames
-    // of ~450 bytes span many reads.
-    const sent = Date.now();
-    burst(raw, 2000);
-    await waitFor(() => fromSender(inboxB, raw.id).length === 2000, 'all 2,000 at b', 15_000);
-    const took = Date.now() - sent;
-    // (2,000 - 50) frames over the burst at 1,000/s: 1.95 s, less one read's worth and a margin.
-    assert.ok(took >= 1500, `2,000 frames took ${took} ms`);
-    assert.equal(new Set(fromSender(inboxB, raw.id).map((m) => m.seq)).size, 2000, 'each once');
-    assert.equal(h.stats().rateLimitedMessages, 0);
-  });
+      // The limit applies between socket reads (a read of up to 64 KiB is handled whole): 2,000 frames
+      // of ~450 bytes span many reads.
+      // Packed: 20 packs of 100 frames, each a message of ~45 KB.
+      const sent = Date.now();
+      if (packed) {
+        for (let i = 0; i < 2000; i += 100) {
+          const frames = Array.from({ length: 100 }, (_, j) =>
+            serializeFrame(signedChat(raw.identity, { text: `burst ${i + j}`, seq: 1 + i + j })),
+          );
+          raw.sendPack(frames);
+        }
+      } else burst(raw, 2000);
+      await waitFor(() => fromSender(inboxB, raw.id).length === 2000, 'all 2,000 at b', 15_000);
+      const took = Date.now() - sent;
+      // (2,000 - 50) frames over the burst at 1,000/s: 1.95 s, less one read's worth and a margin.
+      assert.ok(took >= 1500, `2,000 frames took ${took} ms`);
+      assert.equal(new Set(fromSender(inboxB, raw.id).map((m) => m.seq)).size, 2000, 'each once');
+      assert.equal(h.stats().rateLimitedMessages, 0);
+    });
+  }
 
   it('keeps at most maxDials connection attempts in flight; the others wait their turn', async (t) => {
     const start = nodeFactory(t);

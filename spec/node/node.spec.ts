@@ -2,7 +2,8 @@ import assert from 'node:assert/strict';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
-import { MAX_TEXT_LENGTH } from '../../lib/protocol/frames.js';
+import { PACK_MARKER } from '../../lib/protocol/codec.js';
+import { MAX_TEXT_LENGTH, serializeFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
   closed,
@@ -18,6 +19,7 @@ import {
   peerIds,
   rawPeer,
   record,
+  signedChat,
   waitFor,
   type Recording,
 } from '../helpers/nodes.js';
@@ -432,6 +434,64 @@ describe('createNode', () => {
     assert.match(downs(events)[0]?.reason ?? '', /ERR_BAD_JSON/);
 
     const inboxes = [record(node.messages$), record(friend.messages$)];
+    await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
+    assert.deepEqual(peerIds(node), [friend.id]);
+  });
+
+  it('seals the frames it writes together as one pack to a peer that reads packs, one by one to a peer that does not', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const packing = await rawPeer(t, node.port, { answerPings: true, pack: 64 * 1024 });
+    const plain = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 2, 'both raw peers to be up');
+
+    const texts = range(300).map((i) => `line ${i}`);
+    node.sendAll(texts);
+    const chats = (raw: typeof plain): string[] =>
+      raw.frames.flatMap((f) => (f.type === 'chat' ? [f.text] : []));
+    await waitFor(() => chats(packing).length === 300 && chats(plain).length === 300, 'all 300 at both');
+
+    assert.deepEqual(chats(packing), texts, 'every frame of the packs, in order');
+    assert.deepEqual(chats(plain), texts);
+    // 300 messages of ~700 bytes: at most 64 KiB a pack, so 4 packs at least, and far fewer than 300.
+    assert.ok(packing.received.packs >= 4, `${packing.received.packs} packs`);
+    assert.ok(packing.received.messages < 100, `${packing.received.messages} sealed messages`);
+    assert.equal(plain.received.packs, 0);
+    assert.equal(plain.received.messages, plain.frames.length, 'one frame per sealed message');
+  });
+
+  it('takes every frame of a pack in order, and drops a peer whose pack is malformed', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const friend = await start({ peers: [loopback(node.port)] });
+    await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
+    const inbox = record(node.messages$);
+    const events = record(node.events$);
+    const raw = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => ups(events).length === 1, 'the raw peer to be up');
+
+    raw.sendPack(
+      range(3).map((i) => serializeFrame(signedChat(raw.identity, { text: `packed ${i}`, seq: i + 1 }))),
+    );
+    await waitFor(() => inbox.values.length === 3, 'the three packed messages');
+    assert.deepEqual(
+      inbox.values.map((m) => m.text),
+      ['packed 0', 'packed 1', 'packed 2'],
+    );
+
+    // A pack whose second frame claims more bytes than the pack has left.
+    const frame = serializeFrame(signedChat(raw.identity, { text: 'fine', seq: 4 }));
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(frame.length, 0);
+    const cut = Buffer.alloc(4);
+    cut.writeUInt32BE(1000, 0);
+    raw.sendPayload(Buffer.concat([Buffer.from([PACK_MARKER]), length, frame, cut, Buffer.from('{}')]));
+    await raw.closed;
+    await waitFor(() => downs(events).length === 1, 'the raw peer to be dropped');
+    assert.match(downs(events)[0]?.reason ?? '', /ERR_BAD_PACK/);
+    assert.ok(!inbox.values.some((m) => m.text === 'fine'), 'nothing of a malformed pack is taken');
+
+    const inboxes = [inbox, record(friend.messages$)];
     await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
     assert.deepEqual(peerIds(node), [friend.id]);
   });

@@ -5,7 +5,11 @@ import {
   DEFAULT_MAX_FRAME_BYTES,
   encodeFrame,
   FrameDecoder,
+  isPack,
   LENGTH_PREFIX_BYTES,
+  pack,
+  PACK_MARKER,
+  unpack,
 } from '../../lib/protocol/codec.js';
 import { ProtocolError, type ProtocolErrorCode } from '../../lib/protocol/errors.js';
 
@@ -298,6 +302,80 @@ describe('FrameDecoder', () => {
             assert.ok(decoder.bufferedBytes <= LENGTH_PREFIX_BYTES + sent.length);
           },
         ),
+        { numRuns: NUM_RUNS },
+      );
+    });
+  });
+});
+
+describe('pack and unpack', () => {
+  it('lays out a pack as the marker, then each payload after its 4-byte length', () => {
+    const packed = pack([Buffer.from('ab'), Buffer.from('{c}')]);
+    assert.deepEqual(
+      packed,
+      Buffer.from([PACK_MARKER, 0, 0, 0, 2, 0x61, 0x62, 0, 0, 0, 3, 0x7b, 0x63, 0x7d]),
+    );
+    assert.equal(isPack(packed), true);
+    assert.deepEqual(hex(unpack(packed)), hex([Buffer.from('ab'), Buffer.from('{c}')]));
+  });
+
+  it('tells a pack from a JSON frame by its first byte', () => {
+    assert.equal(isPack(Buffer.from('{"type":"ping","n":1}')), false);
+    assert.equal(isPack(Buffer.alloc(0)), false);
+    assert.equal(isPack(Buffer.from([PACK_MARKER])), true);
+  });
+
+  it('gives views of the pack, appended after what the array held', () => {
+    const packed = pack([Buffer.from('xyz')]);
+    const frames = unpack(packed, [Buffer.from('before')]);
+    assert.equal(frames.length, 2);
+    assert.equal(frames[1]!.buffer, packed.buffer, 'a view, not a copy');
+  });
+
+  it('refuses with ERR_BAD_PACK a pack with no frame, an empty frame, a cut length or a length past its end', () => {
+    const cases = [
+      Buffer.from([PACK_MARKER]),
+      Buffer.from([PACK_MARKER, 0, 0, 0, 0]),
+      Buffer.from([PACK_MARKER, 0, 0, 0, 1, 0x61, 0, 0]),
+      Buffer.from([PACK_MARKER, 0, 0, 0, 3, 0x61, 0x62]),
+      Buffer.from([PACK_MARKER, 0xff, 0xff, 0xff, 0xff, 0x61]),
+    ];
+    for (const bad of cases) {
+      const frames: Buffer[] = [Buffer.from('kept')];
+      assert.throws(() => unpack(bad, frames), protocolError('ERR_BAD_PACK'), bad.toString('hex'));
+      assert.equal(frames.length, 1, 'nothing of a bad pack is appended');
+    }
+  });
+
+  it('refuses to lay out no payload or an empty one (a bug of the caller)', () => {
+    assert.throws(() => pack([]), RangeError);
+    assert.throws(() => pack([Buffer.from('a'), Buffer.alloc(0)]), RangeError);
+  });
+
+  describe('properties', () => {
+    it('unpack gives back exactly the payloads packed, in order', () => {
+      fc.assert(
+        fc.property(fc.array(payloadArb, { minLength: 1, maxLength: 20 }), (payloads) => {
+          assert.deepEqual(hex(unpack(pack(payloads))), hex(payloads));
+        }),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('gives only frames that tile the pack, or ERR_BAD_PACK, for any bytes after the marker', () => {
+      fc.assert(
+        fc.property(hostileStreamArb, (body) => {
+          const packed = Buffer.concat([Buffer.from([PACK_MARKER]), body]);
+          let frames: Buffer[];
+          try {
+            frames = unpack(packed);
+          } catch (err) {
+            return protocolError('ERR_BAD_PACK')(err);
+          }
+          assert.ok(frames.length > 0);
+          assert.deepEqual(pack(frames), packed, 'the frames and their lengths are the whole pack');
+          return true;
+        }),
         { numRuns: NUM_RUNS },
       );
     });

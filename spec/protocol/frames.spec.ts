@@ -102,10 +102,15 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
     textArb(MAX_NICK_LENGTH),
     fc.integer({ min: 1, max: 65535 }),
     fc.option(textArb(300), { nil: undefined }),
+    fc.option(fc.integer({ min: 1, max: 0xffff_ffff }), { nil: undefined }),
   )
-  .map(([id, nick, port, addr]) => {
+  .map(([id, nick, port, addr, pack]) => {
     const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id, nick, port };
-    return addr === undefined ? hello : { ...hello, addr };
+    return {
+      ...hello,
+      ...(addr === undefined ? {} : { addr }),
+      ...(pack === undefined ? {} : { pack }),
+    };
   });
 
 /** A public key as a chat frame carries it: 32 bytes in lowercase hex. */
@@ -336,13 +341,14 @@ describe('validateFrame', () => {
   });
 
   describe('accepts', () => {
-    it('a hello with and without addr', () => {
+    it('a hello with and without addr and pack', () => {
       const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id: 'node-1', nick: 'ann', port: 8002 };
       assert.deepEqual(validateFrame(hello), hello);
       assert.deepEqual(validateFrame({ ...hello, addr: 'example.com:9000' }), {
         ...hello,
         addr: 'example.com:9000',
       });
+      assert.deepEqual(validateFrame({ ...hello, pack: 65536 }), { ...hello, pack: 65536 });
     });
 
     it('text of exactly MAX_TEXT_LENGTH and a nick of exactly MAX_NICK_LENGTH code units', () => {
@@ -534,6 +540,8 @@ describe('validateFrame', () => {
         { ...hello, port: '8002' },
         { ...hello, addr: 8002 },
         { ...hello, addr: null },
+        { ...hello, pack: '65536' },
+        { ...hello, pack: null },
         { type: 'peers', peers: {} },
         { type: 'peers', peers: 'a:1' },
         { type: 'peers', peers: [null] },
@@ -555,6 +563,9 @@ describe('validateFrame', () => {
         { ...hello, port: 0 },
         { ...hello, port: 65536 },
         { ...hello, v: 1.5 },
+        { ...hello, pack: 0 },
+        { ...hello, pack: 2 ** 32 },
+        { ...hello, pack: 1.5 },
       ];
       for (const value of cases) {
         assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { describe, it } from 'node:test';
-import { FrameDecoder, LENGTH_PREFIX_BYTES } from '../../lib/protocol/codec.js';
+import fc from 'fast-check';
+import { FrameDecoder, isPack, LENGTH_PREFIX_BYTES, unpack } from '../../lib/protocol/codec.js';
 import { ProtocolError } from '../../lib/protocol/errors.js';
 import { fromSocket } from '../../lib/transport/from-socket.js';
 import { PeerWriter, type Sealer } from '../../lib/transport/writer.js';
@@ -15,6 +16,17 @@ function numbered(i: number, size: number): Buffer {
 }
 
 const indexOf = (payload: Buffer): number => payload.readUInt32BE(0);
+
+/** A frame for the packing specs: `{` (as a JSON frame starts; a pack starts with 0), then its index. */
+function braced(i: number, size: number): Buffer {
+  const payload = Buffer.alloc(Math.max(size, 5), 0x20);
+  payload[0] = 0x7b;
+  payload.writeUInt32BE(i, 1);
+  return payload;
+}
+
+/** The index of a {@link braced} frame. */
+const bracedIndex = (payload: Buffer): number => payload.readUInt32BE(1);
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 
 /** Counts the `write()` calls made on `socket`, passing each one on. */
@@ -45,6 +57,46 @@ async function fillUntilBlocked(writer: PeerWriter, socket: Socket, size: number
   return i;
 }
 
+/**
+ * A stand-in cipher that works in place, as the real one does: each byte XORed with 0x55, then a
+ * 16-byte tag holding the number of its call. `open` undoes it and checks the tag.
+ */
+function xorSealer(packBytes?: number): Sealer & { calls: number; open(sealed: Buffer): Buffer } {
+  const sealer = {
+    overhead: 16,
+    calls: 0,
+    ...(packBytes !== undefined ? { packBytes } : {}),
+    sealInto(out: Uint8Array, plaintext: Uint8Array): void {
+      assert.equal(out.length, plaintext.length + 16, 'exactly the room the sealed message takes');
+      for (let i = 0; i < plaintext.length; i++) out[i] = plaintext[i]! ^ 0x55;
+      out.fill(sealer.calls++ % 256, plaintext.length);
+    },
+    open(sealed: Buffer): Buffer {
+      const body = sealed.subarray(0, sealed.length - 16);
+      return Buffer.from(body.map((b) => b ^ 0x55));
+    },
+  };
+  return sealer;
+}
+
+/**
+ * A socket that only collects what is written to it (never full, never closed): for properties that
+ * run a writer many times within one test.
+ */
+function collectingSocket(): { socket: Socket; written: Buffer[] } {
+  const written: Buffer[] = [];
+  const fake = {
+    writableLength: 0,
+    destroyed: false,
+    write: (chunk: Buffer): boolean => written.push(Buffer.from(chunk)) > 0,
+    on: () => fake,
+    off: () => fake,
+    end: () => fake,
+  };
+  // Only the members PeerWriter touches while it writes (no drain, end or destroy here).
+  return { socket: fake as unknown as Socket, written };
+}
+
 const MIB = 1024 * 1024;
 /** A reader that takes the 1 MiB payloads these specs fill sockets with. */
 const bigFrames = (): FrameDecoder => new FrameDecoder(2 * MIB);
@@ -68,7 +120,7 @@ describe('PeerWriter', () => {
     assert.equal(writes.calls, 2, 'a later tick is a later write');
   });
 
-  it('seals frames as it writes them, in the order given, with raw frames between them', async (t) => {
+  it('seals frames as it writes them, in the order given, with raw frames between them (alone: an overhead under 5 bytes never packs)', async (t) => {
     const { client, server } = await socketPair(t);
     const got = record(fromSocket(server));
     // A stand-in cipher whose output shows the order of its calls: a counter byte, the plaintext
@@ -76,6 +128,7 @@ describe('PeerWriter', () => {
     let calls = 0;
     const sealer: Sealer = {
       overhead: 3,
+      packBytes: 64 * 1024,
       sealInto: (out, plaintext) => {
         assert.equal(out.length, plaintext.length + 3, 'exactly the room the sealed frame takes');
         out[0] = calls++;
@@ -100,6 +153,74 @@ describe('PeerWriter', () => {
         [1, ...Buffer.from('yz'), 0xee, 0xff],
         [...Buffer.from('raw2')],
       ],
+    );
+  });
+
+  it('seals frames queued together as packs of at most packBytes, one sealing each, in order', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server));
+    const sealer = xorSealer(1 + 3 * (LENGTH_PREFIX_BYTES + 10)); // three frames of 10 bytes
+    const writer = new PeerWriter(client, (err) => assert.fail(err));
+    writer.next(Buffer.from('raw'));
+    for (const i of range(4)) writer.next({ plaintext: braced(i, 10), sealer });
+    writer.next({ plaintext: braced(4, 50), sealer }); // larger than a pack: sealed alone
+    for (const i of range(3)) writer.next({ plaintext: braced(5 + i, 10), sealer });
+    writer.next(Buffer.from('raw2'));
+    writer.next({ plaintext: braced(8, 10), sealer });
+    const counted = writer.outboxBytes;
+    await waitFor(() => got.values.length === 7, 'seven frames on the wire');
+    assert.equal(sealer.calls, 5);
+
+    const [first, ...rest] = got.values;
+    assert.equal(first?.toString(), 'raw');
+    assert.equal(rest[4]?.toString(), 'raw2');
+    const opened = [0, 1, 2, 3, 5].map((i) => sealer.open(rest[i]!));
+    assert.deepEqual(
+      opened.map((p) => (isPack(p) ? unpack(p).map(bracedIndex) : bracedIndex(p))),
+      // The fourth frame does not fit with the first three, nor with the large one after it.
+      [[0, 1, 2], 3, 4, [5, 6, 7], 8],
+    );
+    // Counted as if each were sealed alone (an upper bound); a pack of three takes 63 bytes, not 90.
+    assert.equal(counted, 7 + 4 * 30 + 70 + 3 * 30 + 8 + 30);
+    const onWire = got.values.reduce((sum, frame) => sum + LENGTH_PREFIX_BYTES + frame.length, 0);
+    assert.equal(onWire, 7 + 63 + 30 + 70 + 63 + 8 + 30);
+  });
+
+  it('packs any frames, any packBytes: the same frames come out, in order, in no more bytes than counted', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(fc.integer({ min: 1, max: 300 }), fc.constant(0)), { maxLength: 40 }),
+        fc.integer({ min: 0, max: 2000 }),
+        (sizes, packBytes) => {
+          // Size 0 stands for a raw frame of 5 bytes between sealed ones.
+          const { socket, written } = collectingSocket();
+          const sealer = xorSealer(packBytes);
+          const writer = new PeerWriter(socket, (err) => assert.fail(err));
+          sizes.forEach((size, i) =>
+            writer.next(size === 0 ? numbered(i, 5) : { plaintext: braced(i, size), sealer }),
+          );
+          const counted = writer.outboxBytes;
+          writer.complete(); // flushes now
+          const wire = Buffer.concat(written);
+          assert.ok(wire.length <= counted, `${wire.length} bytes written, ${counted} counted`);
+          const out: number[] = [];
+          for (const frame of new FrameDecoder().push(wire)) {
+            if (frame.length === 5) out.push(indexOf(frame));
+            else {
+              const plaintext = sealer.open(frame);
+              if (!isPack(plaintext)) out.push(bracedIndex(plaintext));
+              else {
+                assert.ok(plaintext.length <= packBytes, `a pack of ${plaintext.length} bytes`);
+                const frames = unpack(plaintext);
+                assert.ok(frames.length >= 2, 'a pack holds two frames at least');
+                out.push(...frames.map(bracedIndex));
+              }
+            }
+          }
+          assert.deepEqual(out, range(sizes.length));
+        },
+      ),
+      { numRuns: 300 },
     );
   });
 
