@@ -33,7 +33,7 @@ import { dedup } from '../lib/operators/dedup.js';
 import { relay } from '../lib/operators/relay.js';
 import { verifySignatures } from '../lib/operators/verify.js';
 import type { Inbound } from '../lib/operators/types.js';
-import { encodeFrame, FrameDecoder } from '../lib/protocol/codec.js';
+import { encodeFrame, FrameDecoder, pack, unpack } from '../lib/protocol/codec.js';
 import { parseFrame, serializeFrame, type ChatFrame } from '../lib/protocol/frames.js';
 import { fromSocket } from '../lib/transport/from-socket.js';
 import { generateIdentity, type Identity } from '../lib/security/identity.js';
@@ -452,6 +452,11 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
   const pair = sessionPair();
   await add('encrypt + decrypt (ChaCha20-Poly1305)', 'one frame over one link, both ends', S, () => {
     for (const p of signedPayloads) sink += pair.rx.decrypt(pair.tx.encrypt(p)).length;
+  });
+  await add('encrypt + decrypt, packs of 64', 'frames sealed 64 to a message (a burst), both ends', S, () => {
+    for (let i = 0; i < signedPayloads.length; i += 64) {
+      sink += unpack(pair.rx.decrypt(pair.tx.encrypt(pack(signedPayloads.slice(i, i + 64))))).length;
+    }
   });
   // Fresh sessions and their encrypted stream for every repetition (nonces only go forward).
   const securePath = async (stage: string, what: string, payloads: readonly Buffer[]): Promise<void> => {
