@@ -2,7 +2,7 @@ import type { Socket } from 'node:net';
 import { defer, Observable, Subject, tap, type Subscriber, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder, isPack, unpack } from '../protocol/codec.js';
-import type { ProtocolError } from '../protocol/errors.js';
+import { ProtocolError } from '../protocol/errors.js';
 import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
 import { decode, type Decoded } from '../operators/decode.js';
 import type { PeerRef } from '../operators/types.js';
@@ -55,8 +55,8 @@ let nextConnectionNumber = 1;
 export const SENT_MEMORY = 16_384;
 
 /**
- * Largest pack this node seals (plaintext bytes), when the peer reads packs that large: about 90
- * chat messages, one cipher call instead of 90, and no more than a socket read.
+ * Largest pack (plaintext bytes) this node seals and reads: about 90 chat messages, one cipher call
+ * instead of 90, and what a peer can make it take in at once no more than a socket read.
  */
 export const PACK_BYTES = 64 * 1024;
 
@@ -84,6 +84,8 @@ export class Connection {
   readonly remoteHost: string;
   /** Host of our end of the socket: the address the remote side reaches us at. */
   readonly localHost: string;
+  /** Largest pack read from the peer (its frame limit, at most {@link PACK_BYTES}): say so in the hello. */
+  readonly packLimit: number;
   /** The peer's hello, once received ({@link greet}). */
   get hello(): HelloFrame | undefined {
     return this.greeting;
@@ -147,6 +149,7 @@ export class Connection {
     this.remoteHost = normalizeHost(socket.remoteAddress ?? 'unknown');
     this.localHost = normalizeHost(socket.localAddress ?? 'unknown');
     this.fullFrameBytes = maxFrameBytes + TAG_BYTES;
+    this.packLimit = Math.min(maxFrameBytes, PACK_BYTES);
     this.frameRate = new TokenBucket(options.frameRate);
     this.handshake = createHandshake({
       initiator: outbound,
@@ -205,10 +208,11 @@ export class Connection {
    * (its `pack`, up to {@link PACK_BYTES}).
    */
   greet(hello: HelloFrame): void {
+    const sealer = this.sealer;
+    // A hello is an encrypted frame: the session, and with it the sealer, exist.
+    if (sealer === undefined) throw new Error('Connection.greet: a hello before the handshake ended');
     this.greeting = hello;
-    if (hello.pack !== undefined && this.sealer !== undefined) {
-      this.sealer.packBytes = Math.min(hello.pack, PACK_BYTES, this.sealer.maxBytes);
-    }
+    if (hello.pack !== undefined) sealer.packBytes = Math.min(hello.pack, PACK_BYTES, sealer.maxBytes);
   }
 
   /** Records the peers this peer says it is connected to (its latest peer list). */
@@ -299,8 +303,21 @@ export class Connection {
       this.lastSeen = Date.now();
       // In place: the frame's bytes are this connection's own (a slice of what the socket read).
       const plaintext = this.session.decryptInPlace(raw);
-      if (!isPack(plaintext)) this.take(plaintext, out);
-      else for (const payload of unpack(plaintext)) if (!out.closed) this.take(payload, out);
+      if (!isPack(plaintext)) {
+        this.take(plaintext, out);
+        return;
+      }
+      if (plaintext.length > this.packLimit) {
+        throw new ProtocolError(
+          'ERR_BAD_PACK',
+          `pack of ${plaintext.length} bytes, this node said it reads ${this.packLimit}`,
+        );
+      }
+      for (const payload of unpack(plaintext)) {
+        // Dropped on one of them (a fault of the peer, or its outbox full): the rest is moot.
+        if (out.closed || this.socket.destroyed) break;
+        this.take(payload, out);
+      }
       return;
     }
     const { reply, session } = this.handshake.receive(raw);

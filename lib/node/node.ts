@@ -681,7 +681,7 @@ class ChatNode implements P2PNode {
       nick: this.nick,
       port: this.advertise?.port ?? this.listenPort,
       ...(this.advertise !== undefined ? { addr: formatAddress(this.advertise) } : {}),
-      pack: this.maxFrameBytes,
+      pack: conn.packLimit,
     };
     conn.send(hello);
     this.log.debug(`${outbound ? 'connected to' : 'accepted'} ${conn.remoteSocketAddress}`);

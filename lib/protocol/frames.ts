@@ -27,7 +27,7 @@ export interface HelloFrame {
   readonly addr?: string;
   /**
    * The sender reads packs (several frames sealed as one message; `pack` in codec.ts) of up to this
-   * many plaintext bytes. Without it, every frame is sealed alone for this sender.
+   * many plaintext bytes. Without it (or 0), every frame is sealed alone for this sender.
    */
   readonly pack?: number;
 }
@@ -258,7 +258,7 @@ export function validateFrame(raw: unknown): Frame {
         port: int(o, 'port', 1, 65535),
       };
       if (o['addr'] !== undefined) hello.addr = str(o, 'addr', 300);
-      if (o['pack'] !== undefined) hello.pack = int(o, 'pack', 1, 0xffff_ffff);
+      if (o['pack'] !== undefined) hello.pack = int(o, 'pack', 0, 0xffff_ffff);
       return hello;
     }
     case 'chat': {

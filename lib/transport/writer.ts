@@ -32,7 +32,8 @@ export interface Sealer {
   /**
    * Largest plaintext of a pack (see `pack` in lib/protocol/codec.ts): when set, frames queued
    * together for this sealer go as packs of up to this many bytes, each sealed as one message. Unset
-   * or under two frames' worth, or an `overhead` under 5 bytes: each frame is sealed alone. Read at every flush, so it may be set
+   * or under two frames' worth (or not a finite number), or an `overhead` under 5 bytes: each
+   * frame is sealed alone. Read at every flush, so it may be set
    * once the peer has said it reads packs.
    */
   readonly packBytes?: number;
@@ -227,6 +228,7 @@ function packEnd(frames: readonly OutboundFrame[], start: number, sealer: Sealer
   // is allocated for those).
   if (sealer.overhead < PACK_HEADER_BYTES + LENGTH_PREFIX_BYTES) return start + 1;
   const limit = sealer.packBytes ?? 0;
+  if (!Number.isFinite(limit) || limit <= 0) return start + 1;
   let size = PACK_HEADER_BYTES;
   let end = start;
   while (end < frames.length) {

@@ -260,8 +260,8 @@ export interface SecureLink {
   sendPack(payloads: readonly Buffer[]): void;
   /** The first error after the handshake: a frame from the node that did not decrypt. */
   readonly error: unknown;
-  /** Encrypted messages received after the handshake, and how many of them were packs. */
-  readonly received: { messages: number; packs: number };
+  /** Encrypted messages received after the handshake, how many were packs, and the largest pack. */
+  readonly received: { messages: number; packs: number; largestPack: number };
 }
 
 /**
@@ -287,7 +287,7 @@ export function secureHandshake(
   return new Promise<SecureLink>((resolve, reject) => {
     let session: SecureSession | undefined;
     let error: unknown;
-    const received = { messages: 0, packs: 0 };
+    const received = { messages: 0, packs: 0, largestPack: 0 };
     const write = (bytes: Buffer): void => {
       if (!socket.destroyed) socket.write(bytes);
     };
@@ -323,7 +323,10 @@ export function secureHandshake(
           if (session !== undefined) {
             const plaintext = session.decrypt(raw);
             received.messages++;
-            if (isPack(plaintext)) received.packs++;
+            if (isPack(plaintext)) {
+              received.packs++;
+              received.largestPack = Math.max(received.largestPack, plaintext.length);
+            }
             for (const payload of isPack(plaintext) ? unpack(plaintext) : [plaintext])
               onPayload(payload, link);
             continue;
@@ -371,8 +374,8 @@ export interface RawPeer {
   sendPayload(payload: Buffer): void;
   /** Encrypts and sends payloads as one pack. */
   sendPack(payloads: readonly Buffer[]): void;
-  /** Encrypted messages received after the handshake, and how many were packs. */
-  readonly received: { readonly messages: number; readonly packs: number };
+  /** Encrypted messages received after the handshake, how many were packs, and the largest pack. */
+  readonly received: { readonly messages: number; readonly packs: number; readonly largestPack: number };
   /** Writes bytes on the socket as they are, unencrypted and unframed. */
   writePlain(bytes: Buffer | string): void;
   readonly closed: Promise<void>;

@@ -115,7 +115,7 @@ describe('abuse limits', () => {
       const raw = await rawPeer(t, h.port, { answerPings: true });
       await waitFor(() => h.peers().length === 2, 'h to have b and the raw peer');
 
-      // The limit applies between socket reads (a read of up to 64 KiB is handled whole): 2,000 frames
+      // The limit applies between socket reads and packs (up to 64 KiB each, handled whole): 2,000 frames
       // of ~450 bytes span many reads.
       // Packed: 20 packs of 100 frames, each a message of ~45 KB.
       const sent = Date.now();

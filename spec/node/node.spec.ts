@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it } from 'node:test';
 import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
-import { PACK_MARKER } from '../../lib/protocol/codec.js';
+import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
 import { MAX_TEXT_LENGTH, serializeFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
@@ -438,58 +438,93 @@ describe('createNode', () => {
     assert.deepEqual(peerIds(node), [friend.id]);
   });
 
-  it('seals the frames it writes together as one pack to a peer that reads packs, one by one to a peer that does not', async (t) => {
+  it('seals the frames it writes together as packs to a peer that reads packs, within its limit and 64 KiB; one by one to a peer that does not', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
-    const packing = await rawPeer(t, node.port, { answerPings: true, pack: 64 * 1024 });
+    const packing = await rawPeer(t, node.port, { answerPings: true, pack: 1 << 20 });
+    const small = await rawPeer(t, node.port, { answerPings: true, pack: 2000 });
     const plain = await rawPeer(t, node.port, { answerPings: true });
-    await waitFor(() => node.peers().length === 2, 'both raw peers to be up');
+    await waitFor(() => node.peers().length === 3, 'the raw peers to be up');
 
     const texts = range(300).map((i) => `line ${i}`);
     node.sendAll(texts);
     const chats = (raw: typeof plain): string[] =>
       raw.frames.flatMap((f) => (f.type === 'chat' ? [f.text] : []));
-    await waitFor(() => chats(packing).length === 300 && chats(plain).length === 300, 'all 300 at both');
+    await waitFor(() => [packing, small, plain].every((raw) => chats(raw).length === 300), 'all 300 at each');
 
-    assert.deepEqual(chats(packing), texts, 'every frame of the packs, in order');
-    assert.deepEqual(chats(plain), texts);
-    // 300 messages of ~700 bytes: at most 64 KiB a pack, so 4 packs at least, and far fewer than 300.
+    for (const raw of [packing, small, plain]) assert.deepEqual(chats(raw), texts, 'every frame, in order');
+    // 300 messages of ~700 bytes: packs of at most 64 KiB (the node's own bound, under the peer's
+    // 1 MiB), so 4 at least, and far fewer sealed messages than frames.
     assert.ok(packing.received.packs >= 4, `${packing.received.packs} packs`);
     assert.ok(packing.received.messages < 100, `${packing.received.messages} sealed messages`);
+    assert.ok(packing.received.largestPack <= 64 * 1024, `a pack of ${packing.received.largestPack}`);
+    // The peer that reads packs of 2,000 bytes gets packs of two frames at most.
+    assert.ok(small.received.packs > 0);
+    assert.ok(small.received.largestPack <= 2000, `a pack of ${small.received.largestPack}`);
     assert.equal(plain.received.packs, 0);
     assert.equal(plain.received.messages, plain.frames.length, 'one frame per sealed message');
   });
 
-  it('takes every frame of a pack in order, and drops a peer whose pack is malformed', async (t) => {
+  it('takes every frame of a pack in order, a copy in it once', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const inbox = record(node.messages$);
+    const raw = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 1, 'the raw peer to be up');
+
+    const frames = range(3).map((i) =>
+      serializeFrame(signedChat(raw.identity, { text: `packed ${i}`, seq: i + 1 })),
+    );
+    raw.sendPack([...frames, frames[1]!]);
+    raw.sendPack([frames[2]!, serializeFrame(signedChat(raw.identity, { text: 'barrier', seq: 4 }))]);
+    await waitFor(() => inbox.values.some((m) => m.text === 'barrier'), 'the second pack');
+    assert.deepEqual(
+      inbox.values.map((m) => m.text),
+      ['packed 0', 'packed 1', 'packed 2', 'barrier'],
+    );
+  });
+
+  it('drops a peer whose pack is malformed or over the limit, and takes nothing of that pack', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
     const friend = await start({ peers: [loopback(node.port)] });
     await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
     const inbox = record(node.messages$);
     const events = record(node.events$);
-    const raw = await rawPeer(t, node.port, { answerPings: true });
-    await waitFor(() => ups(events).length === 1, 'the raw peer to be up');
-
-    raw.sendPack(
-      range(3).map((i) => serializeFrame(signedChat(raw.identity, { text: `packed ${i}`, seq: i + 1 }))),
-    );
-    await waitFor(() => inbox.values.length === 3, 'the three packed messages');
-    assert.deepEqual(
-      inbox.values.map((m) => m.text),
-      ['packed 0', 'packed 1', 'packed 2'],
-    );
-
-    // A pack whose second frame claims more bytes than the pack has left.
-    const frame = serializeFrame(signedChat(raw.identity, { text: 'fine', seq: 4 }));
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(frame.length, 0);
-    const cut = Buffer.alloc(4);
-    cut.writeUInt32BE(1000, 0);
-    raw.sendPayload(Buffer.concat([Buffer.from([PACK_MARKER]), length, frame, cut, Buffer.from('{}')]));
-    await raw.closed;
-    await waitFor(() => downs(events).length === 1, 'the raw peer to be dropped');
-    assert.match(downs(events)[0]?.reason ?? '', /ERR_BAD_PACK/);
-    assert.ok(!inbox.values.some((m) => m.text === 'fine'), 'nothing of a malformed pack is taken');
+    const lengthOf = (n: number): Buffer => {
+      const out = Buffer.alloc(4);
+      out.writeUInt32BE(n, 0);
+      return out;
+    };
+    const cases: Array<[string, (fine: Buffer) => Buffer, RegExp]> = [
+      // The second frame claims more bytes than the pack has left.
+      [
+        'a length past the end',
+        (fine) =>
+          Buffer.concat([
+            Buffer.from([PACK_MARKER]),
+            lengthOf(fine.length),
+            fine,
+            lengthOf(1000),
+            Buffer.from('{}'),
+          ]),
+        /ERR_BAD_PACK/,
+      ],
+      // Over the 64 KiB this node says it reads (a valid pack otherwise).
+      ['a pack over 64 KiB', (fine) => pack([fine, Buffer.alloc(64 * 1024, 0x20)]), /ERR_BAD_PACK/],
+      // A pack inside a pack: its frames are JSON, and a pack is not.
+      ['a pack in a pack', (fine) => pack([fine, pack([fine])]), /ERR_BAD_JSON/],
+    ];
+    for (const [i, [what, build, reason]] of cases.entries()) {
+      const raw = await rawPeer(t, node.port, { answerPings: true });
+      await waitFor(() => ups(events).length === i + 1, `raw peer ${i} to be up`);
+      const fine = serializeFrame(signedChat(raw.identity, { text: `fine ${i}`, seq: 1 }));
+      raw.sendPayload(build(fine));
+      await raw.closed;
+      await waitFor(() => downs(events).length === i + 1, `the peer sending ${what} to be dropped`);
+      assert.match(downs(events)[i]?.reason ?? '', reason, what);
+      if (i < 2) assert.ok(!inbox.values.some((m) => m.text === `fine ${i}`), `nothing of ${what} is taken`);
+    }
 
     const inboxes = [inbox, record(friend.messages$)];
     await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');

@@ -102,7 +102,7 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
     textArb(MAX_NICK_LENGTH),
     fc.integer({ min: 1, max: 65535 }),
     fc.option(textArb(300), { nil: undefined }),
-    fc.option(fc.integer({ min: 1, max: 0xffff_ffff }), { nil: undefined }),
+    fc.option(fc.integer({ min: 0, max: 0xffff_ffff }), { nil: undefined }),
   )
   .map(([id, nick, port, addr, pack]) => {
     const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id, nick, port };
@@ -349,6 +349,7 @@ describe('validateFrame', () => {
         addr: 'example.com:9000',
       });
       assert.deepEqual(validateFrame({ ...hello, pack: 65536 }), { ...hello, pack: 65536 });
+      assert.deepEqual(validateFrame({ ...hello, pack: 0 }), { ...hello, pack: 0 }, '0: no packs');
     });
 
     it('text of exactly MAX_TEXT_LENGTH and a nick of exactly MAX_NICK_LENGTH code units', () => {
@@ -563,7 +564,7 @@ describe('validateFrame', () => {
         { ...hello, port: 0 },
         { ...hello, port: 65536 },
         { ...hello, v: 1.5 },
-        { ...hello, pack: 0 },
+        { ...hello, pack: -1 },
         { ...hello, pack: 2 ** 32 },
         { ...hello, pack: 1.5 },
       ];

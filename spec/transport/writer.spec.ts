@@ -58,22 +58,29 @@ async function fillUntilBlocked(writer: PeerWriter, socket: Socket, size: number
 }
 
 /**
- * A stand-in cipher that works in place, as the real one does: each byte XORed with 0x55, then a
- * 16-byte tag holding the number of its call. `open` undoes it and checks the tag.
+ * A stand-in cipher that works in place, as the real one does: each byte XORed with `key`, then
+ * `overhead` bytes of tag, each `key`. `open` checks the tag and undoes it.
  */
-function xorSealer(packBytes?: number): Sealer & { calls: number; open(sealed: Buffer): Buffer } {
+function xorSealer(
+  packBytes?: number,
+  key = 0x55,
+  overhead = 16,
+): Sealer & { calls: number; owns(sealed: Buffer): boolean; open(sealed: Buffer): Buffer } {
   const sealer = {
-    overhead: 16,
+    overhead,
     calls: 0,
     ...(packBytes !== undefined ? { packBytes } : {}),
     sealInto(out: Uint8Array, plaintext: Uint8Array): void {
-      assert.equal(out.length, plaintext.length + 16, 'exactly the room the sealed message takes');
-      for (let i = 0; i < plaintext.length; i++) out[i] = plaintext[i]! ^ 0x55;
-      out.fill(sealer.calls++ % 256, plaintext.length);
+      assert.equal(out.length, plaintext.length + overhead, 'exactly the room the sealed message takes');
+      sealer.calls++;
+      for (let i = 0; i < plaintext.length; i++) out[i] = plaintext[i]! ^ key;
+      out.fill(key, plaintext.length);
     },
+    owns: (sealed: Buffer): boolean =>
+      sealed.length >= overhead && sealed.subarray(sealed.length - overhead).every((b) => b === key),
     open(sealed: Buffer): Buffer {
-      const body = sealed.subarray(0, sealed.length - 16);
-      return Buffer.from(body.map((b) => b ^ 0x55));
+      assert.ok(sealer.owns(sealed), 'sealed by this sealer');
+      return Buffer.from(sealed.subarray(0, sealed.length - overhead).map((b) => b ^ key));
     },
   };
   return sealer;
@@ -186,38 +193,67 @@ describe('PeerWriter', () => {
     assert.equal(onWire, 7 + 63 + 30 + 70 + 63 + 8 + 30);
   });
 
-  it('packs any frames, any packBytes: the same frames come out, in order, in no more bytes than counted', () => {
+  it('seals each frame alone for a packBytes that is not a positive finite number', () => {
+    for (const packBytes of [Number.NaN, Number.POSITIVE_INFINITY, -1, 0]) {
+      const { socket, written } = collectingSocket();
+      const sealer = xorSealer(packBytes);
+      const writer = new PeerWriter(socket, (err) => assert.fail(err));
+      for (const i of range(3)) writer.next({ plaintext: braced(i, 10), sealer });
+      writer.complete();
+      const sealed = new FrameDecoder().push(Buffer.concat(written));
+      assert.deepEqual(
+        sealed.map((frame) => bracedIndex(sealer.open(frame))),
+        [0, 1, 2],
+        String(packBytes),
+      );
+    }
+  });
+
+  it('packs any frames for any packBytes and sealers: the same frames come out, in order, in no more bytes than counted', () => {
     fc.assert(
       fc.property(
-        fc.array(fc.oneof(fc.integer({ min: 1, max: 300 }), fc.constant(0)), { maxLength: 40 }),
+        // Per frame: 0 for a raw frame of 5 bytes, else its size and which of two sealers seals it.
+        fc.array(fc.oneof(fc.constant(0), fc.tuple(fc.integer({ min: 1, max: 300 }), fc.boolean())), {
+          maxLength: 40,
+        }),
         fc.integer({ min: 0, max: 2000 }),
-        (sizes, packBytes) => {
-          // Size 0 stands for a raw frame of 5 bytes between sealed ones.
+        fc.constantFrom(5, 16),
+        (frames, packBytes, overhead) => {
           const { socket, written } = collectingSocket();
-          const sealer = xorSealer(packBytes);
+          // Two links' sealers in one writer (a test of the writer only: a real one has one).
+          const sealers = [xorSealer(packBytes, 0x55, overhead), xorSealer(packBytes, 0x66, overhead)];
           const writer = new PeerWriter(socket, (err) => assert.fail(err));
-          sizes.forEach((size, i) =>
-            writer.next(size === 0 ? numbered(i, 5) : { plaintext: braced(i, size), sealer }),
+          frames.forEach((frame, i) =>
+            writer.next(
+              frame === 0
+                ? numbered(i, 5)
+                : { plaintext: braced(i, frame[0]), sealer: sealers[frame[1] ? 1 : 0]! },
+            ),
           );
           const counted = writer.outboxBytes;
           writer.complete(); // flushes now
           const wire = Buffer.concat(written);
           assert.ok(wire.length <= counted, `${wire.length} bytes written, ${counted} counted`);
           const out: number[] = [];
-          for (const frame of new FrameDecoder().push(wire)) {
-            if (frame.length === 5) out.push(indexOf(frame));
+          for (const sealed of new FrameDecoder().push(wire)) {
+            if (sealed.length === 5) {
+              out.push(indexOf(sealed));
+              continue;
+            }
+            const sealer = sealers.find((s) => s.owns(sealed))!;
+            const plaintext = sealer.open(sealed);
+            if (!isPack(plaintext)) out.push(bracedIndex(plaintext));
             else {
-              const plaintext = sealer.open(frame);
-              if (!isPack(plaintext)) out.push(bracedIndex(plaintext));
-              else {
-                assert.ok(plaintext.length <= packBytes, `a pack of ${plaintext.length} bytes`);
-                const frames = unpack(plaintext);
-                assert.ok(frames.length >= 2, 'a pack holds two frames at least');
-                out.push(...frames.map(bracedIndex));
-              }
+              assert.ok(plaintext.length <= packBytes, `a pack of ${plaintext.length} bytes`);
+              const inside = unpack(plaintext);
+              assert.ok(inside.length >= 2, 'a pack holds two frames at least');
+              out.push(...inside.map(bracedIndex));
             }
           }
-          assert.deepEqual(out, range(sizes.length));
+          assert.deepEqual(out, range(frames.length));
+          // Each frame sealed alone but for packs: one sealing per sealed message.
+          const sealedMessages = new FrameDecoder().push(wire).filter((f) => f.length !== 5).length;
+          assert.equal(sealers[0]!.calls + sealers[1]!.calls, sealedMessages);
         },
       ),
       { numRuns: 300 },
