@@ -9,6 +9,25 @@ export const LENGTH_PREFIX_BYTES = 4;
  */
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
 
+/**
+ * Writes `value` (an integer in 0..2^32-1) as 4 big-endian bytes at `offset`: plain byte stores,
+ * for per-message code (Buffer#writeUInt32BE checks its arguments through wrappers that allocate).
+ */
+export function putUint32(out: Uint8Array, offset: number, value: number): void {
+  out[offset] = value >>> 24;
+  out[offset + 1] = (value >>> 16) & 0xff;
+  out[offset + 2] = (value >>> 8) & 0xff;
+  out[offset + 3] = value & 0xff;
+}
+
+/** Reads 4 big-endian bytes at `offset` (all present) as an unsigned integer; byte loads, as {@link putUint32}. */
+export function getUint32(bytes: Uint8Array, offset: number): number {
+  return (
+    bytes[offset]! * 0x100_0000 +
+    ((bytes[offset + 1]! << 16) | (bytes[offset + 2]! << 8) | bytes[offset + 3]!)
+  );
+}
+
 /** Prepends the length prefix to one payload. */
 export function encodeFrame(payload: Buffer): Buffer {
   const out = Buffer.allocUnsafe(LENGTH_PREFIX_BYTES + payload.length);
@@ -47,7 +66,7 @@ export function pack(payloads: readonly Uint8Array[]): Buffer {
   out[0] = PACK_MARKER;
   let offset = PACK_HEADER_BYTES;
   for (const payload of payloads) {
-    out.writeUInt32BE(payload.length, offset);
+    putUint32(out, offset, payload.length);
     out.set(payload, offset + LENGTH_PREFIX_BYTES);
     offset += LENGTH_PREFIX_BYTES + payload.length;
   }
@@ -67,9 +86,7 @@ export function unpack(plaintext: Buffer, frames: Buffer[] = []): Buffer[] {
       frames.length = found;
       throw new ProtocolError('ERR_BAD_PACK', `pack ends inside a length (at byte ${offset})`);
     }
-    const length =
-      plaintext[offset]! * 0x100_0000 +
-      ((plaintext[offset + 1]! << 16) | (plaintext[offset + 2]! << 8) | plaintext[offset + 3]!);
+    const length = getUint32(plaintext, offset);
     offset += LENGTH_PREFIX_BYTES;
     if (length === 0 || length > plaintext.length - offset) {
       frames.length = found;
@@ -173,8 +190,7 @@ export class FrameDecoder {
       first = this.flatten();
       at = 0;
     }
-    // Byte by byte, not readUInt32BE: no layer of checks per frame.
-    return first[at]! * 0x100_0000 + ((first[at + 1]! << 16) | (first[at + 2]! << 8) | first[at + 3]!);
+    return getUint32(first, at);
   }
 
   /** Joins the buffered chunks into one (rare: only when a prefix straddles chunks). */

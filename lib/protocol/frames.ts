@@ -332,14 +332,16 @@ const QUOTE = 0x22;
  * holds, so a payload that lies about its id can at worst be dropped, as a peer could drop it anyway.
  */
 export function chatIdOf(payload: Buffer): string | undefined {
-  if (
-    payload.length <= CHAT_PREFIX.length ||
-    payload.compare(CHAT_PREFIX, 0, CHAT_PREFIX.length, 0, CHAT_PREFIX.length) !== 0
-  )
-    return undefined;
+  // Byte by byte, not Buffer#compare and #indexOf: their argument checks allocate on every call
+  // (this runs for every frame received, mostly before V8 optimises it).
   const start = CHAT_PREFIX.length;
-  const end = payload.indexOf(QUOTE, start);
-  if (end < 0 || end - start > 64) return undefined;
+  if (payload.length <= start) return undefined;
+  for (let i = 0; i < start; i++) if (payload[i] !== CHAT_PREFIX[i]) return undefined;
+  // The closing quote, within 64 bytes of the id's start.
+  const limit = Math.min(payload.length, start + 65);
+  let end = start;
+  while (end < limit && payload[end] !== QUOTE) end++;
+  if (end === limit) return undefined;
   const id = payload.toString('latin1', start, end);
   return ID_PATTERN.test(id) ? id : undefined;
 }

@@ -1,6 +1,7 @@
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writevSync } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { putUint32 } from '../protocol/codec.js';
 import { parseFrame, type ChatFrame } from '../protocol/frames.js';
 import { ProtocolError } from '../protocol/errors.js';
 
@@ -480,10 +481,12 @@ export class MessageStore {
    * with writev, so the body (a message payload, held anyway) is not copied into a buffer of its own.
    */
   private record(parts: Uint8Array[], kind: number, body: Buffer): void {
-    const header = Buffer.allocUnsafe(RECORD_HEADER + 1);
-    header.writeUInt32BE(1 + body.length, 0);
+    // A plain Uint8Array and byte stores: Buffer.allocUnsafe and writeUInt32BE check their arguments
+    // through wrappers that allocate, for every message.
+    const header = new Uint8Array(RECORD_HEADER + 1);
+    putUint32(header, 0, 1 + body.length);
     header[RECORD_HEADER] = kind;
-    header.writeUInt32BE(crc32(body, KIND_CRC[kind]), 4); // the crc32 of kind + body, without joining them
+    putUint32(header, 4, crc32(body, KIND_CRC[kind])); // the crc32 of kind + body, without joining them
     parts.push(header, body);
   }
 

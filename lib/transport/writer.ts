@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Observer } from 'rxjs';
-import { LENGTH_PREFIX_BYTES, PACK_HEADER_BYTES, PACK_MARKER } from '../protocol/codec.js';
+import { LENGTH_PREFIX_BYTES, PACK_HEADER_BYTES, PACK_MARKER, putUint32 } from '../protocol/codec.js';
 import { ProtocolError } from '../protocol/errors.js';
 
 /** Options of a {@link PeerWriter}. */
@@ -141,7 +141,7 @@ export class PeerWriter implements Observer<OutboundFrame> {
     for (let i = 0; i < frames.length;) {
       const payload = frames[i]!;
       if (payload instanceof Uint8Array) {
-        putLength(batch, offset, payload.length);
+        putUint32(batch, offset, payload.length);
         batch.set(payload, offset + LENGTH_PREFIX_BYTES);
         offset += LENGTH_PREFIX_BYTES + payload.length;
         i++;
@@ -151,7 +151,7 @@ export class PeerWriter implements Observer<OutboundFrame> {
       const end = packEnd(frames, i, sealer);
       if (end - i < 2) {
         const length = payload.plaintext.length + sealer.overhead;
-        putLength(batch, offset, length);
+        putUint32(batch, offset, length);
         offset += LENGTH_PREFIX_BYTES;
         sealer.sealInto(new Uint8Array(batch.buffer, batch.byteOffset + offset, length), payload.plaintext);
         offset += length;
@@ -164,11 +164,11 @@ export class PeerWriter implements Observer<OutboundFrame> {
       batch[at++] = PACK_MARKER;
       for (; i < end; i++) {
         const { plaintext } = frames[i] as SealedFrame;
-        putLength(batch, at, plaintext.length);
+        putUint32(batch, at, plaintext.length);
         batch.set(plaintext, at + LENGTH_PREFIX_BYTES);
         at += LENGTH_PREFIX_BYTES + plaintext.length;
       }
-      putLength(batch, offset, at - start + sealer.overhead);
+      putUint32(batch, offset, at - start + sealer.overhead);
       sealer.sealInto(
         new Uint8Array(batch.buffer, batch.byteOffset + start, at - start + sealer.overhead),
         new Uint8Array(batch.buffer, batch.byteOffset + start, at - start),
@@ -209,14 +209,6 @@ export class PeerWriter implements Observer<OutboundFrame> {
     clearTimeout(this.drainTimer);
     this.socket.off('drain', this.onDrain);
   }
-}
-
-/** Writes a 4-byte big-endian length at `offset`. */
-function putLength(batch: Buffer, offset: number, length: number): void {
-  batch[offset] = length >>> 24;
-  batch[offset + 1] = (length >>> 16) & 0xff;
-  batch[offset + 2] = (length >>> 8) & 0xff;
-  batch[offset + 3] = length & 0xff;
 }
 
 /**

@@ -714,5 +714,7 @@ describe('chatIdOf', () => {
       assert.equal(chatIdOf(Buffer.from(text)), undefined, text);
     }
     assert.equal(chatIdOf(Buffer.from('{"type":"chat","id":"abc"')), 'abc');
+    const longest = 'a'.repeat(64);
+    assert.equal(chatIdOf(Buffer.from(`{"type":"chat","id":"${longest}"}`)), longest, '64 characters');
   });
 });
