@@ -226,13 +226,14 @@ describe('sync frames', () => {
 });
 
 describe('answering a sync', () => {
-  /** X with five messages of its own, and a raw peer that has read them. */
+  /** X with five messages of its own, and a raw peer that has read them (in packs, with `pack`). */
   async function held(
     t: TestContext,
+    pack?: number,
   ): Promise<{ x: P2PNode; peer: RawPeer; before: number; seqs: number[] }> {
     const start = nodeFactory(t);
     const x = await start({ nick: 'x' });
-    const peer = await rawPeer(t, x.port, { answerPings: true });
+    const peer = await rawPeer(t, x.port, { answerPings: true, ...(pack !== undefined ? { pack } : {}) });
     await waitFor(() => x.peers().length === 1, 'the raw peer to be up');
     const seqs = x.sendAll(['m1', 'm2', 'm3', 'm4', 'm5']).map((m) => m.seq);
     await waitFor(() => peer.count('chat') === 5, 'the raw peer to read the five messages');
@@ -256,15 +257,21 @@ describe('answering a sync', () => {
     return peer.frames.slice(from, end).flatMap((f) => (f.type === 'chat' ? [f.seq] : []));
   }
 
-  it('leaves out what it wrote on the link after the frames the peer had read (rx): those are on their way', async (t) => {
-    const { peer, before, seqs } = await held(t);
-    // As if the five were still in flight when the peer wrote its sync: nothing is sent again.
-    assert.deepEqual(await ask(peer, { marks: [], rx: before }), []);
-    // Having read them all, the peer lacks them (it dropped them, say): all five are sent again.
-    assert.deepEqual(await ask(peer, { marks: [], rx: peer.frames.length }), seqs);
-    // Without rx the node cannot tell: it sends what the marks lack, as before.
-    assert.deepEqual(await ask(peer, { marks: [] }), seqs);
-  });
+  for (const pack of [undefined, 64 * 1024]) {
+    it(`leaves out what it wrote on the link after the frames the peer had read (rx): those are on their way${pack !== undefined ? '; frames in packs count one by one' : ''}`, async (t) => {
+      const { peer, before, seqs } = await held(t, pack);
+      if (pack !== undefined) assert.ok(peer.received.packs > 0, 'the five came in a pack');
+      // As if the five were still in flight when the peer wrote its sync: nothing is sent again.
+      assert.deepEqual(await ask(peer, { marks: [], rx: before }), []);
+      // Having read them all, the peer lacks them (it dropped them, say): all five are sent again.
+      assert.deepEqual(await ask(peer, { marks: [], rx: peer.frames.length }), seqs);
+      // Read all but the last two frames (the fifth message, sent again, and the pong): the fifth
+      // is on its way, the other four are sent again.
+      assert.deepEqual(await ask(peer, { marks: [], rx: peer.frames.length - 2 }), seqs.slice(0, 4));
+      // Without rx the node cannot tell: it sends what the marks lack, as before.
+      assert.deepEqual(await ask(peer, { marks: [] }), seqs);
+    });
+  }
 
   it('sends a busy peer only what fills its gaps, and the rest once it asks without busy', async (t) => {
     const { x, peer, seqs } = await held(t);
