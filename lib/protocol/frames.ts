@@ -1,4 +1,5 @@
 import { ProtocolError } from './errors.js';
+import type { Mutable } from '../util/mutable.js';
 
 /**
  * Version of the wire protocol, sent in every hello. A node refuses a peer whose version differs.
@@ -250,7 +251,7 @@ export function validateFrame(raw: unknown): Frame {
           `protocol version ${v}, this node speaks ${PROTOCOL_VERSION}`,
         );
       }
-      const hello: { -readonly [K in keyof HelloFrame]: HelloFrame[K] } = {
+      const hello: Mutable<HelloFrame> = {
         type,
         v,
         id: str(o, 'id', 64, ID_PATTERN),
@@ -262,7 +263,7 @@ export function validateFrame(raw: unknown): Frame {
       return hello;
     }
     case 'chat': {
-      const chat: { -readonly [K in keyof ChatFrame]: ChatFrame[K] } = {
+      const chat: Mutable<ChatFrame> = {
         type,
         id: str(o, 'id', 64, ID_PATTERN),
         from: str(o, 'from', 64, ID_PATTERN),

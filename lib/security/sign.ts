@@ -2,6 +2,7 @@ import sodium from 'sodium-universal';
 import { MAX_BATCH, type ChatFrame, type ChatProof } from '../protocol/frames.js';
 import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, type Identity } from './identity.js';
 import { NETWORK_TAG_BYTES } from './network-key.js';
+import type { Mutable } from '../util/mutable.js';
 
 /**
  * Domain-separation prefix of every signed message: names the protocol and its version, and ends in
@@ -153,7 +154,7 @@ function chatFrame(
   proof?: ChatProof,
   key = identity.publicKey.toString('hex'),
 ): ChatFrame {
-  const frame: { -readonly [K in keyof ChatFrame]: ChatFrame[K] } = {
+  const frame: Mutable<ChatFrame> = {
     type: 'chat',
     id: fields.id,
     nick: fields.nick,
