@@ -55,6 +55,7 @@ import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import type { WriterOptions } from '../transport/writer.js';
 import { remember } from '../operators/remember.js';
 import {
+  heldFrame,
   HISTORY_DEFAULTS,
   MessageStore,
   type HeldFrame,
@@ -1411,9 +1412,8 @@ function newTarget(addr: string, address: Address, persistent: boolean, nodeId: 
   return { addr, address, persistent, nodeId, attempts: 0, timer: undefined, dialing: false };
 }
 
-function toMessage(frame: HeldFrame): ChatMessage {
-  return { id: frame.id, from: frame.from, nick: frame.nick, ts: frame.ts, seq: frame.seq, text: frame.text };
-}
+/** A message as `messages$` and `history()` give it: the fields the history keeps. */
+const toMessage: (frame: HeldFrame) => ChatMessage = heldFrame;
 
 function isChat(m: Inbound): m is Inbound<ChatFrame> {
   return m.frame.type === 'chat';

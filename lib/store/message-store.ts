@@ -536,7 +536,8 @@ export class MessageStore {
   }
 }
 
-function heldFrame({ id, from, nick, ts, seq, text }: ChatFrame): HeldFrame {
+/** The fields of a chat frame the history keeps (a copy: nothing else of the frame stays alive). */
+export function heldFrame({ id, from, nick, ts, seq, text }: HeldFrame): HeldFrame {
   return { id, from, nick, ts, seq, text };
 }
 
