@@ -468,12 +468,15 @@ class ChatNode implements P2PNode {
     // Cheap checks first (held or older than held: the store knows; sender over its rate), so each
     // message is verified once; it is remembered as seen, and charged to its sender, only once
     // verified, so a tampered copy cannot shadow the real one nor spend the sender's budget.
-    const sender = (m: Inbound<ChatFrame>): string | undefined =>
-      m.peer === null ? undefined : m.frame.from;
+    const sender = (m: Inbound<ChatFrame>): string | undefined => m.frame.from;
     // Measured by the sender's clock (its timestamps), so a paced paste is not charged for waiting
     // behind its own first burst on the way here.
     const senderTime = (m: Inbound<ChatFrame>): number => m.frame.ts;
-    const chat$ = merge(this.local$, inbound$.pipe(filter(isChat))).pipe(
+    // This node's own messages join after the checks: each is new (a fresh seq and id), signed here,
+    // and not charged to a rate (the CLI paces a paste itself). A copy coming back is known to the
+    // store: held, or at or below its sender's floor once evicted.
+    const received$ = inbound$.pipe(
+      filter(isChat),
       filter((m) => !this.store.knows(m.frame)),
       rateLimit({
         limiter: this.senderRate,
@@ -494,6 +497,8 @@ class ChatNode implements P2PNode {
         maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
       }),
       spendRate({ limiter: this.senderRate, key: sender, time: senderTime }),
+    );
+    const chat$ = merge(this.local$, received$).pipe(
       remember(this.store),
       tap(() => this.noteNews()),
       share(),
