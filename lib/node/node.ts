@@ -492,7 +492,9 @@ class ChatNode implements P2PNode {
         trusted: (m) => this.relayTargetsOf(m, this.peerIds.value).length === 0,
       }),
       dedup({
-        key: (m: Inbound<ChatFrame>) => m.frame.id,
+        // Sender and id: ids are unique per sender only, and one sender's message under another's
+        // id must not hide that one.
+        key: (m: Inbound<ChatFrame>) => `${m.frame.from}:${m.frame.id}`,
         time: (m) => m.frame.ts,
         maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
       }),
@@ -674,7 +676,7 @@ class ChatNode implements P2PNode {
         const id = chatIdOf(payload);
         // Copies of a held message are dropped on their raw bytes, before parsing (each message
         // reaches a node once per link); a copy of an older one takes the full path, dropped there.
-        return id !== undefined && this.store.holdsId(id);
+        return id !== undefined && this.store.holdsCopy(id, payload);
       },
       // Full: say so instead of the hello, so the peer never sees us as up for a moment.
       refuse: (remoteId) => (this.isFullFor(remoteId) ? this.refuseFull(conn) : undefined),

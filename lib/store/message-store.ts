@@ -117,8 +117,11 @@ export class MessageStore {
   private readonly senders = new Map<string, SenderState>();
   /** Held messages in arrival order (oldest first), for eviction and `recent`. */
   private order: StoredMessage[] = [];
-  /** The ids of the messages held. */
-  private readonly ids = new Set<string>();
+  /**
+   * The messages held, by id (the first one held under an id, if senders reuse one: ids are unique
+   * only per sender, and a sender may pick another's id).
+   */
+  private readonly byId = new Map<string, StoredMessage>();
   private orderStart = 0;
   private lastSeq = 0;
   /** Own sequence numbers up to this one are reserved in the `seq` file. */
@@ -206,11 +209,14 @@ export class MessageStore {
   }
 
   /**
-   * True when a message with this id is held: for a copy recognised by its id alone, before its
-   * payload is parsed (see `chatIdOf`).
+   * True when the message held under this id has exactly these bytes: for a copy of a held message,
+   * recognised before its payload is parsed (see `chatIdOf`). The bytes, not the id alone: another
+   * sender's message under the same id (a sender may pick any id) is not a copy, and goes on to be
+   * checked in full.
    */
-  holdsId(id: string): boolean {
-    return this.ids.has(id);
+  holdsCopy(id: string, payload: Uint8Array): boolean {
+    const held = this.byId.get(id);
+    return held !== undefined && held.payload.equals(payload);
   }
 
   /** True when the message is held, or older than what is held for its sender. */
@@ -368,7 +374,7 @@ export class MessageStore {
   // ---- internals -----------------------------------------------------------------------------
 
   private hold(message: StoredMessage): void {
-    this.ids.add(message.frame.id);
+    if (!this.byId.has(message.frame.id)) this.byId.set(message.frame.id, message);
     let sender = this.senders.get(message.frame.from);
     if (sender === undefined) {
       sender = { held: new Map(), floor: 0, top: 0 };
@@ -386,7 +392,7 @@ export class MessageStore {
       const first = this.order[this.orderStart]!;
       if (this.size <= this.maxMessages && first.frame.ts >= oldest) break;
       this.orderStart++;
-      this.ids.delete(first.frame.id);
+      if (this.byId.get(first.frame.id) === first) this.byId.delete(first.frame.id);
       const sender = this.senders.get(first.frame.from)!;
       sender.held.delete(first.frame.seq);
       // Everything of this sender up to here is now "old"; a later-arrived lower seq still held is

@@ -477,6 +477,35 @@ describe('forgery: a tampered copy that arrives first does not shadow the real m
     assert.equal(b.stats().invalidMessages, 0);
   });
 
+  it("a sender that gives its own message the id of another sender's cannot hide that message", async (t) => {
+    const s = await scene(t);
+    const carol = generateIdentity(); // an author elsewhere, reaching A through relays
+    const genuine = signedChat(carol, { text: 'carol says hi', seq: 1, nick: 'carol' });
+    // The attacker's own message, validly signed, under the id of carol's, ahead of it.
+    const squatter = signedChat(s.attacker.identity, {
+      text: 'squatting',
+      seq: s.nextSeq(s.attacker),
+      id: genuine.id,
+    });
+    s.attacker.send(squatter);
+    await waitFor(
+      () => withText(s.inboxA, 'squatting') === 1 && withText(s.inboxB, 'squatting') === 1,
+      'the squatter at A and B',
+    );
+    s.witness.send(genuine);
+    s.witness.send(genuine); // and a copy of it
+    await waitFor(
+      () => withText(s.inboxA, 'carol says hi') === 1 && withText(s.inboxB, 'carol says hi') === 1,
+      "carol's message at A and B",
+    );
+    await s.barrier(s.witness, 'barrier squat');
+    for (const inbox of [s.inboxA, s.inboxB]) {
+      assert.equal(withText(inbox, 'carol says hi'), 1, 'once');
+      assert.equal(withText(inbox, 'squatting'), 1, 'once');
+    }
+    assert.equal(s.a.stats().invalidMessages, 0, 'both are valid messages');
+  });
+
   it('live: a tampered copy relayed first, then the genuine one from an honest relay', async (t) => {
     const s = await scene(t);
     const carol = generateIdentity(); // an author elsewhere in the network, reaching A through relays

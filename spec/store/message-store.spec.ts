@@ -27,6 +27,12 @@ function chat(from: string, seq: number, ts = T0, text = `${from} #${seq}`): Cha
 /** Adds a frame with its payload as the wire carries it. */
 const add = (store: MessageStore, frame: ChatFrame): boolean => store.add(frame, serializeFrame(frame));
 
+/** The payload {@link add} gives for the frame `chat(from, seq)` with id `from-seq`. */
+const payloadOf = (id: string): Buffer => {
+  const [from, seq] = id.split('-');
+  return serializeFrame(chat(from!, Number(seq)));
+};
+
 /** Ids of the messages held, oldest first. */
 const ids = (store: MessageStore, n = 1_000_000): string[] => store.recent(n).map((m) => m.frame.id);
 
@@ -184,10 +190,26 @@ describe('MessageStore', () => {
         'only the window is offered',
       );
       assert.deepEqual(
-        ['a-1', 'a-2', 'a-3', 'a-5', 'b-1'].map((id) => store.holdsId(id)),
+        ['a-1', 'a-2', 'a-3', 'a-5', 'b-1'].map((id) => store.holdsCopy(id, payloadOf(id))),
         [false, false, true, true, false],
-        'ids of the held messages only',
+        'copies of the held messages only',
       );
+      // Another sender's message under a held id is not a copy of it.
+      assert.equal(store.holdsCopy('a-3', serializeFrame({ ...chat('x', 3), id: 'a-3' })), false);
+    });
+
+    it("holds two senders' messages under one id, each its own (ids are unique per sender only)", (t) => {
+      const { store } = open(t, undefined, { maxMessages: 2 });
+      const mine = chat('a', 1);
+      const squatter = { ...chat('b', 1), id: 'a-1' };
+      assert.equal(add(store, squatter), true);
+      assert.equal(add(store, mine), true, 'not taken for a copy of the other');
+      assert.equal(store.size, 2);
+      assert.equal(store.holdsCopy('a-1', serializeFrame(squatter)), true);
+      assert.equal(store.knows(mine), true);
+      add(store, chat('c', 1)); // evicts the squatter
+      assert.equal(store.holdsCopy('a-1', serializeFrame(squatter)), false);
+      assert.equal(store.knows(mine), true, 'the other is still held');
     });
 
     it('keeps messages no older than maxAgeMs, by their timestamps (injected clock)', (t) => {
@@ -274,8 +296,8 @@ describe('MessageStore', () => {
       assert.deepEqual(store.marks(), before.marks);
       assert.equal(store.knows(chat('a', 1)), true, 'the floor of a survives too');
       assert.ok(
-        before.ids.every((id) => store.holdsId(id)),
-        'their ids are held',
+        before.ids.every((id) => store.holdsCopy(id, payloadOf(id))),
+        'their bytes are held',
       );
       assert.equal(add(store, chat('a', 2)), false);
     });
