@@ -468,7 +468,7 @@ class ChatNode implements P2PNode {
     // Cheap checks first (held or older than held: the store knows; sender over its rate), so each
     // message is verified once; it is remembered as seen, and charged to its sender, only once
     // verified, so a tampered copy cannot shadow the real one nor spend the sender's budget.
-    const sender = (m: Inbound<ChatFrame>): string | undefined => m.frame.from;
+    const sender = (m: Inbound<ChatFrame>): string => m.frame.from;
     // Measured by the sender's clock (its timestamps), so a paced paste is not charged for waiting
     // behind its own first burst on the way here.
     const senderTime = (m: Inbound<ChatFrame>): number => m.frame.ts;

@@ -28,11 +28,20 @@ export function getUint32(bytes: Uint8Array, offset: number): number {
   );
 }
 
+/**
+ * Writes one frame, its length prefix then `payload`, at `offset` in `out` (room checked by the
+ * caller); returns the offset after it.
+ */
+export function putFrame(out: Uint8Array, offset: number, payload: Uint8Array): number {
+  putUint32(out, offset, payload.length);
+  out.set(payload, offset + LENGTH_PREFIX_BYTES);
+  return offset + LENGTH_PREFIX_BYTES + payload.length;
+}
+
 /** Prepends the length prefix to one payload. */
 export function encodeFrame(payload: Buffer): Buffer {
   const out = Buffer.allocUnsafe(LENGTH_PREFIX_BYTES + payload.length);
-  out.writeUInt32BE(payload.length, 0);
-  payload.copy(out, LENGTH_PREFIX_BYTES);
+  putFrame(out, 0, payload);
   return out;
 }
 
@@ -65,11 +74,7 @@ export function pack(payloads: readonly Uint8Array[]): Buffer {
   const out = Buffer.allocUnsafe(size);
   out[0] = PACK_MARKER;
   let offset = PACK_HEADER_BYTES;
-  for (const payload of payloads) {
-    putUint32(out, offset, payload.length);
-    out.set(payload, offset + LENGTH_PREFIX_BYTES);
-    offset += LENGTH_PREFIX_BYTES + payload.length;
-  }
+  for (const payload of payloads) offset = putFrame(out, offset, payload);
   return out;
 }
 

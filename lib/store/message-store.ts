@@ -236,9 +236,7 @@ export class MessageStore {
     if (this.knows(frame)) return false;
     const now = this.now();
     if (frame.ts < now - this.maxAgeMs) return false;
-    const message: StoredMessage = { frame: heldFrame(frame), payload: keepable(payload), at: now, verified };
-    this.hold(message);
-    if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
+    this.hold(frame, payload, now, verified);
     this.append(verified ? KIND_MESSAGE : KIND_UNVERIFIED, payload);
     this.evict();
     return true;
@@ -373,7 +371,10 @@ export class MessageStore {
 
   // ---- internals -----------------------------------------------------------------------------
 
-  private hold(message: StoredMessage): void {
+  /** Keeps a message (taken in at `at`): what is kept of its frame, and its payload. */
+  private hold(chat: ChatFrame, payload: Buffer, at: number, verified: boolean): void {
+    const message: StoredMessage = { frame: heldFrame(chat), payload: keepable(payload), at, verified };
+    if (chat.from === this.selfId && chat.seq > this.lastSeq) this.lastSeq = chat.seq;
     if (!this.byId.has(message.frame.id)) this.byId.set(message.frame.id, message);
     let sender = this.senders.get(message.frame.from);
     if (sender === undefined) {
@@ -473,13 +474,7 @@ export class MessageStore {
     if (frame.type !== 'chat')
       throw new ProtocolError('ERR_BAD_FRAME', 'a stored record is not a chat message');
     if (this.knows(frame)) return;
-    this.hold({
-      frame: heldFrame(frame),
-      payload: keepable(rest),
-      at: this.now(),
-      verified: kind === KIND_MESSAGE,
-    });
-    if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
+    this.hold(frame, rest, this.now(), kind === KIND_MESSAGE);
   }
 
   /**

@@ -1,6 +1,12 @@
 import type { Socket } from 'node:net';
 import type { Observer } from 'rxjs';
-import { LENGTH_PREFIX_BYTES, PACK_HEADER_BYTES, PACK_MARKER, putUint32 } from '../protocol/codec.js';
+import {
+  LENGTH_PREFIX_BYTES,
+  PACK_HEADER_BYTES,
+  PACK_MARKER,
+  putFrame,
+  putUint32,
+} from '../protocol/codec.js';
 import { ProtocolError } from '../protocol/errors.js';
 
 /** Options of a {@link PeerWriter}. */
@@ -32,9 +38,8 @@ export interface Sealer {
   /**
    * Largest plaintext of a pack (see `pack` in lib/protocol/codec.ts): when set, frames queued
    * together for this sealer go as packs of up to this many bytes, each sealed as one message. Unset
-   * or under two frames' worth (or not a finite number), or an `overhead` under 5 bytes: each
-   * frame is sealed alone. Read at every flush, so it may be set
-   * once the peer has said it reads packs.
+   * or under two frames' worth (or not a finite number), or an `overhead` under 5 bytes: each frame
+   * is sealed alone. Read at every flush, so it may be set once the peer has said it reads packs.
    */
   readonly packBytes?: number;
 }
@@ -141,9 +146,7 @@ export class PeerWriter implements Observer<OutboundFrame> {
     for (let i = 0; i < frames.length;) {
       const payload = frames[i]!;
       if (payload instanceof Uint8Array) {
-        putUint32(batch, offset, payload.length);
-        batch.set(payload, offset + LENGTH_PREFIX_BYTES);
-        offset += LENGTH_PREFIX_BYTES + payload.length;
+        offset = putFrame(batch, offset, payload);
         i++;
         continue;
       }
@@ -153,7 +156,7 @@ export class PeerWriter implements Observer<OutboundFrame> {
         const length = payload.plaintext.length + sealer.overhead;
         putUint32(batch, offset, length);
         offset += LENGTH_PREFIX_BYTES;
-        sealer.sealInto(new Uint8Array(batch.buffer, batch.byteOffset + offset, length), payload.plaintext);
+        sealer.sealInto(view(batch, offset, length), payload.plaintext);
         offset += length;
         i++;
         continue;
@@ -162,17 +165,9 @@ export class PeerWriter implements Observer<OutboundFrame> {
       const start = offset + LENGTH_PREFIX_BYTES;
       let at = start;
       batch[at++] = PACK_MARKER;
-      for (; i < end; i++) {
-        const { plaintext } = frames[i] as SealedFrame;
-        putUint32(batch, at, plaintext.length);
-        batch.set(plaintext, at + LENGTH_PREFIX_BYTES);
-        at += LENGTH_PREFIX_BYTES + plaintext.length;
-      }
+      for (; i < end; i++) at = putFrame(batch, at, (frames[i] as SealedFrame).plaintext);
       putUint32(batch, offset, at - start + sealer.overhead);
-      sealer.sealInto(
-        new Uint8Array(batch.buffer, batch.byteOffset + start, at - start + sealer.overhead),
-        new Uint8Array(batch.buffer, batch.byteOffset + start, at - start),
-      );
+      sealer.sealInto(view(batch, start, at - start + sealer.overhead), view(batch, start, at - start));
       offset = at + sealer.overhead;
     }
     // Packs take less room than the frames sealed alone that `pendingBytes` counted.
@@ -209,6 +204,11 @@ export class PeerWriter implements Observer<OutboundFrame> {
     clearTimeout(this.drainTimer);
     this.socket.off('drain', this.onDrain);
   }
+}
+
+/** A plain Uint8Array view of `length` bytes of `batch` at `offset` (no Buffer#subarray checks). */
+function view(batch: Buffer, offset: number, length: number): Uint8Array {
+  return new Uint8Array(batch.buffer, batch.byteOffset + offset, length);
 }
 
 /**
