@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
-import { describe, it } from 'node:test';
+import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
 import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
 import { MAX_TEXT_LENGTH, serializeFrame } from '../../lib/protocol/frames.js';
@@ -52,6 +52,22 @@ async function sendAndAwait(
     `"${text}" to reach every node`,
   );
   return message;
+}
+
+/** A node with one honest peer connected to it: what a rogue peer of the node must not harm. */
+async function nodeWithFriend(t: TestContext): Promise<{ node: P2PNode; friend: P2PNode }> {
+  const start = nodeFactory(t);
+  const node = await start();
+  const friend = await start({ peers: [loopback(node.port)] });
+  await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
+  return { node, friend };
+}
+
+/** The friend's messages still reach the node, and the friend is the node's only peer. */
+async function assertUnharmed(node: P2PNode, friend: P2PNode): Promise<void> {
+  const inboxes = [record(node.messages$), record(friend.messages$)];
+  await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
+  assert.deepEqual(peerIds(node), [friend.id]);
 }
 
 /** True when the nodes form a line, each connected to its neighbours only. */
@@ -421,10 +437,7 @@ describe('createNode', () => {
   });
 
   it('drops a peer that breaks the protocol, and goes on with the others', async (t) => {
-    const start = nodeFactory(t);
-    const node = await start();
-    const friend = await start({ peers: [loopback(node.port)] });
-    await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
+    const { node, friend } = await nodeWithFriend(t);
     const events = record(node.events$);
     const rogue = await rawPeer(t, node.port);
     await waitFor(() => ups(events).length === 1, 'the rogue to be up');
@@ -432,10 +445,7 @@ describe('createNode', () => {
     await rogue.closed;
     await waitFor(() => downs(events).length === 1, 'the rogue to be dropped');
     assert.match(downs(events)[0]?.reason ?? '', /ERR_BAD_JSON/);
-
-    const inboxes = [record(node.messages$), record(friend.messages$)];
-    await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
-    assert.deepEqual(peerIds(node), [friend.id]);
+    await assertUnharmed(node, friend);
   });
 
   it('seals the frames it writes together as packs to a peer that reads packs, within its limit and 64 KiB; one by one to a peer that does not', async (t) => {
@@ -485,10 +495,7 @@ describe('createNode', () => {
   });
 
   it('drops a peer whose pack is malformed or over the limit, and takes nothing of that pack', async (t) => {
-    const start = nodeFactory(t);
-    const node = await start();
-    const friend = await start({ peers: [loopback(node.port)] });
-    await waitFor(() => connectedTo(node, [friend]), 'the friend to connect');
+    const { node, friend } = await nodeWithFriend(t);
     const inbox = record(node.messages$);
     const events = record(node.events$);
     const lengthOf = (n: number): Buffer => {
@@ -525,10 +532,7 @@ describe('createNode', () => {
       assert.match(downs(events)[i]?.reason ?? '', reason, what);
       if (i < 2) assert.ok(!inbox.values.some((m) => m.text === `fine ${i}`), `nothing of ${what} is taken`);
     }
-
-    const inboxes = [inbox, record(friend.messages$)];
-    await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
-    assert.deepEqual(peerIds(node), [friend.id]);
+    await assertUnharmed(node, friend);
   });
 
   it('close resolves once every socket is closed, and completes its streams', async (t) => {
