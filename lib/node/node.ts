@@ -508,21 +508,21 @@ class ChatNode implements P2PNode {
     this.messages$ = chat$.pipe(
       // Own messages come back only through resync after a damaged log: kept, never shown as received.
       filter((m) => m.peer !== null && m.frame.from !== this.id),
+      // Not shared: chat$ is hot already, and a Subject per message costs more than the map (the
+      // CLI is the one subscriber; each subscriber gets its own copy of a message).
       map(({ frame }) => toMessage(frame)),
-      share(),
     );
     this.subscription.add(
       chat$.pipe(relay(this.peerIds, this.relayView)).subscribe(({ frame, payload, to, unverified }) => {
         // Let through unchecked, but a peer came since: checked now, as it goes on.
         if (unverified === true && this.chatProblem(frame) !== undefined) return;
-        for (const id of to) this.active.get(id)?.conn.sendPayload(payload, frame.id);
+        // Indexed: for-of makes an iterator result per step in code V8 has not optimised yet.
+        for (let i = 0; i < to.length; i++) this.active.get(to[i]!)?.conn.sendPayload(payload, frame.id);
       }),
     );
     this.subscription.add(
       inbound$.pipe(filter(isPeers), mergePeers({ selfId: this.id })).subscribe((entry) => this.learn(entry)),
     );
-    // Keep messages$ hot even with no outside subscriber, so it never starts mid-stream.
-    this.subscription.add(this.messages$.subscribe());
 
     this.server = createServer((socket) => this.accept(socket));
     this.tick = setInterval(() => this.upkeep(), this.timing.pingIntervalMs);

@@ -1,4 +1,4 @@
-import { filter, map, withLatestFrom, type Observable, type OperatorFunction, pipe } from 'rxjs';
+import { filter, map, Observable, type OperatorFunction } from 'rxjs';
 import type { ChatFrame } from '../protocol/frames.js';
 import type { Inbound, PeerRef } from './types.js';
 
@@ -107,16 +107,34 @@ export function relay(
   peers$: Observable<readonly string[]>,
   view?: RelayView,
 ): OperatorFunction<Inbound<ChatFrame>, Relayed> {
-  const targets = lastRelayTargets(view);
-  return pipe(
-    withLatestFrom(peers$),
-    map(([message, peers]): Relayed => {
-      const to = targets(message, peers);
-      // Literals, not a spread: this runs per message, mostly before V8 optimises it.
-      return message.unverified === true
-        ? { frame: message.frame, payload: message.payload, to, unverified: true }
-        : { frame: message.frame, payload: message.payload, to };
-    }),
-    filter((relayed) => relayed.to.length > 0),
-  );
+  // The latest peer list in a variable, not withLatestFrom: that builds an array of the values (a
+  // spread) for every message, and this runs per message, mostly before V8 optimises it.
+  return (source) =>
+    new Observable<Relayed>((subscriber) => {
+      const targets = lastRelayTargets(view);
+      let peers: readonly string[] | undefined;
+      subscriber.add(
+        peers$.subscribe({
+          next: (latest) => {
+            peers = latest;
+          },
+          error: (err: unknown) => subscriber.error(err),
+        }),
+      );
+      if (subscriber.closed) return;
+      source
+        .pipe(
+          map((message): Relayed | undefined => {
+            if (peers === undefined) return undefined;
+            const to = targets(message, peers);
+            if (to.length === 0) return undefined;
+            // Literals, not a spread: this runs per message, mostly before V8 optimises it.
+            return message.unverified === true
+              ? { frame: message.frame, payload: message.payload, to, unverified: true }
+              : { frame: message.frame, payload: message.payload, to };
+          }),
+          filter((relayed): relayed is Relayed => relayed !== undefined),
+        )
+        .subscribe(subscriber);
+    });
 }
