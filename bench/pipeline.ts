@@ -34,7 +34,7 @@ import { relay } from '../lib/operators/relay.js';
 import { verifySignatures } from '../lib/operators/verify.js';
 import type { Inbound } from '../lib/operators/types.js';
 import { encodeFrame, FrameDecoder, pack, unpack } from '../lib/protocol/codec.js';
-import { parseFrame, serializeFrame, type ChatFrame } from '../lib/protocol/frames.js';
+import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../lib/protocol/frames.js';
 import { fromSocket } from '../lib/transport/from-socket.js';
 import { generateIdentity, type Identity } from '../lib/security/identity.js';
 import { networkTag } from '../lib/security/network-key.js';
@@ -44,6 +44,7 @@ import {
   signedChatFrame,
   signedChatFrames,
   verifyChat,
+  verifyBinaryChat,
   verifyChatInBatch,
 } from '../lib/security/sign.js';
 import { PeerWriter } from '../lib/transport/writer.js';
@@ -319,6 +320,13 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
   await add('serializeFrame', 'JSON.stringify + Buffer.from (sending)', K, () => {
     for (const f of frames) sink += serializeFrame(f).length;
   });
+  const binaryPayloads = frames.map((f) => encodeChat(f));
+  await add('parseFrame, binary', 'a chat frame in the binary encoding (encodeChat)', K, () => {
+    for (const p of binaryPayloads) sink += (parseFrame(p) as ChatFrame).ts;
+  });
+  await add('encodeChat', 'the binary encoding (sending)', K, () => {
+    for (const f of frames) sink += encodeChat(f).length;
+  });
   await add('--json event: JSON.stringify', 'the console line of one message', K, () => {
     for (const f of frames) {
       sink += JSON.stringify({
@@ -449,6 +457,16 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
       }
     },
   );
+  const batchedBinary = batched.map((f) => encodeChat(f));
+  await add(
+    `verifyBinaryChat, batches of ${BATCH}`,
+    'the same, over the bytes of binary frames (nothing decoded)',
+    S,
+    () => {
+      const cache = new Map<string, string>();
+      for (const p of batchedBinary) sink += verifyBinaryChat(p, network, cache) ? 1 : 0;
+    },
+  );
   const pair = sessionPair();
   await add('encrypt + decrypt (ChaCha20-Poly1305)', 'one frame over one link, both ends', S, () => {
     for (const p of signedPayloads) sink += pair.rx.decrypt(pair.tx.encrypt(p)).length;
@@ -485,6 +503,11 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
     `secure relay path, batches of ${BATCH}`,
     'the same, messages signed in batches (a paste, a burst)',
     batchedPayloads,
+  );
+  await securePath(
+    `secure relay path, batches of ${BATCH}, binary`,
+    'the same, chat frames in the binary encoding',
+    batchedBinary,
   );
   if (sink === -1) throw new Error('unreachable'); // keeps the work observable to the JIT
   return rows;

@@ -3,7 +3,7 @@ import { defer, Observable, Subject, tap, type Subscriber, type Subscription } f
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder, isPack, unpack } from '../protocol/codec.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
+import { isBinaryChat, parseFrame, serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
 import { decode, type Decoded } from '../operators/decode.js';
 import type { PeerRef } from '../operators/types.js';
 import { fromSocket } from '../transport/from-socket.js';
@@ -260,9 +260,11 @@ export class Connection {
 
   /**
    * Queues a payload that is already serialised (a relayed message, with its id); encrypted for this
-   * link.
+   * link. A chat frame in the binary encoding goes as JSON to a peer whose hello does not say it
+   * reads those (an older node): the same message, whose signature checks out either way.
    */
   sendPayload(payload: Buffer, messageId?: string): void {
+    if (isBinaryChat(payload) && this.hello?.binary !== true) payload = serializeFrame(parseFrame(payload));
     if (this.sealer !== undefined) this.write(this.sealer, payload, messageId);
     else this.queued.push(payload);
   }

@@ -33,7 +33,7 @@ import {
   MAX_PEERS_PER_LIST,
   MAX_TEXT_LENGTH,
   PROTOCOL_VERSION,
-  serializeFrame,
+  encodeChat,
   parseFrame,
   chatIdOf,
   type ChatFrame,
@@ -68,7 +68,7 @@ import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signedChatFrames } from '../security/sign.js';
-import { chatProblemChecker, verifySignatures } from '../operators/verify.js';
+import { chatProblemChecker, verifySignatures, type ChatChecker } from '../operators/verify.js';
 import { rateLimit, spendRate } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
 import { silentLogger, type Logger } from './log.js';
@@ -405,7 +405,7 @@ class ChatNode implements P2PNode {
   /** The relay targets of a message for the trusted check (the last answer kept, as relay() does). */
   private readonly relayTargetsOf: (m: Inbound<ChatFrame>, peers: readonly string[]) => readonly string[];
   /** Why a chat frame is not a valid message of this network (lazy checks: relay, resync). */
-  private readonly chatProblem: (frame: ChatFrame) => string | undefined;
+  private readonly chatProblem: ChatChecker;
 
   constructor(private readonly options: NodeOptions) {
     this.nick = checkNick(options.nick ?? 'anon');
@@ -515,7 +515,7 @@ class ChatNode implements P2PNode {
     this.subscription.add(
       chat$.pipe(relay(this.peerIds, this.relayView)).subscribe(({ frame, payload, to, unverified }) => {
         // Let through unchecked, but a peer came since: checked now, as it goes on.
-        if (unverified === true && this.chatProblem(frame) !== undefined) return;
+        if (unverified === true && this.chatProblem(frame, payload) !== undefined) return;
         // Indexed: for-of makes an iterator result per step in code V8 has not optimised yet.
         for (let i = 0; i < to.length; i++) this.active.get(to[i]!)?.conn.sendPayload(payload, frame.id);
       }),
@@ -590,7 +590,7 @@ class ChatNode implements P2PNode {
         .slice(start, start + SIGN_BATCH)
         .map((text) => ({ id: messageId(), nick: this.nick, ts, seq: this.store.nextSeq(), text }));
       for (const frame of signedChatFrames(this.identity, batch, this.networkTag)) {
-        this.local$.next({ peer: null, frame, payload: serializeFrame(frame) });
+        this.local$.next({ peer: null, frame, payload: encodeChat(frame) });
         sent.push(toMessage(frame));
       }
       // Written now rather than with the rest of the turn: a message sendAll() returned is kept.
@@ -690,6 +690,7 @@ class ChatNode implements P2PNode {
       port: this.advertise?.port ?? this.listenPort,
       ...(this.advertise !== undefined ? { addr: formatAddress(this.advertise) } : {}),
       pack: conn.packLimit,
+      binary: true,
     };
     conn.send(hello);
     this.log.debug(`${outbound ? 'connected to' : 'accepted'} ${conn.remoteSocketAddress}`);
@@ -1135,7 +1136,8 @@ class ChatNode implements P2PNode {
         if (!message.verified) {
           // The store keeps no signature: checked on the payload, as the peer will check it.
           const frame = parseFrame(message.payload);
-          const problem = frame.type === 'chat' ? this.chatProblem(frame) : 'not a chat message';
+          const problem =
+            frame.type === 'chat' ? this.chatProblem(frame, message.payload) : 'not a chat message';
           if (problem !== undefined) {
             this.log.warn(
               `resync: not sending a held message of ${message.frame.from.slice(0, 8)} (${problem})`,

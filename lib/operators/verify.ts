@@ -1,9 +1,9 @@
 import { filter, map, pipe, type MonoTypeOperatorFunction } from 'rxjs';
 import { boundedLru } from '../util/lru.js';
-import type { ChatFrame } from '../protocol/frames.js';
+import { isBinaryChat, type ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
 import { NETWORK_TAG_BYTES } from '../security/network-key.js';
-import { verifyChat, verifyChatInBatch } from '../security/sign.js';
+import { verifyBinaryChat, verifyChat, verifyChatInBatch } from '../security/sign.js';
 import type { Inbound } from './types.js';
 
 /** Options of {@link verifySignatures}. */
@@ -24,7 +24,7 @@ export interface VerifyOptions {
    * rest of the program checks with, so both share its caches (sender ids, checked batches).
    * Default: one of its own.
    */
-  readonly checker?: (frame: ChatFrame) => string | undefined;
+  readonly checker?: ChatChecker;
 }
 
 /**
@@ -58,7 +58,7 @@ export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFuncti
         if (message.peer.id === message.frame.from)
           return { peer: message.peer, frame: message.frame, payload: message.payload, unverified: true };
         reason = 'its sender id is not the id of its key';
-      } else reason = problem(message.frame);
+      } else reason = problem(message.frame, message.payload);
       if (reason === undefined) return message;
       onInvalid?.(message, reason);
       return undefined;
@@ -68,37 +68,48 @@ export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFuncti
 }
 
 /**
+ * Why a chat message is not valid (a sentence), or `undefined` when it is. Given the frame's
+ * `payload` too, a frame in the binary encoding is checked over those bytes (they must be the
+ * bytes the frame was parsed from).
+ */
+export type ChatChecker = (frame: ChatFrame, payload?: Uint8Array) => string | undefined;
+
+/**
  * A checker of chat messages: returns why `frame` is not a valid message of the network with tag
  * `network` (its `from` is not the id of its key, or its signature does not verify), or `undefined`
  * when it is. Keeps the ids of the last 1,024 sender keys.
  */
-export function chatProblemChecker(network: Uint8Array): (frame: ChatFrame) => string | undefined {
+export function chatProblemChecker(network: Uint8Array): ChatChecker {
   // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
   // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
   const ids = boundedLru<string, string>(1024);
   // Batches whose signature checked out (the signed bytes they were checked with): one Ed25519 check per batch.
   const batches = boundedLru<string, string>(64);
-  return (frame) => {
-    const publicKey = Buffer.from(frame.key, 'hex');
+  return (frame, payload) => {
     let id = ids.get(frame.key);
     if (id === undefined) {
-      id = nodeIdOf(publicKey);
+      id = nodeIdOf(Buffer.from(frame.key, 'hex'));
       ids.set(frame.key, id);
     }
     if (id !== frame.from) return 'its sender id is not the id of its key';
-    const fields = {
-      id: frame.id,
-      publicKey,
-      nick: frame.nick,
-      ts: frame.ts,
-      text: frame.text,
-      seq: frame.seq,
-    };
-    const sig = Buffer.from(frame.sig, 'base64url');
-    const valid =
-      frame.proof === undefined
-        ? verifyChat(fields, sig, network)
-        : verifyChatInBatch(fields, frame.proof, sig, network, batches);
+    let valid: boolean;
+    // Binary: checked over the bytes received, nothing re-encoded.
+    if (payload !== undefined && isBinaryChat(payload)) valid = verifyBinaryChat(payload, network, batches);
+    else {
+      const fields = {
+        id: frame.id,
+        publicKey: Buffer.from(frame.key, 'hex'),
+        nick: frame.nick,
+        ts: frame.ts,
+        text: frame.text,
+        seq: frame.seq,
+      };
+      const sig = Buffer.from(frame.sig, 'base64url');
+      valid =
+        frame.proof === undefined
+          ? verifyChat(fields, sig, network)
+          : verifyChatInBatch(fields, frame.proof, sig, network, batches);
+    }
     return valid ? undefined : 'its signature does not verify';
   };
 }

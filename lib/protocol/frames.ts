@@ -1,3 +1,5 @@
+import { isUtf8 } from 'node:buffer';
+import { getUint32, putUint32 } from './codec.js';
 import { ProtocolError } from './errors.js';
 import type { Mutable } from '../util/mutable.js';
 
@@ -31,6 +33,11 @@ export interface HelloFrame {
    * many plaintext bytes. Without it (or 0), every frame is sealed alone for this sender.
    */
   readonly pack?: number;
+  /**
+   * The sender reads chat frames in the binary encoding ({@link encodeChat}). Without it, chat
+   * frames are sent to this sender as JSON (a binary one is converted on its way out).
+   */
+  readonly binary?: boolean;
 }
 
 /** One chat message. Relays forward it unchanged. */
@@ -222,8 +229,12 @@ function ranges(value: unknown, mark: number): [number, number][] {
   });
 }
 
-/** Parses one frame payload (UTF-8 JSON) into a validated {@link Frame}. */
+/**
+ * Parses one frame payload into a validated {@link Frame}: UTF-8 JSON, or a chat frame in the binary
+ * encoding ({@link encodeChat}, first byte {@link BINARY_CHAT}).
+ */
 export function parseFrame(payload: Buffer): Frame {
+  if (payload.length > 0 && payload[0] === BINARY_CHAT) return decodeChat(payload);
   let raw: unknown;
   try {
     raw = JSON.parse(payload.toString('utf8'));
@@ -260,6 +271,7 @@ export function validateFrame(raw: unknown): Frame {
       };
       if (o['addr'] !== undefined) hello.addr = str(o, 'addr', 300);
       if (o['pack'] !== undefined) hello.pack = int(o, 'pack', 0, 0xffff_ffff);
+      if (o['binary'] !== undefined) hello.binary = bool(o, 'binary');
       return hello;
     }
     case 'chat': {
@@ -325,14 +337,22 @@ const QUOTE = 0x22;
 
 /**
  * The id of a chat frame read straight from its payload bytes, without parsing it: the cheap
- * duplicate check a node does on every copy of a message it already holds. Works on payloads laid
- * out as {@link serializeFrame} lays them out (type first, then id), which is how every node sends
- * and relays them; `undefined` for any other payload (then the caller parses it as usual).
+ * duplicate check a node does on every copy of a message it already holds. Works on binary chat
+ * frames and on JSON ones laid out as {@link serializeFrame} lays them out (type first, then id),
+ * which is how every node sends and relays them; `undefined` for any other payload (then the caller
+ * parses it as usual).
  *
  * Nothing else of the payload is checked: a node only uses the id to drop copies of messages it
  * holds, so a payload that lies about its id can at worst be dropped, as a peer could drop it anyway.
  */
 export function chatIdOf(payload: Buffer): string | undefined {
+  if (payload.length > 0 && payload[0] === BINARY_CHAT) {
+    if (payload.length < ID_AT + 2) return undefined;
+    const end = ID_AT + 2 + ((payload[ID_AT]! << 8) | payload[ID_AT + 1]!);
+    if (end > payload.length || end - ID_AT - 2 > 64) return undefined;
+    const id = payload.toString('latin1', ID_AT + 2, end);
+    return ID_PATTERN.test(id) ? id : undefined;
+  }
   // Byte by byte, not Buffer#compare and #indexOf: their argument checks allocate on every call
   // (this runs for every frame received, mostly before V8 optimises it).
   const start = CHAT_PREFIX.length;
@@ -350,4 +370,221 @@ export function chatIdOf(payload: Buffer): string | undefined {
 /** Serialises a frame to its payload (without the length prefix). */
 export function serializeFrame(frame: Frame): Buffer {
   return Buffer.from(JSON.stringify(frame), 'utf8');
+}
+
+// ---- chat frames in the binary encoding ----------------------------------------------------------
+//
+// A chat frame's JSON is about 700 bytes for a 100-byte line sent in a batch (the key in hex, the
+// signature and proof in base64url), and every node parses it, validates it and turns those fields
+// back into bytes to check the signature. The binary encoding carries them as bytes, and its first
+// part is the signed layout itself (lib/security/sign.ts), so a node checks the signature over the
+// bytes it received. Sent to peers whose hello says `binary`; the rest get JSON.
+//
+//   u8   0x01                                   (a JSON frame starts with "{", a pack with 0x00)
+//   32   key: the sender's Ed25519 public key     -- signed body: chatSigningBytes after its
+//   u64  seq                                        prefix, kind and network tag
+//   u64  ts
+//   u16  id length, id (UTF-8)
+//   u16  nick length, nick (UTF-8)
+//   u32  text length, text (UTF-8)               -- end of signed body
+//   u8   from length, from (ASCII)
+//   64   sig
+//   u16  proof n: 0 without a proof, else 2..1024, then u16 i and u8 k, k path hashes of 32 bytes
+//
+// Integers are big-endian. A frame with anything after its last field, or short of it, is refused.
+
+/** First byte of a chat frame in the binary encoding. */
+export const BINARY_CHAT = 0x01;
+/** A UTF-16 surrogate outside a pair: in a `u` pattern, pairs are single code points. */
+const LONE_SURROGATE = /\p{Surrogate}/u;
+/** Bytes of a sender key, and of a signature, in a binary chat frame. */
+const KEY_BYTES = 32;
+const SIG_BYTES = 64;
+const PATH_HASH_BYTES = 32;
+/** Most path hashes: ten levels for a batch of {@link MAX_BATCH}. */
+const MAX_PATH_HASHES = 10;
+/** Offset of the id's length: after the marker, key, seq and ts. */
+const ID_AT = 1 + KEY_BYTES + 16;
+
+/** True when `payload` is a chat frame in the binary encoding (by its first byte). */
+export function isBinaryChat(payload: Uint8Array): boolean {
+  return payload.length > 0 && payload[0] === BINARY_CHAT;
+}
+
+/** Writes a u64 (a safe integer) as two big-endian u32 halves. */
+function putUint64(out: Uint8Array, at: number, value: number): void {
+  putUint32(out, at, Math.floor(value / 0x1_0000_0000));
+  putUint32(out, at + 4, value % 0x1_0000_0000);
+}
+
+/**
+ * A chat frame in the binary encoding (see above): the same fields as its JSON, as bytes where they
+ * are bytes (key, signature, proof path). `frame` is a valid frame (as {@link validateFrame}
+ * returns, or as the signer makes it).
+ * @throws {RangeError} for a field the encoding cannot carry: a nick or text with a lone surrogate
+ *   (a signed message has none), a path that is not whole hashes, a key or signature that is not
+ *   what {@link validateFrame} accepts.
+ */
+export function encodeChat(frame: ChatFrame): Buffer {
+  // UTF-8 cannot carry a lone surrogate (it would arrive as U+FFFD): no signature covers one anyway.
+  if (LONE_SURROGATE.test(frame.nick) || LONE_SURROGATE.test(frame.text)) {
+    throw new RangeError('encodeChat: a nick or text with a lone surrogate');
+  }
+  const id = Buffer.byteLength(frame.id, 'utf8');
+  const nick = Buffer.byteLength(frame.nick, 'utf8');
+  const text = Buffer.byteLength(frame.text, 'utf8');
+  const from = frame.from.length; // ASCII (the id pattern)
+  const proof = frame.proof;
+  const pathBytes = proof === undefined ? 0 : Math.floor((proof.path.length * 3) / 4);
+  if (pathBytes % PATH_HASH_BYTES !== 0 || pathBytes / PATH_HASH_BYTES > MAX_PATH_HASHES) {
+    throw new RangeError(`encodeChat: a proof path of ${proof?.path.length} characters is not whole hashes`);
+  }
+  const size =
+    1 +
+    KEY_BYTES +
+    16 +
+    2 +
+    id +
+    2 +
+    nick +
+    4 +
+    text +
+    1 +
+    from +
+    SIG_BYTES +
+    2 +
+    (proof ? 3 + pathBytes : 0);
+  const out = Buffer.allocUnsafe(size);
+  out[0] = BINARY_CHAT;
+  if (out.write(frame.key, 1, KEY_BYTES, 'hex') !== KEY_BYTES)
+    throw new RangeError('encodeChat: key is not 32 bytes of hex');
+  let at = 1 + KEY_BYTES;
+  putUint64(out, at, frame.seq);
+  putUint64(out, at + 8, frame.ts);
+  at += 16;
+  out[at] = id >>> 8;
+  out[at + 1] = id & 0xff;
+  at += 2 + out.write(frame.id, at + 2, 'utf8');
+  out[at] = nick >>> 8;
+  out[at + 1] = nick & 0xff;
+  at += 2 + out.write(frame.nick, at + 2, 'utf8');
+  putUint32(out, at, text);
+  at += 4 + out.write(frame.text, at + 4, 'utf8');
+  out[at] = from;
+  at += 1 + out.write(frame.from, at + 1, 'latin1');
+  if (out.write(frame.sig, at, SIG_BYTES, 'base64url') !== SIG_BYTES)
+    throw new RangeError('encodeChat: sig is not 64 bytes of base64url');
+  at += SIG_BYTES;
+  if (proof === undefined) {
+    out[at] = 0;
+    out[at + 1] = 0;
+    at += 2;
+  } else {
+    out[at] = proof.n >>> 8;
+    out[at + 1] = proof.n & 0xff;
+    out[at + 2] = proof.i >>> 8;
+    out[at + 3] = proof.i & 0xff;
+    out[at + 4] = pathBytes / PATH_HASH_BYTES;
+    at += 5 + out.write(proof.path, at + 5, pathBytes, 'base64url');
+  }
+  if (at !== size) throw new RangeError(`encodeChat: wrote ${at} of ${size} bytes`); // a field that was not valid
+  return out;
+}
+
+/** Where the parts of a binary chat frame lie, for the signature check ({@link binaryChatLayout}). */
+export interface BinaryChatLayout {
+  /** End of the signed body (it starts at 1, with the key). */
+  readonly bodyEnd: number;
+  /** Offset of the 64-byte signature. */
+  readonly sigAt: number;
+  /** The proof's batch size, 0 without one. */
+  readonly n: number;
+  readonly i: number;
+  /** Offset and length of the proof path (whole 32-byte hashes). */
+  readonly pathAt: number;
+  readonly pathBytes: number;
+}
+
+/**
+ * Reads where the parts of a binary chat frame lie, checking only that they fit (the structure, not
+ * the fields: {@link parseFrame} checks those). `undefined` for a payload that does not hold them.
+ */
+export function binaryChatLayout(payload: Uint8Array): BinaryChatLayout | undefined {
+  const size = payload.length;
+  let at = ID_AT;
+  if (payload[0] !== BINARY_CHAT || size < at + 2) return undefined;
+  at += 2 + ((payload[at]! << 8) | payload[at + 1]!); // id
+  if (at + 2 > size) return undefined;
+  at += 2 + ((payload[at]! << 8) | payload[at + 1]!); // nick
+  if (at + 4 > size) return undefined;
+  at += 4 + getUint32(payload, at); // text
+  const bodyEnd = at;
+  if (at + 1 > size) return undefined;
+  at += 1 + payload[at]!; // from
+  const sigAt = at;
+  at += SIG_BYTES;
+  if (at + 2 > size) return undefined;
+  const n = (payload[at]! << 8) | payload[at + 1]!;
+  at += 2;
+  if (n === 0) return at === size ? { bodyEnd, sigAt, n, i: 0, pathAt: at, pathBytes: 0 } : undefined;
+  if (at + 3 > size) return undefined;
+  const i = (payload[at]! << 8) | payload[at + 1]!;
+  const pathBytes = payload[at + 2]! * PATH_HASH_BYTES;
+  at += 3;
+  return at + pathBytes === size ? { bodyEnd, sigAt, n, i, pathAt: at, pathBytes } : undefined;
+}
+
+/** A u64 at `at` as a safe integer; `undefined` above 2^53 - 1. */
+function getUint64(bytes: Uint8Array, at: number): number | undefined {
+  const high = getUint32(bytes, at);
+  if (high > 0x1f_ffff) return undefined;
+  return high * 0x1_0000_0000 + getUint32(bytes, at + 4);
+}
+
+/** UTF-8 text at `start..end`, refused when not valid UTF-8 (it would not be the signed bytes). */
+function utf8(payload: Buffer, start: number, end: number, name: string): string {
+  if (!isUtf8(payload.subarray(start, end))) bad(`${name} is not valid UTF-8`);
+  return payload.toString('utf8', start, end);
+}
+
+/** A binary chat frame as a validated {@link ChatFrame}, with the checks {@link validateFrame} makes of JSON. */
+function decodeChat(payload: Buffer): ChatFrame {
+  const layout = binaryChatLayout(payload);
+  if (layout === undefined) bad('binary chat frame of the wrong length');
+  const seq = getUint64(payload, 1 + KEY_BYTES);
+  const ts = getUint64(payload, 1 + KEY_BYTES + 8);
+  if (seq === undefined || seq < 1) bad(`seq must be an integer in 1..${Number.MAX_SAFE_INTEGER}`);
+  if (ts === undefined) bad(`ts must be an integer in 0..${Number.MAX_SAFE_INTEGER}`);
+  const idEnd = ID_AT + 2 + ((payload[ID_AT]! << 8) | payload[ID_AT + 1]!);
+  const id = payload.toString('latin1', ID_AT + 2, idEnd);
+  if (id.length > 64 || !ID_PATTERN.test(id)) bad('id is malformed');
+  const nickEnd = idEnd + 2 + ((payload[idEnd]! << 8) | payload[idEnd + 1]!);
+  const nick = utf8(payload, idEnd + 2, nickEnd, 'nick');
+  if (nick.length > MAX_NICK_LENGTH) bad(`nick is longer than ${MAX_NICK_LENGTH}`);
+  const text = utf8(payload, nickEnd + 4, layout.bodyEnd, 'text');
+  if (text.length > MAX_TEXT_LENGTH) bad(`text is longer than ${MAX_TEXT_LENGTH}`);
+  const from = payload.toString('latin1', layout.bodyEnd + 1, layout.sigAt);
+  if (from.length > 64 || !ID_PATTERN.test(from)) bad('from is malformed');
+  const chat: Mutable<ChatFrame> = {
+    type: 'chat',
+    id,
+    from,
+    nick,
+    ts,
+    seq,
+    text,
+    key: payload.toString('hex', 1, 1 + KEY_BYTES),
+    sig: payload.toString('base64url', layout.sigAt, layout.sigAt + SIG_BYTES),
+  };
+  if (layout.n !== 0) {
+    if (layout.n < 2 || layout.n > MAX_BATCH) bad(`proof n must be an integer in 2..${MAX_BATCH}`);
+    if (layout.i >= layout.n) bad(`proof i must be an integer in 0..${layout.n - 1}`);
+    if (layout.pathBytes > MAX_PATH_HASHES * PATH_HASH_BYTES) bad('proof path is longer than ten hashes');
+    chat.proof = {
+      i: layout.i,
+      n: layout.n,
+      path: payload.toString('base64url', layout.pathAt, layout.pathAt + layout.pathBytes),
+    };
+  }
+  return chat;
 }

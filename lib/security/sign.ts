@@ -1,5 +1,5 @@
 import sodium from 'sodium-universal';
-import { MAX_BATCH, type ChatFrame, type ChatProof } from '../protocol/frames.js';
+import { binaryChatLayout, MAX_BATCH, type ChatFrame, type ChatProof } from '../protocol/frames.js';
 import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, type Identity } from './identity.js';
 import { NETWORK_TAG_BYTES } from './network-key.js';
 import type { Mutable } from '../util/mutable.js';
@@ -353,8 +353,25 @@ export function verifyChatInBatch(
     if (err instanceof TypeError) throw err;
     return false; // RangeError from a peer's field
   }
+  return rootIsSigned(fields.publicKey, proof.i, proof.n, pathBytes, signature, network, cache);
+}
+
+/**
+ * The rest of {@link verifyChatInBatch}, with the leaf's hash in NODE_OUTPUT and the path's
+ * `pathBytes` bytes in PATH_WORK after a node's hash input: hashes up to the root, and checks the
+ * batch signature of it (or finds it in `cache`).
+ */
+function rootIsSigned(
+  publicKey: Uint8Array,
+  i: number,
+  n: number,
+  pathBytes: number,
+  signature: Uint8Array,
+  network: Uint8Array,
+  cache: BatchCache | undefined,
+): boolean {
   let used = 0;
-  for (let at = proof.i, size = proof.n; size > 1; at >>= 1, size = Math.ceil(size / 2)) {
+  for (let at = i, size = n; size > 1; at >>= 1, size = Math.ceil(size / 2)) {
     if ((at ^ 1) >= size) continue; // the odd last node of its level: moved up unchanged
     if (used + HASH_BYTES > pathBytes) return false;
     const sibling = NODE_INPUT_BYTES + used;
@@ -365,11 +382,64 @@ export function verifyChatInBatch(
     sodium.crypto_generichash(NODE_OUTPUT, NODE_INPUT);
   }
   if (used !== pathBytes) return false;
-  const signed = batchSigningBytes(fields.publicKey, proof.n, NODE_OUTPUT, network);
-  const cacheKey = latin1(signature) + latin1(fields.publicKey);
+  const signed = batchSigningBytes(publicKey, n, NODE_OUTPUT, network);
+  const cacheKey = latin1(signature) + latin1(publicKey);
   const signedKey = signed.toString('latin1');
   if (cache?.get(cacheKey) === signedKey) return true;
-  if (!sodium.crypto_sign_verify_detached(signature, signed, fields.publicKey)) return false;
+  if (!sodium.crypto_sign_verify_detached(signature, signed, publicKey)) return false;
   cache?.set(cacheKey, signedKey);
   return true;
+}
+
+/**
+ * Scratch of {@link verifyBinaryChat}: a leaf's marker, the signed layout's prefix, kind and network
+ * tag, then the frame's signed body. Grows to the largest body checked, up to 64 KiB (a larger one,
+ * a text of many multi-byte characters, gets a buffer of its own).
+ */
+let signedWork = Buffer.alloc(2048);
+const SIGNED_HEAD_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES;
+
+/** 0x00 (for a leaf) || the chat signing bytes, with `body` (a binary chat frame's signed body) as their end. */
+function signedInput(body: Uint8Array, network: Uint8Array): Buffer {
+  const size = 1 + SIGNED_HEAD_BYTES + body.length;
+  if (signedWork.length < size) {
+    if (size > 64 * 1024) return signedInputIn(Buffer.allocUnsafe(size), body, network);
+    signedWork = Buffer.alloc(Math.max(size, 2 * signedWork.length));
+  }
+  return signedInputIn(signedWork, body, network).subarray(0, size);
+}
+
+function signedInputIn(out: Buffer, body: Uint8Array, network: Uint8Array): Buffer {
+  out[0] = 0; // a leaf's marker byte
+  out.set(SIGNING_PREFIX, 1);
+  out[1 + SIGNING_PREFIX.length] = SIGNED_KIND.chat;
+  out.set(network, 2 + SIGNING_PREFIX.length);
+  out.set(body, 1 + SIGNED_HEAD_BYTES);
+  return out;
+}
+
+/**
+ * {@link verifyChat} or {@link verifyChatInBatch} of a chat frame in the binary encoding
+ * (`encodeChat`), over its own bytes: its first part is the signed layout after the prefix, kind
+ * and network tag, and its key, signature and proof path are bytes, so nothing is re-encoded to
+ * check it. False for a payload that is not one (see `binaryChatLayout`) and as they are.
+ * @throws {RangeError} when `network` is not a 32-byte tag (this node's configuration).
+ *
+ * The caller still checks that the message's `from` equals `nodeIdOf` of its key.
+ */
+export function verifyBinaryChat(payload: Uint8Array, network: Uint8Array, cache?: BatchCache): boolean {
+  if (network.length !== NETWORK_TAG_BYTES) {
+    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`); // our config, not the peer
+  }
+  const layout = binaryChatLayout(payload);
+  if (layout === undefined) return false;
+  const { bodyEnd, sigAt, n, i, pathAt, pathBytes } = layout;
+  const input = signedInput(payload.subarray(1, bodyEnd), network);
+  const publicKey = payload.subarray(1, 1 + PUBLIC_KEY_BYTES);
+  const signature = payload.subarray(sigAt, sigAt + SIGNATURE_BYTES);
+  if (n === 0) return sodium.crypto_sign_verify_detached(signature, input.subarray(1), publicKey);
+  if (i >= n || n > MAX_BATCH || pathBytes > MAX_PATH_BYTES) return false;
+  sodium.crypto_generichash(NODE_OUTPUT, input);
+  PATH_WORK.set(payload.subarray(pathAt, pathAt + pathBytes), NODE_INPUT_BYTES);
+  return rootIsSigned(publicKey, i, n, pathBytes, signature, network, cache);
 }

@@ -20,6 +20,7 @@ import {
   unpack,
 } from '../../lib/protocol/codec.js';
 import {
+  isBinaryChat,
   parseFrame,
   PROTOCOL_VERSION,
   serializeFrame,
@@ -376,6 +377,8 @@ export interface RawPeer {
   sendPack(payloads: readonly Buffer[]): void;
   /** Encrypted messages received after the handshake, how many were packs, and the largest pack. */
   readonly received: { readonly messages: number; readonly packs: number; readonly largestPack: number };
+  /** Chat frames received in each encoding: JSON, and binary (lib/protocol/frames.ts, `encodeChat`). */
+  readonly chatEncodings: { readonly json: number; readonly binary: number };
   /** Writes bytes on the socket as they are, unencrypted and unframed. */
   writePlain(bytes: Buffer | string): void;
   readonly closed: Promise<void>;
@@ -384,8 +387,16 @@ export interface RawPeer {
 export async function rawPeer(
   t: TestContext,
   port: number,
-  /** `pack`: the largest pack its hello says it reads (default: none, as a node before packs). */
-  options: SecureOptions & { listenPort?: number; answerPings?: boolean; pack?: number } = {},
+  /**
+   * `pack`: the largest pack its hello says it reads (default: none, as a node before packs).
+   * `binary`: its hello says it reads binary chat frames (default: no, as a node before them).
+   */
+  options: SecureOptions & {
+    listenPort?: number;
+    answerPings?: boolean;
+    pack?: number;
+    binary?: boolean;
+  } = {},
 ): Promise<RawPeer> {
   const listenPort = options.listenPort ?? (await freePort());
   const socket = connect({ host: HOST, port });
@@ -394,11 +405,13 @@ export async function rawPeer(
   const done = new Promise<void>((resolve) => socket.once('close', () => resolve()));
   await new Promise<void>((resolve) => socket.once('connect', resolve));
   const frames: Frame[] = [];
+  const chatEncodings = { json: 0, binary: 0 };
   const link = await secureHandshake(
     socket,
     (payload, self) => {
       const frame = parseFrame(payload);
       frames.push(frame);
+      if (frame.type === 'chat') chatEncodings[isBinaryChat(payload) ? 'binary' : 'json']++;
       if (frame.type === 'ping' && options.answerPings === true) self.send({ type: 'pong', n: frame.n });
     },
     options,
@@ -411,6 +424,7 @@ export async function rawPeer(
     nick: 'raw',
     port: listenPort,
     ...(options.pack !== undefined ? { pack: options.pack } : {}),
+    ...(options.binary !== undefined ? { binary: options.binary } : {}),
   });
   return {
     socket,
@@ -422,6 +436,7 @@ export async function rawPeer(
     sendPayload: (payload) => link.sendPayload(payload),
     sendPack: (payloads) => link.sendPack(payloads),
     received: link.received,
+    chatEncodings,
     writePlain: (bytes) => {
       if (!socket.destroyed) socket.write(bytes);
     },

@@ -3,7 +3,9 @@ import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
 import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
-import { MAX_TEXT_LENGTH, serializeFrame } from '../../lib/protocol/frames.js';
+import { encodeChat, MAX_TEXT_LENGTH, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
+import { chatProblemChecker } from '../../lib/operators/verify.js';
+import { networkTag } from '../../lib/security/network-key.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
   closed,
@@ -473,6 +475,37 @@ describe('createNode', () => {
     assert.ok(small.received.largestPack <= 2000, `a pack of ${small.received.largestPack}`);
     assert.equal(plain.received.packs, 0);
     assert.equal(plain.received.messages, plain.frames.length, 'one frame per sealed message');
+  });
+
+  it('sends chat frames in the binary encoding to a peer whose hello says it reads them, as JSON to one that does not (a node before it): the same signed messages, its own and relayed', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const inbox = record(node.messages$);
+    const modern = await rawPeer(t, node.port, { answerPings: true, binary: true });
+    const older = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 2, 'the raw peers to be up');
+
+    node.sendAll(['one', 'two', 'three']); // a batch: each with its proof
+    node.send('alone');
+    // In the binary encoding from a peer, relayed on to the older one.
+    modern.sendPayload(encodeChat(signedChat(modern.identity, { text: 'from modern', seq: 1 })));
+    const chats = (raw: typeof older): ChatFrame[] => raw.frames.filter((f) => f.type === 'chat');
+    await waitFor(() => chats(modern).length === 4 && chats(older).length === 5, 'every message at both');
+
+    assert.deepEqual(modern.chatEncodings, { json: 0, binary: 4 });
+    assert.deepEqual(older.chatEncodings, { json: 5, binary: 0 });
+    assert.deepEqual(
+      chats(older).map((f) => f.text),
+      ['one', 'two', 'three', 'alone', 'from modern'],
+    );
+    // The same frames either way, and each checks out from its JSON (as a node before binary checks it).
+    assert.deepEqual(chats(older).slice(0, 4), chats(modern));
+    const check = chatProblemChecker(networkTag());
+    for (const frame of chats(older)) assert.equal(check(frame), undefined, frame.text);
+    assert.deepEqual(
+      inbox.values.map((m) => m.text),
+      ['from modern'],
+    );
   });
 
   it('takes every frame of a pack in order, a copy in it once', async (t) => {

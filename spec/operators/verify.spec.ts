@@ -4,7 +4,7 @@ import { from, take, tap } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { verifySignatures } from '../../lib/operators/verify.js';
 import type { Inbound } from '../../lib/operators/types.js';
-import type { ChatFrame } from '../../lib/protocol/frames.js';
+import { encodeChat, parseFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { signedChat } from '../helpers/nodes.js';
@@ -109,6 +109,41 @@ describe('verifySignatures', () => {
       'm2: its signature does not verify',
       'm3: its signature does not verify',
       'm4: its sender id is not the id of its key',
+    ]);
+  });
+
+  it('checks a message in the binary encoding over its bytes: the same answers', () => {
+    // As a node receives it: the payload, and the frame parsed from it.
+    const arriving = (payload: Buffer): Inbound<ChatFrame> => ({
+      peer,
+      frame: parseFrame(payload) as ChatFrame,
+      payload,
+    });
+    const changed = (frame: ChatFrame, change: (bytes: Buffer) => void): Buffer => {
+      const bytes = encodeChat(frame);
+      change(bytes);
+      return bytes;
+    };
+    const g = arriving(encodeChat(signed('hello', 11)));
+    const t = arriving(changed(signed('hello', 12), (b) => b.write('J', b.indexOf('hello'), 'latin1')));
+    const o = arriving(encodeChat(signed('hello', 13, networkTag(Buffer.alloc(32, 7)))));
+    const other = generateIdentity().id;
+    const i = arriving(changed(signed('hello', 14), (b) => b.write(other, b.indexOf(author.id), 'latin1')));
+    assert.equal(t.frame.text, 'Jello');
+    assert.equal(i.frame.from, other);
+    const reports: string[] = [];
+    scheduler().run(({ cold, expectObservable }) => {
+      const source = cold('-t-o-i-g-|', { t, o, i, g });
+      const op = verifySignatures({
+        network,
+        onInvalid: (m, reason) => reports.push(`${m.frame.id}: ${reason}`),
+      });
+      expectObservable(source.pipe(op)).toBe('-------g-|', { g });
+    });
+    assert.deepEqual(reports, [
+      'm12: its signature does not verify',
+      'm13: its signature does not verify',
+      'm14: its sender id is not the id of its key',
     ]);
   });
 

@@ -13,6 +13,10 @@ import {
   PROTOCOL_VERSION,
   serializeFrame,
   chatIdOf,
+  encodeChat,
+  isBinaryChat,
+  binaryChatLayout,
+  BINARY_CHAT,
   validateFrame,
   type ByeFrame,
   type ChatFrame,
@@ -39,7 +43,7 @@ const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_C
 
 /** Every field each frame type carries; anything else is dropped by validation. */
 const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
-  hello: ['type', 'v', 'id', 'nick', 'port', 'addr'],
+  hello: ['type', 'v', 'id', 'nick', 'port', 'addr', 'pack', 'binary'],
   chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig', 'proof'],
   peers: ['type', 'peers'],
   ping: ['type', 'n'],
@@ -103,13 +107,15 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
     fc.integer({ min: 1, max: 65535 }),
     fc.option(textArb(300), { nil: undefined }),
     fc.option(fc.integer({ min: 0, max: 0xffff_ffff }), { nil: undefined }),
+    fc.option(fc.boolean(), { nil: undefined }),
   )
-  .map(([id, nick, port, addr, pack]) => {
+  .map(([id, nick, port, addr, pack, binary]) => {
     const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id, nick, port };
     return {
       ...hello,
       ...(addr === undefined ? {} : { addr }),
       ...(pack === undefined ? {} : { pack }),
+      ...(binary === undefined ? {} : { binary }),
     };
   });
 
@@ -341,7 +347,7 @@ describe('validateFrame', () => {
   });
 
   describe('accepts', () => {
-    it('a hello with and without addr and pack', () => {
+    it('a hello with and without addr, pack and binary', () => {
       const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id: 'node-1', nick: 'ann', port: 8002 };
       assert.deepEqual(validateFrame(hello), hello);
       assert.deepEqual(validateFrame({ ...hello, addr: 'example.com:9000' }), {
@@ -350,6 +356,8 @@ describe('validateFrame', () => {
       });
       assert.deepEqual(validateFrame({ ...hello, pack: 65536 }), { ...hello, pack: 65536 });
       assert.deepEqual(validateFrame({ ...hello, pack: 0 }), { ...hello, pack: 0 }, '0: no packs');
+      assert.deepEqual(validateFrame({ ...hello, binary: true }), { ...hello, binary: true });
+      assert.throws(() => validateFrame({ ...hello, binary: 1 }), protocolError('ERR_BAD_FRAME'));
     });
 
     it('text of exactly MAX_TEXT_LENGTH and a nick of exactly MAX_NICK_LENGTH code units', () => {
@@ -688,6 +696,18 @@ describe('chatIdOf', () => {
     );
   });
 
+  it('reads the id of every chat frame in the binary encoding', () => {
+    fc.assert(
+      fc.property(wellFormedChatArb, (frame) => {
+        const payload = encodeChat(frame);
+        assert.equal(chatIdOf(payload), frame.id);
+      }),
+    );
+    const frame = encodeChat(BASE_CHAT);
+    for (let cut = 0; cut < 51 + BASE_CHAT.id.length; cut++)
+      assert.equal(chatIdOf(frame.subarray(0, cut)), undefined, `cut at ${cut}`);
+  });
+
   it('returns undefined, never throws, for other frames and for arbitrary bytes', () => {
     fc.assert(
       fc.property(
@@ -698,7 +718,8 @@ describe('chatIdOf', () => {
         (payload) => {
           const id = chatIdOf(payload);
           assert.ok(id === undefined || /^[0-9a-zA-Z_-]{1,64}$/.test(id));
-          if (!payload.toString('latin1').startsWith('{"type":"chat","id":"')) assert.equal(id, undefined);
+          if (!payload.toString('latin1').startsWith('{"type":"chat","id":"') && payload[0] !== BINARY_CHAT)
+            assert.equal(id, undefined);
         },
       ),
     );
@@ -716,5 +737,132 @@ describe('chatIdOf', () => {
     assert.equal(chatIdOf(Buffer.from('{"type":"chat","id":"abc"')), 'abc');
     const longest = 'a'.repeat(64);
     assert.equal(chatIdOf(Buffer.from(`{"type":"chat","id":"${longest}"}`)), longest, '64 characters');
+  });
+});
+
+/** A chat frame whose nick and text are well-formed UTF-16 (what a signed message carries). */
+const wellFormedChatArb = chatArb.filter((f) => !/\p{Surrogate}/u.test(f.nick + f.text));
+
+/** A valid frame to take apart by hand: batched, with a two-hash path. */
+const BASE_CHAT: ChatFrame = {
+  type: 'chat',
+  id: 'm1',
+  from: 'n1',
+  nick: 'ann',
+  ts: 1_700_000_000_000,
+  seq: 7,
+  text: 'héllo 🌍',
+  key: KEY,
+  sig: SIG,
+  proof: { i: 1, n: 3, path: Buffer.alloc(64, 9).toString('base64url') },
+};
+
+describe('encodeChat / parseFrame (the binary encoding of chat frames)', () => {
+  it('round-trips every valid chat frame with well-formed strings, with and without a proof', () => {
+    fc.assert(
+      fc.property(wellFormedChatArb, (frame) => {
+        const payload = encodeChat(frame);
+        assert.equal(payload[0], BINARY_CHAT);
+        assert.ok(isBinaryChat(payload));
+        assert.deepEqual(parseFrame(payload), frame);
+        // A relay to a node that reads JSON only converts it; back again it is the same bytes.
+        assert.deepEqual(encodeChat(parseFrame(serializeFrame(parseFrame(payload))) as ChatFrame), payload);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('is smaller than the JSON of the same frame: the key, signature and path as bytes', () => {
+    const binary = encodeChat(BASE_CHAT).length;
+    const json = serializeFrame(BASE_CHAT).length;
+    assert.ok(binary < json - 100, `${binary} bytes against ${json}`);
+  });
+
+  it('refuses a nick or text with a lone surrogate (RangeError): UTF-8 cannot carry it', () => {
+    assert.throws(() => encodeChat({ ...BASE_CHAT, text: 'a\udfffb' }), RangeError);
+    assert.throws(() => encodeChat({ ...BASE_CHAT, nick: '\ud800' }), RangeError);
+  });
+
+  it('gives a Frame or a ProtocolError for any bytes after the binary marker, and for any change to a valid frame', () => {
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.uint8Array({ maxLength: 400 }).map((bytes) => Buffer.from([BINARY_CHAT, ...bytes])),
+          fc
+            .tuple(wellFormedChatArb, fc.nat(), fc.integer({ min: 0, max: 255 }))
+            .map(([frame, at, value]) => {
+              const bytes = encodeChat(frame);
+              bytes[at % bytes.length] = value;
+              return bytes;
+            }),
+        ),
+        (bytes) => {
+          // ERR_BAD_JSON when the marker byte itself was changed.
+          const frame = frameOrProtocolError(
+            () => parseFrame(bytes),
+            bytes[0] === BINARY_CHAT ? ['ERR_BAD_FRAME'] : PARSE_CODES,
+          );
+          if (frame !== undefined) assert.equal(frame.type, 'chat');
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('refuses a frame cut short or with bytes after its last field (ERR_BAD_FRAME)', () => {
+    const whole = encodeChat(BASE_CHAT);
+    for (let cut = 1; cut < whole.length; cut++) {
+      assert.throws(
+        () => parseFrame(whole.subarray(0, cut)),
+        protocolError('ERR_BAD_FRAME'),
+        `cut at ${cut}`,
+      );
+    }
+    assert.throws(() => parseFrame(Buffer.concat([whole, Buffer.from([0])])), protocolError('ERR_BAD_FRAME'));
+    const { proof: _proof, ...signedAlone } = BASE_CHAT;
+    const alone = encodeChat(signedAlone);
+    assert.throws(() => parseFrame(Buffer.concat([alone, Buffer.from([0])])), protocolError('ERR_BAD_FRAME'));
+  });
+
+  it('refuses fields out of range as validateFrame does: seq 0, ts or seq over 2^53 - 1, a bad id or from, invalid UTF-8, a nick or text too long, a proof out of shape', () => {
+    const layout = binaryChatLayout(encodeChat(BASE_CHAT))!;
+    const idAt = 1 + 32 + 16 + 2;
+    const nickAt = idAt + 2 + 2; // id 'm1', then the nick's length
+    const textAt = nickAt + 3 + 4; // nick 'ann', then the text's length
+    const cases: [string, (b: Buffer) => void][] = [
+      ['seq 0', (b) => b.fill(0, 33, 41)],
+      ['seq over 2^53 - 1', (b) => ((b[33] = 0x00), (b[34] = 0x20))],
+      ['ts over 2^53 - 1', (b) => (b[41] = 0xff)],
+      ['an id that is not an id', (b) => (b[idAt] = 0x20)],
+      ['a from that is not an id', (b) => (b[layout.bodyEnd + 1] = 0x2e)],
+      ['a nick that is not UTF-8', (b) => (b[nickAt] = 0xff)],
+      ['a text that is not UTF-8', (b) => ((b[textAt] = 0xc3), (b[textAt + 1] = 0x28))],
+      ['a batch of 1', (b) => ((b[layout.sigAt + 64] = 0), (b[layout.sigAt + 65] = 1))],
+      ['an index outside the batch', (b) => (b[layout.sigAt + 67] = 3)],
+    ];
+    for (const [name, change] of cases) {
+      const bytes = encodeChat(BASE_CHAT);
+      change(bytes);
+      assert.throws(() => parseFrame(bytes), protocolError('ERR_BAD_FRAME'), name);
+    }
+    const longNick = encodeChat({ ...BASE_CHAT, nick: 'n'.repeat(MAX_NICK_LENGTH) });
+    assert.equal((parseFrame(longNick) as ChatFrame).nick.length, MAX_NICK_LENGTH);
+    const tooLong = (frame: ChatFrame): Buffer => {
+      // encodeChat writes any length; the decoder refuses what validateFrame refuses.
+      return encodeChat(frame);
+    };
+    assert.throws(
+      () => parseFrame(tooLong({ ...BASE_CHAT, nick: 'n'.repeat(MAX_NICK_LENGTH + 1) })),
+      protocolError('ERR_BAD_FRAME'),
+    );
+    assert.throws(
+      () => parseFrame(tooLong({ ...BASE_CHAT, text: 't'.repeat(MAX_TEXT_LENGTH + 1) })),
+      protocolError('ERR_BAD_FRAME'),
+    );
+    const elevenHashes = {
+      ...BASE_CHAT,
+      proof: { i: 0, n: MAX_BATCH, path: Buffer.alloc(11 * 32).toString('base64url') },
+    };
+    assert.throws(() => encodeChat(elevenHashes), RangeError);
   });
 });

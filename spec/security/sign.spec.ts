@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { MAX_BATCH, type ChatFrame } from '../../lib/protocol/frames.js';
+import {
+  binaryChatLayout,
+  encodeChat,
+  MAX_BATCH,
+  serializeFrame,
+  type ChatFrame,
+} from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
 import {
@@ -10,6 +16,7 @@ import {
   signedChatFrame,
   signedChatFrames,
   SIGNING_PREFIX,
+  verifyBinaryChat,
   verifyChat,
   verifyChatInBatch,
   type SignedChatFields,
@@ -250,10 +257,15 @@ describe('batches: one signature of a hash tree for many messages', () => {
     seq: frame.seq,
     publicKey: Buffer.from(frame.key, 'hex'),
   });
-  const verifies = (frame: ChatFrame, net: Uint8Array = ours, cache?: Map<string, string>): boolean =>
-    frame.proof === undefined
-      ? verifyChat(fieldsOf(frame), Buffer.from(frame.sig, 'base64url'), net)
-      : verifyChatInBatch(fieldsOf(frame), frame.proof, Buffer.from(frame.sig, 'base64url'), net, cache);
+  const verifies = (frame: ChatFrame, net: Uint8Array = ours, cache?: Map<string, string>): boolean => {
+    const answer =
+      frame.proof === undefined
+        ? verifyChat(fieldsOf(frame), Buffer.from(frame.sig, 'base64url'), net)
+        : verifyChatInBatch(fieldsOf(frame), frame.proof, Buffer.from(frame.sig, 'base64url'), net, cache);
+    // The same frame in the binary encoding, checked over its own bytes: the same answer.
+    assert.equal(verifyBinaryChat(encodeChat(frame), net, cache), answer, 'in the binary encoding');
+    return answer;
+  };
 
   it('signs one message alone, as signedChatFrame does (no proof)', () => {
     const [frame] = signedChatFrames(alice, batchOf(1), ours);
@@ -373,5 +385,49 @@ describe('batches: one signature of a hash tree for many messages', () => {
     const frames = signedChatFrames(alice, batchOf(MAX_BATCH), ours);
     assert.ok(verifies(frames[MAX_BATCH - 1]!));
     assert.ok(Buffer.from(frames[0]!.proof!.path, 'base64url').length <= 10 * 32);
+  });
+});
+
+describe('verifyBinaryChat: a chat frame in the binary encoding, checked over its bytes', () => {
+  const frames = [
+    signedChatFrame(alice, message, ours),
+    ...signedChatFrames(
+      alice,
+      [message, { ...message, id: 'x2', seq: 8 }, { ...message, id: 'x3', seq: 9, text: 'ünïcödé 🌍' }],
+      ours,
+    ),
+  ];
+
+  it('verifies a message signed alone and each message of a batch, in their network only', () => {
+    for (const frame of frames) {
+      assert.ok(verifyBinaryChat(encodeChat(frame), ours));
+      assert.equal(verifyBinaryChat(encodeChat(frame), theirs), false);
+      assert.equal(verifyBinaryChat(encodeChat(frame), publicNet), false);
+    }
+  });
+
+  it('refuses the frame with any bit flipped (property): body, signature, proof or length fields', () => {
+    fc.assert(
+      fc.property(fc.constantFrom(...frames), fc.nat(), (frame, bit) => {
+        const whole = encodeChat(frame);
+        // A flip in `from` changes no signed byte: the checker's id check catches that one.
+        const fromAt = binaryChatLayout(whole)!.bodyEnd + 1;
+        const at = Math.floor(bit / 8) % whole.length;
+        if (at >= fromAt && at < fromAt + frame.from.length) return;
+        const bytes = flipBit(whole, bit);
+        assert.equal(verifyBinaryChat(bytes, ours), false);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('answers false, never throws, for bytes that are not a binary chat frame (property)', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), (bytes) => {
+        assert.equal(verifyBinaryChat(Buffer.from([1, ...bytes]), ours), false);
+      }),
+    );
+    assert.equal(verifyBinaryChat(serializeFrame(frames[0]!), ours), false, 'JSON');
+    assert.throws(() => verifyBinaryChat(encodeChat(frames[0]!), new Uint8Array(31)), RangeError);
   });
 });
