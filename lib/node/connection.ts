@@ -262,11 +262,17 @@ export class Connection {
    * Queues a payload that is already serialised (a relayed message, with its id); encrypted for this
    * link. A chat frame in the binary encoding goes as JSON to a peer whose hello does not say it
    * reads those (an older node): the same message, whose signature checks out either way.
+   * @returns false, queueing nothing, for a chat frame whose JSON is over the frame limit (JSON
+   *   escapes control characters in six bytes each: a text of them can outgrow a small limit).
    */
-  sendPayload(payload: Buffer, messageId?: string): void {
-    if (isBinaryChat(payload) && this.hello?.binary !== true) payload = serializeFrame(parseFrame(payload));
+  sendPayload(payload: Buffer, messageId?: string): boolean {
+    if (isBinaryChat(payload) && this.hello?.binary !== true) {
+      payload = serializeFrame(parseFrame(payload));
+      if (payload.length > this.fullFrameBytes - TAG_BYTES) return false;
+    }
     if (this.sealer !== undefined) this.write(this.sealer, payload, messageId);
     else this.queued.push(payload);
+    return true;
   }
 
   /**

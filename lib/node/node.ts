@@ -517,7 +517,10 @@ class ChatNode implements P2PNode {
         // Let through unchecked, but a peer came since: checked now, as it goes on.
         if (unverified === true && this.chatProblem(frame, payload) !== undefined) return;
         // Indexed: for-of makes an iterator result per step in code V8 has not optimised yet.
-        for (let i = 0; i < to.length; i++) this.active.get(to[i]!)?.conn.sendPayload(payload, frame.id);
+        for (let i = 0; i < to.length; i++) {
+          const conn = this.active.get(to[i]!)?.conn;
+          if (conn !== undefined) this.sendChat(conn, payload, frame);
+        }
       }),
     );
     this.subscription.add(
@@ -920,6 +923,23 @@ class ChatNode implements P2PNode {
   }
 
   /**
+   * Sends a chat message on `conn`. One that cannot go to that peer (a peer that does not read
+   * binary frames, and the message's JSON is over the frame limit) is left out for it, logged once
+   * per sender per minute.
+   */
+  private sendChat(conn: Connection, payload: Buffer, frame: HeldFrame): void {
+    if (conn.sendPayload(payload, frame.id)) return;
+    const key = `json:${frame.from}`;
+    const now = Date.now();
+    const last = this.limitedLog.get(key);
+    if (last !== undefined && now - last < 60_000) return;
+    this.limitedLog.set(key, now);
+    this.log.warn(
+      `not sending ${conn.label} a message of ${frame.from.slice(0, 8)} (${frame.nick}): as JSON (it does not read binary frames) it is over the frame limit`,
+    );
+  }
+
+  /**
    * A message dropped because its sender is over its rate: counted, and logged once per sender per
    * minute (naming the sender and the peer that delivered it), so a flood cannot flood the log.
    */
@@ -1146,7 +1166,7 @@ class ChatNode implements P2PNode {
           }
           message.verified = true;
         }
-        conn.sendPayload(message.payload, message.frame.id);
+        this.sendChat(conn, message.payload, message.frame);
         sent++;
       }
       if (next < backlog.length) {

@@ -433,8 +433,19 @@ export function encodeChat(frame: ChatFrame): Buffer {
   const id = Buffer.byteLength(frame.id, 'utf8');
   const nick = Buffer.byteLength(frame.nick, 'utf8');
   const text = Buffer.byteLength(frame.text, 'utf8');
-  const from = frame.from.length; // ASCII (the id pattern)
+  const from = frame.from.length;
   const proof = frame.proof;
+  // What the length fields and integers hold (a valid frame is well inside): nothing wraps.
+  if (id > 0xffff || nick > 0xffff || !ID_PATTERN.test(frame.from)) {
+    throw new RangeError('encodeChat: an id, nick or from that the encoding cannot carry');
+  }
+  for (const value of [frame.seq, frame.ts, proof?.n ?? 0, proof?.i ?? 0]) {
+    if (!Number.isSafeInteger(value) || value < 0)
+      throw new RangeError(`encodeChat: ${value} is not a safe non-negative integer`);
+  }
+  if (proof !== undefined && (proof.n > MAX_BATCH || proof.i >= proof.n)) {
+    throw new RangeError(`encodeChat: proof ${proof.i} of ${proof.n} is out of shape`);
+  }
   const pathBytes = proof === undefined ? 0 : Math.floor((proof.path.length * 3) / 4);
   if (pathBytes % PATH_HASH_BYTES !== 0 || pathBytes / PATH_HASH_BYTES > MAX_PATH_HASHES) {
     throw new RangeError(`encodeChat: a proof path of ${proof?.path.length} characters is not whole hashes`);

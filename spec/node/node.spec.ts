@@ -508,6 +508,25 @@ describe('createNode', () => {
     );
   });
 
+  it('leaves a message out for a peer that does not read binary when its JSON is over the frame limit (control characters: six bytes each), logs it, and goes on', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const node = await start({ maxFrameBytes: 64 * 1024, log });
+    const modern = await rawPeer(t, node.port, { answerPings: true, binary: true });
+    const older = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 2, 'the raw peers to be up');
+
+    const controls = signedChat(modern.identity, { text: '\u0001'.repeat(16_000), seq: 1 });
+    assert.ok(encodeChat(controls).length < 20_000 && serializeFrame(controls).length > 64 * 1024);
+    modern.sendPayload(encodeChat(controls));
+    modern.sendPayload(encodeChat(signedChat(modern.identity, { text: 'after it', seq: 2 })));
+    const texts = (): string[] => older.frames.flatMap((f) => (f.type === 'chat' ? [f.text] : []));
+    await waitFor(() => texts().includes('after it'), 'the next message at the older peer');
+    assert.deepEqual(texts(), ['after it']);
+    assert.equal(log.count('over the frame limit'), 1);
+    assert.equal(node.peers().length, 2, 'both peers still connected');
+  });
+
   it('takes every frame of a pack in order, a copy in it once', async (t) => {
     const start = nodeFactory(t);
     const node = await start();

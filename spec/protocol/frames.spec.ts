@@ -783,6 +783,23 @@ describe('encodeChat / parseFrame (the binary encoding of chat frames)', () => {
     assert.throws(() => encodeChat({ ...BASE_CHAT, nick: '\ud800' }), RangeError);
   });
 
+  it('refuses what its length fields and integers cannot carry (RangeError), rather than wrap', () => {
+    const cases: ChatFrame[] = [
+      { ...BASE_CHAT, seq: -1 },
+      { ...BASE_CHAT, ts: 1.5 },
+      { ...BASE_CHAT, ts: 2 ** 53 },
+      { ...BASE_CHAT, from: 'not an id' },
+      { ...BASE_CHAT, from: 'x'.repeat(300) },
+      { ...BASE_CHAT, nick: 'n'.repeat(70_000) },
+      { ...BASE_CHAT, proof: { ...BASE_CHAT.proof!, n: 70_000 } },
+      { ...BASE_CHAT, proof: { ...BASE_CHAT.proof!, i: 3 } },
+      { ...BASE_CHAT, key: 'zz'.repeat(32) },
+      { ...BASE_CHAT, sig: '!'.repeat(86) },
+    ];
+    for (const frame of cases)
+      assert.throws(() => encodeChat(frame), RangeError, JSON.stringify(frame).slice(0, 80));
+  });
+
   it('gives a Frame or a ProtocolError for any bytes after the binary marker, and for any change to a valid frame', () => {
     fc.assert(
       fc.property(

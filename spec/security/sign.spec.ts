@@ -5,9 +5,12 @@ import {
   binaryChatLayout,
   encodeChat,
   MAX_BATCH,
+  parseFrame,
   serializeFrame,
   type ChatFrame,
 } from '../../lib/protocol/frames.js';
+import { ProtocolError } from '../../lib/protocol/errors.js';
+import { chatProblemChecker } from '../../lib/operators/verify.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
 import {
@@ -429,5 +432,104 @@ describe('verifyBinaryChat: a chat frame in the binary encoding, checked over it
     );
     assert.equal(verifyBinaryChat(serializeFrame(frames[0]!), ours), false, 'JSON');
     assert.throws(() => verifyBinaryChat(encodeChat(frames[0]!), new Uint8Array(31)), RangeError);
+  });
+});
+
+describe('binary chat frames a sender signs as it likes', () => {
+  // A member signs any body: bytes that are not UTF-8 (a BOM, overlong forms, encoded surrogates, a
+  // cut sequence), integers around 2^53 and up to 2^64. What a node accepts must be what was signed.
+  const u16 = (n: number): Buffer => Buffer.from([n >> 8, n & 0xff]);
+  const u32 = (n: number): Buffer => Buffer.from([n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]);
+  const oddBytes = fc.oneof(
+    fc.uint8Array({ maxLength: 12 }).map((a) => Buffer.from(a)),
+    fc.string({ unit: 'binary', maxLength: 10 }).map((t) => Buffer.from(t, 'utf8')),
+    fc.constantFrom(
+      ...[
+        'efbbbf41',
+        'c0af',
+        'eda080',
+        'f4908080',
+        'e282',
+        '41ff',
+        '00',
+        '7f',
+        'f09f9880',
+        'eda0bdedb880',
+      ].map((hex) => Buffer.from(hex, 'hex')),
+    ),
+  );
+  const u64 = fc.oneof(
+    fc.bigInt({ min: 0n, max: 5n }),
+    fc.bigInt({ min: (1n << 53n) - 3n, max: (1n << 53n) + 3n }),
+    fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }),
+  );
+  const check = chatProblemChecker(ours);
+
+  it('accepts one only as the frame its fields sign, which encodes back to the same bytes (property)', () => {
+    let accepted = 0;
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          fc.stringMatching(/^[0-9a-zA-Z_-]{1,64}$/).map((id) => Buffer.from(id)),
+          oddBytes,
+        ),
+        oddBytes,
+        oddBytes,
+        u64,
+        u64,
+        (id, nick, text, seq, ts) => {
+          const numbers = Buffer.alloc(16);
+          numbers.writeBigUInt64BE(seq, 0);
+          numbers.writeBigUInt64BE(ts, 8);
+          const body = Buffer.concat([
+            alice.publicKey,
+            numbers,
+            u16(id.length),
+            id,
+            u16(nick.length),
+            nick,
+            u32(text.length),
+            text,
+          ]);
+          const sig = alice.sign(Buffer.concat([SIGNING_PREFIX, Buffer.from([1]), ours, body]));
+          const from = Buffer.from(alice.id, 'latin1');
+          const payload = Buffer.concat([
+            Buffer.from([1]),
+            body,
+            Buffer.from([from.length]),
+            from,
+            sig,
+            u16(0),
+          ]);
+          let frame: ChatFrame;
+          try {
+            frame = parseFrame(payload) as ChatFrame;
+          } catch (err) {
+            if (err instanceof ProtocolError) return; // refused before any check
+            throw err;
+          }
+          assert.equal(check(frame, payload), undefined, 'signed by its key: valid');
+          accepted++;
+          const fieldsOfFrame = { ...frame, publicKey: Buffer.from(frame.key, 'hex') };
+          assert.ok(
+            verifyChat(fieldsOfFrame, Buffer.from(frame.sig, 'base64url'), ours),
+            'its fields verify',
+          );
+          assert.deepEqual(encodeChat(frame), payload, 'the same bytes again');
+        },
+      ),
+      { numRuns: 300 },
+    );
+    assert.ok(accepted > 0);
+  });
+
+  it('checks bodies larger than its scratch buffer, small ones after them, and one over 64 KiB', () => {
+    const sizes = [10, 3000, 20, 40_000, 5, 70_000, 30];
+    const texts = sizes.map((n, i) => (i % 2 === 0 ? 'x' : 'é').repeat(n));
+    for (const text of texts) {
+      const frame = signedChatFrame(alice, { ...message, text }, ours);
+      assert.ok(verifyBinaryChat(encodeChat(frame), ours), `${text.length} characters`);
+      assert.equal(verifyBinaryChat(encodeChat({ ...frame, text: text.slice(1) + 'y' }), ours), false);
+    }
   });
 });

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
-import { parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
+import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { MessageStore, type HistoryWindow } from '../../lib/store/message-store.js';
 
 const SELF = 'me';
@@ -641,6 +641,32 @@ describe('MessageStore', () => {
         ),
         { numRuns: 200 },
       );
+    });
+
+    it('keeps binary and JSON chat frames side by side across a restart and a compaction, each as its bytes', (t) => {
+      const dir = tempDir(t);
+      const frames = [chat('a', 1), chat('a', 2), chat('b', 1), chat('b', 2, T0, 'ünïcode 🌍')];
+      const payloads = [
+        encodeChat(frames[0]!),
+        serializeFrame(frames[1]!),
+        encodeChat(frames[2]!),
+        encodeChat(frames[3]!),
+      ];
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      frames.forEach((frame, i) => first.add(frame, payloads[i]!, i !== 2));
+      first.close();
+      for (let round = 0; round < 2; round++) {
+        const { store, repair } = MessageStore.open(SELF, dir, {}, clock);
+        assert.equal(repair, undefined);
+        const held = store.recent(10);
+        assert.deepEqual(
+          held.map((m) => [m.frame.id, m.frame.text, m.verified]),
+          frames.map((f, i) => [f.id, f.text, i !== 2]),
+        );
+        held.forEach((m, i) => assert.deepEqual(m.payload, payloads[i], `${m.frame.id}: its bytes`));
+        assert.ok(frames.every((f, i) => store.holdsCopy(f.id, payloads[i]!)));
+        store.close();
+      }
     });
 
     it('keeps a message taken in unchecked as such across a restart and a compaction, so it is checked before it is sent on', (t) => {
