@@ -33,7 +33,6 @@ import {
   MAX_PEERS_PER_LIST,
   MAX_TEXT_LENGTH,
   PROTOCOL_VERSION,
-  encodeChat,
   parseFrame,
   chatIdOf,
   type ChatFrame,
@@ -67,7 +66,7 @@ import type { LinkSecurity } from './connection.js';
 import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
-import { signedChatFrames } from '../security/sign.js';
+import { signedChats } from '../security/sign.js';
 import { chatProblemChecker, verifySignatures, type ChatChecker } from '../operators/verify.js';
 import { rateLimit, spendRate } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
@@ -592,8 +591,8 @@ class ChatNode implements P2PNode {
       const batch = texts
         .slice(start, start + SIGN_BATCH)
         .map((text) => ({ id: messageId(), nick: this.nick, ts, seq: this.store.nextSeq(), text }));
-      for (const frame of signedChatFrames(this.identity, batch, this.networkTag)) {
-        this.local$.next({ peer: null, frame, payload: encodeChat(frame) });
+      for (const { frame, payload } of signedChats(this.identity, batch, this.networkTag)) {
+        this.local$.next({ peer: null, frame, payload });
         sent.push(toMessage(frame));
       }
       // Written now rather than with the rest of the turn: a message sendAll() returned is kept.

@@ -481,24 +481,79 @@ export function encodeChat(frame: ChatFrame): Buffer {
   at += 2 + out.write(frame.nick, at + 2, 'utf8');
   putUint32(out, at, text);
   at += 4 + out.write(frame.text, at + 4, 'utf8');
-  out[at] = from;
-  at += 1 + out.write(frame.from, at + 1, 'latin1');
-  if (out.write(frame.sig, at, SIG_BYTES, 'base64url') !== SIG_BYTES)
-    throw new RangeError('encodeChat: sig is not 64 bytes of base64url');
-  at += SIG_BYTES;
-  if (proof === undefined) {
-    out[at] = 0;
-    out[at + 1] = 0;
-    at += 2;
-  } else {
-    out[at] = proof.n >>> 8;
-    out[at + 1] = proof.n & 0xff;
-    out[at + 2] = proof.i >>> 8;
-    out[at + 3] = proof.i & 0xff;
-    out[at + 4] = pathBytes / PATH_HASH_BYTES;
-    at += 5 + out.write(proof.path, at + 5, pathBytes, 'base64url');
-  }
+  at = putChatTail(out, at, frame.from, frame.sig, proof, proof?.path, pathBytes);
   if (at !== size) throw new RangeError(`encodeChat: wrote ${at} of ${size} bytes`); // a field that was not valid
+  return out;
+}
+
+/**
+ * Writes what follows the signed body of a binary chat frame at `at` (from, sig, proof), the
+ * signature and path as bytes or in base64url; returns the offset after it.
+ * @throws {RangeError} for a signature that is not 64 bytes.
+ */
+function putChatTail(
+  out: Buffer,
+  at: number,
+  from: string,
+  sig: Uint8Array | string,
+  proof: { readonly i: number; readonly n: number } | undefined,
+  path: Uint8Array | string | undefined,
+  pathBytes: number,
+): number {
+  out[at] = from.length;
+  at += 1 + out.write(from, at + 1, 'latin1');
+  if (
+    typeof sig === 'string'
+      ? out.write(sig, at, SIG_BYTES, 'base64url') !== SIG_BYTES
+      : sig.length !== SIG_BYTES
+  )
+    throw new RangeError('a chat signature is 64 bytes');
+  if (typeof sig !== 'string') out.set(sig, at);
+  at += SIG_BYTES;
+  out[at] = (proof?.n ?? 0) >>> 8;
+  out[at + 1] = (proof?.n ?? 0) & 0xff;
+  if (proof === undefined || path === undefined) return at + 2;
+  out[at + 2] = proof.i >>> 8;
+  out[at + 3] = proof.i & 0xff;
+  out[at + 4] = pathBytes / PATH_HASH_BYTES;
+  if (typeof path === 'string') out.write(path, at + 5, pathBytes, 'base64url');
+  else out.set(path.subarray(0, pathBytes), at + 5);
+  return at + 5 + pathBytes;
+}
+
+/**
+ * The binary chat frame of a message whose signed bytes are laid out already (the signer's): `body`
+ * is what {@link encodeChat} writes after the marker (the chat signing bytes after their prefix, kind
+ * and network tag), then `from`, the signature and the proof with its path as bytes. One copy of the
+ * body instead of laying the fields out again.
+ * @throws {RangeError} for a signature that is not 64 bytes, a `from` that is not an id, or a proof
+ *   out of shape (as {@link encodeChat}).
+ */
+export function chatPayload(
+  body: Uint8Array,
+  from: string,
+  sig: Uint8Array,
+  proof?: { readonly i: number; readonly n: number; readonly path: Uint8Array },
+): Buffer {
+  if (!ID_PATTERN.test(from)) throw new RangeError('chatPayload: from is not an id');
+  const pathBytes = proof?.path.length ?? 0;
+  if (
+    proof !== undefined &&
+    (!Number.isInteger(proof.n) ||
+      !Number.isInteger(proof.i) ||
+      proof.n > MAX_BATCH ||
+      proof.i < 0 ||
+      proof.i >= proof.n ||
+      pathBytes % PATH_HASH_BYTES !== 0 ||
+      pathBytes > MAX_PATH_HASHES * PATH_HASH_BYTES)
+  ) {
+    throw new RangeError(`chatPayload: proof ${proof.i} of ${proof.n} is out of shape`);
+  }
+  const size = 1 + body.length + 1 + from.length + SIG_BYTES + 2 + (proof ? 3 + pathBytes : 0);
+  const out = Buffer.allocUnsafe(size);
+  out[0] = BINARY_CHAT;
+  out.set(body, 1);
+  putChatTail(out, 1 + body.length, from, sig, proof, proof?.path, pathBytes);
   return out;
 }
 

@@ -1,5 +1,11 @@
 import sodium from 'sodium-universal';
-import { binaryChatLayout, MAX_BATCH, type ChatFrame, type ChatProof } from '../protocol/frames.js';
+import {
+  binaryChatLayout,
+  chatPayload,
+  MAX_BATCH,
+  type ChatFrame,
+  type ChatProof,
+} from '../protocol/frames.js';
 import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, type Identity } from './identity.js';
 import { NETWORK_TAG_BYTES } from './network-key.js';
 import type { Mutable } from '../util/mutable.js';
@@ -278,14 +284,57 @@ export function signedChatFrames(
   messages: readonly (Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number })[],
   network: Uint8Array,
 ): ChatFrame[] {
+  return signBatch(identity, messages, network, false).map((m) => m.frame);
+}
+
+/** A message as {@link signedChats} gives it: its frame, and that frame in the binary encoding. */
+export interface SignedChat {
+  readonly frame: ChatFrame;
+  /** The frame in the binary encoding (`encodeChat`), laid out from the bytes that were signed. */
+  readonly payload: Buffer;
+}
+
+/**
+ * {@link signedChatFrames}, each frame with its payload in the binary encoding, made from the
+ * signed bytes themselves (its body) rather than by laying the fields out again: how a node sends.
+ * @throws {RangeError} as {@link signedChatFrames}.
+ */
+export function signedChats(
+  identity: Identity,
+  messages: readonly (Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number })[],
+  network: Uint8Array,
+): SignedChat[] {
+  return signBatch(identity, messages, network, true) as SignedChat[];
+}
+
+/** Bytes of the signed layout before a message's body: prefix, kind, network tag. */
+const SIGNED_HEAD_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES;
+
+function signBatch(
+  identity: Identity,
+  messages: readonly (Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number })[],
+  network: Uint8Array,
+  payloads: boolean,
+): { frame: ChatFrame; payload?: Buffer }[] {
   const n = messages.length;
   if (n < 1 || n > MAX_BATCH) throw new RangeError(`a batch holds 1-${MAX_BATCH} messages, got ${n}`);
-  if (n === 1) return [signedChatFrame(identity, messages[0]!, network)];
   const publicKey = identity.publicKey;
+  if (n === 1) {
+    const fields = messages[0]!;
+    const signed = chatSigningBytes({ ...fields, publicKey }, network);
+    const sig = identity.sign(signed);
+    const frame = chatFrame(identity, fields, sig.toString('base64url'));
+    return [
+      payloads
+        ? { frame, payload: chatPayload(signed.subarray(SIGNED_HEAD_BYTES), identity.id, sig) }
+        : { frame },
+    ];
+  }
+  const inputs = messages.map((m) => leafInput({ ...m, publicKey }, network));
   const levels: Buffer[][] = [
-    messages.map((m) => {
+    inputs.map((input) => {
       const leaf = Buffer.allocUnsafe(HASH_BYTES);
-      sodium.crypto_generichash(leaf, leafInput({ ...m, publicKey }, network));
+      sodium.crypto_generichash(leaf, input);
       return leaf;
     }),
   ];
@@ -297,10 +346,11 @@ export function signedChatFrames(
     level = up;
   }
   const root = levels[levels.length - 1]![0]!;
-  const sig = identity.sign(batchSigningBytes(publicKey, n, root, network)).toString('base64url');
+  const sigBytes = identity.sign(batchSigningBytes(publicKey, n, root, network));
+  const sig = sigBytes.toString('base64url');
   const key = publicKey.toString('hex');
   // Each path is gathered in PATH_WORK's path part and encoded from there: no buffer per message.
-  return messages.map((m, i): ChatFrame => {
+  return messages.map((m, i) => {
     let length = 0;
     for (let level = 0, at = i; level < levels.length - 1; level++, at >>= 1) {
       const sibling = levels[level]![at ^ 1];
@@ -309,7 +359,12 @@ export function signedChatFrames(
       length += HASH_BYTES;
     }
     const path = PATH_WORK.toString('base64url', NODE_INPUT_BYTES, NODE_INPUT_BYTES + length);
-    return chatFrame(identity, m, sig, { i, n, path }, key);
+    const frame = chatFrame(identity, m, sig, { i, n, path }, key);
+    if (!payloads) return { frame };
+    const pathBytes = PATH_WORK.subarray(NODE_INPUT_BYTES, NODE_INPUT_BYTES + length);
+    // The leaf's input is 0x00 || the signed bytes: the body follows their head.
+    const body = inputs[i]!.subarray(1 + SIGNED_HEAD_BYTES);
+    return { frame, payload: chatPayload(body, identity.id, sigBytes, { i, n, path: pathBytes }) };
   });
 }
 
@@ -397,7 +452,6 @@ function rootIsSigned(
  * a text of many multi-byte characters, gets a buffer of its own).
  */
 let signedWork = Buffer.alloc(2048);
-const SIGNED_HEAD_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES;
 
 /** 0x00 (for a leaf) || the chat signing bytes, with `body` (a binary chat frame's signed body) as their end. */
 function signedInput(body: Uint8Array, network: Uint8Array): Buffer {

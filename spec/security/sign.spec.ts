@@ -18,6 +18,7 @@ import {
   signChat,
   signedChatFrame,
   signedChatFrames,
+  signedChats,
   SIGNING_PREFIX,
   verifyBinaryChat,
   verifyChat,
@@ -432,6 +433,31 @@ describe('verifyBinaryChat: a chat frame in the binary encoding, checked over it
     );
     assert.equal(verifyBinaryChat(serializeFrame(frames[0]!), ours), false, 'JSON');
     assert.throws(() => verifyBinaryChat(encodeChat(frames[0]!), new Uint8Array(31)), RangeError);
+  });
+});
+
+describe('signedChats: frames with their payloads made from the signed bytes', () => {
+  it('gives for each message the frame signedChatFrames gives and exactly its binary encoding, alone and in batches of 2..70 (property)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 70 }), fc.string({ maxLength: 30 }), (n, extra) => {
+        const messages = Array.from({ length: n }, (_, i) => ({
+          ...message,
+          id: `s${i}`,
+          seq: i + 1,
+          text: `${extra} ü ${i}`,
+        }));
+        const chats = signedChats(alice, messages, ours);
+        const frames = signedChatFrames(alice, messages, ours);
+        assert.equal(chats.length, n);
+        chats.forEach(({ frame, payload }, i) => {
+          assert.deepEqual(frame.text, frames[i]!.text);
+          assert.deepEqual(payload, encodeChat(frame), `message ${i} of ${n}`);
+          assert.deepEqual(parseFrame(payload), frame);
+          assert.ok(verifyBinaryChat(payload, ours));
+        });
+      }),
+      { numRuns: 40 },
+    );
   });
 });
 
