@@ -51,6 +51,19 @@ export interface ConnectionOptions {
 
 let nextConnectionNumber = 1;
 
+/** The last binary chat frame converted to JSON, and its JSON: a relay sends one frame to several peers. */
+let lastBinary: Buffer | undefined;
+let lastJson: Buffer | undefined;
+
+/** A binary chat frame as JSON (for a peer that does not read binary frames). */
+function asJson(payload: Buffer): Buffer {
+  if (payload !== lastBinary || lastJson === undefined) {
+    lastJson = serializeFrame(parseFrame(payload));
+    lastBinary = payload;
+  }
+  return lastJson;
+}
+
 /** How many of the frames written last a connection remembers, to tell what is still in flight. */
 export const SENT_MEMORY = 16_384;
 
@@ -267,7 +280,7 @@ export class Connection {
    */
   sendPayload(payload: Buffer, messageId?: string): boolean {
     if (isBinaryChat(payload) && this.hello?.binary !== true) {
-      payload = serializeFrame(parseFrame(payload));
+      payload = asJson(payload);
       if (payload.length > this.fullFrameBytes - TAG_BYTES) return false;
     }
     if (this.sealer !== undefined) this.write(this.sealer, payload, messageId);

@@ -483,17 +483,22 @@ describe('createNode', () => {
     const inbox = record(node.messages$);
     const modern = await rawPeer(t, node.port, { answerPings: true, binary: true });
     const older = await rawPeer(t, node.port, { answerPings: true });
-    await waitFor(() => node.peers().length === 2, 'the raw peers to be up');
+    const older2 = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 3, 'the raw peers to be up');
 
     node.sendAll(['one', 'two', 'three']); // a batch: each with its proof
     node.send('alone');
     // In the binary encoding from a peer, relayed on to the older one.
     modern.sendPayload(encodeChat(signedChat(modern.identity, { text: 'from modern', seq: 1 })));
     const chats = (raw: typeof older): ChatFrame[] => raw.frames.filter((f) => f.type === 'chat');
-    await waitFor(() => chats(modern).length === 4 && chats(older).length === 5, 'every message at both');
+    await waitFor(
+      () => chats(modern).length === 4 && chats(older).length === 5 && chats(older2).length === 5,
+      'every message at each',
+    );
 
     assert.deepEqual(modern.chatEncodings, { json: 0, binary: 4 });
     assert.deepEqual(older.chatEncodings, { json: 5, binary: 0 });
+    assert.deepEqual(chats(older2), chats(older), 'each older peer gets the same JSON');
     assert.deepEqual(
       chats(older).map((f) => f.text),
       ['one', 'two', 'three', 'alone', 'from modern'],
