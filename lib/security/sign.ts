@@ -304,12 +304,14 @@ export function signedChats(
   messages: readonly (Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number })[],
   network: Uint8Array,
 ): SignedChat[] {
+  // With payloads asked for, every entry has one (signBatch's last argument).
   return signBatch(identity, messages, network, true) as SignedChat[];
 }
 
 /** Bytes of the signed layout before a message's body: prefix, kind, network tag. */
 const SIGNED_HEAD_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES;
 
+/** {@link signedChatFrames}, and with `payloads` each frame's binary payload too ({@link signedChats}). */
 function signBatch(
   identity: Identity,
   messages: readonly (Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number })[],
