@@ -8,7 +8,8 @@ export interface Decoded {
 }
 
 /**
- * Parses each frame payload (UTF-8 JSON) into a validated {@link Frame}, keeping the payload bytes.
+ * Parses each frame payload (UTF-8 JSON, or a binary chat frame) into a validated {@link Frame},
+ * keeping the payload bytes.
  *
  * Errors with a `ProtocolError` (`ERR_BAD_JSON`, `ERR_BAD_FRAME`, `ERR_UNKNOWN_TYPE`,
  * `ERR_PROTOCOL_VERSION`) at the first payload that is not a valid frame: a peer that sends one has

@@ -28,6 +28,17 @@ export function getUint32(bytes: Uint8Array, offset: number): number {
   );
 }
 
+/** Writes `value` (an integer in 0..65,535) as 2 big-endian bytes at `offset`, as {@link putUint32}. */
+export function putUint16(out: Uint8Array, offset: number, value: number): void {
+  out[offset] = value >>> 8;
+  out[offset + 1] = value & 0xff;
+}
+
+/** Reads 2 big-endian bytes at `offset` (both present) as an unsigned integer, as {@link getUint32}. */
+export function getUint16(bytes: Uint8Array, offset: number): number {
+  return (bytes[offset]! << 8) | bytes[offset + 1]!;
+}
+
 /**
  * Writes one frame, its length prefix then `payload`, at `offset` in `out` (room checked by the
  * caller); returns the offset after it.
@@ -48,7 +59,8 @@ export function encodeFrame(payload: Buffer): Buffer {
 /**
  * First byte of a pack: several frame payloads sealed as one encrypted message, each with its own
  * 4-byte length, so a burst costs one cipher call per write instead of one per frame. A frame's
- * plaintext is JSON, which never starts with this byte.
+ * plaintext is a frame, which never starts with this byte (JSON starts with `{`, a binary chat frame
+ * with 0x01).
  */
 export const PACK_MARKER = 0;
 

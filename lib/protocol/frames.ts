@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { getUint32, putUint32 } from './codec.js';
+import { getUint16, getUint32, putUint16, putUint32 } from './codec.js';
 import { ProtocolError } from './errors.js';
 import type { Mutable } from '../util/mutable.js';
 
@@ -40,7 +40,10 @@ export interface HelloFrame {
   readonly binary?: boolean;
 }
 
-/** One chat message. Relays forward it unchanged. */
+/**
+ * One chat message. Relays forward its bytes unchanged (a binary one as JSON to a peer that does not
+ * read binary frames).
+ */
 export interface ChatFrame {
   readonly type: 'chat';
   /** Unique message id, the same on every node and every retry. */
@@ -234,7 +237,7 @@ function ranges(value: unknown, mark: number): [number, number][] {
  * encoding ({@link encodeChat}, first byte {@link BINARY_CHAT}).
  */
 export function parseFrame(payload: Buffer): Frame {
-  if (payload.length > 0 && payload[0] === BINARY_CHAT) return decodeChat(payload);
+  if (isBinaryChat(payload)) return decodeChat(payload);
   let raw: unknown;
   try {
     raw = JSON.parse(payload.toString('utf8'));
@@ -346,11 +349,12 @@ const QUOTE = 0x22;
  * holds, so a payload that lies about its id can at worst be dropped, as a peer could drop it anyway.
  */
 export function chatIdOf(payload: Buffer): string | undefined {
-  if (payload.length > 0 && payload[0] === BINARY_CHAT) {
+  if (isBinaryChat(payload)) {
     if (payload.length < ID_AT + 2) return undefined;
-    const end = ID_AT + 2 + ((payload[ID_AT]! << 8) | payload[ID_AT + 1]!);
-    if (end > payload.length || end - ID_AT - 2 > 64) return undefined;
-    const id = payload.toString('latin1', ID_AT + 2, end);
+    const length = getUint16(payload, ID_AT);
+    // Over 64 bytes is no id: not made into a string.
+    if (length > 64 || ID_AT + 2 + length > payload.length) return undefined;
+    const id = payload.toString('latin1', ID_AT + 2, ID_AT + 2 + length);
     return ID_PATTERN.test(id) ? id : undefined;
   }
   // Byte by byte, not Buffer#compare and #indexOf: their argument checks allocate on every call
@@ -435,21 +439,14 @@ export function encodeChat(frame: ChatFrame): Buffer {
   const text = Buffer.byteLength(frame.text, 'utf8');
   const from = frame.from.length;
   const proof = frame.proof;
-  // What the length fields and integers hold (a valid frame is well inside): nothing wraps.
-  if (id > 0xffff || nick > 0xffff || !ID_PATTERN.test(frame.from)) {
-    throw new RangeError('encodeChat: an id, nick or from that the encoding cannot carry');
-  }
-  for (const value of [frame.seq, frame.ts, proof?.n ?? 0, proof?.i ?? 0]) {
+  // What the length fields and integers hold (a valid frame is well inside): nothing wraps. The
+  // tail (from, proof) is checked where it is written.
+  if (id > 0xffff || nick > 0xffff) throw new RangeError('encodeChat: an id or nick too long to carry');
+  for (const value of [frame.seq, frame.ts]) {
     if (!Number.isSafeInteger(value) || value < 0)
       throw new RangeError(`encodeChat: ${value} is not a safe non-negative integer`);
   }
-  if (proof !== undefined && (proof.n > MAX_BATCH || proof.i >= proof.n)) {
-    throw new RangeError(`encodeChat: proof ${proof.i} of ${proof.n} is out of shape`);
-  }
   const pathBytes = proof === undefined ? 0 : Math.floor((proof.path.length * 3) / 4);
-  if (pathBytes % PATH_HASH_BYTES !== 0 || pathBytes / PATH_HASH_BYTES > MAX_PATH_HASHES) {
-    throw new RangeError(`encodeChat: a proof path of ${proof?.path.length} characters is not whole hashes`);
-  }
   const size =
     1 +
     KEY_BYTES +
@@ -473,33 +470,44 @@ export function encodeChat(frame: ChatFrame): Buffer {
   putUint64(out, at, frame.seq);
   putUint64(out, at + 8, frame.ts);
   at += 16;
-  out[at] = id >>> 8;
-  out[at + 1] = id & 0xff;
+  putUint16(out, at, id);
   at += 2 + out.write(frame.id, at + 2, 'utf8');
-  out[at] = nick >>> 8;
-  out[at + 1] = nick & 0xff;
+  putUint16(out, at, nick);
   at += 2 + out.write(frame.nick, at + 2, 'utf8');
   putUint32(out, at, text);
   at += 4 + out.write(frame.text, at + 4, 'utf8');
-  at = putChatTail(out, at, frame.from, frame.sig, proof, proof?.path, pathBytes);
+  at = putChatTail(out, at, frame.from, frame.sig, proof, pathBytes);
   if (at !== size) throw new RangeError(`encodeChat: wrote ${at} of ${size} bytes`); // a field that was not valid
   return out;
 }
 
 /**
  * Writes what follows the signed body of a binary chat frame at `at` (from, sig, proof), the
- * signature and path as bytes or in base64url; returns the offset after it.
- * @throws {RangeError} for a signature that is not 64 bytes.
+ * signature and path as bytes or in base64url (`pathBytes` of it); returns the offset after it.
+ * @throws {RangeError} for what the encoding cannot carry: a `from` that is not an id, a signature
+ *   that is not 64 bytes, a proof out of shape or a path that is not whole hashes (at most ten).
  */
 function putChatTail(
   out: Buffer,
   at: number,
   from: string,
   sig: Uint8Array | string,
-  proof: { readonly i: number; readonly n: number } | undefined,
-  path: Uint8Array | string | undefined,
+  proof: { readonly i: number; readonly n: number; readonly path: Uint8Array | string } | undefined,
   pathBytes: number,
 ): number {
+  if (!ID_PATTERN.test(from)) throw new RangeError("a chat frame's from is not an id");
+  if (
+    proof !== undefined &&
+    (!Number.isInteger(proof.n) ||
+      !Number.isInteger(proof.i) ||
+      proof.n > MAX_BATCH ||
+      proof.i < 0 ||
+      proof.i >= proof.n ||
+      pathBytes % PATH_HASH_BYTES !== 0 ||
+      pathBytes > MAX_PATH_HASHES * PATH_HASH_BYTES)
+  ) {
+    throw new RangeError(`a chat proof out of shape: ${proof.i} of ${proof.n}, ${pathBytes} bytes of path`);
+  }
   out[at] = from.length;
   at += 1 + out.write(from, at + 1, 'latin1');
   if (
@@ -510,14 +518,12 @@ function putChatTail(
     throw new RangeError('a chat signature is 64 bytes');
   if (typeof sig !== 'string') out.set(sig, at);
   at += SIG_BYTES;
-  out[at] = (proof?.n ?? 0) >>> 8;
-  out[at + 1] = (proof?.n ?? 0) & 0xff;
-  if (proof === undefined || path === undefined) return at + 2;
-  out[at + 2] = proof.i >>> 8;
-  out[at + 3] = proof.i & 0xff;
+  putUint16(out, at, proof?.n ?? 0);
+  if (proof === undefined) return at + 2;
+  putUint16(out, at + 2, proof.i);
   out[at + 4] = pathBytes / PATH_HASH_BYTES;
-  if (typeof path === 'string') out.write(path, at + 5, pathBytes, 'base64url');
-  else out.set(path.subarray(0, pathBytes), at + 5);
+  if (typeof proof.path === 'string') out.write(proof.path, at + 5, pathBytes, 'base64url');
+  else out.set(proof.path.subarray(0, pathBytes), at + 5);
   return at + 5 + pathBytes;
 }
 
@@ -535,30 +541,20 @@ export function chatPayload(
   sig: Uint8Array,
   proof?: { readonly i: number; readonly n: number; readonly path: Uint8Array },
 ): Buffer {
-  if (!ID_PATTERN.test(from)) throw new RangeError('chatPayload: from is not an id');
   const pathBytes = proof?.path.length ?? 0;
-  if (
-    proof !== undefined &&
-    (!Number.isInteger(proof.n) ||
-      !Number.isInteger(proof.i) ||
-      proof.n > MAX_BATCH ||
-      proof.i < 0 ||
-      proof.i >= proof.n ||
-      pathBytes % PATH_HASH_BYTES !== 0 ||
-      pathBytes > MAX_PATH_HASHES * PATH_HASH_BYTES)
-  ) {
-    throw new RangeError(`chatPayload: proof ${proof.i} of ${proof.n} is out of shape`);
-  }
   const size = 1 + body.length + 1 + from.length + SIG_BYTES + 2 + (proof ? 3 + pathBytes : 0);
   const out = Buffer.allocUnsafe(size);
   out[0] = BINARY_CHAT;
   out.set(body, 1);
-  putChatTail(out, 1 + body.length, from, sig, proof, proof?.path, pathBytes);
+  putChatTail(out, 1 + body.length, from, sig, proof, pathBytes);
   return out;
 }
 
 /** Where the parts of a binary chat frame lie, for the signature check ({@link binaryChatLayout}). */
 export interface BinaryChatLayout {
+  /** Offsets of the nick's and the text's length prefixes (the id's is at a fixed place). */
+  readonly nickAt: number;
+  readonly textAt: number;
   /** End of the signed body (it starts at 1, with the key). */
   readonly bodyEnd: number;
   /** Offset of the 64-byte signature. */
@@ -579,9 +575,11 @@ export function binaryChatLayout(payload: Uint8Array): BinaryChatLayout | undefi
   const size = payload.length;
   let at = ID_AT;
   if (payload[0] !== BINARY_CHAT || size < at + 2) return undefined;
-  at += 2 + ((payload[at]! << 8) | payload[at + 1]!); // id
+  at += 2 + getUint16(payload, at); // id
+  const nickAt = at;
   if (at + 2 > size) return undefined;
-  at += 2 + ((payload[at]! << 8) | payload[at + 1]!); // nick
+  at += 2 + getUint16(payload, at); // nick
+  const textAt = at;
   if (at + 4 > size) return undefined;
   at += 4 + getUint32(payload, at); // text
   const bodyEnd = at;
@@ -590,14 +588,18 @@ export function binaryChatLayout(payload: Uint8Array): BinaryChatLayout | undefi
   const sigAt = at;
   at += SIG_BYTES;
   if (at + 2 > size) return undefined;
-  const n = (payload[at]! << 8) | payload[at + 1]!;
+  const n = getUint16(payload, at);
   at += 2;
-  if (n === 0) return at === size ? { bodyEnd, sigAt, n, i: 0, pathAt: at, pathBytes: 0 } : undefined;
+  if (n === 0) {
+    return at === size ? { nickAt, textAt, bodyEnd, sigAt, n, i: 0, pathAt: at, pathBytes: 0 } : undefined;
+  }
   if (at + 3 > size) return undefined;
-  const i = (payload[at]! << 8) | payload[at + 1]!;
+  const i = getUint16(payload, at);
   const pathBytes = payload[at + 2]! * PATH_HASH_BYTES;
   at += 3;
-  return at + pathBytes === size ? { bodyEnd, sigAt, n, i, pathAt: at, pathBytes } : undefined;
+  return at + pathBytes === size
+    ? { nickAt, textAt, bodyEnd, sigAt, n, i, pathAt: at, pathBytes }
+    : undefined;
 }
 
 /** A u64 at `at` as a safe integer; `undefined` above 2^53 - 1. */
@@ -621,16 +623,13 @@ function decodeChat(payload: Buffer): ChatFrame {
   const ts = getUint64(payload, 1 + KEY_BYTES + 8);
   if (seq === undefined || seq < 1) bad(`seq must be an integer in 1..${Number.MAX_SAFE_INTEGER}`);
   if (ts === undefined) bad(`ts must be an integer in 0..${Number.MAX_SAFE_INTEGER}`);
-  const idEnd = ID_AT + 2 + ((payload[ID_AT]! << 8) | payload[ID_AT + 1]!);
-  const id = payload.toString('latin1', ID_AT + 2, idEnd);
-  if (id.length > 64 || !ID_PATTERN.test(id)) bad('id is malformed');
-  const nickEnd = idEnd + 2 + ((payload[idEnd]! << 8) | payload[idEnd + 1]!);
-  const nick = utf8(payload, idEnd + 2, nickEnd, 'nick');
+  const id = chatIdOf(payload) ?? bad('id is malformed');
+  const nick = utf8(payload, layout.nickAt + 2, layout.textAt, 'nick');
   if (nick.length > MAX_NICK_LENGTH) bad(`nick is longer than ${MAX_NICK_LENGTH}`);
-  const text = utf8(payload, nickEnd + 4, layout.bodyEnd, 'text');
+  const text = utf8(payload, layout.textAt + 4, layout.bodyEnd, 'text');
   if (text.length > MAX_TEXT_LENGTH) bad(`text is longer than ${MAX_TEXT_LENGTH}`);
   const from = payload.toString('latin1', layout.bodyEnd + 1, layout.sigAt);
-  if (from.length > 64 || !ID_PATTERN.test(from)) bad('from is malformed');
+  if (!ID_PATTERN.test(from)) bad('from is malformed');
   const chat: Mutable<ChatFrame> = {
     type: 'chat',
     id,
