@@ -28,6 +28,12 @@ export function getUint32(bytes: Uint8Array, offset: number): number {
   );
 }
 
+/** Writes `value` (a safe non-negative integer) as 8 big-endian bytes at `offset`: two u32 halves, no BigInt. */
+export function putUint64(out: Uint8Array, offset: number, value: number): void {
+  putUint32(out, offset, Math.floor(value / 0x1_0000_0000));
+  putUint32(out, offset + 4, value % 0x1_0000_0000);
+}
+
 /** Writes `value` (an integer in 0..65,535) as 2 big-endian bytes at `offset`, as {@link putUint32}. */
 export function putUint16(out: Uint8Array, offset: number, value: number): void {
   out[offset] = value >>> 8;

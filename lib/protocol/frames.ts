@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { getUint16, getUint32, putUint16, putUint32 } from './codec.js';
+import { getUint16, getUint32, putUint16, putUint32, putUint64 } from './codec.js';
 import { ProtocolError } from './errors.js';
 import type { Mutable } from '../util/mutable.js';
 
@@ -413,12 +413,6 @@ const ID_AT = 1 + KEY_BYTES + 16;
 /** True when `payload` is a chat frame in the binary encoding (by its first byte). */
 export function isBinaryChat(payload: Uint8Array): boolean {
   return payload.length > 0 && payload[0] === BINARY_CHAT;
-}
-
-/** Writes a u64 (a safe integer) as two big-endian u32 halves. */
-function putUint64(out: Uint8Array, at: number, value: number): void {
-  putUint32(out, at, Math.floor(value / 0x1_0000_0000));
-  putUint32(out, at + 4, value % 0x1_0000_0000);
 }
 
 /**

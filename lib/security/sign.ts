@@ -1,4 +1,5 @@
 import sodium from 'sodium-universal';
+import { putUint16, putUint32, putUint64 } from '../protocol/codec.js';
 import {
   binaryChatLayout,
   chatPayload,
@@ -53,8 +54,25 @@ function checkU64(name: string, value: number): number {
   return value;
 }
 
-/** Bytes before the id: prefix, kind, network tag, public key, seq, ts. */
-const FIXED_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES + PUBLIC_KEY_BYTES + 8 + 8;
+/** Bytes of the signed layout before a message's body: prefix, kind, network tag. */
+const SIGNED_HEAD_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES;
+/** Bytes before the id: the head, then public key, seq, ts. */
+const FIXED_BYTES = SIGNED_HEAD_BYTES + PUBLIC_KEY_BYTES + 8 + 8;
+
+/** @throws {RangeError} unless `network` is a 32-byte tag (this node's configuration, not a peer's). */
+function checkNetwork(network: Uint8Array): void {
+  if (network.length !== NETWORK_TAG_BYTES) {
+    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`);
+  }
+}
+
+/** Writes the head of a chat's signed bytes (prefix, kind, network tag) at `at`; returns the offset after it. */
+function putSignedHead(out: Uint8Array, at: number, network: Uint8Array): number {
+  out.set(SIGNING_PREFIX, at);
+  out[at + SIGNING_PREFIX.length] = SIGNED_KIND.chat;
+  out.set(network, at + SIGNING_PREFIX.length + 1);
+  return at + SIGNED_HEAD_BYTES;
+}
 
 /**
  * The bytes a chat signature covers, a fixed binary layout (no JSON canonicalisation to get wrong):
@@ -84,16 +102,14 @@ export function chatSigningBytes(fields: SignedChatFields, network: Uint8Array):
  * allocation for both.
  */
 function signingBytesAfter(lead: number, fields: SignedChatFields, network: Uint8Array): Buffer {
-  if (network.length !== NETWORK_TAG_BYTES) {
-    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`);
-  }
+  checkNetwork(network);
   if (fields.publicKey.length !== PUBLIC_KEY_BYTES) {
     throw new RangeError(
       `an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${fields.publicKey.length}`,
     );
   }
-  // One allocation, written in place: this runs for every message at every node. Integers through a
-  // DataView: Buffer's writeUInt* are layers of checks in JavaScript, and most of these calls run
+  // One allocation, written in place: this runs for every message at every node. Integers by byte
+  // stores: Buffer's writeUInt* are layers of checks in JavaScript, and most of these calls run
   // before V8 has optimised any of it.
   const seq = checkU64('seq', fields.seq ?? 0);
   const ts = checkU64('ts', fields.ts);
@@ -101,25 +117,17 @@ function signingBytesAfter(lead: number, fields: SignedChatFields, network: Uint
   const nickLength = utf8Length('nick', fields.nick, 0xffff);
   const textLength = utf8Length('text', fields.text, 0xffff_ffff);
   const out = Buffer.allocUnsafe(lead + FIXED_BYTES + 2 + idLength + 2 + nickLength + 4 + textLength);
-  const view = new DataView(out.buffer, out.byteOffset, out.length);
-  out.set(SIGNING_PREFIX, lead);
-  let at = lead + SIGNING_PREFIX.length;
-  out[at++] = SIGNED_KIND.chat;
-  out.set(network, at);
-  at += NETWORK_TAG_BYTES;
+  let at = putSignedHead(out, lead, network);
   out.set(fields.publicKey, at);
   at += PUBLIC_KEY_BYTES;
-  // u64 big-endian as two 32-bit halves: no BigInt.
-  view.setUint32(at, Math.floor(seq / 0x1_0000_0000));
-  view.setUint32(at + 4, seq % 0x1_0000_0000);
-  view.setUint32(at + 8, Math.floor(ts / 0x1_0000_0000));
-  view.setUint32(at + 12, ts % 0x1_0000_0000);
+  putUint64(out, at, seq);
+  putUint64(out, at + 8, ts);
   at += 16;
-  view.setUint16(at, idLength);
+  putUint16(out, at, idLength);
   at += 2 + out.write(fields.id, at + 2, 'utf8');
-  view.setUint16(at, nickLength);
+  putUint16(out, at, nickLength);
   at += 2 + out.write(fields.nick, at + 2, 'utf8');
-  view.setUint32(at, textLength);
+  putUint32(out, at, textLength);
   at += 4 + out.write(fields.text, at + 4, 'utf8');
   if (at !== out.length) throw new Error(`chatSigningBytes: wrote ${at} of ${out.length} bytes`); // a bug here
   return out;
@@ -149,7 +157,7 @@ export function signedChatFrame(
   fields: Omit<SignedChatFields, 'publicKey' | 'seq'> & { readonly seq: number },
   network: Uint8Array,
 ): ChatFrame {
-  return chatFrame(identity, fields, signChat(identity, fields, network).toString('base64url'));
+  return signBatch(identity, [fields], network, false)[0]!.frame;
 }
 
 /** The chat frame of `fields` sent by `identity` with signature `sig` (and `proof`, in a batch). */
@@ -185,9 +193,7 @@ function chatFrame(
  * The caller still checks that the message's `from` equals `nodeIdOf(fields.publicKey)`.
  */
 export function verifyChat(fields: SignedChatFields, signature: Uint8Array, network: Uint8Array): boolean {
-  if (network.length !== NETWORK_TAG_BYTES) {
-    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`); // our config, not the peer
-  }
+  checkNetwork(network);
   if (signature.length !== SIGNATURE_BYTES || fields.publicKey.length !== PUBLIC_KEY_BYTES) return false;
   let data: Buffer;
   try {
@@ -308,9 +314,6 @@ export function signedChats(
   return signBatch(identity, messages, network, true) as SignedChat[];
 }
 
-/** Bytes of the signed layout before a message's body: prefix, kind, network tag. */
-const SIGNED_HEAD_BYTES = SIGNING_PREFIX.length + 1 + NETWORK_TAG_BYTES;
-
 /** {@link signedChatFrames}, and with `payloads` each frame's binary payload too ({@link signedChats}). */
 function signBatch(
   identity: Identity,
@@ -393,9 +396,7 @@ export function verifyChatInBatch(
   network: Uint8Array,
   cache?: BatchCache,
 ): boolean {
-  if (network.length !== NETWORK_TAG_BYTES) {
-    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`); // our config, not the peer
-  }
+  checkNetwork(network);
   if (signature.length !== SIGNATURE_BYTES || fields.publicKey.length !== PUBLIC_KEY_BYTES) return false;
   if (proof.i >= proof.n || proof.n > MAX_BATCH) return false;
   // The path is decoded in PATH_WORK after a node's hash input (0x01 || left || right), and each
@@ -467,10 +468,7 @@ function signedInput(body: Uint8Array, network: Uint8Array): Buffer {
 
 function signedInputIn(out: Buffer, body: Uint8Array, network: Uint8Array): Buffer {
   out[0] = 0; // a leaf's marker byte
-  out.set(SIGNING_PREFIX, 1);
-  out[1 + SIGNING_PREFIX.length] = SIGNED_KIND.chat;
-  out.set(network, 2 + SIGNING_PREFIX.length);
-  out.set(body, 1 + SIGNED_HEAD_BYTES);
+  out.set(body, putSignedHead(out, 1, network));
   return out;
 }
 
@@ -484,9 +482,7 @@ function signedInputIn(out: Buffer, body: Uint8Array, network: Uint8Array): Buff
  * The caller still checks that the message's `from` equals `nodeIdOf` of its key.
  */
 export function verifyBinaryChat(payload: Uint8Array, network: Uint8Array, cache?: BatchCache): boolean {
-  if (network.length !== NETWORK_TAG_BYTES) {
-    throw new RangeError(`a network tag is ${NETWORK_TAG_BYTES} bytes, got ${network.length}`); // our config, not the peer
-  }
+  checkNetwork(network);
   const layout = binaryChatLayout(payload);
   if (layout === undefined) return false;
   const { bodyEnd, sigAt, n, i, pathAt, pathBytes } = layout;
