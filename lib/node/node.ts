@@ -384,7 +384,7 @@ class ChatNode implements P2PNode {
   private lastRefusalLog = 0;
   private readonly limits: Required<NodeLimits>;
   private readonly senderRate: RateLimiter;
-  /** Senders over their rate, and when that was last logged: one line per sender per minute. */
+  /** When each rate-limited log line (a sender over its rate, a message too large as JSON) was last logged. */
   private readonly limitedLog = boundedLru<string, number>(1024);
   /** Messages dropped because their signature or sender id did not verify. */
   private invalidMessages = 0;
@@ -921,18 +921,22 @@ class ChatNode implements P2PNode {
     }
   }
 
+  /** True at most once a minute per `key`: for log lines a peer could otherwise repeat at will. */
+  private firstThisMinute(key: string): boolean {
+    const now = Date.now();
+    const last = this.limitedLog.get(key);
+    if (last !== undefined && now - last < 60_000) return false;
+    this.limitedLog.set(key, now);
+    return true;
+  }
+
   /**
    * Sends a chat message on `conn`. One that cannot go to that peer (a peer that does not read
    * binary frames, and the message's JSON is over the frame limit) is left out for it, logged once
    * per sender per minute.
    */
   private sendChat(conn: Connection, payload: Buffer, frame: HeldFrame): void {
-    if (conn.sendPayload(payload, frame.id)) return;
-    const key = `json:${frame.from}`;
-    const now = Date.now();
-    const last = this.limitedLog.get(key);
-    if (last !== undefined && now - last < 60_000) return;
-    this.limitedLog.set(key, now);
+    if (conn.sendPayload(payload, frame.id) || !this.firstThisMinute(`json:${frame.from}`)) return;
     this.log.warn(
       `not sending ${conn.label} a message of ${frame.from.slice(0, 8)} (${frame.nick}): as JSON (it does not read binary frames) it is over the frame limit`,
     );
@@ -947,10 +951,7 @@ class ChatNode implements P2PNode {
     const conn = message.peer === null ? undefined : this.active.get(message.peer.id)?.conn;
     if (conn !== undefined) this.resyncLater(conn);
     const { from, nick } = message.frame;
-    const now = Date.now();
-    const last = this.limitedLog.get(from);
-    if (last !== undefined && now - last < 60_000) return;
-    this.limitedLog.set(from, now);
+    if (!this.firstThisMinute(from)) return;
     const via = conn === undefined ? '' : ` (via ${conn.label})`;
     const { perSecond, burst } = this.limits.senderMessages;
     this.log.warn(
