@@ -458,21 +458,47 @@ export function encodeChat(frame: ChatFrame): Buffer {
     (proof ? 3 + pathBytes : 0);
   const out = Buffer.allocUnsafe(size);
   out[0] = BINARY_CHAT;
-  if (out.write(frame.key, 1, KEY_BYTES, 'hex') !== KEY_BYTES)
-    throw new RangeError('encodeChat: key is not 32 bytes of hex');
-  let at = 1 + KEY_BYTES;
-  putUint64(out, at, frame.seq);
-  putUint64(out, at + 8, frame.ts);
-  at += 16;
-  putUint16(out, at, id);
-  at += 2 + out.write(frame.id, at + 2, 'utf8');
-  putUint16(out, at, nick);
-  at += 2 + out.write(frame.nick, at + 2, 'utf8');
-  putUint32(out, at, text);
-  at += 4 + out.write(frame.text, at + 4, 'utf8');
+  let at = putChatBody(out, 1, frame.key, frame);
   at = putChatTail(out, at, frame.from, frame.sig, proof, pathBytes);
   if (at !== size) throw new RangeError(`encodeChat: wrote ${at} of ${size} bytes`); // a field that was not valid
   return out;
+}
+
+/**
+ * Writes a chat's signed body at `at`: key, seq, ts, then id, nick and text each after its length
+ * (u16, u16, u32) in UTF-8. The layout the chat signing bytes end with (lib/security/sign.ts) and a
+ * binary chat frame starts with. `out` has room for exactly what is written (the caller sized it);
+ * each length is written after its string. Returns the offset after the body.
+ * @throws {RangeError} for a key given in hex that is not 32 bytes of it.
+ */
+export function putChatBody(
+  out: Buffer,
+  at: number,
+  key: Uint8Array | string,
+  fields: {
+    readonly seq?: number;
+    readonly ts: number;
+    readonly id: string;
+    readonly nick: string;
+    readonly text: string;
+  },
+): number {
+  if (typeof key !== 'string') out.set(key, at);
+  else if (out.write(key, at, KEY_BYTES, 'hex') !== KEY_BYTES)
+    throw new RangeError('a chat key is 32 bytes of hex');
+  at += KEY_BYTES;
+  putUint64(out, at, fields.seq ?? 0);
+  putUint64(out, at + 8, fields.ts);
+  at += 16;
+  let length = out.write(fields.id, at + 2, 'utf8');
+  putUint16(out, at, length);
+  at += 2 + length;
+  length = out.write(fields.nick, at + 2, 'utf8');
+  putUint16(out, at, length);
+  at += 2 + length;
+  length = out.write(fields.text, at + 4, 'utf8');
+  putUint32(out, at, length);
+  return at + 4 + length;
 }
 
 /**

@@ -1,8 +1,8 @@
 import sodium from 'sodium-universal';
-import { putUint16, putUint32, putUint64 } from '../protocol/codec.js';
 import {
   binaryChatLayout,
   chatPayload,
+  putChatBody,
   MAX_BATCH,
   type ChatFrame,
   type ChatProof,
@@ -108,27 +108,15 @@ function signingBytesAfter(lead: number, fields: SignedChatFields, network: Uint
       `an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${fields.publicKey.length}`,
     );
   }
-  // One allocation, written in place: this runs for every message at every node. Integers by byte
-  // stores: Buffer's writeUInt* are layers of checks in JavaScript, and most of these calls run
-  // before V8 has optimised any of it.
-  const seq = checkU64('seq', fields.seq ?? 0);
-  const ts = checkU64('ts', fields.ts);
+  // One allocation, written in place (putChatBody: byte stores, not Buffer's writeUInt*, layers of
+  // checks in JavaScript): this runs for every message at every node, mostly before V8 optimises it.
+  checkU64('seq', fields.seq ?? 0);
+  checkU64('ts', fields.ts);
   const idLength = utf8Length('id', fields.id, 0xffff);
   const nickLength = utf8Length('nick', fields.nick, 0xffff);
   const textLength = utf8Length('text', fields.text, 0xffff_ffff);
   const out = Buffer.allocUnsafe(lead + FIXED_BYTES + 2 + idLength + 2 + nickLength + 4 + textLength);
-  let at = putSignedHead(out, lead, network);
-  out.set(fields.publicKey, at);
-  at += PUBLIC_KEY_BYTES;
-  putUint64(out, at, seq);
-  putUint64(out, at + 8, ts);
-  at += 16;
-  putUint16(out, at, idLength);
-  at += 2 + out.write(fields.id, at + 2, 'utf8');
-  putUint16(out, at, nickLength);
-  at += 2 + out.write(fields.nick, at + 2, 'utf8');
-  putUint32(out, at, textLength);
-  at += 4 + out.write(fields.text, at + 4, 'utf8');
+  const at = putChatBody(out, putSignedHead(out, lead, network), fields.publicKey, fields);
   if (at !== out.length) throw new Error(`chatSigningBytes: wrote ${at} of ${out.length} bytes`); // a bug here
   return out;
 }
