@@ -1,4 +1,4 @@
-import sodium from 'sodium-universal';
+import { sodium } from './sodium.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.js';
 import { SecurityError } from './errors.js';
 

@@ -1,4 +1,4 @@
-import sodium from 'sodium-universal';
+import { sodium } from './sodium.js';
 import {
   binaryChatLayout,
   chatPayload,

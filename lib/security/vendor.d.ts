@@ -1,5 +1,5 @@
-// Types for the parts of two untyped CommonJS packages that lib/security uses. Neither ships types,
-// and @types/sodium-native describes sodium-native 2, not the 5.x that sodium-universal 5 loads.
+// Types for the parts of noise-handshake, an untyped CommonJS package, that lib/security uses.
+// (sodium-native is typed where it is loaded: lib/security/sodium.ts.)
 
 declare module 'noise-handshake' {
   namespace NoiseState {
@@ -49,37 +49,4 @@ declare module 'noise-handshake/dh' {
   import type NoiseState from 'noise-handshake';
   /** The key pair of a given X25519 secret key, or a random one. */
   export function generateKeyPair(secretKey?: Buffer): NoiseState.KeyPair;
-}
-
-declare module 'sodium-universal' {
-  interface Sodium {
-    readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
-    readonly crypto_aead_chacha20poly1305_ietf_KEYBYTES: number;
-    readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
-    /** True when `sig` is `pk`'s Ed25519 signature of `m` (libsodium's strict checks: canonical encodings, no small-order keys). */
-    crypto_sign_verify_detached(sig: Uint8Array, m: Uint8Array, pk: Uint8Array): boolean;
-    /** BLAKE2b of the concatenation of `batch`, `output.length` bytes (16..64), written into `output`. */
-    crypto_generichash_batch(output: Uint8Array, batch: readonly Uint8Array[], key?: Uint8Array): void;
-    crypto_generichash(output: Uint8Array, input: Uint8Array, key?: Uint8Array): void;
-    /** Writes `m`'s ciphertext and tag into `c` (m.length + ABYTES bytes); returns the bytes written. */
-    crypto_aead_chacha20poly1305_ietf_encrypt(
-      c: Uint8Array,
-      m: Uint8Array,
-      ad: Uint8Array | null,
-      nsec: null,
-      npub: Uint8Array,
-      k: Uint8Array,
-    ): number;
-    /** Writes the plaintext of `c` into `m`; throws a plain Error when the tag does not verify. */
-    crypto_aead_chacha20poly1305_ietf_decrypt(
-      m: Uint8Array,
-      nsec: null,
-      c: Uint8Array,
-      ad: Uint8Array | null,
-      npub: Uint8Array,
-      k: Uint8Array,
-    ): number;
-  }
-  const sodium: Sodium;
-  export = sodium;
 }

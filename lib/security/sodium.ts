@@ -1,0 +1,291 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+
+/**
+ * libsodium, the functions this package and noise-handshake call, from sodium-native's native addon.
+ *
+ * sodium-native's entry (index.js) wraps its ~700 functions in argument checks and finds its addon
+ * through a resolver of its own; loading that costs a node ~1.2 MB of memory and ~130 ms of start-up
+ * (README, Performance). This module loads the same addon file directly and wraps only the functions
+ * used, with the same checks (they throw a RangeError here where the addon's own would abort the
+ * process). It does so only where the addon's calling conventions are the ones these wrappers were
+ * written and tested against: sodium-native 5.1.x, with a prebuilt addon for this platform (glibc:
+ * on musl the package ships another build). Anywhere else it uses sodium-native's own entry, which
+ * has the same interface. `npm run build` points noise-handshake's `sodium-universal` (which is
+ * sodium-native) here too, so the bundled CLI loads sodium-native once, this way.
+ */
+export interface Sodium {
+  readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
+  readonly crypto_aead_chacha20poly1305_ietf_KEYBYTES: number;
+  readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
+  readonly crypto_kx_SEEDBYTES: number;
+  readonly crypto_scalarmult_BYTES: number;
+  readonly crypto_scalarmult_SCALARBYTES: number;
+  /** Overwrites `buf` with zeros (in a way the compiler cannot leave out). */
+  sodium_memzero: (buf: Uint8Array) => void;
+  /** True when `sig` is `pk`'s Ed25519 signature of `m` (libsodium's strict checks: canonical encodings, no small-order keys). */
+  crypto_sign_verify_detached: (sig: Uint8Array, m: Uint8Array, pk: Uint8Array) => boolean;
+  /** BLAKE2b of `input`, `output.length` bytes (16..64), written into `output`. */
+  crypto_generichash: (output: Uint8Array, input: Uint8Array, key?: Uint8Array) => void;
+  /** BLAKE2b of the concatenation of `batch`, `output.length` bytes (16..64), written into `output`. */
+  crypto_generichash_batch: (output: Uint8Array, batch: readonly Uint8Array[], key?: Uint8Array) => void;
+  /** Writes `m`'s ciphertext and tag into `c` (m.length + ABYTES bytes); returns the bytes written. */
+  crypto_aead_chacha20poly1305_ietf_encrypt: (
+    c: Uint8Array,
+    m: Uint8Array,
+    ad: Uint8Array | null | undefined,
+    nsec: null,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ) => number;
+  /** Writes the plaintext of `c` into `m`; throws a plain Error when the tag does not verify. */
+  crypto_aead_chacha20poly1305_ietf_decrypt: (
+    m: Uint8Array,
+    nsec: null,
+    c: Uint8Array,
+    ad: Uint8Array | null | undefined,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ) => number;
+  /** A random X25519 key pair, written into `pk` and `sk` (32 bytes each). */
+  crypto_kx_keypair: (pk: Uint8Array, sk: Uint8Array) => void;
+  /** The X25519 key pair derived from a 32-byte `seed`. */
+  crypto_kx_seed_keypair: (pk: Uint8Array, sk: Uint8Array, seed: Uint8Array) => void;
+  /** `q` = the X25519 public key of secret `n`. */
+  crypto_scalarmult_base: (q: Uint8Array, n: Uint8Array) => void;
+  /** `q` = X25519 of secret `n` and public `p`. */
+  crypto_scalarmult: (q: Uint8Array, n: Uint8Array, p: Uint8Array) => void;
+}
+
+/** The addon's own functions, as sodium-native 5.1 calls them. */
+interface Addon {
+  readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
+  readonly crypto_aead_chacha20poly1305_ietf_KEYBYTES: number;
+  readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
+  readonly crypto_kx_SEEDBYTES: number;
+  readonly crypto_scalarmult_BYTES: number;
+  readonly crypto_scalarmult_SCALARBYTES: number;
+  sodium_memzero(buf: Uint8Array): void;
+  crypto_sign_verify_detached(
+    sig: ArrayBufferLike,
+    sigOffset: number,
+    sigLength: number,
+    m: ArrayBufferLike,
+    mOffset: number,
+    mLength: number,
+    pk: ArrayBufferLike,
+    pkOffset: number,
+    pkLength: number,
+  ): boolean;
+  crypto_generichash(
+    out: ArrayBufferLike,
+    outOffset: number,
+    outLength: number,
+    input: ArrayBufferLike,
+    inputOffset: number,
+    inputLength: number,
+    key: ArrayBufferLike,
+    keyOffset: number,
+    keyLength: number,
+  ): number;
+  crypto_generichash_batch(
+    out: Uint8Array,
+    batch: readonly Uint8Array[],
+    useKey: boolean,
+    key: Uint8Array,
+  ): number;
+  crypto_aead_chacha20poly1305_ietf_encrypt(
+    c: Uint8Array,
+    m: Uint8Array,
+    ad: Uint8Array | undefined,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): number;
+  crypto_aead_chacha20poly1305_ietf_decrypt(
+    m: Uint8Array,
+    c: Uint8Array,
+    ad: Uint8Array | undefined,
+    npub: Uint8Array,
+    k: Uint8Array,
+  ): number;
+  crypto_kx_keypair(pk: Uint8Array, sk: Uint8Array): number;
+  crypto_kx_seed_keypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): number;
+  crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): number;
+  crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): number;
+}
+
+/** The sodium-native versions whose addon these wrappers call correctly (checked by spec/security/sodium.spec.ts). */
+const TESTED_VERSION = /^5\.1\.\d+$/;
+
+const require = createRequire(import.meta.url);
+
+/** The addon file to load directly, or undefined where sodium-native's own entry must be used. */
+export function directAddonPath(
+  version: string,
+  packageDir: string,
+  platform: string = process.platform,
+  arch: string = process.arch,
+  exists: (path: string) => boolean = existsSync,
+): string | undefined {
+  if (!TESTED_VERSION.test(version)) return undefined;
+  if (platform === 'linux' && exists('/etc/alpine-release')) return undefined;
+  const file = join(packageDir, 'prebuilds', `${platform}-${arch}`, 'sodium-native.node');
+  return exists(file) ? file : undefined;
+}
+
+function addonPath(): string | undefined {
+  const packageJson = require.resolve('sodium-native/package.json');
+  const { version } = require(packageJson) as { version: string };
+  return directAddonPath(version, dirname(packageJson));
+}
+
+const EMPTY = new Uint8Array(0);
+
+function exactly(what: string, buf: Uint8Array, bytes: number): void {
+  if (buf.byteLength !== bytes) throw new RangeError(`${what} must be ${bytes} bytes, not ${buf.byteLength}`);
+}
+
+function hashLengths(output: Uint8Array, key: Uint8Array): void {
+  if (output.byteLength < 16 || output.byteLength > 64) {
+    throw new RangeError(`a BLAKE2b output must be 16..64 bytes, not ${output.byteLength}`);
+  }
+  if (key.byteLength !== 0 && (key.byteLength < 16 || key.byteLength > 64)) {
+    throw new RangeError(`a BLAKE2b key must be 16..64 bytes, not ${key.byteLength}`);
+  }
+}
+
+function ok(status: number, what: string): void {
+  if (status !== 0) throw new Error(`${what} failed (status ${status})`);
+}
+
+/** The {@link Sodium} functions over the addon itself, with sodium-native's argument checks. */
+export function wrapAddon(addon: Addon): Sodium {
+  const ABYTES = addon.crypto_aead_chacha20poly1305_ietf_ABYTES;
+  const KEYBYTES = addon.crypto_aead_chacha20poly1305_ietf_KEYBYTES;
+  const NPUBBYTES = addon.crypto_aead_chacha20poly1305_ietf_NPUBBYTES;
+  const X25519 = addon.crypto_scalarmult_BYTES;
+  const aeadKeys = (npub: Uint8Array, k: Uint8Array): void => {
+    exactly('a ChaCha20-Poly1305 nonce', npub, NPUBBYTES);
+    exactly('a ChaCha20-Poly1305 key', k, KEYBYTES);
+  };
+  return {
+    crypto_aead_chacha20poly1305_ietf_ABYTES: ABYTES,
+    crypto_aead_chacha20poly1305_ietf_KEYBYTES: KEYBYTES,
+    crypto_aead_chacha20poly1305_ietf_NPUBBYTES: NPUBBYTES,
+    crypto_kx_SEEDBYTES: addon.crypto_kx_SEEDBYTES,
+    crypto_scalarmult_BYTES: X25519,
+    crypto_scalarmult_SCALARBYTES: addon.crypto_scalarmult_SCALARBYTES,
+    sodium_memzero(buf) {
+      addon.sodium_memzero(buf);
+    },
+    crypto_sign_verify_detached(sig, m, pk) {
+      if (sig.byteLength < 64)
+        throw new RangeError(`an Ed25519 signature must be 64 bytes, not ${sig.byteLength}`);
+      exactly('an Ed25519 public key', pk, 32);
+      return addon.crypto_sign_verify_detached(
+        sig.buffer,
+        sig.byteOffset,
+        sig.byteLength,
+        m.buffer,
+        m.byteOffset,
+        m.byteLength,
+        pk.buffer,
+        pk.byteOffset,
+        pk.byteLength,
+      );
+    },
+    crypto_generichash(output, input, key = EMPTY) {
+      hashLengths(output, key);
+      const status = addon.crypto_generichash(
+        output.buffer,
+        output.byteOffset,
+        output.byteLength,
+        input.buffer,
+        input.byteOffset,
+        input.byteLength,
+        key.buffer,
+        key.byteOffset,
+        key.byteLength,
+      );
+      ok(status, 'BLAKE2b');
+    },
+    crypto_generichash_batch(output, batch, key = EMPTY) {
+      hashLengths(output, key);
+      ok(addon.crypto_generichash_batch(output, batch, key.byteLength !== 0, key), 'BLAKE2b');
+    },
+    crypto_aead_chacha20poly1305_ietf_encrypt(c, m, ad, _nsec, npub, k) {
+      if (c.byteLength !== m.byteLength + ABYTES || c.byteLength > 0xffffffff) {
+        throw new RangeError(
+          `a ciphertext of ${m.byteLength} bytes takes ${m.byteLength + ABYTES}, not ${c.byteLength}`,
+        );
+      }
+      aeadKeys(npub, k);
+      const written = addon.crypto_aead_chacha20poly1305_ietf_encrypt(c, m, ad ?? undefined, npub, k);
+      if (written < 0) throw new Error('could not encrypt data');
+      return written;
+    },
+    crypto_aead_chacha20poly1305_ietf_decrypt(m, _nsec, c, ad, npub, k) {
+      if (m.byteLength !== c.byteLength - ABYTES) {
+        throw new RangeError(
+          `the plaintext of ${c.byteLength} bytes takes ${c.byteLength - ABYTES}, not ${m.byteLength}`,
+        );
+      }
+      aeadKeys(npub, k);
+      const read = addon.crypto_aead_chacha20poly1305_ietf_decrypt(m, c, ad ?? undefined, npub, k);
+      if (read < 0) throw new Error('could not verify data');
+      return read;
+    },
+    crypto_kx_keypair(pk, sk) {
+      exactly('an X25519 public key', pk, X25519);
+      exactly('an X25519 secret key', sk, X25519);
+      ok(addon.crypto_kx_keypair(pk, sk), 'X25519 key generation');
+    },
+    crypto_kx_seed_keypair(pk, sk, seed) {
+      exactly('an X25519 public key', pk, X25519);
+      exactly('an X25519 secret key', sk, X25519);
+      exactly('an X25519 seed', seed, addon.crypto_kx_SEEDBYTES);
+      ok(addon.crypto_kx_seed_keypair(pk, sk, seed), 'X25519 key generation');
+    },
+    crypto_scalarmult_base(q, n) {
+      exactly('an X25519 public key', q, X25519);
+      exactly('an X25519 secret key', n, addon.crypto_scalarmult_SCALARBYTES);
+      ok(addon.crypto_scalarmult_base(q, n), 'X25519');
+    },
+    crypto_scalarmult(q, n, p) {
+      exactly('an X25519 result', q, X25519);
+      exactly('an X25519 secret key', n, addon.crypto_scalarmult_SCALARBYTES);
+      exactly('an X25519 public key', p, X25519);
+      ok(addon.crypto_scalarmult(q, n, p), 'X25519');
+    },
+  };
+}
+
+const direct = addonPath();
+
+/** How libsodium was loaded: its addon directly, or through sodium-native's entry. */
+export const sodiumLoader: 'addon' | 'sodium-native' = direct === undefined ? 'sodium-native' : 'addon';
+
+/** libsodium's functions used here (see the module's doc). */
+export const sodium: Sodium =
+  direct === undefined ? (require('sodium-native') as Sodium) : wrapAddon(require(direct) as Addon);
+
+// Named exports: what noise-handshake reads from `require('sodium-universal')` in the bundled CLI.
+export const {
+  crypto_aead_chacha20poly1305_ietf_ABYTES,
+  crypto_aead_chacha20poly1305_ietf_KEYBYTES,
+  crypto_aead_chacha20poly1305_ietf_NPUBBYTES,
+  crypto_kx_SEEDBYTES,
+  crypto_scalarmult_BYTES,
+  crypto_scalarmult_SCALARBYTES,
+  sodium_memzero,
+  crypto_sign_verify_detached,
+  crypto_generichash,
+  crypto_generichash_batch,
+  crypto_aead_chacha20poly1305_ietf_encrypt,
+  crypto_aead_chacha20poly1305_ietf_decrypt,
+  crypto_kx_keypair,
+  crypto_kx_seed_keypair,
+  crypto_scalarmult_base,
+  crypto_scalarmult,
+} = sodium;

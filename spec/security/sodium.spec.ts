@@ -1,0 +1,208 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync, sign } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { directAddonPath, sodium, sodiumLoader, wrapAddon, type Sodium } from '../../lib/security/sodium.js';
+
+const require = createRequire(import.meta.url);
+/** sodium-native's own entry: the reference the direct wrappers must agree with. */
+const reference = require('sodium-native') as Sodium;
+const packageJson = require.resolve('sodium-native/package.json');
+const { version } = require(packageJson) as { version: string };
+const packageDir = dirname(packageJson);
+
+/** The wrappers over the addon itself, whichever way this process loaded libsodium. */
+const wrapped = wrapAddon(require('sodium-native/binding') as Parameters<typeof wrapAddon>[0]);
+
+/** A view at a non-zero offset of a larger buffer, as frames are (the addon takes buffer + offset). */
+const view = (bytes: Uint8Array): Buffer => {
+  const backing = Buffer.alloc(bytes.length + 11, 0xa5);
+  backing.set(bytes, 7);
+  return backing.subarray(7, 7 + bytes.length);
+};
+const bytes = (min: number, max: number): fc.Arbitrary<Uint8Array> =>
+  fc.uint8Array({ minLength: min, maxLength: max });
+
+describe('sodium (libsodium from sodium-native)', () => {
+  it('loads the addon directly for the tested sodium-native on a platform it ships a prebuild for', () => {
+    const file = join(packageDir, 'prebuilds', 'linux-x64', 'sodium-native.node');
+    const present = (path: string) => path === file;
+    assert.equal(directAddonPath('5.1.0', packageDir, 'linux', 'x64', present), file);
+    assert.equal(directAddonPath('5.1.7', packageDir, 'linux', 'x64', present), file);
+    assert.equal(
+      directAddonPath('5.2.0', packageDir, 'linux', 'x64', present),
+      undefined,
+      'an untested version',
+    );
+    assert.equal(directAddonPath('4.3.3', packageDir, 'linux', 'x64', present), undefined);
+    assert.equal(directAddonPath('5.1.0-rc.1', packageDir, 'linux', 'x64', present), undefined);
+    assert.equal(directAddonPath('5.1.0', packageDir, 'linux', 'riscv64', present), undefined, 'no prebuild');
+    const alpine = (path: string) => present(path) || path === '/etc/alpine-release';
+    assert.equal(
+      directAddonPath('5.1.0', packageDir, 'linux', 'x64', alpine),
+      undefined,
+      'musl has its own build',
+    );
+    const expected = directAddonPath(version, packageDir) === undefined ? 'sodium-native' : 'addon';
+    assert.equal(sodiumLoader, expected);
+    if (process.platform === 'linux' && process.arch === 'x64' && version === '5.1.0') {
+      assert.equal(sodiumLoader, 'addon', 'the locked version on CI is loaded directly');
+    }
+  });
+
+  it('gives the same BLAKE2b hashes as sodium-native, of views at any offset, with and without a key', () => {
+    fc.assert(
+      fc.property(
+        bytes(0, 300),
+        fc.integer({ min: 16, max: 64 }),
+        fc.option(bytes(16, 64), { nil: undefined }),
+        (input, outBytes, key) => {
+          const want = Buffer.alloc(outBytes);
+          reference.crypto_generichash(want, input, key);
+          for (const impl of [sodium, wrapped]) {
+            const out = view(new Uint8Array(outBytes));
+            impl.crypto_generichash(out, view(input), key && view(key));
+            assert.deepEqual(Buffer.from(out), want);
+            const batch = Buffer.alloc(outBytes);
+            impl.crypto_generichash_batch(batch, [input.subarray(0, 5), view(input.subarray(5))], key);
+            assert.deepEqual(batch, want, 'the batch hashes the concatenation');
+          }
+        },
+      ),
+    );
+  });
+
+  it('verifies Ed25519 signatures as sodium-native does, of messages at any offset', () => {
+    const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+    const raw = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
+    fc.assert(
+      fc.property(bytes(0, 200), fc.nat(), fc.boolean(), (message, where, damage) => {
+        const signature = sign(null, message, privateKey);
+        if (damage) {
+          const i = where % (message.length + 64);
+          const damaged = i < 64 ? signature : (message = Buffer.from(message));
+          const at = i < 64 ? i : i - 64;
+          damaged[at] = damaged[at]! ^ 1;
+        }
+        const want = reference.crypto_sign_verify_detached(signature, message, raw);
+        assert.equal(want, !damage);
+        for (const impl of [sodium, wrapped]) {
+          assert.equal(impl.crypto_sign_verify_detached(view(signature), view(message), view(raw)), want);
+        }
+      }),
+    );
+  });
+
+  it('encrypts as sodium-native does and decrypts its own, refusing a changed byte with a plain Error', () => {
+    fc.assert(
+      fc.property(
+        bytes(0, 300),
+        bytes(32, 32),
+        bytes(12, 12),
+        fc.option(bytes(0, 40), { nil: null }),
+        (m, k, n, ad) => {
+          const want = Buffer.alloc(m.length + 16);
+          assert.equal(
+            reference.crypto_aead_chacha20poly1305_ietf_encrypt(want, m, ad, null, n, k),
+            want.length,
+          );
+          for (const impl of [sodium, wrapped]) {
+            const c = view(new Uint8Array(m.length + 16));
+            assert.equal(
+              impl.crypto_aead_chacha20poly1305_ietf_encrypt(c, view(m), ad, null, view(n), view(k)),
+              c.length,
+            );
+            assert.deepEqual(Buffer.from(c), want);
+            const back = new Uint8Array(m.length);
+            assert.equal(impl.crypto_aead_chacha20poly1305_ietf_decrypt(back, null, c, ad, n, k), m.length);
+            assert.deepEqual(back, m);
+            c[m.length % c.length]! ^= 0x40;
+            assert.throws(
+              () => impl.crypto_aead_chacha20poly1305_ietf_decrypt(back, null, c, ad, n, k),
+              (err: unknown) =>
+                err instanceof Error && !(err instanceof RangeError) && !(err instanceof TypeError),
+            );
+          }
+        },
+      ),
+    );
+  });
+
+  it('derives the same X25519 keys and shared secrets as sodium-native', () => {
+    fc.assert(
+      fc.property(bytes(32, 32), bytes(32, 32), (seedA, seedB) => {
+        const [pkA, skA, pkB, skB] = [0, 0, 0, 0].map(() => Buffer.alloc(32)) as [
+          Buffer,
+          Buffer,
+          Buffer,
+          Buffer,
+        ];
+        reference.crypto_kx_seed_keypair(pkA, skA, seedA);
+        reference.crypto_kx_seed_keypair(pkB, skB, seedB);
+        const want = Buffer.alloc(32);
+        reference.crypto_scalarmult(want, skA, pkB);
+        for (const impl of [sodium, wrapped]) {
+          const [pk, sk, q, shared] = [0, 0, 0, 0].map(() => Buffer.alloc(32)) as [
+            Buffer,
+            Buffer,
+            Buffer,
+            Buffer,
+          ];
+          impl.crypto_kx_seed_keypair(pk, sk, seedA);
+          assert.deepEqual([pk, sk], [pkA, skA]);
+          impl.crypto_scalarmult_base(q, skA);
+          assert.deepEqual(q, pkA);
+          impl.crypto_scalarmult(shared, skB, pkA);
+          assert.deepEqual(shared, want, 'both sides agree');
+        }
+      }),
+      { numRuns: 50 },
+    );
+    for (const impl of [sodium, wrapped]) {
+      const [pk, sk, q] = [0, 0, 0].map(() => Buffer.alloc(32)) as [Buffer, Buffer, Buffer];
+      impl.crypto_kx_keypair(pk, sk);
+      assert.notDeepEqual(sk, Buffer.alloc(32), 'a random key');
+      impl.crypto_scalarmult_base(q, sk);
+      assert.deepEqual(q, pk);
+      impl.sodium_memzero(sk);
+      assert.deepEqual(sk, Buffer.alloc(32));
+    }
+  });
+
+  it('throws a RangeError for a wrong size instead of letting the addon abort the process', () => {
+    const b = (n: number) => Buffer.alloc(n);
+    const calls: [string, (s: Sodium) => unknown][] = [
+      ['hash output 15', (s) => s.crypto_generichash(b(15), b(3))],
+      ['hash output 65', (s) => s.crypto_generichash(b(65), b(3))],
+      ['hash key 15', (s) => s.crypto_generichash(b(32), b(3), b(15))],
+      ['batch output 8', (s) => s.crypto_generichash_batch(b(8), [b(3)])],
+      ['batch key 65', (s) => s.crypto_generichash_batch(b(32), [b(3)], b(65))],
+      ['signature 63', (s) => s.crypto_sign_verify_detached(b(63), b(3), b(32))],
+      ['public key 31', (s) => s.crypto_sign_verify_detached(b(64), b(3), b(31))],
+      [
+        'ciphertext short',
+        (s) => s.crypto_aead_chacha20poly1305_ietf_encrypt(b(18), b(3), null, null, b(12), b(32)),
+      ],
+      ['nonce 11', (s) => s.crypto_aead_chacha20poly1305_ietf_encrypt(b(19), b(3), null, null, b(11), b(32))],
+      ['key 31', (s) => s.crypto_aead_chacha20poly1305_ietf_decrypt(b(3), null, b(19), null, b(12), b(31))],
+      [
+        'plaintext long',
+        (s) => s.crypto_aead_chacha20poly1305_ietf_decrypt(b(4), null, b(19), null, b(12), b(32)),
+      ],
+      [
+        'ciphertext under a tag',
+        (s) => s.crypto_aead_chacha20poly1305_ietf_decrypt(b(0), null, b(15), null, b(12), b(32)),
+      ],
+      ['kx public 31', (s) => s.crypto_kx_keypair(b(31), b(32))],
+      ['kx seed 31', (s) => s.crypto_kx_seed_keypair(b(32), b(32), b(31))],
+      ['scalarmult_base secret 33', (s) => s.crypto_scalarmult_base(b(32), b(33))],
+      ['scalarmult public 31', (s) => s.crypto_scalarmult(b(32), b(32), b(31))],
+    ];
+    for (const [what, call] of calls) {
+      assert.throws(() => call(wrapped), RangeError, what);
+      if (sodiumLoader === 'addon') assert.throws(() => call(sodium), RangeError, what);
+    }
+  });
+});
