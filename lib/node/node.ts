@@ -98,7 +98,10 @@ export type NodeEvent =
 export interface NodeTiming {
   /** Time a new connection has to send its hello. Default 10 s: generous for a slow link, short for a squatter. */
   readonly helloTimeoutMs?: number;
-  /** Interval of pings and of the peer-table upkeep. Default 5 s. */
+  /**
+   * Interval of the peer-table upkeep, which pings every peer not heard from for half of it (a link
+   * that carries traffic needs no pings: each one wakes both processes). Default 5 s.
+   */
   readonly pingIntervalMs?: number;
   /** A peer silent this long (no frame at all, pongs included) is dead. Default 15 s: three missed pings. */
   readonly peerTimeoutMs?: number;
@@ -1346,15 +1349,16 @@ class ChatNode implements P2PNode {
     this.peerListTimer.unref();
   }
 
-  /** Pings every peer, drops silent ones, and dials known nodes while below the target degree. */
+  /** Pings the peers gone quiet, drops silent ones, and dials known nodes while below the target degree. */
   private upkeep(): void {
     const now = Date.now();
     const ping: Frame = { type: 'ping', n: (this.pingNonce = (this.pingNonce + 1) >>> 0) };
     for (const conn of this.conns) {
       if (conn.hello === undefined || conn.closing) continue;
-      if (now - conn.lastSeen > this.timing.peerTimeoutMs) {
-        this.drop(conn, new ProtocolError('ERR_PEER_TIMEOUT', `silent for ${now - conn.lastSeen} ms`));
-      } else conn.send(ping);
+      const silent = now - conn.lastSeen;
+      if (silent > this.timing.peerTimeoutMs) {
+        this.drop(conn, new ProtocolError('ERR_PEER_TIMEOUT', `silent for ${silent} ms`));
+      } else if (silent >= this.timing.pingIntervalMs / 2) conn.send(ping);
     }
     for (const target of this.targets.values()) {
       if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);

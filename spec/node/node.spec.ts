@@ -438,6 +438,26 @@ describe('createNode', () => {
     assert.deepEqual(peerIds(node), [quiet.id]);
   });
 
+  it('pings no peer it keeps hearing from, and one that goes quiet', async (t) => {
+    const start = nodeFactory(t);
+    // Longer than FAST_TIMING's, so that a stall of this test's own event loop does not look quiet.
+    const timing = { pingIntervalMs: 1000, peerTimeoutMs: 4000 };
+    const node = await start({ timing });
+    const events = record(node.events$);
+    const chatty = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => ups(events).length === 1, 'the chatty peer to be up');
+    // A frame every 50 ms, well under half a ping interval, for three intervals.
+    let n = 0;
+    const chatter = setInterval(() => chatty.send({ type: 'pong', n: n++ }), 50);
+    t.after(() => clearInterval(chatter));
+    await new Promise((resolve) => setTimeout(resolve, 3 * timing.pingIntervalMs));
+    clearInterval(chatter);
+    assert.equal(chatty.count('ping'), 0, 'a link that carries traffic needs no pings');
+    await waitFor(() => chatty.count('ping') >= 2, 'pings once it is quiet', 5000);
+    assert.deepEqual(downs(events), []);
+    assert.deepEqual(peerIds(node), [chatty.id]);
+  });
+
   it('drops a peer that breaks the protocol, and goes on with the others', async (t) => {
     const { node, friend } = await nodeWithFriend(t);
     const events = record(node.events$);
