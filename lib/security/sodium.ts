@@ -6,14 +6,15 @@ import { dirname, join } from 'node:path';
  * libsodium, the functions this package and noise-handshake call, from sodium-native's native addon.
  *
  * sodium-native's entry (index.js) wraps its ~700 functions in argument checks and finds its addon
- * through a resolver of its own; loading that costs a node ~1.2 MB of memory and ~130 ms of start-up
+ * through a resolver of its own; loading that costs a node ~1 MB of memory and ~0.1 s of start-up
  * (README, Performance). This module loads the same addon file directly and wraps only the functions
- * used, with the same checks (they throw a RangeError here where the addon's own would abort the
- * process). It does so only where the addon's calling conventions are the ones these wrappers were
- * written and tested against: sodium-native 5.1.x, with a prebuilt addon for this platform (glibc:
- * on musl the package ships another build). Anywhere else it uses sodium-native's own entry, which
- * has the same interface. `npm run build` points noise-handshake's `sodium-universal` (which is
- * sodium-native) here too, so the bundled CLI loads sodium-native once, this way.
+ * used, with sodium-native's checks of types and sizes (a TypeError or RangeError here; the prebuilt
+ * addon checks nothing itself, so a wrong argument would have it read or write out of bounds). It
+ * does so only where the addon's calling conventions are the ones these wrappers were written and
+ * tested against: sodium-native 5.1.0, with a prebuilt addon for this platform. Anywhere else it
+ * uses sodium-native's own entry, which has the same interface. `npm run build` points
+ * noise-handshake's `sodium-universal` (which is sodium-native) here too, so the bundled CLI loads
+ * sodium-native once, this way.
  */
 export interface Sodium {
   readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
@@ -115,8 +116,11 @@ interface Addon {
   crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): number;
 }
 
-/** The sodium-native versions whose addon these wrappers call correctly (checked by spec/security/sodium.spec.ts). */
-const TESTED_VERSION = /^5\.1\.\d+$/;
+/**
+ * The sodium-native versions whose addon these wrappers were written against and tested with
+ * (spec/security/sodium.spec.ts). Exact: the addon's calling conventions are not its public API.
+ */
+const TESTED_VERSIONS: ReadonlySet<string> = new Set(['5.1.0']);
 
 const require = createRequire(import.meta.url);
 
@@ -128,31 +132,70 @@ export function directAddonPath(
   arch: string = process.arch,
   exists: (path: string) => boolean = existsSync,
 ): string | undefined {
-  if (!TESTED_VERSION.test(version)) return undefined;
+  if (!TESTED_VERSIONS.has(version)) return undefined;
+  // musl: 5.1.0 ships no prebuild for it; sodium-native's own resolution finds what was built.
   if (platform === 'linux' && exists('/etc/alpine-release')) return undefined;
   const file = join(packageDir, 'prebuilds', `${platform}-${arch}`, 'sodium-native.node');
   return exists(file) ? file : undefined;
 }
 
-function addonPath(): string | undefined {
-  const packageJson = require.resolve('sodium-native/package.json');
-  const { version } = require(packageJson) as { version: string };
-  return directAddonPath(version, dirname(packageJson));
+/** The addon, loaded directly where {@link directAddonPath} says so; undefined otherwise. */
+function loadAddon(): Addon | undefined {
+  let file: string | undefined;
+  try {
+    const packageJson = require.resolve('sodium-native/package.json');
+    const { version } = require(packageJson) as { version: string };
+    file = directAddonPath(version, dirname(packageJson));
+  } catch {
+    return undefined; // a layout this module does not know: sodium-native's entry decides
+  }
+  return file === undefined ? undefined : (require(file) as Addon);
 }
 
 const EMPTY = new Uint8Array(0);
+const MAX_U32 = 0xffffffff;
 
-function exactly(what: string, buf: Uint8Array, bytes: number): void {
-  if (buf.byteLength !== bytes) throw new RangeError(`${what} must be ${bytes} bytes, not ${buf.byteLength}`);
+/**
+ * Checks that `buf` is bytes the addon can take. The prebuilt addon checks nothing itself (its
+ * asserts are compiled out): a wrong type or size would have it read or write past the memory given.
+ */
+function bytes(what: string, buf: unknown): asserts buf is Uint8Array {
+  if (!(buf instanceof Uint8Array)) throw new TypeError(`${what} must be a Uint8Array`);
 }
 
-function hashLengths(output: Uint8Array, key: Uint8Array): void {
+function exactly(what: string, buf: unknown, size: number): asserts buf is Uint8Array {
+  bytes(what, buf);
+  if (buf.byteLength !== size) throw new RangeError(`${what} must be ${size} bytes, not ${buf.byteLength}`);
+}
+
+/** For the calls that pass a buffer as (ArrayBuffer, 32-bit offset, 32-bit length). */
+function within32(what: string, buf: unknown): asserts buf is Uint8Array {
+  bytes(what, buf);
+  if (buf.byteOffset + buf.byteLength > MAX_U32) throw new RangeError(`${what} must lie within 4 GiB`);
+}
+
+function hashArguments(output: unknown, key: unknown): Uint8Array {
+  bytes('a BLAKE2b output', output);
   if (output.byteLength < 16 || output.byteLength > 64) {
     throw new RangeError(`a BLAKE2b output must be 16..64 bytes, not ${output.byteLength}`);
   }
-  if (key.byteLength !== 0 && (key.byteLength < 16 || key.byteLength > 64)) {
+  if (key === undefined || key === null) return EMPTY;
+  within32('a BLAKE2b key', key);
+  if (key.byteLength < 16 || key.byteLength > 64) {
     throw new RangeError(`a BLAKE2b key must be 16..64 bytes, not ${key.byteLength}`);
   }
+  return key;
+}
+
+function nothing(nsec: unknown): void {
+  if (nsec !== null) throw new TypeError('nsec must be null');
+}
+
+/** Additional data: none for null, undefined or another falsy value (as sodium-native), else bytes. */
+function additional(ad: unknown): Uint8Array | undefined {
+  if (!ad) return undefined;
+  bytes('additional data', ad);
+  return ad;
 }
 
 function ok(status: number, what: string): void {
@@ -165,7 +208,8 @@ export function wrapAddon(addon: Addon): Sodium {
   const KEYBYTES = addon.crypto_aead_chacha20poly1305_ietf_KEYBYTES;
   const NPUBBYTES = addon.crypto_aead_chacha20poly1305_ietf_NPUBBYTES;
   const X25519 = addon.crypto_scalarmult_BYTES;
-  const aeadKeys = (npub: Uint8Array, k: Uint8Array): void => {
+  const SCALAR = addon.crypto_scalarmult_SCALARBYTES;
+  const aeadKeys = (npub: unknown, k: unknown): void => {
     exactly('a ChaCha20-Poly1305 nonce', npub, NPUBBYTES);
     exactly('a ChaCha20-Poly1305 key', k, KEYBYTES);
   };
@@ -175,11 +219,15 @@ export function wrapAddon(addon: Addon): Sodium {
     crypto_aead_chacha20poly1305_ietf_NPUBBYTES: NPUBBYTES,
     crypto_kx_SEEDBYTES: addon.crypto_kx_SEEDBYTES,
     crypto_scalarmult_BYTES: X25519,
-    crypto_scalarmult_SCALARBYTES: addon.crypto_scalarmult_SCALARBYTES,
+    crypto_scalarmult_SCALARBYTES: SCALAR,
     sodium_memzero(buf) {
+      bytes('the buffer to zero', buf);
       addon.sodium_memzero(buf);
     },
     crypto_sign_verify_detached(sig, m, pk) {
+      within32('an Ed25519 signature', sig);
+      within32('a signed message', m);
+      within32('an Ed25519 public key', pk);
       if (sig.byteLength < 64)
         throw new RangeError(`an Ed25519 signature must be 64 bytes, not ${sig.byteLength}`);
       exactly('an Ed25519 public key', pk, 32);
@@ -195,8 +243,10 @@ export function wrapAddon(addon: Addon): Sodium {
         pk.byteLength,
       );
     },
-    crypto_generichash(output, input, key = EMPTY) {
-      hashLengths(output, key);
+    crypto_generichash(output, input, key) {
+      const k = hashArguments(output, key);
+      within32('a BLAKE2b output', output);
+      within32('a BLAKE2b input', input);
       const status = addon.crypto_generichash(
         output.buffer,
         output.byteOffset,
@@ -204,71 +254,78 @@ export function wrapAddon(addon: Addon): Sodium {
         input.buffer,
         input.byteOffset,
         input.byteLength,
-        key.buffer,
-        key.byteOffset,
-        key.byteLength,
+        k.buffer,
+        k.byteOffset,
+        k.byteLength,
       );
       ok(status, 'BLAKE2b');
     },
-    crypto_generichash_batch(output, batch, key = EMPTY) {
-      hashLengths(output, key);
-      ok(addon.crypto_generichash_batch(output, batch, key.byteLength !== 0, key), 'BLAKE2b');
+    crypto_generichash_batch(output, batch, key) {
+      const k = hashArguments(output, key);
+      if (!Array.isArray(batch)) throw new TypeError('a BLAKE2b batch must be an array');
+      for (const part of batch) bytes('a BLAKE2b batch entry', part);
+      ok(addon.crypto_generichash_batch(output, batch, k.byteLength !== 0, k), 'BLAKE2b');
     },
-    crypto_aead_chacha20poly1305_ietf_encrypt(c, m, ad, _nsec, npub, k) {
-      if (c.byteLength !== m.byteLength + ABYTES || c.byteLength > 0xffffffff) {
+    crypto_aead_chacha20poly1305_ietf_encrypt(c, m, ad, nsec, npub, k) {
+      nothing(nsec);
+      bytes('a ciphertext', c);
+      bytes('a plaintext', m);
+      if (c.byteLength !== m.byteLength + ABYTES || c.byteLength > MAX_U32) {
         throw new RangeError(
           `a ciphertext of ${m.byteLength} bytes takes ${m.byteLength + ABYTES}, not ${c.byteLength}`,
         );
       }
       aeadKeys(npub, k);
-      const written = addon.crypto_aead_chacha20poly1305_ietf_encrypt(c, m, ad ?? undefined, npub, k);
+      const written = addon.crypto_aead_chacha20poly1305_ietf_encrypt(c, m, additional(ad), npub, k);
       if (written < 0) throw new Error('could not encrypt data');
       return written;
     },
-    crypto_aead_chacha20poly1305_ietf_decrypt(m, _nsec, c, ad, npub, k) {
-      if (m.byteLength !== c.byteLength - ABYTES) {
+    crypto_aead_chacha20poly1305_ietf_decrypt(m, nsec, c, ad, npub, k) {
+      nothing(nsec);
+      bytes('a plaintext', m);
+      bytes('a ciphertext', c);
+      if (m.byteLength !== c.byteLength - ABYTES || m.byteLength > MAX_U32) {
         throw new RangeError(
           `the plaintext of ${c.byteLength} bytes takes ${c.byteLength - ABYTES}, not ${m.byteLength}`,
         );
       }
       aeadKeys(npub, k);
-      const read = addon.crypto_aead_chacha20poly1305_ietf_decrypt(m, c, ad ?? undefined, npub, k);
+      const read = addon.crypto_aead_chacha20poly1305_ietf_decrypt(m, c, additional(ad), npub, k);
       if (read < 0) throw new Error('could not verify data');
       return read;
     },
     crypto_kx_keypair(pk, sk) {
       exactly('an X25519 public key', pk, X25519);
-      exactly('an X25519 secret key', sk, X25519);
+      exactly('an X25519 secret key', sk, SCALAR);
       ok(addon.crypto_kx_keypair(pk, sk), 'X25519 key generation');
     },
     crypto_kx_seed_keypair(pk, sk, seed) {
       exactly('an X25519 public key', pk, X25519);
-      exactly('an X25519 secret key', sk, X25519);
+      exactly('an X25519 secret key', sk, SCALAR);
       exactly('an X25519 seed', seed, addon.crypto_kx_SEEDBYTES);
       ok(addon.crypto_kx_seed_keypair(pk, sk, seed), 'X25519 key generation');
     },
     crypto_scalarmult_base(q, n) {
       exactly('an X25519 public key', q, X25519);
-      exactly('an X25519 secret key', n, addon.crypto_scalarmult_SCALARBYTES);
+      exactly('an X25519 secret key', n, SCALAR);
       ok(addon.crypto_scalarmult_base(q, n), 'X25519');
     },
     crypto_scalarmult(q, n, p) {
       exactly('an X25519 result', q, X25519);
-      exactly('an X25519 secret key', n, addon.crypto_scalarmult_SCALARBYTES);
+      exactly('an X25519 secret key', n, SCALAR);
       exactly('an X25519 public key', p, X25519);
       ok(addon.crypto_scalarmult(q, n, p), 'X25519');
     },
   };
 }
 
-const direct = addonPath();
+const addon = loadAddon();
 
 /** How libsodium was loaded: its addon directly, or through sodium-native's entry. */
-export const sodiumLoader: 'addon' | 'sodium-native' = direct === undefined ? 'sodium-native' : 'addon';
+export const sodiumLoader: 'addon' | 'sodium-native' = addon === undefined ? 'sodium-native' : 'addon';
 
 /** libsodium's functions used here (see the module's doc). */
-export const sodium: Sodium =
-  direct === undefined ? (require('sodium-native') as Sodium) : wrapAddon(require(direct) as Addon);
+export const sodium: Sodium = addon === undefined ? (require('sodium-native') as Sodium) : wrapAddon(addon);
 
 // Named exports: what noise-handshake reads from `require('sodium-universal')` in the bundled CLI.
 export const {

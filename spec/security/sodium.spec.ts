@@ -30,7 +30,11 @@ describe('sodium (libsodium from sodium-native)', () => {
     const file = join(packageDir, 'prebuilds', 'linux-x64', 'sodium-native.node');
     const present = (path: string) => path === file;
     assert.equal(directAddonPath('5.1.0', packageDir, 'linux', 'x64', present), file);
-    assert.equal(directAddonPath('5.1.7', packageDir, 'linux', 'x64', present), file);
+    assert.equal(
+      directAddonPath('5.1.7', packageDir, 'linux', 'x64', present),
+      undefined,
+      'an untested patch',
+    );
     assert.equal(
       directAddonPath('5.2.0', packageDir, 'linux', 'x64', present),
       undefined,
@@ -171,7 +175,7 @@ describe('sodium (libsodium from sodium-native)', () => {
     }
   });
 
-  it('throws a RangeError for a wrong size instead of letting the addon abort the process', () => {
+  it('throws a RangeError for a wrong size instead of letting the addon write out of bounds', () => {
     const b = (n: number) => Buffer.alloc(n);
     const calls: [string, (s: Sodium) => unknown][] = [
       ['hash output 15', (s) => s.crypto_generichash(b(15), b(3))],
@@ -204,5 +208,55 @@ describe('sodium (libsodium from sodium-native)', () => {
       assert.throws(() => call(wrapped), RangeError, what);
       if (sodiumLoader === 'addon') assert.throws(() => call(sodium), RangeError, what);
     }
+  });
+
+  it('throws a TypeError for anything but bytes, where the addon would read or write at random', () => {
+    const b = (n: number) => Buffer.alloc(n);
+    // Deliberately wrong types, as an untyped caller could pass them.
+    const as = (x: unknown) => x as Uint8Array;
+    const wrong = [
+      new ArrayBuffer(32),
+      new DataView(new ArrayBuffer(32)),
+      'x'.repeat(32),
+      undefined,
+      { byteLength: 32 },
+    ];
+    for (const w of wrong) {
+      const calls: [string, (s: Sodium) => unknown][] = [
+        ['memzero', (s) => s.sodium_memzero(as(w))],
+        ['kx public key', (s) => s.crypto_kx_keypair(as(w), b(32))],
+        ['kx seed', (s) => s.crypto_kx_seed_keypair(b(32), b(32), as(w))],
+        ['scalarmult secret', (s) => s.crypto_scalarmult_base(b(32), as(w))],
+        ['scalarmult public', (s) => s.crypto_scalarmult(b(32), b(32), as(w))],
+        [
+          'encrypt plaintext',
+          (s) => s.crypto_aead_chacha20poly1305_ietf_encrypt(b(48), as(w), null, null, b(12), b(32)),
+        ],
+        [
+          'encrypt ciphertext',
+          (s) => s.crypto_aead_chacha20poly1305_ietf_encrypt(as(w), b(16), null, null, b(12), b(32)),
+        ],
+        [
+          'decrypt nonce',
+          (s) => s.crypto_aead_chacha20poly1305_ietf_decrypt(b(16), null, b(32), null, as(w), b(32)),
+        ],
+        ['verify message', (s) => s.crypto_sign_verify_detached(b(64), as(w), b(32))],
+        ['hash input', (s) => s.crypto_generichash(b(32), as(w))],
+        ['hash output', (s) => s.crypto_generichash(as(w), b(3))],
+        ['batch entry', (s) => s.crypto_generichash_batch(b(32), [b(3), as(w)])],
+      ];
+      for (const [what, call] of calls) {
+        assert.throws(() => call(wrapped), TypeError, `${what}: ${String(w)}`);
+        if (sodiumLoader === 'addon') assert.throws(() => call(sodium), TypeError, `${what}: ${String(w)}`);
+      }
+    }
+    const notNull = (s: Sodium) =>
+      s.crypto_aead_chacha20poly1305_ietf_encrypt(b(19), b(3), null, b(1) as unknown as null, b(12), b(32));
+    assert.throws(() => notNull(wrapped), TypeError, 'nsec must be null');
+    // Falsy additional data is none, as in sodium-native.
+    const [none, empty] = [b(19), b(19)];
+    wrapped.crypto_aead_chacha20poly1305_ietf_encrypt(none, b(3), null, null, b(12), b(32));
+    wrapped.crypto_aead_chacha20poly1305_ietf_encrypt(empty, b(3), '' as unknown as null, null, b(12), b(32));
+    assert.deepEqual(empty, none);
   });
 });
