@@ -126,6 +126,12 @@ export class Connection {
   rxFrames = 0;
   /** Encrypted frames written on this connection. */
   private txFrames = 0;
+  /** Encrypted frames written on this connection so far. */
+  get framesSent(): number {
+    return this.txFrames;
+  }
+  /** {@link framesSent} at the node's last upkeep tick: nothing sent since when they are equal. */
+  sentAtUpkeep = 0;
   /**
    * The message ids of the last {@link SENT_MEMORY} frames written (undefined for other frames), frame
    * `i` at `i % SENT_MEMORY`. Ids, not payloads: a kept payload would keep its whole pool slab alive.

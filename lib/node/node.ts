@@ -99,11 +99,12 @@ export interface NodeTiming {
   /** Time a new connection has to send its hello. Default 10 s: generous for a slow link, short for a squatter. */
   readonly helloTimeoutMs?: number;
   /**
-   * Interval of the peer-table upkeep, which pings every peer not heard from for half of it (a link
-   * that carries traffic needs no pings: each one wakes both processes). Default 5 s.
+   * Interval of the peer-table upkeep, which pings every peer not heard from for half of it and sends
+   * a pong unasked to every peer sent nothing since the tick before (a link that carries traffic both
+   * ways needs neither). Default 5 s.
    */
   readonly pingIntervalMs?: number;
-  /** A peer silent this long (no frame at all, pongs included) is dead. Default 15 s: three missed pings. */
+  /** A peer silent this long (no frame at all, pongs included) is dead. Default 15 s: two or three missed pings. */
   readonly peerTimeoutMs?: number;
   /** Longest wait for a TCP connect. Default 5 s. */
   readonly connectTimeoutMs?: number;
@@ -383,6 +384,8 @@ class ChatNode implements P2PNode {
   private closed = false;
   private closing: Promise<void> | undefined;
   private pingNonce = 0;
+  /** When {@link upkeep} last ran (ms). */
+  private lastUpkeep = Date.now();
   private readonly acceptRate = new RateLimiter(ACCEPT_RATE, { max: 4096 });
   private lastRefusalLog = 0;
   private readonly limits: Required<NodeLimits>;
@@ -1349,16 +1352,31 @@ class ChatNode implements P2PNode {
     this.peerListTimer.unref();
   }
 
-  /** Pings the peers gone quiet, drops silent ones, and dials known nodes while below the target degree. */
+  /**
+   * Keeps links alive and dials known nodes while below the target degree. A peer not heard from
+   * for half a tick is pinged (it answers with a pong); a peer this node sent nothing since the last
+   * tick is sent a pong unasked (never answered), so that it hears from this node even when traffic
+   * goes one way only. A link that carries traffic both ways needs neither: each frame woke both
+   * processes. A peer silent for `peerTimeoutMs` is dropped, except on a tick that comes late: then
+   * this process stalled, and what the peers sent meanwhile is still waiting to be read.
+   */
   private upkeep(): void {
     const now = Date.now();
-    const ping: Frame = { type: 'ping', n: (this.pingNonce = (this.pingNonce + 1) >>> 0) };
+    const late = now - this.lastUpkeep > 2 * this.timing.pingIntervalMs;
+    this.lastUpkeep = now;
+    const n = (this.pingNonce = (this.pingNonce + 1) >>> 0);
+    const ping: Frame = { type: 'ping', n };
+    const keepalive: Frame = { type: 'pong', n };
     for (const conn of this.conns) {
       if (conn.hello === undefined || conn.closing) continue;
       const silent = now - conn.lastSeen;
-      if (silent > this.timing.peerTimeoutMs) {
+      if (silent > this.timing.peerTimeoutMs && !late) {
         this.drop(conn, new ProtocolError('ERR_PEER_TIMEOUT', `silent for ${silent} ms`));
-      } else if (silent >= this.timing.pingIntervalMs / 2) conn.send(ping);
+        continue;
+      }
+      if (silent >= this.timing.pingIntervalMs / 2) conn.send(ping);
+      else if (conn.framesSent === conn.sentAtUpkeep) conn.send(keepalive);
+      conn.sentAtUpkeep = conn.framesSent;
     }
     for (const target of this.targets.values()) {
       if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
