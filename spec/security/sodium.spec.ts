@@ -221,7 +221,7 @@ describe('sodium (libsodium from sodium-native)', () => {
       undefined,
       { byteLength: 32 },
     ];
-    for (const w of wrong) {
+    for (const [i, w] of wrong.entries()) {
       const calls: [string, (s: Sodium) => unknown][] = [
         ['memzero', (s) => s.sodium_memzero(as(w))],
         ['kx public key', (s) => s.crypto_kx_keypair(as(w), b(32))],
@@ -246,8 +246,9 @@ describe('sodium (libsodium from sodium-native)', () => {
         ['batch entry', (s) => s.crypto_generichash_batch(b(32), [b(3), as(w)])],
       ];
       for (const [what, call] of calls) {
-        assert.throws(() => call(wrapped), TypeError, `${what}: ${String(w)}`);
-        if (sodiumLoader === 'addon') assert.throws(() => call(sodium), TypeError, `${what}: ${String(w)}`);
+        assert.throws(() => call(wrapped), TypeError, `${what}: wrong argument ${i}`);
+        if (sodiumLoader === 'addon')
+          assert.throws(() => call(sodium), TypeError, `${what}: wrong argument ${i}`);
       }
     }
     const notNull = (s: Sodium) =>
