@@ -213,6 +213,10 @@ export function wrapAddon(addon: Addon): Sodium {
     exactly('a ChaCha20-Poly1305 nonce', npub, NPUBBYTES);
     exactly('a ChaCha20-Poly1305 key', k, KEYBYTES);
   };
+  const x25519Pair = (pk: unknown, sk: unknown): void => {
+    exactly('an X25519 public key', pk, X25519);
+    exactly('an X25519 secret key', sk, SCALAR);
+  };
   return {
     crypto_aead_chacha20poly1305_ietf_ABYTES: ABYTES,
     crypto_aead_chacha20poly1305_ietf_KEYBYTES: KEYBYTES,
@@ -295,19 +299,16 @@ export function wrapAddon(addon: Addon): Sodium {
       return read;
     },
     crypto_kx_keypair(pk, sk) {
-      exactly('an X25519 public key', pk, X25519);
-      exactly('an X25519 secret key', sk, SCALAR);
+      x25519Pair(pk, sk);
       ok(addon.crypto_kx_keypair(pk, sk), 'X25519 key generation');
     },
     crypto_kx_seed_keypair(pk, sk, seed) {
-      exactly('an X25519 public key', pk, X25519);
-      exactly('an X25519 secret key', sk, SCALAR);
+      x25519Pair(pk, sk);
       exactly('an X25519 seed', seed, addon.crypto_kx_SEEDBYTES);
       ok(addon.crypto_kx_seed_keypair(pk, sk, seed), 'X25519 key generation');
     },
     crypto_scalarmult_base(q, n) {
-      exactly('an X25519 public key', q, X25519);
-      exactly('an X25519 secret key', n, SCALAR);
+      x25519Pair(q, n);
       ok(addon.crypto_scalarmult_base(q, n), 'X25519');
     },
     crypto_scalarmult(q, n, p) {

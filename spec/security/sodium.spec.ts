@@ -25,6 +25,14 @@ const view = (bytes: Uint8Array): Buffer => {
 const bytes = (min: number, max: number): fc.Arbitrary<Uint8Array> =>
   fc.uint8Array({ minLength: min, maxLength: max });
 
+/** Four zeroed 32-byte buffers: X25519 keys and results. */
+const fourKeys = (): [Buffer, Buffer, Buffer, Buffer] => [
+  Buffer.alloc(32),
+  Buffer.alloc(32),
+  Buffer.alloc(32),
+  Buffer.alloc(32),
+];
+
 describe('sodium (libsodium from sodium-native)', () => {
   it('loads the addon directly for the tested sodium-native on a platform it ships a prebuild for', () => {
     const file = join(packageDir, 'prebuilds', 'linux-x64', 'sodium-native.node');
@@ -137,23 +145,13 @@ describe('sodium (libsodium from sodium-native)', () => {
   it('derives the same X25519 keys and shared secrets as sodium-native', () => {
     fc.assert(
       fc.property(bytes(32, 32), bytes(32, 32), (seedA, seedB) => {
-        const [pkA, skA, pkB, skB] = [0, 0, 0, 0].map(() => Buffer.alloc(32)) as [
-          Buffer,
-          Buffer,
-          Buffer,
-          Buffer,
-        ];
+        const [pkA, skA, pkB, skB] = fourKeys();
         reference.crypto_kx_seed_keypair(pkA, skA, seedA);
         reference.crypto_kx_seed_keypair(pkB, skB, seedB);
         const want = Buffer.alloc(32);
         reference.crypto_scalarmult(want, skA, pkB);
         for (const impl of [sodium, wrapped]) {
-          const [pk, sk, q, shared] = [0, 0, 0, 0].map(() => Buffer.alloc(32)) as [
-            Buffer,
-            Buffer,
-            Buffer,
-            Buffer,
-          ];
+          const [pk, sk, q, shared] = fourKeys();
           impl.crypto_kx_seed_keypair(pk, sk, seedA);
           assert.deepEqual([pk, sk], [pkA, skA]);
           impl.crypto_scalarmult_base(q, skA);
