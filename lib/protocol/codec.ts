@@ -176,33 +176,52 @@ export class FrameDecoder {
 
   /**
    * Takes the next chunk of the stream and returns every frame it completes (possibly none),
-   * appended to `frames`.
+   * appended to `frames`. Every length is checked against the limit as it stands when this is
+   * called; a reader that changes the limit between frames (the end of a handshake) uses
+   * {@link append} and {@link nextFrame} instead.
    * @throws {ProtocolError} `ERR_FRAME_TOO_LARGE` or `ERR_EMPTY_FRAME`; the decoder is unusable after.
    *   The frames that came before the bad length in this chunk are in `frames` when it throws.
    */
   push(chunk: Buffer, frames: Buffer[] = []): Buffer[] {
-    if (chunk.length === 0) return frames;
+    this.append(chunk);
+    for (let frame = this.nextFrame(); frame !== undefined; frame = this.nextFrame()) frames.push(frame);
+    return frames;
+  }
+
+  /**
+   * Buffers the next chunk of the stream; {@link nextFrame} then takes its frames. Take them all
+   * before the next chunk: the bound on buffered bytes holds only then.
+   */
+  append(chunk: Buffer): void {
+    if (chunk.length === 0) return;
     this.chunks.push(chunk);
     this.buffered += chunk.length;
-    for (;;) {
-      if (this.expected < 0) {
-        if (this.buffered < LENGTH_PREFIX_BYTES) break;
-        const length = this.peekLength();
-        if (length > this.maxFrameBytes) {
-          throw new ProtocolError(
-            'ERR_FRAME_TOO_LARGE',
-            `frame of ${length} bytes announced, the limit is ${this.maxFrameBytes}`,
-          );
-        }
-        if (length === 0) throw new ProtocolError('ERR_EMPTY_FRAME', 'empty frame');
-        this.skip(LENGTH_PREFIX_BYTES);
-        this.expected = length;
+  }
+
+  /**
+   * The next complete frame buffered, or `undefined` until more bytes come. Its length is checked
+   * against the limit at this call, so a limit raised while the frame before it was handled (a
+   * handshake completed by it) holds for it even when both came in one read.
+   * @throws {ProtocolError} `ERR_FRAME_TOO_LARGE` or `ERR_EMPTY_FRAME`; the decoder is unusable after.
+   */
+  nextFrame(): Buffer | undefined {
+    if (this.expected < 0) {
+      if (this.buffered < LENGTH_PREFIX_BYTES) return undefined;
+      const length = this.peekLength();
+      if (length > this.maxFrameBytes) {
+        throw new ProtocolError(
+          'ERR_FRAME_TOO_LARGE',
+          `frame of ${length} bytes announced, the limit is ${this.maxFrameBytes}`,
+        );
       }
-      if (this.buffered < this.expected) break;
-      frames.push(this.consume(this.expected));
-      this.expected = -1;
+      if (length === 0) throw new ProtocolError('ERR_EMPTY_FRAME', 'empty frame');
+      this.skip(LENGTH_PREFIX_BYTES);
+      this.expected = length;
     }
-    return frames;
+    if (this.buffered < this.expected) return undefined;
+    const frame = this.consume(this.expected);
+    this.expected = -1;
+    return frame;
   }
 
   /** The length prefix at the read position (4 bytes are buffered). */

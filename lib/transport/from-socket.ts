@@ -13,19 +13,21 @@ import { ProtocolError } from '../protocol/errors.js';
  */
 export function fromSocket(socket: Socket, decoder: FrameDecoder = new FrameDecoder()): Observable<Buffer> {
   return new Observable<Buffer>((subscriber) => {
+    // Frame by frame: the subscriber may change the decoder's limit while it handles one (a
+    // handshake's last message), and the frames after it in the same read are held to the new one.
     const onData = (chunk: Buffer): void => {
-      const frames: Buffer[] = [];
-      let failure: unknown;
-      try {
-        decoder.push(chunk, frames);
-      } catch (err) {
-        failure = err; // the frames before the bad one still count
-      }
-      for (const frame of frames) {
-        if (subscriber.closed) return;
+      decoder.append(chunk);
+      while (!subscriber.closed) {
+        let frame: Buffer | undefined;
+        try {
+          frame = decoder.nextFrame();
+        } catch (err) {
+          subscriber.error(err); // the frames before the bad one were passed on
+          return;
+        }
+        if (frame === undefined) return;
         subscriber.next(frame);
       }
-      if (failure !== undefined) subscriber.error(failure);
     };
     const onEnd = (): void => {
       if (decoder.bufferedBytes === 0) subscriber.complete();

@@ -162,6 +162,23 @@ describe('FrameDecoder', () => {
       assert.throws(() => decoder.push(prefix(0xffff_ffff)), protocolError('ERR_FRAME_TOO_LARGE'));
     });
 
+    it('checks each length with nextFrame() against the limit as it is then: raised after a frame, it holds for the next one of the same chunk', () => {
+      // A handshake's last message and the first large frame after it, in one read.
+      const decoder = new FrameDecoder(8);
+      decoder.append(Buffer.concat([encodeFrame(Buffer.alloc(8, 1)), encodeFrame(Buffer.alloc(100, 2))]));
+      assert.deepEqual(hex([decoder.nextFrame()!]), hex([Buffer.alloc(8, 1)]));
+      decoder.maxFrameBytes = 100;
+      assert.deepEqual(hex([decoder.nextFrame()!]), hex([Buffer.alloc(100, 2)]));
+      assert.equal(decoder.nextFrame(), undefined, 'nothing more buffered');
+      assert.equal(decoder.bufferedBytes, 0);
+      // push() checks every length of its chunk against the limit of the moment it is called.
+      const eager = new FrameDecoder(8);
+      assert.throws(
+        () => eager.push(Buffer.concat([encodeFrame(Buffer.alloc(8, 1)), encodeFrame(Buffer.alloc(100, 2))])),
+        protocolError('ERR_FRAME_TOO_LARGE'),
+      );
+    });
+
     it('counts a bare length prefix as buffered, so an end of stream right after it is seen as mid-frame', () => {
       // fromSocket treats bufferedBytes === 0 at 'end' as a clean close.
       const decoder = new FrameDecoder();

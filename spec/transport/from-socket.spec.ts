@@ -101,6 +101,28 @@ describe('fromSocket', () => {
     assert.deepEqual(texts(got.values), ['fine']);
   });
 
+  it('holds the frames after one to a limit its subscriber changed while handling it, in the same read', async (t) => {
+    // The end of a handshake: its last message raises the limit, and the peer's first frame after
+    // it (larger than a handshake message) may come in the same TCP segment.
+    const { client, server } = await socketPair(t);
+    const decoder = new FrameDecoder(16);
+    const got: string[] = [];
+    let error: unknown;
+    fromSocket(server, decoder).subscribe({
+      next: (payload) => {
+        got.push(payload.toString('utf8'));
+        if (payload.toString('utf8') === 'handshake done') decoder.maxFrameBytes = 1024;
+      },
+      error: (err: unknown) => (error = err),
+    });
+    client.write(
+      Buffer.concat([encodeFrame(Buffer.from('handshake done')), encodeFrame(Buffer.alloc(500, 0x61))]),
+    );
+    await waitFor(() => got.length === 2 || error !== undefined, 'both frames or an error');
+    assert.equal(error, undefined);
+    assert.deepEqual(got, ['handshake done', 'a'.repeat(500)]);
+  });
+
   it('errors with ERR_EMPTY_FRAME on a zero length', async (t) => {
     const { client, server } = await socketPair(t);
     const got = record(fromSocket(server));
