@@ -72,6 +72,7 @@ const USAGE = `usage: npm run bench -- [options]
   --bin PATH           the node to run (default bin/p2p)
   --node-arg ARG       add ARG to every node's command line (repeatable), e.g. --node-arg=--ephemeral
   --profile DIR        run every node under node --cpu-prof, profiles in DIR
+  --profile-interval U its sampling interval, µs (default 100)
   --logs DIR           keep every node's stderr in DIR
   --out FILE           results as JSON (default .bench-out/bench-<time>.json)
   --markdown           print the tables as markdown too
@@ -122,6 +123,7 @@ function parseOptions(argv: readonly string[]): Options {
       'bin',
       'node-arg',
       'profile',
+      'profile-interval',
       'logs',
       'out',
       'port-base',
@@ -173,7 +175,16 @@ function parseOptions(argv: readonly string[]): Options {
   const bin = typeof a['bin'] === 'string' ? a['bin'] : 'bin/p2p';
   const profile = typeof a['profile'] === 'string' ? resolve(a['profile']) : undefined;
   const command =
-    profile === undefined ? [bin] : [process.execPath, '--cpu-prof', `--cpu-prof-dir=${profile}`, bin];
+    profile === undefined
+      ? [bin]
+      : [
+          process.execPath,
+          '--cpu-prof',
+          `--cpu-prof-dir=${profile}`,
+          // A burst lasts ~0.1 s in mesh3: V8's default of one sample per millisecond is too coarse.
+          `--cpu-prof-interval=${int('profile-interval', 100, 10)}`,
+          bin,
+        ];
   const nodeArgs = ([] as unknown[]).concat(a['node-arg'] ?? []).map(String);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   // minimist reads --no-micro as micro=false, and an absent boolean as false too: look at argv.

@@ -127,6 +127,23 @@ describe('PeerWriter', () => {
     assert.equal(writes.calls, 2, 'a later tick is a later write');
   });
 
+  it('writes as soon as flushBytes are queued in one turn, then the rest at its end, all in order', async (t) => {
+    const { client, server } = await socketPair(t);
+    const got = record(fromSocket(server));
+    const writes = countWrites(client);
+    // 100-byte payloads are 104 bytes with their prefix: the third passes 300 bytes.
+    const writer = new PeerWriter(client, (err) => assert.fail(err), { flushBytes: 300 });
+    for (const i of range(2)) writer.next(numbered(i, 100));
+    assert.equal(writes.calls, 0, 'under flushBytes: nothing written yet');
+    writer.next(numbered(2, 100));
+    assert.equal(writes.calls, 1, 'flushBytes reached: written at once, within the turn');
+    for (const i of range(7)) writer.next(numbered(3 + i, 100));
+    assert.equal(writes.calls, 3, 'and again at every further 300 bytes');
+    await waitFor(() => got.values.length === 10, 'ten payloads');
+    assert.equal(writes.calls, 4, 'the last one at the end of the turn');
+    assert.deepEqual(got.values.map(indexOf), range(10));
+  });
+
   it('seals frames as it writes them, in the order given, with raw frames between them (alone: an overhead under 5 bytes never packs)', async (t) => {
     const { client, server } = await socketPair(t);
     const got = record(fromSocket(server));
@@ -383,6 +400,13 @@ describe('PeerWriter', () => {
     const { client } = await socketPair(t);
     for (const maxOutboxBytes of [0, -1, 1.5, Number.NaN]) {
       assert.throws(() => new PeerWriter(client, () => {}, { maxOutboxBytes }), RangeError);
+    }
+  });
+
+  it('throws a RangeError at construction for a flushBytes that is not positive', async (t) => {
+    const { client } = await socketPair(t);
+    for (const flushBytes of [0, -1, Number.NaN]) {
+      assert.throws(() => new PeerWriter(client, () => {}, { flushBytes }), RangeError);
     }
   });
 });
