@@ -62,6 +62,22 @@ describe('bin/p2p: command line', () => {
     assert.equal(node.exit, undefined, 'still running');
   });
 
+  it('connects a node whose nickname is 32 CJK characters: its hello (larger than a handshake message) is read after the handshake that came with it', async (t) => {
+    // 96 bytes of nickname make a hello of ~210 bytes, sent in the same write as the handshake's last
+    // message; read in one chunk, it was checked against the handshake's limit and the link refused.
+    const procs = procsFor(t);
+    const nick = '中'.repeat(32);
+    const listener = await procs.node({ nick: 'listener' });
+    const dialer = await procs.node({ nick, peers: [`127.0.0.1:${listener.ready.port}`] });
+    const up = await listener.waitForPeerUp(dialer.ready.id);
+    assert.equal(up.nick, nick);
+    await dialer.waitForPeerUp(listener.ready.id);
+    dialer.send('你好');
+    const message = await listener.waitForMessage('你好');
+    assert.equal(message.nick, nick);
+    assert.doesNotMatch(listener.stderr + dialer.stderr, /ERR_FRAME_TOO_LARGE/);
+  });
+
   it('exits 1 with a one-line explanation when the port is already in use', async (t) => {
     const squatter = createServer();
     t.after(() => new Promise<void>((resolve) => squatter.close(() => resolve())));
