@@ -2,6 +2,16 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 
+/** The sizes (bytes) libsodium exports that are used here. */
+export interface SodiumSizes {
+  readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
+  readonly crypto_aead_chacha20poly1305_ietf_KEYBYTES: number;
+  readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
+  readonly crypto_kx_SEEDBYTES: number;
+  readonly crypto_scalarmult_BYTES: number;
+  readonly crypto_scalarmult_SCALARBYTES: number;
+}
+
 /**
  * libsodium, the functions this package and noise-handshake call, from sodium-native's native addon.
  *
@@ -16,13 +26,7 @@ import { dirname, join } from 'node:path';
  * noise-handshake's `sodium-universal` (which is sodium-native) here too, so the bundled CLI loads
  * sodium-native once, this way.
  */
-export interface Sodium {
-  readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
-  readonly crypto_aead_chacha20poly1305_ietf_KEYBYTES: number;
-  readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
-  readonly crypto_kx_SEEDBYTES: number;
-  readonly crypto_scalarmult_BYTES: number;
-  readonly crypto_scalarmult_SCALARBYTES: number;
+export interface Sodium extends SodiumSizes {
   /** Overwrites `buf` with zeros (in a way the compiler cannot leave out). */
   sodium_memzero: (buf: Uint8Array) => void;
   /** True when `sig` is `pk`'s Ed25519 signature of `m` (libsodium's strict checks: canonical encodings, no small-order keys). */
@@ -60,13 +64,7 @@ export interface Sodium {
 }
 
 /** The addon's own functions, as sodium-native 5.1 calls them. */
-interface Addon {
-  readonly crypto_aead_chacha20poly1305_ietf_ABYTES: number;
-  readonly crypto_aead_chacha20poly1305_ietf_KEYBYTES: number;
-  readonly crypto_aead_chacha20poly1305_ietf_NPUBBYTES: number;
-  readonly crypto_kx_SEEDBYTES: number;
-  readonly crypto_scalarmult_BYTES: number;
-  readonly crypto_scalarmult_SCALARBYTES: number;
+interface Addon extends SodiumSizes {
   sodium_memzero(buf: Uint8Array): void;
   crypto_sign_verify_detached(
     sig: ArrayBufferLike,
