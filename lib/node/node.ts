@@ -51,7 +51,7 @@ import { mergePeers } from '../operators/merge-peers.js';
 import { lastRelayTargets, relay, type RelayView } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
 import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
-import type { WriterOptions } from '../transport/writer.js';
+import { writerSettings, type WriterOptions } from '../transport/writer.js';
 import { remember } from '../operators/remember.js';
 import {
   heldFrame,
@@ -451,7 +451,7 @@ class ChatNode implements P2PNode {
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
-    this.writerOptions = options.writer ?? {};
+    this.writerOptions = writerSettings(options.writer);
     this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
     positive('maxDials', this.limits.maxDials);
     positive('maxLearnedAddresses', this.limits.maxLearnedAddresses);

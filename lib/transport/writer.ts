@@ -37,6 +37,26 @@ export const WRITER_DEFAULTS = {
   flushBytes: 32 * 1024,
 } as const;
 
+/**
+ * `options` with the defaults filled in, checked (a node checks its writer options once, at
+ * creation, rather than at its first connection).
+ * @throws {RangeError} for a `maxOutboxBytes` that is not a positive integer, a `flushBytes` that is
+ *   not a positive number, or a `drainTimeoutMs` that is not one up to 2^31-1 (setTimeout's limit).
+ */
+export function writerSettings(options: WriterOptions = {}): Required<WriterOptions> {
+  const settings = { ...WRITER_DEFAULTS, ...options };
+  const { maxOutboxBytes, drainTimeoutMs, flushBytes } = settings;
+  if (!Number.isInteger(maxOutboxBytes) || maxOutboxBytes < 1) {
+    throw new RangeError(`PeerWriter: maxOutboxBytes must be a positive integer, got ${maxOutboxBytes}`);
+  }
+  if (!(flushBytes > 0)) throw new RangeError(`PeerWriter: flushBytes must be positive, got ${flushBytes}`);
+  // setTimeout fires at once for a delay over 2^31-1 ms.
+  if (!(drainTimeoutMs > 0 && drainTimeoutMs <= 0x7fff_ffff)) {
+    throw new RangeError(`PeerWriter: drainTimeoutMs must be in (0, 2^31-1], got ${drainTimeoutMs}`);
+  }
+  return settings;
+}
+
 /** Encrypts frames for one link, in the order they are given (the nonce counts them). */
 export interface Sealer {
   /** Bytes a sealed frame has more than its plaintext (the cipher's tag). */
@@ -96,17 +116,10 @@ export class PeerWriter implements Observer<OutboundFrame> {
     private readonly onFault: (err: ProtocolError) => void,
     options: WriterOptions = {},
   ) {
-    this.maxOutboxBytes = options.maxOutboxBytes ?? WRITER_DEFAULTS.maxOutboxBytes;
-    this.drainTimeoutMs = options.drainTimeoutMs ?? WRITER_DEFAULTS.drainTimeoutMs;
-    this.flushBytes = options.flushBytes ?? WRITER_DEFAULTS.flushBytes;
-    if (!(this.flushBytes > 0)) {
-      throw new RangeError(`PeerWriter: flushBytes must be positive, got ${this.flushBytes}`);
-    }
-    if (!Number.isInteger(this.maxOutboxBytes) || this.maxOutboxBytes < 1) {
-      throw new RangeError(
-        `PeerWriter: maxOutboxBytes must be a positive integer, got ${this.maxOutboxBytes}`,
-      );
-    }
+    const settings = writerSettings(options);
+    this.maxOutboxBytes = settings.maxOutboxBytes;
+    this.drainTimeoutMs = settings.drainTimeoutMs;
+    this.flushBytes = settings.flushBytes;
     socket.on('drain', this.onDrain);
   }
 

@@ -720,6 +720,13 @@ describe('createNode', () => {
     assert.deepEqual(node.peers(), []);
   });
 
+  it('refuses bad writer options at creation, before it listens, not at its first connection', async (t) => {
+    const start = nodeFactory(t);
+    for (const writer of [{ flushBytes: 0 }, { maxOutboxBytes: 1.5 }, { drainTimeoutMs: -1 }]) {
+      await assert.rejects(start({ writer }), RangeError, JSON.stringify(writer));
+    }
+  });
+
   it('refuses to send an empty or oversized message', async (t) => {
     const start = nodeFactory(t);
     const node = await start();

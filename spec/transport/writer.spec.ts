@@ -403,10 +403,15 @@ describe('PeerWriter', () => {
     }
   });
 
-  it('throws a RangeError at construction for a flushBytes that is not positive', async (t) => {
+  it('throws a RangeError at construction for a flushBytes that is not positive, or a drainTimeoutMs outside (0, 2^31-1]', async (t) => {
     const { client } = await socketPair(t);
-    for (const flushBytes of [0, -1, Number.NaN]) {
-      assert.throws(() => new PeerWriter(client, () => {}, { flushBytes }), RangeError);
+    for (const bad of [0, -1, Number.NaN]) {
+      assert.throws(() => new PeerWriter(client, () => {}, { flushBytes: bad }), RangeError);
+      assert.throws(() => new PeerWriter(client, () => {}, { drainTimeoutMs: bad }), RangeError);
+    }
+    // setTimeout would fire at once for these: a writer would fault on its first backpressure.
+    for (const drainTimeoutMs of [2 ** 31, Number.POSITIVE_INFINITY]) {
+      assert.throws(() => new PeerWriter(client, () => {}, { drainTimeoutMs }), RangeError);
     }
   });
 });
