@@ -372,7 +372,7 @@ export async function runPipelineBench(o: MicroOptions = MICRO_DEFAULTS): Promis
   });
   await add(
     'outbox Subject + PeerWriter, 1 peer',
-    'per payload queued; batched into one write per tick',
+    'per payload queued; batched into one write per turn',
     K,
     async () => {
       const outbox = new Subject<Buffer>();

@@ -206,10 +206,12 @@ export interface References {
   readonly libp2p: Readonly<Record<string, number>>;
 }
 
-/** The anchors of ../shared/bench/README.md (3 rounds, medians, same machine kind). */
+/**
+ * The anchors of ../shared/bench/README.md (3 rounds, medians), measured once on the harness's
+ * machine: a faster machine runs raw-flood faster too (3x on one seen here), so ratios to them
+ * flatter the node there; --compare gives the ratios of one run.
+ */
 export const README_ANCHORS: References = {
-  // Measured once, on the harness's machine: a faster machine runs raw-flood faster too (3x on one
-  // seen here), so these ratios flatter the node there; --compare gives the ratios of one run.
   source:
     'the anchor figures of ../shared/bench/README.md, from another run and maybe another machine: --compare gives same-run ratios',
   rawFlood: { mesh3: 21743, line10: 7043, random20: 2960 },

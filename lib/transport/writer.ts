@@ -44,8 +44,10 @@ export const WRITER_DEFAULTS = {
  *   not a positive number, or a `drainTimeoutMs` that is not one up to 2^31-1 (setTimeout's limit).
  */
 export function writerSettings(options: WriterOptions = {}): Required<WriterOptions> {
-  const settings = { ...WRITER_DEFAULTS, ...options };
-  const { maxOutboxBytes, drainTimeoutMs, flushBytes } = settings;
+  // `??`, not a spread: an option given as undefined (from JavaScript) takes its default too.
+  const maxOutboxBytes = options.maxOutboxBytes ?? WRITER_DEFAULTS.maxOutboxBytes;
+  const drainTimeoutMs = options.drainTimeoutMs ?? WRITER_DEFAULTS.drainTimeoutMs;
+  const flushBytes = options.flushBytes ?? WRITER_DEFAULTS.flushBytes;
   if (!Number.isInteger(maxOutboxBytes) || maxOutboxBytes < 1) {
     throw new RangeError(`PeerWriter: maxOutboxBytes must be a positive integer, got ${maxOutboxBytes}`);
   }
@@ -54,7 +56,7 @@ export function writerSettings(options: WriterOptions = {}): Required<WriterOpti
   if (!(drainTimeoutMs > 0 && drainTimeoutMs <= 0x7fff_ffff)) {
     throw new RangeError(`PeerWriter: drainTimeoutMs must be in (0, 2^31-1], got ${drainTimeoutMs}`);
   }
-  return settings;
+  return { maxOutboxBytes, drainTimeoutMs, flushBytes };
 }
 
 /** Encrypts frames for one link, in the order they are given (the nonce counts them). */
@@ -89,12 +91,11 @@ export interface SealedFrame {
 
 /**
  * The actor that owns one socket's write side. Frame payloads are given to it as an `Observer`
- * (`next`); it adds the length prefix, batches everything given in one tick into one `write()` (or
- * one per `flushBytes` of a turn that gives more),
- * and honours backpressure: while `write()` has returned false it queues until `'drain'`. A
- * {@link SealedFrame} is encrypted straight into that batch, in the order given, so a message costs
- * no buffer of its own per link; with a sealer's `packBytes`, the sealed frames queued together go
- * as packs, one cipher call each.
+ * (`next`); it adds the length prefix, batches everything given in one turn of the event loop into
+ * one `write()` (one per `flushBytes` within a turn that gives more), and honours backpressure:
+ * while `write()` has returned false it queues until `'drain'`. A {@link SealedFrame} is encrypted
+ * straight into that batch, in the order given, so a message costs no buffer of its own per link;
+ * with a sealer's `packBytes`, the sealed frames queued together go as packs, one cipher call each.
  *
  * When the queued bytes pass `maxOutboxBytes`, or `'drain'` does not come within `drainTimeoutMs`,
  * it calls `onFault` with an `ERR_OUTBOX_OVERFLOW` error and drops its queue; the owner then closes

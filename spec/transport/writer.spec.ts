@@ -5,7 +5,13 @@ import fc from 'fast-check';
 import { FrameDecoder, isPack, LENGTH_PREFIX_BYTES, unpack } from '../../lib/protocol/codec.js';
 import { ProtocolError } from '../../lib/protocol/errors.js';
 import { fromSocket } from '../../lib/transport/from-socket.js';
-import { PeerWriter, type Sealer } from '../../lib/transport/writer.js';
+import {
+  PeerWriter,
+  WRITER_DEFAULTS,
+  writerSettings,
+  type Sealer,
+  type WriterOptions,
+} from '../../lib/transport/writer.js';
 import { closed, nextTurn, record, socketPair, waitFor } from '../helpers/nodes.js';
 
 /** A payload of `size` bytes that carries its index `i` in its first four bytes. */
@@ -401,6 +407,12 @@ describe('PeerWriter', () => {
     for (const maxOutboxBytes of [0, -1, 1.5, Number.NaN]) {
       assert.throws(() => new PeerWriter(client, () => {}, { maxOutboxBytes }), RangeError);
     }
+  });
+
+  it('takes an option given as undefined (from JavaScript) as its default', () => {
+    // exactOptionalPropertyTypes forbids it in TypeScript; a JavaScript caller may still pass it.
+    const given = { maxOutboxBytes: undefined, drainTimeoutMs: undefined, flushBytes: undefined };
+    assert.deepEqual(writerSettings(given as unknown as WriterOptions), WRITER_DEFAULTS);
   });
 
   it('throws a RangeError at construction for a flushBytes that is not positive, or a drainTimeoutMs outside (0, 2^31-1]', async (t) => {
