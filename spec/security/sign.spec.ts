@@ -15,6 +15,8 @@ import { generateIdentity } from '../../lib/security/identity.js';
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
 import {
   chatSigningBytes,
+  checkedPathIsWhole,
+  forgetCheckedPath,
   signChat,
   signedChatFrame,
   signedChatFrames,
@@ -389,6 +391,54 @@ describe('batches: one signature of a hash tree for many messages', () => {
         },
       ),
       { numRuns: 300 },
+    );
+  });
+
+  it('answers for each message what it answers for it checked first, after any others (property): the last path that checked out only shortens walks', () => {
+    type Damage = 'none' | { bit: number } | { i: number } | { n: number } | { net: true };
+    const damage: fc.Arbitrary<Damage> = fc.oneof(
+      { weight: 4, arbitrary: fc.constant<'none'>('none') },
+      fc.nat().map((bit) => ({ bit })),
+      fc.nat().map((i) => ({ i })),
+      fc.nat().map((n) => ({ n })),
+      fc.constant({ net: true as const }),
+    );
+    const hash = (path: string): Buffer => Buffer.from(path, 'base64url');
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 2, max: 40 }),
+        fc.array(fc.tuple(fc.nat(), damage), { minLength: 1, maxLength: 30 }),
+        (n, steps) => {
+          // Two batches of one signer (the same messages' places, other contents) and one of another.
+          const batches = [
+            signedChatFrames(alice, batchOf(n), ours),
+            signedChatFrames(alice, batchOf(n, 500), ours),
+            signedChatFrames(bob, batchOf(n), ours),
+          ];
+          const sequence = steps.map(([k, d]): [ChatFrame, Uint8Array] => {
+            const f = batches[k % 3]![Math.floor(k / 3) % n]!;
+            const p = f.proof!;
+            if (d === 'none') return [f, ours];
+            if ('net' in d) return [f, theirs];
+            if ('i' in d) return [{ ...f, proof: { ...p, i: d.i % n } }, ours];
+            if ('n' in d)
+              return [{ ...f, proof: { ...p, n: 2 + (d.n % n), i: Math.min(p.i, 1 + (d.n % n)) } }, ours];
+            const path = hash(p.path);
+            const bit = d.bit % (path.length * 8);
+            return [{ ...f, proof: { ...p, path: flipBit(path, bit).toString('base64url') } }, ours];
+          });
+          const first = sequence.map(([f, net]) => {
+            forgetCheckedPath();
+            return verifies(f, net);
+          });
+          forgetCheckedPath();
+          sequence.forEach(([f, net], j) => {
+            assert.equal(verifies(f, net), first[j], `message ${j} of the sequence`);
+            assert.ok(checkedPathIsWhole(), `the last checked path after message ${j}`);
+          });
+        },
+      ),
+      { numRuns: 200 },
     );
   });
 
