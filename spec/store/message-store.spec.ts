@@ -170,6 +170,45 @@ describe('MessageStore', () => {
       assert.equal(heldB.payload, pooled, 'a payload of the pool is kept as it is');
     });
 
+    it('copies many views of large reads into slabs of at most 16 KiB, each copy its own bytes, and a long one alone', (t) => {
+      const { store } = open(t, undefined);
+      const read = Buffer.alloc(64 * 1024);
+      const frames = Array.from({ length: 120 }, (_, i) =>
+        chat('c', i + 1, T0, `line ${i} `.repeat(1 + (i % 9))),
+      );
+      const payloads = frames.map((frame) => serializeFrame(frame));
+      const long = chat('d', 1, T0, 'x'.repeat(6000));
+      const longBytes = serializeFrame(long);
+      for (let i = 0; i < frames.length; i++) {
+        payloads[i]!.copy(read, 100);
+        store.add(frames[i]!, read.subarray(100, 100 + payloads[i]!.length));
+        if (i === 60) {
+          longBytes.copy(read, 100);
+          store.add(long, read.subarray(100, 100 + longBytes.length));
+        }
+      }
+      read.fill(0xff); // the next read reuses nothing of what was kept
+      const held = store.lacking(new Map());
+      assert.equal(held.length, frames.length + 1);
+      const slabs = new Set<ArrayBufferLike>();
+      for (const m of held) {
+        assert.notEqual(m.payload.buffer, read.buffer);
+        if (m.frame.from === 'd') {
+          assert.deepEqual(m.payload, longBytes);
+          assert.equal(m.payload.buffer.byteLength, longBytes.length, 'a long payload: a copy of its own');
+          continue;
+        }
+        assert.deepEqual(m.payload, payloads[m.frame.seq - 1], `message ${m.frame.seq}`);
+        assert.ok(m.payload.buffer.byteLength <= 16 * 1024);
+        slabs.add(m.payload.buffer);
+      }
+      const bytes = payloads.reduce((sum, p) => sum + p.length, 0);
+      assert.ok(
+        slabs.size <= Math.ceil(bytes / (16 * 1024 - 4096)) + 1,
+        `${slabs.size} slabs for ${bytes} bytes`,
+      );
+    });
+
     it('returns the last n messages, oldest first', (t) => {
       const { store } = open(t, undefined);
       for (let seq = 1; seq <= 5; seq++) add(store, chat('a', seq));
