@@ -629,10 +629,17 @@ function getUint64(bytes: Uint8Array, at: number): number | undefined {
   return high * 0x1_0000_0000 + getUint32(bytes, at + 4);
 }
 
-/** UTF-8 text at `start..end`, refused when not valid UTF-8 (it would not be the signed bytes). */
+/**
+ * UTF-8 text at `start..end`, refused when not valid UTF-8 (it would not be the signed bytes). The
+ * decoder turns every invalid sequence into U+FFFD, so text without one is valid as it is; only
+ * text with one (sent, or made by the decoder) is checked byte by byte: for most messages one
+ * `indexOf` instead of a view and a call into `isUtf8`.
+ */
 function utf8(payload: Buffer, start: number, end: number, name: string): string {
-  if (!isUtf8(payload.subarray(start, end))) bad(`${name} is not valid UTF-8`);
-  return payload.toString('utf8', start, end);
+  const text = payload.toString('utf8', start, end);
+  if (text.indexOf('\uFFFD') !== -1 && !isUtf8(payload.subarray(start, end)))
+    bad(`${name} is not valid UTF-8`);
+  return text;
 }
 
 /** A binary chat frame as a validated {@link ChatFrame}, with the checks {@link validateFrame} makes of JSON. */

@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
@@ -839,6 +840,39 @@ describe('encodeChat / parseFrame (the binary encoding of chat frames)', () => {
     const { proof: _proof, ...signedAlone } = BASE_CHAT;
     const alone = encodeChat(signedAlone);
     assert.throws(() => parseFrame(Buffer.concat([alone, Buffer.from([0])])), protocolError('ERR_BAD_FRAME'));
+  });
+
+  it('takes a text exactly when its bytes are valid UTF-8, and then as they decode (property)', () => {
+    const utf8 = (text: string): Uint8Array => Buffer.from(text, 'utf8');
+    const bytes = fc.oneof(
+      fc.uint8Array({ maxLength: 24 }),
+      fc.string({ unit: 'grapheme', maxLength: 12 }).map(utf8),
+      // valid text with U+FFFD in it, and valid text with a stray byte or a cut sequence
+      fc
+        .tuple(fc.string({ maxLength: 6 }), fc.string({ unit: 'grapheme', maxLength: 6 }))
+        .map(([a, b]) => utf8(`${a}\uFFFD${b}`)),
+      fc
+        .tuple(
+          fc.string({ unit: 'grapheme', maxLength: 8 }),
+          fc.nat(),
+          fc.constantFrom(0x80, 0xc3, 0xe2, 0xed, 0xf0, 0xff),
+        )
+        .map(([text, at, byte]) => {
+          const out = Buffer.from(utf8(text));
+          if (out.length > 0) out[at % out.length] = byte;
+          return out;
+        }),
+    );
+    fc.assert(
+      fc.property(bytes, (raw) => {
+        const frame = encodeChat({ ...BASE_CHAT, text: 'x'.repeat(raw.length) });
+        Buffer.from(raw).copy(frame, binaryChatLayout(frame)!.textAt + 4);
+        if (isUtf8(raw))
+          assert.equal((parseFrame(frame) as ChatFrame).text, Buffer.from(raw).toString('utf8'));
+        else assert.throws(() => parseFrame(frame), protocolError('ERR_BAD_FRAME'));
+      }),
+      { numRuns: NUM_RUNS },
+    );
   });
 
   it('refuses fields out of range as validateFrame does: seq 0, ts or seq over 2^53 - 1, a bad id or from, invalid UTF-8, a nick or text too long, a proof out of shape', () => {
