@@ -174,6 +174,8 @@ function parseOptions(argv: readonly string[]): Options {
   const size = int('size', 100, 32);
   const bin = typeof a['bin'] === 'string' ? a['bin'] : 'bin/p2p';
   const profile = typeof a['profile'] === 'string' ? resolve(a['profile']) : undefined;
+  if (profile === undefined && a['profile-interval'] !== undefined)
+    usageError('--profile-interval: only with --profile');
   const command =
     profile === undefined
       ? [bin]
