@@ -394,6 +394,12 @@ describe('main: output still queued at exit', () => {
       env: {},
       signals,
     });
+    // Stopped however the test ends: a failed assertion must not leave the node running (the test
+    // would hang instead of failing). A second SIGTERM after main is done reaches no listener.
+    t.after(async () => {
+      signals.emit('SIGTERM');
+      await code;
+    });
     const started = Date.now();
     while (!stdout.writes().some((w) => w.includes('"ready"'))) {
       assert.ok(Date.now() - started < 8_000, 'no ready event');
