@@ -4,7 +4,7 @@ import tseslint from 'typescript-eslint';
 import rxjsX from 'eslint-plugin-rxjs-x';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**'] },
+  { ignores: ['dist/**', 'node_modules/**', '.bench-out/**'] },
   js.configs.recommended,
   {
     files: ['**/*.ts'],
