@@ -51,7 +51,8 @@ export function writerSettings(options: WriterOptions = {}): Required<WriterOpti
   if (!Number.isInteger(maxOutboxBytes) || maxOutboxBytes < 1) {
     throw new RangeError(`writer options: maxOutboxBytes must be a positive integer, got ${maxOutboxBytes}`);
   }
-  if (!(flushBytes > 0)) throw new RangeError(`writer options: flushBytes must be positive, got ${flushBytes}`);
+  if (!(flushBytes > 0))
+    throw new RangeError(`writer options: flushBytes must be positive, got ${flushBytes}`);
   // setTimeout fires at once for a delay over 2^31-1 ms.
   if (!(drainTimeoutMs > 0 && drainTimeoutMs <= 0x7fff_ffff)) {
     throw new RangeError(`writer options: drainTimeoutMs must be in (0, 2^31-1], got ${drainTimeoutMs}`);
