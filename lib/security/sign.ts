@@ -219,16 +219,23 @@ const MAX_PATH_BYTES = 10 * HASH_BYTES;
 const MAX_PATH_CHARS = Math.ceil((MAX_PATH_BYTES * 4) / 3);
 /** Bytes of a node's hash input: 0x01, left, right. */
 const NODE_INPUT_BYTES = 1 + 2 * HASH_BYTES;
+/** Where PATH_WORK holds a path: after a node's hash input, at a multiple of 8. */
+const PATH_AT = 72;
 /**
  * Scratch of {@link verifyChatInBatch} (a node's hash input, then the decoded path) and of
  * {@link signedChatFrames} (each path before it is encoded). One per process: both are synchronous
  * and never re-entered.
  */
-const PATH_WORK = Buffer.alloc(NODE_INPUT_BYTES + MAX_PATH_BYTES + 3);
+const PATH_WORK = Buffer.alloc(PATH_AT + MAX_PATH_BYTES + 3);
 PATH_WORK[0] = 1; // a node's marker byte (a leaf's is 0)
 const NODE_INPUT = PATH_WORK.subarray(0, NODE_INPUT_BYTES);
 /** The hash computed last (a leaf, then each node up to the root). */
 const NODE_OUTPUT = Buffer.alloc(HASH_BYTES);
+// Word views, for comparing and copying hashes with typed-array built-ins: Buffer#copy and
+// #compare check their arguments through several wrappers on every call. (Buffer.alloc gives each
+// its own ArrayBuffer, at offset 0.)
+const PATH_WORDS = new Uint32Array(PATH_WORK.buffer, PATH_WORK.byteOffset + PATH_AT, MAX_PATH_BYTES / 4);
+const OUTPUT_WORDS = new Uint32Array(NODE_OUTPUT.buffer, NODE_OUTPUT.byteOffset, HASH_BYTES / 4);
 
 /** The bytes as a latin1 string, one character per byte (a view, no copy). */
 function latin1(bytes: Uint8Array): string {
@@ -348,13 +355,13 @@ function signBatch(
     for (let level = 0, at = i; level < levels.length - 1; level++, at >>= 1) {
       const sibling = levels[level]![at ^ 1];
       if (sibling === undefined) continue;
-      PATH_WORK.set(sibling, NODE_INPUT_BYTES + length);
+      PATH_WORK.set(sibling, PATH_AT + length);
       length += HASH_BYTES;
     }
-    const path = PATH_WORK.toString('base64url', NODE_INPUT_BYTES, NODE_INPUT_BYTES + length);
+    const path = PATH_WORK.toString('base64url', PATH_AT, PATH_AT + length);
     const frame = chatFrame(identity, m, sig, { i, n, path }, key);
     if (!payloads) return { frame };
-    const pathBytes = PATH_WORK.subarray(NODE_INPUT_BYTES, NODE_INPUT_BYTES + length);
+    const pathBytes = PATH_WORK.subarray(PATH_AT, PATH_AT + length);
     // The leaf's input is 0x00 || the signed bytes: the body follows their head.
     const body = inputs[i]!.subarray(1 + SIGNED_HEAD_BYTES);
     return { frame, payload: chatPayload(body, identity.id, sigBytes, { i, n, path: pathBytes }) };
@@ -391,7 +398,7 @@ export function verifyChatInBatch(
   // level is hashed there: no buffer per level (this runs for every message at every node, most of
   // it before V8 has optimised any of it).
   if (proof.path.length > MAX_PATH_CHARS) return false;
-  const pathBytes = PATH_WORK.write(proof.path, NODE_INPUT_BYTES, 'base64url');
+  const pathBytes = PATH_WORK.write(proof.path, PATH_AT, 'base64url');
   if (pathBytes % HASH_BYTES !== 0) return false;
   try {
     sodium.crypto_generichash(NODE_OUTPUT, leafInput(fields, network));
@@ -423,9 +430,9 @@ class CheckedPath {
   readonly signature = Buffer.alloc(SIGNATURE_BYTES);
   readonly publicKey = Buffer.alloc(PUBLIC_KEY_BYTES);
   readonly network = Buffer.alloc(NETWORK_TAG_BYTES);
-  readonly path = Buffer.alloc(MAX_PATH_BYTES);
-  /** The node at level `l` at `l * HASH_BYTES` (level 0: the leaf). */
-  readonly nodes = Buffer.alloc(MAX_LEVELS * HASH_BYTES);
+  readonly path = new Uint32Array(MAX_PATH_BYTES / 4);
+  /** The node at level `l` at word `l * 8` (level 0: the leaf). */
+  readonly nodes = new Uint32Array((MAX_LEVELS * HASH_BYTES) / 4);
   /** Path bytes used below level `l`. */
   readonly usedBelow = new Int32Array(MAX_LEVELS);
 
@@ -442,28 +449,33 @@ class CheckedPath {
 
   /**
    * True when the walk of message `i`'s path of `pathBytes` bytes (in PATH_WORK), at level `level`
-   * with `node` there and `used` of its bytes used below, joins this one: the same position on that
-   * level, the same node and the same rest of the path (its length first: a cheap early no).
+   * with its node in NODE_OUTPUT and `used` of its bytes used below, joins this one: the same
+   * position on that level, the same node and the same rest of the path (its length first: a
+   * cheap early no).
    */
-  joins(i: number, level: number, node: Buffer, used: number, pathBytes: number): boolean {
+  joins(i: number, level: number, used: number, pathBytes: number): boolean {
     const mine = this.usedBelow[level]!;
-    return (
-      this.i >> level === i >> level &&
-      pathBytes - used === this.pathBytes - mine &&
-      this.nodes.compare(node, 0, HASH_BYTES, level * HASH_BYTES, (level + 1) * HASH_BYTES) === 0 &&
-      PATH_WORK.compare(
-        this.path,
-        mine,
-        this.pathBytes,
-        NODE_INPUT_BYTES + used,
-        NODE_INPUT_BYTES + pathBytes,
-      ) === 0
-    );
+    if (this.i >> level !== i >> level || pathBytes - used !== this.pathBytes - mine) return false;
+    const nodes = this.nodes;
+    for (let w = 0, at = level * (HASH_BYTES / 4); w < HASH_BYTES / 4; w++) {
+      if (OUTPUT_WORDS[w] !== nodes[at + w]) return false;
+    }
+    const path = this.path;
+    for (let w = used / 4, v = mine / 4, end = pathBytes / 4; w < end; w++, v++) {
+      if (PATH_WORDS[w] !== path[v]) return false;
+    }
+    return true;
+  }
+
+  /** Records NODE_OUTPUT as the node at `level`, reached with `used` path bytes used below it. */
+  reach(level: number, used: number): void {
+    this.nodes.set(OUTPUT_WORDS, level * (HASH_BYTES / 4));
+    this.usedBelow[level] = used;
   }
 
   /** Takes `from`'s nodes from `level` up, for a walk that joined it there with `used` bytes used. */
   takeRest(from: CheckedPath, level: number, used: number): void {
-    from.nodes.copy(this.nodes, level * HASH_BYTES, level * HASH_BYTES);
+    this.nodes.set(from.nodes.subarray(level * (HASH_BYTES / 4)), level * (HASH_BYTES / 4));
     const shift = used - from.usedBelow[level]!;
     for (let l = level; l < MAX_LEVELS; l++) this.usedBelow[l] = from.usedBelow[l]! + shift;
   }
@@ -484,7 +496,7 @@ class CheckedPath {
     this.signature.set(signature);
     this.publicKey.set(publicKey);
     this.network.set(network);
-    PATH_WORK.copy(this.path, 0, NODE_INPUT_BYTES, NODE_INPUT_BYTES + pathBytes);
+    this.path.set(PATH_WORDS.subarray(0, pathBytes / 4));
   }
 }
 
@@ -511,17 +523,19 @@ export function forgetCheckedPath(): void {
 export function checkedPathIsWhole(): boolean {
   const memo = checkedPath;
   if (!memo.valid) return true;
+  const nodes = Buffer.from(memo.nodes.buffer, memo.nodes.byteOffset, memo.nodes.byteLength);
+  const path = Buffer.from(memo.path.buffer, memo.path.byteOffset, memo.path.byteLength);
   const input = Buffer.alloc(NODE_INPUT_BYTES);
   input[0] = 1;
-  const node = Buffer.from(memo.nodes.subarray(0, HASH_BYTES));
+  const node = Buffer.from(nodes.subarray(0, HASH_BYTES));
   let used = 0;
   let level = 0;
   for (let at = memo.i, size = memo.n; ; at >>= 1, size = Math.ceil(size / 2), level++) {
-    if (!node.equals(memo.nodes.subarray(level * HASH_BYTES, (level + 1) * HASH_BYTES))) return false;
+    if (!node.equals(nodes.subarray(level * HASH_BYTES, (level + 1) * HASH_BYTES))) return false;
     if (memo.usedBelow[level] !== used) return false;
     if (size <= 1) break;
     if ((at ^ 1) >= size) continue;
-    const sibling = memo.path.subarray(used, used + HASH_BYTES);
+    const sibling = path.subarray(used, used + HASH_BYTES);
     used += HASH_BYTES;
     node.copy(input, at & 1 ? 1 + HASH_BYTES : 1);
     sibling.copy(input, at & 1 ? 1 : 1 + HASH_BYTES);
@@ -550,19 +564,18 @@ function rootIsSigned(
   let used = 0;
   let level = 0;
   for (let at = i, size = n; ; at >>= 1, size = Math.ceil(size / 2), level++) {
-    if (last?.joins(i, level, NODE_OUTPUT, used, pathBytes) === true) {
+    if (last?.joins(i, level, used, pathBytes) === true) {
       // Kept as the last path in its place: the next message of the batch joins it lower.
       walk.takeRest(last, level, used);
       walk.record(publicKey, i, n, pathBytes, signature, network);
       keepWalk(walk);
       return true;
     }
-    NODE_OUTPUT.copy(walk.nodes, level * HASH_BYTES);
-    walk.usedBelow[level] = used;
+    walk.reach(level, used);
     if (size <= 1) break;
     if ((at ^ 1) >= size) continue; // the odd last node of its level: moved up unchanged
     if (used + HASH_BYTES > pathBytes) return false;
-    const sibling = NODE_INPUT_BYTES + used;
+    const sibling = PATH_AT + used;
     used += HASH_BYTES;
     // left || right: the node so far and its sibling, in tree order.
     PATH_WORK.set(NODE_OUTPUT, at & 1 ? 1 + HASH_BYTES : 1);
@@ -625,6 +638,6 @@ export function verifyBinaryChat(payload: Uint8Array, network: Uint8Array, cache
   if (n === 0) return sodium.crypto_sign_verify_detached(signature, input.subarray(1), publicKey);
   if (i >= n || n > MAX_BATCH || pathBytes > MAX_PATH_BYTES) return false;
   sodium.crypto_generichash(NODE_OUTPUT, input);
-  PATH_WORK.set(payload.subarray(pathAt, pathAt + pathBytes), NODE_INPUT_BYTES);
+  PATH_WORK.set(payload.subarray(pathAt, pathAt + pathBytes), PATH_AT);
   return rootIsSigned(publicKey, i, n, pathBytes, signature, network, cache);
 }
