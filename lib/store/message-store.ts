@@ -92,6 +92,13 @@ interface Meta {
 }
 
 interface SenderState {
+  /**
+   * The sender's id and its latest nick, one string each that every message of it held shares: each
+   * received message brings strings of its own, and a held message's survive every collection
+   * while it is held.
+   */
+  readonly from: string;
+  nick: string;
   /** Held messages by sequence number. */
   readonly held: Map<number, StoredMessage>;
   /** Highest sequence number evicted (or never to be fetched): anything at or below is old. */
@@ -373,15 +380,25 @@ export class MessageStore {
 
   /** Keeps a message (taken in at `at`): what is kept of its frame, and its payload. */
   private hold(chat: ChatFrame, payload: Buffer, at: number, verified: boolean): void {
-    const message: StoredMessage = { frame: heldFrame(chat), payload: keepable(payload), at, verified };
-    if (chat.from === this.selfId && chat.seq > this.lastSeq) this.lastSeq = chat.seq;
-    if (!this.byId.has(message.frame.id)) this.byId.set(message.frame.id, message);
-    let sender = this.senders.get(message.frame.from);
+    let sender = this.senders.get(chat.from);
     if (sender === undefined) {
-      sender = { held: new Map(), floor: 0, top: 0 };
-      this.senders.set(message.frame.from, sender);
+      sender = newSender(chat.from);
+      this.senders.set(chat.from, sender);
     }
-    sender.held.set(message.frame.seq, message);
+    if (sender.nick !== chat.nick) sender.nick = chat.nick;
+    // Literal, not heldFrame(): the sender's own strings for its id and nick.
+    const frame: HeldFrame = {
+      id: chat.id,
+      from: sender.from,
+      nick: sender.nick,
+      ts: chat.ts,
+      seq: chat.seq,
+      text: chat.text,
+    };
+    const message: StoredMessage = { frame, payload: keepable(payload), at, verified };
+    if (chat.from === this.selfId && chat.seq > this.lastSeq) this.lastSeq = chat.seq;
+    if (!this.byId.has(frame.id)) this.byId.set(frame.id, message);
+    sender.held.set(frame.seq, message);
     if (message.frame.seq > sender.top) sender.top = message.frame.seq;
     this.order.push(message);
   }
@@ -461,7 +478,7 @@ export class MessageStore {
       if (typeof meta.lastSeq === 'number' && meta.lastSeq > this.lastSeq) this.lastSeq = meta.lastSeq;
       for (const [from, floor] of Object.entries(meta.floors ?? {})) {
         if (typeof floor !== 'number') continue;
-        const sender = this.senders.get(from) ?? { held: new Map<number, StoredMessage>(), floor: 0, top: 0 };
+        const sender = this.senders.get(from) ?? newSender(from);
         sender.floor = Math.max(sender.floor, floor);
         sender.top = Math.max(sender.top, floor);
         this.senders.set(from, sender);
@@ -535,6 +552,10 @@ export class MessageStore {
     this.fd = openSync(path, 'a', 0o600);
     this.recordsInLog = this.size + 1;
   }
+}
+
+function newSender(from: string): SenderState {
+  return { from, nick: '', held: new Map(), floor: 0, top: 0 };
 }
 
 /** The fields of a chat frame the history keeps (a copy: nothing else of the frame stays alive). */
