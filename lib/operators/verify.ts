@@ -1,5 +1,5 @@
 import { filter, map, pipe, type MonoTypeOperatorFunction } from 'rxjs';
-import { boundedLru } from '../util/lru.js';
+import { boundedLru, LastKeyLru } from '../util/lru.js';
 import { isBinaryChat, type ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
 import { NETWORK_TAG_BYTES } from '../security/network-key.js';
@@ -82,7 +82,7 @@ export type ChatChecker = (frame: ChatFrame, payload?: Uint8Array) => string | u
 export function chatProblemChecker(network: Uint8Array): ChatChecker {
   // The id of each sender key, by its hex: a chat has few authors, and hashing a key per message
   // is a measurable share of the check. 1,024 keys is far more than one network's active senders.
-  const ids = boundedLru<string, string>(1024);
+  const ids = new LastKeyLru<string, string>(1024);
   // Batches whose signature checked out (the signed bytes they were checked with): one Ed25519 check per batch.
   const batches = boundedLru<string, string>(64);
   return (frame, payload) => {

@@ -1,5 +1,4 @@
-import type { LRUCache } from 'lru-cache';
-import { boundedLru } from '../util/lru.js';
+import { LastKeyLru } from '../util/lru.js';
 
 /** Shape of a {@link TokenBucket}: a sustained rate and the burst allowed on top of it. */
 export interface RateOptions {
@@ -91,9 +90,9 @@ export const CLOCK_LEAD_MS = 5_000;
  * starts again with a full bucket: `max` is sized well above the keys that are active at once.
  */
 export class RateLimiter<K extends string = string> {
-  private readonly buckets: LRUCache<K, TokenBucket>;
+  private readonly buckets: LastKeyLru<K, TokenBucket>;
   /** Per key with a sender's clock: our clock minus the sender's, at the start of its last burst. */
-  private readonly offsets: LRUCache<K, number>;
+  private readonly offsets: LastKeyLru<K, number>;
   private readonly now: () => number;
 
   constructor(
@@ -101,8 +100,8 @@ export class RateLimiter<K extends string = string> {
     options: { readonly max?: number; readonly now?: () => number } = {},
   ) {
     checkRate(rate);
-    this.buckets = boundedLru(options.max ?? 4096);
-    this.offsets = boundedLru(options.max ?? 4096);
+    this.buckets = new LastKeyLru(options.max ?? 4096);
+    this.offsets = new LastKeyLru(options.max ?? 4096);
     this.now = options.now ?? Date.now;
   }
 

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
-import { boundedLru } from '../../lib/util/lru.js';
+import { boundedLru, LastKeyLru } from '../../lib/util/lru.js';
 
 describe('boundedLru', () => {
   it('holds at most max entries and evicts the least recently used, like a reference model', () => {
@@ -40,5 +40,26 @@ describe('boundedLru', () => {
 
   it('refuses a bound that is not a positive integer', () => {
     assert.throws(() => boundedLru(0), TypeError);
+  });
+});
+
+describe('LastKeyLru', () => {
+  it('answers every get and evicts in the same order as the cache alone (property)', () => {
+    const command = fc.record({ get: fc.boolean(), key: fc.integer({ min: 0, max: 6 }) });
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 5 }), fc.array(command, { maxLength: 200 }), (max, commands) => {
+        const plain = boundedLru<number, number>(max);
+        const memo = new LastKeyLru<number, number>(max);
+        for (const [i, { get, key }] of commands.entries()) {
+          if (get) assert.equal(memo.get(key), plain.get(key), `get ${key} at ${i}`);
+          else {
+            memo.set(key, i);
+            plain.set(key, i);
+          }
+          assert.equal(memo.size, plain.size);
+          assert.deepEqual([...memo.keys()], [...plain.keys()], `order after command ${i}`);
+        }
+      }),
+    );
   });
 });
