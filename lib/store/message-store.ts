@@ -243,8 +243,10 @@ export class MessageStore {
     if (this.knows(frame)) return false;
     const now = this.now();
     if (frame.ts < now - this.maxAgeMs) return false;
-    this.hold(frame, payload, now, verified);
-    this.append(verified ? KIND_MESSAGE : KIND_UNVERIFIED, payload);
+    // The kept bytes, not the view given: a copy when that is a view of a large read, which the
+    // caller may fill again before the turn's records are written.
+    const kept = this.hold(frame, payload, now, verified);
+    this.append(verified ? KIND_MESSAGE : KIND_UNVERIFIED, kept);
     this.evict();
     return true;
   }
@@ -378,8 +380,8 @@ export class MessageStore {
 
   // ---- internals -----------------------------------------------------------------------------
 
-  /** Keeps a message (taken in at `at`): what is kept of its frame, and its payload. */
-  private hold(chat: ChatFrame, payload: Buffer, at: number, verified: boolean): void {
+  /** Keeps a message (taken in at `at`): what is kept of its frame, and its payload; returns the payload kept. */
+  private hold(chat: ChatFrame, payload: Buffer, at: number, verified: boolean): Buffer {
     let sender = this.senders.get(chat.from);
     if (sender === undefined) {
       sender = newSender(chat.from);
@@ -401,6 +403,7 @@ export class MessageStore {
     sender.held.set(frame.seq, message);
     if (message.frame.seq > sender.top) sender.top = message.frame.seq;
     this.order.push(message);
+    return message.payload;
   }
 
   /** Drops the oldest messages beyond the window, raising their senders' floors. */

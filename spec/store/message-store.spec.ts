@@ -354,6 +354,25 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(reopened), ['a-1', 'a-2']);
     });
 
+    it('writes the bytes it keeps, not the view it was given: a large read filled again before the write loses nothing', async (t) => {
+      const dir = tempDir(t);
+      const { store } = open(t, dir);
+      const read = Buffer.alloc(64 * 1024);
+      const frame = chat('a', 1);
+      const bytes = serializeFrame(frame);
+      bytes.copy(read, 500);
+      store.add(frame, read.subarray(500, 500 + bytes.length));
+      read.fill(0x5a); // the next read, before this turn's records are written
+      await Promise.resolve();
+      const copy = tempDir(t);
+      writeFileSync(join(copy, LOG), readFileSync(join(dir, LOG)));
+      const { store: reopened, repair } = MessageStore.open(SELF, copy, {}, clock);
+      t.after(() => reopened.close());
+      assert.equal(repair, undefined, 'every record checks out');
+      assert.deepEqual(ids(reopened), ['a-1']);
+      assert.ok(reopened.holdsCopy('a-1', bytes));
+    });
+
     it('writes the records of one turn together, and runs what waited for them after the write, in order', async (t) => {
       const dir = tempDir(t);
       const { store } = open(t, dir);
