@@ -263,7 +263,12 @@ describe('batches: one signature of a hash tree for many messages', () => {
     seq: frame.seq,
     publicKey: Buffer.from(frame.key, 'hex'),
   });
-  const verifies = (frame: ChatFrame, net: Uint8Array = ours, cache?: Map<string, string>): boolean => {
+  const verifies = (
+    frame: ChatFrame,
+    net: Uint8Array = ours,
+    cache?: Map<string, string>,
+    forgetBetween = false,
+  ): boolean => {
     const answer =
       frame.proof === undefined
         ? verifyChat(fieldsOf(frame), Buffer.from(frame.sig, 'base64url'), net)
@@ -278,6 +283,8 @@ describe('batches: one signature of a hash tree for many messages', () => {
       assert.equal(answer, false, `not encodable (${err.message}), yet valid`);
       return answer;
     }
+    // Without this the binary check mostly joins the JSON check's path at its leaf.
+    if (forgetBetween) forgetCheckedPath();
     assert.equal(verifyBinaryChat(binary, net, cache), answer, 'in the binary encoding');
     return answer;
   };
@@ -395,45 +402,86 @@ describe('batches: one signature of a hash tree for many messages', () => {
   });
 
   it('answers for each message what it answers for it checked first, after any others (property): the last path that checked out only shortens walks', () => {
-    type Damage = 'none' | { bit: number } | { i: number } | { n: number } | { net: true };
+    type Damage =
+      | 'none'
+      | 'cut' // the path a hash short
+      | 'extra' // the path a hash long
+      | 'signer' // another signer's key with this signature
+      | { bit: number } // a bit of the path flipped
+      | { sigBit: number } // a bit of the signature flipped
+      | { i: number }
+      | { n: number }
+      | { fields: number } // another message's fields with this proof and signature
+      | { net: true };
     const damage: fc.Arbitrary<Damage> = fc.oneof(
-      { weight: 4, arbitrary: fc.constant<'none'>('none') },
+      { weight: 5, arbitrary: fc.constant<'none'>('none') },
+      fc.constantFrom<Damage>('cut', 'extra', 'signer'),
       fc.nat().map((bit) => ({ bit })),
+      fc.nat().map((sigBit) => ({ sigBit })),
       fc.nat().map((i) => ({ i })),
       fc.nat().map((n) => ({ n })),
+      fc.nat().map((fields) => ({ fields })),
       fc.constant({ net: true as const }),
     );
     const hash = (path: string): Buffer => Buffer.from(path, 'base64url');
+    const sizes = fc.oneof(
+      { weight: 9, arbitrary: fc.integer({ min: 2, max: 40 }) },
+      { weight: 1, arbitrary: fc.integer({ min: 1000, max: MAX_BATCH }) }, // ten levels
+    );
     fc.assert(
       fc.property(
-        fc.integer({ min: 2, max: 40 }),
-        fc.array(fc.tuple(fc.nat(), damage), { minLength: 1, maxLength: 30 }),
+        sizes,
+        fc.array(fc.tuple(fc.nat(), damage, fc.boolean()), { minLength: 1, maxLength: 30 }),
         (n, steps) => {
           // Two batches of one signer (the same messages' places, other contents) and one of another.
           const batches = [
             signedChatFrames(alice, batchOf(n), ours),
-            signedChatFrames(alice, batchOf(n, 500), ours),
+            signedChatFrames(alice, batchOf(n, 5000), ours),
             signedChatFrames(bob, batchOf(n), ours),
           ];
-          const sequence = steps.map(([k, d]): [ChatFrame, Uint8Array] => {
-            const f = batches[k % 3]![Math.floor(k / 3) % n]!;
+          const sequence = steps.map(([k, d, forget]): [ChatFrame, Uint8Array, boolean] => {
+            const batch = batches[k % 3]!;
+            const f = batch[Math.floor(k / 3) % n]!;
             const p = f.proof!;
-            if (d === 'none') return [f, ours];
-            if ('net' in d) return [f, theirs];
-            if ('i' in d) return [{ ...f, proof: { ...p, i: d.i % n } }, ours];
-            if ('n' in d)
-              return [{ ...f, proof: { ...p, n: 2 + (d.n % n), i: Math.min(p.i, 1 + (d.n % n)) } }, ours];
             const path = hash(p.path);
+            const changed = (frame: ChatFrame, net: Uint8Array = ours): [ChatFrame, Uint8Array, boolean] => [
+              frame,
+              net,
+              forget,
+            ];
+            if (d === 'none') return changed(f);
+            if (d === 'cut')
+              return changed({ ...f, proof: { ...p, path: path.subarray(32).toString('base64url') } });
+            if (d === 'extra') {
+              const longer = Buffer.concat([path, path.subarray(0, 32)]).toString('base64url');
+              return changed({ ...f, proof: { ...p, path: longer } });
+            }
+            if (d === 'signer')
+              return changed({
+                ...f,
+                key: (f.key === alice.publicKey.toString('hex') ? bob : alice).publicKey.toString('hex'),
+              });
+            if ('net' in d) return changed(f, theirs);
+            if ('i' in d) return changed({ ...f, proof: { ...p, i: d.i % n } });
+            if ('n' in d)
+              return changed({ ...f, proof: { ...p, n: 2 + (d.n % n), i: Math.min(p.i, 1 + (d.n % n)) } });
+            if ('fields' in d) {
+              const other = batch[d.fields % n]!;
+              return changed({ ...other, proof: p, sig: f.sig });
+            }
+            if ('sigBit' in d) {
+              return changed({ ...f, sig: flipBit(hash(f.sig), d.sigBit % 512).toString('base64url') });
+            }
             const bit = d.bit % (path.length * 8);
-            return [{ ...f, proof: { ...p, path: flipBit(path, bit).toString('base64url') } }, ours];
+            return changed({ ...f, proof: { ...p, path: flipBit(path, bit).toString('base64url') } });
           });
-          const first = sequence.map(([f, net]) => {
+          const first = sequence.map(([f, net, forget]) => {
             forgetCheckedPath();
-            return verifies(f, net);
+            return verifies(f, net, undefined, forget);
           });
           forgetCheckedPath();
-          sequence.forEach(([f, net], j) => {
-            assert.equal(verifies(f, net), first[j], `message ${j} of the sequence`);
+          sequence.forEach(([f, net, forget], j) => {
+            assert.equal(verifies(f, net, undefined, forget), first[j], `message ${j} of the sequence`);
             assert.ok(checkedPathIsWhole(), `the last checked path after message ${j}`);
           });
         },
