@@ -4,4 +4,20 @@ export { isSecurityError, SecurityError, type SecurityErrorCode } from './errors
 export * from './identity.js';
 export * from './network-key.js';
 export * from './noise.js';
-export * from './sign.js';
+// Listed, not `*`: sign.ts also exports test hooks into its module state (forgetCheckedPath,
+// checkedPathIsWhole) that are not part of the library.
+export {
+  SIGNING_PREFIX,
+  SIGNED_KIND,
+  chatSigningBytes,
+  signChat,
+  signedChatFrame,
+  verifyChat,
+  signedChatFrames,
+  signedChats,
+  verifyChatInBatch,
+  verifyBinaryChat,
+  type SignedChatFields,
+  type SignedChat,
+  type BatchCache,
+} from './sign.js';
