@@ -501,15 +501,8 @@ class CheckedPath {
 }
 
 let checkedPath = new CheckedPath();
-/** Where a walk's nodes are gathered; swapped with {@link checkedPath} when its root checks out. */
+/** Where a walk's nodes are gathered; swapped with {@link checkedPath} when it checks out. */
 let walking = new CheckedPath();
-
-/** Makes `walk`, which checked out, the last checked path. */
-function keepWalk(walk: CheckedPath): void {
-  walking = checkedPath;
-  walking.valid = false;
-  checkedPath = walk;
-}
 
 /** Forgets the last checked path (for tests: every answer must be the same without it). */
 export function forgetCheckedPath(): void {
@@ -523,11 +516,10 @@ export function forgetCheckedPath(): void {
 export function checkedPathIsWhole(): boolean {
   const memo = checkedPath;
   if (!memo.valid) return true;
-  const nodes = Buffer.from(memo.nodes.buffer, memo.nodes.byteOffset, memo.nodes.byteLength);
-  const path = Buffer.from(memo.path.buffer, memo.path.byteOffset, memo.path.byteLength);
-  const input = Buffer.alloc(NODE_INPUT_BYTES);
-  input[0] = 1;
-  const node = Buffer.from(nodes.subarray(0, HASH_BYTES));
+  const bytes = (words: Uint32Array): Buffer => Buffer.from(words.buffer, words.byteOffset, words.byteLength);
+  const nodes = bytes(memo.nodes);
+  const path = bytes(memo.path);
+  let node = nodes.subarray(0, HASH_BYTES);
   let used = 0;
   let level = 0;
   for (let at = memo.i, size = memo.n; ; at >>= 1, size = Math.ceil(size / 2), level++) {
@@ -537,16 +529,14 @@ export function checkedPathIsWhole(): boolean {
     if ((at ^ 1) >= size) continue;
     const sibling = path.subarray(used, used + HASH_BYTES);
     used += HASH_BYTES;
-    node.copy(input, at & 1 ? 1 + HASH_BYTES : 1);
-    sibling.copy(input, at & 1 ? 1 : 1 + HASH_BYTES);
-    sodium.crypto_generichash(node, input);
+    node = at & 1 ? nodeHash(sibling, node) : nodeHash(node, sibling);
   }
   return used === memo.pathBytes;
 }
 
 /**
  * The rest of {@link verifyChatInBatch}, with the leaf's hash in NODE_OUTPUT and the path's
- * `pathBytes` bytes in PATH_WORK after a node's hash input: hashes up to the root, and checks the
+ * `pathBytes` bytes in PATH_WORK at PATH_AT: hashes up to the root, and checks the
  * batch signature of it (or finds it in `cache`). Stops early, accepted, where the walk joins the
  * last path that checked out ({@link CheckedPath}).
  */
@@ -563,13 +553,12 @@ function rootIsSigned(
   const walk = walking;
   let used = 0;
   let level = 0;
+  let joined = false;
   for (let at = i, size = n; ; at >>= 1, size = Math.ceil(size / 2), level++) {
     if (last?.joins(i, level, used, pathBytes) === true) {
-      // Kept as the last path in its place: the next message of the batch joins it lower.
       walk.takeRest(last, level, used);
-      walk.record(publicKey, i, n, pathBytes, signature, network);
-      keepWalk(walk);
-      return true;
+      joined = true;
+      break;
     }
     walk.reach(level, used);
     if (size <= 1) break;
@@ -582,16 +571,21 @@ function rootIsSigned(
     PATH_WORK.copyWithin(at & 1 ? 1 : 1 + HASH_BYTES, sibling, sibling + HASH_BYTES);
     sodium.crypto_generichash(NODE_OUTPUT, NODE_INPUT);
   }
-  if (used !== pathBytes) return false;
-  const signed = batchSigningBytes(publicKey, n, NODE_OUTPUT, network);
-  const cacheKey = latin1(signature) + latin1(publicKey);
-  const signedKey = signed.toString('latin1');
-  if (cache?.get(cacheKey) !== signedKey) {
-    if (!sodium.crypto_sign_verify_detached(signature, signed, publicKey)) return false;
-    cache?.set(cacheKey, signedKey);
+  if (!joined) {
+    if (used !== pathBytes) return false;
+    const signed = batchSigningBytes(publicKey, n, NODE_OUTPUT, network);
+    const cacheKey = latin1(signature) + latin1(publicKey);
+    const signedKey = signed.toString('latin1');
+    if (cache?.get(cacheKey) !== signedKey) {
+      if (!sodium.crypto_sign_verify_detached(signature, signed, publicKey)) return false;
+      cache?.set(cacheKey, signedKey);
+    }
   }
+  // Checked out (joined, or to its signed root): the last path now, which the next message of the
+  // batch joins lower.
   walk.record(publicKey, i, n, pathBytes, signature, network);
-  keepWalk(walk);
+  walking = checkedPath;
+  checkedPath = walk;
   return true;
 }
 

@@ -401,7 +401,7 @@ export class MessageStore {
     if (chat.from === this.selfId && chat.seq > this.lastSeq) this.lastSeq = chat.seq;
     if (!this.byId.has(frame.id)) this.byId.set(frame.id, message);
     sender.held.set(frame.seq, message);
-    if (message.frame.seq > sender.top) sender.top = message.frame.seq;
+    if (frame.seq > sender.top) sender.top = frame.seq;
     this.order.push(message);
     return message.payload;
   }

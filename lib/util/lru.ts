@@ -26,20 +26,19 @@ export function boundedLru<K extends NonNullable<unknown>, V extends NonNullable
  */
 export class LastKeyLru<K extends NonNullable<unknown>, V extends NonNullable<unknown>> {
   private readonly cache: LRUCache<K, V>;
+  /** Undefined until the first get or set (keys are never undefined). */
   private lastKey: K | undefined;
   private lastValue: V | undefined;
-  private hasLast = false;
 
   constructor(max: number) {
     this.cache = boundedLru<K, V>(max);
   }
 
   get(key: K): V | undefined {
-    if (this.hasLast && key === this.lastKey) return this.lastValue;
+    if (key === this.lastKey) return this.lastValue;
     const value = this.cache.get(key);
     this.lastKey = key;
     this.lastValue = value;
-    this.hasLast = true;
     return value;
   }
 
@@ -47,7 +46,6 @@ export class LastKeyLru<K extends NonNullable<unknown>, V extends NonNullable<un
     this.cache.set(key, value);
     this.lastKey = key;
     this.lastValue = value;
-    this.hasLast = true;
   }
 
   /** Keys, most recently used first (as lru-cache's `keys()`). */
