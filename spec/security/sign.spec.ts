@@ -490,6 +490,35 @@ describe('batches: one signature of a hash tree for many messages', () => {
     );
   });
 
+  it('refuses a path cut short or made longer right after the same message, or its neighbour, checked out', () => {
+    for (const n of [5, 64, MAX_BATCH]) {
+      const frames = signedChatFrames(alice, batchOf(n), ours);
+      for (const k of [0, 1, n - 2, n - 1]) {
+        const f = frames[k]!;
+        const path = Buffer.from(f.proof!.path, 'base64url');
+        const cut = {
+          ...f,
+          proof: { ...f.proof!, path: path.subarray(0, path.length - 32).toString('base64url') },
+        };
+        const longer = {
+          ...f,
+          proof: { ...f.proof!, path: Buffer.concat([path, path.subarray(0, 32)]).toString('base64url') },
+        };
+        for (const before of [f, frames[k ^ 1] ?? f]) {
+          for (const damaged of [cut, longer]) {
+            forgetCheckedPath();
+            assert.ok(verifies(before), `message ${before.proof!.i} of ${n}`);
+            assert.equal(
+              verifies(damaged),
+              false,
+              `message ${k} of ${n}, path ${damaged === cut ? 'cut' : 'longer'}`,
+            );
+          }
+        }
+      }
+    }
+  });
+
   it('refuses more than MAX_BATCH messages, and none', () => {
     assert.throws(() => signedChatFrames(alice, batchOf(MAX_BATCH + 1), ours), RangeError);
     assert.throws(() => signedChatFrames(alice, [], ours), RangeError);
