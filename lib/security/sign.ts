@@ -233,9 +233,16 @@ const NODE_INPUT = PATH_WORK.subarray(0, NODE_INPUT_BYTES);
 const NODE_OUTPUT = Buffer.alloc(HASH_BYTES);
 // Word views, for comparing and copying hashes with typed-array built-ins: Buffer#copy and
 // #compare check their arguments through several wrappers on every call. (Buffer.alloc gives each
-// its own ArrayBuffer, at offset 0.)
-const PATH_WORDS = new Uint32Array(PATH_WORK.buffer, PATH_WORK.byteOffset + PATH_AT, MAX_PATH_BYTES / 4);
-const OUTPUT_WORDS = new Uint32Array(NODE_OUTPUT.buffer, NODE_OUTPUT.byteOffset, HASH_BYTES / 4);
+// its own ArrayBuffer, at offset 0.) 16-bit words: every one is a small integer, while a 32-bit
+// word above 2^30 read by code V8 has not optimised (most of a burst) is a heap number, allocated
+// per read: ~700 bytes of garbage per message.
+const WORD_BYTES = 2;
+const PATH_WORDS = new Uint16Array(
+  PATH_WORK.buffer,
+  PATH_WORK.byteOffset + PATH_AT,
+  MAX_PATH_BYTES / WORD_BYTES,
+);
+const OUTPUT_WORDS = new Uint16Array(NODE_OUTPUT.buffer, NODE_OUTPUT.byteOffset, HASH_BYTES / WORD_BYTES);
 
 /** The bytes as a latin1 string, one character per byte (a view, no copy). */
 function latin1(bytes: Uint8Array): string {
@@ -430,9 +437,9 @@ class CheckedPath {
   readonly signature = Buffer.alloc(SIGNATURE_BYTES);
   readonly publicKey = Buffer.alloc(PUBLIC_KEY_BYTES);
   readonly network = Buffer.alloc(NETWORK_TAG_BYTES);
-  readonly path = new Uint32Array(MAX_PATH_BYTES / 4);
-  /** The node at level `l` at word `l * 8` (level 0: the leaf). */
-  readonly nodes = new Uint32Array((MAX_LEVELS * HASH_BYTES) / 4);
+  readonly path = new Uint16Array(MAX_PATH_BYTES / WORD_BYTES);
+  /** The node at level `l` at word `l * 16` (level 0: the leaf). */
+  readonly nodes = new Uint16Array((MAX_LEVELS * HASH_BYTES) / WORD_BYTES);
   /** Path bytes used below level `l`. */
   readonly usedBelow = new Int32Array(MAX_LEVELS);
 
@@ -457,11 +464,11 @@ class CheckedPath {
     const mine = this.usedBelow[level]!;
     if (this.i >> level !== i >> level || pathBytes - used !== this.pathBytes - mine) return false;
     const nodes = this.nodes;
-    for (let w = 0, at = level * (HASH_BYTES / 4); w < HASH_BYTES / 4; w++) {
+    for (let w = 0, at = level * (HASH_BYTES / WORD_BYTES); w < HASH_BYTES / WORD_BYTES; w++) {
       if (OUTPUT_WORDS[w] !== nodes[at + w]) return false;
     }
     const path = this.path;
-    for (let w = used / 4, v = mine / 4, end = pathBytes / 4; w < end; w++, v++) {
+    for (let w = used / WORD_BYTES, v = mine / WORD_BYTES, end = pathBytes / WORD_BYTES; w < end; w++, v++) {
       if (PATH_WORDS[w] !== path[v]) return false;
     }
     return true;
@@ -469,13 +476,13 @@ class CheckedPath {
 
   /** Records NODE_OUTPUT as the node at `level`, reached with `used` path bytes used below it. */
   reach(level: number, used: number): void {
-    this.nodes.set(OUTPUT_WORDS, level * (HASH_BYTES / 4));
+    this.nodes.set(OUTPUT_WORDS, level * (HASH_BYTES / WORD_BYTES));
     this.usedBelow[level] = used;
   }
 
   /** Takes `from`'s nodes from `level` up, for a walk that joined it there with `used` bytes used. */
   takeRest(from: CheckedPath, level: number, used: number): void {
-    this.nodes.set(from.nodes.subarray(level * (HASH_BYTES / 4)), level * (HASH_BYTES / 4));
+    this.nodes.set(from.nodes.subarray(level * (HASH_BYTES / WORD_BYTES)), level * (HASH_BYTES / WORD_BYTES));
     const shift = used - from.usedBelow[level]!;
     for (let l = level; l < MAX_LEVELS; l++) this.usedBelow[l] = from.usedBelow[l]! + shift;
   }
@@ -496,7 +503,7 @@ class CheckedPath {
     this.signature.set(signature);
     this.publicKey.set(publicKey);
     this.network.set(network);
-    this.path.set(PATH_WORDS.subarray(0, pathBytes / 4));
+    this.path.set(PATH_WORDS.subarray(0, pathBytes / WORD_BYTES));
   }
 }
 
@@ -516,7 +523,7 @@ export function forgetCheckedPath(): void {
 export function checkedPathIsWhole(): boolean {
   const memo = checkedPath;
   if (!memo.valid) return true;
-  const bytes = (words: Uint32Array): Buffer => Buffer.from(words.buffer, words.byteOffset, words.byteLength);
+  const bytes = (words: Uint16Array): Buffer => Buffer.from(words.buffer, words.byteOffset, words.byteLength);
   const nodes = bytes(memo.nodes);
   const path = bytes(memo.path);
   let node = nodes.subarray(0, HASH_BYTES);
