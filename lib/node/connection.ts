@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import { defer, Observable, Subject, tap, type Subscriber, type Subscription } from 'rxjs';
+import { defer, Observable, tap, type Subscriber, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder, isPack, unpack } from '../protocol/codec.js';
 import { ProtocolError } from '../protocol/errors.js';
@@ -10,6 +10,7 @@ import { fromSocket } from '../transport/from-socket.js';
 import { PeerWriter, type OutboundFrame, type Sealer, type WriterOptions } from '../transport/writer.js';
 import { TAG_BYTES } from '../security/cipher.js';
 import { TokenBucket, type RateOptions } from '../transport/token-bucket.js';
+import { Multicast } from '../util/multicast.js';
 import type { Identity } from '../security/identity.js';
 import {
   createHandshake,
@@ -143,7 +144,7 @@ export class Connection {
   private readonly fullFrameBytes: number;
   /** Plaintext payloads queued until the session exists. */
   private queued: Buffer[] = [];
-  private readonly outbox = new Subject<OutboundFrame>();
+  private readonly outbox = new Multicast<OutboundFrame>();
   private readonly writer: PeerWriter;
   private readonly writerSubscription: Subscription;
   private readonly frameRate: TokenBucket;

@@ -15,8 +15,10 @@ import {
   Subscription,
   throwError,
   Observable,
+  type MonoTypeOperatorFunction,
 } from 'rxjs';
 import { boundedLru } from '../util/lru.js';
+import { Multicast } from '../util/multicast.js';
 import {
   formatAddress,
   isLoopback,
@@ -161,6 +163,11 @@ export interface NodeLimits {
    * the target degree; the least recently learned idle one is forgotten when a new one comes.
    */
   readonly maxLearnedAddresses?: number;
+}
+
+/** `share()` over a {@link Multicast}: the inbound and chat streams pass every message through one. */
+function shareHot<T>(): MonoTypeOperatorFunction<T> {
+  return share({ connector: () => new Multicast<T>() });
 }
 
 export const LIMIT_DEFAULTS = {
@@ -467,7 +474,7 @@ class ChatNode implements P2PNode {
     // ends its own stream only; a bug (TypeError, RangeError) errors the whole stream and is thrown.
     const inbound$ = this.connections$.pipe(
       mergeMap((conn) => this.session(conn)),
-      share(),
+      shareHot(),
     );
     // Cheap checks first (held or older than held: the store knows; sender over its rate), so each
     // message is verified once; it is remembered as seen, and charged to its sender, only once
@@ -507,7 +514,7 @@ class ChatNode implements P2PNode {
     const chat$ = merge(this.local$, received$).pipe(
       remember(this.store),
       tap(() => this.noteNews()),
-      share(),
+      shareHot(),
     );
     this.messages$ = chat$.pipe(
       // Own messages come back only through resync after a damaged log: kept, never shown as received.
