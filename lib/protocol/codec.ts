@@ -10,6 +10,21 @@ export const LENGTH_PREFIX_BYTES = 4;
 export const DEFAULT_MAX_FRAME_BYTES = 256 * 1024;
 
 /**
+ * A Buffer seen with its per-encoding decoders, which `Buffer#toString(encoding, start, end)` calls
+ * after its argument handling: that handling makes an `arguments` object and walks an encoding
+ * switch on every call, in code V8 has not optimised (most of a burst), and a received chat frame
+ * gives seven strings. Every Buffer has them (`base64urlSlice` since Node 15); @types/node does not
+ * declare them, and spec/protocol/codec.spec.ts checks that they answer as `toString` does. The
+ * range must lie within the buffer (they throw a RangeError otherwise): for ranges already checked.
+ */
+export type SlicingBuffer = Buffer & {
+  latin1Slice(start: number, end: number): string;
+  utf8Slice(start: number, end: number): string;
+  hexSlice(start: number, end: number): string;
+  base64urlSlice(start: number, end: number): string;
+};
+
+/**
  * Writes `value` (an integer in 0..2^32-1) as 4 big-endian bytes at `offset`: plain byte stores,
  * for per-message code (Buffer#writeUInt32BE checks its arguments through wrappers that allocate).
  */

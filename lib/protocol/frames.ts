@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { getUint16, getUint32, putUint16, putUint32, putUint64 } from './codec.js';
+import { getUint16, getUint32, putUint16, putUint32, putUint64, type SlicingBuffer } from './codec.js';
 import { ProtocolError } from './errors.js';
 import type { Mutable } from '../util/mutable.js';
 
@@ -354,7 +354,7 @@ export function chatIdOf(payload: Buffer): string | undefined {
     const length = getUint16(payload, ID_AT);
     // Over 64 bytes is no id: not made into a string.
     if (length > 64 || ID_AT + 2 + length > payload.length) return undefined;
-    const id = payload.toString('latin1', ID_AT + 2, ID_AT + 2 + length);
+    const id = (payload as SlicingBuffer).latin1Slice(ID_AT + 2, ID_AT + 2 + length);
     return ID_PATTERN.test(id) ? id : undefined;
   }
   // Byte by byte, not Buffer#compare and #indexOf: their argument checks allocate on every call
@@ -367,7 +367,7 @@ export function chatIdOf(payload: Buffer): string | undefined {
   let end = start;
   while (end < limit && payload[end] !== QUOTE) end++;
   if (end === limit) return undefined;
-  const id = payload.toString('latin1', start, end);
+  const id = (payload as SlicingBuffer).latin1Slice(start, end);
   return ID_PATTERN.test(id) ? id : undefined;
 }
 
@@ -636,7 +636,7 @@ function getUint64(bytes: Uint8Array, at: number): number | undefined {
  * `indexOf` instead of a view and a call into `isUtf8`.
  */
 function utf8(payload: Buffer, start: number, end: number, name: string): string {
-  const text = payload.toString('utf8', start, end);
+  const text = (payload as SlicingBuffer).utf8Slice(start, end);
   if (text.indexOf('\uFFFD') !== -1 && !isUtf8(payload.subarray(start, end)))
     bad(`${name} is not valid UTF-8`);
   return text;
@@ -655,7 +655,8 @@ function decodeChat(payload: Buffer): ChatFrame {
   if (nick.length > MAX_NICK_LENGTH) bad(`nick is longer than ${MAX_NICK_LENGTH}`);
   const text = utf8(payload, layout.textAt + 4, layout.bodyEnd, 'text');
   if (text.length > MAX_TEXT_LENGTH) bad(`text is longer than ${MAX_TEXT_LENGTH}`);
-  const from = payload.toString('latin1', layout.bodyEnd + 1, layout.sigAt);
+  const bytes = payload as SlicingBuffer;
+  const from = bytes.latin1Slice(layout.bodyEnd + 1, layout.sigAt);
   if (!ID_PATTERN.test(from)) bad('from is malformed');
   const chat: Mutable<ChatFrame> = {
     type: 'chat',
@@ -665,8 +666,8 @@ function decodeChat(payload: Buffer): ChatFrame {
     ts,
     seq,
     text,
-    key: payload.toString('hex', 1, 1 + KEY_BYTES),
-    sig: payload.toString('base64url', layout.sigAt, layout.sigAt + SIG_BYTES),
+    key: bytes.hexSlice(1, 1 + KEY_BYTES),
+    sig: bytes.base64urlSlice(layout.sigAt, layout.sigAt + SIG_BYTES),
   };
   if (layout.n !== 0) {
     if (layout.n < 2 || layout.n > MAX_BATCH) bad(`proof n must be an integer in 2..${MAX_BATCH}`);
@@ -675,7 +676,7 @@ function decodeChat(payload: Buffer): ChatFrame {
     chat.proof = {
       i: layout.i,
       n: layout.n,
-      path: payload.toString('base64url', layout.pathAt, layout.pathAt + layout.pathBytes),
+      path: bytes.base64urlSlice(layout.pathAt, layout.pathAt + layout.pathBytes),
     };
   }
   return chat;

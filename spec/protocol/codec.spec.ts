@@ -10,6 +10,7 @@ import {
   pack,
   PACK_MARKER,
   unpack,
+  type SlicingBuffer,
 } from '../../lib/protocol/codec.js';
 import { ProtocolError, type ProtocolErrorCode } from '../../lib/protocol/errors.js';
 
@@ -71,6 +72,40 @@ const hostileStreamArb = fc
     { maxLength: 12 },
   )
   .map((segments) => Buffer.concat(segments));
+
+describe('SlicingBuffer', () => {
+  it('answers as Buffer#toString for every range of any bytes, in each encoding the decoders use', () => {
+    // Buffer's own per-encoding decoders are not in Node's documentation: this is what the frame
+    // decoders rely on, checked on this Node.
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 300 }),
+        fc.nat(),
+        fc.nat(),
+        fc.boolean(),
+        (raw, a, b, pooled) => {
+          // A view at an offset (a socket read's frame) as well as a buffer of its own.
+          const bytes = (
+            pooled ? Buffer.concat([Buffer.alloc(7, 0xee), Buffer.from(raw)]).subarray(7) : Buffer.from(raw)
+          ) as SlicingBuffer;
+          const start = raw.length === 0 ? 0 : a % (raw.length + 1);
+          const end = start + (raw.length === start ? 0 : b % (raw.length - start + 1));
+          assert.equal(bytes.latin1Slice(start, end), bytes.toString('latin1', start, end));
+          assert.equal(bytes.utf8Slice(start, end), bytes.toString('utf8', start, end));
+          assert.equal(bytes.hexSlice(start, end), bytes.toString('hex', start, end));
+          assert.equal(bytes.base64urlSlice(start, end), bytes.toString('base64url', start, end));
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('throws a RangeError for a range outside the buffer, rather than reading past it', () => {
+    const bytes = Buffer.from('abcdef').subarray(1, 4) as SlicingBuffer;
+    assert.throws(() => bytes.latin1Slice(0, 4), RangeError);
+    assert.throws(() => bytes.hexSlice(2, 9), RangeError);
+  });
+});
 
 describe('encodeFrame', () => {
   it('prepends the payload length as a 4-byte big-endian integer', () => {
