@@ -16,14 +16,12 @@ import { Observable, type Observer, type SubjectLike, type Subscriber, type Subs
  */
 export class Multicast<T> implements SubjectLike<T> {
   private subscribers: readonly Subscriber<T>[] = [];
-  private ended = false;
-  private failed = false;
-  private failure: unknown;
+  /** Once it ended: what ended it, given to each subscriber then and to every later one. */
+  private ending: ((subscriber: Subscriber<T>) => void) | undefined;
   /** Subscribing goes through an Observable, which makes each observer a Subscriber with its teardown. */
   private readonly source = new Observable<T>((subscriber) => {
-    if (this.ended) {
-      if (this.failed) subscriber.error(this.failure);
-      else subscriber.complete();
+    if (this.ending !== undefined) {
+      this.ending(subscriber);
       return undefined;
     }
     this.subscribers = [...this.subscribers, subscriber];
@@ -47,26 +45,24 @@ export class Multicast<T> implements SubjectLike<T> {
   }
 
   next(value: T): void {
-    if (this.ended) return;
+    if (this.ending !== undefined) return;
     const subscribers = this.subscribers;
     for (let i = 0; i < subscribers.length; i++) subscribers[i]!.next(value);
   }
 
   error(err: unknown): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.failed = true;
-    this.failure = err;
-    const subscribers = this.subscribers;
-    this.subscribers = [];
-    for (let i = 0; i < subscribers.length; i++) subscribers[i]!.error(err);
+    this.end((subscriber) => subscriber.error(err));
   }
 
   complete(): void {
-    if (this.ended) return;
-    this.ended = true;
+    this.end((subscriber) => subscriber.complete());
+  }
+
+  private end(ending: (subscriber: Subscriber<T>) => void): void {
+    if (this.ending !== undefined) return;
+    this.ending = ending;
     const subscribers = this.subscribers;
     this.subscribers = [];
-    for (let i = 0; i < subscribers.length; i++) subscribers[i]!.complete();
+    for (let i = 0; i < subscribers.length; i++) ending(subscribers[i]!);
   }
 }
