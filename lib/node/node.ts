@@ -127,6 +127,15 @@ export interface NodeTiming {
    * node sends nothing.
    */
   readonly antiEntropyMs?: number;
+  /**
+   * Gap repair: a message of a sender missing while later ones of it arrived (a relay that skipped
+   * this node on a stale peer list or in a race, see `relayTargets`) is asked for once it has been
+   * missing this long: from the peer that delivered the later one, then, a period on, from every
+   * peer. Default 500 ms: longer than messages of one sender take to overtake each other on
+   * different paths in a burst, and a hole is filled long before anti-entropy's pause (or, in a long
+   * burst, its ten periods).
+   */
+  readonly gapRepairMs?: number;
 }
 
 /**
@@ -238,6 +247,8 @@ export interface NodeStats {
   readonly invalidMessages: number;
   /** Messages dropped because their sender was over its rate ({@link NodeLimits.senderMessages}). */
   readonly rateLimitedMessages: number;
+  /** Syncs sent because a message stayed missing while later ones of its sender arrived ({@link NodeTiming.gapRepairMs}). */
+  readonly gapRepairs: number;
   /** Messages held in the history. */
   readonly historySize: number;
   /** Addresses the node knows to dial: given ones, and learned ones (bounded by {@link NodeLimits.maxLearnedAddresses}). */
@@ -319,6 +330,7 @@ const DEFAULT_TIMING = {
   peerListDelayMs: 250,
   rateResyncDelayMs: 5_000,
   antiEntropyMs: 2_000,
+  gapRepairMs: 500,
 } as const;
 
 function checkNick(nick: string): string {
@@ -402,6 +414,13 @@ class ChatNode implements P2PNode {
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */
   private rateLimitedMessages = 0;
+  /** When a message was last dropped over its sender's rate: its hole is the rate resync's to fill. */
+  private lastOverRate = -Infinity;
+  /** Gap repair: the missing message being watched, the peer to ask first, and the syncs sent for it. */
+  private gap:
+    { readonly from: string; readonly seq: number; readonly via: string; asked: number } | undefined;
+  private gapTimer: NodeJS.Timeout | undefined;
+  private gapRepairs = 0;
   /** Anti-entropy: since when news (new messages, a peer lost) waits for a sync; the last news. */
   private entropySince: number | undefined;
   private lastNews = 0;
@@ -513,7 +532,10 @@ class ChatNode implements P2PNode {
     );
     const chat$ = merge(this.local$, received$).pipe(
       remember(this.store),
-      tap(() => this.noteNews()),
+      tap((m) => {
+        this.noteNews();
+        if (m.peer !== null && this.store.missesBefore(m.frame)) this.noteGap(m.frame, m.peer.id);
+      }),
       shareHot(),
     );
     this.messages$ = chat$.pipe(
@@ -576,6 +598,7 @@ class ChatNode implements P2PNode {
     return {
       invalidMessages: this.invalidMessages,
       rateLimitedMessages: this.rateLimitedMessages,
+      gapRepairs: this.gapRepairs,
       historySize: this.store.size,
       knownAddresses: this.targets.size,
       dialsInFlight: this.dialsInFlight(),
@@ -982,6 +1005,7 @@ class ChatNode implements P2PNode {
    */
   private overRate(message: Inbound<ChatFrame>): void {
     this.rateLimitedMessages++;
+    this.lastOverRate = Date.now();
     const conn = message.peer === null ? undefined : this.active.get(message.peer.id)?.conn;
     if (conn !== undefined) this.resyncLater(conn);
     const { from, nick } = message.frame;
@@ -1134,6 +1158,56 @@ class ChatNode implements P2PNode {
     const sync = this.syncFrame(Math.floor(period / 2), busy);
     for (const { conn } of this.active.values()) this.sendSync(conn, sync);
     if (this.entropySince !== undefined) this.armEntropy(quietAt - now);
+  }
+
+  /**
+   * A message of `frame`'s sender is missing below it (delivered by `via`): unless one is watched
+   * already, it is asked for if still missing {@link NodeTiming.gapRepairMs} from now. One at a time:
+   * a hole that outlives its turn is noticed again with the next message after it, or filled with
+   * another's (a sync asks for every hole).
+   */
+  private noteGap(frame: ChatFrame, via: string): void {
+    if (this.gapTimer !== undefined || this.closed) return;
+    this.gap = { from: frame.from, seq: frame.seq - 1, via, asked: 0 };
+    this.armGapRepair();
+  }
+
+  private armGapRepair(): void {
+    this.gapTimer = setTimeout(() => this.repairGap(), this.timing.gapRepairMs);
+    this.gapTimer.unref();
+  }
+
+  /**
+   * The watched message is still missing: a sync (busy: only holes are sent, not the tail, which is
+   * on its way) to the peer that delivered the message after it, which most likely has it; a period
+   * later, if still missing, to every peer. Peers leave out what they took in during the last period
+   * and what is on its way to this node. Not for a hole left by dropping a sender's excess over its
+   * rate: the rate's own resync fetches that at the pace the rate allows.
+   */
+  private repairGap(): void {
+    this.gapTimer = undefined;
+    const gap = this.gap;
+    const now = Date.now();
+    if (
+      gap === undefined ||
+      this.closed ||
+      this.store.knows(gap) ||
+      now - this.lastOverRate < this.timing.rateResyncDelayMs
+    ) {
+      this.gap = undefined;
+      return;
+    }
+    const sync = this.syncFrame(this.timing.gapRepairMs, true);
+    const first = gap.asked === 0 ? this.active.get(gap.via)?.conn : undefined;
+    if (first !== undefined) this.sendSync(first, sync);
+    else for (const { conn } of this.active.values()) this.sendSync(conn, sync);
+    this.gapRepairs++;
+    this.log.debug(
+      `gap repair: ${gap.from.slice(0, 8)}'s message ${gap.seq} still missing: asking ${first?.label ?? 'every peer'}`,
+    );
+    gap.asked++;
+    if (first !== undefined) this.armGapRepair();
+    else this.gap = undefined;
   }
 
   /**
@@ -1416,6 +1490,7 @@ class ChatNode implements P2PNode {
     clearInterval(this.tick);
     clearTimeout(this.peerListTimer);
     clearTimeout(this.entropyTimer);
+    clearTimeout(this.gapTimer);
     for (const target of this.targets.values()) clearTimeout(target.timer);
     const closedSockets = [...this.conns].map(
       (conn) =>

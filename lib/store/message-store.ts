@@ -227,10 +227,24 @@ export class MessageStore {
   }
 
   /** True when the message is held, or older than what is held for its sender. */
-  knows(frame: ChatFrame): boolean {
+  knows(frame: Pick<ChatFrame, 'from' | 'seq'>): boolean {
     const sender = this.senders.get(frame.from);
     if (sender === undefined) return false;
     return frame.seq <= sender.floor || sender.held.has(frame.seq);
+  }
+
+  /**
+   * True when the message before this one of its sender (by sequence number) is missing: neither
+   * held nor older than what is held, while an earlier one is (as {@link marks} counts: what came
+   * before the first message held of a sender is history, not a hole). Two map lookups: cheap enough
+   * for every message, to notice a hole in a sender's stream while the stream goes on.
+   */
+  missesBefore(frame: Pick<ChatFrame, 'from' | 'seq'>): boolean {
+    const sender = this.senders.get(frame.from);
+    if (sender === undefined) return false;
+    const before = frame.seq - 1;
+    if (before <= sender.floor || sender.held.has(before)) return false;
+    return sender.floor > 0 || sender.held.size > (sender.held.has(frame.seq) ? 1 : 0);
   }
 
   /**

@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
-import type { ChatMessage, P2PNode } from '../../lib/node/node.js';
+import type { ChatMessage, NodeTiming, P2PNode } from '../../lib/node/node.js';
 import { serializeFrame, type ChatFrame, type SyncFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
@@ -42,16 +42,18 @@ interface Scene {
    * a peer that fails to relay would.
    */
   readonly liar: RawPeer;
+  /** The raw peer's link to Y (same identity), unless it is linked to X only. */
+  readonly liarAtY: RawPeer | undefined;
 }
 
 /**
  * X and Y connected; a raw peer connected to X, and (unless `linkedToY` is false) to Y too, that
  * sends to X only and tells X it is connected to Y.
  */
-async function scene(t: TestContext, linkedToY = true): Promise<Scene> {
+async function scene(t: TestContext, linkedToY = true, timing: NodeTiming = {}): Promise<Scene> {
   const start = nodeFactory(t);
   const logX = lineLogger();
-  const timing = { antiEntropyMs: PERIOD_MS, peerListDelayMs: 1 };
+  timing = { antiEntropyMs: PERIOD_MS, peerListDelayMs: 1, ...timing };
   const x = await start({ nick: 'x', log: logX, timing });
   const y = await start({ nick: 'y', peers: [loopback(x.port)], timing });
   await waitFor(() => connectedTo(x, [y]) && connectedTo(y, [x]), 'X and Y to connect');
@@ -59,16 +61,17 @@ async function scene(t: TestContext, linkedToY = true): Promise<Scene> {
   const inboxY = record(y.messages$);
   const liar = await rawPeer(t, x.port, { answerPings: true });
   liar.send({ type: 'peers', peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] });
+  let liarAtY: RawPeer | undefined;
   if (linkedToY) {
-    const liarAtY = await rawPeer(t, y.port, { answerPings: true, identity: liar.identity });
+    liarAtY = await rawPeer(t, y.port, { answerPings: true, identity: liar.identity });
     await waitFor(() => x.peers().length === 2 && y.peers().length === 2, 'the raw peer up at X and Y');
     // Y's list naming the raw peer goes to all its peers at once, after the one it sent with its
     // hello: once the raw peer has the second, X has it too.
-    await waitFor(() => liarAtY.count('peers') >= 2, "Y's peer list naming the raw peer");
+    await waitFor(() => liarAtY!.count('peers') >= 2, "Y's peer list naming the raw peer");
   } else await waitFor(() => x.peers().length === 2, 'the raw peer up at X');
   y.send('barrier'); // behind Y's list on the Y-X link, and after the raw peer's list reached X
   await waitFor(() => inboxX.values.some((m) => m.text === 'barrier'), 'X to have Y’s list');
-  return { x, y, inboxX, inboxY, logX, liar };
+  return { x, y, inboxX, inboxY, logX, liar, liarAtY };
 }
 
 /** When `inbox` delivered the message with text `text`, or undefined. */
@@ -135,6 +138,71 @@ describe('relay with neighbour knowledge, and anti-entropy', () => {
     await waitFor(() => times(inboxY, 'good one') === 1, 'a valid message to reach Y', 5 * PERIOD_MS + 3000);
     assert.equal(times(inboxY, 'bad signature'), 0);
     assert.equal(x.stats().invalidMessages, 0, 'not counted against the liar: it was never relayed');
+  });
+});
+
+describe('gap repair', () => {
+  /** Long, so that only gap repair can fill a hole within a test's wait. */
+  const LONG_PERIOD_MS = 60_000;
+  const GAP_MS = 150;
+
+  it('asks for a missing message once a later one of its sender arrived, long before anti-entropy', async (t) => {
+    const { x, y, inboxX, inboxY, liar } = await scene(t, true, {
+      antiEntropyMs: LONG_PERIOD_MS,
+      gapRepairMs: GAP_MS,
+    });
+    liar.send({ type: 'peers', peers: [] }); // X relays its messages to Y
+    liar.send(signedChat(liar.identity, { text: 'first', seq: 1 }));
+    await waitFor(() => times(inboxY, 'first') === 1, 'Y to get the first message');
+    liar.send({ type: 'peers', peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] }); // now it does not
+    liar.send(signedChat(liar.identity, { text: 'skipped', seq: 2 }));
+    await waitFor(() => times(inboxX, 'skipped') === 1, 'X to show the second');
+    liar.send({ type: 'peers', peers: [] });
+    liar.send(signedChat(liar.identity, { text: 'relayed', seq: 3 }));
+    await waitFor(() => times(inboxY, 'relayed') === 1, 'Y to get the third');
+    assert.equal(times(inboxY, 'skipped'), 0, 'the second is missing at Y');
+    await waitFor(() => times(inboxY, 'skipped') === 1, 'Y to fetch the missing one', 3_000);
+    const late = arrival(inboxY, 'skipped')! - arrival(inboxY, 'relayed')!;
+    assert.ok(late >= GAP_MS - 20, `fetched ${late} ms after the later one: not before the hole had lasted`);
+    assert.ok(late < LONG_PERIOD_MS, 'by gap repair, not anti-entropy');
+    assert.equal(y.stats().gapRepairs, 1, 'one sync, to the peer that delivered the later message');
+    assert.equal(x.stats().gapRepairs, 0);
+    await new Promise((resolve) => setTimeout(resolve, 3 * GAP_MS));
+    assert.equal(times(inboxY, 'skipped'), 1, 'once');
+    assert.equal(y.stats().gapRepairs, 1, 'no sync once the hole is filled');
+  });
+
+  it('asks every peer when the peer that delivered the later message does not have it', async (t) => {
+    const { y, inboxX, inboxY, liar, liarAtY } = await scene(t, true, {
+      antiEntropyMs: LONG_PERIOD_MS,
+      gapRepairMs: GAP_MS,
+    });
+    liarAtY!.send(signedChat(liar.identity, { text: 'first', seq: 1 }));
+    await waitFor(() => times(inboxY, 'first') === 1, 'Y to get the first message');
+    liar.send(signedChat(liar.identity, { text: 'to X only', seq: 2 }));
+    await waitFor(() => times(inboxX, 'to X only') === 1, 'X to show the second');
+    // The third reaches Y straight from the raw peer (its second link), which answers no sync.
+    liarAtY!.send(signedChat(liar.identity, { text: 'straight to Y', seq: 3 }));
+    await waitFor(() => times(inboxY, 'straight to Y') === 1, 'Y to get the third');
+    await waitFor(() => times(inboxY, 'to X only') === 1, 'Y to fetch the second from X', 3_000);
+    assert.equal(y.stats().gapRepairs, 2, 'the raw peer first, then every peer');
+  });
+
+  it('sends no sync while a sender’s messages arrive in order', async (t) => {
+    const start = nodeFactory(t);
+    const timing = { antiEntropyMs: LONG_PERIOD_MS, gapRepairMs: GAP_MS };
+    const a = await start({ nick: 'a', timing });
+    const b = await start({ nick: 'b', peers: [loopback(a.port)], timing });
+    const c = await start({ nick: 'c', peers: [loopback(b.port)], maxPeers: 1, timing });
+    await waitFor(() => connectedTo(a, [b]) && connectedTo(c, [b]), 'the line A-B-C');
+    const inboxC = record(c.messages$);
+    for (let i = 0; i < 200; i++) a.send(`line ${i}`);
+    await waitFor(() => inboxC.values.length === 200, 'C to get every line');
+    await new Promise((resolve) => setTimeout(resolve, 2 * GAP_MS));
+    assert.deepEqual(
+      [a, b, c].map((n) => n.stats().gapRepairs),
+      [0, 0, 0],
+    );
   });
 });
 

@@ -107,6 +107,29 @@ describe('MessageStore', () => {
       assert.equal(store.marks().get('a'), 5, 'the gap is filled');
     });
 
+    it('says when the message before one just added is missing: a hole, not what came before the first held', (t) => {
+      const { store } = open(t, undefined);
+      const missesBefore = (seq: number): boolean => {
+        add(store, chat('a', seq));
+        return store.missesBefore(chat('a', seq));
+      };
+      assert.equal(missesBefore(4), false, "a sender's first message: what came before it is history");
+      assert.equal(missesBefore(5), false);
+      assert.equal(missesBefore(7), true, '6 is missing');
+      assert.equal(missesBefore(6), false, 'the hole is filled');
+      assert.equal(store.missesBefore(chat('a', 7)), false);
+      assert.equal(store.missesBefore(chat('b', 9)), false, 'a sender never heard of');
+      assert.equal(store.marks().get('a'), 7, 'as marks() counts: from the first held');
+    });
+
+    it('does not count as missing what is older than the evicted floor', (t) => {
+      const { store } = open(t, undefined, { maxMessages: 2 });
+      for (const seq of [1, 2, 3]) add(store, chat('a', seq)); // 1 is evicted: the floor is 1
+      assert.equal(store.missesBefore(chat('a', 2)), false);
+      add(store, chat('a', 6)); // 2 is evicted now; 4 and 5 are missing
+      assert.equal(store.missesBefore(chat('a', 6)), true);
+    });
+
     it('offers a peer what it lacks, per sender in sequence order, all of a sender it does not list', (t) => {
       const { store } = open(t, undefined);
       // Arrival order mixes senders and sequence numbers.
