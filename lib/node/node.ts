@@ -418,7 +418,7 @@ class ChatNode implements P2PNode {
   private lastOverRate = -Infinity;
   /** Gap repair: the missing message being watched, the peer to ask first, and the syncs sent for it. */
   private gap:
-    { readonly from: string; readonly seq: number; readonly via: string; asked: number } | undefined;
+    { readonly from: string; readonly seq: number; readonly via: string; readonly asked: number } | undefined;
   private gapTimer: NodeJS.Timeout | undefined;
   private gapRepairs = 0;
   /** Anti-entropy: since when news (new messages, a peer lost) waits for a sync; the last news. */
@@ -1163,16 +1163,16 @@ class ChatNode implements P2PNode {
   /**
    * A message of `frame`'s sender is missing below it (delivered by `via`): unless one is watched
    * already, it is asked for if still missing {@link NodeTiming.gapRepairMs} from now. One at a time:
-   * a hole that outlives its turn is noticed again with the next message after it, or filled with
-   * another's (a sync asks for every hole).
+   * when the watched one turns up on its own, another hole that opened meanwhile is watched next,
+   * and each sync asks for every hole.
    */
   private noteGap(frame: ChatFrame, via: string): void {
     if (this.gapTimer !== undefined || this.closed) return;
-    this.gap = { from: frame.from, seq: frame.seq - 1, via, asked: 0 };
-    this.armGapRepair();
+    this.watchGap({ from: frame.from, seq: frame.seq - 1 }, via);
   }
 
-  private armGapRepair(): void {
+  private watchGap(hole: { readonly from: string; readonly seq: number }, via: string, asked = 0): void {
+    this.gap = { from: hole.from, seq: hole.seq, via, asked };
     this.gapTimer = setTimeout(() => this.repairGap(), this.timing.gapRepairMs);
     this.gapTimer.unref();
   }
@@ -1180,21 +1180,21 @@ class ChatNode implements P2PNode {
   /**
    * The watched message is still missing: a sync (busy: only holes are sent, not the tail, which is
    * on its way) to the peer that delivered the message after it, which most likely has it; a period
-   * later, if still missing, to every peer. Peers leave out what they took in during the last period
-   * and what is on its way to this node. Not for a hole left by dropping a sender's excess over its
-   * rate: the rate's own resync fetches that at the pace the rate allows.
+   * later, if still missing, to every peer; then it is left to anti-entropy. Peers leave out what
+   * they took in during the last period and what is on its way to this node. Not while a sender's
+   * excess over its rate is being dropped: the rate's own resync fetches that at the pace the rate
+   * allows.
    */
   private repairGap(): void {
     this.gapTimer = undefined;
     const gap = this.gap;
-    const now = Date.now();
-    if (
-      gap === undefined ||
-      this.closed ||
-      this.store.knows(gap) ||
-      now - this.lastOverRate < this.timing.rateResyncDelayMs
-    ) {
-      this.gap = undefined;
+    this.gap = undefined;
+    if (gap === undefined || this.closed) return;
+    if (Date.now() - this.lastOverRate < this.timing.rateResyncDelayMs) return;
+    if (this.store.knows(gap)) {
+      // It was late, not lost. A hole noticed meanwhile was not watched: watch it now.
+      const hole = this.store.firstHole();
+      if (hole !== undefined) this.watchGap(hole, gap.via);
       return;
     }
     const sync = this.syncFrame(this.timing.gapRepairMs, true);
@@ -1205,9 +1205,7 @@ class ChatNode implements P2PNode {
     this.log.debug(
       `gap repair: ${gap.from.slice(0, 8)}'s message ${gap.seq} still missing: asking ${first?.label ?? 'every peer'}`,
     );
-    gap.asked++;
-    if (first !== undefined) this.armGapRepair();
-    else this.gap = undefined;
+    if (first !== undefined) this.watchGap(gap, gap.via, 1);
   }
 
   /**

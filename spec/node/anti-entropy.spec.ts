@@ -188,6 +188,27 @@ describe('gap repair', () => {
     assert.equal(y.stats().gapRepairs, 2, 'the raw peer first, then every peer');
   });
 
+  it('watches a hole that opened while another was watched, once that one turns up late', async (t) => {
+    const { y, inboxX, inboxY, liar, liarAtY } = await scene(t, true, {
+      antiEntropyMs: LONG_PERIOD_MS,
+      gapRepairMs: GAP_MS,
+    });
+    const at = liarAtY!;
+    at.send(signedChat(liar.identity, { text: 'one', seq: 1 }));
+    await waitFor(() => times(inboxY, 'one') === 1, 'Y to get seq 1');
+    // Seq 2 and 4 reach X only; X leaves Y to the raw peer, which claims a link to Y.
+    liar.send(signedChat(liar.identity, { text: 'late', seq: 2 }));
+    liar.send(signedChat(liar.identity, { text: 'lost', seq: 4 }));
+    await waitFor(() => times(inboxX, 'lost') === 1, 'X to have seq 4');
+    at.send(signedChat(liar.identity, { text: 'three', seq: 3 })); // Y watches 2
+    at.send(signedChat(liar.identity, { text: 'five', seq: 5 })); // 4 is missing too: not watched yet
+    at.send(signedChat(liar.identity, { text: 'late', seq: 2 })); // 2 turns up on its own
+    await waitFor(() => times(inboxY, 'late') === 1, 'seq 2 to reach Y');
+    await waitFor(() => times(inboxY, 'lost') === 1, 'Y to fetch seq 4 from X', 3_000);
+    // Watched from the first check on: the raw peer (which delivered the late one) first, then all.
+    assert.equal(y.stats().gapRepairs, 2);
+  });
+
   it('sends no sync while a sender’s messages arrive in order', async (t) => {
     const start = nodeFactory(t);
     const timing = { antiEntropyMs: LONG_PERIOD_MS, gapRepairMs: GAP_MS };

@@ -122,6 +122,18 @@ describe('MessageStore', () => {
       assert.equal(store.marks().get('a'), 7, 'as marks() counts: from the first held');
     });
 
+    it('finds the first hole of any sender, not what came before the first held', (t) => {
+      const { store } = open(t, undefined);
+      assert.equal(store.firstHole(), undefined, 'an empty store');
+      for (const seq of [3, 4]) add(store, chat('a', seq));
+      for (const seq of [1, 2, 4, 7]) add(store, chat('b', seq));
+      assert.deepEqual(store.firstHole(), { from: 'b', seq: 3 });
+      add(store, chat('b', 3));
+      assert.deepEqual(store.firstHole(), { from: 'b', seq: 5 });
+      for (const seq of [5, 6]) add(store, chat('b', seq));
+      assert.equal(store.firstHole(), undefined);
+    });
+
     it('does not count as missing what is older than the evicted floor', (t) => {
       const { store } = open(t, undefined, { maxMessages: 2 });
       for (const seq of [1, 2, 3]) add(store, chat('a', seq)); // 1 is evicted: the floor is 1
