@@ -209,6 +209,39 @@ describe('gap repair', () => {
     assert.equal(y.stats().gapRepairs, 2);
   });
 
+  it('asks at once for the rest of a skipped run that the answer held back as too recent', async (t) => {
+    const gapMs = 400;
+    const { y, inboxX, inboxY, liar } = await scene(t, true, {
+      antiEntropyMs: LONG_PERIOD_MS,
+      gapRepairMs: gapMs,
+    });
+    const skipY = { type: 'peers' as const, peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] };
+    const relayToY = { type: 'peers' as const, peers: [] };
+    const send = (text: string, seq: number): void => liar.send(signedChat(liar.identity, { text, seq }));
+    liar.send(relayToY);
+    send('one', 1);
+    await waitFor(() => times(inboxY, 'one') === 1, 'Y to get seq 1');
+    liar.send(skipY);
+    send('two', 2);
+    liar.send(relayToY);
+    send('three', 3); // Y watches 2
+    await waitFor(() => times(inboxY, 'three') === 1, 'Y to get seq 3');
+    const watched = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, gapMs - 150));
+    liar.send(skipY);
+    send('four', 4); // X takes it in ~150 ms before Y asks: too recent for that answer
+    liar.send(relayToY);
+    send('five', 5);
+    await waitFor(() => times(inboxX, 'five') === 1 && times(inboxY, 'two') === 1, 'Y to fetch seq 2');
+    assert.equal(times(inboxY, 'four'), 0, 'held back as too recent');
+    await waitFor(() => times(inboxY, 'four') === 1, 'Y to fetch seq 4', 3_000);
+    // Asked for when the check after the first answer found seq 2 in: two periods after the watch
+    // began, not three (a fresh watch of seq 4, then its own check).
+    const took = arrival(inboxY, 'four')! - watched;
+    assert.ok(took < 2.5 * gapMs, `seq 4 came ${took} ms after the watch began`);
+    assert.equal(y.stats().gapRepairs, 2);
+  });
+
   it('sends no sync while a sender’s messages arrive in order', async (t) => {
     const start = nodeFactory(t);
     const timing = { antiEntropyMs: LONG_PERIOD_MS, gapRepairMs: GAP_MS };
