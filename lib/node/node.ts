@@ -421,8 +421,6 @@ class ChatNode implements P2PNode {
     { readonly from: string; readonly seq: number; readonly via: string; readonly asked: number } | undefined;
   private gapTimer: NodeJS.Timeout | undefined;
   private gapRepairs = 0;
-  /** A pending {@link dialLearned}. */
-  private learnedDials: NodeJS.Immediate | undefined;
   /** Anti-entropy: since when news (new messages, a peer lost) waits for a sync; the last news. */
   private entropySince: number | undefined;
   private lastNews = 0;
@@ -1303,50 +1301,7 @@ class ChatNode implements P2PNode {
       if (!this.addLearned(target)) return;
       this.log.debug(`learned ${entry.id.slice(0, 8)} at ${entry.addr}`);
     } else target.nodeId = entry.id;
-    if (!target.dialing && target.timer === undefined) this.dialLearnedSoon();
-  }
-
-  /**
-   * Dials learned addresses once the peer lists of this turn are in (see {@link dialLearned}): the
-   * lists of two peers often come in one read.
-   */
-  private dialLearnedSoon(): void {
-    if (this.learnedDials !== undefined || this.closed) return;
-    this.learnedDials = setImmediate(() => {
-      this.learnedDials = undefined;
-      this.dialLearned();
-    });
-  }
-
-  /**
-   * Dials learned addresses while fewer than `targetPeers` peers are connected, those that the fewest
-   * of this node's peers list first (in random order among equals). Every list names the
-   * well-connected nodes: dialled in the order the lists give, the first nodes of a network end
-   * linked to nearly every other (19 links in random20, `--max-peers` in a 100-node network), and
-   * carry most of the relaying.
-   */
-  private dialLearned(): void {
-    if (this.closed || this.active.size + this.dialsInFlight() >= this.targetPeers) return;
-    const listedBy = (id: string | undefined): number => {
-      let n = 0;
-      if (id !== undefined)
-        for (const { conn } of this.active.values()) if (conn.peerRef?.neighbours?.has(id) === true) n++;
-      return n;
-    };
-    const ranked = [...this.targets.values()]
-      .filter(
-        (t) =>
-          !t.persistent &&
-          !t.dialing &&
-          t.timer === undefined &&
-          !(t.nodeId !== undefined && this.active.has(t.nodeId)),
-      )
-      .map((target) => ({ target, listedBy: listedBy(target.nodeId), tie: Math.random() }))
-      .sort((a, b) => a.listedBy - b.listedBy || a.tie - b.tie);
-    for (const { target } of ranked) {
-      if (!this.wantsDial(target)) break;
-      this.dialNow(target);
-    }
+    if (!target.dialing && target.timer === undefined) this.dialNow(target);
   }
 
   /** An inbound peer's listen address is worth redialling if the link breaks. */
@@ -1530,9 +1485,8 @@ class ChatNode implements P2PNode {
       conn.sentAtUpkeep = conn.framesSent;
     }
     for (const target of this.targets.values()) {
-      if (target.persistent && target.timer === undefined && this.wantsDial(target)) this.dialNow(target);
+      if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
     }
-    this.dialLearned();
   }
 
   private async shutdown(): Promise<void> {
@@ -1541,7 +1495,6 @@ class ChatNode implements P2PNode {
     clearTimeout(this.peerListTimer);
     clearTimeout(this.entropyTimer);
     clearTimeout(this.gapTimer);
-    clearImmediate(this.learnedDials);
     for (const target of this.targets.values()) clearTimeout(target.timer);
     const closedSockets = [...this.conns].map(
       (conn) =>

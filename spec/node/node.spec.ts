@@ -357,38 +357,6 @@ describe('createNode', () => {
     );
   });
 
-  it('dials the learned nodes that the fewest of its peers list first, not the ones every list names', async (t) => {
-    const start = nodeFactory(t);
-    const a = await start({ nick: 'a' });
-    const b = await start({ nick: 'b' });
-    const c = await start({ nick: 'c' });
-    const entry = (node: P2PNode): { id: string; addr: string } => ({
-      id: node.id,
-      addr: `127.0.0.1:${node.port}`,
-    });
-    // Full with two peers: it learns of A, B and C, and dials none of them yet.
-    const n = await start({ nick: 'n', targetPeers: 2 });
-    const r1 = await rawPeer(t, n.port, { answerPings: true });
-    const r2 = await rawPeer(t, n.port, { answerPings: true });
-    await waitFor(() => n.peers().length === 2, 'both raw peers up');
-    r1.send({ type: 'peers', peers: [entry(a), entry(b)] });
-    r2.send({ type: 'peers', peers: [entry(a), entry(c)] });
-    // Each raw peer's listen address (where nothing listens), then A, B and C.
-    await waitFor(() => n.stats().knownAddresses === 5, 'n to learn A, B and C');
-    // A place frees up. A and C are each listed by the peer left (A is named by every list), B by none.
-    r1.socket.destroy();
-    await waitFor(() => n.peers().some((p) => p.id === b.id), 'n to dial B');
-    await new Promise((resolve) => setTimeout(resolve, 3 * (FAST_TIMING.pingIntervalMs ?? 250)));
-    assert.deepEqual(
-      n
-        .peers()
-        .map((p) => p.id)
-        .sort(),
-      [r2.id, b.id].sort(),
-      'full again with B: neither A nor C dialled',
-    );
-  });
-
   it('reports peer-down naming the shutdown when a node closes, and the others keep chatting', async (t) => {
     const start = nodeFactory(t);
     const a = await start({ nick: 'a' });
