@@ -43,6 +43,7 @@ import {
   type PeersFrame,
   type SyncFrame,
   MAX_SYNC_MARKS,
+  MAX_SYNC_MIN_AGE_MS,
   MAX_SYNC_RANGES,
   type SyncMark,
 } from '../protocol/frames.js';
@@ -133,7 +134,8 @@ export interface NodeTiming {
    * missing this long: from the peer that delivered the later one, then, a period on, from every
    * peer. Default 500 ms: longer than messages of one sender take to overtake each other on
    * different paths in a burst, and a hole is filled long before anti-entropy's pause (or, in a long
-   * burst, its ten periods).
+   * burst, its ten periods). A whole number of ms up to 60,000 (it goes out as a sync's `minAgeMs`):
+   * `createNode` throws a RangeError for any other.
    */
   readonly gapRepairMs?: number;
 }
@@ -247,7 +249,10 @@ export interface NodeStats {
   readonly invalidMessages: number;
   /** Messages dropped because their sender was over its rate ({@link NodeLimits.senderMessages}). */
   readonly rateLimitedMessages: number;
-  /** Syncs sent because a message stayed missing while later ones of its sender arrived ({@link NodeTiming.gapRepairMs}). */
+  /**
+   * Gap repair rounds: a sync sent to one peer, or to every peer, because a message stayed missing
+   * while later ones of its sender arrived ({@link NodeTiming.gapRepairMs}).
+   */
   readonly gapRepairs: number;
   /** Messages held in the history. */
   readonly historySize: number;
@@ -414,13 +419,17 @@ class ChatNode implements P2PNode {
   private invalidMessages = 0;
   /** Messages dropped because their sender was over its rate. */
   private rateLimitedMessages = 0;
-  /** When a message was last dropped over its sender's rate: its hole is the rate resync's to fill. */
-  private lastOverRate = -Infinity;
+  /** When a message of each sender was last dropped over its rate: its holes are the rate resync's to fill. */
+  private readonly overRateAt = boundedLru<string, number>(1024);
   /** Gap repair: the missing message being watched, the peer to ask first, and the syncs sent for it. */
+  /** `asked`: 0 none yet, 1 the peer that delivered the later message, 2 every peer. */
   private gap:
-    { readonly from: string; readonly seq: number; readonly via: string; readonly asked: number } | undefined;
+    | { readonly from: string; readonly seq: number; readonly via: string; readonly asked: 0 | 1 | 2 }
+    | undefined;
   private gapTimer: NodeJS.Timeout | undefined;
   private gapRepairs = 0;
+  /** Senders whose hole no peer filled, and when (see {@link gapCooling}). */
+  private readonly gapGivenUp = boundedLru<string, number>(1024);
   /** Anti-entropy: since when news (new messages, a peer lost) waits for a sync; the last news. */
   private entropySince: number | undefined;
   private lastNews = 0;
@@ -472,6 +481,12 @@ class ChatNode implements P2PNode {
       throw err;
     }
     this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
+    // Sent as a sync's minAgeMs, which peers take as a whole number up to a minute.
+    const gapMs = this.timing.gapRepairMs;
+    if (!Number.isInteger(gapMs) || gapMs < 1 || gapMs > MAX_SYNC_MIN_AGE_MS)
+      throw new RangeError(
+        `gapRepairMs must be a whole number of ms in 1..${MAX_SYNC_MIN_AGE_MS}, got ${gapMs}`,
+      );
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
@@ -1005,7 +1020,7 @@ class ChatNode implements P2PNode {
    */
   private overRate(message: Inbound<ChatFrame>): void {
     this.rateLimitedMessages++;
-    this.lastOverRate = Date.now();
+    this.overRateAt.set(message.frame.from, Date.now());
     const conn = message.peer === null ? undefined : this.active.get(message.peer.id)?.conn;
     if (conn !== undefined) this.resyncLater(conn);
     const { from, nick } = message.frame;
@@ -1167,11 +1182,30 @@ class ChatNode implements P2PNode {
    * and each sync asks for every hole.
    */
   private noteGap(frame: ChatFrame, via: string): void {
-    if (this.gapTimer !== undefined || this.closed) return;
+    if (this.gapTimer !== undefined || this.closed || this.holesLeftAlone(frame.from, Date.now())) return;
     this.watchGap({ from: frame.from, seq: frame.seq - 1 }, via);
   }
 
-  private watchGap(hole: { readonly from: string; readonly seq: number }, via: string, asked = 0): void {
+  /**
+   * Whether gap repair leaves this sender's holes alone now: this node's own (they come back by
+   * resync only), a sender whose excess over its rate was dropped lately (the rate's own resync
+   * fetches that, at the pace the rate allows), and one whose hole no peer had when every peer was
+   * asked, within the last {@link GAP_COOLDOWN_PERIODS} periods (a sender that skips sequence
+   * numbers, or one whose messages every peer has evicted, would cost a sync every period).
+   */
+  private holesLeftAlone(from: string, now: number): boolean {
+    if (from === this.id) return true;
+    const limited = this.overRateAt.get(from);
+    if (limited !== undefined && now - limited < this.timing.rateResyncDelayMs) return true;
+    const givenUp = this.gapGivenUp.get(from);
+    return givenUp !== undefined && now - givenUp < GAP_COOLDOWN_PERIODS * this.timing.gapRepairMs;
+  }
+
+  private watchGap(
+    hole: { readonly from: string; readonly seq: number },
+    via: string,
+    asked: 0 | 1 | 2 = 0,
+  ): void {
     this.gap = { from: hole.from, seq: hole.seq, via, asked };
     this.gapTimer = setTimeout(() => this.repairGap(), this.timing.gapRepairMs);
     this.gapTimer.unref();
@@ -1190,9 +1224,10 @@ class ChatNode implements P2PNode {
     let gap = this.gap;
     this.gap = undefined;
     if (gap === undefined || this.closed) return;
-    if (Date.now() - this.lastOverRate < this.timing.rateResyncDelayMs) return;
+    const now = Date.now();
+    if (this.holesLeftAlone(gap.from, now)) return;
     if (this.store.knows(gap)) {
-      const hole = this.store.firstHole();
+      const hole = this.store.firstHole((from) => this.holesLeftAlone(from, now));
       if (hole === undefined) return;
       // It turned up. A hole noticed meanwhile was not watched: watched now; or, if this one came
       // when asked for, part of a run that a relay skipped, whose rest the peer asked held back as
@@ -1202,6 +1237,10 @@ class ChatNode implements P2PNode {
         return;
       }
       gap = { from: hole.from, seq: hole.seq, via: gap.via, asked: 0 };
+    } else if (gap.asked === 2) {
+      // Every peer was asked a period ago, and none had it.
+      this.gapGivenUp.set(gap.from, now);
+      return;
     }
     const sync = this.syncFrame(this.timing.gapRepairMs, true);
     const first = gap.asked === 0 ? this.active.get(gap.via)?.conn : undefined;
@@ -1211,7 +1250,7 @@ class ChatNode implements P2PNode {
     this.log.debug(
       `gap repair: ${gap.from.slice(0, 8)}'s message ${gap.seq} still missing: asking ${first?.label ?? 'every peer'}`,
     );
-    if (first !== undefined) this.watchGap(gap, gap.via, 1);
+    this.watchGap(gap, gap.via, first !== undefined ? 1 : 2);
   }
 
   /**
@@ -1530,6 +1569,12 @@ const MAX_STRIKES = 3;
  * more than honest peers ever open together, and bounds what a connection flood can hold.
  */
 const MAX_PENDING_HANDSHAKES = 64;
+/**
+ * Gap repair periods during which a sender's holes are left to anti-entropy after every peer was
+ * asked for one and none had it: two rounds per 10 s at most (at the default 500 ms) for a sender
+ * that skips sequence numbers, instead of two per second.
+ */
+const GAP_COOLDOWN_PERIODS = 20;
 /** A busy peer is sent messages above its highest held only once they are this many anti-entropy periods old. */
 const BUSY_TAIL_PERIODS = 5;
 /**

@@ -160,6 +160,8 @@ export interface SyncFrame {
 }
 
 /** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
+/** Largest `minAgeMs` a sync may carry (a minute). */
+export const MAX_SYNC_MIN_AGE_MS = 60_000;
 export const MAX_SYNC_MARKS = 2048;
 /** Most `have` ranges of one sync mark. */
 export const MAX_SYNC_RANGES = 16;
@@ -323,7 +325,7 @@ export function validateFrame(raw: unknown): Frame {
       return {
         type,
         marks,
-        ...(o['minAgeMs'] === undefined ? {} : { minAgeMs: int(o, 'minAgeMs', 0, 60_000) }),
+        ...(o['minAgeMs'] === undefined ? {} : { minAgeMs: int(o, 'minAgeMs', 0, MAX_SYNC_MIN_AGE_MS) }),
         ...(o['rx'] === undefined ? {} : { rx: int(o, 'rx', 0, Number.MAX_SAFE_INTEGER) }),
         ...(o['busy'] === undefined ? {} : { busy: bool(o, 'busy') }),
         ...(o['max'] === undefined ? {} : { max: int(o, 'max', 1, Number.MAX_SAFE_INTEGER) }),

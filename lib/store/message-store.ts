@@ -105,6 +105,11 @@ interface SenderState {
   floor: number;
   /** Highest sequence number held or evicted. */
   top: number;
+  /**
+   * Lowest sequence number held while none was evicted (`floor` 0); 0 before the first. What came
+   * before it is history, not a hole ({@link markOf}).
+   */
+  first: number;
 }
 
 /**
@@ -244,7 +249,7 @@ export class MessageStore {
     if (sender === undefined) return false;
     const before = frame.seq - 1;
     if (before <= sender.floor || sender.held.has(before)) return false;
-    return sender.floor > 0 || sender.held.size > (sender.held.has(frame.seq) ? 1 : 0);
+    return sender.floor > 0 || sender.first < before;
   }
 
   /**
@@ -275,12 +280,13 @@ export class MessageStore {
 
   /**
    * The first message missing of some sender (the one after its mark, below a message held), or
-   * undefined when no sender's stream has a hole. Walks each sender's run of held messages: for a
+   * undefined when no sender's stream has a hole; senders for which `skip` is true are passed over. Walks each sender's run of held messages: for a
    * timer, not for every message (see {@link missesBefore}).
    */
-  firstHole(): { readonly from: string; readonly seq: number } | undefined {
+  firstHole(skip?: (from: string) => boolean): { readonly from: string; readonly seq: number } | undefined {
     this.evict();
     for (const [from, sender] of this.senders) {
+      if (skip?.(from) === true) continue;
       const mark = markOf(sender);
       if (mark < sender.top) return { from, seq: mark + 1 };
     }
@@ -420,6 +426,7 @@ export class MessageStore {
     if (!this.byId.has(frame.id)) this.byId.set(frame.id, message);
     sender.held.set(frame.seq, message);
     if (frame.seq > sender.top) sender.top = frame.seq;
+    if (sender.first === 0 || frame.seq < sender.first) sender.first = frame.seq;
     this.order.push(message);
     return message.payload;
   }
@@ -583,14 +590,14 @@ function markOf(sender: SenderState): number {
   let mark = sender.floor;
   while (sender.held.has(mark + 1)) mark++;
   if (sender.floor === 0 && mark === 0 && sender.held.size > 0) {
-    mark = Math.min(...sender.held.keys()) - 1;
+    mark = sender.first - 1;
     while (sender.held.has(mark + 1)) mark++;
   }
   return mark;
 }
 
 function newSender(from: string): SenderState {
-  return { from, nick: '', held: new Map(), floor: 0, top: 0 };
+  return { from, nick: '', held: new Map(), floor: 0, top: 0, first: 0 };
 }
 
 /** The fields of a chat frame the history keeps (a copy: nothing else of the frame stays alive). */

@@ -242,6 +242,24 @@ describe('gap repair', () => {
     assert.equal(y.stats().gapRepairs, 2);
   });
 
+  it('leaves a sender’s holes to anti-entropy for a while once no peer had one', async (t) => {
+    const { y, inboxY, liar, liarAtY } = await scene(t, true, {
+      antiEntropyMs: LONG_PERIOD_MS,
+      gapRepairMs: GAP_MS,
+    });
+    const send = (text: string, seq: number): void => liarAtY!.send(signedChat(liar.identity, { text, seq }));
+    // A sender that skips sequence numbers: nobody ever has 2, nor 4.
+    send('one', 1);
+    send('three', 3);
+    await waitFor(() => times(inboxY, 'three') === 1, 'Y to get seq 3');
+    await waitFor(() => y.stats().gapRepairs === 2, 'Y to ask the raw peer, then every peer');
+    await new Promise((resolve) => setTimeout(resolve, 2 * GAP_MS)); // the check after: given up
+    send('five', 5);
+    await waitFor(() => times(inboxY, 'five') === 1, 'Y to get seq 5');
+    await new Promise((resolve) => setTimeout(resolve, 4 * GAP_MS));
+    assert.equal(y.stats().gapRepairs, 2, 'no sync for the hole at 4');
+  });
+
   it('sends no sync while a sender’s messages arrive in order', async (t) => {
     const start = nodeFactory(t);
     const timing = { antiEntropyMs: LONG_PERIOD_MS, gapRepairMs: GAP_MS };

@@ -720,6 +720,17 @@ describe('createNode', () => {
     assert.deepEqual(node.peers(), []);
   });
 
+  it('refuses a gapRepairMs that a sync cannot carry as its minAgeMs, at creation', async (t) => {
+    const start = nodeFactory(t);
+    for (const gapRepairMs of [0, 250.5, 60_001]) {
+      await assert.rejects(
+        start({ timing: { ...FAST_TIMING, gapRepairMs } }),
+        RangeError,
+        String(gapRepairMs),
+      );
+    }
+  });
+
   it('refuses bad writer options at creation, before it listens, not at its first connection', async (t) => {
     const start = nodeFactory(t);
     for (const writer of [{ flushBytes: 0 }, { maxOutboxBytes: 1.5 }, { drainTimeoutMs: -1 }]) {

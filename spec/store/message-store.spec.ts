@@ -108,6 +108,10 @@ describe('MessageStore', () => {
     });
 
     it('says when the message before one just added is missing: a hole, not what came before the first held', (t) => {
+      const missesBeforeOf = (store: MessageStore, from: string, seq: number): boolean => {
+        add(store, chat(from, seq));
+        return store.missesBefore(chat(from, seq));
+      };
       const { store } = open(t, undefined);
       const missesBefore = (seq: number): boolean => {
         add(store, chat('a', seq));
@@ -120,6 +124,14 @@ describe('MessageStore', () => {
       assert.equal(store.missesBefore(chat('a', 7)), false);
       assert.equal(store.missesBefore(chat('b', 9)), false, 'a sender never heard of');
       assert.equal(store.marks().get('a'), 7, 'as marks() counts: from the first held');
+      add(store, chat('b', 100));
+      add(store, chat('b', 101));
+      assert.equal(
+        missesBeforeOf(store, 'b', 50),
+        false,
+        'below the first held, with later ones held: history',
+      );
+      assert.equal(missesBeforeOf(store, 'b', 60), true, 'now 50 is the first held, and 59 is missing');
     });
 
     it('finds the first hole of any sender, not what came before the first held', (t) => {
@@ -128,6 +140,11 @@ describe('MessageStore', () => {
       for (const seq of [3, 4]) add(store, chat('a', seq));
       for (const seq of [1, 2, 4, 7]) add(store, chat('b', seq));
       assert.deepEqual(store.firstHole(), { from: 'b', seq: 3 });
+      assert.equal(
+        store.firstHole((from) => from === 'b'),
+        undefined,
+        'a sender passed over',
+      );
       add(store, chat('b', 3));
       assert.deepEqual(store.firstHole(), { from: 'b', seq: 5 });
       for (const seq of [5, 6]) add(store, chat('b', seq));
