@@ -260,6 +260,22 @@ describe('gap repair', () => {
     assert.equal(y.stats().gapRepairs, 2, 'no sync for the hole at 4');
   });
 
+  it('stops watching when the node closes: no sync, no error after close', async (t) => {
+    const { y, inboxY, liar, liarAtY } = await scene(t, true, {
+      antiEntropyMs: LONG_PERIOD_MS,
+      gapRepairMs: GAP_MS,
+    });
+    liarAtY!.send(signedChat(liar.identity, { text: 'one', seq: 1 }));
+    liarAtY!.send(signedChat(liar.identity, { text: 'three', seq: 3 })); // Y watches 2
+    await waitFor(() => times(inboxY, 'three') === 1, 'Y to get seq 3');
+    // Y would ask the raw peer that delivered seq 3 (X has the hole too, and repairs its own).
+    const syncs = liarAtY!.count('sync');
+    await y.close();
+    await new Promise((resolve) => setTimeout(resolve, 3 * GAP_MS));
+    assert.equal(y.stats().gapRepairs, 0, 'the watch ended with the node');
+    assert.equal(liarAtY!.count('sync'), syncs, 'no sync for the hole');
+  });
+
   it('sends no sync while a sender’s messages arrive in order', async (t) => {
     const start = nodeFactory(t);
     const timing = { antiEntropyMs: LONG_PERIOD_MS, gapRepairMs: GAP_MS };
