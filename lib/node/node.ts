@@ -421,14 +421,16 @@ class ChatNode implements P2PNode {
   private rateLimitedMessages = 0;
   /** When a message of each sender was last dropped over its rate: its holes are the rate resync's to fill. */
   private readonly overRateAt = boundedLru<string, number>(1024);
-  /** Gap repair: the missing message being watched, the peer to ask first, and the syncs sent for it. */
-  /** `asked`: 0 none yet, 1 the peer that delivered the later message, 2 every peer. */
+  /**
+   * Gap repair: the missing message being watched, the peer to ask first, and whom it was asked of
+   * so far (`asked`: 0 nobody, 1 that peer, 2 every peer).
+   */
   private gap:
     | { readonly from: string; readonly seq: number; readonly via: string; readonly asked: 0 | 1 | 2 }
     | undefined;
   private gapTimer: NodeJS.Timeout | undefined;
   private gapRepairs = 0;
-  /** Senders whose hole no peer filled, and when (see {@link gapCooling}). */
+  /** Senders whose hole no peer filled, and when (see {@link holesLeftAlone}). */
   private readonly gapGivenUp = boundedLru<string, number>(1024);
   /** Anti-entropy: since when news (new messages, a peer lost) waits for a sync; the last news. */
   private entropySince: number | undefined;
@@ -482,10 +484,9 @@ class ChatNode implements P2PNode {
     }
     this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
     // Sent as a sync's minAgeMs, which peers take as a whole number up to a minute.
-    const gapMs = this.timing.gapRepairMs;
-    if (!Number.isInteger(gapMs) || gapMs < 1 || gapMs > MAX_SYNC_MIN_AGE_MS)
+    if (positive('gapRepairMs', this.timing.gapRepairMs) > MAX_SYNC_MIN_AGE_MS)
       throw new RangeError(
-        `gapRepairMs must be a whole number of ms in 1..${MAX_SYNC_MIN_AGE_MS}, got ${gapMs}`,
+        `gapRepairMs must be at most ${MAX_SYNC_MIN_AGE_MS}, got ${this.timing.gapRepairMs}`,
       );
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
@@ -1178,8 +1179,8 @@ class ChatNode implements P2PNode {
   /**
    * A message of `frame`'s sender is missing below it (delivered by `via`): unless one is watched
    * already, it is asked for if still missing {@link NodeTiming.gapRepairMs} from now. One at a time:
-   * when the watched one turns up on its own, another hole that opened meanwhile is watched next,
-   * and each sync asks for every hole.
+   * when the watched one turns up, another hole that opened meanwhile is watched next (see
+   * {@link repairGap}), and each sync asks for every hole it has room for.
    */
   private noteGap(frame: ChatFrame, via: string): void {
     if (this.gapTimer !== undefined || this.closed || this.holesLeftAlone(frame.from, Date.now())) return;
@@ -1212,12 +1213,12 @@ class ChatNode implements P2PNode {
   }
 
   /**
-   * The watched message is still missing: a sync (busy: only holes are sent, not the tail, which is
-   * on its way) to the peer that delivered the message after it, which most likely has it; a period
-   * later, if still missing, to every peer; then it is left to anti-entropy. Peers leave out what
-   * they took in during the last period and what is on its way to this node. Not while a sender's
-   * excess over its rate is being dropped: the rate's own resync fetches that at the pace the rate
-   * allows.
+   * A period after the watch began. Still missing: a sync (busy: only holes are sent, not the tail,
+   * which is on its way) to the peer that delivered the message after it, which most likely has it;
+   * a period later, if still missing, to every peer; a period after that, if still missing, the
+   * sender's holes are left to anti-entropy for a while ({@link holesLeftAlone}). Peers leave out
+   * what they took in during the last period and what is on its way to this node. Turned up: the
+   * next hole, if any, is watched, or asked for at once when this one came in answer.
    */
   private repairGap(): void {
     this.gapTimer = undefined;

@@ -160,9 +160,9 @@ export interface SyncFrame {
 }
 
 /** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
+export const MAX_SYNC_MARKS = 2048;
 /** Largest `minAgeMs` a sync may carry (a minute). */
 export const MAX_SYNC_MIN_AGE_MS = 60_000;
-export const MAX_SYNC_MARKS = 2048;
 /** Most `have` ranges of one sync mark. */
 export const MAX_SYNC_RANGES = 16;
 

@@ -280,8 +280,9 @@ export class MessageStore {
 
   /**
    * The first message missing of some sender (the one after its mark, below a message held), or
-   * undefined when no sender's stream has a hole; senders for which `skip` is true are passed over. Walks each sender's run of held messages: for a
-   * timer, not for every message (see {@link missesBefore}).
+   * undefined when no sender's stream has a hole; senders for which `skip` is true are passed over.
+   * Walks each sender's run of held messages: for a timer, not for every message (see
+   * {@link missesBefore}).
    */
   firstHole(skip?: (from: string) => boolean): { readonly from: string; readonly seq: number } | undefined {
     this.evict();

@@ -10,8 +10,14 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { ChatMessage, NodeTiming, P2PNode } from '../../lib/node/node.js';
-import { serializeFrame, type ChatFrame, type SyncFrame } from '../../lib/protocol/frames.js';
+import {
+  serializeFrame,
+  type ChatFrame,
+  type PeersFrame,
+  type SyncFrame,
+} from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
   connectedTo,
@@ -46,6 +52,12 @@ interface Scene {
   readonly liarAtY: RawPeer | undefined;
 }
 
+/** A peer list naming `nodes` (none: an empty list). */
+const listing = (...nodes: P2PNode[]): PeersFrame => ({
+  type: 'peers',
+  peers: nodes.map((node) => ({ id: node.id, addr: `127.0.0.1:${node.port}` })),
+});
+
 /**
  * X and Y connected; a raw peer connected to X, and (unless `linkedToY` is false) to Y too, that
  * sends to X only and tells X it is connected to Y.
@@ -60,7 +72,7 @@ async function scene(t: TestContext, linkedToY = true, timing: NodeTiming = {}):
   const inboxX = record(x.messages$);
   const inboxY = record(y.messages$);
   const liar = await rawPeer(t, x.port, { answerPings: true });
-  liar.send({ type: 'peers', peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] });
+  liar.send(listing(y));
   let liarAtY: RawPeer | undefined;
   if (linkedToY) {
     liarAtY = await rawPeer(t, y.port, { answerPings: true, identity: liar.identity });
@@ -145,19 +157,18 @@ describe('gap repair', () => {
   /** Long, so that only gap repair can fill a hole within a test's wait. */
   const LONG_PERIOD_MS = 60_000;
   const GAP_MS = 150;
+  const gapScene = (t: TestContext, gapRepairMs = GAP_MS): Promise<Scene> =>
+    scene(t, true, { antiEntropyMs: LONG_PERIOD_MS, gapRepairMs });
 
   it('asks for a missing message once a later one of its sender arrived, long before anti-entropy', async (t) => {
-    const { x, y, inboxX, inboxY, liar } = await scene(t, true, {
-      antiEntropyMs: LONG_PERIOD_MS,
-      gapRepairMs: GAP_MS,
-    });
-    liar.send({ type: 'peers', peers: [] }); // X relays its messages to Y
+    const { x, y, inboxX, inboxY, liar } = await gapScene(t);
+    liar.send(listing()); // X relays its messages to Y
     liar.send(signedChat(liar.identity, { text: 'first', seq: 1 }));
     await waitFor(() => times(inboxY, 'first') === 1, 'Y to get the first message');
-    liar.send({ type: 'peers', peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] }); // now it does not
+    liar.send(listing(y)); // now it does not
     liar.send(signedChat(liar.identity, { text: 'skipped', seq: 2 }));
     await waitFor(() => times(inboxX, 'skipped') === 1, 'X to show the second');
-    liar.send({ type: 'peers', peers: [] });
+    liar.send(listing());
     liar.send(signedChat(liar.identity, { text: 'relayed', seq: 3 }));
     await waitFor(() => times(inboxY, 'relayed') === 1, 'Y to get the third');
     assert.equal(times(inboxY, 'skipped'), 0, 'the second is missing at Y');
@@ -167,16 +178,13 @@ describe('gap repair', () => {
     assert.ok(late < LONG_PERIOD_MS, 'by gap repair, not anti-entropy');
     assert.equal(y.stats().gapRepairs, 1, 'one sync, to the peer that delivered the later message');
     assert.equal(x.stats().gapRepairs, 0);
-    await new Promise((resolve) => setTimeout(resolve, 3 * GAP_MS));
+    await delay(3 * GAP_MS);
     assert.equal(times(inboxY, 'skipped'), 1, 'once');
     assert.equal(y.stats().gapRepairs, 1, 'no sync once the hole is filled');
   });
 
   it('asks every peer when the peer that delivered the later message does not have it', async (t) => {
-    const { y, inboxX, inboxY, liar, liarAtY } = await scene(t, true, {
-      antiEntropyMs: LONG_PERIOD_MS,
-      gapRepairMs: GAP_MS,
-    });
+    const { y, inboxX, inboxY, liar, liarAtY } = await gapScene(t);
     liarAtY!.send(signedChat(liar.identity, { text: 'first', seq: 1 }));
     await waitFor(() => times(inboxY, 'first') === 1, 'Y to get the first message');
     liar.send(signedChat(liar.identity, { text: 'to X only', seq: 2 }));
@@ -189,10 +197,7 @@ describe('gap repair', () => {
   });
 
   it('watches a hole that opened while another was watched, once that one turns up late', async (t) => {
-    const { y, inboxX, inboxY, liar, liarAtY } = await scene(t, true, {
-      antiEntropyMs: LONG_PERIOD_MS,
-      gapRepairMs: GAP_MS,
-    });
+    const { y, inboxX, inboxY, liar, liarAtY } = await gapScene(t);
     const at = liarAtY!;
     at.send(signedChat(liar.identity, { text: 'one', seq: 1 }));
     await waitFor(() => times(inboxY, 'one') === 1, 'Y to get seq 1');
@@ -211,12 +216,9 @@ describe('gap repair', () => {
 
   it('asks at once for the rest of a skipped run that the answer held back as too recent', async (t) => {
     const gapMs = 400;
-    const { y, inboxX, inboxY, liar } = await scene(t, true, {
-      antiEntropyMs: LONG_PERIOD_MS,
-      gapRepairMs: gapMs,
-    });
-    const skipY = { type: 'peers' as const, peers: [{ id: y.id, addr: `127.0.0.1:${y.port}` }] };
-    const relayToY = { type: 'peers' as const, peers: [] };
+    const { y, inboxX, inboxY, liar } = await gapScene(t, gapMs);
+    const skipY = listing(y);
+    const relayToY = listing();
     const send = (text: string, seq: number): void => liar.send(signedChat(liar.identity, { text, seq }));
     liar.send(relayToY);
     send('one', 1);
@@ -227,7 +229,7 @@ describe('gap repair', () => {
     send('three', 3); // Y watches 2
     await waitFor(() => times(inboxY, 'three') === 1, 'Y to get seq 3');
     const watched = Date.now();
-    await new Promise((resolve) => setTimeout(resolve, gapMs - 150));
+    await delay(gapMs - 150);
     liar.send(skipY);
     send('four', 4); // X takes it in ~150 ms before Y asks: too recent for that answer
     liar.send(relayToY);
@@ -243,35 +245,29 @@ describe('gap repair', () => {
   });
 
   it('leaves a sender’s holes to anti-entropy for a while once no peer had one', async (t) => {
-    const { y, inboxY, liar, liarAtY } = await scene(t, true, {
-      antiEntropyMs: LONG_PERIOD_MS,
-      gapRepairMs: GAP_MS,
-    });
+    const { y, inboxY, liar, liarAtY } = await gapScene(t);
     const send = (text: string, seq: number): void => liarAtY!.send(signedChat(liar.identity, { text, seq }));
     // A sender that skips sequence numbers: nobody ever has 2, nor 4.
     send('one', 1);
     send('three', 3);
     await waitFor(() => times(inboxY, 'three') === 1, 'Y to get seq 3');
     await waitFor(() => y.stats().gapRepairs === 2, 'Y to ask the raw peer, then every peer');
-    await new Promise((resolve) => setTimeout(resolve, 2 * GAP_MS)); // the check after: given up
+    await delay(2 * GAP_MS); // the check after: given up
     send('five', 5);
     await waitFor(() => times(inboxY, 'five') === 1, 'Y to get seq 5');
-    await new Promise((resolve) => setTimeout(resolve, 4 * GAP_MS));
+    await delay(4 * GAP_MS);
     assert.equal(y.stats().gapRepairs, 2, 'no sync for the hole at 4');
   });
 
   it('stops watching when the node closes: no sync, no error after close', async (t) => {
-    const { y, inboxY, liar, liarAtY } = await scene(t, true, {
-      antiEntropyMs: LONG_PERIOD_MS,
-      gapRepairMs: GAP_MS,
-    });
+    const { y, inboxY, liar, liarAtY } = await gapScene(t);
     liarAtY!.send(signedChat(liar.identity, { text: 'one', seq: 1 }));
     liarAtY!.send(signedChat(liar.identity, { text: 'three', seq: 3 })); // Y watches 2
     await waitFor(() => times(inboxY, 'three') === 1, 'Y to get seq 3');
     // Y would ask the raw peer that delivered seq 3 (X has the hole too, and repairs its own).
     const syncs = liarAtY!.count('sync');
     await y.close();
-    await new Promise((resolve) => setTimeout(resolve, 3 * GAP_MS));
+    await delay(3 * GAP_MS);
     assert.equal(y.stats().gapRepairs, 0, 'the watch ended with the node');
     assert.equal(liarAtY!.count('sync'), syncs, 'no sync for the hole');
   });
@@ -286,7 +282,7 @@ describe('gap repair', () => {
     const inboxC = record(c.messages$);
     for (let i = 0; i < 200; i++) a.send(`line ${i}`);
     await waitFor(() => inboxC.values.length === 200, 'C to get every line');
-    await new Promise((resolve) => setTimeout(resolve, 2 * GAP_MS));
+    await delay(2 * GAP_MS);
     assert.deepEqual(
       [a, b, c].map((n) => n.stats().gapRepairs),
       [0, 0, 0],

@@ -108,14 +108,11 @@ describe('MessageStore', () => {
     });
 
     it('says when the message before one just added is missing: a hole, not what came before the first held', (t) => {
-      const missesBeforeOf = (store: MessageStore, from: string, seq: number): boolean => {
+      const { store } = open(t, undefined);
+      /** Adds a message of `from`, then asks about it. */
+      const missesBefore = (seq: number, from = 'a'): boolean => {
         add(store, chat(from, seq));
         return store.missesBefore(chat(from, seq));
-      };
-      const { store } = open(t, undefined);
-      const missesBefore = (seq: number): boolean => {
-        add(store, chat('a', seq));
-        return store.missesBefore(chat('a', seq));
       };
       assert.equal(missesBefore(4), false, "a sender's first message: what came before it is history");
       assert.equal(missesBefore(5), false);
@@ -126,12 +123,8 @@ describe('MessageStore', () => {
       assert.equal(store.marks().get('a'), 7, 'as marks() counts: from the first held');
       add(store, chat('b', 100));
       add(store, chat('b', 101));
-      assert.equal(
-        missesBeforeOf(store, 'b', 50),
-        false,
-        'below the first held, with later ones held: history',
-      );
-      assert.equal(missesBeforeOf(store, 'b', 60), true, 'now 50 is the first held, and 59 is missing');
+      assert.equal(missesBefore(50, 'b'), false, 'below the first held, with later ones held: history');
+      assert.equal(missesBefore(60, 'b'), true, 'now 50 is the first held, and 59 is missing');
     });
 
     it('finds the first hole of any sender, not what came before the first held', (t) => {
