@@ -25,6 +25,18 @@ export type SlicingBuffer = Buffer & {
 };
 
 /**
+ * A Buffer seen with its per-encoding writers, which `Buffer#write(string, offset, encoding)` calls
+ * after its argument handling (as {@link SlicingBuffer} for reading). Each writes `string` at `offset`
+ * (at most `length` bytes, by default the rest of the buffer; only whole characters) and returns the
+ * bytes written. @types/node does not declare them; spec/protocol/codec.spec.ts checks that they
+ * answer as `write` does. For offsets already checked: one outside the buffer throws a RangeError.
+ */
+export type WritingBuffer = Buffer & {
+  utf8Write(string: string, offset: number, length?: number): number;
+  latin1Write(string: string, offset: number, length?: number): number;
+};
+
+/**
  * Writes `value` (an integer in 0..2^32-1) as 4 big-endian bytes at `offset`: plain byte stores,
  * for per-message code (Buffer#writeUInt32BE checks its arguments through wrappers that allocate).
  */

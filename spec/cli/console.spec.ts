@@ -4,6 +4,7 @@ import { createInterface } from 'node:readline';
 import { PassThrough, Writable } from 'node:stream';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import fc from 'fast-check';
 import {
   jsonConsole,
   lineBatch,
@@ -38,8 +39,8 @@ function fakeStream(t: TestContext, name: string, journal: Journal, highWaterMar
   const stream = new Writable({
     highWaterMark,
     decodeStrings: false,
-    write(chunk: string, _encoding, callback) {
-      journal.push({ stream: name, text: chunk });
+    write(chunk: string | Buffer, _encoding, callback) {
+      journal.push({ stream: name, text: String(chunk) });
       if (state.slow) held.push(callback);
       else callback();
     },
@@ -315,6 +316,103 @@ describe('pipeLines: piped input split as readline splits it', () => {
     reader.hold(false);
     await nextTurn();
     assert.deepEqual(lines, ['one', 'two', 'three']);
+  });
+});
+
+describe('--json message and sent events: the bytes JSON.stringify gives', () => {
+  /** Any UTF-16 string: lone surrogates, pairs, control characters, quotes and backslashes among them. */
+  const anyText = fc.string({
+    unit: fc.oneof(
+      fc.constantFrom(
+        '"',
+        '\\',
+        '\n',
+        '\u0000',
+        '\u001f',
+        '\u007f',
+        '\u2028',
+        '\ud800',
+        '\udc00',
+        '\ud83d\ude00',
+      ),
+      fc.string({ unit: 'binary', minLength: 1, maxLength: 1 }),
+      fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: 1 }),
+    ),
+    maxLength: 80,
+  });
+  const anyNumber = fc.oneof(fc.maxSafeNat(), fc.integer(), fc.double(), fc.constantFrom(-0, NaN, Infinity));
+
+  it('writes each event as JSON.stringify of its object, for any strings and numbers', async (t) => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.array(
+          fc.record({
+            id: anyText,
+            from: anyText,
+            nick: anyText,
+            text: anyText,
+            ts: anyNumber,
+            seq: anyNumber,
+          }),
+          {
+            minLength: 1,
+            maxLength: 5,
+          },
+        ),
+        async (messages) => {
+          const { io, stdout } = fakeIo(t);
+          const sink = jsonConsole(io);
+          for (const m of messages) {
+            sink.message(m);
+            sink.sent(m);
+          }
+          await nextTurn();
+          sink.close();
+          const expected = messages.flatMap((m) => [
+            JSON.stringify({
+              event: 'message',
+              id: m.id,
+              from: m.from,
+              nick: m.nick,
+              text: m.text,
+              ts: m.ts,
+              seq: m.seq,
+            }),
+            JSON.stringify({ event: 'sent', id: m.id, ts: m.ts, seq: m.seq }),
+          ]);
+          assert.equal(stdout.writes().join(''), `${expected.join('\n')}\n`);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
+
+describe('lineBatch: bytes', () => {
+  it("writes long and multi-byte lines whole, however the turn's buffer grows", async (t) => {
+    const { stdout } = fakeIo(t);
+    const batch = lineBatch(stdout.stream);
+    const lines = ['é'.repeat(5000), 'x', '€'.repeat(20_000), '😀'.repeat(3000), ''];
+    for (const line of lines) batch.push(line);
+    batch.pushBytes(3, (buf, at, text: string) => at + buf.latin1Write(text, at), 'abc');
+    await nextTurn();
+    assert.deepEqual(stdout.writes(), [`${[...lines, 'abc'].join('\n')}\n`]);
+    batch.close();
+  });
+
+  it('throws a RangeError when a fill writes past the room it asked for, and queues nothing of it', async (t) => {
+    const { stdout } = fakeIo(t);
+    const batch = lineBatch(stdout.stream);
+    batch.push('before');
+    assert.throws(
+      () => batch.pushBytes(2, (buf, at, text: string) => at + buf.latin1Write(text, at), 'abc'),
+      RangeError,
+    );
+    assert.equal(batch.queued, 1);
+    batch.push('after');
+    await nextTurn();
+    assert.deepEqual(stdout.writes(), ['before\nafter\n']);
+    batch.close();
   });
 });
 

@@ -11,6 +11,7 @@ import {
   PACK_MARKER,
   unpack,
   type SlicingBuffer,
+  type WritingBuffer,
 } from '../../lib/protocol/codec.js';
 import { ProtocolError, type ProtocolErrorCode } from '../../lib/protocol/errors.js';
 
@@ -104,6 +105,42 @@ describe('SlicingBuffer', () => {
     const bytes = Buffer.from('abcdef').subarray(1, 4) as SlicingBuffer;
     assert.throws(() => bytes.latin1Slice(0, 4), RangeError);
     assert.throws(() => bytes.hexSlice(2, 9), RangeError);
+  });
+});
+
+describe('WritingBuffer', () => {
+  it('writes as Buffer#write does, at any offset, with the same count, in each encoding the writers use', () => {
+    // Buffer's own per-encoding writers are not in Node's documentation: the --json console relies on them.
+    fc.assert(
+      fc.property(
+        fc.string({
+          unit: fc.oneof(
+            fc.constantFrom('\ud800', '\udfff', '"', '\\'),
+            fc.string({ unit: 'binary', maxLength: 1 }),
+          ),
+          maxLength: 60,
+        }),
+        fc.nat(64),
+        fc.nat(200),
+        (text, offset, size) => {
+          const at = Math.min(offset, size);
+          for (const encoding of ['utf8', 'latin1'] as const) {
+            const ours = Buffer.alloc(size, 0xee) as WritingBuffer;
+            const theirs = Buffer.alloc(size, 0xee);
+            const written = encoding === 'utf8' ? ours.utf8Write(text, at) : ours.latin1Write(text, at);
+            assert.equal(written, theirs.write(text, at, encoding), encoding);
+            assert.deepEqual(ours, theirs, encoding);
+          }
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('throws a RangeError for an offset outside the buffer, rather than writing past it', () => {
+    const bytes = Buffer.alloc(8).subarray(2, 6) as WritingBuffer;
+    assert.throws(() => bytes.utf8Write('x', 5), RangeError);
+    assert.throws(() => bytes.latin1Write('x', 5), RangeError);
   });
 });
 
