@@ -1,7 +1,16 @@
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync, writevSync } from 'node:fs';
+import {
+  closeSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  writeFileSync,
+  writeSync,
+  writevSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { putUint32 } from '../protocol/codec.js';
+import { getUint32, putUint32 } from '../protocol/codec.js';
 import { parseFrame, type ChatFrame } from '../protocol/frames.js';
 import { ProtocolError } from '../protocol/errors.js';
 
@@ -81,8 +90,18 @@ const KIND_MESSAGE = 1;
 const KIND_META = 2;
 /** A message kept without its signature checked (see {@link StoredMessage.verified}). */
 const KIND_UNVERIFIED = 3;
+/**
+ * The records of one turn, under one checksum: a body of `[u32 length][kind byte + body]` entries,
+ * each a message record without a checksum of its own. Written whole or torn whole, as a turn's
+ * messages are passed on only once their write has returned.
+ */
+const KIND_BATCH = 4;
+/** Bytes in front of each record of a batch: its length. */
+const ENTRY_HEADER = 4;
 /** The crc32 of each kind's byte, where a record's checksum starts. */
 const KIND_CRC: readonly number[] = [0, 1, 2, 3].map((kind) => crc32(Uint8Array.of(kind)));
+/** A turn's first buffer of records (a burst's turn: ~60 messages of ~350 bytes); kept while no larger. */
+const TURN_BYTES = 32 * 1024;
 
 interface Meta {
   /** Own last sequence number, kept through compactions that drop own messages. */
@@ -116,8 +135,9 @@ interface SenderState {
  * The node's recent history: a bounded window of chat messages, in memory and (with a directory) in
  * an append-only log that survives `kill -9`.
  *
- * The log is a sequence of records `[u32 length][u32 crc32][kind byte + body]`. A torn or corrupted
- * record stops the reading there: what follows is dropped (and reported by `open`), the file is
+ * The log is a sequence of records `[u32 length][u32 crc32][kind byte + body]`; the messages of one
+ * turn of the event loop are one batch record (a single one, a record of its own), read whole or not
+ * at all. A torn or corrupted record stops the reading there: what follows is dropped (and reported by `open`), the file is
  * truncated to the last good record, and resync with peers fetches the rest. When the log holds
  * twice the window it is compacted (rewritten to a temporary file, then renamed over).
  *
@@ -140,8 +160,14 @@ export class MessageStore {
   private reservedSeq = 0;
   private fd: number | undefined;
   private recordsInLog = 0;
-  /** Records of this turn of the event loop not written yet, header and body of each: one write. */
-  private pendingRecords: Uint8Array[] = [];
+  /**
+   * Records of this turn of the event loop not written yet, as one batch record being built: its
+   * record header and kind at [0, 9), then each record's length, kind and body from 9 to
+   * `pendingAt`, `pending` of them. Written in one write (see {@link flush}).
+   */
+  private turn: Buffer = Buffer.alloc(0);
+  private pendingAt = RECORD_HEADER + 1;
+  private pending = 0;
   /** Callbacks waiting for the pending records to be written, in order ({@link afterWrite}). */
   private waiting: (() => void)[] = [];
   private flushScheduled = false;
@@ -370,7 +396,7 @@ export class MessageStore {
    * for a store without a directory), else right after the write, in the order of the calls.
    */
   afterWrite(callback: () => void): void {
-    if (this.pendingRecords.length === 0 && this.waiting.length === 0) callback();
+    if (this.pending === 0 && this.waiting.length === 0) callback();
     else this.waiting.push(callback);
   }
 
@@ -379,18 +405,12 @@ export class MessageStore {
    * one of those callbacks, it writes only: the outer call goes on running them, in order.
    */
   flush(): void {
-    if (this.pendingRecords.length > 0) {
-      const records = this.pendingRecords;
-      this.pendingRecords = [];
-      if (this.fd !== undefined)
-        // One writev: no copy of the turn's records into one buffer (a fresh, page-faulted one in a burst).
-        writevSync(this.fd, records);
-    }
+    if (this.pending > 0) this.writeTurn();
     if (this.runningCallbacks) return;
     this.runningCallbacks = true;
     try {
       // A callback may add more records: what waits after them runs after their write.
-      while (this.waiting.length > 0 && this.pendingRecords.length === 0) this.waiting.shift()!();
+      while (this.waiting.length > 0 && this.pending === 0) this.waiting.shift()!();
     } finally {
       this.runningCallbacks = false;
     }
@@ -501,9 +521,22 @@ export class MessageStore {
 
   private replay(body: Buffer): void {
     const kind = body[0];
-    const rest = Buffer.from(body.subarray(1));
+    if (kind === KIND_BATCH) {
+      // Every entry is read before any is held: a batch is taken whole or not at all.
+      const messages: StoredRecord[] = [];
+      let at = 1;
+      while (at < body.length) {
+        const length = body.length - at >= ENTRY_HEADER ? getUint32(body, at) : 0;
+        if (length < 1 || length > body.length - at - ENTRY_HEADER)
+          throw new ProtocolError('ERR_BAD_FRAME', 'a batch record with a malformed entry');
+        messages.push(storedRecord(body.subarray(at + ENTRY_HEADER, at + ENTRY_HEADER + length)));
+        at += ENTRY_HEADER + length;
+      }
+      for (const message of messages) this.replayMessage(message);
+      return;
+    }
     if (kind === KIND_META) {
-      const meta = JSON.parse(rest.toString('utf8')) as Meta;
+      const meta = JSON.parse(body.toString('utf8', 1)) as Meta;
       if (typeof meta.lastSeq === 'number' && meta.lastSeq > this.lastSeq) this.lastSeq = meta.lastSeq;
       for (const [from, floor] of Object.entries(meta.floors ?? {})) {
         if (typeof floor !== 'number') continue;
@@ -514,13 +547,11 @@ export class MessageStore {
       }
       return;
     }
-    if (kind !== KIND_MESSAGE && kind !== KIND_UNVERIFIED)
-      throw new ProtocolError('ERR_BAD_FRAME', `unknown record kind ${kind}`);
-    const frame = parseFrame(rest);
-    if (frame.type !== 'chat')
-      throw new ProtocolError('ERR_BAD_FRAME', 'a stored record is not a chat message');
-    if (this.knows(frame)) return;
-    this.hold(frame, rest, this.now(), kind === KIND_MESSAGE);
+    this.replayMessage(storedRecord(body));
+  }
+
+  private replayMessage({ frame, payload, verified }: StoredRecord): void {
+    if (!this.knows(frame)) this.hold(frame, payload, this.now(), verified);
   }
 
   /**
@@ -541,11 +572,19 @@ export class MessageStore {
    * Queues one record; the turn's records are written together before any of their messages goes
    * further (shown, relayed: see {@link afterWrite}). A write that returned survives `kill -9` (it is
    * in the page cache), so a message shown is a message kept; one write per turn instead of one per
-   * message.
+   * message, and one checksum: the records are copied into the turn's batch record as they come.
    */
   private append(kind: number, body: Buffer): void {
     if (this.fd === undefined) return;
-    this.record(this.pendingRecords, kind, body);
+    const entry = ENTRY_HEADER + 1 + body.length;
+    if (this.pendingAt + entry > this.turn.length) this.growTurn(entry);
+    const turn = this.turn;
+    const at = this.pendingAt;
+    putUint32(turn, at, 1 + body.length);
+    turn[at + ENTRY_HEADER] = kind;
+    turn.set(body, at + ENTRY_HEADER + 1);
+    this.pendingAt = at + entry;
+    this.pending++;
     this.recordsInLog++;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
@@ -557,6 +596,37 @@ export class MessageStore {
     this.flushScheduled = false;
     this.flush();
   };
+
+  /** Makes room for `bytes` more in the turn's buffer, keeping what it holds. */
+  private growTurn(bytes: number): void {
+    const next = Buffer.allocUnsafe(Math.max(TURN_BYTES, 2 * this.turn.length, this.pendingAt + bytes));
+    this.turn.copy(next, 0, 0, this.pendingAt);
+    this.turn = next;
+  }
+
+  /** Writes the turn's records: one of them as a record of its own, more as one batch record. */
+  private writeTurn(): void {
+    const turn = this.turn;
+    const end = this.pendingAt;
+    let start = 0;
+    if (this.pending === 1) {
+      // [length][crc32] right in front of the entry's kind byte, over its batch header and length.
+      const kindAt = RECORD_HEADER + 1 + ENTRY_HEADER;
+      start = kindAt - RECORD_HEADER;
+      putUint32(turn, start, end - kindAt);
+      putUint32(turn, start + 4, crc32(turn.subarray(kindAt, end)));
+    } else {
+      putUint32(turn, 0, end - RECORD_HEADER);
+      turn[RECORD_HEADER] = KIND_BATCH;
+      putUint32(turn, 4, crc32(turn.subarray(RECORD_HEADER, end)));
+    }
+    this.pendingAt = RECORD_HEADER + 1;
+    this.pending = 0;
+    // A buffer a burst made larger is let go; a turn's one is reused (the write has copied it).
+    if (turn.length > TURN_BYTES) this.turn = Buffer.alloc(0);
+    if (this.fd === undefined) return;
+    for (let written = start; written < end;) written += writeSync(this.fd, turn, written, end - written);
+  }
 
   /** Rewrites the log as one meta record plus the window, atomically (temporary file + rename). */
   private compact(): void {
@@ -575,7 +645,9 @@ export class MessageStore {
     } finally {
       closeSync(fd);
     }
-    this.pendingRecords = []; // the window just written holds them
+    // The window just written holds them.
+    this.pendingAt = RECORD_HEADER + 1;
+    this.pending = 0;
     renameSync(tmp, path);
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = openSync(path, 'a', 0o600);
@@ -595,6 +667,28 @@ function markOf(sender: SenderState): number {
     while (sender.held.has(mark + 1)) mark++;
   }
   return mark;
+}
+
+/** A message record of the log, read. */
+interface StoredRecord {
+  readonly frame: ChatFrame;
+  readonly payload: Buffer;
+  readonly verified: boolean;
+}
+
+/**
+ * The message of a record (kind byte + frame).
+ * @throws {ProtocolError} for another kind, or a frame that is not a valid chat frame.
+ */
+function storedRecord(body: Buffer): StoredRecord {
+  const kind = body[0];
+  if (kind !== KIND_MESSAGE && kind !== KIND_UNVERIFIED)
+    throw new ProtocolError('ERR_BAD_FRAME', `unknown record kind ${kind}`);
+  const payload = Buffer.from(body.subarray(1));
+  const frame = parseFrame(payload);
+  if (frame.type !== 'chat')
+    throw new ProtocolError('ERR_BAD_FRAME', 'a stored record is not a chat message');
+  return { frame, payload, verified: kind === KIND_MESSAGE };
 }
 
 function newSender(from: string): SenderState {

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
@@ -431,7 +432,8 @@ describe('MessageStore', () => {
       assert.equal(onDisk(), before, 'nothing written yet within the turn');
       assert.equal(seen.length, 0);
       await Promise.resolve();
-      assert.deepEqual(seen, ['after a-1: 2 on disk', 'after a-2: 2 on disk']);
+      // One record: the turn's batch, both messages under one checksum.
+      assert.deepEqual(seen, ['after a-1: 1 on disk', 'after a-2: 1 on disk']);
       // Nothing pending: at once.
       store.afterWrite(() => seen.push('at once'));
       assert.equal(seen.at(-1), 'at once');
@@ -488,7 +490,10 @@ describe('MessageStore', () => {
     it('drops a torn last record, reports it, and keeps the rest', (t) => {
       const dir = tempDir(t);
       const first = MessageStore.open(SELF, dir, {}, clock).store;
-      for (let seq = 1; seq <= 5; seq++) add(first, chat('a', seq));
+      for (let seq = 1; seq <= 5; seq++) {
+        add(first, chat('a', seq));
+        first.flush(); // a turn each: a record each
+      }
       first.close();
       const path = join(dir, LOG);
       const size = statSync(path).size;
@@ -521,7 +526,10 @@ describe('MessageStore', () => {
     it('stops at a corrupted record in the middle, reports it, and truncates the log to the good part', (t) => {
       const dir = tempDir(t);
       const first = MessageStore.open(SELF, dir, {}, clock).store;
-      for (let seq = 1; seq <= 10; seq++) add(first, chat('a', seq));
+      for (let seq = 1; seq <= 10; seq++) {
+        add(first, chat('a', seq));
+        first.flush();
+      }
       first.close();
       const path = join(dir, LOG);
       const log = readFileSync(path);
@@ -547,7 +555,10 @@ describe('MessageStore', () => {
     it('treats a record whose length was zeroed as the end of the good part', (t) => {
       const dir = tempDir(t);
       const first = MessageStore.open(SELF, dir, {}, clock).store;
-      for (let seq = 1; seq <= 3; seq++) add(first, chat('a', seq));
+      for (let seq = 1; seq <= 3; seq++) {
+        add(first, chat('a', seq));
+        first.flush();
+      }
       first.close();
       const path = join(dir, LOG);
       const log = readFileSync(path);
@@ -557,6 +568,114 @@ describe('MessageStore', () => {
       const { store, repair } = open(t, dir);
       assert.deepEqual(ids(store), ['a-1', 'a-2']);
       assert.deepEqual(repair, { droppedBytes: log.length - bad, reason: 'an empty record' });
+    });
+
+    it('writes a turn of several messages as one batch record, a turn of one as a record of its own', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      const path = join(dir, LOG);
+      const before = recordStarts(readFileSync(path)).starts.length;
+      for (let seq = 1; seq <= 3; seq++) add(first, chat('a', seq));
+      first.flush();
+      add(first, chat('b', 1));
+      first.flush();
+      add(first, chat('a', 4));
+      add(first, chat('b', 2));
+      first.close();
+      const log = readFileSync(path);
+      const { starts, end } = recordStarts(log);
+      assert.equal(end, log.length);
+      assert.deepEqual(
+        starts.slice(before).map((start) => kindAt(log, start)),
+        [4, 1, 4],
+        'batch, message, batch',
+      );
+      const { store, repair } = open(t, dir);
+      assert.equal(repair, undefined);
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3', 'b-1', 'a-4', 'b-2']);
+    });
+
+    it('drops a torn batch whole, the turn it holds, and keeps the turns before it', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      add(first, chat('a', 1));
+      add(first, chat('a', 2));
+      first.flush();
+      for (let seq = 3; seq <= 6; seq++) add(first, chat('a', seq));
+      first.close();
+      const path = join(dir, LOG);
+      const log = readFileSync(path);
+      const last = recordStarts(log).starts.at(-1)!;
+      assert.equal(kindAt(log, last), 4);
+      // Cut anywhere inside the last batch, even right after a whole entry of it: none of its messages.
+      const cut = last + 8 + 1 + 4 + 1 + serializeFrame(chat('a', 3)).length;
+      truncateSync(path, cut);
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1', 'a-2']);
+      assert.deepEqual(repair, { droppedBytes: cut - last, reason: 'a torn record at the end' });
+    });
+
+    it('keeps exactly the whole turns before any cut of a log of batches', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      const turns = [3, 1, 2, 4];
+      const sent: string[] = [];
+      let seq = 0;
+      for (const size of turns) {
+        for (let i = 0; i < size; i++) {
+          add(first, chat('a', ++seq));
+          sent.push(`a-${seq}`);
+        }
+        first.flush();
+      }
+      first.close();
+      const original = readFileSync(join(dir, LOG));
+      const { starts, end } = recordStarts(original);
+      const turnStarts = starts.slice(-turns.length);
+      assert.deepEqual(
+        turnStarts.map((start) => kindAt(original, start)),
+        [4, 1, 4, 4],
+      );
+      fc.assert(
+        fc.property(fc.integer({ min: turnStarts[0]!, max: original.length }), (cut) => {
+          const whole = [...turnStarts.slice(1), end].filter((e) => e <= cut).length;
+          const sub = join(dir, `cut-${cut}`);
+          mkdirSync(sub);
+          try {
+            writeFileSync(join(sub, LOG), original.subarray(0, cut));
+            const { store } = MessageStore.open(SELF, sub, {}, clock);
+            store.close();
+            const n = turns.slice(0, whole).reduce((a, b) => a + b, 0);
+            assert.deepEqual(ids(store), sent.slice(0, n));
+          } finally {
+            rmSync(sub, { recursive: true, force: true });
+          }
+        }),
+        { numRuns: 60 },
+      );
+    });
+
+    it('stops at a batch record whose entries do not add up, though its checksum holds', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      add(first, chat('a', 1));
+      first.flush();
+      add(first, chat('a', 2));
+      add(first, chat('a', 3));
+      first.close();
+      const path = join(dir, LOG);
+      const log = readFileSync(path);
+      const last = recordStarts(log).starts.at(-1)!;
+      const body = log.subarray(last + 8);
+      body.writeUInt32BE(body.readUInt32BE(1) + 1, 1); // the first entry claims a byte of the second
+      log.writeUInt32BE(crc32(body), last + 4);
+      writeFileSync(path, log);
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1']);
+      assert.deepEqual(repair, {
+        droppedBytes: log.length - last,
+        reason: `an unreadable record at byte ${last}`,
+      });
     });
 
     it('keeps the log within about twice the window while 10× the window is written', async (t) => {
