@@ -37,6 +37,19 @@ export type WritingBuffer = Buffer & {
 };
 
 /**
+ * The bytes `[start, end)` of `bytes`, as a plain Uint8Array over the same memory. `Buffer#subarray`
+ * makes a Buffer through Node's JavaScript (its offset checks and Buffer's own constructor, a class
+ * extending Uint8Array), which per-message code runs unoptimised; this is the built-in constructor.
+ * @throws {RangeError} for a range outside `bytes` (a view may not reach past it into the memory
+ *   around it).
+ */
+export function bytesView(bytes: Uint8Array, start: number, end: number): Uint8Array {
+  if (!(start >= 0 && start <= end && end <= bytes.length))
+    throw new RangeError(`bytesView: [${start}, ${end}) is outside 0..${bytes.length}`);
+  return new Uint8Array(bytes.buffer, bytes.byteOffset + start, end - start);
+}
+
+/**
  * Writes `value` (an integer in 0..2^32-1) as 4 big-endian bytes at `offset`: plain byte stores,
  * for per-message code (Buffer#writeUInt32BE checks its arguments through wrappers that allocate).
  */

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import {
+  bytesView,
   DEFAULT_MAX_FRAME_BYTES,
   encodeFrame,
   FrameDecoder,
@@ -105,6 +106,32 @@ describe('SlicingBuffer', () => {
     const bytes = Buffer.from('abcdef').subarray(1, 4) as SlicingBuffer;
     assert.throws(() => bytes.latin1Slice(0, 4), RangeError);
     assert.throws(() => bytes.hexSlice(2, 9), RangeError);
+  });
+});
+
+describe('bytesView', () => {
+  it('is the range of the bytes it is given, over the same memory, for every range inside them', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 100 }), fc.nat(), fc.nat(), (raw, a, b) => {
+        const outer = Buffer.concat([Buffer.alloc(5, 0xee), Buffer.from(raw), Buffer.alloc(5, 0xee)]);
+        const bytes = outer.subarray(5, 5 + raw.length);
+        const start = a % (raw.length + 1);
+        const end = start + (b % (raw.length - start + 1));
+        const view = bytesView(bytes, start, end);
+        assert.deepEqual(Buffer.from(view), bytes.subarray(start, end));
+        assert.equal(view.buffer, bytes.buffer, 'a view, not a copy');
+        assert.equal(view.byteOffset, bytes.byteOffset + start);
+      }),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('throws a RangeError for a range outside the bytes, though the memory around them is there', () => {
+    const bytes = Buffer.alloc(16).subarray(4, 8);
+    assert.throws(() => bytesView(bytes, 0, 5), RangeError);
+    assert.throws(() => bytesView(bytes, -1, 2), RangeError);
+    assert.throws(() => bytesView(bytes, 3, 2), RangeError);
+    assert.equal(bytesView(bytes, 4, 4).length, 0);
   });
 });
 
