@@ -135,10 +135,11 @@ interface SenderState {
  * The node's recent history: a bounded window of chat messages, in memory and (with a directory) in
  * an append-only log that survives `kill -9`.
  *
- * The log is a sequence of records `[u32 length][u32 crc32][kind byte + body]`; the messages of one
- * turn of the event loop are one batch record (a single one, a record of its own), read whole or not
- * at all. A torn or corrupted record stops the reading there: what follows is dropped (and reported by `open`), the file is
- * truncated to the last good record, and resync with peers fetches the rest. When the log holds
+ * The log is a sequence of records `[u32 length][u32 crc32][kind byte + body]`. The messages of one
+ * turn of the event loop are written as one batch record (a turn of one message as that message's
+ * record), read whole or not at all. A torn or corrupted record stops the reading there: what
+ * follows is dropped (and reported by `open`), the file is truncated to the last good record, and
+ * resync with peers fetches the rest. When the log holds
  * twice the window it is compacted (rewritten to a temporary file, then renamed over).
  *
  * It is also the replay guard: a message is known when it is held, or when its sequence number is at
