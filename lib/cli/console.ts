@@ -144,11 +144,7 @@ function fillMessageEvent(buf: WritingBuffer, at: number, m: ChatMessage): numbe
   at = putJsonText(buf, put(buf, at, FROM), m.from);
   at = putJsonText(buf, put(buf, at, NICK), m.nick);
   at = putJsonText(buf, put(buf, at, TEXT), m.text);
-  at = put(buf, at, TS);
-  at += buf.latin1Write(String(m.ts), at);
-  at = put(buf, at, SEQ);
-  at += buf.latin1Write(String(m.seq), at);
-  return put(buf, at, END);
+  return putTsSeqEnd(buf, at, m);
 }
 
 function sentEventBytes(m: ChatMessage): number {
@@ -156,7 +152,11 @@ function sentEventBytes(m: ChatMessage): number {
 }
 
 function fillSentEvent(buf: WritingBuffer, at: number, m: ChatMessage): number {
-  at = putJsonText(buf, put(buf, at, SENT_ID), m.id);
+  return putTsSeqEnd(buf, putJsonText(buf, put(buf, at, SENT_ID), m.id), m);
+}
+
+/** Both events' end, after the quote of their last string: `","ts":TS,"seq":SEQ}`. */
+function putTsSeqEnd(buf: WritingBuffer, at: number, m: ChatMessage): number {
   at = put(buf, at, TS);
   at += buf.latin1Write(String(m.ts), at);
   at = put(buf, at, SEQ);
