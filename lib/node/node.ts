@@ -52,7 +52,7 @@ import { dedup } from '../operators/dedup.js';
 import { mergePeers } from '../operators/merge-peers.js';
 import { lastRelayTargets, relay, type RelayView } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
-import { backoffDelay, type BackoffOptions } from '../transport/backoff.js';
+import { BACKOFF_DEFAULTS, backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import { writerSettings, type WriterOptions } from '../transport/writer.js';
 import { remember } from '../operators/remember.js';
 import {
@@ -96,7 +96,11 @@ export type NodeEvent =
   | { readonly type: 'peer-up'; readonly peer: PeerInfo }
   | { readonly type: 'peer-down'; readonly peer: PeerInfo; readonly reason: string };
 
-/** Timers of a node; every default carries its reason. Tests shorten them. */
+/**
+ * Timers of a node; every default carries its reason. Tests shorten them. Each is a whole number of
+ * ms from 1 up to 2^31 - 1 (setTimeout's longest delay: a longer one would fire at once), and two
+ * less, as their fields say: `createNode` throws a RangeError for any other.
+ */
 export interface NodeTiming {
   /** Time a new connection has to send its hello. Default 10 s: generous for a slow link, short for a squatter. */
   readonly helloTimeoutMs?: number;
@@ -125,7 +129,8 @@ export interface NodeTiming {
    * its peers a sync, so that what a stale peer list or a lost frame left out is fetched; during a
    * long busy spell, every ten times this. Peers leave out what they took in during the last half of
    * it (still on its way). Default 2 s: a hole is filled about 2 s after the talk pauses; an idle
-   * node sends nothing.
+   * node sends nothing. At most 120,000: half of it goes out as a sync's `minAgeMs`, which peers
+   * take up to a minute.
    */
   readonly antiEntropyMs?: number;
   /**
@@ -351,6 +356,38 @@ function positive(name: string, value: number): number {
   return value;
 }
 
+/** setTimeout's longest delay, ms: Node fires a longer one after 1 ms instead (with a warning). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Checks that `value` (option `name`) is a whole number of ms from 1 to `max`. */
+function timerMs(name: string, value: number, max: number): void {
+  if (positive(name, value) > max) throw new RangeError(`${name} must be at most ${max}, got ${value}`);
+}
+
+/**
+ * Checks a node's timers ({@link NodeTiming}).
+ * @throws {RangeError} for one that is not a whole number of ms in its range.
+ */
+function checkTiming(
+  timing: Required<Omit<NodeTiming, 'backoff'>> & { readonly backoff: BackoffOptions },
+): void {
+  for (const name of [
+    'helloTimeoutMs',
+    'pingIntervalMs',
+    'peerTimeoutMs',
+    'connectTimeoutMs',
+    'peerListDelayMs',
+    'rateResyncDelayMs',
+  ] as const)
+    timerMs(name, timing[name], MAX_TIMER_MS);
+  // Both go out in syncs' minAgeMs (anti-entropy's halved), which peers take up to a minute.
+  timerMs('antiEntropyMs', timing.antiEntropyMs, 2 * MAX_SYNC_MIN_AGE_MS);
+  timerMs('gapRepairMs', timing.gapRepairMs, MAX_SYNC_MIN_AGE_MS);
+  const backoff = { ...BACKOFF_DEFAULTS, ...timing.backoff };
+  timerMs('backoff.baseMs', backoff.baseMs, MAX_TIMER_MS);
+  timerMs('backoff.maxMs', backoff.maxMs, MAX_TIMER_MS);
+}
+
 /**
  * Starts a node: listens, dials `options.peers`, and relays chat messages through the pipeline
  * fromSocket → decode → merge → dedup → peer-list merge / relay → per-peer writers.
@@ -483,11 +520,7 @@ class ChatNode implements P2PNode {
       throw err;
     }
     this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
-    // Sent as a sync's minAgeMs, which peers take as a whole number up to a minute.
-    if (positive('gapRepairMs', this.timing.gapRepairMs) > MAX_SYNC_MIN_AGE_MS)
-      throw new RangeError(
-        `gapRepairMs must be at most ${MAX_SYNC_MIN_AGE_MS}, got ${this.timing.gapRepairMs}`,
-      );
+    checkTiming(this.timing);
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);

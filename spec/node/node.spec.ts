@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import type { ChatMessage, NodeEvent, P2PNode, PeerInfo } from '../../lib/node/node.js';
+import type { ChatMessage, NodeEvent, NodeTiming, P2PNode, PeerInfo } from '../../lib/node/node.js';
 import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
 import { encodeChat, MAX_TEXT_LENGTH, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
@@ -729,6 +729,39 @@ describe('createNode', () => {
         String(gapRepairMs),
       );
     }
+  });
+
+  it('refuses any timer that is not a whole number of ms in its range, at creation', async (t) => {
+    const start = nodeFactory(t);
+    const tooLong = 2 ** 31; // setTimeout would fire it at once
+    const bad: NodeTiming[] = [
+      ...(
+        [
+          'helloTimeoutMs',
+          'pingIntervalMs',
+          'peerTimeoutMs',
+          'connectTimeoutMs',
+          'peerListDelayMs',
+          'rateResyncDelayMs',
+        ] as const
+      ).flatMap((name) => [0, -5, 1.5, Number.NaN, Infinity, tooLong].map((ms) => ({ [name]: ms }))),
+      { antiEntropyMs: 0 },
+      { antiEntropyMs: 120_001 }, // half of it, a sync's minAgeMs, over a minute: peers would refuse the sync
+      { backoff: { baseMs: 0 } },
+      { backoff: { maxMs: tooLong } },
+    ];
+    for (const timing of bad) {
+      await assert.rejects(
+        start({ timing: { ...FAST_TIMING, ...timing } }),
+        RangeError,
+        JSON.stringify(timing),
+      );
+    }
+    // The bounds themselves are fine.
+    const node = await start({
+      timing: { ...FAST_TIMING, antiEntropyMs: 120_000, peerTimeoutMs: tooLong - 1 },
+    });
+    assert.equal(node.peers().length, 0);
   });
 
   it('refuses bad writer options at creation, before it listens, not at its first connection', async (t) => {
