@@ -283,8 +283,9 @@ export function lineBatch(
   stream: Writable,
   writeOut: (bytes: Buffer) => void = (bytes) => void stream.write(bytes),
 ): LineBatch {
-  // The turn's bytes: buf[0, at). A new buffer after each write (the stream may keep the last one
-  // until it is written), made when the next line comes: an idle node holds none.
+  // The turn's bytes: buf[0, at). A batch that fills most of the buffer is written as a view of it
+  // (the stream may keep it until it is written), and the next line makes a new one; a smaller one is
+  // copied out, and the buffer kept: a chunk the stream holds keeps at most twice its bytes alive.
   let buf: WritingBuffer = EMPTY;
   let at = 0;
   let lines = 0;
@@ -304,8 +305,11 @@ export function lineBatch(
       turnEnd = undefined;
     }
     if (lines === 0) return;
-    const bytes = buf.subarray(0, at);
-    buf = EMPTY;
+    let bytes: Buffer;
+    if (2 * at >= buf.length) {
+      bytes = buf.subarray(0, at);
+      buf = EMPTY;
+    } else bytes = Buffer.from(buf.subarray(0, at)); // a copy (small ones share Node's 8 KiB pool)
     at = 0;
     lines = 0;
     writeOut(bytes);

@@ -356,6 +356,13 @@ function positive(name: string, value: number): number {
   return value;
 }
 
+/** `options` without the fields set to undefined (which a spread would copy over the defaults). */
+function definedOnly<T extends object>(options: T | undefined): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(options ?? {}).filter(([, value]) => value !== undefined),
+  ) as Partial<T>;
+}
+
 /** setTimeout's longest delay, ms: Node fires a longer one after 1 ms instead (with a warning). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
@@ -383,7 +390,7 @@ function checkTiming(
   // Both go out in syncs' minAgeMs (anti-entropy's halved), which peers take up to a minute.
   timerMs('antiEntropyMs', timing.antiEntropyMs, 2 * MAX_SYNC_MIN_AGE_MS);
   timerMs('gapRepairMs', timing.gapRepairMs, MAX_SYNC_MIN_AGE_MS);
-  const backoff = { ...BACKOFF_DEFAULTS, ...timing.backoff };
+  const backoff = { ...BACKOFF_DEFAULTS, ...definedOnly(timing.backoff) };
   timerMs('backoff.baseMs', backoff.baseMs, MAX_TIMER_MS);
   timerMs('backoff.maxMs', backoff.maxMs, MAX_TIMER_MS);
 }
@@ -519,7 +526,8 @@ class ChatNode implements P2PNode {
       this.releaseDataDir();
       throw err;
     }
-    this.timing = { ...DEFAULT_TIMING, backoff: {}, ...options.timing };
+    // A timer given as undefined takes its default, as a missing one does.
+    this.timing = { ...DEFAULT_TIMING, backoff: {}, ...definedOnly(options.timing) };
     checkTiming(this.timing);
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));

@@ -289,8 +289,8 @@ export class MessageStore {
     if (this.knows(frame)) return false;
     const now = this.now();
     if (frame.ts < now - this.maxAgeMs) return false;
-    // The kept bytes, not the view given: a copy when that is a view of a large read, which the
-    // caller may fill again before the turn's records are written.
+    // The record's bytes are copied into the turn's batch at once (see append), whatever the caller
+    // does with its buffer afterwards.
     const kept = this.hold(frame, payload, now, verified);
     this.append(verified ? KIND_MESSAGE : KIND_UNVERIFIED, kept);
     this.evict();
@@ -556,8 +556,9 @@ export class MessageStore {
   }
 
   /**
-   * Appends one record to `parts`, as its header (length, crc32, kind) and the body itself: written
-   * with writev, so the body (a message payload, held anyway) is not copied into a buffer of its own.
+   * Appends one record to `parts`, as its header (length, crc32, kind) and the body itself: for
+   * {@link compact}, which writes the window with writev, so the bodies (payloads held anyway) are
+   * not copied into a buffer of their own.
    */
   private record(parts: Uint8Array[], kind: number, body: Buffer): void {
     // A plain Uint8Array and byte stores: Buffer.allocUnsafe and writeUInt32BE check their arguments

@@ -50,6 +50,8 @@ function fakeStream(t: TestContext, name: string, journal: Journal, highWaterMar
     stream,
     /** What each call of `write` was given, in order. */
     writes: (): string[] => write.mock.calls.map((call) => String(call.arguments[0])),
+    /** The chunks themselves. */
+    chunks: (): unknown[] => write.mock.calls.map((call): unknown => call.arguments[0]),
     slow(): void {
       state.slow = true;
     },
@@ -389,6 +391,35 @@ describe('--json message and sent events: the bytes JSON.stringify gives', () =>
 });
 
 describe('lineBatch: bytes', () => {
+  it('writes a turn of events that outgrows its buffer several times as JSON.stringify would', async (t) => {
+    const { io, stdout } = fakeIo(t);
+    const sink = jsonConsole(io);
+    const texts = Array.from({ length: 200 }, (_, i) => `${i} "quoted" \\ \n é€😀 ${'x'.repeat(400)}`);
+    texts.forEach((text, i) => sink.message({ ...message(i + 1), text }));
+    await nextTurn();
+    sink.close();
+    const expected = texts.map((text, i) => JSON.stringify({ event: 'message', ...message(i + 1), text }));
+    assert.equal(stdout.writes().join(''), `${expected.join('\n')}\n`);
+    assert.ok(stdout.writes()[0]!.length > 64 * 1024, 'one write of a turn past four times the first buffer');
+  });
+
+  it('hands the stream a copy of a small turn, so a chunk it holds keeps at most about its own size', async (t) => {
+    const { stdout } = fakeIo(t);
+    const batch = lineBatch(stdout.stream);
+    for (let turn = 0; turn < 3; turn++) {
+      batch.push(`line ${turn}`);
+      await nextTurn();
+    }
+    for (let i = 0; i < 300; i++) batch.push('y'.repeat(100)); // ~30 KB: mostly fills its buffer
+    await nextTurn();
+    batch.close();
+    const chunks = stdout.chunks() as Buffer[];
+    assert.equal(chunks.length, 4);
+    for (const small of chunks.slice(0, 3)) assert.ok(small.buffer.byteLength <= Buffer.poolSize, 'a copy');
+    const large = chunks[3]!;
+    assert.ok(large.buffer.byteLength <= 2 * large.length, `${large.buffer.byteLength} for ${large.length}`);
+  });
+
   it("writes long and multi-byte lines whole, however the turn's buffer grows", async (t) => {
     const { stdout } = fakeIo(t);
     const batch = lineBatch(stdout.stream);

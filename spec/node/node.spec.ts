@@ -757,6 +757,9 @@ describe('createNode', () => {
         JSON.stringify(timing),
       );
     }
+    // A plain-JavaScript caller's undefined takes the default, as a missing field does.
+    const defaults = { helloTimeoutMs: undefined, backoff: { maxMs: undefined } } as unknown as NodeTiming;
+    (await start({ timing: { ...FAST_TIMING, ...defaults } })).peers();
     // The bounds themselves are fine.
     const node = await start({
       timing: { ...FAST_TIMING, antiEntropyMs: 120_000, peerTimeoutMs: tooLong - 1 },
