@@ -29,8 +29,8 @@
  * process by pid and deletes every namespace; a process `exit`/signal handler does the same as a last
  * resort.
  *
- * When the lab cannot run (not root, no `ip netns`, no nft) the scenario is skipped with a loud
- * warning; under `CI=true` that is a failure instead.
+ * When the lab cannot run (not root, no `ip netns`, no nft) the scenario fails with the reason and
+ * a loud warning: `npm run test:lab` asks for the lab, and a scenario not run is not a pass.
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -89,12 +89,6 @@ export function labUnavailable(): string | undefined {
   return undefined;
 }
 
-/** True when running in CI, where a lab that cannot run is a failure, not a skip. */
-export function inCi(): boolean {
-  const ci = process.env['CI'];
-  return ci !== undefined && ci !== '' && ci !== '0' && ci.toLowerCase() !== 'false';
-}
-
 function shout(message: string): void {
   const bar = '!'.repeat(100);
   process.stderr.write(`\n${bar}\n!!! NETWORK LAB NOT RUN: ${message}\n${bar}\n\n`);
@@ -102,7 +96,7 @@ function shout(message: string): void {
 
 /**
  * A lab scenario: an `it` that gets a fresh {@link Lab}, closed in `t.after` whatever happens. When the
- * lab cannot run it is skipped with a loud warning, or fails under `CI=true`.
+ * lab cannot run it fails, with the reason and a loud warning.
  */
 export function labTest(
   name: string,
@@ -121,10 +115,8 @@ export function labTest(
     }
     if (lab === undefined) {
       const reason = why ?? 'unknown';
-      shout(`${reason}${inCi() ? ' (CI=true: failing)' : ' (skipping; run as root on Linux)'}`);
-      if (inCi()) assert.fail(`the network lab must run in CI, but: ${reason}`);
-      t.skip(`network lab unavailable: ${reason}`);
-      return;
+      shout(`${reason} (run as root on Linux, with iproute2 and nftables)`);
+      assert.fail(`the network lab cannot run: ${reason}`);
     }
     const built = lab;
     t.after(() => built.close());
