@@ -268,7 +268,7 @@ export function pipeLines(input: Readable): {
  * microtask would flush after each socket's read instead: more writes, no latency worth having saved.
  *
  * The lines are kept as UTF-8 bytes, each written into one buffer as it is queued: the write is that
- * buffer, with no joined string to make and encode again. {@link LineBatch.pushBytes} writes a line
+ * buffer (a small batch, a copy of its bytes), with no joined string to make and encode again. {@link LineBatch.pushBytes} writes a line
  * there without making a string of it at all (the `--json` message events, one per message).
  *
  * Backpressure: while the stream wants a `'drain'` (a pipe whose reader is slower than the chat),

@@ -98,8 +98,9 @@ export type NodeEvent =
 
 /**
  * Timers of a node; every default carries its reason. Tests shorten them. Each is a whole number of
- * ms from 1 up to 2^31 - 1 (setTimeout's longest delay: a longer one would fire at once), and two
- * less, as their fields say: `createNode` throws a RangeError for any other.
+ * ms from 1 up to 2^31 - 1 (setTimeout's longest delay: a longer one would fire at once), or to the
+ * lower bound its field gives (`antiEntropyMs`, `gapRepairMs`); `createNode` throws a RangeError for
+ * any other. An undefined field takes its default.
  */
 export interface NodeTiming {
   /** Time a new connection has to send its hello. Default 10 s: generous for a slow link, short for a squatter. */

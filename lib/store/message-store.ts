@@ -98,6 +98,8 @@ const KIND_UNVERIFIED = 3;
 const KIND_BATCH = 4;
 /** Bytes in front of each record of a batch: its length. */
 const ENTRY_HEADER = 4;
+/** Where a turn's first entry goes in its buffer: after the batch record's header and kind byte. */
+const TURN_ENTRIES_AT = RECORD_HEADER + 1;
 /** The crc32 of each kind's byte, where a record's checksum starts. */
 const KIND_CRC: readonly number[] = [0, 1, 2, 3].map((kind) => crc32(Uint8Array.of(kind)));
 /** A turn's first buffer of records (a burst's turn: ~60 messages of ~350 bytes); kept while no larger. */
@@ -163,11 +165,11 @@ export class MessageStore {
   private recordsInLog = 0;
   /**
    * Records of this turn of the event loop not written yet, as one batch record being built: its
-   * record header and kind at [0, 9), then each record's length, kind and body from 9 to
-   * `pendingAt`, `pending` of them. Written in one write (see {@link flush}).
+   * record header and kind before {@link TURN_ENTRIES_AT}, then each record's length, kind and body
+   * up to `pendingAt`, `pending` of them. Written in one write (see {@link flush}).
    */
   private turn: Buffer = Buffer.alloc(0);
-  private pendingAt = RECORD_HEADER + 1;
+  private pendingAt = TURN_ENTRIES_AT;
   private pending = 0;
   /** Callbacks waiting for the pending records to be written, in order ({@link afterWrite}). */
   private waiting: (() => void)[] = [];
@@ -606,6 +608,12 @@ export class MessageStore {
     this.turn = next;
   }
 
+  /** Forgets the turn's records (written, or in the window a compaction wrote). */
+  private clearTurn(): void {
+    this.pendingAt = TURN_ENTRIES_AT;
+    this.pending = 0;
+  }
+
   /** Writes the turn's records: one of them as a record of its own, more as one batch record. */
   private writeTurn(): void {
     const turn = this.turn;
@@ -613,7 +621,7 @@ export class MessageStore {
     let start = 0;
     if (this.pending === 1) {
       // [length][crc32] right in front of the entry's kind byte, over its batch header and length.
-      const kindAt = RECORD_HEADER + 1 + ENTRY_HEADER;
+      const kindAt = TURN_ENTRIES_AT + ENTRY_HEADER;
       start = kindAt - RECORD_HEADER;
       putUint32(turn, start, end - kindAt);
       putUint32(turn, start + 4, crc32(turn.subarray(kindAt, end)));
@@ -622,8 +630,7 @@ export class MessageStore {
       turn[RECORD_HEADER] = KIND_BATCH;
       putUint32(turn, 4, crc32(turn.subarray(RECORD_HEADER, end)));
     }
-    this.pendingAt = RECORD_HEADER + 1;
-    this.pending = 0;
+    this.clearTurn();
     // A buffer a burst made larger is let go; a turn's one is reused (the write has copied it).
     if (turn.length > TURN_BYTES) this.turn = Buffer.alloc(0);
     if (this.fd === undefined) return;
@@ -647,9 +654,7 @@ export class MessageStore {
     } finally {
       closeSync(fd);
     }
-    // The window just written holds them.
-    this.pendingAt = RECORD_HEADER + 1;
-    this.pending = 0;
+    this.clearTurn(); // the window just written holds them
     renameSync(tmp, path);
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = openSync(path, 'a', 0o600);
