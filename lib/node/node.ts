@@ -2,23 +2,17 @@ import { randomBytes } from 'node:crypto';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import {
   BehaviorSubject,
-  catchError,
-  EMPTY,
-  filter,
+  defer,
   finalize,
-  map,
   merge,
   mergeMap,
-  share,
   Subject,
   tap,
   Subscription,
-  throwError,
   Observable,
-  type MonoTypeOperatorFunction,
 } from 'rxjs';
 import { boundedLru } from '../util/lru.js';
-import { Multicast } from '../util/multicast.js';
+import { shareHot } from '../util/multicast.js';
 import {
   formatAddress,
   isLoopback,
@@ -48,7 +42,8 @@ import {
   type SyncMark,
 } from '../protocol/frames.js';
 import type { Decoded } from '../operators/decode.js';
-import { dedup } from '../operators/dedup.js';
+import { dedupCheck } from '../operators/dedup.js';
+import { filterMap } from '../operators/filter-map.js';
 import { mergePeers } from '../operators/merge-peers.js';
 import { lastRelayTargets, relay, type RelayView } from '../operators/relay.js';
 import type { Inbound } from '../operators/types.js';
@@ -69,8 +64,8 @@ import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signedChats } from '../security/sign.js';
-import { chatProblemChecker, verifySignatures, type ChatChecker } from '../operators/verify.js';
-import { rateLimit, spendRate } from '../operators/rate-limit.js';
+import { chatProblemChecker, signatureCheck, type ChatChecker } from '../operators/verify.js';
+import { rateLimitCheck, spendRateStep } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
 import { silentLogger, type Logger } from './log.js';
 
@@ -180,11 +175,6 @@ export interface NodeLimits {
    * the target degree; the least recently learned idle one is forgotten when a new one comes.
    */
   readonly maxLearnedAddresses?: number;
-}
-
-/** `share()` over a {@link Multicast}: the inbound and chat streams pass every message through one. */
-function shareHot<T>(): MonoTypeOperatorFunction<T> {
-  return share({ connector: () => new Multicast<T>() });
 }
 
 export const LIMIT_DEFAULTS = {
@@ -563,31 +553,42 @@ class ChatNode implements P2PNode {
     // This node's own messages join after the checks: each is new (a fresh seq and id), signed here,
     // and not charged to a rate (the CLI paces a paste itself). A copy coming back is known to the
     // store: held, or at or below its sender's floor once evicted.
-    const received$ = inbound$.pipe(
-      // One filter, not two: a step less for every frame.
-      filter((m): m is Inbound<ChatFrame> => isChat(m) && !this.store.knows(m.frame)),
-      rateLimit({
-        limiter: this.senderRate,
-        key: sender,
-        time: senderTime,
-        onLimited: (m) => this.overRate(m),
-      }),
-      verifySignatures({
-        network: this.networkTag,
-        onInvalid: (m, reason) => this.invalidMessage(m, reason),
-        checker: this.chatProblem,
-        // From its author, and every peer has it from the author too: nothing to vouch for.
-        trusted: (m) => this.relayTargetsOf(m, this.peerIds.value).length === 0,
-      }),
-      dedup({
-        // Sender and id: ids are unique per sender only, and one sender's message under another's
-        // id must not hide that one.
-        key: (m: Inbound<ChatFrame>) => `${m.frame.from}:${m.frame.id}`,
-        time: (m) => m.frame.ts,
-        maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
-      }),
-      spendRate({ limiter: this.senderRate, key: sender, time: senderTime }),
-    );
+    // The stages of a received message, as plain functions run in one step (filterMap): each is an
+    // exported operator too (rateLimit, verifySignatures, dedup, spendRate), and through six operators
+    // a message made ~30 more calls, at every node, mostly in code V8 has not optimised.
+    const underRate = rateLimitCheck({
+      limiter: this.senderRate,
+      key: sender,
+      time: senderTime,
+      onLimited: (m: Inbound<ChatFrame>) => this.overRate(m),
+    });
+    const signed = signatureCheck({
+      network: this.networkTag,
+      onInvalid: (m, reason) => this.invalidMessage(m, reason),
+      checker: this.chatProblem,
+      // From its author, and every peer has it from the author too: nothing to vouch for.
+      trusted: (m) => this.relayTargetsOf(m, this.peerIds.value).length === 0,
+    });
+    const newIds = dedupCheck({
+      // Sender and id: ids are unique per sender only, and one sender's message under another's
+      // id must not hide that one.
+      key: (m: Inbound<ChatFrame>) => `${m.frame.from}:${m.frame.id}`,
+      time: (m) => m.frame.ts,
+      maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
+    });
+    const spend = spendRateStep({ limiter: this.senderRate, key: sender, time: senderTime });
+    const received$ = defer(() => {
+      const isNew = newIds();
+      return inbound$.pipe(
+        filterMap((m): Inbound<ChatFrame> | undefined => {
+          if (!isChat(m) || this.store.knows(m.frame) || !underRate(m)) return undefined;
+          const checked = signed(m);
+          if (checked === undefined || !isNew(checked)) return undefined;
+          spend(checked);
+          return checked;
+        }),
+      );
+    });
     const chat$ = merge(this.local$, received$).pipe(
       remember(this.store),
       tap((m) => {
@@ -598,10 +599,9 @@ class ChatNode implements P2PNode {
     );
     this.messages$ = chat$.pipe(
       // Own messages come back only through resync after a damaged log: kept, never shown as received.
-      filter((m) => m.peer !== null && m.frame.from !== this.id),
       // Not shared: chat$ is hot already, and a Subject per message costs more than the map (the
       // CLI is the one subscriber; each subscriber gets its own copy of a message).
-      map(({ frame }) => toMessage(frame)),
+      filterMap((m) => (m.peer !== null && m.frame.from !== this.id ? toMessage(m.frame) : undefined)),
     );
     this.subscription.add(
       chat$.pipe(relay(this.peerIds, this.relayView)).subscribe(({ frame, payload, to, unverified }) => {
@@ -615,7 +615,9 @@ class ChatNode implements P2PNode {
       }),
     );
     this.subscription.add(
-      inbound$.pipe(filter(isPeers), mergePeers({ selfId: this.id })).subscribe((entry) => this.learn(entry)),
+      inbound$
+        .pipe(filterMap(peersOnly), mergePeers({ selfId: this.id }))
+        .subscribe((entry) => this.learn(entry)),
     );
 
     this.server = createServer((socket) => this.accept(socket));
@@ -795,13 +797,22 @@ class ChatNode implements P2PNode {
   /** One connection's frames after the handshake, as pipeline input; handles hello, ping and pong. */
   private session(conn: Connection): Observable<Inbound> {
     const helloTimeoutMs = this.timing.helloTimeoutMs;
-    // One step per frame instead of timeout + map + filter (three subscribers each frame passes
-    // through, mostly before V8 has optimised any of them): the first frame (the hello) must come
-    // within helloTimeoutMs of the subscription; each frame is handled by onFrame, and what it
-    // returns goes on. A throw from onFrame errors the stream, as map's would.
+    // One step per frame instead of timeout + map + filter + catchError (subscribers each frame
+    // passes through, mostly before V8 has optimised any of them): the first frame (the hello) must
+    // come within helloTimeoutMs of the subscription; each frame is handled by onFrame, and what it
+    // returns goes on. A peer's fault (a throw from onFrame, its stream's error) drops that peer and
+    // ends its stream only; a bug (TypeError, RangeError) errors the inbound stream.
     const inbound$ = new Observable<Inbound>((subscriber) => {
+      const fail = (err: unknown): void => {
+        if (!isPeerError(err)) {
+          subscriber.error(err);
+          return;
+        }
+        this.drop(conn, err as Error);
+        subscriber.complete();
+      };
       let helloTimer: NodeJS.Timeout | undefined = setTimeout(() => {
-        subscriber.error(new ProtocolError('ERR_HELLO_TIMEOUT', `no hello within ${helloTimeoutMs} ms`));
+        fail(new ProtocolError('ERR_HELLO_TIMEOUT', `no hello within ${helloTimeoutMs} ms`));
       }, helloTimeoutMs);
       const frames = conn.frames$.subscribe({
         next: (decoded) => {
@@ -813,12 +824,12 @@ class ChatNode implements P2PNode {
           try {
             inbound = this.onFrame(conn, decoded);
           } catch (err) {
-            subscriber.error(err);
+            fail(err);
             return;
           }
           if (inbound !== undefined) subscriber.next(inbound);
         },
-        error: (err: unknown) => subscriber.error(err),
+        error: fail,
         complete: () => subscriber.complete(),
       });
       return () => {
@@ -826,14 +837,7 @@ class ChatNode implements P2PNode {
         frames.unsubscribe();
       };
     });
-    return inbound$.pipe(
-      catchError((err: unknown) => {
-        if (!isPeerError(err)) return throwError(() => err);
-        this.drop(conn, err as Error);
-        return EMPTY;
-      }),
-      finalize(() => this.onClosed(conn)),
-    );
+    return inbound$.pipe(finalize(() => this.onClosed(conn)));
   }
 
   private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound | undefined {
@@ -1665,6 +1669,7 @@ function isChat(m: Inbound): m is Inbound<ChatFrame> {
   return m.frame.type === 'chat';
 }
 
-function isPeers(m: Inbound): m is Inbound<PeersFrame> {
-  return m.frame.type === 'peers';
+/** The message itself when it is a peer list (for filterMap), else undefined. */
+function peersOnly(m: Inbound): Inbound<PeersFrame> | undefined {
+  return m.frame.type === 'peers' ? (m as Inbound<PeersFrame>) : undefined;
 }

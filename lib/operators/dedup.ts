@@ -42,31 +42,40 @@ function positiveInteger(name: string, value: number): number {
  * @throws {RangeError} at call time for a non-positive `max`, `maxAgeMs` or `maxSkewMs`.
  */
 export function dedup<T>(options: DedupOptions<T>): MonoTypeOperatorFunction<T> {
+  const isNew = dedupCheck(options);
+  return (source) => defer(() => source.pipe(filter(isNew())));
+}
+
+/**
+ * {@link dedup}'s test as plain functions, for a pipeline that runs several stages in one step
+ * (each operator a value passes through is several calls, mostly before V8 optimises them): each
+ * call of the returned function makes a fresh memory of ids (one per subscription) and returns the
+ * test, true for a value to pass on. The same answers as {@link dedup} over the same values.
+ * @throws {RangeError} at call time for a non-positive `max`, `maxAgeMs` or `maxSkewMs`.
+ */
+export function dedupCheck<T>(options: DedupOptions<T>): () => (value: T) => boolean {
   const max = positiveInteger('max', options.max ?? DEDUP_DEFAULTS.max);
   const maxAgeMs = positiveInteger('maxAgeMs', options.maxAgeMs ?? DEDUP_DEFAULTS.maxAgeMs);
   const maxSkewMs = positiveInteger('maxSkewMs', options.maxSkewMs ?? DEDUP_DEFAULTS.maxSkewMs);
   const now = options.now ?? Date.now;
   const { key, time } = options;
   const horizon = maxAgeMs + maxSkewMs;
-  return (source) =>
-    defer(() => {
-      // id -> when it was first seen. get() refreshes recency, so an id whose copies keep arriving
-      // is the last to be evicted. Age is checked on our own clock (not lru-cache's TTL) so an
-      // injected clock, e.g. virtual time in tests, is honoured exactly.
-      const seen = boundedLru<string, number>(max);
-      return source.pipe(
-        filter((value) => {
-          const t = now();
-          if (time !== undefined) {
-            const ts = time(value);
-            if (ts < t - maxAgeMs || ts > t + maxSkewMs) return false;
-          }
-          const id = key(value);
-          const firstSeen = seen.get(id);
-          if (firstSeen !== undefined && t - firstSeen <= horizon) return false;
-          seen.set(id, t);
-          return true;
-        }),
-      );
-    });
+  return () => {
+    // id -> when it was first seen. get() refreshes recency, so an id whose copies keep arriving
+    // is the last to be evicted. Age is checked on our own clock (not lru-cache's TTL) so an
+    // injected clock, e.g. virtual time in tests, is honoured exactly.
+    const seen = boundedLru<string, number>(max);
+    return (value) => {
+      const t = now();
+      if (time !== undefined) {
+        const ts = time(value);
+        if (ts < t - maxAgeMs || ts > t + maxSkewMs) return false;
+      }
+      const id = key(value);
+      const firstSeen = seen.get(id);
+      if (firstSeen !== undefined && t - firstSeen <= horizon) return false;
+      seen.set(id, t);
+      return true;
+    };
+  };
 }

@@ -1,5 +1,6 @@
 export * from './decode.js';
 export * from './dedup.js';
+export * from './filter-map.js';
 export * from './merge-peers.js';
 export * from './relay.js';
 export * from './remember.js';

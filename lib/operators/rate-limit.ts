@@ -28,22 +28,37 @@ export interface RateLimitOptions<T> {
  * Completes and errors with the source; a throwing `key` or `onLimited` becomes an error notification.
  */
 export function rateLimit<T>(options: RateLimitOptions<T>): MonoTypeOperatorFunction<T> {
+  return filter(rateLimitCheck(options));
+}
+
+/**
+ * {@link rateLimit}'s test as a plain function (true: pass the value on), for a pipeline that runs
+ * several stages in one step.
+ */
+export function rateLimitCheck<T>(options: RateLimitOptions<T>): (value: T) => boolean {
   const { limiter, key, onLimited, time } = options;
-  return filter((value) => {
+  return (value) => {
     const k = key(value);
     if (k === undefined || limiter.allows(k, time?.(value))) return true;
     onLimited?.(value);
     return false;
-  });
+  };
 }
 
 /** Charges one token per value to its key (see {@link rateLimit}); passes every value on. */
 export function spendRate<T>(
   options: Pick<RateLimitOptions<T>, 'limiter' | 'key' | 'time'>,
 ): MonoTypeOperatorFunction<T> {
+  return tap(spendRateStep(options));
+}
+
+/** {@link spendRate}'s charge as a plain function, for a pipeline that runs several stages in one step. */
+export function spendRateStep<T>(
+  options: Pick<RateLimitOptions<T>, 'limiter' | 'key' | 'time'>,
+): (value: T) => void {
   const { limiter, key, time } = options;
-  return tap((value) => {
+  return (value) => {
     const k = key(value);
     if (k !== undefined) limiter.spend(k, time?.(value));
-  });
+  };
 }

@@ -1,4 +1,5 @@
-import { filter, map, Observable, type OperatorFunction } from 'rxjs';
+import { Observable, type OperatorFunction } from 'rxjs';
+import { filterMap } from './filter-map.js';
 import type { ChatFrame } from '../protocol/frames.js';
 import type { Inbound, PeerRef } from './types.js';
 
@@ -124,7 +125,7 @@ export function relay(
       if (subscriber.closed) return;
       source
         .pipe(
-          map((message): Relayed | undefined => {
+          filterMap((message): Relayed | undefined => {
             if (peers === undefined) return undefined;
             const to = targets(message, peers);
             if (to.length === 0) return undefined;
@@ -133,7 +134,6 @@ export function relay(
               ? { frame: message.frame, payload: message.payload, to, unverified: true }
               : { frame: message.frame, payload: message.payload, to };
           }),
-          filter((relayed): relayed is Relayed => relayed !== undefined),
         )
         .subscribe(subscriber);
     });

@@ -40,6 +40,22 @@ export interface VerifyOptions {
  * with the source; a throwing `onInvalid` or `trusted` becomes an error notification.
  */
 export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
+  const check = signatureCheck(options);
+  return pipe(
+    map(check),
+    filter((message): message is Inbound<ChatFrame> => message !== undefined),
+  );
+}
+
+/**
+ * {@link verifySignatures}' test as a plain function, for a pipeline that runs several stages in one
+ * step: the message to pass on (marked `unverified` when `trusted` vouched for it), or `undefined`
+ * for one dropped (after `onInvalid`).
+ * @throws {RangeError} at call time when `network` is not a 32-byte tag.
+ */
+export function signatureCheck(
+  options: VerifyOptions,
+): (message: Inbound<ChatFrame>) => Inbound<ChatFrame> | undefined {
   const { network, onInvalid, trusted } = options;
   if (network.length !== NETWORK_TAG_BYTES) {
     throw new RangeError(
@@ -47,24 +63,21 @@ export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFuncti
     );
   }
   const problem = options.checker ?? chatProblemChecker(network);
-  return pipe(
-    map((message): Inbound<ChatFrame> | undefined => {
-      if (message.peer === null) return message;
-      let reason: string | undefined;
-      // From its author over the channel its key authenticates, going nowhere else: the channel
-      // vouches for it; its signature is checked if it is ever sent on.
-      if (message.peer.key === message.frame.key && trusted?.(message) === true) {
-        // A literal, not a spread (per message, mostly before V8 optimises it): Inbound's fields.
-        if (message.peer.id === message.frame.from)
-          return { peer: message.peer, frame: message.frame, payload: message.payload, unverified: true };
-        reason = 'its sender id is not the id of its key';
-      } else reason = problem(message.frame, message.payload);
-      if (reason === undefined) return message;
-      onInvalid?.(message, reason);
-      return undefined;
-    }),
-    filter((message): message is Inbound<ChatFrame> => message !== undefined),
-  );
+  return (message) => {
+    if (message.peer === null) return message;
+    let reason: string | undefined;
+    // From its author over the channel its key authenticates, going nowhere else: the channel
+    // vouches for it; its signature is checked if it is ever sent on.
+    if (message.peer.key === message.frame.key && trusted?.(message) === true) {
+      // A literal, not a spread (per message, mostly before V8 optimises it): Inbound's fields.
+      if (message.peer.id === message.frame.from)
+        return { peer: message.peer, frame: message.frame, payload: message.payload, unverified: true };
+      reason = 'its sender id is not the id of its key';
+    } else reason = problem(message.frame, message.payload);
+    if (reason === undefined) return message;
+    onInvalid?.(message, reason);
+    return undefined;
+  };
 }
 
 /**

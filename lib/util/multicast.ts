@@ -1,4 +1,11 @@
-import { Observable, type Observer, type SubjectLike, type Subscriber, type Subscription } from 'rxjs';
+import {
+  Observable,
+  Subscription,
+  type MonoTypeOperatorFunction,
+  type Observer,
+  type SubjectLike,
+  type Subscriber,
+} from 'rxjs';
 
 /**
  * A plain multicast subject for the message path: what `next` is given goes to every current
@@ -64,5 +71,69 @@ export class Multicast<T> implements SubjectLike<T> {
     const subscribers = this.subscribers;
     this.subscribers = [];
     for (let i = 0; i < subscribers.length; i++) ending(subscribers[i]!);
+  }
+}
+
+/**
+ * `share()` over a {@link Multicast}, without share's wrappers: the source feeds the Multicast
+ * directly (share passes each value through a safe subscriber and an arrow function first, four
+ * calls; on a node's message path every message goes through two of these, mostly before V8 has
+ * optimised anything). Like `share()`: the source is subscribed with the first subscriber and
+ * unsubscribed when the last one leaves; after it completes or errors (every subscriber then told),
+ * the next subscriber subscribes it again.
+ */
+export function shareHot<T>(): MonoTypeOperatorFunction<T> {
+  return (source) => {
+    let hub: Multicast<T> | undefined;
+    let feed: Subscription | undefined;
+    let count = 0;
+    const reset = (): void => {
+      feed?.unsubscribe();
+      feed = undefined;
+      hub = undefined;
+      count = 0;
+    };
+    return new Observable<T>((subscriber) => {
+      const current = (hub ??= new Multicast<T>());
+      count++;
+      const inner = current.subscribe(subscriber);
+      if (feed === undefined) {
+        // Set before subscribing: a source that ends at once resets it there. subscribe returns
+        // `fed` itself (a subscriber is used as it is, no wrapper), which add ignores.
+        const fed = new Feed(current, reset);
+        feed = fed;
+        fed.add(source.subscribe(fed));
+      }
+      return () => {
+        inner.unsubscribe();
+        if (hub === current && --count === 0) reset();
+      };
+    });
+  };
+}
+
+/** What feeds a {@link shareHot}'s Multicast from its source. */
+class Feed<T> extends Subscription implements Observer<T> {
+  constructor(
+    private readonly hub: Multicast<T>,
+    private readonly ended: () => void,
+  ) {
+    super();
+  }
+
+  next(value: T): void {
+    if (!this.closed) this.hub.next(value);
+  }
+
+  error(err: unknown): void {
+    if (this.closed) return;
+    this.ended();
+    this.hub.error(err);
+  }
+
+  complete(): void {
+    if (this.closed) return;
+    this.ended();
+    this.hub.complete();
   }
 }
