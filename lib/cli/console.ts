@@ -140,6 +140,22 @@ function messageEventBytes(m: ChatMessage): number {
 }
 
 function fillMessageEvent(buf: WritingBuffer, at: number, m: ChatMessage): number {
+  // The usual message, with nothing to escape: one string in one write. Part by part below, it was
+  // a dozen calls per message at every node, mostly before V8 optimises them.
+  if (
+    !JSON_ESCAPED.test(m.id) &&
+    !JSON_ESCAPED.test(m.from) &&
+    !JSON_ESCAPED.test(m.nick) &&
+    !JSON_ESCAPED.test(m.text)
+  ) {
+    return (
+      at +
+      buf.utf8Write(
+        `{"event":"message","id":"${m.id}","from":"${m.from}","nick":"${m.nick}","text":"${m.text}","ts":${m.ts},"seq":${m.seq}}`,
+        at,
+      )
+    );
+  }
   at = putJsonText(buf, put(buf, at, MESSAGE_ID), m.id);
   at = putJsonText(buf, put(buf, at, FROM), m.from);
   at = putJsonText(buf, put(buf, at, NICK), m.nick);
