@@ -1188,7 +1188,7 @@ class ChatNode implements P2PNode {
     const now = Date.now();
     if (this.entropySince === undefined) this.entropySince = now;
     this.lastNews = now;
-    this.armEntropy(this.timing.antiEntropyMs);
+    if (this.entropyTimer === undefined) this.armEntropy(this.timing.antiEntropyMs);
   }
 
   private armEntropy(delay: number): void {

@@ -41,7 +41,12 @@ export function remember(store: MessageStore): MonoTypeOperatorFunction<Inbound<
  * `isSubscriber`), so the source's subscriber is torn down with it.
  */
 class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
-  private waiting = 0;
+  /**
+   * Added and waiting for their write, in order. One `afterWrite` per batch of them (what one write
+   * covers), not a callback per message: this runs for every message at every node.
+   */
+  private queue: Inbound<ChatFrame>[] = [];
+  private armed = false;
   private sourceDone = false;
 
   constructor(
@@ -61,8 +66,13 @@ class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
       return;
     }
     if (!added) return;
-    this.waiting++;
-    this.store.afterWrite(() => this.written(message));
+    this.queue.push(message);
+    if (!this.armed) {
+      this.armed = true;
+      // Runs once every record added so far is written: those of the queued messages, and of any
+      // added to the queue before then.
+      this.store.afterWrite(this.release);
+    }
   }
 
   error(err: unknown): void {
@@ -72,13 +82,18 @@ class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
   complete(): void {
     if (this.closed) return;
     this.sourceDone = true;
-    if (this.waiting === 0) this.out.complete();
+    if (!this.armed && this.queue.length === 0) this.out.complete();
   }
 
-  private written(message: Inbound<ChatFrame>): void {
-    this.waiting--;
-    if (this.closed) return;
-    this.out.next(message);
-    if (this.sourceDone && this.waiting === 0) this.out.complete();
-  }
+  /** Passes on the queued messages, written now. One added meanwhile waits for its own write. */
+  private readonly release = (): void => {
+    this.armed = false;
+    const written = this.queue;
+    this.queue = [];
+    for (let i = 0; i < written.length; i++) {
+      if (this.closed) return;
+      this.out.next(written[i]!);
+    }
+    if (this.sourceDone && !this.armed && this.queue.length === 0) this.out.complete();
+  };
 }
