@@ -379,8 +379,7 @@ export class Connection {
    * a token again: the kernel's buffers fill and TCP slows the peer down; nothing is dropped.
    */
   private charge(): void {
-    this.frameRate.spend();
-    if (this.resumeTimer !== undefined || this.frameRate.tokens >= 0) return;
+    if (this.frameRate.spend() >= 0 || this.resumeTimer !== undefined) return;
     this.socket.pause();
     this.resumeTimer = setTimeout(() => {
       this.resumeTimer = undefined;

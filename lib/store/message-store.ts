@@ -262,7 +262,7 @@ export class MessageStore {
 
   /** True when the message is held, or older than what is held for its sender. */
   knows(frame: Pick<ChatFrame, 'from' | 'seq'>): boolean {
-    const sender = this.senders.get(frame.from);
+    const sender = this.senderOf(frame.from);
     if (sender === undefined) return false;
     return frame.seq <= sender.floor || sender.held.has(frame.seq);
   }
@@ -274,7 +274,7 @@ export class MessageStore {
    * for every message, to notice a hole in a sender's stream while the stream goes on.
    */
   missesBefore(frame: Pick<ChatFrame, 'from' | 'seq'>): boolean {
-    const sender = this.senders.get(frame.from);
+    const sender = this.senderOf(frame.from);
     if (sender === undefined) return false;
     const before = frame.seq - 1;
     if (before <= sender.floor || sender.held.has(before)) return false;
@@ -428,9 +428,23 @@ export class MessageStore {
 
   // ---- internals -----------------------------------------------------------------------------
 
+  /**
+   * The state of sender `from`, if any. The last one found is kept: in a burst one sender's messages
+   * come one after another, and each was four lookups of the same key (whose string is new with each
+   * message, so each hashed it again). A sender's state is never dropped once made.
+   */
+  private senderOf(from: string): SenderState | undefined {
+    if (from === this.lastSender?.from) return this.lastSender;
+    const sender = this.senders.get(from);
+    if (sender !== undefined) this.lastSender = sender;
+    return sender;
+  }
+
+  private lastSender: SenderState | undefined;
+
   /** Keeps a message (taken in at `at`): what is kept of its frame, and its payload; returns the payload kept. */
   private hold(chat: ChatFrame, payload: Buffer, at: number, verified: boolean): Buffer {
-    let sender = this.senders.get(chat.from);
+    let sender = this.senderOf(chat.from);
     if (sender === undefined) {
       sender = newSender(chat.from);
       this.senders.set(chat.from, sender);
@@ -464,7 +478,7 @@ export class MessageStore {
       if (this.order.length - this.orderStart <= this.maxMessages && first.frame.ts >= oldest) break;
       this.orderStart++;
       if (this.byId.get(first.frame.id) === first) this.byId.delete(first.frame.id);
-      const sender = this.senders.get(first.frame.from)!;
+      const sender = this.senderOf(first.frame.from)!;
       sender.held.delete(first.frame.seq);
       // Everything of this sender up to here is now "old"; a later-arrived lower seq still held is
       // evicted in its own turn (and is known either way).

@@ -72,9 +72,11 @@ export class TokenBucket {
     return true;
   }
 
-  /** Takes `n` tokens, going into debt if need be. */
-  spend(n = 1): void {
-    this.spendAt(this.now(), n);
+  /** Takes `n` tokens, going into debt if need be; returns the tokens left (below 0: in debt). */
+  spend(n = 1): number {
+    const level = this.tokensAt(this.now()) - n;
+    this.level = level;
+    return level;
   }
 
   /** Milliseconds until at least `n` tokens are there (0 when they are now). */
