@@ -155,26 +155,8 @@ export class RateLimiter<K extends string = string> {
    */
   allows(key: K, time?: number): boolean {
     const bucket = this.buckets.get(key) ?? this.bucket(key);
-    const t = this.clock(key, bucket, time);
-    this.allowedKey = key;
-    this.allowedTime = time;
-    this.allowedBucket = bucket;
-    this.allowedAt = t;
-    this.allowedOffset = this.newOffset;
-    return bucket.tokensAt(t) >= 1;
+    return bucket.tokensAt(this.clock(key, bucket, time)) >= 1;
   }
-
-  /**
-   * The last {@link allows}: its key and time, and the bucket, clock reading and sender's clock it
-   * found. A {@link spend} of the same key and time (the value it allowed, once checked, usually
-   * right after) takes them instead of looking them up again: per message at every node, mostly
-   * before V8 optimises any of it. A spend at that earlier reading is the same charge.
-   */
-  private allowedKey: K | undefined;
-  private allowedTime: number | undefined;
-  private allowedBucket: TokenBucket | undefined;
-  private allowedAt = 0;
-  private allowedOffset: number | undefined;
 
   /** Takes a token of `key` when there is one. */
   tryTake(key: K): boolean {
@@ -183,17 +165,10 @@ export class RateLimiter<K extends string = string> {
 
   /** Takes a token of `key`, going into debt if need be (`time` as for {@link allows}). */
   spend(key: K, time?: number): void {
-    let bucket = this.allowedBucket;
-    let t = this.allowedAt;
-    let offset = this.allowedOffset;
-    if (bucket === undefined || key !== this.allowedKey || time !== this.allowedTime) {
-      bucket = this.buckets.get(key) ?? this.bucket(key);
-      t = this.clock(key, bucket, time);
-      offset = this.newOffset;
-    }
-    this.allowedBucket = undefined;
+    const bucket = this.buckets.get(key) ?? this.bucket(key);
+    const t = this.clock(key, bucket, time);
     // Kept only where it was set: the start of a burst (not a cache write per value).
-    if (offset !== undefined) this.offsets.set(key, offset);
+    if (this.newOffset !== undefined) this.offsets.set(key, this.newOffset);
     bucket.spendAt(t);
   }
 }

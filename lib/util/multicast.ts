@@ -96,18 +96,20 @@ export function shareHot<T>(): MonoTypeOperatorFunction<T> {
     return new Observable<T>((subscriber) => {
       const current = (hub ??= new Multicast<T>());
       count++;
-      const inner = current.subscribe(subscriber);
-      if (feed === undefined) {
+      // The leaving first: a subscriber that leaves during the source's first, synchronous values
+      // (take) stops the source there, as with share().
+      subscriber.add(() => {
+        if (hub === current && --count === 0) reset();
+      });
+      // A subscriber is used as it is: this returns it, with its removal from the hub added to it.
+      subscriber.add(current.subscribe(subscriber));
+      if (feed === undefined && !subscriber.closed) {
         // Set before subscribing: a source that ends at once resets it there. subscribe returns
         // `fed` itself (a subscriber is used as it is, no wrapper), which add ignores.
         const fed = new Feed(current, reset);
         feed = fed;
         fed.add(source.subscribe(fed));
       }
-      return () => {
-        inner.unsubscribe();
-        if (hub === current && --count === 0) reset();
-      };
     });
   };
 }

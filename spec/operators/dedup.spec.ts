@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import { from, take, tap } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
-import { dedup, type DedupOptions } from '../../lib/operators/dedup.js';
+import { dedup, dedupCheck, type DedupOptions } from '../../lib/operators/dedup.js';
 
 const testScheduler = (): TestScheduler =>
   new TestScheduler((actual, expected) => assert.deepStrictEqual(actual, expected));
@@ -25,6 +26,18 @@ const v = {
   e: { id: 'm5', ts: 0 },
   A: { id: 'm1', ts: 0 },
 } satisfies Record<string, Msg>;
+
+/** Options each of which must be refused at call time. */
+const BAD_OPTIONS = [
+  ['max 0', { key, max: 0 }],
+  ['max -1', { key, max: -1 }],
+  ['max 1.5', { key, max: 1.5 }],
+  ['max NaN', { key, max: Number.NaN }],
+  ['maxAgeMs -1', { key, maxAgeMs: -1 }],
+  ['maxAgeMs 0', { key, maxAgeMs: 0 }],
+  ['maxSkewMs 0', { key, maxSkewMs: 0 }],
+  ['maxSkewMs Infinity', { key, maxSkewMs: Number.POSITIVE_INFINITY }],
+] as const satisfies readonly (readonly [string, DedupOptions<Msg>])[];
 
 describe('dedup', () => {
   it('drops a message whose id was already seen', () => {
@@ -205,18 +218,111 @@ describe('dedup', () => {
     assert.equal(pulled, 3); // a, its copy, b: nothing after the second value taken
   });
 
-  for (const [name, options] of [
-    ['max 0', { key, max: 0 }],
-    ['max -1', { key, max: -1 }],
-    ['max 1.5', { key, max: 1.5 }],
-    ['max NaN', { key, max: Number.NaN }],
-    ['maxAgeMs -1', { key, maxAgeMs: -1 }],
-    ['maxAgeMs 0', { key, maxAgeMs: 0 }],
-    ['maxSkewMs 0', { key, maxSkewMs: 0 }],
-    ['maxSkewMs Infinity', { key, maxSkewMs: Number.POSITIVE_INFINITY }],
-  ] as const satisfies readonly (readonly [string, DedupOptions<Msg>])[]) {
+  for (const [name, options] of BAD_OPTIONS) {
     it(`throws a RangeError at call time for ${name}`, () => {
       assert.throws(() => dedup(options), RangeError);
+    });
+  }
+});
+
+/** A message as it arrives: its id and timestamp, and our clock's reading then. */
+interface Arrival extends Msg {
+  readonly now: number;
+}
+
+/**
+ * What dedup is meant to pass, written plainly: ids in recency order (least recent first), each with
+ * when it was let through; a use (a copy dropped, or an id stored) makes an id the most recent.
+ */
+function modelDedup(
+  arrivals: readonly Arrival[],
+  max: number,
+  maxAgeMs: number,
+  maxSkewMs: number,
+): Arrival[] {
+  const seen: { id: string; at: number }[] = [];
+  return arrivals.filter(({ id, ts, now }) => {
+    if (ts < now - maxAgeMs || ts > now + maxSkewMs) return false;
+    const i = seen.findIndex((entry) => entry.id === id);
+    const known = i >= 0 ? seen.splice(i, 1)[0] : undefined;
+    if (known !== undefined && now - known.at <= maxAgeMs + maxSkewMs) {
+      seen.push(known);
+      return false;
+    }
+    seen.push({ id, at: now });
+    if (seen.length > max) seen.shift();
+    return true;
+  });
+}
+
+describe('dedupCheck', () => {
+  /**
+   * Few ids; a clock that mostly moves on a few ms per arrival (and sometimes back), and timestamps
+   * near it: copies, eviction, forgetting and the timestamp gate all occur.
+   */
+  const arrivalsArb = fc
+    .array(
+      fc.record({
+        id: fc.constantFrom('m1', 'm2', 'm3', 'm4', 'm5'),
+        step: fc.integer({ min: -2, max: 6 }),
+        skew: fc.integer({ min: -12, max: 12 }),
+      }),
+      { maxLength: 60 },
+    )
+    .map((steps) => {
+      let now = 0;
+      return steps.map(({ id, step, skew }): Arrival => {
+        now += step;
+        return { id, ts: now + skew, now };
+      });
+    });
+
+  it('passes exactly the values dedup passes, for any arrivals (and both what a plain model of it passes)', () => {
+    fc.assert(
+      fc.property(
+        arrivalsArb,
+        fc.integer({ min: 1, max: 5 }),
+        fc.integer({ min: 1, max: 10 }),
+        fc.integer({ min: 1, max: 10 }),
+        (arrivals, max, maxAgeMs, maxSkewMs) => {
+          let clock = 0;
+          const options = { key, time, max, maxAgeMs, maxSkewMs, now: () => clock };
+
+          const isNew = dedupCheck<Arrival>(options)();
+          const checked = arrivals.filter((a) => {
+            clock = a.now;
+            return isNew(a);
+          });
+
+          const passed: Arrival[] = [];
+          from(arrivals)
+            .pipe(
+              tap((a) => (clock = a.now)),
+              dedup<Arrival>(options),
+            )
+            .subscribe((a) => passed.push(a));
+
+          assert.deepEqual(checked, passed);
+          assert.deepEqual(checked, modelDedup(arrivals, max, maxAgeMs, maxSkewMs));
+        },
+      ),
+    );
+  });
+
+  it('gives each call of the factory a memory of its own', () => {
+    const fresh = dedupCheck({ key });
+    const first = fresh();
+    const second = fresh();
+    assert.deepEqual([first(v.a), first(v.A), first(v.b)], [true, false, true]);
+    // The second test has seen nothing yet: a and b are new to it.
+    assert.deepEqual([second(v.A), second(v.b), second(v.a), second(v.c)], [true, true, false, true]);
+    // ...and what the second saw (c) is still new to the first.
+    assert.deepEqual([first(v.c), first(v.a)], [true, false]);
+  });
+
+  for (const [name, options] of BAD_OPTIONS) {
+    it(`throws a RangeError at call time for ${name}, before any test is made`, () => {
+      assert.throws(() => dedupCheck(options), RangeError);
     });
   }
 });

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { from, take, tap } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
-import { verifySignatures } from '../../lib/operators/verify.js';
+import { signatureCheck, verifySignatures, type VerifyOptions } from '../../lib/operators/verify.js';
 import type { Inbound } from '../../lib/operators/types.js';
 import { encodeChat, parseFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
@@ -208,4 +208,121 @@ describe('verifySignatures', () => {
       RangeError,
     );
   });
+});
+
+describe('signatureCheck', () => {
+  const authorPeer = { id: author.id, host: '127.0.0.1', key: author.publicKey.toString('hex') };
+  /** A peer under the author's id whose proven key is another's. */
+  const otherKeyPeer = { ...authorPeer, key: generateIdentity().publicKey.toString('hex') };
+  const unsigned = (text: string, seq: number): ChatFrame => ({ ...signed(text, seq), sig: 'x'.repeat(86) });
+  /** Every kind of message verifySignatures' specs use, by name. */
+  const fixtures = {
+    good,
+    tampered,
+    otherNetwork,
+    impostor,
+    ownUnsigned,
+    fromAuthor: inbound(signed('hi', 20), authorPeer),
+    directUnsigned: inbound(unsigned('hello', 21), authorPeer),
+    relayedUnsigned: inbound(unsigned('hello', 22)),
+    otherKeyUnsigned: inbound(unsigned('hello', 23), otherKeyPeer),
+    renamed: inbound({ ...signed('hello', 24), from: 'someone-else' }, authorPeer),
+  } satisfies Record<string, Inbound<ChatFrame>>;
+  const TRUSTED: [string, Pick<VerifyOptions, 'trusted'>][] = [
+    ['no trusted', {}],
+    ['trusted: always', { trusted: () => true }],
+    ['trusted: never', { trusted: () => false }],
+  ];
+
+  /** What verifySignatures passes of `message` (undefined: nothing), and the reasons it reports. */
+  function throughOperator(
+    message: Inbound<ChatFrame>,
+    options: Pick<VerifyOptions, 'trusted'>,
+  ): { out: Inbound<ChatFrame> | undefined; reasons: string[] } {
+    const reasons: string[] = [];
+    let out: Inbound<ChatFrame> | undefined;
+    from([message])
+      .pipe(verifySignatures({ network, ...options, onInvalid: (_m, reason) => reasons.push(reason) }))
+      .subscribe((m) => (out = m));
+    return { out, reasons };
+  }
+
+  for (const [trustName, trust] of TRUSTED) {
+    it(`gives what verifySignatures passes, and reports the same reasons (${trustName})`, () => {
+      for (const [name, message] of Object.entries(fixtures)) {
+        const reasons: string[] = [];
+        const reported: Inbound<ChatFrame>[] = [];
+        const check = signatureCheck({
+          network,
+          ...trust,
+          onInvalid: (m, reason) => (reported.push(m), reasons.push(reason)),
+        });
+        const out = check(message);
+        assert.deepEqual({ out, reasons }, throughOperator(message, trust), name);
+        // Reported with the message itself, exactly when it is dropped.
+        assert.deepEqual(reported, out === undefined ? [message] : [], name);
+      }
+    });
+  }
+
+  it('passes a valid message and its own as they are, and drops the rest with the reason', () => {
+    const reasons: string[] = [];
+    const check = signatureCheck({
+      network,
+      onInvalid: (m, reason) => reasons.push(`${m.frame.id}: ${reason}`),
+    });
+    assert.equal(check(good), good);
+    assert.equal(check(ownUnsigned), ownUnsigned);
+    assert.equal(check(fixtures.fromAuthor), fixtures.fromAuthor);
+    for (const message of [tampered, otherNetwork, impostor, fixtures.directUnsigned]) {
+      assert.equal(check(message), undefined);
+    }
+    assert.deepEqual(reasons, [
+      'm2: its signature does not verify',
+      'm3: its signature does not verify',
+      'm4: its sender id is not the id of its key',
+      'm21: its signature does not verify',
+    ]);
+  });
+
+  it('marks a message it lets through unchecked as unverified, and only one from the peer whose key it carries', () => {
+    const reasons: string[] = [];
+    const check = signatureCheck({
+      network,
+      trusted: () => true,
+      onInvalid: (_m, reason) => reasons.push(reason),
+    });
+    assert.deepEqual(check(fixtures.directUnsigned), { ...fixtures.directUnsigned, unverified: true });
+    assert.equal(check(fixtures.relayedUnsigned), undefined);
+    assert.equal(check(fixtures.otherKeyUnsigned), undefined);
+    assert.equal(check(fixtures.renamed), undefined);
+    assert.deepEqual(reasons, [
+      'its signature does not verify',
+      'its signature does not verify',
+      'its sender id is not the id of its key',
+    ]);
+  });
+
+  it('asks trusted only about a message from the peer whose key it carries', () => {
+    const asked: string[] = [];
+    const check = signatureCheck({ network, trusted: (m) => (asked.push(m.frame.id), false) });
+    for (const message of Object.values(fixtures)) check(message);
+    assert.deepEqual(asked, ['m20', 'm21', 'm24']);
+  });
+
+  it('lets a throwing onInvalid or trusted escape to the caller (filterMap turns it into an error)', () => {
+    const boom = new Error('report failed');
+    const fail = (): never => {
+      throw boom;
+    };
+    assert.throws(() => signatureCheck({ network, onInvalid: fail })(tampered), boom);
+    assert.throws(() => signatureCheck({ network, trusted: fail })(fixtures.directUnsigned), boom);
+  });
+
+  for (const size of [0, 3, 31, 33, 64]) {
+    it(`throws a RangeError at call time for a network tag of ${size} bytes`, () => {
+      assert.throws(() => signatureCheck({ network: Buffer.alloc(size) }), RangeError);
+      assert.throws(() => verifySignatures({ network: Buffer.alloc(size) }), RangeError);
+    });
+  }
 });

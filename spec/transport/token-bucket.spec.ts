@@ -37,6 +37,21 @@ describe('TokenBucket', () => {
     assert.equal(bucket.tryTake(), true);
   });
 
+  it('spend returns the tokens left: below 0 in debt, refilled first by the time passed', () => {
+    const clock = manualClock();
+    const bucket = new TokenBucket({ perSecond: 10, burst: 3 }, clock.now);
+    assert.deepEqual(
+      [1, 2, 3, 4, 5].map(() => bucket.spend()),
+      [2, 1, 0, -1, -2],
+    );
+    assert.equal(bucket.tokens, -2, 'what spend returned is the level');
+    clock.advance(250); // 2.5 tokens refilled
+    assert.equal(bucket.spend(), -0.5);
+    assert.equal(bucket.spend(2), -2.5);
+    clock.advance(10_000);
+    assert.equal(bucket.spend(0), 3, 'refilled up to the burst, never above');
+  });
+
   it('refuses a rate or burst that is not positive', () => {
     for (const rate of [
       { perSecond: 0, burst: 1 },
