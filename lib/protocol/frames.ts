@@ -1,5 +1,5 @@
 import { isUtf8 } from 'node:buffer';
-import { putUint16, putUint32, putUint64, type SlicingBuffer } from './codec.js';
+import { putUint16, putUint32, putUint64, type SlicingBuffer, type WritingBuffer } from './codec.js';
 import { ProtocolError } from './errors.js';
 import type { Mutable } from '../util/mutable.js';
 
@@ -492,13 +492,16 @@ export function putChatBody(
   putUint64(out, at, fields.seq ?? 0);
   putUint64(out, at + 8, fields.ts);
   at += 16;
-  let length = out.write(fields.id, at + 2, 'utf8');
+  // utf8Write, not write(): Buffer#write walks its argument checks and encoding switch in
+  // JavaScript, three times per message the node sends (mostly before V8 optimises it).
+  const writing = out as WritingBuffer;
+  let length = writing.utf8Write(fields.id, at + 2);
   putUint16(out, at, length);
   at += 2 + length;
-  length = out.write(fields.nick, at + 2, 'utf8');
+  length = writing.utf8Write(fields.nick, at + 2);
   putUint16(out, at, length);
   at += 2 + length;
-  length = out.write(fields.text, at + 4, 'utf8');
+  length = writing.utf8Write(fields.text, at + 4);
   putUint32(out, at, length);
   return at + 4 + length;
 }
@@ -531,7 +534,7 @@ function putChatTail(
     throw new RangeError(`a chat proof out of shape: ${proof.i} of ${proof.n}, ${pathBytes} bytes of path`);
   }
   out[at] = from.length;
-  at += 1 + out.write(from, at + 1, 'latin1');
+  at += 1 + (out as WritingBuffer).latin1Write(from, at + 1);
   if (
     typeof sig === 'string'
       ? out.write(sig, at, SIG_BYTES, 'base64url') !== SIG_BYTES

@@ -252,9 +252,15 @@ function latin1(bytes: Uint8Array): string {
 
 /** H(0x01 || left || right), hashed in PATH_WORK: one call, no array of parts. */
 function nodeHash(left: Uint8Array, right: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(HASH_BYTES);
+  nodeHashInto(out, left, right);
+  return out;
+}
+
+/** {@link nodeHash} into `out` (32 bytes); returns `out`. */
+function nodeHashInto<T extends Uint8Array>(out: T, left: Uint8Array, right: Uint8Array): T {
   PATH_WORK.set(left, 1);
   PATH_WORK.set(right, 1 + HASH_BYTES);
-  const out = Buffer.allocUnsafe(HASH_BYTES);
   sodium.crypto_generichash(out, NODE_INPUT);
   return out;
 }
@@ -339,17 +345,27 @@ function signBatch(
     ];
   }
   const inputs = messages.map((m) => leafInput({ ...m, publicKey }, network));
-  const levels: Buffer[][] = [
+  // Every hash of the tree (n leaves, fewer than n nodes above them) in one buffer, each a plain
+  // view of it: Buffer.allocUnsafe per hash went through Node's argument checks and pool in
+  // JavaScript, about twice per message sent.
+  const hashes = Buffer.allocUnsafe(2 * n * HASH_BYTES);
+  let free = 0;
+  const nextHash = (): Uint8Array => {
+    const at = free;
+    free += HASH_BYTES;
+    return bytesView(hashes, at, free);
+  };
+  const levels: Uint8Array[][] = [
     inputs.map((input) => {
-      const leaf = Buffer.allocUnsafe(HASH_BYTES);
+      const leaf = nextHash();
       sodium.crypto_generichash(leaf, input);
       return leaf;
     }),
   ];
   for (let level = levels[0]!; level.length > 1;) {
-    const up: Buffer[] = [];
+    const up: Uint8Array[] = [];
     for (let j = 0; j < level.length; j += 2)
-      up.push(j + 1 < level.length ? nodeHash(level[j]!, level[j + 1]!) : level[j]!);
+      up.push(j + 1 < level.length ? nodeHashInto(nextHash(), level[j]!, level[j + 1]!) : level[j]!);
     levels.push(up);
     level = up;
   }
