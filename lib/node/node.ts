@@ -12,7 +12,7 @@ import {
   Observable,
 } from 'rxjs';
 import { boundedLru } from '../util/lru.js';
-import { shareHot } from '../util/multicast.js';
+import { Multicast, shareHot } from '../util/multicast.js';
 import {
   formatAddress,
   isLoopback,
@@ -21,7 +21,7 @@ import {
   parseAddress,
   type Address,
 } from '../protocol/address.js';
-import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.js';
+import { DEFAULT_MAX_FRAME_BYTES, type SlicingBuffer } from '../protocol/codec.js';
 import { isPeerError, ProtocolError } from '../protocol/errors.js';
 import {
   MAX_NICK_LENGTH,
@@ -431,7 +431,8 @@ class ChatNode implements P2PNode {
   /** Addresses that turned out to be this node. */
   private readonly selfAddrs = new Set<string>();
   private readonly connections$ = new Subject<Connection>();
-  private readonly local$ = new Subject<Inbound<ChatFrame>>();
+  /** This node's own messages, signed: a plain Multicast (each passes it, at the sender). */
+  private readonly local$ = new Multicast<Inbound<ChatFrame>>();
   private readonly events = new Subject<NodeEvent>();
   private readonly peerList = new BehaviorSubject<readonly PeerInfo[]>([]);
   private readonly peerIds = new BehaviorSubject<readonly string[]>([]);
@@ -589,7 +590,7 @@ class ChatNode implements P2PNode {
         }),
       );
     });
-    const chat$ = merge(this.local$, received$).pipe(
+    const chat$ = merge(this.local$.asObservable(), received$).pipe(
       remember(this.store),
       tap((m) => {
         this.noteNews();
@@ -1653,7 +1654,8 @@ function messageId(): string {
     idPool = randomBytes(ID_BYTES * 256);
     idOffset = 0;
   }
-  const id = idPool.toString('base64url', idOffset, idOffset + ID_BYTES);
+  // base64urlSlice, not toString: Buffer#toString walks its encoding switch in JavaScript.
+  const id = (idPool as SlicingBuffer).base64urlSlice(idOffset, idOffset + ID_BYTES);
   idOffset += ID_BYTES;
   return id;
 }

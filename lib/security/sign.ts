@@ -10,7 +10,7 @@ import {
 import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, type Identity } from './identity.js';
 import { NETWORK_TAG_BYTES } from './network-key.js';
 import type { Mutable } from '../util/mutable.js';
-import { bytesView } from '../protocol/codec.js';
+import { bytesView, type SlicingBuffer } from '../protocol/codec.js';
 
 /**
  * Domain-separation prefix of every signed message: names the protocol and its version, and ends in
@@ -382,12 +382,14 @@ function signBatch(
       PATH_WORK.set(sibling, PATH_AT + length);
       length += HASH_BYTES;
     }
-    const path = PATH_WORK.toString('base64url', PATH_AT, PATH_AT + length);
+    // base64urlSlice and plain views: Buffer#toString and #subarray run their checks in JavaScript.
+    const path = (PATH_WORK as SlicingBuffer).base64urlSlice(PATH_AT, PATH_AT + length);
     const frame = chatFrame(identity, m, sig, { i, n, path }, key);
     if (!payloads) return { frame };
-    const pathBytes = PATH_WORK.subarray(PATH_AT, PATH_AT + length);
+    const pathBytes = bytesView(PATH_WORK, PATH_AT, PATH_AT + length);
     // The leaf's input is 0x00 || the signed bytes: the body follows their head.
-    const body = inputs[i]!.subarray(1 + SIGNED_HEAD_BYTES);
+    const input = inputs[i]!;
+    const body = bytesView(input, 1 + SIGNED_HEAD_BYTES, input.length);
     return { frame, payload: chatPayload(body, identity.id, sigBytes, { i, n, path: pathBytes }) };
   });
 }
