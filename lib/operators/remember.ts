@@ -43,10 +43,14 @@ export function remember(store: MessageStore): MonoTypeOperatorFunction<Inbound<
 class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
   /**
    * Added and waiting for their write, in order. One `afterWrite` per batch of them (what one write
-   * covers), not a callback per message: this runs for every message at every node.
+   * covers), not a callback per message: this runs for every message at every node. So a batch is
+   * passed on together: another `afterWrite` callback registered between two of its messages (the
+   * node's resync pump) runs after both, all of them written by then.
    */
   private queue: Inbound<ChatFrame>[] = [];
   private armed = false;
+  /** Taken out of the queue by a release that is still passing them on. */
+  private releasing = 0;
   private sourceDone = false;
 
   constructor(
@@ -82,18 +86,28 @@ class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
   complete(): void {
     if (this.closed) return;
     this.sourceDone = true;
-    if (!this.armed && this.queue.length === 0) this.out.complete();
+    if (this.idle()) this.out.complete();
   }
 
-  /** Passes on the queued messages, written now. One added meanwhile waits for its own write. */
+  /** Nothing waits for its write or to be passed on. */
+  private idle(): boolean {
+    return !this.armed && this.queue.length === 0 && this.releasing === 0;
+  }
+
+  /**
+   * Passes on the queued messages, written now. One added meanwhile waits for its own write; a
+   * source that completes meanwhile (from downstream) is passed on after the last of them.
+   */
   private readonly release = (): void => {
     this.armed = false;
     const written = this.queue;
     this.queue = [];
+    this.releasing += written.length;
     for (let i = 0; i < written.length; i++) {
       if (this.closed) return;
+      this.releasing--;
       this.out.next(written[i]!);
     }
-    if (this.sourceDone && !this.armed && this.queue.length === 0) this.out.complete();
+    if (this.sourceDone && this.idle()) this.out.complete();
   };
 }

@@ -87,11 +87,17 @@ export function shareHot<T>(): MonoTypeOperatorFunction<T> {
     let hub: Multicast<T> | undefined;
     let feed: Subscription | undefined;
     let count = 0;
-    const reset = (): void => {
-      feed?.unsubscribe();
+    /** Forgets the connection: the next subscriber makes a new one. */
+    const detach = (): void => {
       feed = undefined;
       hub = undefined;
       count = 0;
+    };
+    /** The last subscriber left: forgets the connection and unsubscribes the source. */
+    const reset = (): void => {
+      const connection = feed;
+      detach();
+      connection?.unsubscribe();
     };
     return new Observable<T>((subscriber) => {
       const current = (hub ??= new Multicast<T>());
@@ -106,7 +112,7 @@ export function shareHot<T>(): MonoTypeOperatorFunction<T> {
       if (feed === undefined && !subscriber.closed) {
         // Set before subscribing: a source that ends at once resets it there. subscribe returns
         // `fed` itself (a subscriber is used as it is, no wrapper), which add ignores.
-        const fed = new Feed(current, reset);
+        const fed = new Feed(current, detach);
         feed = fed;
         fed.add(source.subscribe(fed));
       }
@@ -114,7 +120,11 @@ export function shareHot<T>(): MonoTypeOperatorFunction<T> {
   };
 }
 
-/** What feeds a {@link shareHot}'s Multicast from its source. */
+/**
+ * What feeds a {@link shareHot}'s Multicast from its source. At the source's end, as with share():
+ * the connection is forgotten first (a subscriber told of the end may subscribe again, to a new
+ * one), then every subscriber is told, then the source's subscription is torn down.
+ */
 class Feed<T> extends Subscription implements Observer<T> {
   constructor(
     private readonly hub: Multicast<T>,
@@ -131,11 +141,13 @@ class Feed<T> extends Subscription implements Observer<T> {
     if (this.closed) return;
     this.ended();
     this.hub.error(err);
+    this.unsubscribe();
   }
 
   complete(): void {
     if (this.closed) return;
     this.ended();
     this.hub.complete();
+    this.unsubscribe();
   }
 }

@@ -180,6 +180,29 @@ describe('remember', () => {
     });
   });
 
+  it('with a log on disk, completes after the last written message when the source completes during delivery', (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'p2p-remember-'));
+    const store = MessageStore.open('self', dir, {}, () => 0).store;
+    t.after(() => {
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    });
+    const seen: string[] = [];
+    const input = new Subject<Inbound<ChatFrame>>();
+    const subscription = input.pipe(remember(store)).subscribe({
+      next: (m) => {
+        seen.push(m.frame.id);
+        if (m.frame.id === 'a-1') input.complete(); // from downstream, while a-2 waits its turn
+      },
+      complete: () => seen.push('complete'),
+    });
+    t.after(() => subscription.unsubscribe());
+    input.next(v.a);
+    input.next(v.b);
+    store.flush(); // both written in one write: both passed on, then the completion
+    assert.deepEqual(seen, ['a-1', 'a-2', 'complete']);
+  });
+
   it('with a log on disk, passes each message on only once its record is written, in order', async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'p2p-remember-'));
     const store = MessageStore.open('self', dir, {}, () => 0).store;

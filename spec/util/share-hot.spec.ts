@@ -158,6 +158,21 @@ for (const [name, shared] of SHARES) {
       assert.equal(rest.observed, false);
     });
 
+    it('tells its subscribers of the end before it tears the source down', () => {
+      for (const end of ['error', 'complete'] as const) {
+        const order: string[] = [];
+        const source = new Subject<number>();
+        const shared$ = source.pipe(
+          finalize(() => order.push('source teardown')),
+          shared(),
+        );
+        shared$.subscribe({ error: () => order.push('A told'), complete: () => order.push('A told') });
+        if (end === 'error') source.error(new Error('boom'));
+        else source.complete();
+        assert.deepEqual(order, ['A told', 'source teardown'], end);
+      }
+    });
+
     it('stops a synchronous source when take(n) downstream has what it needs', () => {
       let pulled = 0;
       const out: number[] = [];
