@@ -809,7 +809,12 @@ class ChatNode implements P2PNode {
           subscriber.error(err);
           return;
         }
-        this.drop(conn, err as Error);
+        try {
+          this.drop(conn, err as Error);
+        } catch (bug) {
+          subscriber.error(bug); // as catchError did: a throw while dropping errors the stream
+          return;
+        }
         subscriber.complete();
       };
       let helloTimer: NodeJS.Timeout | undefined = setTimeout(() => {
