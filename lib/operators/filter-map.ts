@@ -1,4 +1,5 @@
-import { Observable, Subscription, type Observer, type OperatorFunction, type Subscriber } from 'rxjs';
+import { Subscription, type Observer, type OperatorFunction, type Subscriber } from 'rxjs';
+import { stepOperator } from '../util/step.js';
 
 /**
  * Maps each value with `project` and passes on what it returns, dropping `undefined`: `map` and
@@ -9,16 +10,10 @@ import { Observable, Subscription, type Observer, type OperatorFunction, type Su
  * Completes and errors with the source; a throwing `project` becomes an error notification.
  */
 export function filterMap<T, R>(project: (value: T) => R | undefined): OperatorFunction<T, R> {
-  return (source) =>
-    new Observable<R>((subscriber) => {
-      const step = new FilterMapping(project, subscriber);
-      // Added before subscribing: a downstream that unsubscribes during a synchronous source closes
-      // `step`, and with it the source's own subscription.
-      subscriber.add(step);
-      return source.subscribe(step); // `step` itself: a subscriber is used as it is, no wrapper
-    });
+  return stepOperator((out: Subscriber<R>) => new FilterMapping(project, out));
 }
 
+/** {@link filterMap}'s step ({@link stepOperator}): the source's subscriber itself. */
 class FilterMapping<T, R> extends Subscription implements Observer<T> {
   constructor(
     private readonly project: (value: T) => R | undefined,

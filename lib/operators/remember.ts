@@ -1,13 +1,8 @@
-import {
-  Observable,
-  Subscription,
-  type MonoTypeOperatorFunction,
-  type Observer,
-  type Subscriber,
-} from 'rxjs';
+import { Subscription, type MonoTypeOperatorFunction, type Observer, type Subscriber } from 'rxjs';
 import type { ChatFrame } from '../protocol/frames.js';
 import type { MessageStore } from '../store/message-store.js';
 import type { Inbound } from './types.js';
+import { stepOperator } from '../util/step.js';
 
 /**
  * Keeps each new message in the node's history and passes it on once its record is written; drops a
@@ -24,21 +19,13 @@ import type { Inbound } from './types.js';
  * throws (a bug, a failing clock) errors the stream.
  */
 export function remember(store: MessageStore): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
-  return (source) =>
-    new Observable<Inbound<ChatFrame>>((subscriber) => {
-      const written = new Remembering(store, subscriber);
-      // Added before subscribing: a downstream that unsubscribes during a synchronous source (take)
-      // closes `written`, and with it the source's own subscriber, which stops pulling.
-      subscriber.add(written);
-      return source.subscribe(written); // `written` itself (a subscriber is used as it is)
-    });
+  return stepOperator((out: Subscriber<Inbound<ChatFrame>>) => new Remembering(store, out));
 }
 
 /**
  * The operator's subscriber to its source. One object, not filter + mergeMap: no inner subscription
  * per message on the hot path. The store runs its afterWrite callbacks in order, so the messages keep
- * their order. An observer that is also a `Subscription` is used by `subscribe` as it is (RxJS's
- * `isSubscriber`), so the source's subscriber is torn down with it.
+ * their order. A step of {@link stepOperator}: the source's subscriber itself.
  */
 class Remembering extends Subscription implements Observer<Inbound<ChatFrame>> {
   /**

@@ -1,4 +1,5 @@
-import { filter, map, pipe, type MonoTypeOperatorFunction } from 'rxjs';
+import type { MonoTypeOperatorFunction } from 'rxjs';
+import { filterMap } from './filter-map.js';
 import { boundedLru, LastKeyLru } from '../util/lru.js';
 import { isBinaryChat, type ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
@@ -40,11 +41,7 @@ export interface VerifyOptions {
  * with the source; a throwing `onInvalid` or `trusted` becomes an error notification.
  */
 export function verifySignatures(options: VerifyOptions): MonoTypeOperatorFunction<Inbound<ChatFrame>> {
-  const check = signatureCheck(options);
-  return pipe(
-    map(check),
-    filter((message): message is Inbound<ChatFrame> => message !== undefined),
-  );
+  return filterMap(signatureCheck(options));
 }
 
 /**
