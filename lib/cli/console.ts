@@ -94,25 +94,16 @@ function messageEvent(event: string | undefined, m: ChatMessage): Record<string,
 // `JSON.stringify` of an event object, the turn's lines joined into one string, and that string
 // encoded again for the write made ~1.2 KB of garbage per message and ~15 % of a random20 node's CPU.
 // These write the same bytes that `JSON.stringify(messageEvent('message', m))` gives straight into
-// the line batch's buffer: the event's fixed parts copied, each string as it is unless JSON must
-// escape something in it (then as `JSON.stringify` escapes it), the numbers as digits. A property
-// spec checks them against `JSON.stringify` for any strings.
+// the line batch's buffer, as one string in one write: each string as it is unless JSON must escape
+// something in it (then as `JSON.stringify` escapes it), the numbers as digits. A property spec
+// checks them against `JSON.stringify` for any strings.
 
-const ascii = (text: string): Buffer => Buffer.from(text, 'latin1');
-const MESSAGE_ID = ascii('{"event":"message","id":"');
-const SENT_ID = ascii('{"event":"sent","id":"');
-const FROM = ascii('","from":"');
-const NICK = ascii('","nick":"');
-const TEXT = ascii('","text":"');
-const TS = ascii('","ts":');
-const SEQ = ascii(',"seq":');
-const END = ascii('}');
 /** Bytes of an event besides its strings: the fixed parts, and two numbers of up to 21 characters. */
 const EVENT_BYTES = 150;
 
 /**
  * What JSON escapes in a string: `"`, `\`, U+0000..U+001F, and surrogates (a lone one is escaped;
- * a string with a pair goes the slow way too, and `JSON.stringify` writes the pair as it is).
+ * a string with a pair goes to `JSON.stringify` too, which writes the pair as it is).
  */
 // eslint-disable-next-line no-control-regex -- the control characters are what JSON escapes
 const JSON_ESCAPED = /["\\\u0000-\u001f\ud800-\udfff]/;
@@ -123,16 +114,11 @@ function plainNumbers(m: Pick<ChatMessage, 'ts' | 'seq'>): boolean {
 }
 
 /**
- * Writes a string's JSON text without its quotes at `at`; returns where it ends. An escaped string
- * is at most 6 bytes per UTF-16 code unit (`\u001f`), an unescaped one at most 3.
+ * A string's JSON text without its quotes: at most 6 bytes of UTF-8 per UTF-16 code unit escaped
+ * (`\u001f`), 3 as it is.
  */
-function putJsonText(buf: WritingBuffer, at: number, text: string): number {
-  return at + buf.utf8Write(JSON_ESCAPED.test(text) ? JSON.stringify(text).slice(1, -1) : text, at);
-}
-
-function put(buf: Buffer, at: number, bytes: Uint8Array): number {
-  buf.set(bytes, at);
-  return at + bytes.length;
+function jsonText(text: string): string {
+  return JSON_ESCAPED.test(text) ? JSON.stringify(text).slice(1, -1) : text;
 }
 
 function messageEventBytes(m: ChatMessage): number {
@@ -140,27 +126,8 @@ function messageEventBytes(m: ChatMessage): number {
 }
 
 function fillMessageEvent(buf: WritingBuffer, at: number, m: ChatMessage): number {
-  // The usual message, with nothing to escape: one string in one write. Part by part below, it was
-  // a dozen calls per message at every node, mostly before V8 optimises them.
-  if (
-    !JSON_ESCAPED.test(m.id) &&
-    !JSON_ESCAPED.test(m.from) &&
-    !JSON_ESCAPED.test(m.nick) &&
-    !JSON_ESCAPED.test(m.text)
-  ) {
-    return (
-      at +
-      buf.utf8Write(
-        `{"event":"message","id":"${m.id}","from":"${m.from}","nick":"${m.nick}","text":"${m.text}","ts":${m.ts},"seq":${m.seq}}`,
-        at,
-      )
-    );
-  }
-  at = putJsonText(buf, put(buf, at, MESSAGE_ID), m.id);
-  at = putJsonText(buf, put(buf, at, FROM), m.from);
-  at = putJsonText(buf, put(buf, at, NICK), m.nick);
-  at = putJsonText(buf, put(buf, at, TEXT), m.text);
-  return putTsSeqEnd(buf, at, m);
+  const line = `{"event":"message","id":"${jsonText(m.id)}","from":"${jsonText(m.from)}","nick":"${jsonText(m.nick)}","text":"${jsonText(m.text)}","ts":${m.ts},"seq":${m.seq}}`;
+  return at + buf.utf8Write(line, at);
 }
 
 function sentEventBytes(m: ChatMessage): number {
@@ -168,20 +135,7 @@ function sentEventBytes(m: ChatMessage): number {
 }
 
 function fillSentEvent(buf: WritingBuffer, at: number, m: ChatMessage): number {
-  // As fillMessageEvent: an id with nothing to escape (every id this node makes) in one write.
-  if (!JSON_ESCAPED.test(m.id)) {
-    return at + buf.utf8Write(`{"event":"sent","id":"${m.id}","ts":${m.ts},"seq":${m.seq}}`, at);
-  }
-  return putTsSeqEnd(buf, putJsonText(buf, put(buf, at, SENT_ID), m.id), m);
-}
-
-/** Both events' end, after the quote of their last string: `","ts":TS,"seq":SEQ}`. */
-function putTsSeqEnd(buf: WritingBuffer, at: number, m: ChatMessage): number {
-  at = put(buf, at, TS);
-  at += buf.latin1Write(String(m.ts), at);
-  at = put(buf, at, SEQ);
-  at += buf.latin1Write(String(m.seq), at);
-  return put(buf, at, END);
+  return at + buf.utf8Write(`{"event":"sent","id":"${jsonText(m.id)}","ts":${m.ts},"seq":${m.seq}}`, at);
 }
 
 function formatPeers(peers: readonly PeerInfo[]): string {

@@ -388,7 +388,8 @@ function checkTiming(
 
 /**
  * Starts a node: listens, dials `options.peers`, and relays chat messages through the pipeline
- * fromSocket → decode → merge → dedup → peer-list merge / relay → per-peer writers.
+ * fromSocket → decode → merge → rate, signature and dedup checks → remember → peer-list merge /
+ * relay → per-peer writers.
  *
  * Resolves once listening. Rejects with the listen error (e.g. `EADDRINUSE`).
  *
@@ -1194,7 +1195,7 @@ class ChatNode implements P2PNode {
     const now = Date.now();
     if (this.entropySince === undefined) this.entropySince = now;
     this.lastNews = now;
-    if (this.entropyTimer === undefined) this.armEntropy(this.timing.antiEntropyMs);
+    this.armEntropy(this.timing.antiEntropyMs);
   }
 
   private armEntropy(delay: number): void {

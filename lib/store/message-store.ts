@@ -472,10 +472,9 @@ export class MessageStore {
   /** Drops the oldest messages beyond the window, raising their senders' floors. */
   private evict(): void {
     const oldest = this.now() - this.maxAgeMs;
-    // The size as `size` computes it, inline (this runs for every message added).
-    while (this.orderStart < this.order.length) {
+    while (this.size > 0) {
       const first = this.order[this.orderStart]!;
-      if (this.order.length - this.orderStart <= this.maxMessages && first.frame.ts >= oldest) break;
+      if (this.size <= this.maxMessages && first.frame.ts >= oldest) break;
       this.orderStart++;
       if (this.byId.get(first.frame.id) === first) this.byId.delete(first.frame.id);
       const sender = this.senderOf(first.frame.from)!;

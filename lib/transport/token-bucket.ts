@@ -45,10 +45,7 @@ export class TokenBucket {
    */
   tokensAt(t: number): number {
     if (t > this.at) {
-      // levelAt's refill, inline: this runs for every frame and every message, mostly before V8
-      // optimises it.
-      const level = this.level + ((t - this.at) / 1000) * this.rate.perSecond;
-      this.level = level < this.rate.burst ? level : this.rate.burst;
+      this.level = this.levelAt(t);
       this.at = t;
     }
     return this.level;
@@ -74,9 +71,8 @@ export class TokenBucket {
 
   /** Takes `n` tokens, going into debt if need be; returns the tokens left (below 0: in debt). */
   spend(n = 1): number {
-    const level = this.tokensAt(this.now()) - n;
-    this.level = level;
-    return level;
+    this.spendAt(this.now(), n);
+    return this.level;
   }
 
   /** Milliseconds until at least `n` tokens are there (0 when they are now). */
@@ -154,7 +150,7 @@ export class RateLimiter<K extends string = string> {
    * {@link clock}); takes nothing.
    */
   allows(key: K, time?: number): boolean {
-    const bucket = this.buckets.get(key) ?? this.bucket(key);
+    const bucket = this.bucket(key);
     return bucket.tokensAt(this.clock(key, bucket, time)) >= 1;
   }
 
@@ -165,7 +161,7 @@ export class RateLimiter<K extends string = string> {
 
   /** Takes a token of `key`, going into debt if need be (`time` as for {@link allows}). */
   spend(key: K, time?: number): void {
-    const bucket = this.buckets.get(key) ?? this.bucket(key);
+    const bucket = this.bucket(key);
     const t = this.clock(key, bucket, time);
     // Kept only where it was set: the start of a burst (not a cache write per value).
     if (this.newOffset !== undefined) this.offsets.set(key, this.newOffset);

@@ -13,12 +13,12 @@ import {
  *
  * RxJS's `Subject#next` wraps its work in a closure (`errorContext`) and walks its observers with
  * `for...of`, which allocates an iterator and a result object per observer in code V8 has not
- * optimised (most of a burst): a node passes each message through several (`share()`, a link's
- * outbox), so ~450 bytes of garbage per message. This one keeps its subscribers in an array that
+ * optimised (most of a burst): a node passes each message through several ({@link shareHot}, a
+ * link's outbox, its own messages), so ~450 bytes of garbage per message. This one keeps its subscribers in an array that
  * is replaced, never changed, on (un)subscribe, and walks it by index: a subscriber that leaves
  * during a `next` still sees that value only if it has not stopped, as with `Subject`.
  *
- * For `share({ connector: () => new Multicast() })` and for per-peer outboxes. Unlike `Subject` it
+ * For {@link shareHot}, per-peer outboxes and a node's own messages. Unlike `Subject` it
  * does not throw on `next` after `unsubscribe` (it has none) and ignores notifications after it ended.
  */
 export class Multicast<T> implements SubjectLike<T> {
