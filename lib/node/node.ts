@@ -54,6 +54,7 @@ import {
   heldFrame,
   HISTORY_DEFAULTS,
   MessageStore,
+  WRITE_RETRY_MS,
   type HeldFrame,
   type HistoryWindow,
 } from '../store/message-store.js';
@@ -510,6 +511,17 @@ class ChatNode implements P2PNode {
       this.chatProblem = chatProblemChecker(this.networkTag);
       const { store, repair } = MessageStore.open(this.id, dataDir, options.history);
       this.store = store;
+      store.onWriteFailure = (err) => {
+        if (err === undefined) {
+          this.log.info(`history: writing to ${dataDir} again, the messages kept meanwhile included`);
+          return;
+        }
+        // A system error's message starts with its code (ENOSPC: no space left on device, write).
+        const reason = err.message.startsWith(`${err.code}`) ? err.message : `${err.code}: ${err.message}`;
+        this.log.error(
+          `history: cannot write to ${dataDir} (${reason}); messages are kept in memory, shown and relayed, and written once it works again (tried every ${WRITE_RETRY_MS / 1000} s)`,
+        );
+      };
       if (repair !== undefined) {
         this.log.warn(
           `history: dropped ${repair.droppedBytes} bytes of ${dataDir} (${repair.reason}); peers will resend what is missing`,
@@ -1580,6 +1592,7 @@ class ChatNode implements P2PNode {
     for (const target of this.targets.values()) {
       if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
     }
+    this.store.retryWrite();
   }
 
   private async shutdown(): Promise<void> {

@@ -4,6 +4,7 @@ import {
   openSync,
   readFileSync,
   renameSync,
+  rmSync,
   writeFileSync,
   writeSync,
   writevSync,
@@ -74,6 +75,14 @@ const LOG_FILE = 'messages.log';
 const SEQ_FILE = 'seq';
 /** Own sequence numbers reserved per write of the `seq` file: one small write per 1,000 messages. */
 const SEQ_RESERVE = 1000;
+/** While writes fail, how often the store tries again (a rewrite of the whole window). */
+export const WRITE_RETRY_MS = 5_000;
+
+/** A failure of the system (a full disk, an I/O error), not a bug: an Error with a string `code`. */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  if (err instanceof TypeError || err instanceof RangeError) return false;
+  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string';
+}
 
 function readReserved(path: string): number {
   try {
@@ -175,7 +184,20 @@ export class MessageStore {
   private waiting: (() => void)[] = [];
   private flushScheduled = false;
   private runningCallbacks = false;
+  /** The error that made writes fail, until one works again (see {@link onWriteFailure}). */
+  private writeFailure: NodeJS.ErrnoException | undefined;
+  private retryAt = 0;
   private readonly maxMessages: number;
+
+  /**
+   * Told when writing to the directory fails with a system error (a full disk, an I/O error): with
+   * that error, once, and with `undefined` when writing works again. Meanwhile the store goes on in
+   * memory, so the node goes on showing and relaying messages (its peers hold copies): what must
+   * wait for the write (see {@link afterWrite}) runs without it. Every {@link WRITE_RETRY_MS}, at a
+   * flush or {@link retryWrite}, it tries again by rewriting the whole window (the log's end may be
+   * torn), which writes what was kept meanwhile too. Bugs (TypeError, RangeError) are thrown.
+   */
+  onWriteFailure: ((err: NodeJS.ErrnoException | undefined) => void) | undefined;
   private readonly maxAgeMs: number;
 
   private constructor(
@@ -242,11 +264,16 @@ export class MessageStore {
   }
 
   private reserve(upTo: number): void {
+    // Raised first: a failed write is tried again at the next block, not at every message.
     this.reservedSeq = upTo;
     if (this.dir === undefined) return;
     const path = join(this.dir, SEQ_FILE);
-    writeFileSync(`${path}.tmp`, `${upTo}\n`, { mode: 0o600 });
-    renameSync(`${path}.tmp`, path);
+    try {
+      writeFileSync(`${path}.tmp`, `${upTo}\n`, { mode: 0o600 });
+      renameSync(`${path}.tmp`, path);
+    } catch (err) {
+      this.failed(err);
+    }
   }
 
   /**
@@ -419,9 +446,18 @@ export class MessageStore {
     }
   }
 
-  /** Writes what is pending, and closes the log. */
+  /**
+   * While writes fail, tries again (at most every {@link WRITE_RETRY_MS}): for a timer, so a quiet
+   * chat gets its history written once the disk has room again.
+   */
+  retryWrite(): void {
+    if (this.writeFailure !== undefined && this.now() >= this.retryAt) this.compactOrFail();
+  }
+
+  /** Writes what is pending (while writes fail: one last try of the whole window), and closes the log. */
   close(): void {
     this.flush();
+    if (this.writeFailure !== undefined && this.fd !== undefined) this.compactOrFail();
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = undefined;
   }
@@ -487,7 +523,14 @@ export class MessageStore {
       this.order = this.order.slice(this.orderStart);
       this.orderStart = 0;
     }
-    if (this.fd !== undefined && this.recordsInLog > 2 * this.maxMessages + 1) this.compact();
+    // While writes fail, retries have their own pace (see writeTurn).
+    if (
+      this.fd !== undefined &&
+      this.recordsInLog > 2 * this.maxMessages + 1 &&
+      this.writeFailure === undefined
+    ) {
+      this.compactOrFail();
+    }
   }
 
   private meta(): Meta {
@@ -648,7 +691,38 @@ export class MessageStore {
     // A buffer a burst made larger is let go; a turn's one is reused (the write has copied it).
     if (turn.length > TURN_BYTES) this.turn = Buffer.alloc(0);
     if (this.fd === undefined) return;
-    for (let written = start; written < end;) written += writeSync(this.fd, turn, written, end - written);
+    // Kept in memory: a rewrite of the window writes them once writes work again.
+    if (this.writeFailure !== undefined) {
+      this.retryWrite();
+      return;
+    }
+    try {
+      for (let written = start; written < end;) written += writeSync(this.fd, turn, written, end - written);
+    } catch (err) {
+      this.failed(err);
+    }
+  }
+
+  /** Notes a failed write (see {@link onWriteFailure}); rethrows anything but a system error. */
+  private failed(err: unknown): void {
+    if (!isSystemError(err)) throw err;
+    this.retryAt = this.now() + WRITE_RETRY_MS;
+    if (this.writeFailure !== undefined) return;
+    this.writeFailure = err;
+    this.onWriteFailure?.(err);
+  }
+
+  /** {@link compact}, whose failure is noted as a failed write; its success ends one. */
+  private compactOrFail(): void {
+    try {
+      this.compact();
+    } catch (err) {
+      this.failed(err);
+      return;
+    }
+    if (this.writeFailure === undefined) return;
+    this.writeFailure = undefined;
+    this.onWriteFailure?.(undefined);
   }
 
   /** Rewrites the log as one meta record plus the window, atomically (temporary file + rename). */
@@ -657,6 +731,7 @@ export class MessageStore {
     const path = join(this.dir, LOG_FILE);
     const tmp = `${path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
+    let fdOpen = true;
     try {
       const parts: Uint8Array[] = [];
       this.record(parts, KIND_META, Buffer.from(JSON.stringify(this.meta()), 'utf8'));
@@ -664,12 +739,29 @@ export class MessageStore {
         const message = this.order[i]!;
         this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
       }
-      writevSync(fd, parts);
-    } finally {
+      // A full disk can stop writev part way without an error (it reports what it wrote): the file
+      // would then replace the log with part of the window.
+      let bytes = 0;
+      for (const part of parts) bytes += part.length;
+      const written = writevSync(fd, parts);
+      if (written !== bytes) {
+        throw Object.assign(new Error(`wrote ${written} of ${bytes} bytes of the history`), {
+          code: 'ERR_SHORT_WRITE',
+        });
+      }
+      fdOpen = false;
       closeSync(fd);
+      renameSync(tmp, path);
+    } catch (err) {
+      if (fdOpen) closeSync(fd);
+      try {
+        rmSync(tmp, { force: true });
+      } catch {
+        // the first error is the one to report
+      }
+      throw err;
     }
     this.clearTurn(); // the window just written holds them
-    renameSync(tmp, path);
     if (this.fd !== undefined) closeSync(this.fd);
     this.fd = openSync(path, 'a', 0o600);
     this.recordsInLog = this.size + 1;

@@ -1,12 +1,24 @@
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
-import { MessageStore, type HistoryWindow } from '../../lib/store/message-store.js';
+import { MessageStore, WRITE_RETRY_MS, type HistoryWindow } from '../../lib/store/message-store.js';
 
 const SELF = 'me';
 /** The clock of every store here: the frames' timestamps are well inside the default 7-day window. */
@@ -768,6 +780,112 @@ describe('MessageStore', () => {
         ),
         { numRuns: 150 },
       );
+    });
+  });
+
+  describe('when the disk fails (full, I/O errors): reported, kept in memory, written again later', () => {
+    /**
+     * Points the store's open log at /dev/full, where every write fails with ENOSPC: the one way to
+     * make the writes of an open file fail on demand (its descriptor is private).
+     */
+    function fillDisk(t: TestContext, store: MessageStore): void {
+      const held = store as unknown as { fd: number };
+      closeSync(held.fd);
+      held.fd = openSync('/dev/full', 'w');
+      t.after(() => store.close());
+    }
+
+    /** A clock the test moves, and the failures the store reported (undefined: writing again). */
+    function watched(store: MessageStore): (string | undefined)[] {
+      const seen: (string | undefined)[] = [];
+      store.onWriteFailure = (err) => seen.push(err?.code);
+      return seen;
+    }
+
+    it('reports a failed write once, passes the messages on anyway, and writes them all once it can', (t) => {
+      const dir = tempDir(t);
+      let now = T0;
+      const { store } = MessageStore.open(SELF, dir, {}, () => now);
+      const seen = watched(store);
+      add(store, chat('a', 1));
+      store.flush();
+      fillDisk(t, store);
+      const released: string[] = [];
+      for (let seq = 2; seq <= 4; seq++) {
+        add(store, chat('a', seq));
+        store.afterWrite(() => released.push(`a-${seq}`));
+        assert.doesNotThrow(() => store.flush());
+      }
+      assert.deepEqual(seen, ['ENOSPC'], 'reported once, not once per write');
+      assert.deepEqual(released, ['a-2', 'a-3', 'a-4'], 'shown and relayed from memory');
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3', 'a-4']);
+
+      // Before WRITE_RETRY_MS nothing is tried; after it, a timer's retryWrite rewrites the window
+      // (in the directory, which has room: the descriptor pointing at /dev/full is replaced).
+      now += WRITE_RETRY_MS - 1;
+      store.retryWrite();
+      assert.deepEqual(seen, ['ENOSPC']);
+      now += 1;
+      store.retryWrite();
+      assert.deepEqual(seen, ['ENOSPC', undefined]);
+      add(store, chat('a', 5));
+      store.close();
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.equal(reopened.repair, undefined);
+      assert.deepEqual(ids(reopened.store), ['a-1', 'a-2', 'a-3', 'a-4', 'a-5']);
+    });
+
+    it('tries again at a flush too, and a rewrite that fails as well leaves the log as it was', (t) => {
+      const dir = tempDir(t);
+      let now = T0;
+      const { store } = MessageStore.open(SELF, dir, {}, () => now);
+      const seen = watched(store);
+      add(store, chat('a', 1));
+      store.flush();
+      const before = readFileSync(join(dir, LOG));
+      fillDisk(t, store);
+      add(store, chat('a', 2));
+      store.flush();
+      // The rewrite's temporary file is on the full disk too.
+      symlinkSync('/dev/full', join(dir, `${LOG}.tmp`));
+      now += WRITE_RETRY_MS;
+      add(store, chat('a', 3));
+      store.flush();
+      assert.deepEqual(seen, ['ENOSPC'], 'a failed retry is no news');
+      assert.deepEqual(
+        readFileSync(join(dir, LOG)),
+        before,
+        'the log is not replaced by a part of the window',
+      );
+      assert.equal(existsSync(join(dir, `${LOG}.tmp`)), false, 'the temporary file is removed');
+      now += WRITE_RETRY_MS;
+      add(store, chat('a', 4));
+      store.flush();
+      assert.deepEqual(seen, ['ENOSPC', undefined]);
+      store.close();
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.deepEqual(ids(reopened.store), ['a-1', 'a-2', 'a-3', 'a-4']);
+    });
+
+    it('goes on numbering its own messages when the seq file cannot be written, and reports it', (t) => {
+      const dir = tempDir(t);
+      const { store } = open(t, dir);
+      const seen = watched(store);
+      symlinkSync('/dev/full', join(dir, 'seq.tmp'));
+      assert.deepEqual([store.nextSeq(), store.nextSeq()], [1, 2]);
+      assert.deepEqual(seen, ['ENOSPC']);
+    });
+
+    it('throws a bug rather than report it as a failed write', (t) => {
+      const { store } = open(t, tempDir(t));
+      watched(store);
+      const held = store as unknown as { fd: unknown };
+      held.fd = 'not a descriptor';
+      add(store, chat('a', 1));
+      assert.throws(() => store.flush(), TypeError);
+      held.fd = undefined;
     });
   });
 
