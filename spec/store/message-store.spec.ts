@@ -802,7 +802,16 @@ describe('MessageStore', () => {
       return seen;
     }
 
-    it('reports a failed write once, passes the messages on anyway, and writes them all once it can', (t) => {
+    /**
+     * A store in a fresh directory holding a-1 on disk, whose log then fails every write; its clock
+     * moves only with `later`.
+     */
+    function failingStore(t: TestContext): {
+      dir: string;
+      store: MessageStore;
+      seen: (string | undefined)[];
+      later: (ms: number) => void;
+    } {
       const dir = tempDir(t);
       let now = T0;
       const { store } = MessageStore.open(SELF, dir, {}, () => now);
@@ -810,6 +819,11 @@ describe('MessageStore', () => {
       add(store, chat('a', 1));
       store.flush();
       fillDisk(t, store);
+      return { dir, store, seen, later: (ms) => (now += ms) };
+    }
+
+    it('reports a failed write once, passes the messages on anyway, and writes them all once it can', (t) => {
+      const { dir, store, seen, later } = failingStore(t);
       const released: string[] = [];
       for (let seq = 2; seq <= 4; seq++) {
         add(store, chat('a', seq));
@@ -822,10 +836,10 @@ describe('MessageStore', () => {
 
       // Before WRITE_RETRY_MS nothing is tried; after it, a timer's retryWrite rewrites the window
       // (in the directory, which has room: the descriptor pointing at /dev/full is replaced).
-      now += WRITE_RETRY_MS - 1;
+      later(WRITE_RETRY_MS - 1);
       store.retryWrite();
       assert.deepEqual(seen, ['ENOSPC']);
-      now += 1;
+      later(1);
       store.retryWrite();
       assert.deepEqual(seen, ['ENOSPC', undefined]);
       add(store, chat('a', 5));
@@ -837,19 +851,13 @@ describe('MessageStore', () => {
     });
 
     it('tries again at a flush too, and a rewrite that fails as well leaves the log as it was', (t) => {
-      const dir = tempDir(t);
-      let now = T0;
-      const { store } = MessageStore.open(SELF, dir, {}, () => now);
-      const seen = watched(store);
-      add(store, chat('a', 1));
-      store.flush();
+      const { dir, store, seen, later } = failingStore(t);
       const before = readFileSync(join(dir, LOG));
-      fillDisk(t, store);
       add(store, chat('a', 2));
       store.flush();
       // The rewrite's temporary file is on the full disk too.
       symlinkSync('/dev/full', join(dir, `${LOG}.tmp`));
-      now += WRITE_RETRY_MS;
+      later(WRITE_RETRY_MS);
       add(store, chat('a', 3));
       store.flush();
       assert.deepEqual(seen, ['ENOSPC'], 'a failed retry is no news');
@@ -859,7 +867,7 @@ describe('MessageStore', () => {
         'the log is not replaced by a part of the window',
       );
       assert.equal(existsSync(join(dir, `${LOG}.tmp`)), false, 'the temporary file is removed');
-      now += WRITE_RETRY_MS;
+      later(WRITE_RETRY_MS);
       add(store, chat('a', 4));
       store.flush();
       assert.deepEqual(seen, ['ENOSPC', undefined]);
