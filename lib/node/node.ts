@@ -519,7 +519,7 @@ class ChatNode implements P2PNode {
         // A system error's message starts with its code (ENOSPC: no space left on device, write).
         const reason = err.message.startsWith(`${err.code}`) ? err.message : `${err.code}: ${err.message}`;
         this.log.error(
-          `history: cannot write to ${dataDir} (${reason}); messages are kept in memory, shown and relayed, and written once it works again (tried every ${WRITE_RETRY_MS / 1000} s)`,
+          `history: cannot write to ${dataDir} (${reason}); messages are kept in memory, shown and relayed, and written once it works again (tried at least ${WRITE_RETRY_MS / 1000} s apart)`,
         );
       };
       if (repair !== undefined) {

@@ -1,5 +1,6 @@
 import {
   closeSync,
+  existsSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -78,10 +79,21 @@ const SEQ_RESERVE = 1000;
 /** While writes fail, how often the store tries again (a rewrite of the whole window). */
 export const WRITE_RETRY_MS = 5_000;
 
-/** A failure of the system (a full disk, an I/O error), not a bug: an Error with a string `code`. */
+/**
+ * Present while writes fail (an empty file: creating one needs no data block, so it mostly works on
+ * a full disk): own messages may have been sent that the log lacks, so a restart numbers above the
+ * reserved block, as after a damaged log.
+ */
+const UNSAVED_FILE = 'unsaved';
+
+/** A compaction whose writev stopped part way (a full disk reports what it wrote, not an error). */
+const SHORT_WRITE = 'ERR_SHORT_WRITE';
+
+/** A failure of the system (a full disk, an I/O error) from a file system call, not a bug. */
 function isSystemError(err: unknown): err is NodeJS.ErrnoException {
-  if (err instanceof TypeError || err instanceof RangeError) return false;
-  return err instanceof Error && typeof (err as NodeJS.ErrnoException).code === 'string';
+  if (!(err instanceof Error) || err instanceof TypeError || err instanceof RangeError) return false;
+  const { code, errno, syscall } = err as NodeJS.ErrnoException;
+  return code === SHORT_WRITE || (typeof errno === 'number' && typeof syscall === 'string');
 }
 
 function readReserved(path: string): number {
@@ -193,9 +205,11 @@ export class MessageStore {
    * Told when writing to the directory fails with a system error (a full disk, an I/O error): with
    * that error, once, and with `undefined` when writing works again. Meanwhile the store goes on in
    * memory, so the node goes on showing and relaying messages (its peers hold copies): what must
-   * wait for the write (see {@link afterWrite}) runs without it. Every {@link WRITE_RETRY_MS}, at a
-   * flush or {@link retryWrite}, it tries again by rewriting the whole window (the log's end may be
-   * torn), which writes what was kept meanwhile too. Bugs (TypeError, RangeError) are thrown.
+   * wait for the write (see {@link afterWrite}) runs without it. At a flush or {@link retryWrite} at
+   * least {@link WRITE_RETRY_MS} after the last try, and at {@link close}, it tries again by
+   * rewriting the whole window (the log's end may be torn), which writes what was kept meanwhile
+   * too, and the `seq` file. Bugs (TypeError, RangeError, any error not from a system call) are
+   * thrown.
    */
   onWriteFailure: ((err: NodeJS.ErrnoException | undefined) => void) | undefined;
   private readonly maxAgeMs: number;
@@ -232,14 +246,19 @@ export class MessageStore {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       repair = store.load(join(dir, LOG_FILE));
       store.reservedSeq = readReserved(join(dir, SEQ_FILE));
-      // With a damaged log the last own numbers may be gone from it: resume above the reserved block
-      // rather than reuse one (peers would drop the new message as known).
-      if (repair !== undefined || store.lastSeq > store.reservedSeq) {
+      // With a damaged log, or one that writes failed to keep up to date, the last own numbers may
+      // be gone from it: resume above the reserved block rather than reuse one (peers would drop the
+      // new message as known).
+      const unsaved = existsSync(join(dir, UNSAVED_FILE));
+      if (repair !== undefined || unsaved || store.lastSeq > store.reservedSeq) {
         store.lastSeq = Math.max(store.lastSeq, store.reservedSeq);
       }
     }
     store.evict();
-    if (dir !== undefined) store.compact(); // start from a clean log holding just the window
+    if (dir !== undefined) {
+      store.compact(); // start from a clean log holding just the window
+      rmSync(join(dir, UNSAVED_FILE), { force: true });
+    }
     return { store, repair };
   }
 
@@ -264,15 +283,25 @@ export class MessageStore {
   }
 
   private reserve(upTo: number): void {
-    // Raised first: a failed write is tried again at the next block, not at every message.
+    // Raised first: while writes fail, the file is written again with the log (compactOrFail).
     this.reservedSeq = upTo;
     if (this.dir === undefined) return;
-    const path = join(this.dir, SEQ_FILE);
     try {
-      writeFileSync(`${path}.tmp`, `${upTo}\n`, { mode: 0o600 });
-      renameSync(`${path}.tmp`, path);
+      this.writeReserved(this.dir);
     } catch (err) {
       this.failed(err);
+    }
+  }
+
+  /** Writes the `seq` file (a temporary file renamed over it). */
+  private writeReserved(dir: string): void {
+    const path = join(dir, SEQ_FILE);
+    try {
+      writeFileSync(`${path}.tmp`, `${this.reservedSeq}\n`, { mode: 0o600 });
+      renameSync(`${path}.tmp`, path);
+    } catch (err) {
+      rmQuietly(`${path}.tmp`);
+      throw err;
     }
   }
 
@@ -451,7 +480,10 @@ export class MessageStore {
    * chat gets its history written once the disk has room again.
    */
   retryWrite(): void {
-    if (this.writeFailure !== undefined && this.now() >= this.retryAt) this.compactOrFail();
+    // fd: not for a closed store.
+    if (this.writeFailure !== undefined && this.fd !== undefined && this.now() >= this.retryAt) {
+      this.compactOrFail();
+    }
   }
 
   /** Writes what is pending (while writes fail: one last try of the whole window), and closes the log. */
@@ -709,18 +741,30 @@ export class MessageStore {
     this.retryAt = this.now() + WRITE_RETRY_MS;
     if (this.writeFailure !== undefined) return;
     this.writeFailure = err;
+    if (this.dir !== undefined) {
+      try {
+        closeSync(openSync(join(this.dir, UNSAVED_FILE), 'w', 0o600));
+      } catch {
+        // Best effort: the disk may refuse even an empty file.
+      }
+    }
     this.onWriteFailure?.(err);
   }
 
-  /** {@link compact}, whose failure is noted as a failed write; its success ends one. */
+  /**
+   * {@link compact}, whose failure is noted as a failed write. While writes fail, its success ends
+   * that once the `seq` file is written too.
+   */
   private compactOrFail(): void {
     try {
       this.compact();
+      if (this.writeFailure === undefined || this.dir === undefined) return;
+      this.writeReserved(this.dir);
+      rmSync(join(this.dir, UNSAVED_FILE), { force: true });
     } catch (err) {
       this.failed(err);
       return;
     }
-    if (this.writeFailure === undefined) return;
     this.writeFailure = undefined;
     this.onWriteFailure?.(undefined);
   }
@@ -746,7 +790,7 @@ export class MessageStore {
       const written = writevSync(fd, parts);
       if (written !== bytes) {
         throw Object.assign(new Error(`wrote ${written} of ${bytes} bytes of the history`), {
-          code: 'ERR_SHORT_WRITE',
+          code: SHORT_WRITE,
         });
       }
       fdOpen = false;
@@ -754,17 +798,33 @@ export class MessageStore {
       renameSync(tmp, path);
     } catch (err) {
       if (fdOpen) closeSync(fd);
-      try {
-        rmSync(tmp, { force: true });
-      } catch {
-        // the first error is the one to report
-      }
+      rmQuietly(tmp);
       throw err;
     }
     this.clearTurn(); // the window just written holds them
-    if (this.fd !== undefined) closeSync(this.fd);
-    this.fd = openSync(path, 'a', 0o600);
+    // The new descriptor first: one that failed to open leaves the old one in use, and the old one
+    // is forgotten before it is closed, so no later call closes its number again (it may be another
+    // file's by then).
+    const appending = openSync(path, 'a', 0o600);
+    const old = this.fd;
+    this.fd = appending;
     this.recordsInLog = this.size + 1;
+    if (old !== undefined) {
+      try {
+        closeSync(old);
+      } catch {
+        // Linux frees the descriptor even when close reports an error.
+      }
+    }
+  }
+}
+
+/** Removes a temporary file after a failure, keeping that failure the one reported. */
+function rmQuietly(path: string): void {
+  try {
+    rmSync(path, { force: true });
+  } catch {
+    // the first error is the one to report
   }
 }
 

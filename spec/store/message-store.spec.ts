@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -14,6 +15,7 @@ import {
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { crc32 } from 'node:zlib';
 import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
@@ -877,13 +879,73 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(reopened.store), ['a-1', 'a-2', 'a-3', 'a-4']);
     });
 
-    it('goes on numbering its own messages when the seq file cannot be written, and reports it', (t) => {
+    it('goes on numbering its own messages when the seq file cannot be written, and writes it with the log later', (t) => {
       const dir = tempDir(t);
-      const { store } = open(t, dir);
+      let now = T0;
+      const { store } = open(t, dir, {}, () => now);
       const seen = watched(store);
       symlinkSync('/dev/full', join(dir, 'seq.tmp'));
       assert.deepEqual([store.nextSeq(), store.nextSeq()], [1, 2]);
       assert.deepEqual(seen, ['ENOSPC']);
+      assert.equal(existsSync(join(dir, 'seq')), false);
+      now += WRITE_RETRY_MS;
+      store.retryWrite();
+      assert.deepEqual(seen, ['ENOSPC', undefined], 'writing again once both files are written');
+      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '1001\n');
+      assert.equal(existsSync(join(dir, 'unsaved')), false);
+    });
+
+    it('numbers its own messages above the reserved block after a restart that writes never caught up with', (t) => {
+      const { dir, store } = failingStore(t);
+      const seq = store.nextSeq(); // reserves 1..1000 in the seq file, which is still written
+      add(store, chat(SELF, seq));
+      store.flush();
+      assert.equal(existsSync(join(dir, 'unsaved')), true, 'marked while writes fail');
+      // The last try, at close, fails too.
+      symlinkSync('/dev/full', join(dir, `${LOG}.tmp`));
+      store.close();
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.deepEqual(ids(reopened.store), ['a-1'], 'its own message 1 never reached the disk');
+      assert.equal(reopened.store.nextSeq(), 1002, 'not 1 again: peers hold that one');
+      assert.equal(existsSync(join(dir, 'unsaved')), false);
+    });
+
+    it('writes what it kept at close when it can', (t) => {
+      const { dir, store } = failingStore(t);
+      add(store, chat('a', 2));
+      store.flush();
+      store.close(); // before WRITE_RETRY_MS: the last try does not wait for it
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.deepEqual(ids(reopened.store), ['a-1', 'a-2']);
+    });
+
+    it('never renames a part of the window over the log (a write cut short by the file size limit)', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let seq = 1; seq <= 60; seq++) add(first, chat('a', seq, T0, `line ${seq} `.padEnd(100, 'x')));
+      first.close();
+      const before = readFileSync(join(dir, LOG));
+      assert.ok(before.length > 16 * 1024);
+      // A child under `ulimit -f 8` (8 KiB): its start rewrites the log, and writev stops at the
+      // limit with a count, not an error (Node ignores SIGXFSZ).
+      const storeModule = fileURLToPath(new URL('../../lib/store/message-store.ts', import.meta.url));
+      const script = join(dir, 'open.mts');
+      writeFileSync(
+        script,
+        `import { MessageStore } from ${JSON.stringify(storeModule)};
+try { MessageStore.open('me', ${JSON.stringify(dir)}, {}, () => ${T0}); console.log('opened'); }
+catch (err) { console.log(err.code); }`,
+      );
+      const child = spawnSync(
+        'bash',
+        ['-c', 'ulimit -f 8 && exec "$0" "$@"', process.execPath, '--import', 'tsx', script],
+        { encoding: 'utf8', timeout: 20_000 },
+      );
+      assert.equal(child.stdout.trim(), 'ERR_SHORT_WRITE', child.stderr);
+      assert.deepEqual(readFileSync(join(dir, LOG)), before);
+      assert.equal(existsSync(join(dir, `${LOG}.tmp`)), false);
     });
 
     it('throws a bug rather than report it as a failed write', (t) => {
