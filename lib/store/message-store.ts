@@ -76,7 +76,7 @@ const LOG_FILE = 'messages.log';
 const SEQ_FILE = 'seq';
 /** Own sequence numbers reserved per write of the `seq` file: one small write per 1,000 messages. */
 const SEQ_RESERVE = 1000;
-/** While writes fail, how often the store tries again (a rewrite of the whole window). */
+/** While writes fail, the least time between two tries (each a rewrite of the whole window). */
 export const WRITE_RETRY_MS = 5_000;
 
 /**
@@ -200,6 +200,7 @@ export class MessageStore {
   private writeFailure: NodeJS.ErrnoException | undefined;
   private retryAt = 0;
   private readonly maxMessages: number;
+  private readonly maxAgeMs: number;
 
   /**
    * Told when writing to the directory fails with a system error (a full disk, an I/O error): with
@@ -212,7 +213,6 @@ export class MessageStore {
    * thrown.
    */
   onWriteFailure: ((err: NodeJS.ErrnoException | undefined) => void) | undefined;
-  private readonly maxAgeMs: number;
 
   private constructor(
     private readonly selfId: string,
@@ -242,6 +242,7 @@ export class MessageStore {
   ): { store: MessageStore; repair: StoreRepair | undefined } {
     const store = new MessageStore(selfId, dir, window, now);
     let repair: StoreRepair | undefined;
+    let unsaved = false;
     if (dir !== undefined) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       repair = store.load(join(dir, LOG_FILE));
@@ -249,7 +250,7 @@ export class MessageStore {
       // With a damaged log, or one that writes failed to keep up to date, the last own numbers may
       // be gone from it: resume above the reserved block rather than reuse one (peers would drop the
       // new message as known).
-      const unsaved = existsSync(join(dir, UNSAVED_FILE));
+      unsaved = existsSync(join(dir, UNSAVED_FILE));
       if (repair !== undefined || unsaved || store.lastSeq > store.reservedSeq) {
         store.lastSeq = Math.max(store.lastSeq, store.reservedSeq);
       }
@@ -257,7 +258,7 @@ export class MessageStore {
     store.evict();
     if (dir !== undefined) {
       store.compact(); // start from a clean log holding just the window
-      rmSync(join(dir, UNSAVED_FILE), { force: true });
+      if (unsaved) rmSync(join(dir, UNSAVED_FILE), { force: true });
     }
     return { store, repair };
   }
