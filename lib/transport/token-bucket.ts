@@ -91,9 +91,8 @@ export const CLOCK_LEAD_MS = 5_000;
  * starts again with a full bucket: `max` is sized well above the keys that are active at once.
  */
 export class RateLimiter<K extends string = string> {
-  private readonly buckets: LastKeyLru<K, TokenBucket>;
-  /** Per key with a sender's clock: our clock minus the sender's, at the start of its last burst. */
-  private readonly offsets: LastKeyLru<K, number>;
+  /** Per key: its bucket, and for a key with a sender's clock, ours minus the sender's at the start of its last burst. */
+  private readonly keys: LastKeyLru<K, KeyState>;
   private readonly now: () => number;
 
   constructor(
@@ -101,31 +100,30 @@ export class RateLimiter<K extends string = string> {
     options: { readonly max?: number; readonly now?: () => number } = {},
   ) {
     checkRate(rate);
-    this.buckets = new LastKeyLru(options.max ?? 4096);
-    this.offsets = new LastKeyLru(options.max ?? 4096);
+    this.keys = new LastKeyLru(options.max ?? 4096);
     this.now = options.now ?? Date.now;
   }
 
   /**
-   * The clock `bucket` runs on for a value its sender stamped `time` (ms, the sender's clock): ours,
-   * or the sender's where that is ahead, by at most {@link CLOCK_LEAD_MS}. The sender's clock is set
-   * to ours at the first value of each of its bursts (a value that finds the bucket full). A sender
-   * that paces itself by its own clock is then measured by that clock: how late the start of its
-   * burst arrived (it may wait behind a whole batch, here and on the way) does not count against it;
-   * values stamped long ago (resent history) refill by our clock as before. The lead only moves
-   * refill earlier: a bucket's clock never goes back, so what a burst took ahead of our clock is
-   * paid back before the bucket is full again, and no sender gets more than our clock's rate. Only
-   * {@link spend} (a value that counted: checked and new) sets the sender's clock, so a forged value
-   * in a sender's name cannot. Without `time`: our clock.
+   * The clock `state`'s bucket runs on for a value its sender stamped `time` (ms, the sender's
+   * clock): ours, or the sender's where that is ahead, by at most {@link CLOCK_LEAD_MS}. The sender's
+   * clock is set to ours at the first value of each of its bursts (a value that finds the bucket
+   * full). A sender that paces itself by its own clock is then measured by that clock: how late the
+   * start of its burst arrived (it may wait behind a whole batch, here and on the way) does not
+   * count against it; values stamped long ago (resent history) refill by our clock as before. The
+   * lead only moves refill earlier: a bucket's clock never goes back, so what a burst took ahead of
+   * our clock is paid back before the bucket is full again, and no sender gets more than our clock's
+   * rate. Only {@link spend} (a value that counted: checked and new) sets the sender's clock, so a
+   * forged value in a sender's name cannot. Without `time`: our clock.
    * @returns the clock reading; {@link newOffset} is the offset (ours minus the sender's) it set
    *   the sender's clock to, if it did.
    */
-  private clock(key: K, bucket: TokenBucket, time: number | undefined): number {
+  private clock(state: KeyState, time: number | undefined): number {
     const now = this.now();
     this.newOffset = undefined;
     if (time === undefined) return now;
-    let offset = this.offsets.get(key);
-    if (offset === undefined || bucket.levelAt(now) >= this.rate.burst) {
+    let offset = state.offset;
+    if (offset === undefined || state.bucket.levelAt(now) >= this.rate.burst) {
       offset = now - time;
       this.newOffset = offset;
     }
@@ -135,14 +133,19 @@ export class RateLimiter<K extends string = string> {
   /** Set by {@link clock} when it set a sender's clock (a number, not a tuple per value). */
   private newOffset: number | undefined;
 
+  /** The state of `key`, created (a full bucket, no sender's clock) on first use. */
+  private state(key: K): KeyState {
+    let state = this.keys.get(key);
+    if (state === undefined) {
+      state = { bucket: new TokenBucket(this.rate, this.now), offset: undefined };
+      this.keys.set(key, state);
+    }
+    return state;
+  }
+
   /** The bucket of `key`, created full on first use. */
   bucket(key: K): TokenBucket {
-    let bucket = this.buckets.get(key);
-    if (bucket === undefined) {
-      bucket = new TokenBucket(this.rate, this.now);
-      this.buckets.set(key, bucket);
-    }
-    return bucket;
+    return this.state(key).bucket;
   }
 
   /**
@@ -150,21 +153,30 @@ export class RateLimiter<K extends string = string> {
    * {@link clock}); takes nothing.
    */
   allows(key: K, time?: number): boolean {
-    const bucket = this.bucket(key);
-    return bucket.tokensAt(this.clock(key, bucket, time)) >= 1;
+    const state = this.state(key);
+    return state.bucket.tokensAt(this.clock(state, time)) >= 1;
   }
 
   /** Takes a token of `key` when there is one. */
   tryTake(key: K): boolean {
-    return this.bucket(key).tryTake();
+    return this.state(key).bucket.tryTake();
   }
 
   /** Takes a token of `key`, going into debt if need be (`time` as for {@link allows}). */
   spend(key: K, time?: number): void {
-    const bucket = this.bucket(key);
-    const t = this.clock(key, bucket, time);
-    // Kept only where it was set: the start of a burst (not a cache write per value).
-    if (this.newOffset !== undefined) this.offsets.set(key, this.newOffset);
-    bucket.spendAt(t);
+    const state = this.state(key);
+    const t = this.clock(state, time);
+    // Kept only where it was set: the start of a burst.
+    if (this.newOffset !== undefined) state.offset = this.newOffset;
+    state.bucket.spendAt(t);
   }
+}
+
+/**
+ * What a {@link RateLimiter} keeps per key, in one cache entry (one lookup per value; the bucket and
+ * the sender's clock of a key are forgotten together).
+ */
+interface KeyState {
+  readonly bucket: TokenBucket;
+  offset: number | undefined;
 }
