@@ -285,7 +285,7 @@ export class Connection {
    *   escapes control characters in six bytes each: a text of them can outgrow a small limit).
    */
   sendPayload(payload: Buffer, messageId?: string): boolean {
-    if (isBinaryChat(payload) && this.hello?.binary !== true) {
+    if (isBinaryChat(payload) && this.greeting?.binary !== true) {
       payload = asJson(payload);
       if (payload.length > this.fullFrameBytes - TAG_BYTES) return false;
     }
@@ -331,6 +331,7 @@ export class Connection {
       // In place: the frame's bytes are this connection's own (a slice of what the socket read).
       const plaintext = this.session.decryptInPlace(raw);
       if (!isPack(plaintext)) {
+        this.charge(1);
         this.take(plaintext, out);
         return;
       }
@@ -340,10 +341,14 @@ export class Connection {
           `pack of ${plaintext.length} bytes, this node said it reads ${this.packLimit}`,
         );
       }
-      for (const payload of unpack(plaintext)) {
+      const payloads = unpack(plaintext);
+      // Charged together: over the rate, the socket pauses after this pack either way.
+      this.charge(payloads.length);
+      // Indexed: for-of makes an iterator result per step in code V8 has not optimised yet.
+      for (let i = 0; i < payloads.length; i++) {
         // Dropped on one of them (a fault of the peer, or its outbox full): the rest is moot.
         if (out.closed || this.socket.destroyed) break;
-        this.take(payload, out);
+        this.take(payloads[i]!, out);
       }
       return;
     }
@@ -367,19 +372,19 @@ export class Connection {
     }
   }
 
-  /** One decrypted frame: counted and charged to the peer's rate, then parsed and passed on unless known. */
+  /** One decrypted frame (charged to the peer's rate already): counted, then parsed and passed on unless known. */
   private take(payload: Buffer, out: Subscriber<Decoded>): void {
-    this.charge();
     this.rxFrames++;
     if (!this.isKnown(payload)) out.next({ frame: parseFrame(payload), payload });
   }
 
   /**
-   * Charges a frame to the peer's rate. Over it, the socket stops being read until the bucket holds
-   * a token again: the kernel's buffers fill and TCP slows the peer down; nothing is dropped.
+   * Charges `frames` frames to the peer's rate. Over it, the socket stops being read until the
+   * bucket holds a token again: the kernel's buffers fill and TCP slows the peer down; nothing is
+   * dropped.
    */
-  private charge(): void {
-    if (this.frameRate.spend() >= 0 || this.resumeTimer !== undefined) return;
+  private charge(frames: number): void {
+    if (this.frameRate.spend(frames) >= 0 || this.resumeTimer !== undefined) return;
     this.socket.pause();
     this.resumeTimer = setTimeout(() => {
       this.resumeTimer = undefined;

@@ -541,9 +541,9 @@ export class MessageStore {
   /** Drops the oldest messages beyond the window, raising their senders' floors. */
   private evict(): void {
     const oldest = this.now() - this.maxAgeMs;
-    while (this.size > 0) {
+    for (let size = this.size; size > 0; size--) {
       const first = this.order[this.orderStart]!;
-      if (this.size <= this.maxMessages && first.frame.ts >= oldest) break;
+      if (size <= this.maxMessages && first.frame.ts >= oldest) break;
       this.orderStart++;
       if (this.byId.get(first.frame.id) === first) this.byId.delete(first.frame.id);
       const sender = this.senderOf(first.frame.from)!;
