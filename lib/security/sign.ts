@@ -453,9 +453,10 @@ const MAX_LEVELS = MAX_PATH_BYTES / HASH_BYTES + 1;
  * path bytes used below it. Messages of a batch mostly arrive one after another, and the paths of
  * two neighbours join a level or two above their leaves: from where a path joins this one with the
  * same node and the same rest of the path, the rest of its walk would repeat this one's to the same
- * root, so it ends there, accepted, and becomes the last path. Answers never change, only the number
- * of hashes (in order, about 3 per message instead of one per level, and no signed bytes rebuilt
- * nor looked up).
+ * root, so it ends there, accepted, and becomes the last path; so does a walk that meets it as its
+ * sibling ({@link joinsAsSibling}), one level lower. Answers never change, only the number of hashes
+ * (in order, about 2 per message instead of one per level, and no signed bytes rebuilt nor looked
+ * up).
  */
 class CheckedPath {
   valid = false;
@@ -497,6 +498,40 @@ class CheckedPath {
     }
     const path = this.path;
     for (let w = used / WORD_BYTES, v = mine / WORD_BYTES, end = pathBytes / WORD_BYTES; w < end; w++, v++) {
+      if (PATH_WORDS[w] !== path[v]) return false;
+    }
+    return true;
+  }
+
+  /**
+   * True when the walk of message `i` (as for {@link joins}) meets this one as its sibling at
+   * `level`: the positions are the two children of one node, the walk's node is this path's
+   * sibling there and the walk's sibling (the next hash of its path) is this path's node there, and
+   * the rest of both paths above is the same. Both walks then reach the same node one level up (the
+   * same two children in the same order), and the same root: the walk is accepted there without
+   * hashing that node, one hash fewer than a join at the level above. Messages of a batch arriving in
+   * order meet the one before this way: message `i` at the level of its lowest set bit.
+   */
+  joinsAsSibling(i: number, level: number, used: number, pathBytes: number): boolean {
+    if (((i >> level) ^ 1) !== this.i >> level) return false;
+    const mine = this.usedBelow[level]!;
+    // Both have their sibling at this level (each is the other's): the hash at `used` and at `mine`.
+    if (pathBytes - used !== this.pathBytes - mine || used === pathBytes) return false;
+    const nodes = this.nodes;
+    const path = this.path;
+    const at = level * (HASH_BYTES / WORD_BYTES);
+    const ours = used / WORD_BYTES;
+    const theirs = mine / WORD_BYTES;
+    for (let w = 0; w < HASH_BYTES / WORD_BYTES; w++) {
+      if (OUTPUT_WORDS[w] !== path[theirs + w] || PATH_WORDS[ours + w] !== nodes[at + w]) return false;
+    }
+    for (
+      let w = ours + HASH_BYTES / WORD_BYTES,
+        v = theirs + HASH_BYTES / WORD_BYTES,
+        end = pathBytes / WORD_BYTES;
+      w < end;
+      w++, v++
+    ) {
       if (PATH_WORDS[w] !== path[v]) return false;
     }
     return true;
@@ -596,6 +631,11 @@ function rootIsSigned(
       break;
     }
     walk.reach(level, used);
+    if (last?.joinsAsSibling(i, level, used, pathBytes) === true) {
+      walk.takeRest(last, level + 1, used + HASH_BYTES);
+      joined = true;
+      break;
+    }
     if (size <= 1) break;
     if ((at ^ 1) >= size) continue; // the odd last node of its level: moved up unchanged
     if (used + HASH_BYTES > pathBytes) return false;

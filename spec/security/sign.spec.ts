@@ -401,36 +401,82 @@ describe('batches: one signature of a hash tree for many messages', () => {
     );
   });
 
+  // Damage done to a message for the checked-path properties below.
+  type Damage =
+    | 'none'
+    | 'cut' // the path a hash short
+    | 'extra' // the path a hash long
+    | 'signer' // another signer's key with this signature
+    | { bit: number } // a bit of the path flipped
+    | { sigBit: number } // a bit of the signature flipped
+    | { i: number }
+    | { n: number }
+    | { fields: number } // another message's fields with this proof and signature
+    | { net: true };
+  const damage: fc.Arbitrary<Damage> = fc.oneof(
+    { weight: 5, arbitrary: fc.constant<'none'>('none') },
+    fc.constantFrom<Damage>('cut', 'extra', 'signer'),
+    fc.nat().map((bit) => ({ bit })),
+    fc.nat().map((sigBit) => ({ sigBit })),
+    fc.nat().map((i) => ({ i })),
+    fc.nat().map((n) => ({ n })),
+    fc.nat().map((fields) => ({ fields })),
+    fc.constant({ net: true as const }),
+  );
+  const batchSizes = fc.oneof(
+    { weight: 9, arbitrary: fc.integer({ min: 2, max: 40 }) },
+    { weight: 1, arbitrary: fc.integer({ min: 1000, max: MAX_BATCH }) }, // ten levels
+  );
+  /** Message `f` of `batch` (its size `n`) with damage `d`, and the network to check it for. */
+  const damaged = (
+    f: ChatFrame,
+    batch: readonly ChatFrame[],
+    n: number,
+    d: Damage,
+  ): [ChatFrame, Uint8Array] => {
+    const p = f.proof!;
+    const path = Buffer.from(p.path, 'base64url');
+    if (d === 'none') return [f, ours];
+    if (d === 'cut') return [{ ...f, proof: { ...p, path: path.subarray(32).toString('base64url') } }, ours];
+    if (d === 'extra') {
+      const longer = Buffer.concat([path, path.subarray(0, 32)]).toString('base64url');
+      return [{ ...f, proof: { ...p, path: longer } }, ours];
+    }
+    if (d === 'signer') {
+      const key = (f.key === alice.publicKey.toString('hex') ? bob : alice).publicKey.toString('hex');
+      return [{ ...f, key }, ours];
+    }
+    if ('net' in d) return [f, theirs];
+    if ('i' in d) return [{ ...f, proof: { ...p, i: d.i % n } }, ours];
+    if ('n' in d) return [{ ...f, proof: { ...p, n: 2 + (d.n % n), i: Math.min(p.i, 1 + (d.n % n)) } }, ours];
+    if ('fields' in d) return [{ ...batch[d.fields % n]!, proof: p, sig: f.sig }, ours];
+    if ('sigBit' in d) {
+      const sig = flipBit(Buffer.from(f.sig, 'base64url'), d.sigBit % 512).toString('base64url');
+      return [{ ...f, sig }, ours];
+    }
+    const bit = d.bit % (path.length * 8);
+    return [{ ...f, proof: { ...p, path: flipBit(path, bit).toString('base64url') } }, ours];
+  };
+  /**
+   * Checks `sequence` twice: each message first alone (the last checked path forgotten), then all in
+   * a row; each answer must be the same, and the last checked path whole after each.
+   */
+  const sameAnswersInARow = (sequence: readonly [ChatFrame, Uint8Array, boolean][]): void => {
+    const first = sequence.map(([f, net, forget]) => {
+      forgetCheckedPath();
+      return verifies(f, net, undefined, forget);
+    });
+    forgetCheckedPath();
+    sequence.forEach(([f, net, forget], j) => {
+      assert.equal(verifies(f, net, undefined, forget), first[j], `message ${j} of the sequence`);
+      assert.ok(checkedPathIsWhole(), `the last checked path after message ${j}`);
+    });
+  };
+
   it('answers for each message what it answers for it checked first, after any others (property): the last path that checked out only shortens walks', () => {
-    type Damage =
-      | 'none'
-      | 'cut' // the path a hash short
-      | 'extra' // the path a hash long
-      | 'signer' // another signer's key with this signature
-      | { bit: number } // a bit of the path flipped
-      | { sigBit: number } // a bit of the signature flipped
-      | { i: number }
-      | { n: number }
-      | { fields: number } // another message's fields with this proof and signature
-      | { net: true };
-    const damage: fc.Arbitrary<Damage> = fc.oneof(
-      { weight: 5, arbitrary: fc.constant<'none'>('none') },
-      fc.constantFrom<Damage>('cut', 'extra', 'signer'),
-      fc.nat().map((bit) => ({ bit })),
-      fc.nat().map((sigBit) => ({ sigBit })),
-      fc.nat().map((i) => ({ i })),
-      fc.nat().map((n) => ({ n })),
-      fc.nat().map((fields) => ({ fields })),
-      fc.constant({ net: true as const }),
-    );
-    const hash = (path: string): Buffer => Buffer.from(path, 'base64url');
-    const sizes = fc.oneof(
-      { weight: 9, arbitrary: fc.integer({ min: 2, max: 40 }) },
-      { weight: 1, arbitrary: fc.integer({ min: 1000, max: MAX_BATCH }) }, // ten levels
-    );
     fc.assert(
       fc.property(
-        sizes,
+        batchSizes,
         fc.array(fc.tuple(fc.nat(), damage, fc.boolean()), { minLength: 1, maxLength: 30 }),
         (n, steps) => {
           // Two batches of one signer (the same messages' places, other contents) and one of another.
@@ -439,54 +485,41 @@ describe('batches: one signature of a hash tree for many messages', () => {
             signedChatFrames(alice, batchOf(n, 5000), ours),
             signedChatFrames(bob, batchOf(n), ours),
           ];
-          const sequence = steps.map(([k, d, forget]): [ChatFrame, Uint8Array, boolean] => {
-            const batch = batches[k % 3]!;
-            const f = batch[Math.floor(k / 3) % n]!;
-            const p = f.proof!;
-            const path = hash(p.path);
-            const changed = (frame: ChatFrame, net: Uint8Array = ours): [ChatFrame, Uint8Array, boolean] => [
-              frame,
-              net,
-              forget,
-            ];
-            if (d === 'none') return changed(f);
-            if (d === 'cut')
-              return changed({ ...f, proof: { ...p, path: path.subarray(32).toString('base64url') } });
-            if (d === 'extra') {
-              const longer = Buffer.concat([path, path.subarray(0, 32)]).toString('base64url');
-              return changed({ ...f, proof: { ...p, path: longer } });
-            }
-            if (d === 'signer')
-              return changed({
-                ...f,
-                key: (f.key === alice.publicKey.toString('hex') ? bob : alice).publicKey.toString('hex'),
-              });
-            if ('net' in d) return changed(f, theirs);
-            if ('i' in d) return changed({ ...f, proof: { ...p, i: d.i % n } });
-            if ('n' in d)
-              return changed({ ...f, proof: { ...p, n: 2 + (d.n % n), i: Math.min(p.i, 1 + (d.n % n)) } });
-            if ('fields' in d) {
-              const other = batch[d.fields % n]!;
-              return changed({ ...other, proof: p, sig: f.sig });
-            }
-            if ('sigBit' in d) {
-              return changed({ ...f, sig: flipBit(hash(f.sig), d.sigBit % 512).toString('base64url') });
-            }
-            const bit = d.bit % (path.length * 8);
-            return changed({ ...f, proof: { ...p, path: flipBit(path, bit).toString('base64url') } });
-          });
-          const first = sequence.map(([f, net, forget]) => {
-            forgetCheckedPath();
-            return verifies(f, net, undefined, forget);
-          });
-          forgetCheckedPath();
-          sequence.forEach(([f, net, forget], j) => {
-            assert.equal(verifies(f, net, undefined, forget), first[j], `message ${j} of the sequence`);
-            assert.ok(checkedPathIsWhole(), `the last checked path after message ${j}`);
-          });
+          sameAnswersInARow(
+            steps.map(([k, d, forget]) => {
+              const batch = batches[k % 3]!;
+              return [...damaged(batch[Math.floor(k / 3) % n]!, batch, n, d), forget];
+            }),
+          );
         },
       ),
       { numRuns: 200 },
+    );
+  });
+
+  it('answers the same for a batch checked in order, each message maybe after a damaged copy of it or of a neighbour (property): where walks meet the last path as its sibling', () => {
+    fc.assert(
+      fc.property(
+        batchSizes,
+        fc.array(fc.tuple(fc.integer({ min: -1, max: 1 }), damage, fc.boolean()), { maxLength: 40 }),
+        fc.integer({ min: 0, max: 1 }),
+        (n, damages, reversed) => {
+          const batch = signedChatFrames(alice, batchOf(n), ours);
+          const order = batch.map((_, i) => (reversed === 1 ? n - 1 - i : i)).slice(0, 60);
+          const sequence: [ChatFrame, Uint8Array, boolean][] = [];
+          order.forEach((i, step) => {
+            const hurt = damages[step];
+            if (hurt !== undefined) {
+              const [offset, d, forget] = hurt;
+              const k = Math.min(n - 1, Math.max(0, i + offset));
+              sequence.push([...damaged(batch[k]!, batch, n, d), forget]);
+            }
+            sequence.push([batch[i]!, ours, false]);
+          });
+          sameAnswersInARow(sequence);
+        },
+      ),
+      { numRuns: 100 },
     );
   });
 
