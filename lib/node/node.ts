@@ -215,9 +215,11 @@ export interface NodeOptions {
    * Peers learned through peer exchange are dialled while fewer than this are connected. Default 6
    * (gossipsub's mesh degree D): a group of up to 7 nodes, such as the seed's examples, ends as a full
    * mesh (every message one hop away); in larger networks a node ends with 6-12 links counting the ones
-   * other nodes dial in, enough paths for a flood to survive losses. Each link costs every message one
-   * send and one receive at both ends, so the degree is bounded (8 gave 12 links per node in a random
-   * 20-node network and 40 % less throughput than 4; 4 left 6-node groups short of a full mesh).
+   * other nodes dial in, enough paths for a flood to survive losses. A message crosses few more links
+   * than there are nodes (the relay rule), but each link costs keepalives and resync, and more links
+   * make the rule's pruning less complete: measured (README, Performance), 4 made 20-node bursts
+   * 1.3x slower, and 8 gave them nothing in the shared harness while 100 nodes at chat pace spent 8 %
+   * more CPU and 22 % more sends per message.
    */
   readonly targetPeers?: number;
   /** Dials of a learned address before it is forgotten. Default 8 (about a minute of backoff). */
