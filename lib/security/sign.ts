@@ -515,8 +515,9 @@ class CheckedPath {
   joinsAsSibling(i: number, level: number, used: number, pathBytes: number): boolean {
     if (((i >> level) ^ 1) !== this.i >> level) return false;
     const mine = this.usedBelow[level]!;
-    // Both have their sibling at this level (each is the other's): the hash at `used` and at `mine`.
-    if (pathBytes - used !== this.pathBytes - mine || used === pathBytes) return false;
+    // Both have their sibling at this level (each is the other's; neither is an odd last node nor
+    // the root): the hash at `used` and at `mine`, then the same number of bytes above it.
+    if (pathBytes - used !== this.pathBytes - mine) return false;
     const nodes = this.nodes;
     const path = this.path;
     const at = level * (HASH_BYTES / WORD_BYTES);

@@ -503,9 +503,12 @@ describe('batches: one signature of a hash tree for many messages', () => {
         batchSizes,
         fc.array(fc.tuple(fc.integer({ min: -1, max: 1 }), damage, fc.boolean()), { maxLength: 40 }),
         fc.integer({ min: 0, max: 1 }),
-        (n, damages, reversed) => {
+        fc.nat(),
+        (n, damages, reversed, from) => {
           const batch = signedChatFrames(alice, batchOf(n), ours);
-          const order = batch.map((_, i) => (reversed === 1 ? n - 1 - i : i)).slice(0, 60);
+          // 60 messages in a row, anywhere in the batch (in a large one, joins high up too).
+          const start = from % Math.max(1, n - 59);
+          const order = batch.map((_, i) => (reversed === 1 ? n - 1 - i : i)).slice(start, start + 60);
           const sequence: [ChatFrame, Uint8Array, boolean][] = [];
           order.forEach((i, step) => {
             const hurt = damages[step];
@@ -521,6 +524,42 @@ describe('batches: one signature of a hash tree for many messages', () => {
       ),
       { numRuns: 100 },
     );
+  });
+
+  it("answers the same for any message of a batch after any other, with a third one's fields, or a hash of its path taken from a third one's path (real nodes of the tree, not random bytes)", () => {
+    for (const n of [3, 5, 6, 7, 12]) {
+      const batch = signedChatFrames(alice, batchOf(n), ours);
+      const paths = batch.map((f) => Buffer.from(f.proof!.path, 'base64url'));
+      const variants: ChatFrame[] = [];
+      for (const [k, f] of batch.entries()) {
+        for (const [m, other] of batch.entries()) {
+          if (m === k) continue;
+          variants.push({ ...other, proof: f.proof!, sig: f.sig }); // m's fields, k's place and path
+          for (let at = 0; at + 32 <= Math.min(paths[k]!.length, paths[m]!.length); at += 32) {
+            const path = Buffer.from(paths[k]!);
+            paths[m]!.copy(path, at, at, at + 32);
+            if (!path.equals(paths[k]!))
+              variants.push({ ...f, proof: { ...f.proof!, path: path.toString('base64url') } });
+          }
+        }
+      }
+      const alone = variants.map((v) => {
+        forgetCheckedPath();
+        return verifies(v);
+      });
+      assert.ok(
+        alone.every((answer) => !answer),
+        `n = ${n}: each variant is refused alone`,
+      );
+      for (const before of batch) {
+        for (const [j, v] of variants.entries()) {
+          forgetCheckedPath();
+          assert.ok(verifies(before));
+          assert.equal(verifies(v), alone[j], `n = ${n}, after message ${before.proof!.i}: variant ${j}`);
+          assert.ok(checkedPathIsWhole());
+        }
+      }
+    }
   });
 
   it('refuses a path cut short or made longer right after the same message, or its neighbour, checked out', () => {
