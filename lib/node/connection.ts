@@ -285,7 +285,7 @@ export class Connection {
    *   escapes control characters in six bytes each: a text of them can outgrow a small limit).
    */
   sendPayload(payload: Buffer, messageId?: string): boolean {
-    if (isBinaryChat(payload) && this.greeting?.binary !== true) {
+    if (isBinaryChat(payload) && this.hello?.binary !== true) {
       payload = asJson(payload);
       if (payload.length > this.fullFrameBytes - TAG_BYTES) return false;
     }

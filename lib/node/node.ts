@@ -66,6 +66,7 @@ import { generateIdentity, loadOrCreateIdentity, type Identity } from '../securi
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signedChats } from '../security/sign.js';
 import { chatProblemChecker, signatureCheck, type ChatChecker } from '../operators/verify.js';
+import { rateLimitCheck, spendRateStep } from '../operators/rate-limit.js';
 import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
 import { silentLogger, type Logger } from './log.js';
 
@@ -215,11 +216,12 @@ export interface NodeOptions {
    * Peers learned through peer exchange are dialled while fewer than this are connected. Default 6
    * (gossipsub's mesh degree D): a group of up to 7 nodes, such as the seed's examples, ends as a full
    * mesh (every message one hop away); in larger networks a node ends with 6-12 links counting the ones
-   * other nodes dial in, enough paths for a flood to survive losses. A message crosses few more links
-   * than there are nodes (the relay rule), but each link costs keepalives and resync, and more links
-   * make the rule's pruning less complete: measured (README, Performance), 4 made 20-node bursts
-   * 1.3x slower, and 8 gave them nothing in the shared harness while 100 nodes at chat pace spent 8 %
-   * more CPU and 22 % more sends per message.
+   * other nodes dial in, enough paths for a flood to survive losses. The relay rule keeps a message's
+   * sends below the number of links (20 nodes in a burst: 19 sends over 99 links; 100 nodes at chat
+   * pace: ~490 over ~570), but each link costs keepalives and resync and leaves the rule more to
+   * prune: measured (README, Performance), 4 made 20-node bursts 1.3x slower, while 8 gave them
+   * nothing in the shared harness and cost 100 nodes at chat pace 8 % more CPU and 22 % more sends
+   * per message.
    */
   readonly targetPeers?: number;
   /** Dials of a learned address before it is forgotten. Default 8 (about a minute of backoff). */
@@ -561,16 +563,22 @@ class ChatNode implements P2PNode {
     // Cheap checks first (held or older than held: the store knows; sender over its rate), so each
     // message is verified once; it is remembered as seen, and charged to its sender, only once
     // verified, so a tampered copy cannot shadow the real one nor spend the sender's budget.
-    // The stages of a received message, as plain functions run in one step (filterMap): each is an
-    // exported operator too (rateLimit, verifySignatures, dedup, spendRate), and through six operators
-    // a message made ~30 more calls, at every node, mostly in code V8 has not optimised. The sender's
-    // rate is asked of the limiter directly (rateLimitCheck and spendRateStep would add three calls
-    // each), measured by the sender's clock (its timestamps), so a paced paste is not charged for
-    // waiting behind its own first burst on the way here.
+    const sender = (m: Inbound<ChatFrame>): string => m.frame.from;
+    // Measured by the sender's clock (its timestamps), so a paced paste is not charged for waiting
+    // behind its own first burst on the way here.
+    const senderTime = (m: Inbound<ChatFrame>): number => m.frame.ts;
     // This node's own messages join after the checks: each is new (a fresh seq and id), signed here,
     // and not charged to a rate (the CLI paces a paste itself). A copy coming back is known to the
     // store: held, or at or below its sender's floor once evicted.
-    const limiter = this.senderRate;
+    // The stages of a received message, as plain functions run in one step (filterMap): each is an
+    // exported operator too (rateLimit, verifySignatures, dedup, spendRate), and through six operators
+    // a message made ~30 more calls, at every node, mostly in code V8 has not optimised.
+    const underRate = rateLimitCheck({
+      limiter: this.senderRate,
+      key: sender,
+      time: senderTime,
+      onLimited: (m: Inbound<ChatFrame>) => this.overRate(m),
+    });
     const signed = signatureCheck({
       network: this.networkTag,
       onInvalid: (m, reason) => this.invalidMessage(m, reason),
@@ -585,18 +593,15 @@ class ChatNode implements P2PNode {
       time: (m) => m.frame.ts,
       maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
     });
+    const spend = spendRateStep({ limiter: this.senderRate, key: sender, time: senderTime });
     const received$ = defer(() => {
       const isNew = newIds();
       return inbound$.pipe(
         filterMap((m): Inbound<ChatFrame> | undefined => {
-          if (!isChat(m) || this.store.knows(m.frame)) return undefined;
-          if (!limiter.allows(m.frame.from, m.frame.ts)) {
-            this.overRate(m);
-            return undefined;
-          }
+          if (!isChat(m) || this.store.knows(m.frame) || !underRate(m)) return undefined;
           const checked = signed(m);
           if (checked === undefined || !isNew(checked)) return undefined;
-          limiter.spend(checked.frame.from, checked.frame.ts);
+          spend(checked);
           return checked;
         }),
       );

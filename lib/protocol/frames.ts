@@ -1,5 +1,13 @@
 import { isUtf8 } from 'node:buffer';
-import { putUint16, putUint32, putUint64, type SlicingBuffer, type WritingBuffer } from './codec.js';
+import {
+  getUint16,
+  getUint32,
+  putUint16,
+  putUint32,
+  putUint64,
+  type SlicingBuffer,
+  type WritingBuffer,
+} from './codec.js';
 import { ProtocolError } from './errors.js';
 import type { Mutable } from '../util/mutable.js';
 
@@ -351,9 +359,9 @@ const QUOTE = 0x22;
  * holds, so a payload that lies about its id can at worst be dropped, as a peer could drop it anyway.
  */
 export function chatIdOf(payload: Buffer): string | undefined {
-  if (payload[0] === BINARY_CHAT) {
+  if (isBinaryChat(payload)) {
     if (payload.length < ID_AT + 2) return undefined;
-    const length = (payload[ID_AT]! << 8) | payload[ID_AT + 1]!; // inline loads: every frame received
+    const length = getUint16(payload, ID_AT);
     // Over 64 bytes is no id: not made into a string.
     if (length > 64 || ID_AT + 2 + length > payload.length) return undefined;
     const id = (payload as SlicingBuffer).latin1Slice(ID_AT + 2, ID_AT + 2 + length);
@@ -597,32 +605,29 @@ export interface BinaryChatLayout {
  * the fields: {@link parseFrame} checks those). `undefined` for a payload that does not hold them.
  */
 export function binaryChatLayout(payload: Uint8Array): BinaryChatLayout | undefined {
-  // Byte loads inline, not getUint16/getUint32: this runs for every message at every node (twice:
-  // parsed, then checked), mostly in the interpreter, where each call costs more than its loads.
   const size = payload.length;
   let at = ID_AT;
   if (payload[0] !== BINARY_CHAT || size < at + 2) return undefined;
-  at += 2 + ((payload[at]! << 8) | payload[at + 1]!); // id
+  at += 2 + getUint16(payload, at); // id
   const nickAt = at;
   if (at + 2 > size) return undefined;
-  at += 2 + ((payload[at]! << 8) | payload[at + 1]!); // nick
+  at += 2 + getUint16(payload, at); // nick
   const textAt = at;
   if (at + 4 > size) return undefined;
-  at +=
-    4 + payload[at]! * 0x100_0000 + ((payload[at + 1]! << 16) | (payload[at + 2]! << 8) | payload[at + 3]!); // text
+  at += 4 + getUint32(payload, at); // text
   const bodyEnd = at;
   if (at + 1 > size) return undefined;
   at += 1 + payload[at]!; // from
   const sigAt = at;
   at += SIG_BYTES;
   if (at + 2 > size) return undefined;
-  const n = (payload[at]! << 8) | payload[at + 1]!;
+  const n = getUint16(payload, at);
   at += 2;
   if (n === 0) {
     return at === size ? { nickAt, textAt, bodyEnd, sigAt, n, i: 0, pathAt: at, pathBytes: 0 } : undefined;
   }
   if (at + 3 > size) return undefined;
-  const i = (payload[at]! << 8) | payload[at + 1]!;
+  const i = getUint16(payload, at);
   const pathBytes = payload[at + 2]! * PATH_HASH_BYTES;
   at += 3;
   return at + pathBytes === size
@@ -632,13 +637,9 @@ export function binaryChatLayout(payload: Uint8Array): BinaryChatLayout | undefi
 
 /** A u64 at `at` as a safe integer; `undefined` above 2^53 - 1. */
 function getUint64(bytes: Uint8Array, at: number): number | undefined {
-  // Byte loads inline, as in binaryChatLayout: twice per message received.
-  if (bytes[at]! !== 0 || bytes[at + 1]! > 0x1f) return undefined;
-  return (
-    ((bytes[at + 1]! << 16) | (bytes[at + 2]! << 8) | bytes[at + 3]!) * 0x1_0000_0000 +
-    bytes[at + 4]! * 0x100_0000 +
-    ((bytes[at + 5]! << 16) | (bytes[at + 6]! << 8) | bytes[at + 7]!)
-  );
+  const high = getUint32(bytes, at);
+  if (high > 0x1f_ffff) return undefined;
+  return high * 0x1_0000_0000 + getUint32(bytes, at + 4);
 }
 
 /**
@@ -662,14 +663,12 @@ function decodeChat(payload: Buffer): ChatFrame {
   const ts = getUint64(payload, 1 + KEY_BYTES + 8);
   if (seq === undefined || seq < 1) bad(`seq must be an integer in 1..${Number.MAX_SAFE_INTEGER}`);
   if (ts === undefined) bad(`ts must be an integer in 0..${Number.MAX_SAFE_INTEGER}`);
-  const bytes = payload as SlicingBuffer;
-  // The id from the layout (chatIdOf's checks, without finding the id's place again).
-  const id = bytes.latin1Slice(ID_AT + 2, layout.nickAt);
-  if (!ID_PATTERN.test(id)) bad('id is malformed');
+  const id = chatIdOf(payload) ?? bad('id is malformed');
   const nick = utf8(payload, layout.nickAt + 2, layout.textAt, 'nick');
   if (nick.length > MAX_NICK_LENGTH) bad(`nick is longer than ${MAX_NICK_LENGTH}`);
   const text = utf8(payload, layout.textAt + 4, layout.bodyEnd, 'text');
   if (text.length > MAX_TEXT_LENGTH) bad(`text is longer than ${MAX_TEXT_LENGTH}`);
+  const bytes = payload as SlicingBuffer;
   const from = bytes.latin1Slice(layout.bodyEnd + 1, layout.sigAt);
   if (!ID_PATTERN.test(from)) bad('from is malformed');
   const chat: Mutable<ChatFrame> = {

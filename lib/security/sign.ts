@@ -496,6 +496,14 @@ class CheckedPath {
     for (let w = 0, at = level * (HASH_BYTES / WORD_BYTES); w < HASH_BYTES / WORD_BYTES; w++) {
       if (OUTPUT_WORDS[w] !== nodes[at + w]) return false;
     }
+    return this.sameRest(used, mine, pathBytes);
+  }
+
+  /**
+   * True when the walk's path from byte `used` to its end (`pathBytes`, in PATH_WORK) is this path's
+   * from byte `mine` (the lengths are checked by the caller).
+   */
+  private sameRest(used: number, mine: number, pathBytes: number): boolean {
     const path = this.path;
     for (let w = used / WORD_BYTES, v = mine / WORD_BYTES, end = pathBytes / WORD_BYTES; w < end; w++, v++) {
       if (PATH_WORDS[w] !== path[v]) return false;
@@ -526,16 +534,7 @@ class CheckedPath {
     for (let w = 0; w < HASH_BYTES / WORD_BYTES; w++) {
       if (OUTPUT_WORDS[w] !== path[theirs + w] || PATH_WORDS[ours + w] !== nodes[at + w]) return false;
     }
-    for (
-      let w = ours + HASH_BYTES / WORD_BYTES,
-        v = theirs + HASH_BYTES / WORD_BYTES,
-        end = pathBytes / WORD_BYTES;
-      w < end;
-      w++, v++
-    ) {
-      if (PATH_WORDS[w] !== path[v]) return false;
-    }
-    return true;
+    return this.sameRest(used + HASH_BYTES, mine + HASH_BYTES, pathBytes);
   }
 
   /** Records NODE_OUTPUT as the node at `level`, reached with `used` path bytes used below it. */
