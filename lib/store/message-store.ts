@@ -3,6 +3,7 @@ import {
   existsSync,
   mkdirSync,
   openSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -85,6 +86,22 @@ export const WRITE_RETRY_MS = 5_000;
  * reserved block, as after a damaged log.
  */
 const UNSAVED_FILE = 'unsaved';
+
+/**
+ * While the `seq` file cannot be written, each own block reserved is marked by an empty file named
+ * `reserved-<upTo>` (the previous one removed): like `unsaved`, it needs no data block. A restart
+ * numbers above the highest of these too, so own numbers sent during an outage of any length (more
+ * than one block) are not reused. Removed once the `seq` file is written.
+ */
+const RESERVED_MARK = /^reserved-(\d{1,15})$/;
+const reservedMark = (upTo: number): string => `reserved-${upTo}`;
+
+/** The highest block marked by `reserved-<upTo>` files in `dir`, and their names. */
+function readReservedMarks(dir: string): { upTo: number; names: string[] } {
+  const names = readdirSync(dir).filter((name) => RESERVED_MARK.test(name));
+  const upTo = Math.max(0, ...names.map((name) => Number(RESERVED_MARK.exec(name)![1])));
+  return { upTo, names };
+}
 
 /** A compaction whose writev stopped part way (a full disk reports what it wrote, not an error). */
 const SHORT_WRITE = 'ERR_SHORT_WRITE';
@@ -246,11 +263,13 @@ export class MessageStore {
     if (dir !== undefined) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       repair = store.load(join(dir, LOG_FILE));
-      store.reservedSeq = readReserved(join(dir, SEQ_FILE));
+      const marks = readReservedMarks(dir);
+      store.reservedSeq = Math.max(readReserved(join(dir, SEQ_FILE)), marks.upTo);
+      store.reservedMarks = marks.names;
       // With a damaged log, or one that writes failed to keep up to date, the last own numbers may
       // be gone from it: resume above the reserved block rather than reuse one (peers would drop the
       // new message as known).
-      unsaved = existsSync(join(dir, UNSAVED_FILE));
+      unsaved = existsSync(join(dir, UNSAVED_FILE)) || marks.names.length > 0;
       if (repair !== undefined || unsaved || store.lastSeq > store.reservedSeq) {
         store.lastSeq = Math.max(store.lastSeq, store.reservedSeq);
       }
@@ -258,7 +277,10 @@ export class MessageStore {
     store.evict();
     if (dir !== undefined) {
       store.compact(); // start from a clean log holding just the window
-      if (unsaved) rmSync(join(dir, UNSAVED_FILE), { force: true });
+      if (unsaved) {
+        store.writeReserved(dir);
+        rmSync(join(dir, UNSAVED_FILE), { force: true });
+      }
     }
     return { store, repair };
   }
@@ -290,11 +312,18 @@ export class MessageStore {
     try {
       this.writeReserved(this.dir);
     } catch (err) {
+      this.markReserved(this.dir);
       this.failed(err);
     }
   }
 
-  /** Writes the `seq` file (a temporary file renamed over it). */
+  /** `reserved-<upTo>` files present (see {@link RESERVED_MARK}), removed once the `seq` file is written. */
+  private reservedMarks: string[] = [];
+
+  /**
+   * Writes the `seq` file (a temporary file renamed over it), then removes the reservation marks
+   * it supersedes.
+   */
   private writeReserved(dir: string): void {
     const path = join(dir, SEQ_FILE);
     try {
@@ -304,6 +333,20 @@ export class MessageStore {
       rmQuietly(`${path}.tmp`);
       throw err;
     }
+    for (const name of this.reservedMarks) rmQuietly(join(dir, name));
+    this.reservedMarks = [];
+  }
+
+  /** The `seq` file could not be written: the block is marked by an empty file instead. */
+  private markReserved(dir: string): void {
+    const name = reservedMark(this.reservedSeq);
+    try {
+      closeSync(openSync(join(dir, name), 'w', 0o600));
+    } catch {
+      return; // best effort, as the `unsaved` mark: the disk may refuse even an empty file
+    }
+    for (const old of this.reservedMarks) if (old !== name) rmQuietly(join(dir, old));
+    this.reservedMarks = [name];
   }
 
   /**

@@ -7,6 +7,7 @@ import {
   mkdtempSync,
   openSync,
   readFileSync,
+  readdirSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -797,6 +798,10 @@ describe('MessageStore', () => {
       t.after(() => store.close());
     }
 
+    /** The `reserved-<upTo>` marks in `dir`. */
+    const reservedMarks = (dir: string): string[] =>
+      readdirSync(dir).filter((name) => name.startsWith('reserved-'));
+
     /** A clock the test moves, and the failures the store reported (undefined: writing again). */
     function watched(store: MessageStore): (string | undefined)[] {
       const seen: (string | undefined)[] = [];
@@ -893,6 +898,49 @@ describe('MessageStore', () => {
       assert.deepEqual(seen, ['ENOSPC', undefined], 'writing again once both files are written');
       assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '1001\n');
       assert.equal(existsSync(join(dir, 'unsaved')), false);
+      assert.deepEqual(reservedMarks(dir), [], 'the mark of the block goes with the seq file written');
+    });
+
+    it('numbers above every block reserved during an outage longer than one block, after a restart', (t) => {
+      const { dir, store } = failingStore(t);
+      // The disk stays full: each failed try removes its temporary file, and finds the full one again.
+      const seqTmp = join(dir, 'seq.tmp');
+      let last = 0;
+      for (let i = 0; i < 2_500; i++) {
+        if (!existsSync(seqTmp)) symlinkSync('/dev/full', seqTmp);
+        last = store.nextSeq();
+      }
+      assert.equal(last, 2_500);
+      assert.equal(existsSync(join(dir, 'seq')), false, 'the seq file was never written');
+      assert.deepEqual(
+        reservedMarks(dir),
+        ['reserved-3003'],
+        'the highest block is marked, the older marks removed',
+      );
+      // The last try, at close, fails too.
+      symlinkSync('/dev/full', join(dir, `${LOG}.tmp`));
+      store.close();
+      rmSync(seqTmp, { force: true });
+      assert.equal(existsSync(join(dir, 'unsaved')), true);
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.equal(reopened.store.nextSeq(), 3_004, 'above every number sent during the outage');
+      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '4004\n');
+      assert.deepEqual(reservedMarks(dir), []);
+      assert.equal(existsSync(join(dir, 'unsaved')), false);
+    });
+
+    it('counts a reservation mark left without the unsaved mark as an outage', (t) => {
+      const dir = tempDir(t);
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      add(first, chat(SELF, first.nextSeq()));
+      first.close();
+      writeFileSync(join(dir, 'reserved-5000'), '');
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.deepEqual(reservedMarks(dir), [], 'written into the seq file at the start');
+      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '5000\n');
+      assert.equal(reopened.store.nextSeq(), 5_001);
     });
 
     it('numbers its own messages above the reserved block after a restart that writes never caught up with', (t) => {
