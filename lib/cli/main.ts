@@ -158,7 +158,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     });
   } catch (err) {
     sink.close();
-    io.stderr.write(`p2p: ${startFailure(err, options)}\n`);
+    io.stderr.write(`p2p: ${startFailure(err, options, dataDir)}\n`);
     return 1;
   }
 
@@ -332,12 +332,23 @@ function defaultNick(env: NodeJS.ProcessEnv): string {
   return user.length > 0 ? user : 'anon';
 }
 
-function startFailure(err: unknown, options: CliOptions): string {
+/** The system calls of listening: an error from any other comes from the data directory. */
+const LISTEN_CALLS: ReadonlySet<string> = new Set(['listen', 'bind', 'getaddrinfo']);
+
+function startFailure(err: unknown, options: CliOptions, dataDir: string | undefined): string {
   if (err instanceof SecurityError) return `cannot start: ${err.message}`;
   if (err instanceof DataDirLockedError) {
     return `${err.message}: another node runs with it; give this one its own --data-dir (or --ephemeral)`;
   }
-  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  const { code, syscall } = (err ?? {}) as NodeJS.ErrnoException;
+  // A file system call that failed (or a write the disk cut short): the data directory, not the port.
+  if (
+    err instanceof Error &&
+    (code === 'ERR_SHORT_WRITE' || (syscall !== undefined && !LISTEN_CALLS.has(syscall)))
+  ) {
+    const what = dataDir === undefined ? 'cannot start' : `cannot use the data directory ${dataDir}`;
+    return `${what}: ${err.message}; give it another --data-dir, or --ephemeral`;
+  }
   const where = options.host === undefined ? `port ${options.port}` : `${options.host} port ${options.port}`;
   switch (code) {
     case 'EADDRINUSE':

@@ -88,18 +88,27 @@ export const WRITE_RETRY_MS = 5_000;
 const UNSAVED_FILE = 'unsaved';
 
 /**
- * While the `seq` file cannot be written, each own block reserved is marked by an empty file named
- * `reserved-<upTo>` (the previous one removed): like `unsaved`, it needs no data block. A restart
- * numbers above the highest of these too, so own numbers sent during an outage of any length (more
- * than one block) are not reused. Removed once the `seq` file is written.
+ * Each time the `seq` file cannot be written (at a reservation, a retry, the close), the block
+ * reserved is marked by an empty file named `reserved-<upTo>` instead (the previous mark removed):
+ * like `unsaved`, it needs no data block, so it mostly works on a full disk. A restart numbers above
+ * the highest mark too, so own numbers sent during an outage that outlasts several blocks are not
+ * reused. The marks are removed once the `seq` file is written.
  */
-const RESERVED_MARK = /^reserved-(\d{1,15})$/;
-const reservedMark = (upTo: number): string => `reserved-${upTo}`;
+const RESERVED_MARK_NAME = /^reserved-(\d{1,16})$/;
+const reservedMarkName = (upTo: number): string => `reserved-${upTo}`;
 
-/** The highest block marked by `reserved-<upTo>` files in `dir`, and their names. */
+/** The highest block marked by `reserved-<upTo>` files in `dir`, and the names of those files. */
 function readReservedMarks(dir: string): { upTo: number; names: string[] } {
-  const names = readdirSync(dir).filter((name) => RESERVED_MARK.test(name));
-  const upTo = Math.max(0, ...names.map((name) => Number(RESERVED_MARK.exec(name)![1])));
+  let upTo = 0;
+  const names: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const digits = RESERVED_MARK_NAME.exec(name)?.[1];
+    if (digits === undefined) continue;
+    const value = Number(digits);
+    if (!Number.isSafeInteger(value)) continue;
+    names.push(name);
+    if (value > upTo) upTo = value;
+  }
   return { upTo, names };
 }
 
@@ -265,7 +274,7 @@ export class MessageStore {
       repair = store.load(join(dir, LOG_FILE));
       const marks = readReservedMarks(dir);
       store.reservedSeq = Math.max(readReserved(join(dir, SEQ_FILE)), marks.upTo);
-      store.reservedMarks = marks.names;
+      store.markFiles = marks.names;
       // With a damaged log, or one that writes failed to keep up to date, the last own numbers may
       // be gone from it: resume above the reserved block rather than reuse one (peers would drop the
       // new message as known).
@@ -276,10 +285,17 @@ export class MessageStore {
     }
     store.evict();
     if (dir !== undefined) {
-      store.compact(); // start from a clean log holding just the window
-      if (unsaved) {
-        store.writeReserved(dir);
-        rmSync(join(dir, UNSAVED_FILE), { force: true });
+      try {
+        store.compact(); // start from a clean log holding just the window
+        if (unsaved) {
+          store.writeReserved(dir);
+          rmSync(join(dir, UNSAVED_FILE), { force: true });
+        }
+      } catch (err) {
+        // Not started: the store is not handed out, so its log's descriptor is closed here.
+        if (store.fd !== undefined) closeSync(store.fd);
+        store.fd = undefined;
+        throw err;
       }
     }
     return { store, repair };
@@ -292,7 +308,8 @@ export class MessageStore {
 
   /**
    * The next sequence number for a message of this node (never reused, across restarts too: when
-   * the log was damaged, numbering resumes above the block reserved in the `seq` file).
+   * the log was damaged, or writes failed until the node stopped, numbering resumes above the block
+   * reserved in the `seq` file or marked by a `reserved-<upTo>` file).
    */
   nextSeq(): number {
     this.lastSeq++;
@@ -312,17 +329,16 @@ export class MessageStore {
     try {
       this.writeReserved(this.dir);
     } catch (err) {
-      this.markReserved(this.dir);
       this.failed(err);
     }
   }
 
-  /** `reserved-<upTo>` files present (see {@link RESERVED_MARK}), removed once the `seq` file is written. */
-  private reservedMarks: string[] = [];
+  /** The `reserved-<upTo>` files in the directory (see {@link RESERVED_MARK_NAME}). */
+  private markFiles: string[] = [];
 
   /**
-   * Writes the `seq` file (a temporary file renamed over it), then removes the reservation marks
-   * it supersedes.
+   * Writes the `seq` file (a temporary file renamed over it), then removes the marks it supersedes.
+   * When the disk refuses it, marks the block instead (see {@link markReserved}) and throws.
    */
   private writeReserved(dir: string): void {
     const path = join(dir, SEQ_FILE);
@@ -331,22 +347,41 @@ export class MessageStore {
       renameSync(`${path}.tmp`, path);
     } catch (err) {
       rmQuietly(`${path}.tmp`);
+      if (isSystemError(err)) this.markReserved(dir);
       throw err;
     }
-    for (const name of this.reservedMarks) rmQuietly(join(dir, name));
-    this.reservedMarks = [];
+    this.removeMarks(dir, undefined);
   }
 
-  /** The `seq` file could not be written: the block is marked by an empty file instead. */
+  /**
+   * The `seq` file could not be written: the block reserved is marked by an empty file instead, and
+   * the older marks removed. Best effort, as the `unsaved` mark: the disk may refuse even an empty
+   * file (the next try, at a retry or the close, makes it then).
+   */
   private markReserved(dir: string): void {
-    const name = reservedMark(this.reservedSeq);
+    const name = reservedMarkName(this.reservedSeq);
     try {
       closeSync(openSync(join(dir, name), 'w', 0o600));
-    } catch {
-      return; // best effort, as the `unsaved` mark: the disk may refuse even an empty file
+    } catch (err) {
+      if (!isSystemError(err)) throw err;
+      return; // the older marks stay: they are all there is
     }
-    for (const old of this.reservedMarks) if (old !== name) rmQuietly(join(dir, old));
-    this.reservedMarks = [name];
+    this.removeMarks(dir, name);
+  }
+
+  /** Removes the marks other than `keep`. One that cannot be removed stays (a start skips a block for it). */
+  private removeMarks(dir: string, keep: string | undefined): void {
+    const left: string[] = keep === undefined ? [] : [keep];
+    for (const name of this.markFiles) {
+      if (name === keep) continue;
+      try {
+        rmSync(join(dir, name), { force: true });
+      } catch (err) {
+        if (!isSystemError(err)) throw err;
+        left.push(name);
+      }
+    }
+    this.markFiles = left;
   }
 
   /**

@@ -312,6 +312,20 @@ describe('bin/p2p: nothing lost', () => {
     assert.equal(first.exit, undefined, 'the first node goes on');
   });
 
+  it('names the data directory, not the port, when it cannot use it: one line and exit code 1', async (t) => {
+    const file = join(tempDir(t, 'not-a-dir'), 'file');
+    writeFileSync(file, '');
+    const dir = join(file, 'node');
+    const result = await runCli(['0', '--json', '--host', '127.0.0.1', '--data-dir', dir]);
+    assert.equal(result.code, 1);
+    assert.equal(result.stdout, '');
+    const lines = result.stderr.split('\n').filter((line) => line.length > 0);
+    assert.equal(lines.length, 1, `one line, got ${JSON.stringify(result.stderr)}`);
+    assert.match(lines[0]!, /^p2p: cannot use the data directory .*ENOTDIR.*--ephemeral/);
+    assert.ok(lines[0]!.includes(dir), lines[0]);
+    assert.doesNotMatch(lines[0]!, /listen|port/);
+  });
+
   it('answers /history 5 in --json mode with a history event of the last 5 messages, across a restart', async (t) => {
     const procs = procsFor(t);
     const s = await procs.node({ nick: 's' });

@@ -8,6 +8,7 @@ import {
   openSync,
   readFileSync,
   readdirSync,
+  rmdirSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -928,6 +929,92 @@ describe('MessageStore', () => {
       assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '4004\n');
       assert.deepEqual(reservedMarks(dir), []);
       assert.equal(existsSync(join(dir, 'unsaved')), false);
+    });
+
+    /** Stops `store` as kill -9 would: its log's descriptor closed, nothing more written. */
+    function kill(store: MessageStore): void {
+      const held = store as unknown as { fd: number | undefined };
+      if (held.fd !== undefined) closeSync(held.fd);
+      held.fd = undefined;
+    }
+
+    it('makes a mark the disk refused at its next try, and numbers above it after a kill', (t) => {
+      const dir = tempDir(t);
+      let now = T0;
+      const { store } = open(t, dir, {}, () => now);
+      for (let i = 0; i < 1_001; i++) store.nextSeq();
+      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '1001\n');
+      const seqTmp = join(dir, 'seq.tmp');
+      symlinkSync('/dev/full', seqTmp);
+      // The mark of the next block cannot be made either, this once: a directory holds its name.
+      mkdirSync(join(dir, 'reserved-2002'));
+      assert.equal(store.nextSeq(), 1_002);
+      rmdirSync(join(dir, 'reserved-2002'));
+      assert.deepEqual(reservedMarks(dir), []);
+      // The retry rewrites the log but not the seq file: it makes the mark.
+      symlinkSync('/dev/full', seqTmp);
+      now += WRITE_RETRY_MS;
+      store.retryWrite();
+      assert.deepEqual(reservedMarks(dir), ['reserved-2002']);
+      for (let i = 0; i < 500; i++) store.nextSeq();
+      kill(store);
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.equal(reopened.store.nextSeq(), 2_003, 'not 1,003: 1,003-1,502 were sent');
+    });
+
+    it('keeps the older mark when the disk refuses the newer one', (t) => {
+      const { dir, store } = failingStore(t);
+      const seqTmp = join(dir, 'seq.tmp');
+      symlinkSync('/dev/full', seqTmp);
+      store.nextSeq();
+      assert.deepEqual(reservedMarks(dir), ['reserved-1001']);
+      mkdirSync(join(dir, 'reserved-2002'));
+      for (let i = 1; i < 1_002; i++) {
+        if (!existsSync(seqTmp)) symlinkSync('/dev/full', seqTmp);
+        store.nextSeq();
+      }
+      rmdirSync(join(dir, 'reserved-2002'));
+      assert.deepEqual(reservedMarks(dir), ['reserved-1001'], 'the only mark there is');
+      kill(store);
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.equal(reopened.store.nextSeq(), 1_002);
+    });
+
+    it('counts the highest mark, removes its own marks at the start and leaves other files', (t) => {
+      const dir = tempDir(t);
+      MessageStore.open(SELF, dir, {}, clock).store.close();
+      // A kill between making a mark and removing the one before it leaves two.
+      for (const name of ['reserved-2002', 'reserved-3003', 'reserved-01', 'reserved-abc', 'reserved-1e9']) {
+        writeFileSync(join(dir, name), '');
+      }
+      writeFileSync(join(dir, 'reserved-99999999999999999'), ''); // not a safe integer: not a mark
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.deepEqual(reservedMarks(dir).sort(), [
+        'reserved-1e9',
+        'reserved-99999999999999999',
+        'reserved-abc',
+      ]);
+      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '3003\n');
+      assert.equal(reopened.store.nextSeq(), 3_004);
+    });
+
+    it('does not start when it cannot write the seq file at the start, and keeps the marks for the next one', (t) => {
+      const dir = tempDir(t);
+      MessageStore.open(SELF, dir, {}, clock).store.close();
+      writeFileSync(join(dir, 'unsaved'), '');
+      writeFileSync(join(dir, 'reserved-2002'), '');
+      symlinkSync('/dev/full', join(dir, 'seq.tmp'));
+      const descriptors = readdirSync('/proc/self/fd').length;
+      assert.throws(() => MessageStore.open(SELF, dir, {}, clock), { code: 'ENOSPC' });
+      assert.equal(readdirSync('/proc/self/fd').length, descriptors, 'no descriptor left open');
+      assert.equal(existsSync(join(dir, 'unsaved')), true);
+      assert.deepEqual(reservedMarks(dir), ['reserved-2002']);
+      const reopened = MessageStore.open(SELF, dir, {}, clock);
+      t.after(() => reopened.store.close());
+      assert.equal(reopened.store.nextSeq(), 2_003);
     });
 
     it('counts a reservation mark left without the unsaved mark as an outage', (t) => {
