@@ -1348,7 +1348,9 @@ class ChatNode implements P2PNode {
    */
   private resync(conn: Connection, sync: SyncFrame): void {
     const marks = new Map(sync.marks.map((m) => [m.from, m.seq]));
-    this.store.noteOwnSeq(marks.get(this.id) ?? 0);
+    // A peer's mark for this node's own id is not taken as our counter: sync frames are unsigned, and
+    // a forged mark near 2^53 would stop this node from sending. Own messages a peer hands back are
+    // signed, and raise the counter as they are held.
     const have = new Map(sync.marks.flatMap((m) => (m.have === undefined ? [] : [[m.from, m.have]])));
     const takenBy = sync.minAgeMs === undefined ? undefined : Date.now() - sync.minAgeMs;
     // What this node wrote on the link after the frames the peer had read is on its way: not again.

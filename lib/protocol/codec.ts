@@ -316,18 +316,22 @@ export class FrameDecoder {
       } else this.head += n;
       return out;
     }
+    // Walked by index and dropped with one splice: a shift() per chunk moves the whole array each
+    // time, quadratic in the chunks of a frame a peer sends a byte per segment.
     const out = Buffer.allocUnsafe(n);
     let filled = 0;
+    let used = 0;
     while (filled < n) {
-      const chunk = this.chunks[0]!;
+      const chunk = this.chunks[used]!;
       const take = Math.min(chunk.length - this.head, n - filled);
       out.set(chunk.subarray(this.head, this.head + take), filled);
       filled += take;
       if (this.head + take === chunk.length) {
-        this.chunks.shift();
+        used++;
         this.head = 0;
       } else this.head += take;
     }
+    this.chunks.splice(0, used);
     return out;
   }
 }

@@ -317,11 +317,6 @@ export class MessageStore {
     return this.lastSeq;
   }
 
-  /** Raises the own counter to at least `seq` (a peer holds own messages this node lost). */
-  noteOwnSeq(seq: number): void {
-    if (seq > this.lastSeq) this.lastSeq = seq;
-  }
-
   private reserve(upTo: number): void {
     // Raised first: while writes fail, the file is written again with the log (compactOrFail).
     this.reservedSeq = upTo;

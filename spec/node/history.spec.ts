@@ -201,6 +201,29 @@ describe('history: nothing lost (in-process nodes)', () => {
     await waitFor(() => aInbox.values.some((m) => m.id === next.id), 'a to get the new message');
   });
 
+  it("does not take a peer's sync mark for its own id as its counter (sync frames are unsigned)", async (t) => {
+    const start = nodeFactory(t);
+    const a = await start({ nick: 'a' });
+    const b = await start({ nick: 'b', peers: [loopback(a.port)] });
+    const bInbox = record(b.messages$);
+    await waitFor(() => a.peers().length === 1 && b.peers().length === 1, 'a and b to connect');
+    const first = a.send('before');
+    // b claims to hold a's messages up to 2^53 - 2: a forged mark (b is not a's signer).
+    const internals = b as unknown as {
+      active: Map<string, { conn: unknown }>;
+      sendSync: (conn: unknown, sync: unknown) => void;
+    };
+    internals.sendSync(internals.active.get(a.id)!.conn, {
+      type: 'sync',
+      marks: [{ from: a.id, seq: Number.MAX_SAFE_INTEGER - 1 }],
+    });
+    await waitFor(() => bInbox.values.some((m) => m.id === first.id), 'b to get the first message');
+    await new Promise((resolve) => setTimeout(resolve, 100)); // the sync is read by now
+    const next = a.send('after');
+    assert.equal(next.seq, first.seq + 1, 'numbering goes on from its own counter');
+    await waitFor(() => bInbox.values.some((m) => m.id === next.id), 'b to get the next message');
+  });
+
   it('leaves both sides of a healed partition holding every message exactly once', async (t) => {
     const start = nodeFactory(t);
     // Nodes that advertise an address where nothing listens can only be reached by a dial given by
