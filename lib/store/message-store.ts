@@ -355,13 +355,7 @@ export class MessageStore {
    */
   private markReserved(dir: string): void {
     const name = reservedMarkName(this.reservedSeq);
-    try {
-      closeSync(openSync(join(dir, name), 'w', 0o600));
-    } catch (err) {
-      if (!isSystemError(err)) throw err;
-      return; // the older marks stay: they are all there is
-    }
-    this.removeMarks(dir, name);
+    if (touchMark(join(dir, name))) this.removeMarks(dir, name); // else the older marks are all there is
   }
 
   /** Removes the marks other than `keep`. One that cannot be removed stays (a start skips a block for it). */
@@ -816,11 +810,7 @@ export class MessageStore {
     if (this.writeFailure !== undefined) return;
     this.writeFailure = err;
     if (this.dir !== undefined) {
-      try {
-        closeSync(openSync(join(this.dir, UNSAVED_FILE), 'w', 0o600));
-      } catch {
-        // Best effort: the disk may refuse even an empty file.
-      }
+      touchMark(join(this.dir, UNSAVED_FILE));
     }
     this.onWriteFailure?.(err);
   }
@@ -894,6 +884,20 @@ export class MessageStore {
 }
 
 /** Removes a temporary file after a failure, keeping that failure the one reported. */
+/**
+ * Creates the empty file `path` (a mark: `unsaved`, `reserved-<upTo>`), which needs no data block.
+ * Best effort: false when the disk refuses even that; a bug is thrown.
+ */
+function touchMark(path: string): boolean {
+  try {
+    closeSync(openSync(path, 'w', 0o600));
+    return true;
+  } catch (err) {
+    if (!isSystemError(err)) throw err;
+    return false;
+  }
+}
+
 function rmQuietly(path: string): void {
   try {
     rmSync(path, { force: true });
