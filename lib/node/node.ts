@@ -936,26 +936,79 @@ class ChatNode implements P2PNode {
       }
     }
     const existing = this.active.get(hello.id);
-    if (existing !== undefined) {
-      // Two connections between the same two nodes: keep the one dialled by the node with the
-      // smaller id (both sides compute the same answer); on a tie keep the older one.
-      if (this.dialerOf(conn) < this.dialerOf(existing.conn)) {
-        this.log.debug(`duplicate connection to ${conn.label}: keeping the new one (#${conn.number})`);
-        const old = existing.conn;
-        existing.conn = conn;
-        existing.info = this.infoOf(conn);
-        this.retire(old);
-        this.publishPeers();
-        conn.send(this.peerListFor(conn));
-        this.sendSync(conn, this.syncFrame());
-      } else {
-        this.log.debug(
-          `duplicate connection to ${conn.label}: keeping the existing one (#${existing.conn.number})`,
-        );
-        this.retire(conn);
-      }
-      return;
+    if (existing !== undefined) this.onDuplicate(conn, existing);
+    else this.adopt(conn);
+  }
+
+  /**
+   * A second connection to a peer that has one already. Both sides must keep the same one whatever
+   * order their hellos came in (see preferred). Before the older one is kept, it must answer a
+   * ping: when the peer restarted, or its host went away, the older one is dead although it has not
+   * timed out yet, and keeping it would shut the peer out until it does.
+   */
+  private onDuplicate(conn: Connection, existing: { conn: Connection; info: PeerInfo }): void {
+    if (this.preferred(conn, existing.conn)) {
+      this.log.debug(`duplicate connection to ${conn.label}: keeping the new one (#${conn.number})`);
+      const old = existing.conn;
+      existing.conn = conn;
+      existing.info = this.infoOf(conn);
+      this.retire(old);
+      this.publishPeers();
+      conn.send(this.peerListFor(conn));
+      this.sendSync(conn, this.syncFrame());
+    } else {
+      this.probeThenRetire(existing.conn, conn);
     }
+  }
+
+  /**
+   * Pings `kept`, then retires `conn` if `kept` answered within a ping interval. If it did not, or
+   * it closed meanwhile, it is dropped and `conn` becomes the connection to the peer. `conn` carries
+   * frames as usual meanwhile; the peer's messages to us are not held up.
+   */
+  private probeThenRetire(kept: Connection, conn: Connection): void {
+    const id = conn.peerId!;
+    const sentAt = Date.now();
+    kept.send({ type: 'ping', n: (this.pingNonce = (this.pingNonce + 1) >>> 0) });
+    const decide = (): void => {
+      clearTimeout(timer);
+      kept.socket.off('close', onKeptClosed);
+      if (this.closed || conn.closing || conn.socket.destroyed) return;
+      const current = this.active.get(id);
+      if (current === undefined) {
+        this.adopt(conn);
+      } else if (current.conn !== kept) {
+        this.onDuplicate(conn, current); // a third one came meanwhile: decide against that one
+      } else if (kept.lastSeen >= sentAt) {
+        this.log.debug(`duplicate connection to ${conn.label}: keeping the existing one (#${kept.number})`);
+        this.retire(conn);
+      } else {
+        // Dropping it closes it: onClosed then takes it out of `active`, and decide adopts `conn`.
+        kept.socket.once('close', onKeptClosed);
+        this.drop(
+          kept,
+          new ProtocolError(
+            'ERR_PEER_TIMEOUT',
+            `silent for ${Date.now() - kept.lastSeen} ms and no answer to a ping since the peer connected again`,
+          ),
+        );
+      }
+    };
+    // After the connection's own close handling (which takes it out of `active`), and after I/O
+    // already waiting: a pong that came while this process stalled still counts.
+    const onKeptClosed = (): void => void setImmediate(decide);
+    const timer = setTimeout(() => setImmediate(decide), this.timing.pingIntervalMs);
+    timer.unref();
+    kept.socket.once('close', onKeptClosed);
+    conn.socket.once('close', () => {
+      clearTimeout(timer);
+      kept.socket.off('close', onKeptClosed);
+    });
+  }
+
+  /** A connection whose hello came from a node that is not a peer yet: it becomes one, unless full. */
+  private adopt(conn: Connection): void {
+    const hello = conn.hello!;
     if (this.active.size >= this.maxPeers) {
       // Became full since its handshake ended (the usual refusal comes earlier, instead of our hello).
       conn.send({ type: 'bye', reason: this.refuseFull(conn) });
@@ -1027,6 +1080,19 @@ class ChatNode implements P2PNode {
     conn.closeReason = `refused: already ${this.maxPeers} peers`;
     conn.reasonLogged = true;
     return 'full';
+  }
+
+  /**
+   * Of two connections to one peer, true when `conn` is the one to keep: the one dialled by the
+   * node with the smaller id. When one node dialled both (it knew the peer at two addresses), the
+   * one whose handshake hash is smaller: the hash is the same at both ends and differs per
+   * connection, so both sides choose the same one whatever order their hellos came in.
+   */
+  private preferred(conn: Connection, other: Connection): boolean {
+    const dialer = this.dialerOf(conn);
+    const otherDialer = this.dialerOf(other);
+    if (dialer !== otherDialer) return dialer < otherDialer;
+    return Buffer.compare(conn.session!.handshakeHash, other.session!.handshakeHash) < 0;
   }
 
   private dialerOf(conn: Connection): string {

@@ -112,6 +112,49 @@ export async function socketPair(t: TestContext): Promise<SocketPair> {
   return { client, server };
 }
 
+/** A TCP forwarder's port, and its switch to stop it the way a host that vanished stops. */
+export interface Forwarder {
+  readonly port: number;
+  /** From now on nothing is forwarded and nothing closed, either way: both ends hear silence. */
+  freeze(): void;
+}
+
+/**
+ * A TCP forwarder on a loopback port of its own: each connection to it is piped to `127.0.0.1:port`.
+ * Two addresses that lead to one node. What comes back from `port` is held `delayBackMs` first (the
+ * other way is not delayed). Closed, with every socket it opened, after the test `t`.
+ */
+export async function forwarder(t: TestContext, port: number, delayBackMs = 0): Promise<Forwarder> {
+  const sockets: Socket[] = [];
+  let frozen = false;
+  const server: Server = createServer((inbound) => {
+    const outbound = connect({ host: HOST, port });
+    sockets.push(inbound, outbound);
+    for (const [from, to, delay] of [
+      [inbound, outbound, 0],
+      [outbound, inbound, delayBackMs],
+    ] as const) {
+      const pass = (act: () => void): void => {
+        if (frozen) return;
+        if (delay === 0) act();
+        else setTimeout(() => frozen || act(), delay);
+      };
+      from.on('error', () => pass(() => to.destroy()));
+      from.on('close', () => pass(() => to.destroy()));
+      from.on('data', (chunk: Buffer) => pass(() => to.write(chunk)));
+    }
+  });
+  await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+  t.after(async () => {
+    for (const socket of sockets) socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return {
+    port: (server.address() as { port: number }).port,
+    freeze: () => void (frozen = true),
+  };
+}
+
 /** Everything a hot Observable emitted since {@link record} subscribed, when, and how it ended. */
 export interface Recording<T> {
   readonly values: T[];

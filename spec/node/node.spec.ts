@@ -12,6 +12,7 @@ import {
   connectedTo,
   establishedOn,
   FAST_TIMING,
+  forwarder,
   freePort,
   HOST,
   lineLogger,
@@ -220,6 +221,78 @@ describe('createNode', () => {
         assert.ok(log.count('duplicate connection') >= 1, `pair ${i}: the two dials did cross`);
       }),
     );
+  });
+
+  it('keeps the same one of two connections on both sides when one node dials a peer at two addresses', async (t) => {
+    const start = nodeFactory(t);
+    await Promise.all(
+      range(6).map(async (i) => {
+        const log = lineLogger();
+        const a = await start({ log });
+        const b = await start({ log });
+        // Both connections are dialled by a: the rule "keep the one the smaller id dialled" ties.
+        // The proxy delays what b sends back, so the two hellos cross: b gets a's hello through the
+        // proxy first (at ~1 delay), a gets b's hello on the direct link first (before ~2 delays).
+        const { port: proxy } = await forwarder(t, b.port, 100);
+        const eventsA = record(a.events$);
+        const eventsB = record(b.events$);
+        a.connect(loopback(proxy));
+        await new Promise((resolve) => setTimeout(resolve, 120 + 20 * (i % 3)));
+        a.connect(loopback(b.port));
+        const links = (): number => establishedOn([b.port]) + establishedOn([proxy]);
+        // One link left: straight to b (1 socket at b's port), or through the proxy (1 at each).
+        await waitFor(
+          () =>
+            connectedTo(a, [b]) &&
+            connectedTo(b, [a]) &&
+            log.count('duplicate connection') >= 1 &&
+            establishedOn([b.port]) === 1 &&
+            links() <= 2,
+          `pair ${i} to settle on one connection`,
+          5000,
+        );
+        const inboxA = record(a.messages$);
+        const inboxB = record(b.messages$);
+        await sendAndAwait(a, [a, b], [inboxA, inboxB], `there ${i}`);
+        await sendAndAwait(b, [a, b], [inboxA, inboxB], `back ${i}`);
+        assert.equal(ups(eventsA).length, 1, `pair ${i}: one peer-up on a`);
+        assert.equal(ups(eventsB).length, 1, `pair ${i}: one peer-up on b`);
+        assert.deepEqual(downs(eventsA), [], `pair ${i}: no peer-down on a`);
+        assert.deepEqual(downs(eventsB), [], `pair ${i}: no peer-down on b`);
+      }),
+    );
+  });
+
+  it('takes back at once a peer that restarted while its old connection hangs, not after a timeout', async (t) => {
+    const start = nodeFactory(t);
+    const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) => (x.id < y.id ? -1 : 1));
+    const log = lineLogger();
+    const a = await start({ identity: smaller!, log });
+    const b = await start({ identity: larger! });
+    // a dials b: of two connections between them, the one a dialled is the one both sides prefer.
+    const proxy = await forwarder(t, b.port);
+    a.connect(loopback(proxy.port));
+    await waitFor(() => connectedTo(a, [b]) && connectedTo(b, [a]), 'a and b to connect');
+
+    // b's host vanishes: a hears nothing more on that link, not even a close. b comes back with
+    // the same identity (and nothing sent under it yet, so no history to carry over).
+    proxy.freeze();
+    await b.close();
+    const b2 = await start({ identity: larger!, peers: [loopback(a.port)] });
+    const events2 = record(b2.events$);
+    const inboxA = record(a.messages$);
+    const inbox2 = record(b2.messages$);
+    await waitFor(
+      () => a.peers()[0]?.direction === 'in' && connectedTo(b2, [a]),
+      'a to take the new connection',
+      // Less than the peer timeout, after which the old link is dropped anyway.
+      FAST_TIMING.peerTimeoutMs! - 500,
+    );
+    await sendAndAwait(a, [a, b2], [inboxA, inbox2], 'welcome back');
+    await sendAndAwait(b2, [a, b2], [inboxA, inbox2], 'thanks');
+    assert.equal(ups(events2).length, 1, 'b2 was never sent away');
+    assert.deepEqual(downs(events2), []);
+    assert.equal(log.count('no answer to a ping since the peer connected again'), 1, log.lines.join('\n'));
   });
 
   it('drops a link to its own port and does not dial it again', async (t) => {
