@@ -710,8 +710,14 @@ export class MessageStore {
     this.replayMessage(storedRecord(body));
   }
 
+  /**
+   * Holds a message read from the log unless it is held already. Not `knows`: a message may be
+   * held below its sender's floor (it came after a later one of that sender was evicted), and the
+   * floors read from a meta record before it must not drop it.
+   */
   private replayMessage({ frame, payload, verified }: StoredRecord): void {
-    if (!this.knows(frame)) this.hold(frame, payload, this.now(), verified);
+    if (this.senderOf(frame.from)?.held.has(frame.seq) !== true)
+      this.hold(frame, payload, this.now(), verified);
   }
 
   /**

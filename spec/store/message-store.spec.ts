@@ -403,6 +403,56 @@ describe('MessageStore', () => {
       assert.equal(add(store, chat('a', 2)), false);
     });
 
+    it('keeps a message that arrived after a later one of its sender was evicted, across reopens', (t) => {
+      const dir = tempDir(t);
+      const window = { maxMessages: 2 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      add(first, chat('a', 2));
+      add(first, chat('a', 1)); // held, below a's floor once a-2 is evicted
+      add(first, chat('b', 1)); // evicts a-2: a's floor is 2
+      assert.deepEqual(ids(first), ['a-1', 'b-1']);
+      const marks = first.marks();
+      first.close();
+      for (let round = 1; round <= 2; round++) {
+        const { store } = open(t, dir, window);
+        assert.deepEqual(ids(store), ['a-1', 'b-1'], `reopen ${round}`);
+        assert.deepEqual(store.marks(), marks, `reopen ${round}`);
+        store.close();
+      }
+    });
+
+    it('holds the same messages and marks after any number of reopens, whatever order messages came in (property)', (t) => {
+      fc.assert(
+        fc.property(
+          fc.array(fc.tuple(fc.constantFrom('a', 'b', 'c'), fc.integer({ min: 1, max: 12 })), {
+            maxLength: 40,
+          }),
+          fc.integer({ min: 1, max: 6 }),
+          fc.integer({ min: 1, max: 3 }),
+          (arrivals, maxMessages, reopens) => {
+            const dir = mkdtempSync(join(tmpdir(), 'p2p-store-'));
+            try {
+              const window = { maxMessages };
+              const first = MessageStore.open(SELF, dir, window, clock).store;
+              for (const [from, seq] of arrivals) add(first, chat(from, seq));
+              const want = { ids: ids(first), marks: first.marks() };
+              first.close();
+              for (let round = 1; round <= reopens; round++) {
+                const { store } = MessageStore.open(SELF, dir, window, clock);
+                const got = { ids: ids(store), marks: store.marks() };
+                store.close();
+                assert.deepEqual(got, want, `reopen ${round}`);
+              }
+            } finally {
+              rmSync(dir, { recursive: true, force: true });
+            }
+          },
+        ),
+        { numRuns: 300 },
+      );
+      t.diagnostic('300 arrival orders, each reopened up to 3 times');
+    });
+
     it('makes each added message durable within the tick, without close (as for kill -9)', async (t) => {
       const dir = tempDir(t);
       const { store } = open(t, dir);
