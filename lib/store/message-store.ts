@@ -157,6 +157,11 @@ interface Meta {
   lastSeq: number;
   /** Per sender, the highest sequence number that was evicted from the window. */
   floors: Record<string, number>;
+  /**
+   * Per sender in `floors`, the newest timestamp of its messages (see SenderState.newestTs). Absent
+   * in logs of versions before it: such a sender is then taken as seen at the start.
+   */
+  seen?: Record<string, number>;
 }
 
 interface SenderState {
@@ -178,6 +183,12 @@ interface SenderState {
    * before it is history, not a hole ({@link markOf}).
    */
   first: number;
+  /**
+   * The newest timestamp of its messages held or evicted. Once it is older than the window's age
+   * and nothing of the sender is held, its state goes: any message at or below its floor is then
+   * too old to be taken in anyway.
+   */
+  newestTs: number;
 }
 
 /**
@@ -196,7 +207,13 @@ interface SenderState {
  * is still recognised.
  */
 export class MessageStore {
+  /**
+   * State per sender, in the order their latest message arrived (the most recent last): a sync
+   * frame that cannot list every sender lists the most recent ones.
+   */
   private readonly senders = new Map<string, SenderState>();
+  /** The sender last moved to the end of `senders` (most messages in a row come from one). */
+  private latestSender: SenderState | undefined;
   /** Held messages in arrival order (oldest first), for eviction and `recent`. */
   private order: StoredMessage[] = [];
   /**
@@ -427,7 +444,10 @@ export class MessageStore {
   marks(): Map<string, number> {
     this.evict();
     const marks = new Map<string, number>();
-    for (const [from, sender] of this.senders) marks.set(from, markOf(sender));
+    const oldest = this.now() - this.maxAgeMs;
+    for (const [from, sender] of this.senders) {
+      if (!this.forgetIfStale(sender, oldest)) marks.set(from, markOf(sender));
+    }
     return marks;
   }
 
@@ -567,7 +587,7 @@ export class MessageStore {
   /**
    * The state of sender `from`, if any. The last one found is kept: in a burst one sender's messages
    * come one after another, and each was four lookups of the same key (whose string is new with each
-   * message, so each hashed it again). A sender's state is never dropped once made.
+   * message, so each hashed it again). Forgetting a sender clears it (see forgetIfStale).
    */
   private senderOf(from: string): SenderState | undefined {
     if (from === this.lastSender?.from) return this.lastSender;
@@ -586,6 +606,13 @@ export class MessageStore {
       this.senders.set(chat.from, sender);
     }
     if (sender.nick !== chat.nick) sender.nick = chat.nick;
+    if (chat.ts > sender.newestTs) sender.newestTs = chat.ts;
+    if (this.latestSender !== sender) {
+      // To the end of the order of senders (see senders): once per run of one sender's messages.
+      this.senders.delete(chat.from);
+      this.senders.set(chat.from, sender);
+      this.latestSender = sender;
+    }
     // Literal, not heldFrame(): the sender's own strings for its id and nick.
     const frame: HeldFrame = {
       id: chat.id,
@@ -618,6 +645,7 @@ export class MessageStore {
       // Everything of this sender up to here is now "old"; a later-arrived lower seq still held is
       // evicted in its own turn (and is known either way).
       if (first.frame.seq > sender.floor) sender.floor = first.frame.seq;
+      this.forgetIfStale(sender, oldest);
     }
     if (this.orderStart > 1024 && this.orderStart * 2 > this.order.length) {
       this.order = this.order.slice(this.orderStart);
@@ -635,8 +663,28 @@ export class MessageStore {
 
   private meta(): Meta {
     const floors: Record<string, number> = {};
-    for (const [from, sender] of this.senders) if (sender.floor > 0) floors[from] = sender.floor;
-    return { lastSeq: this.lastSeq, floors };
+    const seen: Record<string, number> = {};
+    const oldest = this.now() - this.maxAgeMs;
+    for (const [from, sender] of this.senders) {
+      if (sender.floor === 0 || this.forgetIfStale(sender, oldest)) continue;
+      floors[from] = sender.floor;
+      seen[from] = sender.newestTs;
+    }
+    return { lastSeq: this.lastSeq, floors, seen };
+  }
+
+  /**
+   * Forgets a sender none of whose messages is held, and whose newest is older than `oldest`: its
+   * floor no longer protects anything, as {@link add} refuses a message that old. Without it, the
+   * state of every sender ever seen would stay, in memory and in each compaction's meta record.
+   * True when it was forgotten.
+   */
+  private forgetIfStale(sender: SenderState, oldest: number): boolean {
+    if (sender.held.size > 0 || sender.newestTs >= oldest) return false;
+    this.senders.delete(sender.from);
+    if (this.lastSender === sender) this.lastSender = undefined;
+    if (this.latestSender === sender) this.latestSender = undefined;
+    return true;
   }
 
   /** Reads the log; stops at the first torn or damaged record and truncates the file there. */
@@ -703,6 +751,8 @@ export class MessageStore {
         const sender = this.senders.get(from) ?? newSender(from);
         sender.floor = Math.max(sender.floor, floor);
         sender.top = Math.max(sender.top, floor);
+        const seen = meta.seen?.[from];
+        sender.newestTs = Math.max(sender.newestTs, typeof seen === 'number' ? seen : this.now());
         this.senders.set(from, sender);
       }
       return;
@@ -949,7 +999,7 @@ function storedRecord(body: Buffer): StoredRecord {
 }
 
 function newSender(from: string): SenderState {
-  return { from, nick: '', held: new Map(), floor: 0, top: 0, first: 0 };
+  return { from, nick: '', held: new Map(), floor: 0, top: 0, first: 0, newestTs: 0 };
 }
 
 /** The fields of a chat frame the history keeps (a copy: nothing else of the frame stays alive). */

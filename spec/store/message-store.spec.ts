@@ -348,6 +348,43 @@ describe('MessageStore', () => {
       assert.equal(store.marks().get('a'), 3);
     });
 
+    it('lists senders in the order of their latest message, the most recent last (what a sync frame that must leave some out keeps)', (t) => {
+      const { store } = open(t, undefined);
+      for (const [from, seq] of [
+        ['a', 1],
+        ['b', 1],
+        ['c', 1],
+        ['a', 2],
+        ['b', 2],
+      ] as const)
+        add(store, chat(from, seq));
+      assert.deepEqual([...store.marks().keys()], ['c', 'a', 'b']);
+    });
+
+    it('forgets a sender nothing of which is held once its newest message is older than maxAgeMs, in memory and in the log', (t) => {
+      let now = 10_000;
+      const dir = tempDir(t);
+      const { store } = open(t, dir, { maxMessages: 1, maxAgeMs: 1_000 }, () => now);
+      add(store, chat('a', 5, 9_900));
+      add(store, chat('b', 1, 9_950)); // evicts a-5: a's floor is 5, nothing of a held
+      assert.deepEqual(
+        [...store.marks()],
+        [
+          ['a', 5],
+          ['b', 1],
+        ],
+      );
+      assert.equal(add(store, chat('a', 4, 9_890)), false, 'while a is recent, its floor guards it');
+      now = 10_950; // a's newest message, a-5, is 1,050 ms old; b-1 is 1,000 ms old
+      assert.deepEqual([...store.marks()], [['b', 1]], 'a forgotten, b held');
+      assert.equal(add(store, chat('a', 4, 9_890)), false, 'an old message of a is still refused: too old');
+      for (let seq = 2; seq <= 5; seq++) add(store, chat('b', seq, 10_950)); // compacts the log
+      store.close();
+      const meta = readFileSync(join(dir, LOG), 'utf8');
+      assert.match(meta, /"floors":\{"b":\d+\}/, 'only b has a floor in the meta record');
+      assert.doesNotMatch(meta, /"a":/);
+    });
+
     it('does not return messages that aged out of the window while nothing arrived', (t) => {
       let now = 10_000;
       const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
