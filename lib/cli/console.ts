@@ -141,7 +141,7 @@ function fillSentEvent(buf: WritingBuffer, at: number, m: ChatMessage): number {
 function formatPeers(peers: readonly PeerInfo[]): string {
   if (peers.length === 0) return 'no peers connected';
   const rows = peers.map(
-    (p) => `  ${shortId(p.id)}  ${sanitize(p.nick).padEnd(16)} ${p.address} (${p.direction})`,
+    (p) => `  ${shortId(p.id)}  ${sanitize(p.nick).padEnd(16)} ${sanitize(p.address)} (${p.direction})`,
   );
   return [`${peers.length} peer${peers.length === 1 ? '' : 's'}:`, ...rows].join('\n');
 }
@@ -403,8 +403,8 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     sent() {
       rl.prompt();
     },
-    peerUp: (p) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) joined from ${p.address}`),
-    peerDown: (p, reason) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) left: ${reason}`),
+    peerUp: (p) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) joined from ${sanitize(p.address)}`),
+    peerDown: (p, reason) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) left: ${sanitize(reason)}`),
     peers: (peers) => show(formatPeers(peers)),
     history(messages, atStart) {
       if (messages.length === 0) {
@@ -416,7 +416,7 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     notice: (text) => show(text),
     log(line) {
       batch.flush();
-      above(io.stderr, `${line}\n`);
+      above(io.stderr, `${sanitize(line)}\n`);
     },
     setPrompt(nick) {
       rl.setPrompt(`${sanitize(nick)}> `);
@@ -453,7 +453,8 @@ function pipeSink(io: ConsoleIo): {
     toStderr,
     common: {
       lines$: input.lines$,
-      log: toStderr,
+      // A log line can carry what peers sent (a nick in a peer's label, a bye's reason).
+      log: (line) => toStderr(sanitize(line)),
       setPrompt() {},
       holdInput: (held) => input.hold(held),
       flush: () => batch.flush(),

@@ -3,7 +3,11 @@ export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
 
 export const LOG_LEVELS: readonly LogLevel[] = ['error', 'warn', 'info', 'debug'];
 
-/** Where a node writes what it does. Every method takes one finished line (no trailing newline). */
+/**
+ * Where a node writes what it does. Every method takes one finished line (no trailing newline). A
+ * line can carry text a peer chose (its nick, the reason in its `bye`), control characters and all:
+ * a logger that writes to a terminal escapes them (the CLI's sinks do, with `sanitize`).
+ */
 export interface Logger {
   error(line: string): void;
   warn(line: string): void;

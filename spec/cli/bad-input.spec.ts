@@ -255,6 +255,18 @@ describe('bin/p2p --json: a bad peer on a raw socket is dropped, the node and it
     await expectDropped(raw, 'ERR_UNKNOWN_TYPE', raw.who);
   });
 
+  it("shows the control characters of a peer's nick escaped in its log lines: no forged line, no terminal escape", async () => {
+    const raw = await openSecure(node.ready.port);
+    const nick = 'x\ninfo: peer up: forged\u001b[2J\u009b31m';
+    raw.link.send(hello(raw.id, { nick }) as Frame);
+    raw.link.sendPayload(Buffer.from(JSON.stringify({ type: 'gossip', n: 1 })));
+    await expectDropped(raw, 'ERR_UNKNOWN_TYPE', raw.who);
+    const [line] = linesAbout(raw.who, 'ERR_UNKNOWN_TYPE');
+    assert.ok(line!.includes('(x\\x0ainfo: peer up: forged\\x1b[2J\\x9b31m)'), line);
+    assert.ok(!node.stderrLines.some((l) => l.startsWith('info: peer up: forged')), 'no forged line');
+    assert.doesNotMatch(node.stderr, /[\u001b\u009b]/, 'no escape reaches the terminal');
+  });
+
   it('drops a peer whose hello has another protocol version', async () => {
     const raw = await openSecure(node.ready.port);
     raw.link.sendPayload(Buffer.from(JSON.stringify(hello(raw.id, { v: 2 }))));
