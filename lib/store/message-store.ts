@@ -492,6 +492,7 @@ export class MessageStore {
   lacking(marks: Marks, options: LackingOptions = {}): StoredMessage[] {
     this.evict();
     const { have, takenBy = Infinity, tailTakenBy = Infinity } = options;
+    const oldest = this.now() - this.maxAgeMs;
     const perSender = new Map<string, StoredMessage[]>();
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
@@ -502,6 +503,7 @@ export class MessageStore {
       const highest = ranges[ranges.length - 1]?.[0] ?? mark;
       const wanted = (m: StoredMessage): boolean =>
         m.at <= takenBy &&
+        m.frame.ts >= oldest && // evict drops by age from the front only: one that came late may be older
         (m.frame.seq < highest || m.at <= tailTakenBy) &&
         !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last);
       let list: StoredMessage[];

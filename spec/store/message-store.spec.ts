@@ -385,6 +385,19 @@ describe('MessageStore', () => {
       assert.doesNotMatch(meta, /"a":/);
     });
 
+    it('offers no message older than maxAgeMs, even one that came late and is not evicted yet', (t) => {
+      let now = 10_000;
+      const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
+      add(store, chat('a', 1, 10_000));
+      add(store, chat('b', 1, 9_100)); // old already, but in the window: arrived after a-1
+      assert.deepEqual(ids(store), ['a-1', 'b-1']);
+      now = 10_200; // b-1 is 1,100 ms old: a peer would refuse it
+      assert.deepEqual(
+        store.lacking(new Map()).map((m) => m.frame.id),
+        ['a-1'],
+      );
+    });
+
     it('does not return messages that aged out of the window while nothing arrived', (t) => {
       let now = 10_000;
       const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
