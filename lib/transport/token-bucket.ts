@@ -150,11 +150,14 @@ export class RateLimiter<K extends string = string> {
 
   /**
    * True when `key` has a whole token now (with `time`, the value's time on its sender's clock: see
-   * {@link clock}); takes nothing.
+   * {@link clock}); changes nothing. It runs before a value is checked: a forged value stamped ahead
+   * must not move its sender's bucket clock (refilling early, then nothing until ours catches up),
+   * and a key only asked about gets no state to push the others out.
    */
   allows(key: K, time?: number): boolean {
-    const state = this.state(key);
-    return state.bucket.tokensAt(this.clock(state, time)) >= 1;
+    const state = this.keys.get(key);
+    if (state === undefined) return this.rate.burst >= 1; // a key never charged has a full bucket
+    return state.bucket.levelAt(this.clock(state, time)) >= 1;
   }
 
   /** Takes a token of `key` when there is one. */

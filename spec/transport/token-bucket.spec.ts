@@ -114,6 +114,27 @@ describe('RateLimiter', () => {
     assert.equal(limiter.allows('b'), true, 'a forgotten key starts full again');
   });
 
+  it('allows() changes nothing: a value stamped ahead does not move the bucket, a key only asked about is not kept', () => {
+    const clock = manualClock();
+    const limiter = new RateLimiter({ perSecond: 1, burst: 2 }, { max: 2, now: clock.now });
+    limiter.spend('s', clock.now());
+    limiter.spend('s', clock.now()); // empty; the sender's clock is ours
+    assert.equal(
+      limiter.allows('s', clock.now() + 60_000),
+      true,
+      'stamped a minute ahead: up to 5 s refilled',
+    );
+    clock.advance(500);
+    assert.equal(limiter.allows('s', clock.now()), false, 'half a token: the stamp ahead refilled nothing');
+    clock.advance(500);
+    assert.equal(limiter.allows('s', clock.now()), true);
+
+    limiter.spend('t');
+    for (let i = 0; i < 10; i++) assert.equal(limiter.allows(`forged ${i}`), true);
+    limiter.spend('t');
+    assert.equal(limiter.allows('t'), false, "t's bucket was kept: keys asked about took no place");
+  });
+
   describe("with the sender's clock (values' timestamps)", () => {
     /** Spends one token for a value stamped `time` when allowed; returns whether it was. */
     const take = (limiter: RateLimiter, time: number): boolean => {
