@@ -14,6 +14,7 @@ import {
 import { boundedLru } from '../util/lru.js';
 import { Multicast, shareHot } from '../util/multicast.js';
 import {
+  AddressError,
   formatAddress,
   isLoopback,
   isUnspecified,
@@ -906,7 +907,7 @@ class ChatNode implements P2PNode {
         `hello claims id ${hello.id}, the handshake proved another key`,
       );
     }
-    conn.greet(hello);
+    conn.greet(this.withAdvertised(conn, hello));
     const target = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
     if (hello.id === this.id) {
       // We dialled ourselves (our own address, or one that leads back here): forget that address.
@@ -922,22 +923,40 @@ class ChatNode implements P2PNode {
       target.nodeId = hello.id;
       target.dialing = false;
     }
-    if (hello.addr !== undefined) {
-      try {
-        const advertised = parseAddress(hello.addr);
-        if (isUnspecified(advertised.host))
-          throw new ProtocolError('ERR_BAD_FRAME', 'hello advertises 0.0.0.0');
-      } catch (err) {
-        if (err instanceof ProtocolError) throw err;
-        throw new ProtocolError(
-          'ERR_BAD_FRAME',
-          `hello advertises a malformed address ${JSON.stringify(hello.addr)}`,
-        );
-      }
-    }
     const existing = this.active.get(hello.id);
     if (existing !== undefined) this.onDuplicate(conn, existing);
     else this.adopt(conn);
+  }
+
+  /**
+   * The hello as this node keeps it: its advertised address in canonical spelling (one node, one
+   * address), or none when it is a loopback address and the peer is on another host: that address
+   * would lead here, and told to our other peers it would become this host's address (see localize).
+   * The peer is then known by its socket's host and its hello's port.
+   * @throws {ProtocolError} for an advertised address that is malformed or unspecified (0.0.0.0).
+   */
+  private withAdvertised(conn: Connection, hello: HelloFrame): HelloFrame {
+    if (hello.addr === undefined) return hello;
+    let advertised: Address;
+    try {
+      advertised = parseAddress(hello.addr);
+    } catch (err) {
+      if (!(err instanceof AddressError)) throw err;
+      throw new ProtocolError(
+        'ERR_BAD_FRAME',
+        `hello advertises a malformed address ${JSON.stringify(hello.addr)}`,
+      );
+    }
+    if (isUnspecified(advertised.host)) throw new ProtocolError('ERR_BAD_FRAME', 'hello advertises 0.0.0.0');
+    if (isLoopback(advertised.host) && !isLoopback(conn.remoteHost)) {
+      const { addr, ...rest } = hello;
+      this.log.info(
+        `peer ${hello.id.slice(0, 8)} at ${conn.remoteHost} advertises ${JSON.stringify(addr)}, a loopback address: ignored`,
+      );
+      return rest;
+    }
+    const addr = formatAddress(advertised);
+    return addr === hello.addr ? hello : { ...hello, addr };
   }
 
   /**

@@ -167,4 +167,39 @@ describe('lab: the seed examples across hosts', () => {
       );
     },
   );
+  labTest(
+    "scenario 2c: a peer on another host that advertises a loopback address is known at its real address, and never passed on as this host's",
+    { timeoutMs: 60_000 },
+    async (t, lab) => {
+      const h1 = await lab.addHost('h1');
+      const h2 = await lab.addHost('h2');
+      const h3 = await lab.addHost('h3'); // only for the probe
+      const a = await lab.start(h1, ['8001', '--json', '--log-level', 'debug']);
+      // Misconfigured: it tells its peers to dial 127.0.0.1, which from h1 leads to h1 itself.
+      const b = await lab.start(h2, [
+        '8002',
+        `${h1.address}:8001`,
+        '--advertise',
+        '127.0.0.1:8002',
+        '--json',
+        '--log-level',
+        'debug',
+      ]);
+      await fullMesh([a, b], 10_000);
+      assert.equal(a.peers.get(b.id!)?.address, `${h2.address}:8002`, 'h1 knows h2 at its real address');
+      const [seen] = await lab.probe(h3, [a.address]);
+      assert.equal(seen!.error, undefined, `probe of ${a.label}: ${seen!.error}`);
+      const told = (seen!.peers ?? []).filter((entry) => entry.id === b.id);
+      assert.deepEqual(
+        told.map((entry) => entry.addr),
+        [`${h2.address}:8002`],
+        "a peer on a third host is told h2 at its real address, not at h1's",
+      );
+      assert.ok(
+        a.stderrLines.some((l) => l.includes('a loopback address: ignored')),
+        'h1 says why it ignores the advertised address',
+      );
+      figure(t, `h2 advertised 127.0.0.1:8002; h1 knows it, and tells h3 it is, at ${h2.address}:8002`);
+    },
+  );
 });

@@ -153,6 +153,19 @@ describe('createNode', () => {
     ] satisfies PeerInfo[]);
   });
 
+  it('knows a peer at its advertised address in canonical spelling, however the peer wrote it', async (t) => {
+    const start = nodeFactory(t);
+    const ann = await start({ nick: 'ann' });
+    const port = await freePort();
+    const bob = await start({
+      nick: 'bob',
+      advertise: { host: 'LocalHost', port },
+      peers: [loopback(ann.port)],
+    });
+    await waitFor(() => connectedTo(ann, [bob]), 'bob to connect');
+    assert.equal(ann.peers()[0]?.address, `localhost:${port}`);
+  });
+
   it('ends simultaneous dials with exactly one connection on both sides, never zero', async (t) => {
     const start = nodeFactory(t);
     await Promise.all(
