@@ -434,8 +434,10 @@ class ChatNode implements P2PNode {
   private readonly conns = new Set<Connection>();
   private readonly active = new Map<string, ActivePeer>();
   private readonly targets = new Map<string, Target>();
-  /** Addresses that turned out to be this node. */
-  private readonly selfAddrs = new Set<string>();
+  /** Addresses that turned out to be this node (bounded: peers may name any number of them). */
+  private readonly selfAddrs = boundedLru<string, true>(MAX_SELF_ADDRS);
+  /** Sockets of dials not connected yet: destroyed by close, which would otherwise wait for them. */
+  private readonly dialSockets = new Set<Socket>();
   private readonly connections$ = new Subject<Connection>();
   /** This node's own messages, signed: a plain Multicast (each passes it, at the sender). */
   private readonly local$ = new Multicast<Inbound<ChatFrame>>();
@@ -912,7 +914,7 @@ class ChatNode implements P2PNode {
     if (hello.id === this.id) {
       // We dialled ourselves (our own address, or one that leads back here): forget that address.
       if (conn.dialed !== undefined) {
-        this.selfAddrs.add(conn.dialed);
+        this.selfAddrs.set(conn.dialed, true);
         if (target !== undefined) this.forget(target);
         this.log.info(`${conn.dialed} is this node; not dialling it again`);
       }
@@ -1563,12 +1565,16 @@ class ChatNode implements P2PNode {
     }
     target.dialing = true;
     const socket = netConnect({ host: target.address.host, port: target.address.port });
+    this.dialSockets.add(socket);
+    socket.once('close', () => this.dialSockets.delete(socket));
     const timer = setTimeout(
       () => socket.destroy(new Error('connect timed out')),
       this.timing.connectTimeoutMs,
     );
+    timer.unref();
     const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
+      this.dialSockets.delete(socket);
       target.dialing = false;
       this.log.debug(`cannot reach ${target.addr}: ${err.code ?? err.message}`);
       if (!this.closed) this.failed(target);
@@ -1576,6 +1582,7 @@ class ChatNode implements P2PNode {
     socket.once('error', onError);
     socket.once('connect', () => {
       clearTimeout(timer);
+      this.dialSockets.delete(socket);
       socket.off('error', onError);
       // Still "dialling" until the hello (onHello) or the close (onClosed): a connection in its
       // handshake must not be dialled again.
@@ -1692,6 +1699,8 @@ class ChatNode implements P2PNode {
     clearTimeout(this.entropyTimer);
     clearTimeout(this.gapTimer);
     for (const target of this.targets.values()) clearTimeout(target.timer);
+    for (const socket of this.dialSockets) socket.destroy(); // its error handler sees this.closed
+    this.dialSockets.clear();
     const closedSockets = [...this.conns].map(
       (conn) =>
         new Promise<void>((resolve) => {
@@ -1720,6 +1729,9 @@ class ChatNode implements P2PNode {
  * disk) does not cut a link at once.
  */
 const MAX_STRIKES = 3;
+
+/** Addresses remembered as this node's own; more are rare (a host's names and addresses). */
+const MAX_SELF_ADDRS = 256;
 
 /**
  * Connections in their handshake at once. 64: a handshake takes about 1 ms of CPU, so 64 is far

@@ -1,4 +1,7 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, NodeTiming, P2PNode, PeerInfo } from '../../lib/node/node.js';
@@ -71,6 +74,18 @@ async function assertUnharmed(node: P2PNode, friend: P2PNode): Promise<void> {
   const inboxes = [record(node.messages$), record(friend.messages$)];
   await sendAndAwait(friend, [node, friend], inboxes, 'unharmed');
   assert.deepEqual(peerIds(node), [friend.id]);
+}
+
+/** Sockets on this host in SYN_SENT towards 127.0.0.1:`port` (Linux's /proc/net/tcp). */
+function synSentTo(port: number): number {
+  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  return readFileSync('/proc/net/tcp', 'utf8')
+    .split('\n')
+    .slice(1)
+    .filter((line) => {
+      const fields = line.trim().split(/\s+/);
+      return fields[2] === remote && fields[3] === '02'; // 02: SYN_SENT
+    }).length;
 }
 
 /** True when the nodes form a line, each connected to its neighbours only. */
@@ -331,6 +346,34 @@ describe('createNode', () => {
       [witness.id],
     );
     assert.deepEqual(downs(events), []);
+  });
+
+  it('close() ends a dial still waiting for its SYN to be answered, at once rather than at its connect timeout', async (t) => {
+    // A listener whose process is stopped: once its accept queue (backlog 1) is full, the kernel
+    // answers no SYN, and a dial to it waits in SYN_SENT.
+    const child = spawn(
+      process.execPath,
+      [
+        '-e',
+        "require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, function () { console.log(this.address().port) })",
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    t.after(() => void child.kill('SIGKILL'));
+    const [line] = (await once(child.stdout, 'data')) as [Buffer];
+    const port = Number(line.toString().trim());
+    process.kill(child.pid!, 'SIGSTOP');
+    const fillers = range(4).map(() => connect({ host: HOST, port }).on('error', () => {}));
+    t.after(() => fillers.forEach((socket) => socket.destroy()));
+    await waitFor(() => synSentTo(port) >= 1, 'the accept queue to fill');
+    const waiting = synSentTo(port);
+
+    const start = nodeFactory(t);
+    const node = await start({ timing: { connectTimeoutMs: 60_000 } });
+    node.connect(loopback(port));
+    await waitFor(() => synSentTo(port) === waiting + 1, "the node's dial to wait for an answer");
+    await node.close();
+    assert.equal(synSentTo(port), waiting, 'the dial is gone when close() resolves');
   });
 
   it('does not dial a target again while its first connection is still in the handshake', async (t) => {
