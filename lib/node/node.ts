@@ -1357,6 +1357,12 @@ class ChatNode implements P2PNode {
     return givenUp !== undefined && now - givenUp < GAP_COOLDOWN_PERIODS * this.timing.gapRepairMs;
   }
 
+  /** Watches the first hole of a sender whose holes are not left alone, if there is one. */
+  private watchNextHole(via: string, now: number): void {
+    const hole = this.store.firstHole((from) => this.holesLeftAlone(from, now));
+    if (hole !== undefined) this.watchGap(hole, via);
+  }
+
   private watchGap(
     hole: { readonly from: string; readonly seq: number },
     via: string,
@@ -1381,7 +1387,10 @@ class ChatNode implements P2PNode {
     this.gap = undefined;
     if (gap === undefined || this.closed) return;
     const now = Date.now();
-    if (this.holesLeftAlone(gap.from, now)) return;
+    if (this.holesLeftAlone(gap.from, now)) {
+      this.watchNextHole(gap.via, now);
+      return;
+    }
     if (this.store.knows(gap)) {
       const hole = this.store.firstHole((from) => this.holesLeftAlone(from, now));
       if (hole === undefined) return;
@@ -1394,8 +1403,10 @@ class ChatNode implements P2PNode {
       }
       gap = { from: hole.from, seq: hole.seq, via: gap.via, asked: 0 };
     } else if (gap.asked === 2) {
-      // Every peer was asked a period ago, and none had it.
+      // Every peer was asked a period ago, and none had it. A hole of another sender may have
+      // opened meanwhile, unwatched (one watch at a time).
       this.gapGivenUp.set(gap.from, now);
+      this.watchNextHole(gap.via, now);
       return;
     }
     const sync = this.syncFrame(this.timing.gapRepairMs, true);

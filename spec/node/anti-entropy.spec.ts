@@ -259,6 +259,23 @@ describe('gap repair', () => {
     assert.equal(y.stats().gapRepairs, 2, 'no sync for the hole at 4');
   });
 
+  it('watches the hole of another sender that opened while it gave up on one', async (t) => {
+    const { y, inboxX, inboxY, liar, liarAtY } = await gapScene(t);
+    const other = generateIdentity();
+    // The raw peer skips its own seq 2: nobody ever has it.
+    liarAtY!.send(signedChat(liar.identity, { text: 'one', seq: 1 }));
+    liarAtY!.send(signedChat(liar.identity, { text: 'three', seq: 3 }));
+    await waitFor(() => y.stats().gapRepairs === 2, 'Y to ask the raw peer, then every peer');
+    // Then, before Y gives up on it, another sender's seq 2 reaches X only, and its 1 and 3 reach Y.
+    liar.send(signedChat(other, { text: 'other two', seq: 2 }));
+    await waitFor(() => times(inboxX, 'other two') === 1, 'X to have the other sender’s seq 2');
+    liarAtY!.send(signedChat(other, { text: 'other one', seq: 1 }));
+    liarAtY!.send(signedChat(other, { text: 'other three', seq: 3 }));
+    await waitFor(() => times(inboxY, 'other three') === 1, 'Y to get seq 3 of the other sender');
+    // Gap repair (periods of 150 ms), not anti-entropy (a minute).
+    await waitFor(() => times(inboxY, 'other two') === 1, 'Y to fetch the other sender’s seq 2', 3_000);
+  });
+
   it('stops watching when the node closes: no sync, no error after close', async (t) => {
     const { y, inboxY, liar, liarAtY } = await gapScene(t);
     liarAtY!.send(signedChat(liar.identity, { text: 'one', seq: 1 }));
