@@ -141,6 +141,13 @@ export interface NodeTiming {
    * `createNode` throws a RangeError for any other.
    */
   readonly gapRepairMs?: number;
+  /**
+   * A node named in peer lists is learned again this long after it was last learned at the same
+   * address, so an address given up on (unreachable, or refusing as full, `learnedDialAttempts`
+   * times) is tried once more when peers still name it. Default 10 min: a node that stays
+   * unreachable costs its peers `learnedDialAttempts` dials per 10 min.
+   */
+  readonly relearnMs?: number;
 }
 
 /**
@@ -337,6 +344,7 @@ const DEFAULT_TIMING = {
   rateResyncDelayMs: 5_000,
   antiEntropyMs: 2_000,
   gapRepairMs: 500,
+  relearnMs: 600_000,
 } as const;
 
 function checkNick(nick: string): string {
@@ -381,6 +389,7 @@ function checkTiming(
     'connectTimeoutMs',
     'peerListDelayMs',
     'rateResyncDelayMs',
+    'relearnMs',
   ] as const)
     timerMs(name, timing[name], MAX_TIMER_MS);
   // Both go out in syncs' minAgeMs (anti-entropy's halved), which peers take up to a minute.
@@ -636,7 +645,7 @@ class ChatNode implements P2PNode {
     );
     this.subscription.add(
       inbound$
-        .pipe(filterMap(peersOnly), mergePeers({ selfId: this.id }))
+        .pipe(filterMap(peersOnly), mergePeers({ selfId: this.id, rememberMs: this.timing.relearnMs }))
         .subscribe((entry) => this.learn(entry)),
     );
 

@@ -10,6 +10,14 @@ export interface MergePeersOptions {
   readonly selfId: string;
   /** Most nodes remembered. Default 1,000: far more than a chat needs, small enough to bound memory. */
   readonly max?: number;
+  /**
+   * How long an entry emitted stays known (ms): a node named again at the same address after that
+   * is emitted again, so a receiver that gave up on an address (it was unreachable, or full) hears of
+   * it once more. Default: for ever.
+   */
+  readonly rememberMs?: number;
+  /** The clock for `rememberMs` (ms). Default `Date.now`. */
+  readonly now?: () => number;
 }
 
 /**
@@ -19,17 +27,20 @@ export interface MergePeersOptions {
  * Entries are skipped when they name this node, advertise an unspecified address (`0.0.0.0`, `::`),
  * do not parse as `host:port`, or carry a loopback address received from a peer that is not itself on
  * loopback (that address would point at this host, not at the node it names). The table is an LRU of
- * `max` entries, per subscription. Completes and errors with the source.
- * @throws {RangeError} at call time for a non-positive `max`.
+ * `max` entries, per subscription; an entry is emitted again once `rememberMs` has passed. Completes
+ * and errors with the source.
+ * @throws {RangeError} at call time for a non-positive `max` or `rememberMs`.
  */
 export function mergePeers(options: MergePeersOptions): OperatorFunction<Inbound<PeersFrame>, PeerEntry> {
   const max = options.max ?? 1000;
   if (!Number.isInteger(max) || max < 1)
     throw new RangeError(`mergePeers: max must be a positive integer, got ${max}`);
-  const { selfId } = options;
+  const { selfId, rememberMs = Infinity, now = Date.now } = options;
+  if (!(rememberMs > 0)) throw new RangeError(`mergePeers: rememberMs must be positive, got ${rememberMs}`);
   return (source) =>
     defer(() => {
-      const known = boundedLru<string, string>(max);
+      // Per node: the address it was emitted at, and when.
+      const known = boundedLru<string, { readonly addr: string; readonly at: number }>(max);
       return source.pipe(
         mergeMap(({ peer, frame }) => {
           const fresh: PeerEntry[] = [];
@@ -45,8 +56,10 @@ export function mergePeers(options: MergePeersOptions): OperatorFunction<Inbound
               if (err instanceof AddressError) continue;
               throw err;
             }
-            if (known.get(entry.id) === addr) continue;
-            known.set(entry.id, addr);
+            const at = now();
+            const seen = known.get(entry.id);
+            if (seen !== undefined && seen.addr === addr && at - seen.at < rememberMs) continue;
+            known.set(entry.id, { addr, at });
             fresh.push({ id: entry.id, addr });
           }
           return fresh;

@@ -376,6 +376,42 @@ describe('createNode', () => {
     assert.equal(synSentTo(port), waiting, 'the dial is gone when close() resolves');
   });
 
+  it('learns again, after relearnMs, an address it gave up on that peers still name', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const node = await start({
+      log,
+      learnedDialAttempts: 1,
+      timing: { helloTimeoutMs: 200, relearnMs: 1_500 },
+    });
+    // A node that accepts and never answers the handshake: each dial of it is one socket here.
+    const sockets: Socket[] = [];
+    const silent = createServer((socket) => {
+      sockets.push(socket);
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((resolve) => silent.listen(0, HOST, resolve));
+    t.after(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    });
+    const addr = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    const named = { type: 'peers', peers: [{ id: generateIdentity().id, addr }] } as const;
+    const teller = await rawPeer(t, node.port, { answerPings: true });
+
+    teller.send(named);
+    const learnedAt = Date.now();
+    await waitFor(() => log.count(`forgetting ${addr}`) === 1, 'the node to give up on it');
+    teller.send(named); // named again at once: still known as given up
+    const pings = teller.count('ping');
+    await waitFor(() => teller.count('ping') >= pings + 2, 'two upkeep ticks', 5000);
+    assert.equal(sockets.length, 1, 'not dialled again within relearnMs');
+
+    await waitFor(() => Date.now() - learnedAt > 1_600, 'relearnMs to pass', 3_000);
+    teller.send(named);
+    await waitFor(() => sockets.length === 2, 'the node to dial it again');
+  });
+
   it('does not dial a target again while its first connection is still in the handshake', async (t) => {
     const start = nodeFactory(t);
     const node = await start();

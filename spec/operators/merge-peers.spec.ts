@@ -321,6 +321,23 @@ describe('mergePeers', () => {
     });
   });
 
+  it('emits a node again at the same address once rememberMs has passed since it was emitted', () => {
+    const scheduler = testScheduler();
+    scheduler.run(({ hot, expectObservable }) => {
+      const lists = {
+        a: list(remote, ['n1', '10.0.0.1:8000']),
+        b: list(remote, ['n1', '10.0.0.1:8000'], ['n2', '10.0.0.2:8000']),
+      };
+      const out = { x: entry('n1', '10.0.0.1:8000'), y: entry('n2', '10.0.0.2:8000') };
+      // rememberMs 5: n1 emitted at 1 is emitted again at 8 (7 later), n2 emitted at 4 not at 8
+      // (4 later) but at 12 (8 later); n1 not at 12 (4 after 8).
+      const source = hot('  -a--b---b---b-|', lists);
+      const expected = '    -x--y---x---y-|';
+      const merged = source.pipe(mergePeers({ selfId: SELF, rememberMs: 5, now: () => scheduler.now() }));
+      expectObservable(merged).toBe(expected, out);
+    });
+  });
+
   it('completes when the source completes', () => {
     testScheduler().run(({ hot, expectObservable, expectSubscriptions }) => {
       const source = hot('  -a--|', { a: list(remote, ['n1', '10.0.0.5:8000']) });
@@ -424,6 +441,11 @@ describe('mergePeers', () => {
   for (const max of [0, -1, 1.5, Number.NaN]) {
     it(`throws a RangeError at call time for max ${max}`, () => {
       assert.throws(() => mergePeers({ selfId: SELF, max }), RangeError);
+    });
+  }
+  for (const rememberMs of [0, -1, Number.NaN]) {
+    it(`throws a RangeError at call time for rememberMs ${rememberMs}`, () => {
+      assert.throws(() => mergePeers({ selfId: SELF, rememberMs }), RangeError);
     });
   }
 });
