@@ -74,6 +74,17 @@ export const SENT_MEMORY = 16_384;
  */
 export const PACK_BYTES = 64 * 1024;
 
+/** A ping that asks whether a connection still works (see {@link Connection.probes}). */
+export interface Probe {
+  /** The ping's nonce: random, so no other pong is taken for its answer. */
+  readonly n: number;
+  answered: boolean;
+  /** The peer's other connection, which takes this one's place if this one does not answer. */
+  readonly candidate: Connection;
+  /** Decides what to keep; run once the connection answered, closed, or the time is up. */
+  readonly settle: () => void;
+}
+
 /** A link's {@link Sealer}: its session's cipher, packing once the peer has said it reads packs. */
 interface LinkSealer extends Sealer {
   packBytes: number;
@@ -115,6 +126,11 @@ export class Connection {
   reasonLogged = false;
   /** Invalid messages this peer relayed. */
   strikes = 0;
+  /**
+   * Pings sent to learn whether this connection still works, while the same peer connected again
+   * (the node's `probeThenRetire`): answered by a pong with the ping's nonce; settled when it closes.
+   */
+  readonly probes: Probe[] = [];
   /** The peer refused this connection (`bye full`): a failed dial, not a lost link. */
   refused = false;
   /** A pending request to the peer for messages this node lacks (see the node's rate limits). */

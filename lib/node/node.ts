@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomInt } from 'node:crypto';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import {
   BehaviorSubject,
@@ -59,7 +59,7 @@ import {
   type HeldFrame,
   type HistoryWindow,
 } from '../store/message-store.js';
-import { Connection } from './connection.js';
+import { Connection, type Probe } from './connection.js';
 import { lockDataDir } from './data-dir.js';
 import type { LinkSecurity } from './connection.js';
 import { SecurityError } from '../security/errors.js';
@@ -894,6 +894,7 @@ class ChatNode implements P2PNode {
         conn.send({ type: 'pong', n: frame.n });
         return undefined;
       case 'pong':
+        for (const probe of conn.probes) if (probe.n === frame.n) probe.answered = true;
         return undefined;
       case 'bye':
         this.onBye(conn, frame.reason);
@@ -976,47 +977,58 @@ class ChatNode implements P2PNode {
    * ping: when the peer restarted, or its host went away, the older one is dead although it has not
    * timed out yet, and keeping it would shut the peer out until it does.
    */
-  private onDuplicate(conn: Connection, existing: { conn: Connection; info: PeerInfo }): void {
+  private onDuplicate(conn: Connection, existing: ActivePeer): void {
     if (this.preferred(conn, existing.conn)) {
       this.log.debug(`duplicate connection to ${conn.label}: keeping the new one (#${conn.number})`);
-      const old = existing.conn;
-      existing.conn = conn;
-      existing.info = this.infoOf(conn);
-      this.retire(old);
-      this.publishPeers();
-      conn.send(this.peerListFor(conn));
-      this.sendSync(conn, this.syncFrame());
-    } else {
+      this.retire(this.switchTo(existing, conn));
+    } else if (existing.conn.probes.length < MAX_PROBES) {
       this.probeThenRetire(existing.conn, conn);
+    } else {
+      this.retire(conn); // probed enough already: a peer that keeps connecting again waits for those
     }
   }
 
+  /** Makes `conn` the connection to the peer of `existing` (no peer-down); returns the old one. */
+  private switchTo(existing: ActivePeer, conn: Connection): Connection {
+    const old = existing.conn;
+    existing.conn = conn;
+    existing.info = this.infoOf(conn);
+    this.publishPeers();
+    conn.send(this.peerListFor(conn));
+    this.sendSync(conn, this.syncFrame());
+    return old;
+  }
+
   /**
-   * Pings `kept`, then retires `conn` if `kept` answered within a ping interval. If it did not, or
-   * it closed meanwhile, it is dropped and `conn` becomes the connection to the peer. `conn` carries
-   * frames as usual meanwhile; the peer's messages to us are not held up.
+   * Pings `kept`, then retires `conn` if `kept` answered (a pong with the ping's nonce: the peer's
+   * own pings and pongs do not count, so both sides judge by one round trip each way) within a ping
+   * interval. If it did not, `kept` is dropped and `conn` takes its place; if it closed meanwhile,
+   * `conn` becomes the connection to the peer. `conn` carries frames as usual meanwhile: the peer's
+   * messages to us are not held up.
    */
   private probeThenRetire(kept: Connection, conn: Connection): void {
     const id = conn.peerId!;
-    const sentAt = Date.now();
-    kept.send({ type: 'ping', n: (this.pingNonce = (this.pingNonce + 1) >>> 0) });
-    const decide = (): void => {
+    let settled = false;
+    const settle = (): void => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
-      kept.socket.off('close', onKeptClosed);
+      const at = kept.probes.indexOf(probe);
+      if (at >= 0) kept.probes.splice(at, 1);
       if (this.closed || conn.closing || conn.socket.destroyed) return;
       const current = this.active.get(id);
       if (current === undefined) {
-        this.adopt(conn);
+        this.adopt(conn, true);
+      } else if (current.conn === conn) {
+        return; // taken already (a third connection's decision)
       } else if (current.conn !== kept) {
         this.onDuplicate(conn, current); // a third one came meanwhile: decide against that one
-      } else if (kept.lastSeen >= sentAt) {
+      } else if (probe.answered) {
         this.log.debug(`duplicate connection to ${conn.label}: keeping the existing one (#${kept.number})`);
         this.retire(conn);
       } else {
-        // Dropping it closes it: onClosed then takes it out of `active`, and decide adopts `conn`.
-        kept.socket.once('close', onKeptClosed);
         this.drop(
-          kept,
+          this.switchTo(current, conn),
           new ProtocolError(
             'ERR_PEER_TIMEOUT',
             `silent for ${Date.now() - kept.lastSeen} ms and no answer to a ping since the peer connected again`,
@@ -1024,22 +1036,21 @@ class ChatNode implements P2PNode {
         );
       }
     };
-    // After the connection's own close handling (which takes it out of `active`), and after I/O
-    // already waiting: a pong that came while this process stalled still counts.
-    const onKeptClosed = (): void => void setImmediate(decide);
-    const timer = setTimeout(() => setImmediate(decide), this.timing.pingIntervalMs);
+    const probe: Probe = { n: randomInt(2 ** 32), answered: false, candidate: conn, settle };
+    kept.probes.push(probe);
+    kept.send({ type: 'ping', n: probe.n });
+    // After I/O already waiting: a pong that came while this process stalled still counts.
+    const timer = setTimeout(() => setImmediate(settle), this.timing.pingIntervalMs);
     timer.unref();
-    kept.socket.once('close', onKeptClosed);
-    conn.socket.once('close', () => {
-      clearTimeout(timer);
-      kept.socket.off('close', onKeptClosed);
-    });
   }
 
-  /** A connection whose hello came from a node that is not a peer yet: it becomes one, unless full. */
-  private adopt(conn: Connection): void {
+  /**
+   * A connection whose hello came from a node that is not a peer yet: it becomes one, unless full
+   * (`returning`: the peer's other connection closed a moment ago, and its place is still its own).
+   */
+  private adopt(conn: Connection, returning = false): void {
     const hello = conn.hello!;
-    if (this.active.size >= this.maxPeers) {
+    if (this.active.size >= this.maxPeers && !returning) {
       // Became full since its handshake ended (the usual refusal comes earlier, instead of our hello).
       conn.send({ type: 'bye', reason: this.refuseFull(conn) });
       conn.end();
@@ -1238,7 +1249,13 @@ class ChatNode implements P2PNode {
     conn.destroy();
     const id = conn.peerId;
     let wasActive = false;
-    if (id !== undefined && this.active.get(id)?.conn === conn) {
+    const heir = conn.probes.find((p) => !p.candidate.closing && !p.candidate.socket.destroyed)?.candidate;
+    if (id !== undefined && heir !== undefined && !this.closed && this.active.get(id)?.conn === conn) {
+      // Closed while the peer's new connection waited on a probe of it: the new one takes its place
+      // (its probe then finds it taken), and the peer never looks gone.
+      this.log.debug(`${conn.label} closed (#${conn.number}): going on with #${heir.number}`);
+      this.switchTo(this.active.get(id)!, heir);
+    } else if (id !== undefined && this.active.get(id)?.conn === conn) {
       wasActive = true;
       const { info } = this.active.get(id)!;
       this.active.delete(id);
@@ -1250,6 +1267,8 @@ class ChatNode implements P2PNode {
       // Frames on their way over it are lost, and peers that counted on it relaying are not told yet.
       this.noteNews();
     }
+    // Probes of this connection: another connection of its peer may take its place now.
+    for (const probe of conn.probes.splice(0)) setImmediate(probe.settle);
     if (this.closed) return;
     const dialedTarget = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
     if (dialedTarget !== undefined && conn.hello === undefined) dialedTarget.dialing = false;
@@ -1749,6 +1768,12 @@ class ChatNode implements P2PNode {
  * disk) does not cut a link at once.
  */
 const MAX_STRIKES = 3;
+
+/**
+ * Probes pending on one connection at most (see probeThenRetire): a peer connects again a few times
+ * in a row at most; beyond, a new connection of it is retired without one.
+ */
+const MAX_PROBES = 4;
 
 /** Addresses remembered as this node's own; more are rare (a host's names and addresses). */
 const MAX_SELF_ADDRS = 256;

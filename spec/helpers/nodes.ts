@@ -115,8 +115,11 @@ export async function socketPair(t: TestContext): Promise<SocketPair> {
 /** A TCP forwarder's port, and its switch to stop it the way a host that vanished stops. */
 export interface Forwarder {
   readonly port: number;
-  /** From now on nothing is forwarded and nothing closed, either way: both ends hear silence. */
-  freeze(): void;
+  /**
+   * From now on nothing is forwarded and nothing closed, either way (both ends hear silence), or
+   * with `'back'` only what comes back from the port (the way a one-way fault looks).
+   */
+  freeze(which?: 'both' | 'back'): void;
 }
 
 /**
@@ -127,6 +130,7 @@ export interface Forwarder {
 export async function forwarder(t: TestContext, port: number, delayBackMs = 0): Promise<Forwarder> {
   const sockets: Socket[] = [];
   let frozen = false;
+  let backFrozen = false;
   const server: Server = createServer((inbound) => {
     const outbound = connect({ host: HOST, port });
     sockets.push(inbound, outbound);
@@ -134,10 +138,11 @@ export async function forwarder(t: TestContext, port: number, delayBackMs = 0): 
       [inbound, outbound, 0],
       [outbound, inbound, delayBackMs],
     ] as const) {
+      const stopped = (): boolean => frozen || (from === outbound && backFrozen);
       const pass = (act: () => void): void => {
-        if (frozen) return;
+        if (stopped()) return;
         if (delay === 0) act();
-        else setTimeout(() => frozen || act(), delay);
+        else setTimeout(() => stopped() || act(), delay);
       };
       from.on('error', () => pass(() => to.destroy()));
       from.on('close', () => pass(() => to.destroy()));
@@ -151,7 +156,7 @@ export async function forwarder(t: TestContext, port: number, delayBackMs = 0): 
   });
   return {
     port: (server.address() as { port: number }).port,
-    freeze: () => void (frozen = true),
+    freeze: (which = 'both') => void (which === 'both' ? (frozen = true) : (backFrozen = true)),
   };
 }
 

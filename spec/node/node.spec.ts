@@ -323,6 +323,41 @@ describe('createNode', () => {
     assert.equal(log.count('no answer to a ping since the peer connected again'), 1, log.lines.join('\n'));
   });
 
+  it('moves to a new connection on both sides when the one they keep stops carrying one way', async (t) => {
+    const start = nodeFactory(t);
+    await Promise.all(
+      range(4).map(async (i) => {
+        const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) =>
+          x.id < y.id ? -1 : 1,
+        );
+        const a = await start({ identity: smaller! });
+        const b = await start({ identity: larger! });
+        // c1, dialled by the smaller id: the one both sides prefer.
+        const c1 = await forwarder(t, b.port);
+        a.connect(loopback(c1.port));
+        await waitFor(() => connectedTo(a, [b]) && connectedTo(b, [a]), `pair ${i} to connect`);
+        const eventsA = record(a.events$);
+        const eventsB = record(b.events$);
+        // Nothing of b reaches a on c1 any more; a's frames still reach b. Then b dials a again (c2).
+        c1.freeze('back');
+        b.connect(loopback((await forwarder(t, a.port)).port));
+        // Each side pings c1 and hears no answer (b's ping or a's pong is lost): both move to c2.
+        // Were a's own pings on c1 taken for an answer, b would keep c1 and send c2 away.
+        await waitFor(
+          () => a.peers()[0]?.direction === 'in' && b.peers()[0]?.direction === 'out',
+          `pair ${i}: both on c2`,
+          3 * FAST_TIMING.pingIntervalMs!,
+        );
+        const inboxA = record(a.messages$);
+        const inboxB = record(b.messages$);
+        await sendAndAwait(a, [a, b], [inboxA, inboxB], `over c2 ${i}`);
+        await sendAndAwait(b, [a, b], [inboxA, inboxB], `back over c2 ${i}`);
+        assert.deepEqual(downs(eventsA), [], `pair ${i}: no peer-down on a`);
+        assert.deepEqual(downs(eventsB), [], `pair ${i}: no peer-down on b`);
+      }),
+    );
+  });
+
   it('drops a link to its own port and does not dial it again', async (t) => {
     const start = nodeFactory(t);
     const log = lineLogger();
