@@ -401,10 +401,14 @@ export class MessageStore {
     return held !== undefined && held.payload.equals(payload);
   }
 
-  /** True when the message is held, or older than what is held for its sender. */
-  knows(frame: Pick<ChatFrame, 'from' | 'seq'>): boolean {
+  /**
+   * True when the message is held, or older than what is held for its sender; with `ts`, also when
+   * its sender is not known and it is older than the window's age (a sender forgotten as stale: see
+   * forgetIfStale), so the node's cheap first check still drops replays of its old messages.
+   */
+  knows(frame: Pick<ChatFrame, 'from' | 'seq'> & { readonly ts?: number }): boolean {
     const sender = this.senderOf(frame.from);
-    if (sender === undefined) return false;
+    if (sender === undefined) return frame.ts !== undefined && frame.ts < this.now() - this.maxAgeMs;
     return frame.seq <= sender.floor || sender.held.has(frame.seq);
   }
 

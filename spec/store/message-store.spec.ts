@@ -378,6 +378,8 @@ describe('MessageStore', () => {
       now = 10_950; // a's newest message, a-5, is 1,050 ms old; b-1 is 1,000 ms old
       assert.deepEqual([...store.marks()], [['b', 1]], 'a forgotten, b held');
       assert.equal(add(store, chat('a', 4, 9_890)), false, 'an old message of a is still refused: too old');
+      assert.equal(store.knows(chat('a', 4, 9_890)), true, 'and known as such, for the cheap first check');
+      assert.equal(store.knows(chat('a', 6, 10_900)), false, 'a new one of a is not');
       for (let seq = 2; seq <= 5; seq++) add(store, chat('b', seq, 10_950)); // compacts the log
       store.close();
       const meta = readFileSync(join(dir, LOG), 'utf8');
