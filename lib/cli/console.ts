@@ -45,11 +45,18 @@ export interface ConsoleIo {
   readonly stderr: Writable;
 }
 
-/** Control characters (ANSI escapes among them) from the network are shown, never obeyed. */
+/**
+ * Control characters (ANSI escapes among them) from the network are shown, never obeyed; so are
+ * the bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069), with which a
+ * nick could turn the rest of a line around. Other format characters (the joiners of emoji
+ * sequences) are left alone.
+ */
 export function sanitize(text: string): string {
-  return text.replace(/\p{Cc}/gu, (c) =>
-    c === '\t' ? ' ' : `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`,
-  );
+  return text.replace(/[\p{Cc}\u202a-\u202e\u2066-\u2069]/gu, (c) => {
+    if (c === '\t') return ' ';
+    const code = c.charCodeAt(0);
+    return code > 0xff ? `\\u${code.toString(16)}` : `\\x${code.toString(16).padStart(2, '0')}`;
+  });
 }
 
 /** The first digits of a node id, enough to tell two nodes with one nickname apart. */

@@ -11,6 +11,7 @@ import {
   MAX_LINE_CHARS,
   pipeLines,
   plainConsole,
+  sanitize,
   ttyConsole,
   type ConsoleIo,
   type ConsoleSink,
@@ -89,6 +90,26 @@ const eventsOf = (chunk: string): Array<Record<string, unknown>> =>
     .split('\n')
     .filter((line) => line.length > 0)
     .map((line) => JSON.parse(line) as Record<string, unknown>);
+
+describe('sanitize: text from the network as the terminal shows it', () => {
+  it('escapes control characters and bidirectional overrides, turns a tab into a space, keeps the rest', () => {
+    assert.equal(sanitize('a\tb\nc\u001b[2J\u009b\u007f'), 'a b\\x0ac\\x1b[2J\\x9b\\x7f');
+    assert.equal(sanitize('evil\u202egnp.exe \u2066x\u2069'), 'evil\\u202egnp.exe \\u2066x\\u2069');
+    const kept = 'שלום, привет, 👩\u200d💻, café';
+    assert.equal(sanitize(kept), kept, 'right-to-left letters, emoji sequences (ZWJ) and accents stay');
+  });
+
+  it('leaves no control or bidirectional control character in any text (property)', () => {
+    const forbidden = /[\p{Cc}\u202a-\u202e\u2066-\u2069]/u;
+    fc.assert(
+      fc.property(fc.string({ unit: 'binary' }), (text) => {
+        const shown = sanitize(text);
+        assert.ok(!forbidden.test(shown), JSON.stringify(shown));
+      }),
+      { numRuns: 500 },
+    );
+  });
+});
 
 describe('console sinks: one stdout write per turn of the event loop', () => {
   it('writes every --json event of one turn in one write, in the order they came', async (t) => {
