@@ -894,7 +894,11 @@ class ChatNode implements P2PNode {
         conn.send({ type: 'pong', n: frame.n });
         return undefined;
       case 'pong':
-        for (const probe of conn.probes) if (probe.n === frame.n) probe.answered = true;
+        for (const probe of conn.probes) {
+          if (probe.n !== frame.n) continue;
+          probe.answered = true;
+          setImmediate(probe.settle); // a duplicate is not kept open a moment longer than needed
+        }
         return undefined;
       case 'bye':
         this.onBye(conn, frame.reason);

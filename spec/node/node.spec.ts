@@ -323,6 +323,23 @@ describe('createNode', () => {
     assert.equal(log.count('no answer to a ping since the peer connected again'), 1, log.lines.join('\n'));
   });
 
+  it('closes the duplicate as soon as the connection it keeps answers its ping, not a ping interval later', async (t) => {
+    const start = nodeFactory(t);
+    const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) => (x.id < y.id ? -1 : 1));
+    const timing = { pingIntervalMs: 20_000, peerTimeoutMs: 60_000 };
+    const a = await start({ identity: smaller!, timing });
+    const b = await start({ identity: larger!, timing });
+    a.connect(loopback(b.port));
+    await waitFor(() => connectedTo(a, [b]) && connectedTo(b, [a]), 'a and b to connect');
+    // Through a forwarder: b knows a's own address as a's already, and would not dial it.
+    const proxy = await forwarder(t, a.port);
+    b.connect(loopback(proxy.port)); // the one neither side prefers: both ping the first, then close this
+    await waitFor(() => establishedOn([a.port]) === 1, "b's dial to reach a");
+    await waitFor(() => establishedOn([a.port]) === 0, 'the duplicate to close', 2_000);
+    assert.equal(establishedOn([b.port]), 1, 'the first connection stays');
+    assert.deepEqual(peerIds(a), [b.id]);
+  });
+
   it('moves to a new connection on both sides when the one they keep stops carrying one way', async (t) => {
     const start = nodeFactory(t);
     await Promise.all(
