@@ -327,14 +327,15 @@ describe('createNode', () => {
     const start = nodeFactory(t);
     const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) => (x.id < y.id ? -1 : 1));
     const timing = { pingIntervalMs: 20_000, peerTimeoutMs: 60_000 };
-    const a = await start({ identity: smaller!, timing });
-    const b = await start({ identity: larger!, timing });
+    const log = lineLogger();
+    const a = await start({ identity: smaller!, timing, log });
+    const b = await start({ identity: larger!, timing, log });
     a.connect(loopback(b.port));
     await waitFor(() => connectedTo(a, [b]) && connectedTo(b, [a]), 'a and b to connect');
     // Through a forwarder: b knows a's own address as a's already, and would not dial it.
     const proxy = await forwarder(t, a.port);
     b.connect(loopback(proxy.port)); // the one neither side prefers: both ping the first, then close this
-    await waitFor(() => establishedOn([a.port]) === 1, "b's dial to reach a");
+    await waitFor(() => log.count('keeping the existing one') === 2, 'both sides to keep the first', 2_000);
     await waitFor(() => establishedOn([a.port]) === 0, 'the duplicate to close', 2_000);
     assert.equal(establishedOn([b.port]), 1, 'the first connection stays');
     assert.deepEqual(peerIds(a), [b.id]);
