@@ -133,6 +133,13 @@ export class Connection {
   readonly probes: Probe[] = [];
   /** The peer refused this connection (`bye full`): a failed dial, not a lost link. */
   refused = false;
+  /** The peer said `bye duplicate` on it: it keeps another connection to us, never this one. */
+  retiredByPeer = false;
+  /**
+   * Its close is the peer's end, not a link's: the peer shut down, or misbehaved. No other
+   * connection of the peer takes its place then (see the node's onClosed).
+   */
+  endsPeer = false;
   /** A pending request to the peer for messages this node lacks (see the node's rate limits). */
   resyncTimer: NodeJS.Timeout | undefined;
   /** When this node last answered the peer's anti-entropy sync with its own (ms): once a period at most. */

@@ -982,10 +982,11 @@ class ChatNode implements P2PNode {
    * timed out yet, and keeping it would shut the peer out until it does.
    */
   private onDuplicate(conn: Connection, existing: ActivePeer): void {
-    if (this.preferred(conn, existing.conn)) {
+    // One the peer retired (`bye duplicate`) is never kept over one it has not.
+    if (existing.conn.retiredByPeer || this.preferred(conn, existing.conn)) {
       this.log.debug(`duplicate connection to ${conn.label}: keeping the new one (#${conn.number})`);
       this.retire(this.switchTo(existing, conn));
-    } else if (existing.conn.probes.length < MAX_PROBES) {
+    } else if (existing.conn.probes.filter((p) => !p.candidate.closing).length < MAX_PROBES) {
       this.probeThenRetire(existing.conn, conn);
     } else {
       this.retire(conn); // probed enough already: a peer that keeps connecting again waits for those
@@ -1021,12 +1022,18 @@ class ChatNode implements P2PNode {
       if (at >= 0) kept.probes.splice(at, 1);
       if (this.closed || conn.closing || conn.socket.destroyed) return;
       const current = this.active.get(id);
-      if (current === undefined) {
+      if (current === undefined && kept.endsPeer) {
+        // The peer said it shuts down (or was dropped for misbehaving) on the other one.
+        conn.closeReason = 'its other connection ended it';
+        conn.end();
+      } else if (current === undefined) {
         this.adopt(conn, true);
       } else if (current.conn === conn) {
         return; // taken already (a third connection's decision)
       } else if (current.conn !== kept) {
         this.onDuplicate(conn, current); // a third one came meanwhile: decide against that one
+      } else if (kept.retiredByPeer) {
+        this.retire(this.switchTo(current, conn)); // the peer gave it up meanwhile
       } else if (probe.answered) {
         this.log.debug(`duplicate connection to ${conn.label}: keeping the existing one (#${kept.number})`);
         this.retire(conn);
@@ -1087,6 +1094,7 @@ class ChatNode implements P2PNode {
   private onBye(conn: Connection, reason: string): void {
     const id = conn.peerId;
     if (reason === 'duplicate' && id !== undefined && this.active.get(id)?.conn === conn) {
+      conn.retiredByPeer = true;
       // The peer keeps another connection to us that we have not seen yet: go on using this one
       // until that one's hello arrives (onHello swaps and ends this), or give up after the hello timeout.
       const timer = setTimeout(() => {
@@ -1111,6 +1119,7 @@ class ChatNode implements P2PNode {
       else this.log.info(line);
     } else {
       conn.closeReason = reason === 'shutdown' ? 'it shut down' : `it closed the connection (${reason})`;
+      conn.endsPeer = reason === 'shutdown';
     }
     conn.end();
   }
@@ -1240,6 +1249,7 @@ class ChatNode implements P2PNode {
     const misbehaved =
       (err instanceof ProtocolError && err.code !== 'ERR_PEER_TIMEOUT' && err.code !== 'ERR_HELLO_TIMEOUT') ||
       err instanceof SecurityError;
+    conn.endsPeer = misbehaved;
     if (misbehaved) {
       this.log.warn(`disconnecting ${conn.label}: ${reason}`);
     } else {
@@ -1253,7 +1263,9 @@ class ChatNode implements P2PNode {
     conn.destroy();
     const id = conn.peerId;
     let wasActive = false;
-    const heir = conn.probes.find((p) => !p.candidate.closing && !p.candidate.socket.destroyed)?.candidate;
+    const heir = conn.endsPeer
+      ? undefined
+      : conn.probes.find((p) => !p.candidate.closing && !p.candidate.socket.destroyed)?.candidate;
     if (id !== undefined && heir !== undefined && !this.closed && this.active.get(id)?.conn === conn) {
       // Closed while the peer's new connection waited on a probe of it: the new one takes its place
       // (its probe then finds it taken), and the peer never looks gone.

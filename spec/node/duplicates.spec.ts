@@ -1,0 +1,174 @@
+/**
+ * Several connections of one peer to a node, driven by hand: a peer with one identity opens them on
+ * raw sockets (the handshake as a node does it), says hello on each when the test says, answers the
+ * node's pings or not, and sends `bye duplicate` as a node does when it keeps another connection.
+ * What the node must do: keep one connection per peer, the same one its peer keeps, never one the
+ * peer has given up or one that no longer answers, and never make the peer look gone meanwhile.
+ */
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { NodeEvent } from '../../lib/node/node.js';
+import { parseFrame, PROTOCOL_VERSION, type Frame } from '../../lib/protocol/frames.js';
+import { generateIdentity, type Identity } from '../../lib/security/identity.js';
+import {
+  HOST,
+  lineLogger,
+  nodeFactory,
+  record,
+  secureHandshake,
+  waitFor,
+  type Recording,
+} from '../helpers/nodes.js';
+
+/** One connection of the hand-driven peer: handshake done, hello not sent yet. */
+interface Link {
+  readonly socket: Socket;
+  readonly frames: Frame[];
+  /** Whether it answers the node's pings (a dead host does not). */
+  answers: boolean;
+  readonly hash: Buffer;
+  hello(): void;
+  send(frame: Frame): void;
+  got(type: Frame['type'], reason?: string): boolean;
+}
+
+async function open(t: TestContext, port: number, identity: Identity): Promise<Link> {
+  const socket = connect({ host: HOST, port });
+  socket.on('error', () => {});
+  t.after(() => socket.destroy());
+  await new Promise<void>((resolve) => socket.once('connect', resolve));
+  const frames: Frame[] = [];
+  const state = { answers: true };
+  const link = await secureHandshake(
+    socket,
+    (payload, self) => {
+      const frame = parseFrame(payload);
+      frames.push(frame);
+      if (frame.type === 'ping' && state.answers) self.send({ type: 'pong', n: frame.n });
+    },
+    { identity },
+  );
+  return Object.assign(state, {
+    socket,
+    frames,
+    hash: link.session.handshakeHash,
+    hello: () => link.send({ type: 'hello', v: PROTOCOL_VERSION, id: identity.id, nick: 'raw', port: 1 }),
+    send: (frame: Frame) => link.send(frame),
+    got: (type: Frame['type'], reason?: string) =>
+      frames.some(
+        (f) => f.type === type && (reason === undefined || (f as { reason?: string }).reason === reason),
+      ),
+  });
+}
+
+/** `n` connections of one identity, by handshake hash: the node prefers the first of any two. */
+async function links(t: TestContext, port: number, identity: Identity, n: number): Promise<Link[]> {
+  const all = await Promise.all(Array.from({ length: n }, () => open(t, port, identity)));
+  return all.sort((x, y) => Buffer.compare(x.hash, y.hash));
+}
+
+const downs = (events: Recording<NodeEvent>): NodeEvent[] =>
+  events.values.filter((e) => e.type === 'peer-down');
+const pinged = (link: Link): boolean => link.frames.some((f) => f.type === 'ping');
+
+describe('duplicate connections of one peer, driven by hand', () => {
+  it('moves to a live new connection although earlier new ones closed while it probed the dead one', async (t) => {
+    const start = nodeFactory(t);
+    // A long ping interval: the probes of the dead connection stay pending.
+    const node = await start({ log: lineLogger(), timing: { pingIntervalMs: 2000, peerTimeoutMs: 6000 } });
+    const [kept, ...rest] = await links(t, node.port, generateIdentity(), 6);
+    kept!.hello();
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    kept!.answers = false; // its host vanished
+    // The peer connects again four times, and each of those closes (its own duplicates, a crash).
+    for (const again of rest.slice(0, 4)) {
+      const pings = kept!.frames.length;
+      again.hello();
+      await waitFor(() => kept!.frames.length > pings, 'the probe of the first connection');
+      again.socket.destroy();
+    }
+    const live = rest[4]!;
+    live.hello();
+    await waitFor(
+      () => live.got('peers'),
+      'the node to move to the live connection within a ping interval',
+      3000,
+    );
+    assert.ok(!live.got('bye', 'duplicate'), 'the live connection was not sent away');
+  });
+
+  it('never keeps a connection on which the peer said bye duplicate over the peer’s new one', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ log: lineLogger() });
+    const events = record(node.events$);
+    const [old, fresh] = await links(t, node.port, generateIdentity(), 2);
+    old!.hello();
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    // The peer keeps another connection (it answers pings on this one until then, as a node does).
+    old!.send({ type: 'bye', reason: 'duplicate' });
+    await delay(30);
+    fresh!.hello(); // the node prefers `old` by hash, but the peer gave it up
+    await waitFor(() => fresh!.got('peers'), 'the node to take the new connection');
+    assert.ok(!fresh!.got('bye', 'duplicate'), 'the new connection was not sent away');
+    assert.deepEqual(downs(events), []);
+  });
+
+  it('hands the place of a connection that closed during a probe to the new one, but not one the peer retired', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ log: lineLogger() });
+    const events = record(node.events$);
+    const [c1, c2, c3] = await links(t, node.port, generateIdentity(), 3);
+    c1!.hello();
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    c1!.answers = false; // the probe stays pending
+    c2!.hello(); // the node probes c1 for c2
+    await waitFor(() => pinged(c1!), 'the probe');
+    c1!.socket.destroy(); // c1 breaks: c2 takes its place, and the peer never looks gone
+    await waitFor(() => c2!.got('peers'), 'c2 to take the place');
+    assert.deepEqual(downs(events), []);
+    // The peer keeps another connection after all (its bye on c2 was on its way), and dials again.
+    c2!.send({ type: 'bye', reason: 'duplicate' });
+    await delay(30);
+    c3!.hello();
+    await waitFor(() => c3!.got('peers'), 'the node to take c3');
+    assert.ok(!c3!.got('bye', 'duplicate'), 'the peer’s only connection, c3, was not sent away for c2');
+  });
+
+  it('does not hand the place to the new connection when the peer says it shuts down on the old one', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ log: lineLogger() });
+    const events = record(node.events$);
+    const [c1, c2] = await links(t, node.port, generateIdentity(), 2);
+    c1!.hello();
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    c1!.answers = false;
+    c2!.hello();
+    await waitFor(() => pinged(c1!), 'the probe');
+    c1!.send({ type: 'bye', reason: 'shutdown' });
+    await waitFor(() => downs(events).length === 1, 'the peer to be down');
+    assert.deepEqual(
+      downs(events).map((e) => (e as { reason: string }).reason),
+      ['it shut down'],
+    );
+    assert.ok(!c2!.got('peers'), 'the connection of a peer that is going away was not taken up');
+  });
+
+  it('closes at once while a probe waits: one peer-down, no probe left behind', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ log: lineLogger(), timing: { pingIntervalMs: 5000, peerTimeoutMs: 20000 } });
+    const events = record(node.events$);
+    const [c1, c2] = await links(t, node.port, generateIdentity(), 2);
+    c1!.hello();
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    c1!.answers = false;
+    c2!.hello();
+    await waitFor(() => pinged(c1!), 'the probe');
+    const began = Date.now();
+    await node.close();
+    assert.ok(Date.now() - began < 1500, `close took ${Date.now() - began} ms`);
+    assert.equal(downs(events).length, 1);
+    assert.ok(events.completed);
+  });
+});
