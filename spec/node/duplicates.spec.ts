@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { NodeEvent } from '../../lib/node/node.js';
+import type { NodeEvent, NodeTiming, P2PNode } from '../../lib/node/node.js';
 import { parseFrame, PROTOCOL_VERSION, type Frame } from '../../lib/protocol/frames.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
@@ -73,6 +73,28 @@ const downs = (events: Recording<NodeEvent>): NodeEvent[] =>
   events.values.filter((e) => e.type === 'peer-down');
 const pinged = (link: Link): boolean => link.frames.some((f) => f.type === 'ping');
 
+/**
+ * A node, and `n` connections of one peer to it: the first adopted and then silent (it answers no
+ * ping), the second said hello and waits on the node's probe of the first.
+ */
+async function probing(
+  t: TestContext,
+  n: number,
+  timing?: NodeTiming,
+): Promise<{ node: P2PNode; events: Recording<NodeEvent>; conns: Link[] }> {
+  const start = nodeFactory(t);
+  const node = await start({ log: lineLogger(), ...(timing === undefined ? {} : { timing }) });
+  const events = record(node.events$);
+  const conns = await links(t, node.port, generateIdentity(), n);
+  const [c1, c2] = conns as [Link, Link];
+  c1.hello();
+  await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+  c1.answers = false;
+  c2.hello();
+  await waitFor(() => pinged(c1), 'the probe');
+  return { node, events, conns };
+}
+
 describe('duplicate connections of one peer, driven by hand', () => {
   it('moves to a live new connection although earlier new ones closed while it probed the dead one', async (t) => {
     const start = nodeFactory(t);
@@ -116,15 +138,8 @@ describe('duplicate connections of one peer, driven by hand', () => {
   });
 
   it('hands the place of a connection that closed during a probe to the new one, but not one the peer retired', async (t) => {
-    const start = nodeFactory(t);
-    const node = await start({ log: lineLogger() });
-    const events = record(node.events$);
-    const [c1, c2, c3] = await links(t, node.port, generateIdentity(), 3);
-    c1!.hello();
-    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
-    c1!.answers = false; // the probe stays pending
-    c2!.hello(); // the node probes c1 for c2
-    await waitFor(() => pinged(c1!), 'the probe');
+    const { events, conns } = await probing(t, 3);
+    const [c1, c2, c3] = conns;
     c1!.socket.destroy(); // c1 breaks: c2 takes its place, and the peer never looks gone
     await waitFor(() => c2!.got('peers'), 'c2 to take the place');
     assert.deepEqual(downs(events), []);
@@ -137,15 +152,8 @@ describe('duplicate connections of one peer, driven by hand', () => {
   });
 
   it('does not hand the place to the new connection when the peer says it shuts down on the old one', async (t) => {
-    const start = nodeFactory(t);
-    const node = await start({ log: lineLogger() });
-    const events = record(node.events$);
-    const [c1, c2] = await links(t, node.port, generateIdentity(), 2);
-    c1!.hello();
-    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
-    c1!.answers = false;
-    c2!.hello();
-    await waitFor(() => pinged(c1!), 'the probe');
+    const { events, conns } = await probing(t, 2);
+    const [c1, c2] = conns;
     c1!.send({ type: 'bye', reason: 'shutdown' });
     await waitFor(() => downs(events).length === 1, 'the peer to be down');
     assert.deepEqual(
@@ -156,15 +164,7 @@ describe('duplicate connections of one peer, driven by hand', () => {
   });
 
   it('closes at once while a probe waits: one peer-down, no probe left behind', async (t) => {
-    const start = nodeFactory(t);
-    const node = await start({ log: lineLogger(), timing: { pingIntervalMs: 5000, peerTimeoutMs: 20000 } });
-    const events = record(node.events$);
-    const [c1, c2] = await links(t, node.port, generateIdentity(), 2);
-    c1!.hello();
-    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
-    c1!.answers = false;
-    c2!.hello();
-    await waitFor(() => pinged(c1!), 'the probe');
+    const { node, events } = await probing(t, 2, { pingIntervalMs: 5000, peerTimeoutMs: 20000 });
     const began = Date.now();
     await node.close();
     assert.ok(Date.now() - began < 1500, `close took ${Date.now() - began} ms`);

@@ -9,7 +9,7 @@ import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
 import { encodeChat, MAX_TEXT_LENGTH, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
 import { networkTag } from '../../lib/security/network-key.js';
-import { generateIdentity } from '../../lib/security/identity.js';
+import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
   closed,
   connectedTo,
@@ -58,6 +58,33 @@ async function sendAndAwait(
     `"${text}" to reach every node`,
   );
   return message;
+}
+
+/** Two fresh identities, the one with the smaller id first. */
+function orderedIdentities(): [Identity, Identity] {
+  const [x, y] = [generateIdentity(), generateIdentity()];
+  return x.id < y.id ? [x, y] : [y, x];
+}
+
+/**
+ * Messages go both ways between `a` and `b` (labelled `what`), and neither saw the other come and
+ * go: `peerUps` peer-ups each since their events were recorded (1: recorded before they met), no
+ * peer-down.
+ */
+async function assertSteadyLink(
+  [a, b]: readonly [P2PNode, P2PNode],
+  [eventsA, eventsB]: readonly [Recording<NodeEvent>, Recording<NodeEvent>],
+  what: string,
+  peerUps = 1,
+): Promise<void> {
+  const inboxA = record(a.messages$);
+  const inboxB = record(b.messages$);
+  await sendAndAwait(a, [a, b], [inboxA, inboxB], `there (${what})`);
+  await sendAndAwait(b, [a, b], [inboxA, inboxB], `back (${what})`);
+  assert.equal(ups(eventsA).length, peerUps, `${what}: peer-ups on a`);
+  assert.equal(ups(eventsB).length, peerUps, `${what}: peer-ups on b`);
+  assert.deepEqual(downs(eventsA), [], `${what}: no peer-down on a`);
+  assert.deepEqual(downs(eventsB), [], `${what}: no peer-down on b`);
 }
 
 /** A node with one honest peer connected to it: what a rogue peer of the node must not harm. */
@@ -186,10 +213,8 @@ describe('createNode', () => {
     await Promise.all(
       range(10).map(async (i) => {
         // Even pairs: the first node has the smaller id; odd pairs: the second one does.
-        const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) =>
-          x.id < y.id ? -1 : 1,
-        );
-        const [identityA, identityB] = i % 2 === 0 ? [smaller!, larger!] : [larger!, smaller!];
+        const [smaller, larger] = orderedIdentities();
+        const [identityA, identityB] = i % 2 === 0 ? [smaller, larger] : [larger, smaller];
         const log = lineLogger();
         const a = await start({ identity: identityA, log });
         const b = await start({ identity: identityB, log });
@@ -229,15 +254,7 @@ describe('createNode', () => {
         assert.equal(higher.peers()[0]?.direction, 'in', `pair ${i}`);
 
         // The link works both ways after the duplicate is gone.
-        const inboxA = record(a.messages$);
-        const inboxB = record(b.messages$);
-        await sendAndAwait(a, [a, b], [inboxA, inboxB], `ping ${i}`);
-        await sendAndAwait(b, [a, b], [inboxA, inboxB], `pong ${i}`);
-
-        assert.equal(ups(eventsA).length, 1, `pair ${i}: one peer-up on a`);
-        assert.equal(ups(eventsB).length, 1, `pair ${i}: one peer-up on b`);
-        assert.deepEqual(downs(eventsA), [], `pair ${i}: no peer-down on a`);
-        assert.deepEqual(downs(eventsB), [], `pair ${i}: no peer-down on b`);
+        await assertSteadyLink([a, b], [eventsA, eventsB], `pair ${i}`);
         for (const lists of [listsA, listsB]) {
           const first = lists.values.findIndex((l) => l.length > 0);
           assert.ok(
@@ -279,24 +296,17 @@ describe('createNode', () => {
           `pair ${i} to settle on one connection`,
           5000,
         );
-        const inboxA = record(a.messages$);
-        const inboxB = record(b.messages$);
-        await sendAndAwait(a, [a, b], [inboxA, inboxB], `there ${i}`);
-        await sendAndAwait(b, [a, b], [inboxA, inboxB], `back ${i}`);
-        assert.equal(ups(eventsA).length, 1, `pair ${i}: one peer-up on a`);
-        assert.equal(ups(eventsB).length, 1, `pair ${i}: one peer-up on b`);
-        assert.deepEqual(downs(eventsA), [], `pair ${i}: no peer-down on a`);
-        assert.deepEqual(downs(eventsB), [], `pair ${i}: no peer-down on b`);
+        await assertSteadyLink([a, b], [eventsA, eventsB], `pair ${i}`);
       }),
     );
   });
 
   it('takes back at once a peer that restarted while its old connection hangs, not after a timeout', async (t) => {
     const start = nodeFactory(t);
-    const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) => (x.id < y.id ? -1 : 1));
+    const [smaller, larger] = orderedIdentities();
     const log = lineLogger();
-    const a = await start({ identity: smaller!, log });
-    const b = await start({ identity: larger! });
+    const a = await start({ identity: smaller, log });
+    const b = await start({ identity: larger });
     // a dials b: of two connections between them, the one a dialled is the one both sides prefer.
     const proxy = await forwarder(t, b.port);
     a.connect(loopback(proxy.port));
@@ -306,7 +316,7 @@ describe('createNode', () => {
     // the same identity (and nothing sent under it yet, so no history to carry over).
     proxy.freeze();
     await b.close();
-    const b2 = await start({ identity: larger!, peers: [loopback(a.port)] });
+    const b2 = await start({ identity: larger, peers: [loopback(a.port)] });
     const events2 = record(b2.events$);
     const inboxA = record(a.messages$);
     const inbox2 = record(b2.messages$);
@@ -325,11 +335,11 @@ describe('createNode', () => {
 
   it('closes the duplicate as soon as the connection it keeps answers its ping, not a ping interval later', async (t) => {
     const start = nodeFactory(t);
-    const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) => (x.id < y.id ? -1 : 1));
+    const [smaller, larger] = orderedIdentities();
     const timing = { pingIntervalMs: 20_000, peerTimeoutMs: 60_000 };
     const log = lineLogger();
-    const a = await start({ identity: smaller!, timing, log });
-    const b = await start({ identity: larger!, timing, log });
+    const a = await start({ identity: smaller, timing, log });
+    const b = await start({ identity: larger, timing, log });
     a.connect(loopback(b.port));
     await waitFor(() => connectedTo(a, [b]) && connectedTo(b, [a]), 'a and b to connect');
     // Through a forwarder: b knows a's own address as a's already, and would not dial it.
@@ -345,11 +355,9 @@ describe('createNode', () => {
     const start = nodeFactory(t);
     await Promise.all(
       range(4).map(async (i) => {
-        const [smaller, larger] = [generateIdentity(), generateIdentity()].sort((x, y) =>
-          x.id < y.id ? -1 : 1,
-        );
-        const a = await start({ identity: smaller! });
-        const b = await start({ identity: larger! });
+        const [smaller, larger] = orderedIdentities();
+        const a = await start({ identity: smaller });
+        const b = await start({ identity: larger });
         // c1, dialled by the smaller id: the one both sides prefer.
         const c1 = await forwarder(t, b.port);
         a.connect(loopback(c1.port));
@@ -366,12 +374,8 @@ describe('createNode', () => {
           `pair ${i}: both on c2`,
           3 * FAST_TIMING.pingIntervalMs!,
         );
-        const inboxA = record(a.messages$);
-        const inboxB = record(b.messages$);
-        await sendAndAwait(a, [a, b], [inboxA, inboxB], `over c2 ${i}`);
-        await sendAndAwait(b, [a, b], [inboxA, inboxB], `back over c2 ${i}`);
-        assert.deepEqual(downs(eventsA), [], `pair ${i}: no peer-down on a`);
-        assert.deepEqual(downs(eventsB), [], `pair ${i}: no peer-down on b`);
+        // Recorded after both were up: no peer-up since, and no peer-down.
+        await assertSteadyLink([a, b], [eventsA, eventsB], `pair ${i}, over c2`, 0);
       }),
     );
   });
