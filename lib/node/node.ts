@@ -1271,6 +1271,7 @@ class ChatNode implements P2PNode {
       // (its probe then finds it taken), and the peer never looks gone.
       this.log.debug(`${conn.label} closed (#${conn.number}): going on with #${heir.number}`);
       this.switchTo(this.active.get(id)!, heir);
+      this.noteNews(); // frames on their way over the closed one are lost
     } else if (id !== undefined && this.active.get(id)?.conn === conn) {
       wasActive = true;
       const { info } = this.active.get(id)!;

@@ -615,8 +615,8 @@ export class MessageStore {
     if (chat.ts > sender.newestTs) sender.newestTs = chat.ts;
     if (this.latestSender !== sender) {
       // To the end of the order of senders (see senders): once per run of one sender's messages.
-      this.senders.delete(chat.from);
-      this.senders.set(chat.from, sender);
+      this.senders.delete(sender.from);
+      this.senders.set(sender.from, sender); // its own string as the key, not this message's
       this.latestSender = sender;
     }
     // Literal, not heldFrame(): the sender's own strings for its id and nick.
