@@ -1027,7 +1027,7 @@ class ChatNode implements P2PNode {
         conn.closeReason = 'its other connection ended it';
         conn.end();
       } else if (current === undefined) {
-        this.adopt(conn, true);
+        this.adopt(conn); // its other connections all went (a close hands its place on: onClosed)
       } else if (current.conn === conn) {
         return; // taken already (a third connection's decision)
       } else if (current.conn !== kept) {
@@ -1055,13 +1055,10 @@ class ChatNode implements P2PNode {
     timer.unref();
   }
 
-  /**
-   * A connection whose hello came from a node that is not a peer yet: it becomes one, unless full
-   * (`returning`: the peer's other connection closed a moment ago, and its place is still its own).
-   */
-  private adopt(conn: Connection, returning = false): void {
+  /** A connection whose hello came from a node that is not a peer yet: it becomes one, unless full. */
+  private adopt(conn: Connection): void {
     const hello = conn.hello!;
-    if (this.active.size >= this.maxPeers && !returning) {
+    if (this.active.size >= this.maxPeers) {
       // Became full since its handshake ended (the usual refusal comes earlier, instead of our hello).
       conn.send({ type: 'bye', reason: this.refuseFull(conn) });
       conn.end();
