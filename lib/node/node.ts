@@ -437,6 +437,8 @@ class ChatNode implements P2PNode {
   private readonly targetPeers: number;
   private readonly learnedDialAttempts: number;
   private readonly maxFrameBytes: number;
+  /** The history window's age: the oldest message this node takes in (see syncFrame's `since`). */
+  private readonly historyMaxAgeMs: number;
   private readonly writerOptions: WriterOptions;
   private readonly advertise: Address | undefined;
 
@@ -553,6 +555,7 @@ class ChatNode implements P2PNode {
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.historyMaxAgeMs = options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs;
     this.writerOptions = writerSettings(options.writer);
     this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
     positive('maxDials', this.limits.maxDials);
@@ -603,7 +606,7 @@ class ChatNode implements P2PNode {
       // id must not hide that one.
       key: (m: Inbound<ChatFrame>) => `${m.frame.from}:${m.frame.id}`,
       time: (m) => m.frame.ts,
-      maxAgeMs: options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs,
+      maxAgeMs: this.historyMaxAgeMs,
     });
     const spend = spendRateStep({ limiter: this.senderRate, key: sender, time: senderTime });
     const received$ = defer(() => {
@@ -1324,6 +1327,9 @@ class ChatNode implements P2PNode {
     return {
       type: 'sync',
       marks,
+      // Nothing older than this node takes in: a sender it forgot as stale (or never knew) is not
+      // in `marks`, and its old messages would come at every sync, to be refused.
+      since: Math.max(0, Date.now() - this.historyMaxAgeMs),
       ...(minAgeMs === undefined ? {} : { minAgeMs }),
       ...(busy ? { busy } : {}),
     };
@@ -1503,6 +1509,7 @@ class ChatNode implements P2PNode {
       ...(sync.busy === true
         ? { tailTakenBy: Date.now() - BUSY_TAIL_PERIODS * this.timing.antiEntropyMs }
         : {}),
+      ...(sync.since === undefined ? {} : { since: sync.since }),
     });
     if (lacking.length === 0) return; // the usual answer: nothing (the ring is not walked)
     const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);

@@ -165,6 +165,11 @@ export interface SyncFrame {
    * dropped messages over their sender's rate asks for what its rate limit lets in). Absent: all.
    */
   readonly max?: number;
+  /**
+   * Only messages stamped at or after this time (ms since the epoch): the oldest the sender's history
+   * window takes in. Absent: any age.
+   */
+  readonly since?: number;
 }
 
 /** Most marks in one sync frame; a node that knows more senders lists the most recent ones. */
@@ -337,6 +342,7 @@ export function validateFrame(raw: unknown): Frame {
         ...(o['rx'] === undefined ? {} : { rx: int(o, 'rx', 0, Number.MAX_SAFE_INTEGER) }),
         ...(o['busy'] === undefined ? {} : { busy: bool(o, 'busy') }),
         ...(o['max'] === undefined ? {} : { max: int(o, 'max', 1, Number.MAX_SAFE_INTEGER) }),
+        ...(o['since'] === undefined ? {} : { since: int(o, 'since', 0, Number.MAX_SAFE_INTEGER) }),
       };
     }
     default:

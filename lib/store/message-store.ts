@@ -62,6 +62,8 @@ export interface LackingOptions {
    * younger tail is likely still on its way; gaps below are sent as usual.
    */
   readonly tailTakenBy?: number;
+  /** Only messages stamped at or after this time (ms): what the peer's window takes in. */
+  readonly since?: number;
 }
 
 /** The highest sequence number held without a gap, per sender: what a peer is asked to go beyond. */
@@ -495,8 +497,9 @@ export class MessageStore {
    */
   lacking(marks: Marks, options: LackingOptions = {}): StoredMessage[] {
     this.evict();
-    const { have, takenBy = Infinity, tailTakenBy = Infinity } = options;
-    const oldest = this.now() - this.maxAgeMs;
+    const { have, takenBy = Infinity, tailTakenBy = Infinity, since = 0 } = options;
+    // Evict drops by age from the front of the arrival order only: one that came late may be older.
+    const oldest = Math.max(this.now() - this.maxAgeMs, since);
     const perSender = new Map<string, StoredMessage[]>();
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
@@ -507,7 +510,7 @@ export class MessageStore {
       const highest = ranges[ranges.length - 1]?.[0] ?? mark;
       const wanted = (m: StoredMessage): boolean =>
         m.at <= takenBy &&
-        m.frame.ts >= oldest && // evict drops by age from the front only: one that came late may be older
+        m.frame.ts >= oldest &&
         (m.frame.seq < highest || m.at <= tailTakenBy) &&
         !ranges.some(([first, last]) => m.frame.seq >= first && m.frame.seq <= last);
       let list: StoredMessage[];

@@ -426,6 +426,16 @@ describe('answering a sync', () => {
     return peer.frames.slice(from, end).flatMap((f) => (f.type === 'chat' ? [f.seq] : []));
   }
 
+  it('sends nothing stamped before the sync’s since: older than the asking node’s window takes in', async (t) => {
+    const { x, peer, seqs } = await held(t);
+    const stamps = x.history(5).map((m) => m.ts);
+    const newest = Math.max(...stamps);
+    const oldest = Math.min(...stamps);
+    assert.deepEqual(await ask(peer, { marks: [], since: newest + 1 }), [], 'all older: none');
+    assert.deepEqual(await ask(peer, { marks: [], since: oldest }), seqs, 'at or after: all five');
+    assert.deepEqual(await ask(peer, { marks: [] }), seqs, 'without since: any age');
+  });
+
   for (const pack of [undefined, 64 * 1024]) {
     it(`leaves out what it wrote on the link after the frames the peer had read (rx): those are on their way${pack !== undefined ? '; frames in packs count one by one' : ''}`, async (t) => {
       const { peer, before, seqs } = await held(t, pack);

@@ -50,7 +50,7 @@ const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
   ping: ['type', 'n'],
   pong: ['type', 'n'],
   bye: ['type', 'reason'],
-  sync: ['type', 'marks', 'minAgeMs', 'rx', 'busy', 'max'],
+  sync: ['type', 'marks', 'minAgeMs', 'rx', 'busy', 'max', 'since'],
 };
 
 /** A validator for `assert.throws` that wants a ProtocolError with `code`. */
@@ -221,6 +221,7 @@ const syncArb: fc.Arbitrary<SyncFrame> = fc.record(
     rx: fc.maxSafeNat(),
     busy: fc.boolean(),
     max: fc.integer({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+    since: fc.maxSafeNat(),
   },
   { noNullPrototype: true, requiredKeys: ['type', 'marks'] },
 );
