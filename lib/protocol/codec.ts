@@ -167,6 +167,9 @@ export function unpack(plaintext: Buffer, frames: Buffer[] = []): Buffer[] {
   return frames;
 }
 
+/** Chunks of one incomplete frame past which its bytes are gathered into one buffer. */
+const MAX_CHUNKS = 16;
+
 /**
  * Splits a byte stream into length-prefixed frame payloads.
  *
@@ -181,6 +184,13 @@ export class FrameDecoder {
   private buffered = 0;
   /** Length of the frame being read, or -1 while its prefix is incomplete. */
   private expected = -1;
+  /**
+   * The body of the frame being read, gathered here once it spans {@link MAX_CHUNKS} chunks (a peer
+   * sending a byte per segment would otherwise make this hold one Buffer object, ~200 bytes of heap,
+   * per byte): grown by doubling up to `expected`, so memory stays within twice the bytes sent.
+   */
+  private partial: Buffer | undefined;
+  private partialFilled = 0;
 
   private limit: number;
 
@@ -234,8 +244,26 @@ export class FrameDecoder {
    */
   append(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
     this.buffered += chunk.length;
+    const partial = this.partial;
+    if (partial === undefined) {
+      this.chunks.push(chunk);
+      return;
+    }
+    const take = Math.min(chunk.length, this.expected - this.partialFilled);
+    this.reserve(this.partialFilled + take);
+    this.partial!.set(take === chunk.length ? chunk : chunk.subarray(0, take), this.partialFilled);
+    this.partialFilled += take;
+    if (take < chunk.length) this.chunks.push(chunk.subarray(take));
+  }
+
+  /** Grows {@link partial} to hold at least `n` bytes (at most `expected`), by doubling. */
+  private reserve(n: number): void {
+    const partial = this.partial!;
+    if (partial.length >= n) return;
+    const grown = Buffer.allocUnsafe(Math.min(this.expected, Math.max(n, partial.length * 2)));
+    grown.set(partial.subarray(0, this.partialFilled));
+    this.partial = grown;
   }
 
   /**
@@ -258,10 +286,39 @@ export class FrameDecoder {
       this.skip(LENGTH_PREFIX_BYTES);
       this.expected = length;
     }
-    if (this.buffered < this.expected) return undefined;
+    if (this.partial !== undefined) {
+      if (this.partialFilled < this.expected) return undefined;
+      const frame =
+        this.partial.length === this.expected ? this.partial : this.partial.subarray(0, this.expected);
+      this.partial = undefined;
+      this.partialFilled = 0;
+      this.buffered -= this.expected;
+      this.expected = -1;
+      return frame;
+    }
+    if (this.buffered < this.expected) {
+      if (this.chunks.length >= MAX_CHUNKS) this.gather();
+      return undefined;
+    }
     const frame = this.consume(this.expected);
     this.expected = -1;
     return frame;
+  }
+
+  /** Moves the buffered bytes of the incomplete frame being read into {@link partial}. */
+  private gather(): void {
+    const n = this.buffered; // all of them belong to this frame (fewer than `expected`)
+    const partial = Buffer.allocUnsafe(Math.min(this.expected, n * 2));
+    let filled = 0;
+    for (let i = 0; i < this.chunks.length; i++) {
+      const chunk = i === 0 ? this.chunks[0]!.subarray(this.head) : this.chunks[i]!;
+      partial.set(chunk, filled);
+      filled += chunk.length;
+    }
+    this.chunks.length = 0;
+    this.head = 0;
+    this.partial = partial;
+    this.partialFilled = filled;
   }
 
   /** The length prefix at the read position (4 bytes are buffered). */

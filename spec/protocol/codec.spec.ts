@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import fc from 'fast-check';
 import {
   bytesView,
@@ -15,6 +17,9 @@ import {
   type WritingBuffer,
 } from '../../lib/protocol/codec.js';
 import { ProtocolError, type ProtocolErrorCode } from '../../lib/protocol/errors.js';
+
+// For the memory spec: gc() in a fresh context sees the flag (set before that context exists).
+setFlagsFromString('--expose-gc');
 
 const NUM_RUNS = 200;
 
@@ -300,6 +305,49 @@ describe('FrameDecoder', () => {
         }),
         { numRuns: NUM_RUNS },
       );
+    });
+
+    it('yields the same payloads, and counts the same bufferedBytes, when each frame comes in many tiny chunks', () => {
+      // Chunks of 1-5 bytes: a frame spans up to hundreds of them, so its bytes are gathered into
+      // one buffer on the way (past 16 chunks), and chunks end inside frames and prefixes alike.
+      const sizesArb = fc.array(fc.integer({ min: 1, max: 5 }), { minLength: 1, maxLength: 64 });
+      fc.assert(
+        fc.property(fc.array(payloadArb, { minLength: 1, maxLength: 6 }), sizesArb, (payloads, sizes) => {
+          const decoder = new FrameDecoder();
+          const stream = Buffer.concat(payloads.map((p) => encodeFrame(p)));
+          const received: Buffer[] = [];
+          let pending = 0;
+          for (let at = 0, i = 0; at < stream.length; i++) {
+            const chunk = Buffer.from(stream.subarray(at, at + sizes[i % sizes.length]!));
+            at += chunk.length;
+            pending += chunk.length;
+            for (const frame of decoder.push(chunk)) {
+              received.push(frame);
+              pending -= LENGTH_PREFIX_BYTES + frame.length;
+            }
+            assert.equal(decoder.bufferedBytes, pending);
+          }
+          assert.deepEqual(hex(received), hex(payloads));
+        }),
+        { numRuns: NUM_RUNS },
+      );
+    });
+
+    it('holds a frame sent a byte at a time in memory near its size, not an object per byte', () => {
+      const gc = runInNewContext('gc') as () => void;
+      const decoder = new FrameDecoder();
+      const prefix = Buffer.alloc(LENGTH_PREFIX_BYTES);
+      prefix.writeUInt32BE(200_000);
+      decoder.push(prefix);
+      gc();
+      const before = process.memoryUsage().heapUsed;
+      const bytes = 60_000;
+      for (let i = 0; i < bytes; i++) assert.deepEqual(decoder.push(Buffer.from([i & 0xff])), []);
+      gc();
+      const perByte = (process.memoryUsage().heapUsed - before) / bytes;
+      // A Buffer kept per byte cost ~200 bytes of heap each; gathered, the bytes are off the heap.
+      assert.ok(perByte < 32, `${perByte.toFixed(0)} bytes of heap per byte buffered`);
+      assert.equal(decoder.bufferedBytes, LENGTH_PREFIX_BYTES + bytes);
     });
 
     it('counts in bufferedBytes every byte received and not yet returned in a frame', () => {
