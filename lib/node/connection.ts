@@ -214,6 +214,9 @@ export class Connection {
       return new Observable<Decoded>((subscriber) =>
         raw$.subscribe({
           next: (raw) => {
+            // Destroyed while an earlier frame of the same read was handled (dropped by the node): the
+            // rest of that read is moot, as the pack loop below already holds.
+            if (this.socket.destroyed) return;
             try {
               this.open(raw, subscriber);
             } catch (err) {
@@ -407,7 +410,8 @@ export class Connection {
    * dropped.
    */
   private charge(frames: number): void {
-    if (this.frameRate.spend(frames) >= 0 || this.resumeTimer !== undefined) return;
+    // Once closing, never paused: the peer's own close must be seen within the grace of end().
+    if (this.frameRate.spend(frames) >= 0 || this.resumeTimer !== undefined || this.closing) return;
     this.socket.pause();
     this.resumeTimer = setTimeout(() => {
       this.resumeTimer = undefined;

@@ -152,6 +152,7 @@ export class PeerWriter implements Observer<OutboundFrame> {
     if (this.done) return;
     this.done = true;
     this.waitingForDrain = false; // the socket buffers the rest; end() flushes it
+    clearTimeout(this.drainTimer); // flush may set another; release clears that one
     this.flush();
     this.release();
     if (!this.socket.destroyed) this.socket.end();
