@@ -91,7 +91,9 @@ export function parseArgs(argv: readonly string[]): ParsedArgs {
     throw new UsageError(`${negative}: expected a port or count, not a negative number`);
   const unknown: string[] = [];
   const args = minimist([...argv], {
-    string: [...STRINGS],
+    // The positionals too: minimist makes numbers of number-like ones (0x1f41, 1e3, 8001.0), which
+    // parsePort must see as typed to refuse.
+    string: [...STRINGS, '_'],
     boolean: [...BOOLEANS],
     alias: { h: 'help', v: 'version' },
     unknown: (arg) => {

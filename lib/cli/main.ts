@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import type { Readable, Writable } from 'node:stream';
 import { Subscription } from 'rxjs';
 import { AddressError } from '../protocol/address.js';
-import { MAX_TEXT_LENGTH } from '../protocol/frames.js';
+import { MAX_NICK_LENGTH, MAX_TEXT_LENGTH } from '../protocol/frames.js';
 import { levelLogger } from '../node/log.js';
 import { createNode, LIMIT_DEFAULTS, type P2PNode } from '../node/node.js';
 import { TokenBucket } from '../transport/token-bucket.js';
@@ -253,6 +253,13 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     }),
   );
   const onSignal = (): void => quit();
+  // Stdout's reader went away (`bin/p2p ... | head -1`): leave as on a signal, instead of dying on an
+  // unhandled EPIPE with the peers seeing a dropped link. Kept to the end: later writes fail too.
+  io.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE')
+      io.stderr.write(`p2p: cannot write to stdout (${err.code ?? err.message}): leaving\n`);
+    quit();
+  });
   // Exits that skip the return path below (an uncaught exception) still write the queued lines.
   const onExit = (): void => sink.flush();
   io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal).on('exit', onExit);
@@ -328,8 +335,14 @@ function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => 
 }
 
 function defaultNick(env: NodeJS.ProcessEnv): string {
-  const user = (env['USER'] ?? env['USERNAME'] ?? '').replace(/\p{Cc}/gu, '').slice(0, 32);
-  return user.length > 0 ? user : 'anon';
+  const user = (env['USER'] ?? env['USERNAME'] ?? '').replace(/[\p{Cc}\p{Surrogate}]/gu, '');
+  // At most MAX_NICK_LENGTH UTF-16 units, cut between characters (an emoji is two).
+  let nick = '';
+  for (const char of user) {
+    if (nick.length + char.length > MAX_NICK_LENGTH) break;
+    nick += char;
+  }
+  return nick.length > 0 ? nick : 'anon';
 }
 
 /** The system calls of listening: an error from any other comes from the data directory. */

@@ -348,8 +348,12 @@ const DEFAULT_TIMING = {
 } as const;
 
 function checkNick(nick: string): string {
-  if (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /[\p{Cc}]/u.test(nick)) {
-    throw new RangeError(`nickname must be 1-${MAX_NICK_LENGTH} characters without control characters`);
+  // A lone surrogate (half of a character cut off) cannot be encoded, nor signed: refused here, not
+  // at the first message.
+  if (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /[\p{Cc}\p{Surrogate}]/u.test(nick)) {
+    throw new RangeError(
+      `nickname must be 1-${MAX_NICK_LENGTH} characters without control characters or halves of one`,
+    );
   }
   return nick;
 }

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import { parseArgs, UsageError } from '../../lib/cli/args.js';
 import { freePorts, procsFor, ROOT, runCli } from '../helpers/procs.js';
 
 const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { version: string };
@@ -38,6 +40,9 @@ describe('bin/p2p: command line', () => {
     { name: 'an unknown option', args: ['0', '--bogus'], mentions: /--bogus/ },
     { name: 'no port at all', args: [], mentions: /port/ },
     { name: 'options but no port', args: ['--json'], mentions: /port/ },
+    // Number-like but not a port as typed (the parser's library made numbers of them: 8001 and 1000).
+    { name: 'a port in hexadecimal', args: ['0x1f41'], mentions: /0x1f41/ },
+    { name: 'a port in exponent notation', args: ['1e3'], mentions: /1e3/ },
   ];
   for (const { name, args, mentions } of usageErrors) {
     it(`exits 2 with a message and the usage on stderr for ${name}`, async () => {
@@ -96,5 +101,25 @@ describe('bin/p2p: command line', () => {
     assert.match(lines[0]!, new RegExp(`${port}`));
     assert.match(lines[0]!, /in use/);
     assert.doesNotMatch(run.stderr, STACK_LINE, 'no stack trace');
+  });
+});
+
+describe('parseArgs: the port', () => {
+  it('takes exactly the decimal numbers 0-65535 as typed, and refuses anything else with a UsageError (property)', () => {
+    const portLike = fc.oneof(
+      fc.integer({ min: 0, max: 70_000 }).map(String),
+      fc.constantFrom('0x1f41', '80.0e2', '1e3', '.5e4', '8001.0', '+8001', '08001', ' 8001', '8001 ', ''),
+      fc.string({ maxLength: 8 }).filter((text) => !text.startsWith('-')),
+    );
+    fc.assert(
+      fc.property(portLike, (text) => {
+        const valid = /^\d{1,5}$/.test(text) && Number(text) <= 65_535;
+        if (valid) {
+          const parsed = parseArgs([text]);
+          assert.equal(parsed.kind === 'run' ? parsed.options.port : undefined, Number(text));
+        } else assert.throws(() => parseArgs([text]), UsageError, JSON.stringify(text));
+      }),
+      { numRuns: 1000 },
+    );
   });
 });

@@ -18,6 +18,7 @@ import {
 } from '../../lib/cli/console.js';
 import { main } from '../../lib/cli/main.js';
 import type { ChatMessage, PeerInfo } from '../../lib/node/node.js';
+import { waitFor } from '../helpers/nodes.js';
 import { procsFor, type CliEvent, type SentEvent } from '../helpers/procs.js';
 
 /** The end of this turn of the event loop, after the sinks' own `setImmediate` flush. */
@@ -575,6 +576,30 @@ describe('main: output still queued at exit', () => {
   });
 });
 
+describe('main: the default nick', () => {
+  it('cuts $USER to 32 UTF-16 units between characters, never inside an emoji, and sends with it', async (t) => {
+    const { io, stdin, stdout } = fakeIo(t);
+    const signals = new EventEmitter();
+    const user = `${'a'.repeat(31)}\u{1F600}`; // 33 units: the emoji's two would pass the limit
+    const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], {
+      ...io,
+      env: { USER: user },
+      signals,
+    });
+    t.after(async () => {
+      signals.emit('SIGTERM');
+      await code;
+    });
+    const events = (): Record<string, unknown>[] => stdout.writes().flatMap(eventsOf);
+    await waitFor(() => events().some((e) => e['event'] === 'ready'), 'the ready event', 8_000);
+    assert.equal(events().find((e) => e['event'] === 'ready')!['nick'], 'a'.repeat(31));
+    stdin.write('hello\n');
+    await waitFor(() => events().some((e) => e['event'] === 'sent'), 'the sent event');
+    signals.emit('SIGTERM');
+    assert.equal(await code, 0);
+  });
+});
+
 describe('bin/p2p output at exit', () => {
   it('exits only once a slow reader has taken everything it printed', async (t) => {
     const procs = procsFor(t);
@@ -593,5 +618,14 @@ describe('bin/p2p output at exit', () => {
       sent.map((e) => e.seq),
       Array.from({ length: count }, (_, i) => i + 1),
     );
+  });
+
+  it('leaves cleanly, exit 0, when the reader of its stdout goes away (as `| head -1` does)', async (t) => {
+    const procs = procsFor(t);
+    const node = await procs.node();
+    node.child.stdout!.destroy(); // the pipe's reading end closes: the next write fails with EPIPE
+    node.write('anyone there?\n'); // its `sent` event is that write
+    assert.deepEqual(await node.waitForExit(), { code: 0, signal: null });
+    assert.doesNotMatch(node.stderrLines.join('\n'), /EPIPE|^\s+at /m, 'no error, no stack trace');
   });
 });
