@@ -10,7 +10,7 @@ import { DataDirLockedError, defaultDataDir } from '../node/data-dir.js';
 import { SecurityError } from '../security/errors.js';
 import { createNetworkKeyFile, loadNetworkKey, networkFingerprint } from '../security/network-key.js';
 import { parseArgs, UsageError, USAGE, type CliOptions } from './args.js';
-import { jsonConsole, plainConsole, ttyConsole, type ConsoleSink } from './console.js';
+import { jsonConsole, MAX_LINE_CHARS, plainConsole, ttyConsole, type ConsoleSink } from './console.js';
 
 /** Standard streams and signals of a CLI run; tests and embedders can pass their own. */
 export interface CliIo {
@@ -281,7 +281,9 @@ function textOf(raw: string, sink: ConsoleSink): string | { readonly command: st
   if (line.startsWith('/') && !line.startsWith('//')) return { command: line };
   const text = line.startsWith('//') ? line.slice(1) : line;
   if (text.length > MAX_TEXT_LENGTH) {
-    sink.notice(`message not sent: ${text.length} characters, the limit is ${MAX_TEXT_LENGTH}`);
+    // A line past MAX_LINE_CHARS reached here cut (see pipeLines): its length is not known.
+    const length = text.length > MAX_LINE_CHARS ? `more than ${MAX_LINE_CHARS}` : `${text.length}`;
+    sink.notice(`message not sent: ${length} characters, the limit is ${MAX_TEXT_LENGTH}`);
     return undefined;
   }
   return text;

@@ -17,6 +17,7 @@ import {
   type ConsoleSink,
 } from '../../lib/cli/console.js';
 import { main } from '../../lib/cli/main.js';
+import { MAX_TEXT_LENGTH } from '../../lib/protocol/frames.js';
 import type { ChatMessage, PeerInfo } from '../../lib/node/node.js';
 import { waitFor } from '../helpers/nodes.js';
 import { procsFor, type CliEvent, type SentEvent } from '../helpers/procs.js';
@@ -573,6 +574,31 @@ describe('main: output still queued at exit', () => {
     signals.emit('SIGTERM');
     assert.equal(await code, 0);
     assert.equal(signals.listenerCount('exit'), 0, 'the hook is removed once main is done');
+  });
+});
+
+describe('main: a line too long to send', () => {
+  it('says how long it was, or that it was longer than a line is read (then cut)', async (t) => {
+    const { io, stdin, stdout, stderr } = fakeIo(t);
+    const signals = new EventEmitter();
+    const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], {
+      ...io,
+      env: {},
+      signals,
+    });
+    t.after(async () => {
+      signals.emit('SIGTERM');
+      await code;
+    });
+    await waitFor(() => stdout.writes().some((w) => w.includes('"ready"')), 'the ready event', 8_000);
+    stdin.write(`${'x'.repeat(20_000)}\n${'y'.repeat(100_000)}\n`);
+    const notices = (): string[] => stderr.writes().filter((w) => w.includes('message not sent'));
+    await waitFor(() => notices().length === 2, 'two notices');
+    assert.deepEqual(notices(), [
+      `message not sent: 20000 characters, the limit is ${MAX_TEXT_LENGTH}\n`,
+      `message not sent: more than ${MAX_LINE_CHARS} characters, the limit is ${MAX_TEXT_LENGTH}\n`,
+    ]);
+    assert.ok(!stdout.writes().some((w) => w.includes('"sent"')), 'neither was sent');
   });
 });
 
