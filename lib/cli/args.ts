@@ -86,6 +86,9 @@ const BOOLEANS = ['json', 'help', 'version', 'ephemeral'] as const;
  * @throws {UsageError} naming the first thing that is wrong.
  */
 export function parseArgs(argv: readonly string[]): ParsedArgs {
+  // `_` holds the positionals (see minimist's options below): as an option it would pass as known.
+  const underscore = argv.find((arg) => /^--_(=|$)/.test(arg));
+  if (underscore !== undefined) throw new UsageError(`unknown option ${underscore.replace(/=.*/, '')}`);
   const negative = argv.find((arg) => /^-\d/.test(arg));
   if (negative !== undefined)
     throw new UsageError(`${negative}: expected a port or count, not a negative number`);

@@ -123,6 +123,12 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   const mode = options.json ? 'json' : io.stdin.isTTY === true && io.stdout.isTTY === true ? 'tty' : 'plain';
   const sink: ConsoleSink =
     mode === 'json' ? jsonConsole(io) : mode === 'tty' ? ttyConsole(io, () => quit()) : plainConsole(io);
+  // A reader of our output went away (`bin/p2p ... | head -1`, or `2>&1 | head -1`): leave as on a
+  // signal, instead of dying on an unhandled EPIPE with the peers seeing a dropped link. Nothing is
+  // written about it (the other stream may be the broken one); kept to the end, as later writes fail too.
+  const onOutputError = (): void => quit();
+  io.stdout.on('error', onOutputError);
+  io.stderr.on('error', onOutputError);
   const log = levelLogger(options.logLevel ?? (mode === 'tty' ? 'warn' : 'info'), (line) => sink.log(line));
 
   let networkKey: Buffer | undefined;
@@ -253,13 +259,6 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     }),
   );
   const onSignal = (): void => quit();
-  // Stdout's reader went away (`bin/p2p ... | head -1`): leave as on a signal, instead of dying on an
-  // unhandled EPIPE with the peers seeing a dropped link. Kept to the end: later writes fail too.
-  io.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE')
-      io.stderr.write(`p2p: cannot write to stdout (${err.code ?? err.message}): leaving\n`);
-    quit();
-  });
   // Exits that skip the return path below (an uncaught exception) still write the queued lines.
   const onExit = (): void => sink.flush();
   io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal).on('exit', onExit);
@@ -282,7 +281,7 @@ function textOf(raw: string, sink: ConsoleSink): string | { readonly command: st
   const text = line.startsWith('//') ? line.slice(1) : line;
   if (text.length > MAX_TEXT_LENGTH) {
     // A line past MAX_LINE_CHARS reached here cut (see pipeLines): its length is not known.
-    const length = text.length > MAX_LINE_CHARS ? `more than ${MAX_LINE_CHARS}` : `${text.length}`;
+    const length = line.length > MAX_LINE_CHARS ? `more than ${MAX_LINE_CHARS}` : `${text.length}`;
     sink.notice(`message not sent: ${length} characters, the limit is ${MAX_TEXT_LENGTH}`);
     return undefined;
   }

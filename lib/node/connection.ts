@@ -357,8 +357,7 @@ export class Connection {
       // In place: the frame's bytes are this connection's own (a slice of what the socket read).
       const plaintext = this.session.decryptInPlace(raw);
       if (!isPack(plaintext)) {
-        this.charge(1);
-        this.take(plaintext, out);
+        if (this.charge(1)) this.take(plaintext, out);
         return;
       }
       if (plaintext.length > this.packLimit) {
@@ -369,7 +368,7 @@ export class Connection {
       }
       const payloads = unpack(plaintext);
       // Charged together: over the rate, the socket pauses after this pack either way.
-      this.charge(payloads.length);
+      if (!this.charge(payloads.length)) return;
       // Indexed: for-of makes an iterator result per step in code V8 has not optimised yet.
       for (let i = 0; i < payloads.length; i++) {
         // Dropped on one of them (a fault of the peer, or its outbox full): the rest is moot.
@@ -409,15 +408,22 @@ export class Connection {
    * bucket holds a token again: the kernel's buffers fill and TCP slows the peer down; nothing is
    * dropped.
    */
-  private charge(frames: number): void {
-    // Once closing, never paused: the peer's own close must be seen within the grace of end().
-    if (this.frameRate.spend(frames) >= 0 || this.resumeTimer !== undefined || this.closing) return;
+  /**
+   * Charges `frames` to the peer's frame rate; over it, reading pauses until the bucket refills.
+   * Once closing, reading never pauses (the peer's own close must be seen within end's grace), so
+   * frames over the rate are dropped instead: false, and the caller hands them on to no one.
+   */
+  private charge(frames: number): boolean {
+    if (this.frameRate.spend(frames) >= 0) return true;
+    if (this.closing) return false;
+    if (this.resumeTimer !== undefined) return true;
     this.socket.pause();
     this.resumeTimer = setTimeout(() => {
       this.resumeTimer = undefined;
       if (!this.socket.destroyed) this.socket.resume();
     }, this.frameRate.msUntil(1));
     this.resumeTimer.unref();
+    return true;
   }
 
   /** Flushes what is queued and ends the connection; destroys it if the peer does not close in time. */

@@ -104,6 +104,25 @@ describe('bin/p2p: command line', () => {
   });
 });
 
+describe('parseArgs: options', () => {
+  it('refuses --_ as any other unknown option (minimist keeps the positionals under _)', () => {
+    for (const argv of [
+      ['--_', '8001'],
+      ['8001', '--_=127.0.0.1:8002'],
+      ['8001', '--_'],
+    ]) {
+      assert.throws(
+        () => parseArgs(argv),
+        (err: unknown) => {
+          assert.ok(err instanceof UsageError, String(err));
+          assert.equal(err.message, 'unknown option --_');
+          return true;
+        },
+      );
+    }
+  });
+});
+
 describe('parseArgs: the port', () => {
   it('takes exactly the decimal numbers 0-65535 as typed, and refuses anything else with a UsageError (property)', () => {
     const portLike = fc.oneof(

@@ -3,62 +3,92 @@
  * identity (the Noise handshake as the node runs it).
  */
 import assert from 'node:assert/strict';
+import type { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import { Connection, type ConnectionOptions } from '../../lib/node/connection.js';
 import { PROTOCOL_VERSION, type Frame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { socketPair, waitFor } from '../helpers/nodes.js';
 
-function options(): ConnectionOptions {
+function options(frameRate = { perSecond: 10_000, burst: 20_000 }): ConnectionOptions {
   return {
     maxFrameBytes: 256 * 1024,
     writer: {},
-    frameRate: { perSecond: 10_000, burst: 20_000 },
+    frameRate,
     onWriteFault: () => {},
     security: { identity: generateIdentity(), networkKey: undefined },
   };
 }
 
 /** Two connected Connections (`a` accepted, `b` dialled), destroyed after the test. */
-async function pair(t: TestContext): Promise<{ a: Connection; b: Connection }> {
+async function pair(
+  t: TestContext,
+  rateOfA?: ConnectionOptions['frameRate'],
+): Promise<{ a: Connection; b: Connection; client: Socket }> {
   const { client, server } = await socketPair(t);
-  const a = new Connection(server, false, options());
+  const a = new Connection(server, false, options(rateOfA));
   const b = new Connection(client, true, options());
   t.after(() => {
     a.destroy();
     b.destroy();
   });
-  return { a, b };
+  return { a, b, client };
+}
+
+const hello = (id: string): Frame => ({ type: 'hello', v: PROTOCOL_VERSION, id, nick: 'x', port: 1 });
+
+/** Both connections up: the handshake done and each side's hello in. */
+async function greeted(a: Connection, b: Connection, onFrame: (frame: Frame) => void): Promise<void> {
+  let aGreeted = false;
+  let bGreeted = false;
+  a.frames$.subscribe({
+    next: ({ frame }) => {
+      if (frame.type === 'hello') aGreeted = true;
+      onFrame(frame);
+    },
+    error: () => {},
+  });
+  b.frames$.subscribe({ next: () => (bGreeted = true), error: () => {} });
+  a.send(hello('a'));
+  b.send(hello('b'));
+  await waitFor(() => aGreeted && bGreeted, 'the handshake and both hellos');
 }
 
 describe('Connection', () => {
   it('hands on no frame of a read once it was destroyed while handling an earlier one of that read', async (t) => {
     const { a, b } = await pair(t);
-    const hello = (id: string): Frame => ({ type: 'hello', v: PROTOCOL_VERSION, id, nick: 'x', port: 1 });
-    const got: Frame['type'][] = [];
-    let ended = false;
-    a.frames$.subscribe({
-      next: ({ frame }) => {
-        got.push(frame.type);
-        // What the node's drop() does on a write fault, a peer's third invalid message, a timeout.
-        if (frame.type === 'ping') a.destroy();
-      },
-      error: () => (ended = true),
-      complete: () => (ended = true),
+    const pings: number[] = [];
+    await greeted(a, b, (frame) => {
+      if (frame.type !== 'ping') return;
+      pings.push(frame.n);
+      a.destroy(); // what the node's drop() does on a write fault, a third invalid message, a timeout
     });
-    let bUp = false;
-    b.frames$.subscribe({ next: () => (bUp = true), error: () => {} });
-    a.send(hello('a'));
-    b.send(hello('b'));
-    await waitFor(() => bUp && got.includes('hello'), 'the handshake and both hellos');
     // Three pings in one turn: one write, one read at `a`.
     for (let n = 1; n <= 3; n++) b.send({ type: 'ping', n });
-    await waitFor(() => ended || got.includes('ping'), 'the first ping');
-    await waitFor(() => ended, 'the frames to end');
-    assert.deepEqual(
-      got.filter((type) => type === 'ping'),
-      ['ping'],
-      `frames handled: ${got.join(', ')}`,
-    );
+    await waitFor(() => a.socket.destroyed && pings.length > 0, 'the first ping');
+    await delay(50);
+    assert.deepEqual(pings, [1]);
+  });
+
+  it('holds a peer to its frame rate while the connection closes, without pausing its reads', async (t) => {
+    const { a, b, client } = await pair(t, { perSecond: 50, burst: 50 });
+    let pings = 0;
+    await greeted(a, b, (frame) => {
+      if (frame.type === 'ping') pings++;
+    });
+    // A peer that ignores this end's close (FIN) and goes on sending.
+    client.allowHalfOpen = true;
+    client.destroy = () => client;
+    a.end(2000); // what the node does when the peer says bye, or it retires a connection
+    const started = Date.now();
+    for (let round = 0; round < 50; round++) {
+      for (let n = 0; n < 20; n++) b.send({ type: 'ping', n });
+      await delay(10);
+    }
+    await delay(100);
+    const seconds = (Date.now() - started) / 1000;
+    // The burst plus the rate over the time it sent, with room for a loaded machine's timers.
+    assert.ok(pings <= 50 + 50 * seconds + 50, `${pings} frames handled in ${seconds} s at 50/s`);
   });
 });
