@@ -537,26 +537,26 @@ describe('lineBatch: backpressure', () => {
   });
 });
 
+/**
+ * `main` with `--json` on fake streams, up to its ready event; stopped (SIGTERM) after the test
+ * however it ends, so a failed assertion never leaves a node running.
+ */
+async function startMain(t: TestContext, env: NodeJS.ProcessEnv = {}) {
+  const { io, stdin, stdout, stderr } = fakeIo(t);
+  const signals = new EventEmitter();
+  const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], { ...io, env, signals });
+  // A second SIGTERM after main is done reaches no listener.
+  t.after(async () => {
+    signals.emit('SIGTERM');
+    await code;
+  });
+  await waitFor(() => stdout.writes().some((w) => w.includes('"ready"')), 'the ready event', 8_000);
+  return { stdin, stdout, stderr, signals, code };
+}
+
 describe('main: output still queued at exit', () => {
   it("writes the queued lines from the process 'exit' hook", async (t) => {
-    const { io, stdin, stdout } = fakeIo(t);
-    const signals = new EventEmitter();
-    const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], {
-      ...io,
-      env: {},
-      signals,
-    });
-    // Stopped however the test ends: a failed assertion must not leave the node running (the test
-    // would hang instead of failing). A second SIGTERM after main is done reaches no listener.
-    t.after(async () => {
-      signals.emit('SIGTERM');
-      await code;
-    });
-    const started = Date.now();
-    while (!stdout.writes().some((w) => w.includes('"ready"'))) {
-      assert.ok(Date.now() - started < 8_000, 'no ready event');
-      await delay(10);
-    }
+    const { stdin, stdout, signals, code } = await startMain(t);
     const atExit: string[][] = [];
     // After the console's own 'data' listener: the /peers reply is queued, the turn not over.
     stdin.on('data', () => {
@@ -579,18 +579,7 @@ describe('main: output still queued at exit', () => {
 
 describe('main: a line too long to send', () => {
   it('says how long it was, or that it was longer than a line is read (then cut)', async (t) => {
-    const { io, stdin, stdout, stderr } = fakeIo(t);
-    const signals = new EventEmitter();
-    const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], {
-      ...io,
-      env: {},
-      signals,
-    });
-    t.after(async () => {
-      signals.emit('SIGTERM');
-      await code;
-    });
-    await waitFor(() => stdout.writes().some((w) => w.includes('"ready"')), 'the ready event', 8_000);
+    const { stdin, stdout, stderr } = await startMain(t);
     // The second and third end in a later read than they start: they are cut as they are read. The
     // third starts with // (sent as a line starting with /): one character less once unescaped.
     stdin.write(`${'x'.repeat(20_000)}\n${'y'.repeat(100_000)}`);
@@ -611,20 +600,9 @@ describe('main: a line too long to send', () => {
 
 describe('main: the default nick', () => {
   it('cuts $USER to 32 UTF-16 units between characters, never inside an emoji, and sends with it', async (t) => {
-    const { io, stdin, stdout } = fakeIo(t);
-    const signals = new EventEmitter();
-    const user = `${'a'.repeat(31)}\u{1F600}`; // 33 units: the emoji's two would pass the limit
-    const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], {
-      ...io,
-      env: { USER: user },
-      signals,
-    });
-    t.after(async () => {
-      signals.emit('SIGTERM');
-      await code;
-    });
+    // 33 units: the emoji's two would pass the limit.
+    const { stdin, stdout, signals, code } = await startMain(t, { USER: `${'a'.repeat(31)}\u{1F600}` });
     const events = (): Record<string, unknown>[] => stdout.writes().flatMap(eventsOf);
-    await waitFor(() => events().some((e) => e['event'] === 'ready'), 'the ready event', 8_000);
     assert.equal(events().find((e) => e['event'] === 'ready')!['nick'], 'a'.repeat(31));
     stdin.write('hello\n');
     await waitFor(() => events().some((e) => e['event'] === 'sent'), 'the sent event');
