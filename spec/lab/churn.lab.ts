@@ -82,8 +82,19 @@ async function settle(lab: Lab, nodes: readonly LabNode[], boundMs: number): Pro
         last = 'peer tables disagree';
         return undefined;
       }
-      const { count, duplicates } = await lab.pairCounts(nodes);
-      last = `${pairs} linked pairs, ${count} TCP connections, duplicates: ${duplicates.join(', ') || 'none'}`;
+      const { count, duplicates, pairs: tcp } = await lab.pairCounts(nodes);
+      // Linked pairs (by their peer events) with no TCP connection: named, to tell which link is stale.
+      const byId = new Map(nodes.map((n) => [n.id!, n]));
+      const unconnected = new Set<string>();
+      for (const node of nodes) {
+        for (const peer of node.peers.keys()) {
+          const key = [node.label, byId.get(peer)?.label ?? peer].sort().join(' – ');
+          if (!tcp.has(key)) unconnected.add(key);
+        }
+      }
+      last =
+        `${pairs} linked pairs, ${count} TCP connections, duplicates: ${duplicates.join(', ') || 'none'}, ` +
+        `linked without a connection: ${[...unconnected].join(', ') || 'none'}`;
       return duplicates.length === 0 && count === pairs ? true : undefined;
     },
     boundMs,
