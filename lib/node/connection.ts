@@ -406,12 +406,8 @@ export class Connection {
   /**
    * Charges `frames` frames to the peer's rate. Over it, the socket stops being read until the
    * bucket holds a token again: the kernel's buffers fill and TCP slows the peer down; nothing is
-   * dropped.
-   */
-  /**
-   * Charges `frames` to the peer's frame rate; over it, reading pauses until the bucket refills.
-   * Once closing, reading never pauses (the peer's own close must be seen within end's grace), so
-   * frames over the rate are dropped instead: false, and the caller hands them on to no one.
+   * dropped. Once closing, reading never pauses (the peer's own close must be seen within end's
+   * grace), so frames over the rate are dropped instead: false, and the caller hands them on to no one.
    */
   private charge(frames: number): boolean {
     if (this.frameRate.spend(frames) >= 0) return true;

@@ -245,14 +245,13 @@ export class FrameDecoder {
   append(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.buffered += chunk.length;
-    const partial = this.partial;
-    if (partial === undefined) {
+    if (this.partial === undefined) {
       this.chunks.push(chunk);
       return;
     }
     const take = Math.min(chunk.length, this.expected - this.partialFilled);
-    this.reserve(this.partialFilled + take);
-    this.partial!.set(take === chunk.length ? chunk : chunk.subarray(0, take), this.partialFilled);
+    this.reserve(this.partialFilled + take); // may replace this.partial
+    this.partial.set(take === chunk.length ? chunk : chunk.subarray(0, take), this.partialFilled);
     this.partialFilled += take;
     if (take < chunk.length) this.chunks.push(chunk.subarray(take));
   }
