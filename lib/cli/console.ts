@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import type { Interface } from 'node:readline';
 import { StringDecoder } from 'node:string_decoder';
 import type { Readable, Writable } from 'node:stream';

@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { randomBytes, randomInt } from 'node:crypto';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import {

@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import type { MonoTypeOperatorFunction } from 'rxjs';
 import { filterMap } from './filter-map.js';
 import { boundedLru, LastKeyLru } from '../util/lru.js';

@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { ProtocolError } from './errors.js';
 
 /** Bytes of the length prefix in front of every frame: an unsigned 32-bit big-endian integer. */

@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { sodium } from './sodium.js';
 import { DEFAULT_MAX_FRAME_BYTES } from '../protocol/codec.js';
 import { SecurityError } from './errors.js';

@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { createHash, randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 import { SecurityError } from './errors.js';

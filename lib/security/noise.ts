@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { verify as cryptoVerify } from 'node:crypto';
 import NoiseState from 'noise-handshake';
 import { checkMaxMessageBytes, CipherState, DEFAULT_MAX_MESSAGE_BYTES } from './cipher.js';

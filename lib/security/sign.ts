@@ -1,3 +1,4 @@
+import { Buffer } from 'node:buffer';
 import { sodium } from './sodium.js';
 import {
   binaryChatLayout,
