@@ -53,6 +53,8 @@ export interface RunSettings {
   readonly idleMs: number;
   /** Directory for every node's stderr, if any. */
   readonly logs: string | undefined;
+  /** Directory for every node's V8 call counts (`NODE_V8_COVERAGE`; see bench/calls.ts), if any. */
+  readonly calls?: string | undefined;
   readonly verbose: boolean;
 }
 
@@ -262,7 +264,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
         args,
         cwd: o.cwd,
         onEvent,
-        env: { XDG_STATE_HOME: state },
+        env: { XDG_STATE_HOME: state, ...(o.calls !== undefined ? { NODE_V8_COVERAGE: o.calls } : {}) },
         ...(o.logs !== undefined ? { logFile: join(o.logs, `${s.name}-r${round}-n${i}.log`) } : {}),
       });
       nodes.push(node);

@@ -73,6 +73,8 @@ const USAGE = `usage: npm run bench -- [options]
   --node-arg ARG       add ARG to every node's command line (repeatable), e.g. --node-arg=--ephemeral
   --profile DIR        run every node under node --cpu-prof, profiles in DIR
   --profile-interval U its sampling interval, µs (default 100)
+  --calls DIR          count every node's JavaScript calls (V8 coverage, written at
+                       exit into DIR; summed by bench/calls.ts)
   --logs DIR           keep every node's stderr in DIR
   --out FILE           results as JSON (default .bench-out/bench-<time>.json)
   --markdown           print the tables as markdown too
@@ -124,6 +126,7 @@ function parseOptions(argv: readonly string[]): Options {
       'node-arg',
       'profile',
       'profile-interval',
+      'calls',
       'logs',
       'out',
       'port-base',
@@ -215,6 +218,7 @@ function parseOptions(argv: readonly string[]): Options {
       capMs: 180_000,
       idleMs: quick ? 3_000 : 5_000,
       logs: typeof a['logs'] === 'string' ? resolve(a['logs']) : undefined,
+      calls: typeof a['calls'] === 'string' ? resolve(a['calls']) : undefined,
       verbose: a['verbose'] === true,
     },
     bin,
