@@ -36,7 +36,7 @@ export interface CallCounts {
 
 /**
  * Sums the calls in `coverage`. A function is named by its name (or `(anonymous)`), its script
- * (the part of its URL after `dist/`, `node_modules/` or the last `/`) and, when `lineOf` can read
+ * (`node:` URLs as they are, a file's path from `dist/` or `node_modules/`, or its name) and, when `lineOf` can read
  * the script, its line; otherwise its character offset.
  */
 export function countCalls(
@@ -46,7 +46,10 @@ export function countCalls(
   const byName = new Map<string, number>();
   let total = 0;
   for (const script of coverage.result) {
-    const file = script.url.replace(/^.*\/(?=(?:dist|node_modules)\/)|^.*\//, '');
+    // node:internal/... as it is; a file's path from dist/ or node_modules/, or its name.
+    const file = script.url.startsWith('node:')
+      ? script.url
+      : script.url.replace(/^.*\/(?=(?:dist|node_modules)\/)|^.*\//, '');
     for (const fn of script.functions) {
       const range = fn.ranges[0];
       if (range === undefined || range.count === 0) continue;

@@ -46,7 +46,7 @@ describe('bench/calls: countCalls', () => {
           ],
         },
         {
-          url: 'node:buffer',
+          url: 'node:internal/buffer',
           functions: [{ functionName: 'a', ranges: [{ startOffset: 10, count: 1 }] }],
         },
       ],
@@ -56,7 +56,7 @@ describe('bench/calls: countCalls', () => {
     assert.deepEqual(counts.functions, [
       ['(anonymous) dist/p2p.mjs:@30', 5],
       ['a dist/p2p.mjs:@10', 3],
-      ['a node:buffer:@10', 1],
+      ['a node:internal/buffer:@10', 1],
     ]);
   });
 });
