@@ -53,8 +53,8 @@ export interface RunSettings {
   readonly idleMs: number;
   /** Directory for every node's stderr, if any. */
   readonly logs: string | undefined;
-  /** Directory for every node's V8 call counts (`NODE_V8_COVERAGE`; see bench/calls.ts), if any. */
-  readonly calls?: string | undefined;
+  /** Environment variables for every node (the benchmark's `--calls` and `--allocations`). */
+  readonly env?: Readonly<Record<string, string>>;
   readonly verbose: boolean;
 }
 
@@ -264,7 +264,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
         args,
         cwd: o.cwd,
         onEvent,
-        env: { XDG_STATE_HOME: state, ...(o.calls !== undefined ? { NODE_V8_COVERAGE: o.calls } : {}) },
+        env: { ...o.env, XDG_STATE_HOME: state },
         ...(o.logs !== undefined ? { logFile: join(o.logs, `${s.name}-r${round}-n${i}.log`) } : {}),
       });
       nodes.push(node);

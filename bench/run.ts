@@ -75,6 +75,8 @@ const USAGE = `usage: npm run bench -- [options]
   --profile-interval U its sampling interval, µs (default 100)
   --calls DIR          count every node's JavaScript calls (V8 coverage, written at
                        exit into DIR; summed by bench/calls.ts)
+  --allocations DIR    sample every node's heap allocations, freed objects included
+                       (written into DIR; summed by bench/allocations.ts)
   --logs DIR           keep every node's stderr in DIR
   --out FILE           results as JSON (default .bench-out/bench-<time>.json)
   --markdown           print the tables as markdown too
@@ -127,6 +129,7 @@ function parseOptions(argv: readonly string[]): Options {
       'profile',
       'profile-interval',
       'calls',
+      'allocations',
       'logs',
       'out',
       'port-base',
@@ -179,17 +182,25 @@ function parseOptions(argv: readonly string[]): Options {
   const profile = typeof a['profile'] === 'string' ? resolve(a['profile']) : undefined;
   if (profile === undefined && a['profile-interval'] !== undefined)
     usageError('--profile-interval: only with --profile');
-  const command =
-    profile === undefined
-      ? [bin]
+  const allocations = typeof a['allocations'] === 'string' ? resolve(a['allocations']) : undefined;
+  const calls = typeof a['calls'] === 'string' ? resolve(a['calls']) : undefined;
+  for (const dir of [profile, allocations, calls]) if (dir !== undefined) mkdirSync(dir, { recursive: true });
+  const nodeFlags = [
+    ...(profile === undefined
+      ? []
       : [
-          process.execPath,
           '--cpu-prof',
           `--cpu-prof-dir=${profile}`,
           // A burst lasts ~0.1 s in mesh3: V8's default of one sample per millisecond is too coarse.
           `--cpu-prof-interval=${int('profile-interval', 100, 10)}`,
-          bin,
-        ];
+        ]),
+    ...(allocations === undefined ? [] : ['--import', join(ROOT, 'bench', 'heap-sampling.mjs')]),
+  ];
+  const command = nodeFlags.length === 0 ? [bin] : [process.execPath, ...nodeFlags, bin];
+  const env: Record<string, string> = {
+    ...(calls === undefined ? {} : { NODE_V8_COVERAGE: calls }),
+    ...(allocations === undefined ? {} : { P2P_HEAP_SAMPLING_DIR: allocations }),
+  };
   const nodeArgs = ([] as unknown[]).concat(a['node-arg'] ?? []).map(String);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   // minimist reads --no-micro as micro=false, and an absent boolean as false too: look at argv.
@@ -218,7 +229,7 @@ function parseOptions(argv: readonly string[]): Options {
       capMs: 180_000,
       idleMs: quick ? 3_000 : 5_000,
       logs: typeof a['logs'] === 'string' ? resolve(a['logs']) : undefined,
-      calls: typeof a['calls'] === 'string' ? resolve(a['calls']) : undefined,
+      env,
       verbose: a['verbose'] === true,
     },
     bin,
