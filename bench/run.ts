@@ -77,6 +77,8 @@ const USAGE = `usage: npm run bench -- [options]
                        exit into DIR; summed by bench/calls.ts)
   --allocations DIR    sample every node's heap allocations, freed objects included
                        (written into DIR; summed by bench/allocations.ts)
+                       (--profile, --calls and --allocations slow the nodes down: the
+                       figures of such a run are not the node's)
   --logs DIR           keep every node's stderr in DIR
   --out FILE           results as JSON (default .bench-out/bench-<time>.json)
   --markdown           print the tables as markdown too
