@@ -37,6 +37,8 @@ export function sumAllocations(profile: HeapProfile): Allocations {
   const bytes: [string, number][] = [];
   const stack: HeapNode[] = [profile.head];
   for (let node = stack.pop(); node !== undefined; node = stack.pop()) {
+    // The sampler's own work (stopping it builds the profile): not the process's.
+    if (node.callFrame.url.endsWith('/heap-sampling.mjs')) continue;
     stack.push(...node.children);
     if (node.selfSize === 0) continue;
     const { functionName, url, lineNumber } = node.callFrame;

@@ -6,9 +6,10 @@
  *   node --import tsx bench/calls.ts DIR|FILE... [--per N] [--top N] [--markdown]
  *
  * A message's path runs mostly unoptimised in a burst (README, Performance), where every call
- * costs in full; the counts are exact and the same on a busy machine as on a quiet one, so they
- * show what a change to the message path saves without a timed run. The counts cover the whole
- * life of the process: start-up adds a few thousand calls, spread over functions that run once.
+ * costs in full. The counts are exact, and move only with what timing changes (how reads and
+ * packs group messages, pings, repairs): a few calls per message between runs, so they show what
+ * a change to the message path saves without a timed run. The counts cover the whole life of the
+ * process: start-up adds a few thousand calls, spread over functions that run once.
  */
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -21,7 +22,11 @@ export interface Coverage {
     readonly functions: readonly {
       readonly functionName: string;
       /** The first range is the whole function; its count is the number of calls. */
-      readonly ranges: readonly { readonly startOffset: number; readonly count: number }[];
+      readonly ranges: readonly {
+        readonly startOffset: number;
+        readonly endOffset: number;
+        readonly count: number;
+      }[];
     }[];
   }[];
 }
@@ -31,20 +36,21 @@ export type CallCounts = PerFunction;
 
 /**
  * Sums the calls in `coverage`. A function is named by its name (or `(anonymous)`), its script (see
- * {@link scriptName}) and, when `lineOf` can read the script, its line; otherwise its character
- * offset.
+ * {@link scriptName}) and, when `lineOf` can read the script as it ran (its length is the length
+ * the coverage gives the script's top level), its line; otherwise its character offset.
  */
 export function countCalls(
   coverage: Coverage,
-  lineOf: (url: string, offset: number) => number | undefined = () => undefined,
+  lineOf: (url: string, offset: number, length: number | undefined) => number | undefined = () => undefined,
 ): CallCounts {
   const calls: [string, number][] = [];
   for (const script of coverage.result) {
     const file = scriptName(script.url);
+    const length = script.functions[0]?.ranges[0]?.endOffset;
     for (const fn of script.functions) {
       const range = fn.ranges[0];
       if (range === undefined || range.count === 0) continue;
-      const line = lineOf(script.url, range.startOffset);
+      const line = lineOf(script.url, range.startOffset, length);
       calls.push([
         `${fn.functionName || '(anonymous)'} ${file}:${line ?? `@${range.startOffset}`}`,
         range.count,
@@ -54,23 +60,27 @@ export function countCalls(
   return perFunction(calls);
 }
 
-/** Line numbers (1-based) of offsets in `file://` scripts, each file read once. */
-function fileLines(): (url: string, offset: number) => number | undefined {
-  const starts = new Map<string, number[] | undefined>();
-  return (url, offset) => {
+/**
+ * Line numbers (1-based) of offsets in `file://` scripts, each file read once; undefined for a file
+ * that is gone, or whose length is not the one it had when it ran (rebuilt since).
+ */
+export function fileLines(): (url: string, offset: number, length: number | undefined) => number | undefined {
+  const files = new Map<string, { readonly length: number; readonly lines: number[] } | undefined>();
+  return (url, offset, length) => {
     if (!url.startsWith('file://')) return undefined;
-    let lines = starts.get(url);
-    if (!starts.has(url)) {
+    if (!files.has(url)) {
       try {
         const text = readFileSync(fileURLToPath(url), 'utf8');
-        lines = [0];
+        const lines = [0];
         for (let i = text.indexOf('\n'); i !== -1; i = text.indexOf('\n', i + 1)) lines.push(i + 1);
+        files.set(url, { length: text.length, lines });
       } catch {
-        lines = undefined; // gone or rebuilt since: offsets instead
+        files.set(url, undefined);
       }
-      starts.set(url, lines);
     }
-    if (lines === undefined) return undefined;
+    const file = files.get(url);
+    if (file === undefined || (length !== undefined && length !== file.length)) return undefined;
+    const { lines } = file;
     let lo = 0;
     let hi = lines.length - 1;
     while (lo < hi) {

@@ -53,8 +53,11 @@ export interface RunSettings {
   readonly idleMs: number;
   /** Directory for every node's stderr, if any. */
   readonly logs: string | undefined;
-  /** Environment variables for every node (the benchmark's `--calls` and `--allocations`). */
-  readonly env?: Readonly<Record<string, string>>;
+  /**
+   * Directories for what every node records of itself (`--calls`: V8's call counts; `--allocations`:
+   * its heap samples), each node in a subdirectory named like its log (`mesh3-r1-n0`).
+   */
+  readonly traces?: { readonly calls?: string | undefined; readonly allocations?: string | undefined };
   readonly verbose: boolean;
 }
 
@@ -264,7 +267,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
         args,
         cwd: o.cwd,
         onEvent,
-        env: { ...o.env, XDG_STATE_HOME: state },
+        env: { ...traceEnv(o.traces, `${s.name}-r${round}-n${i}`), XDG_STATE_HOME: state },
         ...(o.logs !== undefined ? { logFile: join(o.logs, `${s.name}-r${round}-n${i}.log`) } : {}),
       });
       nodes.push(node);
@@ -555,4 +558,12 @@ function resources(
     cpuSenderS: r3(phase[sender] ?? 0),
     ...(M > 0 ? { cpuPerMsgMs: r3((cpuPhaseS * 1000) / M) } : {}),
   };
+}
+
+/** The environment that makes a node record its calls or allocations into `traces`' directories. */
+function traceEnv(traces: RunSettings['traces'], node: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  if (traces?.calls !== undefined) env['NODE_V8_COVERAGE'] = join(traces.calls, node);
+  if (traces?.allocations !== undefined) env['P2P_HEAP_SAMPLING_DIR'] = join(traces.allocations, node);
+  return env;
 }

@@ -3,7 +3,7 @@
  * function's script is named, the tables, and the command line (`DIR|FILE... [--per N] [--top N]
  * [--markdown]`).
  */
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import minimist from 'minimist';
 import { renderTable } from './report.js';
@@ -16,7 +16,7 @@ export interface PerFunction {
 
 /** A script as tables name it: `node:` URLs as they are, a file's path from `dist/` or `node_modules/`, or its name. */
 export function scriptName(url: string): string {
-  return url.startsWith('node:') ? url : url.replace(/^.*\/(?=(?:dist|node_modules)\/)|^.*\//, '');
+  return url.startsWith('node:') ? url : url.replace(/^.*?\/(?=(?:dist|node_modules)\/)|^.*\//, '');
 }
 
 /** Sums `values` (function name, value) into a {@link PerFunction}. */
@@ -68,24 +68,29 @@ export function perFunctionMain(
   const paths = a._.map(String);
   const per = Number(a['per'] ?? 1);
   const top = Number(a['top'] ?? 25);
-  if (paths.length === 0 || !(per >= 1) || !(top >= 1)) {
+  const usage = (problem?: string): never => {
+    if (problem !== undefined) process.stderr.write(`${tool}: ${problem}\n`);
     process.stderr.write(`usage: node --import tsx ${tool} DIR|FILE... [--per N] [--top N] [--markdown]\n`);
     process.exit(2);
-  }
-  const files = paths.flatMap((p) =>
-    statSync(p).isDirectory()
-      ? readdirSync(p)
-          .filter(accepts)
-          .sort()
-          .map((f) => join(p, f))
-      : [p],
-  );
-  for (const file of files) {
-    const text = renderPerFunction(basename(file), read(file), units, {
-      per,
-      top,
-      markdown: a['markdown'] === true,
-    });
+  };
+  if (paths.length === 0 || !(per >= 1) || !(top >= 1)) usage();
+  // Piped into head: the rest is not wanted.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
+  // A directory: its files and its subdirectories' (the benchmark writes one per node), named
+  // from the directory given.
+  const files = paths.flatMap((p) => {
+    if (!existsSync(p)) usage(`${p}: no such file or directory`);
+    if (!statSync(p).isDirectory()) return [{ path: p, name: basename(p) }];
+    return readdirSync(p, { recursive: true, encoding: 'utf8' })
+      .filter((f) => accepts(basename(f)))
+      .sort()
+      .map((f) => ({ path: join(p, f), name: f }));
+  });
+  for (const { path, name } of files) {
+    const text = renderPerFunction(name, read(path), units, { per, top, markdown: a['markdown'] === true });
     process.stdout.write(text + '\n');
   }
 }

@@ -73,10 +73,11 @@ const USAGE = `usage: npm run bench -- [options]
   --node-arg ARG       add ARG to every node's command line (repeatable), e.g. --node-arg=--ephemeral
   --profile DIR        run every node under node --cpu-prof, profiles in DIR
   --profile-interval U its sampling interval, µs (default 100)
-  --calls DIR          count every node's JavaScript calls (V8 coverage, written at
-                       exit into DIR; summed by bench/calls.ts)
-  --allocations DIR    sample every node's heap allocations, freed objects included
-                       (written into DIR; summed by bench/allocations.ts)
+  --calls DIR          count the JavaScript calls of every node this benchmark starts
+                       (V8 coverage, written at exit into DIR/SCENARIO-rROUND-nNODE;
+                       summed by bench/calls.ts)
+  --allocations DIR    sample their heap allocations, freed objects included (written
+                       likewise; summed by bench/allocations.ts)
                        (--profile, --calls and --allocations slow the nodes down: the
                        figures of such a run are not the node's)
   --logs DIR           keep every node's stderr in DIR
@@ -181,12 +182,20 @@ function parseOptions(argv: readonly string[]): Options {
   }
   const size = int('size', 100, 32);
   const bin = typeof a['bin'] === 'string' ? a['bin'] : 'bin/p2p';
-  const profile = typeof a['profile'] === 'string' ? resolve(a['profile']) : undefined;
+  // A directory option: absent, or one non-empty path (minimist gives '' for a value left out, and
+  // an array for a repeated option; resolve('') would be the working directory).
+  const directory = (name: string): string | undefined => {
+    const v: unknown = a[name];
+    if (v === undefined) return undefined;
+    if (typeof v !== 'string' || v === '') usageError(`--${name}: expected one directory`);
+    mkdirSync(resolve(v), { recursive: true });
+    return resolve(v);
+  };
+  const profile = directory('profile');
   if (profile === undefined && a['profile-interval'] !== undefined)
     usageError('--profile-interval: only with --profile');
-  const allocations = typeof a['allocations'] === 'string' ? resolve(a['allocations']) : undefined;
-  const calls = typeof a['calls'] === 'string' ? resolve(a['calls']) : undefined;
-  for (const dir of [profile, allocations, calls]) if (dir !== undefined) mkdirSync(dir, { recursive: true });
+  const allocations = directory('allocations');
+  const calls = directory('calls');
   const nodeFlags = [
     ...(profile === undefined
       ? []
@@ -199,10 +208,6 @@ function parseOptions(argv: readonly string[]): Options {
     ...(allocations === undefined ? [] : ['--import', join(ROOT, 'bench', 'heap-sampling.mjs')]),
   ];
   const command = nodeFlags.length === 0 ? [bin] : [process.execPath, ...nodeFlags, bin];
-  const env: Record<string, string> = {
-    ...(calls === undefined ? {} : { NODE_V8_COVERAGE: calls }),
-    ...(allocations === undefined ? {} : { P2P_HEAP_SAMPLING_DIR: allocations }),
-  };
   const nodeArgs = ([] as unknown[]).concat(a['node-arg'] ?? []).map(String);
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   // minimist reads --no-micro as micro=false, and an absent boolean as false too: look at argv.
@@ -231,7 +236,7 @@ function parseOptions(argv: readonly string[]): Options {
       capMs: 180_000,
       idleMs: quick ? 3_000 : 5_000,
       logs: typeof a['logs'] === 'string' ? resolve(a['logs']) : undefined,
-      env,
+      traces: { calls, allocations },
       verbose: a['verbose'] === true,
     },
     bin,

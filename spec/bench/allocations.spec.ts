@@ -44,23 +44,27 @@ describe('bench/allocations', () => {
     assert.ok(churn[1] > 6e6, `churn allocated ${churn[1]} bytes`);
   });
 
-  it('writes the profile on SIGTERM and still ends a process that has no SIGTERM handler of its own', async (t) => {
-    const dir = tempDir(t);
-    const script = join(dir, 'idle.mjs');
-    writeFileSync(script, "process.stdout.write('up\\n'); setTimeout(() => {}, 20_000);\n");
-    const child = spawn(process.execPath, ['--import', PRELOAD, script], {
-      env: { PATH: process.env['PATH'] ?? '', P2P_HEAP_SAMPLING_DIR: dir },
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    t.after(() => child.kill('SIGKILL'));
-    await once(child.stdout, 'data');
-    child.kill('SIGTERM');
-    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
-    assert.deepEqual({ code, signal }, { code: null, signal: 'SIGTERM' });
-    assert.ok(existsSync(join(dir, `${child.pid}.heapprofile`)));
-  });
+  it(
+    'writes the profile on SIGTERM and still ends a process that has no SIGTERM handler of its own',
+    { timeout: 30_000 },
+    async (t) => {
+      const dir = tempDir(t);
+      const script = join(dir, 'idle.mjs');
+      writeFileSync(script, "process.stdout.write('up\\n'); setTimeout(() => {}, 20_000);\n");
+      const child = spawn(process.execPath, ['--import', PRELOAD, script], {
+        env: { PATH: process.env['PATH'] ?? '', P2P_HEAP_SAMPLING_DIR: dir },
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      t.after(() => child.kill('SIGKILL'));
+      await once(child.stdout, 'data');
+      child.kill('SIGTERM');
+      const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+      assert.deepEqual({ code, signal }, { code: null, signal: 'SIGTERM' });
+      assert.ok(existsSync(join(dir, `${child.pid}.heapprofile`)));
+    },
+  );
 
-  it('sums bytes per function over the call tree, most first', () => {
+  it("sums bytes per function over the call tree, most first, without the sampler's own", () => {
     const frame = (functionName: string, url: string, lineNumber: number) => ({
       functionName,
       url,
@@ -78,6 +82,12 @@ describe('bench/allocations', () => {
           },
           { callFrame: frame('a', 'file:///repo/dist/p2p.mjs', 9), selfSize: 50, children: [] },
           { callFrame: frame('b', 'node:internal/buffer', 0), selfSize: 200, children: [] },
+          {
+            // The sampler's own work, and what it called: left out.
+            callFrame: frame('stop', 'file:///repo/bench/heap-sampling.mjs', 30),
+            selfSize: 1000,
+            children: [{ callFrame: frame('post', 'node:inspector', 5), selfSize: 4000, children: [] }],
+          },
         ],
       },
     };

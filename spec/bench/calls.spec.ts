@@ -3,9 +3,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { describe, it } from 'node:test';
-import { countCalls, type Coverage } from '../../bench/calls.js';
+import { countCalls, fileLines, type Coverage } from '../../bench/calls.js';
 
 describe('bench/calls: countCalls', () => {
   it('counts the calls of a real process from the coverage Node writes at its exit', (t) => {
@@ -24,14 +23,17 @@ describe('bench/calls: countCalls', () => {
     const [file] = readdirSync(out).filter((f) => f.startsWith('coverage-'));
     assert.ok(file !== undefined, 'Node wrote a coverage file');
     const coverage = JSON.parse(readFileSync(join(out, file), 'utf8')) as Coverage;
-    const lines = (url: string, offset: number): number | undefined =>
-      url === pathToFileURL(script).href
-        ? readFileSync(script, 'utf8').slice(0, offset).split('\n').length
-        : undefined;
-    const counts = new Map(countCalls(coverage, lines).functions);
+    const counts = new Map(countCalls(coverage, fileLines()).functions);
     assert.equal(counts.get('hot work.mjs:1'), 7);
     assert.equal(counts.get('cold work.mjs:2'), 1);
     assert.equal(counts.get('(anonymous) work.mjs:1'), 1, 'the module itself, run once');
+
+    // Changed since it ran: its lines would be wrong, so places are offsets.
+    writeFileSync(script, `// edited\n${readFileSync(script, 'utf8')}`);
+    const stale = new Map(countCalls(coverage, fileLines()).functions);
+    assert.equal(stale.get('hot work.mjs:@0'), 7);
+    const arrowAt = 'function hot() { return 1; }\nconst cold = '.length;
+    assert.equal(stale.get(`cold work.mjs:@${arrowAt}`), 1);
   });
 
   it('sums per name and place, most called first, and skips functions never called', () => {
@@ -40,14 +42,14 @@ describe('bench/calls: countCalls', () => {
         {
           url: 'file:///repo/dist/p2p.mjs',
           functions: [
-            { functionName: 'a', ranges: [{ startOffset: 10, count: 3 }] },
-            { functionName: 'b', ranges: [{ startOffset: 20, count: 0 }] },
-            { functionName: '', ranges: [{ startOffset: 30, count: 5 }] },
+            { functionName: 'a', ranges: [{ startOffset: 10, endOffset: 19, count: 3 }] },
+            { functionName: 'b', ranges: [{ startOffset: 20, endOffset: 29, count: 0 }] },
+            { functionName: '', ranges: [{ startOffset: 30, endOffset: 39, count: 5 }] },
           ],
         },
         {
           url: 'node:internal/buffer',
-          functions: [{ functionName: 'a', ranges: [{ startOffset: 10, count: 1 }] }],
+          functions: [{ functionName: 'a', ranges: [{ startOffset: 10, endOffset: 19, count: 1 }] }],
         },
       ],
     };
