@@ -1410,9 +1410,14 @@ class ChatNode implements P2PNode {
     return givenUp !== undefined && now - givenUp < GAP_COOLDOWN_PERIODS * this.timing.gapRepairMs;
   }
 
-  /** Watches the first hole of a sender whose holes are not left alone, if there is one. */
+  /** The first hole of a sender whose holes are not left alone, if there is one. */
+  private nextHole(now: number): { readonly from: string; readonly seq: number } | undefined {
+    return this.store.firstHole((from) => this.holesLeftAlone(from, now));
+  }
+
+  /** Watches {@link nextHole}, if there is one. */
   private watchNextHole(via: string, now: number): void {
-    const hole = this.store.firstHole((from) => this.holesLeftAlone(from, now));
+    const hole = this.nextHole(now);
     if (hole !== undefined) this.watchGap(hole, via);
   }
 
@@ -1445,7 +1450,7 @@ class ChatNode implements P2PNode {
       return;
     }
     if (this.store.knows(gap)) {
-      const hole = this.store.firstHole((from) => this.holesLeftAlone(from, now));
+      const hole = this.nextHole(now);
       if (hole === undefined) return;
       // It turned up. A hole noticed meanwhile was not watched: watched now; or, if this one came
       // when asked for, part of a run that a relay skipped, whose rest the peer asked held back as
