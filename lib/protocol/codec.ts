@@ -305,20 +305,15 @@ export class FrameDecoder {
     return frame;
   }
 
-  /** Moves the buffered bytes of the incomplete frame being read into {@link partial}. */
+  /**
+   * Moves the buffered bytes of the incomplete frame being read into {@link partial} (a copy: they
+   * lie in {@link MAX_CHUNKS} chunks), which {@link reserve} grows as the rest comes.
+   */
   private gather(): void {
     const n = this.buffered; // all of them belong to this frame (fewer than `expected`)
-    const partial = Buffer.allocUnsafe(Math.min(this.expected, n * 2));
-    let filled = 0;
-    for (let i = 0; i < this.chunks.length; i++) {
-      const chunk = i === 0 ? this.chunks[0]!.subarray(this.head) : this.chunks[i]!;
-      partial.set(chunk, filled);
-      filled += chunk.length;
-    }
-    this.chunks.length = 0;
-    this.head = 0;
-    this.partial = partial;
-    this.partialFilled = filled;
+    this.partial = this.consume(n);
+    this.partialFilled = n;
+    this.buffered = n; // still buffered, in `partial` now
   }
 
   /** The length prefix at the read position (4 bytes are buffered). */
