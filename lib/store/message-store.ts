@@ -411,7 +411,7 @@ export class MessageStore {
    */
   knows(frame: Pick<ChatFrame, 'from' | 'seq'> & { readonly ts?: number }): boolean {
     const sender = this.senderOf(frame.from);
-    if (sender === undefined) return frame.ts !== undefined && frame.ts < this.now() - this.maxAgeMs;
+    if (sender === undefined) return frame.ts !== undefined && frame.ts < this.oldest();
     return frame.seq <= sender.floor || sender.held.has(frame.seq);
   }
 
@@ -451,7 +451,7 @@ export class MessageStore {
   marks(): Map<string, number> {
     this.evict();
     const marks = new Map<string, number>();
-    const oldest = this.now() - this.maxAgeMs;
+    const oldest = this.oldest();
     for (const [from, sender] of this.senders) {
       if (!this.forgetIfStale(sender, oldest)) marks.set(from, markOf(sender));
     }
@@ -500,7 +500,7 @@ export class MessageStore {
     this.evict();
     const { have, takenBy = Infinity, tailTakenBy = Infinity, since = 0 } = options;
     // Evict drops by age from the front of the arrival order only: one that came late may be older.
-    const oldest = Math.max(this.now() - this.maxAgeMs, since);
+    const oldest = Math.max(this.oldest(), since);
     const perSender = new Map<string, StoredMessage[]>();
     const all: StoredMessage[] = [];
     for (const [from, sender] of this.senders) {
@@ -644,7 +644,7 @@ export class MessageStore {
 
   /** Drops the oldest messages beyond the window, raising their senders' floors. */
   private evict(): void {
-    const oldest = this.now() - this.maxAgeMs;
+    const oldest = this.oldest();
     for (let size = this.size; size > 0; size--) {
       const first = this.order[this.orderStart]!;
       if (size <= this.maxMessages && first.frame.ts >= oldest) break;
@@ -674,13 +674,18 @@ export class MessageStore {
   private meta(): Meta {
     const floors: Record<string, number> = {};
     const seen: Record<string, number> = {};
-    const oldest = this.now() - this.maxAgeMs;
+    const oldest = this.oldest();
     for (const [from, sender] of this.senders) {
       if (sender.floor === 0 || this.forgetIfStale(sender, oldest)) continue;
       floors[from] = sender.floor;
       seen[from] = sender.newestTs;
     }
     return { lastSeq: this.lastSeq, floors, seen };
+  }
+
+  /** The oldest timestamp the window takes in now (ms): anything stamped before it is too old. */
+  private oldest(): number {
+    return this.now() - this.maxAgeMs;
   }
 
   /**
