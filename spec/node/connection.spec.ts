@@ -3,7 +3,7 @@
  * identity (the Noise handshake as the node runs it).
  */
 import assert from 'node:assert/strict';
-import type { Socket } from 'node:net';
+import { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Connection, type ConnectionOptions } from '../../lib/node/connection.js';
@@ -80,6 +80,7 @@ describe('Connection', () => {
     // A peer that ignores this end's close (FIN) and goes on sending.
     client.allowHalfOpen = true;
     client.destroy = () => client;
+    t.after(() => Socket.prototype.destroy.call(client)); // what socketPair's cleanup cannot now
     a.end(2000); // what the node does when the peer says bye, or it retires a connection
     const started = Date.now();
     for (let round = 0; round < 50; round++) {
@@ -90,5 +91,9 @@ describe('Connection', () => {
     const seconds = (Date.now() - started) / 1000;
     // The burst plus the rate over the time it sent, with room for a loaded machine's timers.
     assert.ok(pings <= 50 + 50 * seconds + 50, `${pings} frames handled in ${seconds} s at 50/s`);
+    // Read all along: over the rate, a closing connection drops frames rather than pausing (the
+    // peer's own close must still be seen).
+    assert.equal(a.socket.isPaused(), false, 'the closing connection still reads');
+    assert.ok(pings >= 50, `${pings} frames handled: at least the burst`);
   });
 });
