@@ -8,7 +8,13 @@ import { readFileSync } from 'node:fs';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import type { TestContext } from 'node:test';
 import type { Observable } from 'rxjs';
-import { createNode, type NodeOptions, type NodeTiming, type P2PNode } from '../../lib/node/node.js';
+import {
+  createNode,
+  type NodeEvent,
+  type NodeOptions,
+  type NodeTiming,
+  type P2PNode,
+} from '../../lib/node/node.js';
 import type { Logger } from '../../lib/node/log.js';
 import type { Address } from '../../lib/protocol/address.js';
 import {
@@ -112,6 +118,53 @@ export async function socketPair(t: TestContext): Promise<SocketPair> {
   return { client, server };
 }
 
+/**
+ * Listeners that accept and never answer the handshake (nodes that hang: each dial of them stays
+ * open until the node gives up). What they read is ignored, so the node's close is seen.
+ */
+export interface DeadEnds {
+  /** Their addresses, `127.0.0.1:port`. */
+  readonly addresses: string[];
+  /** Connections accepted so far, over all of them. */
+  readonly accepted: () => number;
+  /** Most connections open at the same time, over all of them. */
+  readonly peak: () => number;
+  /** Listeners that received at least one connection. */
+  readonly reached: () => number;
+}
+
+/** Starts `n` {@link DeadEnds}, closed (with their connections) after the test. */
+export async function deadEnds(t: TestContext, n = 1): Promise<DeadEnds> {
+  const servers: Server[] = [];
+  const sockets = new Set<Socket>();
+  const reached = new Set<number>();
+  let accepted = 0;
+  let peak = 0;
+  for (let i = 0; i < n; i++) {
+    const server = createServer((socket) => {
+      sockets.add(socket);
+      accepted++;
+      reached.add(i);
+      peak = Math.max(peak, sockets.size);
+      socket.on('error', () => {});
+      socket.resume(); // read (and ignore) what comes, so the node's close is seen
+      socket.once('close', () => sockets.delete(socket));
+    });
+    await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+    servers.push(server);
+  }
+  t.after(async () => {
+    for (const socket of sockets) socket.destroy();
+    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  });
+  const addresses = servers.map((s) => {
+    const a = s.address();
+    if (typeof a !== 'object' || a === null) throw new Error('no port');
+    return `${HOST}:${a.port}`;
+  });
+  return { addresses, accepted: () => accepted, peak: () => peak, reached: () => reached.size };
+}
+
 /** A TCP forwarder's port, and its switch to stop it the way a host that vanished stops. */
 export interface Forwarder {
   readonly port: number;
@@ -168,6 +221,14 @@ export interface Recording<T> {
   readonly completed: boolean;
   readonly error: unknown;
 }
+
+/** The peer-down events of a node's recorded `events$`. */
+export const downs = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-down' }> =>
+  events.values.filter((e): e is NodeEvent & { type: 'peer-down' } => e.type === 'peer-down');
+
+/** The peer-up events of a node's recorded `events$`. */
+export const ups = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-up' }> =>
+  events.values.filter((e): e is NodeEvent & { type: 'peer-up' } => e.type === 'peer-up');
 
 /** Subscribes to `source$` and records what it emits; the subscription lives as long as the source. */
 export function record<T>(source$: Observable<T>): Recording<T> {

@@ -13,6 +13,7 @@
 import assert from 'node:assert/strict';
 import { describe } from 'node:test';
 import {
+  byId,
   chatRound,
   connectedGraph,
   describeAll,
@@ -20,6 +21,7 @@ import {
   labTest,
   mib,
   NODE,
+  pairKey,
   secs,
   sleep,
   waitUntil,
@@ -56,7 +58,7 @@ function argsFor(hosts: readonly Host[], i: number): string[] {
 
 /** Peer tables agree: A lists B exactly when B lists A. Returns the linked pairs, or undefined. */
 function symmetricPairs(nodes: readonly LabNode[]): number | undefined {
-  const ids = new Map(nodes.map((n) => [n.id!, n]));
+  const ids = byId(nodes);
   let pairs = 0;
   for (const node of nodes) {
     for (const peer of node.peers.keys()) {
@@ -84,11 +86,11 @@ async function settle(lab: Lab, nodes: readonly LabNode[], boundMs: number): Pro
       }
       const { count, duplicates, pairs: tcp } = await lab.pairCounts(nodes);
       // Linked pairs (by their peer events) with no TCP connection: named, to tell which link is stale.
-      const byId = new Map(nodes.map((n) => [n.id!, n]));
+      const labelled = byId(nodes);
       const unconnected = new Set<string>();
       for (const node of nodes) {
         for (const peer of node.peers.keys()) {
-          const key = [node.label, byId.get(peer)?.label ?? peer].sort().join(' – ');
+          const key = pairKey(node.label, labelled.get(peer)?.label ?? peer);
           if (!tcp.has(key)) unconnected.add(key);
         }
       }

@@ -630,7 +630,7 @@ table inet p2plab_watch {
     let count = 0;
     for (const { a, b } of await this.connections()) {
       if (!wanted.has(a) || !wanted.has(b)) continue;
-      const key = [a.label, b.label].sort().join(' – ');
+      const key = pairKey(a.label, b.label);
       pairs.set(key, (pairs.get(key) ?? 0) + 1);
       count++;
     }
@@ -923,6 +923,11 @@ export class LabNode {
 }
 
 // ---- checks shared by the scenarios ---------------------------------------------------------
+
+/** How {@link Lab.pairCounts} names a pair of nodes by their labels (either order). */
+export function pairKey(a: string, b: string): string {
+  return [a, b].sort().join(' – ');
+}
 
 /** Node ids are known once ready; a map from id to node. */
 export function byId(nodes: readonly LabNode[]): Map<string, LabNode> {

@@ -13,6 +13,7 @@ import type { NodeEvent, NodeTiming, P2PNode } from '../../lib/node/node.js';
 import { parseFrame, PROTOCOL_VERSION, type Frame } from '../../lib/protocol/frames.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
+  downs,
   HOST,
   lineLogger,
   nodeFactory,
@@ -69,8 +70,6 @@ async function links(t: TestContext, port: number, identity: Identity, n: number
   return all.sort((x, y) => Buffer.compare(x.hash, y.hash));
 }
 
-const downs = (events: Recording<NodeEvent>): NodeEvent[] =>
-  events.values.filter((e) => e.type === 'peer-down');
 const pinged = (link: Link): boolean => link.frames.some((f) => f.type === 'ping');
 
 /**
@@ -157,7 +156,7 @@ describe('duplicate connections of one peer, driven by hand', () => {
     c1!.send({ type: 'bye', reason: 'shutdown' });
     await waitFor(() => downs(events).length === 1, 'the peer to be down');
     assert.deepEqual(
-      downs(events).map((e) => (e as { reason: string }).reason),
+      downs(events).map((e) => e.reason),
       ['it shut down'],
     );
     assert.ok(!c2!.got('peers'), 'the connection of a peer that is going away was not taken up');

@@ -18,6 +18,7 @@ import { generateIdentity, type Identity } from '../../lib/security/identity.js'
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
 import {
   connectedTo,
+  downs,
   lineLogger,
   loopback,
   nodeFactory,
@@ -48,9 +49,6 @@ const withText = (inbox: Recording<ChatMessage>, text: string): number =>
   inbox.values.filter((m) => m.text === text).length;
 
 const warnings = (log: LineLogger): string[] => log.lines.filter((line) => line.startsWith('warn: '));
-
-const downs = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-down' }> =>
-  events.values.filter((e): e is NodeEvent & { type: 'peer-down' } => e.type === 'peer-down');
 
 /** Waits until `raw` has received the chat frame with id `id` (relayed to it) and returns it. */
 async function captured(raw: RawPeer, id: string): Promise<ChatFrame> {

@@ -5,11 +5,11 @@
  * nothing; dials in flight never exceed the cap; learned addresses never exceed the table size.
  */
 import assert from 'node:assert/strict';
-import { createServer, type Server, type Socket } from 'node:net';
-import { describe, it, type TestContext } from 'node:test';
+import { describe, it } from 'node:test';
 import type { ChatMessage } from '../../lib/node/node.js';
 import { serializeFrame, type PeerEntry } from '../../lib/protocol/frames.js';
 import {
+  deadEnds,
   HOST,
   lineLogger,
   loopback,
@@ -28,47 +28,6 @@ const fromSender = (inbox: Recording<ChatMessage>, id: string): ChatMessage[] =>
 /** Sends `n` valid messages of `raw`'s own at once, seq from `firstSeq`. */
 function burst(raw: RawPeer, n: number, firstSeq = 1, tag = 'burst'): void {
   for (let i = 0; i < n; i++) raw.send(signedChat(raw.identity, { text: `${tag} ${i}`, seq: firstSeq + i }));
-}
-
-/**
- * Listeners on 127.0.0.1 that accept connections and never answer (a dead end that holds a dial
- * open until the node gives up): counts connections open at once and addresses ever dialled.
- */
-interface DeadEnds {
-  readonly addresses: string[];
-  /** Most connections open at the same time, over all listeners. */
-  readonly peak: () => number;
-  /** Listeners that received at least one connection. */
-  readonly reached: () => number;
-}
-
-async function deadEnds(t: TestContext, n: number): Promise<DeadEnds> {
-  const servers: Server[] = [];
-  const sockets = new Set<Socket>();
-  const reached = new Set<number>();
-  let peak = 0;
-  for (let i = 0; i < n; i++) {
-    const server = createServer((socket) => {
-      sockets.add(socket);
-      reached.add(i);
-      peak = Math.max(peak, sockets.size);
-      socket.on('error', () => {});
-      socket.resume(); // read (and ignore) what comes, so the node's close is seen
-      socket.once('close', () => sockets.delete(socket));
-    });
-    await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
-    servers.push(server);
-  }
-  t.after(async () => {
-    for (const socket of sockets) socket.destroy();
-    await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
-  });
-  const addresses = servers.map((s) => {
-    const a = s.address();
-    if (typeof a !== 'object' || a === null) throw new Error('no port');
-    return `${HOST}:${a.port}`;
-  });
-  return { addresses, peak: () => peak, reached: () => reached.size };
 }
 
 describe('abuse limits', () => {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
+import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, NodeTiming, P2PNode, PeerInfo } from '../../lib/node/node.js';
 import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
@@ -13,6 +13,8 @@ import { generateIdentity, type Identity } from '../../lib/security/identity.js'
 import {
   closed,
   connectedTo,
+  deadEnds,
+  downs,
   establishedOn,
   FAST_TIMING,
   forwarder,
@@ -26,6 +28,7 @@ import {
   rawPeer,
   record,
   signedChat,
+  ups,
   waitFor,
   type Recording,
 } from '../helpers/nodes.js';
@@ -35,12 +38,6 @@ const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 /** How many times `inbox` delivered the message with id `id`. */
 const times = (inbox: Recording<ChatMessage>, id: string): number =>
   inbox.values.filter((m) => m.id === id).length;
-
-const downs = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-down' }> =>
-  events.values.filter((e): e is NodeEvent & { type: 'peer-down' } => e.type === 'peer-down');
-
-const ups = (events: Recording<NodeEvent>): Array<NodeEvent & { type: 'peer-up' }> =>
-  events.values.filter((e): e is NodeEvent & { type: 'peer-up' } => e.type === 'peer-up');
 
 /**
  * Sends a message from `sender` and waits until every other node's inbox has it. Messages that went
@@ -405,33 +402,37 @@ describe('createNode', () => {
     assert.deepEqual(downs(events), []);
   });
 
-  it('close() ends a dial still waiting for its SYN to be answered, at once rather than at its connect timeout', async (t) => {
-    // A listener whose process is stopped: once its accept queue (backlog 1) is full, the kernel
-    // answers no SYN, and a dial to it waits in SYN_SENT.
-    const child = spawn(
-      process.execPath,
-      [
-        '-e',
-        "require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, function () { console.log(this.address().port) })",
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    t.after(() => void child.kill('SIGKILL'));
-    const [line] = (await once(child.stdout, 'data')) as [Buffer];
-    const port = Number(line.toString().trim());
-    process.kill(child.pid!, 'SIGSTOP');
-    const fillers = range(4).map(() => connect({ host: HOST, port }).on('error', () => {}));
-    t.after(() => fillers.forEach((socket) => socket.destroy()));
-    await waitFor(() => synSentTo(port) >= 1, 'the accept queue to fill');
-    const waiting = synSentTo(port);
+  it(
+    'close() ends a dial still waiting for its SYN to be answered, at once rather than at its connect timeout',
+    { timeout: 20_000 },
+    async (t) => {
+      // A listener whose process is stopped: once its accept queue (backlog 1) is full, the kernel
+      // answers no SYN, and a dial to it waits in SYN_SENT.
+      const child = spawn(
+        process.execPath,
+        [
+          '-e',
+          "require('net').createServer().listen({ port: 0, host: '127.0.0.1', backlog: 1 }, function () { console.log(this.address().port) })",
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      );
+      t.after(() => void child.kill('SIGKILL'));
+      const [line] = (await once(child.stdout, 'data')) as [Buffer];
+      const port = Number(line.toString().trim());
+      process.kill(child.pid!, 'SIGSTOP');
+      const fillers = range(4).map(() => connect({ host: HOST, port }).on('error', () => {}));
+      t.after(() => fillers.forEach((socket) => socket.destroy()));
+      await waitFor(() => synSentTo(port) >= 1, 'the accept queue to fill');
+      const waiting = synSentTo(port);
 
-    const start = nodeFactory(t);
-    const node = await start({ timing: { connectTimeoutMs: 60_000 } });
-    node.connect(loopback(port));
-    await waitFor(() => synSentTo(port) === waiting + 1, "the node's dial to wait for an answer");
-    await node.close();
-    assert.equal(synSentTo(port), waiting, 'the dial is gone when close() resolves');
-  });
+      const start = nodeFactory(t);
+      const node = await start({ timing: { connectTimeoutMs: 60_000 } });
+      node.connect(loopback(port));
+      await waitFor(() => synSentTo(port) === waiting + 1, "the node's dial to wait for an answer");
+      await node.close();
+      assert.equal(synSentTo(port), waiting, 'the dial is gone when close() resolves');
+    },
+  );
 
   it('learns again, after relearnMs, an address it gave up on that peers still name', async (t) => {
     const start = nodeFactory(t);
@@ -441,18 +442,9 @@ describe('createNode', () => {
       learnedDialAttempts: 1,
       timing: { helloTimeoutMs: 200, relearnMs: 1_500 },
     });
-    // A node that accepts and never answers the handshake: each dial of it is one socket here.
-    const sockets: Socket[] = [];
-    const silent = createServer((socket) => {
-      sockets.push(socket);
-      socket.on('error', () => {});
-    });
-    await new Promise<void>((resolve) => silent.listen(0, HOST, resolve));
-    t.after(async () => {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => silent.close(() => resolve()));
-    });
-    const addr = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    // A node that accepts and never answers the handshake: each dial of it is one connection there.
+    const silent = await deadEnds(t);
+    const [addr] = silent.addresses as [string];
     const named = { type: 'peers', peers: [{ id: generateIdentity().id, addr }] } as const;
     const teller = await rawPeer(t, node.port, { answerPings: true });
 
@@ -462,41 +454,28 @@ describe('createNode', () => {
     teller.send(named); // named again at once: still known as given up
     const pings = teller.count('ping');
     await waitFor(() => teller.count('ping') >= pings + 2, 'two upkeep ticks', 5000);
-    assert.equal(sockets.length, 1, 'not dialled again within relearnMs');
+    assert.equal(silent.accepted(), 1, 'not dialled again within relearnMs');
 
     await waitFor(() => Date.now() - learnedAt > 1_600, 'relearnMs to pass', 3_000);
     teller.send(named);
-    await waitFor(() => sockets.length === 2, 'the node to dial it again');
+    await waitFor(() => silent.accepted() === 2, 'the node to dial it again');
   });
 
   it('does not dial a target again while its first connection is still in the handshake', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
-    // A listener that accepts and never answers the handshake: every dial of it is one socket here.
-    let open = 0;
-    let mostOpen = 0;
-    const sockets: Socket[] = [];
-    const silent = createServer((socket) => {
-      sockets.push(socket);
-      socket.on('error', () => {});
-      mostOpen = Math.max(mostOpen, ++open);
-      socket.once('close', () => open--);
-    });
-    await new Promise<void>((resolve) => silent.listen(0, HOST, resolve));
-    t.after(async () => {
-      for (const socket of sockets) socket.destroy();
-      await new Promise<void>((resolve) => silent.close(() => resolve()));
-    });
-    const { port } = silent.address() as AddressInfo;
+    // A listener that accepts and never answers the handshake: every dial of it is one connection there.
+    const silent = await deadEnds(t);
+    const [addr] = silent.addresses as [string];
     // A peer that answers pings is the test's clock: each ping is one upkeep tick of the node.
     const witness = await rawPeer(t, node.port, { answerPings: true });
 
-    node.connect(loopback(port));
-    await waitFor(() => sockets.length >= 1, 'the dial');
+    node.connect(addr);
+    await waitFor(() => silent.accepted() >= 1, 'the dial');
     const pings = witness.count('ping');
     await waitFor(() => witness.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
     // A redial after the hello timeout closed the first connection is fine; two at once are not.
-    assert.equal(mostOpen, 1, `${sockets.length} connections, ${mostOpen} open at once`);
+    assert.equal(silent.peak(), 1, `${silent.accepted()} connections, ${silent.peak()} open at once`);
   });
 
   it('relays a message from one end of a line of five to the other, exactly once at every node', async (t) => {
