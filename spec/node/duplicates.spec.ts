@@ -162,7 +162,7 @@ describe('duplicate connections of one peer, driven by hand', () => {
     assert.ok(!c2!.got('peers'), 'the connection of a peer that is going away was not taken up');
   });
 
-  it('closes at once while a probe waits: one peer-down, no probe left behind', async (t) => {
+  it('closes at once while a probe waits (not after its ping interval): one peer-down, events completed', async (t) => {
     const { node, events } = await probing(t, 2, { pingIntervalMs: 5000, peerTimeoutMs: 20000 });
     const began = Date.now();
     await node.close();
