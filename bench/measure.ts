@@ -17,6 +17,7 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { reportPerf, startPerf, type PerfRecording } from './perf.js';
 import {
   machineBusyS,
   NodeProc,
@@ -57,7 +58,12 @@ export interface RunSettings {
    * Directories for what every node records of itself (`--calls`: V8's call counts; `--allocations`:
    * its heap samples), each node in a subdirectory named like its log (`mesh3-r1-n0`).
    */
-  readonly traces?: { readonly calls?: string | undefined; readonly allocations?: string | undefined };
+  readonly traces?: {
+    readonly calls?: string | undefined;
+    readonly allocations?: string | undefined;
+    /** `perf record` of the machine over the message phase ({@link startPerf}). */
+    readonly perf?: string | undefined;
+  };
   readonly verbose: boolean;
 }
 
@@ -247,6 +253,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
   // Each run gets its own state directory (history, node ids): nothing lands in ~ and no run sees
   // another's data. Removed at the end.
   const state = mkdtempSync(join(tmpdir(), 'p2p-bench-state-'));
+  let perf: PerfRecording | undefined;
   try {
     // 1. start, in order
     const ports = await o.ports.take(N);
@@ -320,6 +327,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
 
     // 4. messages (or idle)
     const pids = new Set(nodes.map((nd) => nd.pid));
+    if (o.traces?.perf !== undefined) perf = await startPerf(o.traces.perf, `${s.name}-r${round}`);
     const wire0 = socketBytesSent(pids);
     const s0 = nodes.map((nd) => nd.sample());
     const busy0 = machineBusyS();
@@ -393,6 +401,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
       }
     }
     inPhase = false;
+    await perf?.stop();
     res.phaseUs = [phaseStartUs, Number(process.hrtime.bigint() / 1000n)];
     // Let the sender's 'sent' events and the last stdout bytes in, briefly.
     const until = nowNs() + 200e6;
@@ -473,6 +482,14 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
   } finally {
     await stopAll(nodes);
     rmSync(state, { recursive: true, force: true });
+    if (perf !== undefined && o.traces?.perf !== undefined) {
+      await perf.stop();
+      reportPerf(
+        o.traces.perf,
+        `${s.name}-r${round}`,
+        nodes.map((nd) => nd.pid),
+      );
+    }
     res.wallS = r3((nowNs() - tStart) / 1e9);
   }
 }

@@ -22,6 +22,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import minimist from 'minimist';
 import { runOnce, type RunResult, type RunSettings } from './measure.js';
+import { PERF_NODE_FLAG } from './perf.js';
 import {
   MICRO_DEFAULTS,
   renderMicro,
@@ -78,6 +79,10 @@ const USAGE = `usage: npm run bench -- [options]
                        summed by bench/calls.ts)
   --allocations DIR    sample their heap allocations, freed objects included (written
                        likewise; summed by bench/allocations.ts)
+  --perf DIR           Linux perf record of the whole machine over each message phase, the
+                       nodes under --perf-basic-prof (JavaScript named): DIR/SCENARIO-rROUND.data
+                       and .txt (samples by process, library and symbol; needs perf and root
+                       or kernel.perf_event_paranoid <= 0)
                        (--profile, --calls and --allocations slow the nodes down: the
                        figures of such a run are not the node's)
   --logs DIR           keep every node's stderr in DIR
@@ -133,6 +138,7 @@ function parseOptions(argv: readonly string[]): Options {
       'profile-interval',
       'calls',
       'allocations',
+      'perf',
       'logs',
       'out',
       'port-base',
@@ -196,6 +202,7 @@ function parseOptions(argv: readonly string[]): Options {
     usageError('--profile-interval: only with --profile');
   const allocations = directory('allocations');
   const calls = directory('calls');
+  const perf = directory('perf');
   const nodeFlags = [
     ...(profile === undefined
       ? []
@@ -206,6 +213,7 @@ function parseOptions(argv: readonly string[]): Options {
           `--cpu-prof-interval=${int('profile-interval', 100, 10)}`,
         ]),
     ...(allocations === undefined ? [] : ['--import', join(ROOT, 'bench', 'heap-sampling.mjs')]),
+    ...(perf === undefined ? [] : [PERF_NODE_FLAG]),
   ];
   const command = nodeFlags.length === 0 ? [bin] : [process.execPath, ...nodeFlags, bin];
   const nodeArgs = ([] as unknown[]).concat(a['node-arg'] ?? []).map(String);
@@ -236,7 +244,7 @@ function parseOptions(argv: readonly string[]): Options {
       capMs: 180_000,
       idleMs: quick ? 3_000 : 5_000,
       logs: typeof a['logs'] === 'string' ? resolve(a['logs']) : undefined,
-      traces: { calls, allocations },
+      traces: { calls, allocations, perf },
       verbose: a['verbose'] === true,
     },
     bin,

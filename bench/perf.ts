@@ -1,0 +1,88 @@
+/**
+ * `--perf DIR`: Linux `perf record` of the whole machine over a run's message phase only (start-up
+ * and connecting left out), with the nodes started under `node --perf-basic-prof` so their
+ * JavaScript has names. Where a CPU profile (`--profile`) samples wall time inside each node, this
+ * samples the cores: kernel time (system calls, the scheduler), V8's runtime and collector, native
+ * crypto and JavaScript, by process and library, in one picture.
+ *
+ * Each run leaves DIR/SCENARIO-rROUND.data and, read at once with `perf report` while the nodes'
+ * symbol maps (/tmp/perf-PID.map, written by V8) still exist, DIR/SCENARIO-rROUND.txt: the share of
+ * the samples by library and by symbol. The maps are removed afterwards.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
+
+/** The node flag that makes V8 write /tmp/perf-PID.map. */
+export const PERF_NODE_FLAG = '--perf-basic-prof';
+
+/** Samples per second and core. */
+const FREQUENCY = 1999;
+
+export interface PerfRecording {
+  /** Ends the recording (SIGINT: perf writes its file) and waits for perf to exit, at most 10 s. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `perf record -a` into DIR/NAME.data and waits until it runs (~0.3 s; its own start-up
+ * would otherwise land in the phase). Throws when perf is missing or refuses.
+ */
+export async function startPerf(dir: string, name: string, program = 'perf'): Promise<PerfRecording> {
+  const child = spawn(
+    program,
+    ['record', '-a', '-F', String(FREQUENCY), '-q', '-o', join(dir, `${name}.data`)],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
+  let stderr = '';
+  child.stderr?.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const exited = new Promise<number | null>((resolve) => {
+    child.once('exit', (code) => resolve(code));
+    child.once('error', (err) => {
+      stderr += err.message;
+      resolve(null);
+    });
+  });
+  const early = await Promise.race([exited, delay(300, 'running' as const, { ref: false })]);
+  if (early !== 'running') throw new Error(`perf record did not start (exit ${early}): ${stderr.trim()}`);
+  return { stop: () => stopPerf(child, exited) };
+}
+
+async function stopPerf(child: ChildProcess, exited: Promise<number | null>): Promise<void> {
+  child.kill('SIGINT');
+  const done = await Promise.race([exited.then(() => true), delay(10_000, false, { ref: false })]);
+  if (!done) {
+    child.kill('SIGKILL');
+    await exited;
+  }
+}
+
+/**
+ * Writes DIR/NAME.txt from DIR/NAME.data (samples by process and library, then the top symbols),
+ * then removes the symbol maps of `pids`.
+ */
+export function reportPerf(dir: string, name: string, pids: readonly number[], program = 'perf'): void {
+  const data = join(dir, `${name}.data`);
+  const report = (sort: string, limit: number): string => {
+    const r = spawnSync(
+      program,
+      ['report', '-i', data, '--stdio', '--sort', sort, '--percent-limit', String(limit)],
+      {
+        encoding: 'utf8',
+        maxBuffer: 64 * 1024 * 1024,
+      },
+    );
+    return r.status === 0 ? r.stdout : `perf report failed (${r.status}): ${r.stderr}`;
+  };
+  try {
+    writeFileSync(
+      join(dir, `${name}.txt`),
+      `# by process and library\n${report('comm,dso', 0.2)}\n# by symbol\n${report('dso,sym', 0.15)}`,
+    );
+  } finally {
+    for (const pid of pids) rmSync(`/tmp/perf-${pid}.map`, { force: true });
+  }
+}

@@ -1,0 +1,78 @@
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { reportPerf, startPerf } from '../../bench/perf.js';
+
+function tempDir(t: { after: (fn: () => void) => void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'p2p-perf-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/**
+ * A stand-in for Linux perf (the real one needs root or a lowered perf_event_paranoid, and is not on
+ * every machine): `record` notes its arguments, and writes its -o file only when interrupted, as
+ * perf does; `report` prints a line naming its --sort.
+ */
+function fakePerf(dir: string, { refuse = false } = {}): string {
+  const path = join(dir, 'perf');
+  writeFileSync(
+    path,
+    `#!/bin/sh
+if [ "$1" = record ]; then
+  ${refuse ? 'echo "perf_event_paranoid setting is 4" >&2; exit 255' : ''}
+  echo "$@" > "${dir}/record-args"
+  out=""
+  while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
+  trap 'echo samples > "$out"; exit 0' INT
+  i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  exit 3
+fi
+if [ "$1" = report ]; then
+  while [ $# -gt 0 ]; do [ "$1" = --sort ] && echo "report by $2"; shift; done
+  exit 0
+fi
+exit 1
+`,
+  );
+  chmodSync(path, 0o755);
+  return path;
+}
+
+describe('bench/perf', () => {
+  it('records the whole machine into DIR/NAME.data until stopped, and waits for perf to write it', async (t) => {
+    const dir = tempDir(t);
+    const perf = fakePerf(dir);
+    const recording = await startPerf(dir, 'mesh3-r1', perf);
+    const args = readFileSync(join(dir, 'record-args'), 'utf8').trim().split(' ');
+    assert.deepEqual(args.slice(0, 2), ['record', '-a'], 'every process on every core');
+    assert.equal(args[args.indexOf('-o') + 1], join(dir, 'mesh3-r1.data'));
+    assert.equal(existsSync(join(dir, 'mesh3-r1.data')), false, 'nothing written while recording');
+    await recording.stop();
+    assert.equal(readFileSync(join(dir, 'mesh3-r1.data'), 'utf8'), 'samples\n');
+  });
+
+  it('fails with what perf said when it refuses to record, or is missing', async (t) => {
+    const dir = tempDir(t);
+    await assert.rejects(
+      startPerf(dir, 'x', fakePerf(dir, { refuse: true })),
+      /exit 255\): perf_event_paranoid setting is 4/,
+    );
+    await assert.rejects(startPerf(dir, 'x', join(dir, 'no-such-perf')), /did not start.*ENOENT/);
+  });
+
+  it("writes the report by process and library, then by symbol, and removes the nodes' symbol maps", (t) => {
+    const dir = tempDir(t);
+    // A pid no process has (above Linux's pid_max of 2^22), so no real map is touched.
+    const pid = 9_000_000 + process.pid;
+    const map = `/tmp/perf-${pid}.map`;
+    writeFileSync(map, '0 10 JS:*f x.js:1\n');
+    t.after(() => rmSync(map, { force: true }));
+    reportPerf(dir, 'random20-r2', [pid], fakePerf(dir));
+    const text = readFileSync(join(dir, 'random20-r2.txt'), 'utf8');
+    assert.match(text, /# by process and library\nreport by comm,dso\n[^]*# by symbol\nreport by dso,sym/);
+    assert.equal(existsSync(map), false);
+  });
+});
