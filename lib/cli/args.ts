@@ -80,12 +80,37 @@ const STRINGS = [
   'create-network-key',
 ] as const;
 const BOOLEANS = ['json', 'help', 'version', 'ephemeral'] as const;
+const VALUE_OPTIONS: ReadonlySet<string> = new Set(STRINGS.map((name) => `--${name}`));
+
+/**
+ * `--nick -1` as `--nick=-1`: a value that starts with a dash and a digit, after an option that takes
+ * a value, is that value (no option is named so). minimist would take it for a flag of its own and
+ * leave the option empty; so `--nick -1` names the node "-1" and `--max-peers -1` is refused as a
+ * count out of range, as with `=`. Not after `--`, where everything is a positional.
+ */
+function valuesJoined(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    const next = argv[i + 1];
+    if (VALUE_OPTIONS.has(arg) && next !== undefined && /^-\d/.test(next)) {
+      out.push(`${arg}=${next}`);
+      i++;
+    } else out.push(arg);
+  }
+  return out;
+}
 
 /**
  * Parses the command line (without `node` and the script).
  * @throws {UsageError} naming the first thing that is wrong.
  */
-export function parseArgs(argv: readonly string[]): ParsedArgs {
+export function parseArgs(given: readonly string[]): ParsedArgs {
+  const argv = valuesJoined(given);
   // `_` holds the positionals (see minimist's options below): as an option it would pass as known.
   const underscore = argv.find((arg) => /^--_(=|$)/.test(arg));
   if (underscore !== undefined) throw new UsageError(`unknown option ${underscore.replace(/=.*/, '')}`);

@@ -123,6 +123,40 @@ describe('parseArgs: options', () => {
   });
 });
 
+describe('parseArgs: values that start with a dash and a digit', () => {
+  const options = (argv: string[]): Record<string, unknown> => {
+    const parsed = parseArgs(argv);
+    assert.equal(parsed.kind, 'run');
+    return parsed.kind === 'run' ? { ...parsed.options } : {};
+  };
+  const refusal = (argv: string[]): string => {
+    try {
+      parseArgs(argv);
+    } catch (err) {
+      assert.ok(err instanceof UsageError, String(err));
+      return err.message;
+    }
+    assert.fail(`${JSON.stringify(argv)} was accepted`);
+  };
+
+  it('takes one after an option that takes a value as that value, as with =', () => {
+    assert.equal(options(['8001', '--nick', '-1'])['nick'], '-1');
+    assert.deepEqual(options(['8001', '--nick', '-1', '--json']), options(['8001', '--nick=-1', '--json']));
+    assert.equal(options(['8001', '--nick', '-1', '--json'])['json'], true);
+    assert.match(
+      refusal(['8001', '--max-peers', '-1']),
+      /^--max-peers: expected a number in 1\.\.1024, got "-1"$/,
+    );
+    assert.match(refusal(['8001', '--history', '-5']), /^--history: /);
+  });
+
+  it('still refuses one anywhere else, and a value of an option that takes none', () => {
+    assert.match(refusal(['-1']), /-1: expected a port or count, not a negative number/);
+    assert.match(refusal(['8001', '--json', '-1']), /-1: expected a port/);
+    assert.match(refusal(['8001', '--nick', 'bob', '-1']), /-1: expected a port/);
+  });
+});
+
 describe('parseArgs: the port', () => {
   it('takes exactly the decimal numbers 0-65535 as typed, and refuses anything else with a UsageError (property)', () => {
     const portLike = fc.oneof(
