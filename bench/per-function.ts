@@ -74,14 +74,32 @@ export function perFunctionMain(
     process.exit(2);
   };
   if (paths.length === 0 || !(per >= 1) || !(top >= 1)) usage();
-  // Piped into head: the rest is not wanted.
+  exitOnEpipe();
+  for (const { path, name } of inputFiles(paths, accepts, usage)) {
+    const text = renderPerFunction(name, read(path), units, { per, top, markdown: a['markdown'] === true });
+    process.stdout.write(text + '\n');
+  }
+}
+
+/** Ends the process quietly when its output's reader goes away (piped into `head`): the rest is not wanted. */
+export function exitOnEpipe(): void {
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(0);
     throw err;
   });
-  // A directory: its files and its subdirectories' (the benchmark writes one per node), named
-  // from the directory given.
-  const files = paths.flatMap((p) => {
+}
+
+/**
+ * The files a tool reads: each file given, and each file of a directory given (its subdirectories'
+ * too: the benchmark writes one per node) that `accepts`, sorted and named from the directory. A
+ * path that does not exist goes to `usage`, which does not return.
+ */
+export function inputFiles(
+  paths: readonly string[],
+  accepts: (file: string) => boolean,
+  usage: (problem: string) => never,
+): { path: string; name: string }[] {
+  return paths.flatMap((p) => {
     if (!existsSync(p)) usage(`${p}: no such file or directory`);
     if (!statSync(p).isDirectory()) return [{ path: p, name: basename(p) }];
     return readdirSync(p, { recursive: true, encoding: 'utf8' })
@@ -89,8 +107,4 @@ export function perFunctionMain(
       .sort()
       .map((f) => ({ path: join(p, f), name: f }));
   });
-  for (const { path, name } of files) {
-    const text = renderPerFunction(name, read(path), units, { per, top, markdown: a['markdown'] === true });
-    process.stdout.write(text + '\n');
-  }
 }

@@ -8,9 +8,10 @@
  * With `--window`, only the samples inside the message phase of the run in that benchmark result are
  * counted (profiles and benchmark share the monotonic clock), so start-up does not drown the phase.
  */
-import { readdirSync, readFileSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
+import { basename } from 'node:path';
 import minimist from 'minimist';
+import { exitOnEpipe, inputFiles } from './per-function.js';
 import { renderTable } from './report.js';
 
 interface CallFrame {
@@ -90,16 +91,6 @@ export function summarise(profiles: readonly CpuProfile[], window?: readonly [nu
   return out;
 }
 
-function files(paths: readonly string[]): string[] {
-  return paths.flatMap((p) =>
-    statSync(p).isDirectory()
-      ? readdirSync(p)
-          .filter((f) => f.endsWith('.cpuprofile'))
-          .map((f) => join(p, f))
-      : [p],
-  );
-}
-
 export function render(s: Summary, top: number, markdown: boolean): string {
   const pct = (us: number): string => `${((100 * us) / Math.max(1, s.totalUs)).toFixed(1)} %`;
   const ms = (us: number): string => (us / 1000).toFixed(0);
@@ -135,19 +126,23 @@ export function render(s: Summary, top: number, markdown: boolean): string {
 function main(): void {
   const a = minimist(process.argv.slice(2), { string: ['window', 'top'], boolean: ['markdown'] });
   const paths = a._.map(String);
-  if (paths.length === 0) {
+  const usage = (problem?: string): never => {
+    if (problem !== undefined) process.stderr.write(`bench/profile.ts: ${problem}\n`);
     process.stderr.write(
       'usage: node --import tsx bench/profile.ts DIR|FILE... [--window BENCH.json] [--top N]\n',
     );
     process.exit(2);
-  }
+  };
+  if (paths.length === 0) usage();
+  exitOnEpipe();
   let window: [number, number] | undefined;
   if (typeof a['window'] === 'string') {
+    if (!existsSync(a['window'])) usage(`${a['window']}: no such file or directory`);
     const saved = JSON.parse(readFileSync(a['window'], 'utf8')) as { runs: { phaseUs?: [number, number] }[] };
     window = saved.runs.find((r) => r.phaseUs !== undefined)?.phaseUs;
     if (window === undefined) throw new Error(`${a['window']}: no run with a phase window`);
   }
-  const list = files(paths);
+  const list = inputFiles(paths, (f) => f.endsWith('.cpuprofile'), usage).map((f) => f.path);
   const profiles = list.map((f) => JSON.parse(readFileSync(f, 'utf8')) as CpuProfile);
   process.stdout.write(
     `${list.length} profile(s): ${list.map((f) => basename(f)).join(', ')}` +
