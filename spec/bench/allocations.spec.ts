@@ -1,24 +1,18 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
 import { sumAllocations, type HeapProfile } from '../../bench/allocations.js';
+import { tempDir } from '../helpers/temp.js';
 
 const PRELOAD = fileURLToPath(new URL('../../bench/heap-sampling.mjs', import.meta.url));
 
-function tempDir(t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'p2p-alloc-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 describe('bench/allocations', () => {
   it("samples a real process's allocations, freed ones included, and names the function that made them", (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'alloc');
     const script = join(dir, 'work.mjs');
     // ~16 MB in arrays that die at once: only a profile that keeps freed objects sees them.
     writeFileSync(
@@ -48,7 +42,7 @@ describe('bench/allocations', () => {
     'writes the profile on SIGTERM and still ends a process that has no SIGTERM handler of its own',
     { timeout: 30_000 },
     async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'alloc');
       const script = join(dir, 'idle.mjs');
       writeFileSync(script, "process.stdout.write('up\\n'); setTimeout(() => {}, 20_000);\n");
       const child = spawn(process.execPath, ['--import', PRELOAD, script], {

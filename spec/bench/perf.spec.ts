@@ -1,15 +1,9 @@
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { reportPerf, startPerf } from '../../bench/perf.js';
-
-function tempDir(t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'p2p-perf-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tempDir } from '../helpers/temp.js';
 
 /**
  * A stand-in for Linux perf (the real one needs root or a lowered perf_event_paranoid, and is not on
@@ -43,7 +37,7 @@ exit 1
 
 describe('bench/perf', () => {
   it('records the whole machine into DIR/NAME.data until stopped, and waits for perf to write it', async (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'perf');
     const perf = fakePerf(dir);
     const recording = await startPerf(dir, 'mesh3-r1', perf);
     const args = readFileSync(join(dir, 'record-args'), 'utf8').trim().split(' ');
@@ -55,7 +49,7 @@ describe('bench/perf', () => {
   });
 
   it('fails with what perf said when it refuses to record, or is missing', async (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'perf');
     await assert.rejects(
       startPerf(dir, 'x', fakePerf(dir, { refuse: true })),
       /exit 255\): perf_event_paranoid setting is 4/,
@@ -64,7 +58,7 @@ describe('bench/perf', () => {
   });
 
   it("writes the report by process and library, then by symbol, and removes the nodes' symbol maps", (t) => {
-    const dir = tempDir(t);
+    const dir = tempDir(t, 'perf');
     // A pid no process has (above Linux's pid_max of 2^22), so no real map is touched.
     const pid = 9_000_000 + process.pid;
     const map = `/tmp/perf-${pid}.map`;

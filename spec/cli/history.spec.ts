@@ -1,6 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import {
@@ -13,6 +12,7 @@ import {
   type Proc,
   type SentEvent,
 } from '../helpers/procs.js';
+import { tempDir } from '../helpers/temp.js';
 
 /** `message` and `sent` events carry the sender's sequence number. */
 type SeqMessage = MessageEvent & { readonly seq: number };
@@ -66,13 +66,6 @@ async function historyOnceComplete(proc: Proc, limit: number, length: number): P
 
 const messagesOf = (proc: Proc): SeqMessage[] => proc.events.filter(isMessage) as SeqMessage[];
 const sentOf = (proc: Proc): SeqSent[] => proc.events.filter(isSent);
-
-/** A fresh directory removed after the test (after the processes: `t.after` runs in order). */
-function tempDir(t: TestContext, name: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `p2p-cli-${name}-`));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Ids that occur more than once. */
 function duplicates(ids: readonly string[]): string[] {

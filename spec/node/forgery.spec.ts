@@ -8,9 +8,6 @@
  * happened.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, NodeOptions, P2PNode } from '../../lib/node/node.js';
 import type { ChatFrame, Frame } from '../../lib/protocol/frames.js';
@@ -31,6 +28,7 @@ import {
   type RawPeer,
   type Recording,
 } from '../helpers/nodes.js';
+import { tempDir } from '../helpers/temp.js';
 
 const PUBLIC_TAG = networkTag();
 
@@ -65,9 +63,7 @@ async function dropped(raw: RawPeer, timeoutMs = 3000): Promise<void> {
 
 /** A fresh data directory, removed after the test (after the nodes: call it after `nodeFactory`). */
 function dataDir(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'p2p-forgery-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
+  return tempDir(t, 'forgery');
 }
 
 /**

@@ -1,19 +1,17 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
 import { freePort, HOST, loopback, nodeFactory, record, waitFor, type Recording } from '../helpers/nodes.js';
+import { tempDir } from '../helpers/temp.js';
 
 /**
  * A fresh data directory, removed after the test: `t.after` hooks run in the order they were added,
  * so call it after `nodeFactory(t)` and the nodes are closed first.
  */
 function dataDir(t: TestContext, name: string): string {
-  const dir = mkdtempSync(join(tmpdir(), `p2p-history-${name}-`));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
+  return tempDir(t, `history-${name}`);
 }
 
 const idsOf = (messages: readonly ChatMessage[]): string[] => messages.map((m) => m.id);

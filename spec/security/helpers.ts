@@ -1,15 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after } from 'node:test';
 import { SecurityError, type SecurityErrorCode } from '../../lib/security/errors.js';
+import { tempDir as sharedTempDir } from '../helpers/temp.js';
 
 /** A fresh private temporary directory, removed after the test file. */
 export function tempDir(): string {
-  const dir = mkdtempSync(join(tmpdir(), 'p2p-security-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
+  return sharedTempDir({ after }, 'security');
 }
 
 /** A validator for `assert.throws` that wants a SecurityError with `code`. */

@@ -23,6 +23,7 @@ import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { MessageStore, WRITE_RETRY_MS, type HistoryWindow } from '../../lib/store/message-store.js';
+import { tempDir } from '../helpers/temp.js';
 
 const SELF = 'me';
 /** The clock of every store here: the frames' timestamps are well inside the default 7-day window. */
@@ -52,13 +53,6 @@ const payloadOf = (id: string): Buffer => {
 
 /** Ids of the messages held, oldest first. */
 const ids = (store: MessageStore, n = 1_000_000): string[] => store.recent(n).map((m) => m.frame.id);
-
-/** A fresh directory removed after the test. */
-function tempDir(t: TestContext): string {
-  const dir = mkdtempSync(join(tmpdir(), 'p2p-store-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Opens a store and closes it after the test (close is idempotent). */
 function open(
@@ -363,7 +357,7 @@ describe('MessageStore', () => {
 
     it('forgets a sender nothing of which is held once its newest message is older than maxAgeMs, in memory and in the log', (t) => {
       let now = 10_000;
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const { store } = open(t, dir, { maxMessages: 1, maxAgeMs: 1_000 }, () => now);
       add(store, chat('a', 5, 9_900));
       add(store, chat('b', 1, 9_950)); // evicts a-5: a's floor is 5, nothing of a held
@@ -435,7 +429,7 @@ describe('MessageStore', () => {
 
   describe('on disk', () => {
     it('holds the same messages, marks and floors after close and reopen', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, { maxMessages: 3 }, clock).store;
       for (let seq = 1; seq <= 5; seq++) add(first, chat('a', seq));
       add(first, chat('b', 1));
@@ -456,7 +450,7 @@ describe('MessageStore', () => {
     });
 
     it('keeps a message that arrived after a later one of its sender was evicted, across reopens', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const window = { maxMessages: 2 };
       const first = MessageStore.open(SELF, dir, window, clock).store;
       add(first, chat('a', 2));
@@ -506,12 +500,12 @@ describe('MessageStore', () => {
     });
 
     it('makes each added message durable within the tick, without close (as for kill -9)', async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const { store } = open(t, dir);
       add(store, chat('a', 1));
       add(store, chat('a', 2));
       await Promise.resolve(); // the append is flushed in a microtask, before any I/O callback
-      const copy = tempDir(t);
+      const copy = tempDir(t, 'store');
       writeFileSync(join(copy, LOG), readFileSync(join(dir, LOG))); // what a crash now would leave
       const reopened = MessageStore.open(SELF, copy, {}, clock).store;
       t.after(() => reopened.close());
@@ -519,7 +513,7 @@ describe('MessageStore', () => {
     });
 
     it('writes the bytes it keeps, not the view it was given: a large read filled again before the write loses nothing', async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const { store } = open(t, dir);
       const read = Buffer.alloc(64 * 1024);
       const frame = chat('a', 1);
@@ -528,7 +522,7 @@ describe('MessageStore', () => {
       store.add(frame, read.subarray(500, 500 + bytes.length));
       read.fill(0x5a); // the next read, before this turn's records are written
       await Promise.resolve();
-      const copy = tempDir(t);
+      const copy = tempDir(t, 'store');
       writeFileSync(join(copy, LOG), readFileSync(join(dir, LOG)));
       const { store: reopened, repair } = MessageStore.open(SELF, copy, {}, clock);
       t.after(() => reopened.close());
@@ -538,7 +532,7 @@ describe('MessageStore', () => {
     });
 
     it('writes the records of one turn together, and runs what waited for them after the write, in order', async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const { store } = open(t, dir);
       const onDisk = (): number => recordStarts(readFileSync(join(dir, LOG))).starts.length;
       const before = onDisk(); // the meta record of the compaction at open
@@ -558,7 +552,7 @@ describe('MessageStore', () => {
     });
 
     it('flush() writes at once; a callback that adds and flushes does not jump the queue', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const { store } = open(t, dir);
       const order: string[] = [];
       add(store, chat('a', 1));
@@ -587,7 +581,7 @@ describe('MessageStore', () => {
     });
 
     it('keeps its own sequence counter across a reopen after compaction evicted all its messages', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const window = { maxMessages: 4 };
       const first = MessageStore.open(SELF, dir, window, clock).store;
       for (let i = 0; i < 3; i++) add(first, chat(SELF, first.nextSeq()));
@@ -606,7 +600,7 @@ describe('MessageStore', () => {
     });
 
     it('drops a torn last record, reports it, and keeps the rest', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       for (let seq = 1; seq <= 5; seq++) {
         add(first, chat('a', seq));
@@ -630,7 +624,7 @@ describe('MessageStore', () => {
     });
 
     it('drops a torn record header at the end', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       add(first, chat('a', 1));
       first.close();
@@ -642,7 +636,7 @@ describe('MessageStore', () => {
     });
 
     it('stops at a corrupted record in the middle, reports it, and truncates the log to the good part', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       for (let seq = 1; seq <= 10; seq++) {
         add(first, chat('a', seq));
@@ -671,7 +665,7 @@ describe('MessageStore', () => {
     });
 
     it('treats a record whose length was zeroed as the end of the good part', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       for (let seq = 1; seq <= 3; seq++) {
         add(first, chat('a', seq));
@@ -689,7 +683,7 @@ describe('MessageStore', () => {
     });
 
     it('writes a turn of several messages as one batch record, a turn of one as a record of its own', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       const path = join(dir, LOG);
       const before = recordStarts(readFileSync(path)).starts.length;
@@ -714,7 +708,7 @@ describe('MessageStore', () => {
     });
 
     it('drops a torn batch whole, the turn it holds, and keeps the turns before it', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       add(first, chat('a', 1));
       add(first, chat('a', 2));
@@ -734,7 +728,7 @@ describe('MessageStore', () => {
     });
 
     it('keeps exactly the whole turns before any cut of a log of batches', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       const turns = [3, 1, 2, 4];
       const sent: string[] = [];
@@ -774,7 +768,7 @@ describe('MessageStore', () => {
     });
 
     it('stops at a batch record whose entries do not add up, though its checksum holds', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       add(first, chat('a', 1));
       first.flush();
@@ -797,7 +791,7 @@ describe('MessageStore', () => {
     });
 
     it('keeps the log within about twice the window while 10× the window is written', async (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const window = { maxMessages: 100 };
       const { store } = open(t, dir, window);
       const path = join(dir, LOG);
@@ -821,7 +815,7 @@ describe('MessageStore', () => {
     });
 
     it('survives any truncation or single-byte corruption of a valid log, keeping a prefix', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const window = { maxMessages: 8 };
       const first = MessageStore.open(SELF, dir, window, clock).store;
       // Own messages and two senders, with evictions, so the log holds a meta record with a sequence
@@ -922,7 +916,7 @@ describe('MessageStore', () => {
       seen: (string | undefined)[];
       later: (ms: number) => void;
     } {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       let now = T0;
       const { store } = MessageStore.open(SELF, dir, {}, () => now);
       const seen = watched(store);
@@ -988,7 +982,7 @@ describe('MessageStore', () => {
     });
 
     it('goes on numbering its own messages when the seq file cannot be written, and writes it with the log later', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       let now = T0;
       const { store } = open(t, dir, {}, () => now);
       const seen = watched(store);
@@ -1041,7 +1035,7 @@ describe('MessageStore', () => {
     }
 
     it('makes a mark the disk refused at its next try, and numbers above it after a kill', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       let now = T0;
       const { store } = open(t, dir, {}, () => now);
       for (let i = 0; i < 1_001; i++) store.nextSeq();
@@ -1085,7 +1079,7 @@ describe('MessageStore', () => {
     });
 
     it('counts the highest mark, removes its own marks at the start and leaves other files', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       MessageStore.open(SELF, dir, {}, clock).store.close();
       // A kill between making a mark and removing the one before it leaves two.
       for (const name of ['reserved-2002', 'reserved-3003', 'reserved-01', 'reserved-abc', 'reserved-1e9']) {
@@ -1104,7 +1098,7 @@ describe('MessageStore', () => {
     });
 
     it('does not start when it cannot write the seq file at the start, and keeps the marks for the next one', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       MessageStore.open(SELF, dir, {}, clock).store.close();
       writeFileSync(join(dir, 'unsaved'), '');
       writeFileSync(join(dir, 'reserved-2002'), '');
@@ -1120,7 +1114,7 @@ describe('MessageStore', () => {
     });
 
     it('counts a reservation mark left without the unsaved mark as an outage', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       add(first, chat(SELF, first.nextSeq()));
       first.close();
@@ -1159,7 +1153,7 @@ describe('MessageStore', () => {
     });
 
     it('never renames a part of the window over the log (a write cut short by the file size limit)', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       for (let seq = 1; seq <= 60; seq++) add(first, chat('a', seq, T0, `line ${seq} `.padEnd(100, 'x')));
       first.close();
@@ -1186,7 +1180,7 @@ catch (err) { console.log(err.code); }`,
     });
 
     it('throws a bug rather than report it as a failed write', (t) => {
-      const { store } = open(t, tempDir(t));
+      const { store } = open(t, tempDir(t, 'store'));
       watched(store);
       const held = store as unknown as { fd: unknown };
       held.fd = 'not a descriptor';
@@ -1291,7 +1285,7 @@ catch (err) { console.log(err.code); }`,
     });
 
     it('keeps binary and JSON chat frames side by side across a restart and a compaction, each as its bytes', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const frames = [chat('a', 1), chat('a', 2), chat('b', 1), chat('b', 2, T0, 'ünïcode 🌍')];
       const payloads = [
         encodeChat(frames[0]!),
@@ -1317,7 +1311,7 @@ catch (err) { console.log(err.code); }`,
     });
 
     it('keeps a message taken in unchecked as such across a restart and a compaction, so it is checked before it is sent on', (t) => {
-      const dir = tempDir(t);
+      const dir = tempDir(t, 'store');
       const first = MessageStore.open(SELF, dir, {}, clock).store;
       first.add(chat('a', 1), serializeFrame(chat('a', 1)), false);
       first.add(chat('a', 2), serializeFrame(chat('a', 2)));
