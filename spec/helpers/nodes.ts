@@ -311,12 +311,25 @@ export function connectedTo(node: P2PNode, others: readonly P2PNode[]): boolean 
 }
 
 /**
- * Established TCP connections on loopback whose listening end is one of `ports` (each connection
- * counted once, by its accepted socket), read from Linux's /proc/net/tcp.
+ * A TCP socket of this host, as Linux's /proc/net/tcp and /proc/net/tcp6 list it: the remote address
+ * as the kernel writes it (hex: 127.0.0.1 is `0100007F`), ports as numbers, and the state's code
+ * (`01` ESTABLISHED, `02` SYN_SENT, ...).
  */
-export function establishedOn(ports: readonly number[]): number {
-  let n = 0;
+export interface TcpSocket {
+  readonly localPort: number;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  readonly state: string;
+}
+
+/** Every TCP socket of this host ({@link TcpSocket}); throws where there is no /proc/net/tcp (not Linux). */
+export function tcpSockets(): TcpSocket[] {
+  const sockets: TcpSocket[] = [];
   let tables = 0;
+  const split = (endpoint: string): [string, number] => {
+    const colon = endpoint.lastIndexOf(':');
+    return [endpoint.slice(0, colon), parseInt(endpoint.slice(colon + 1), 16)];
+  };
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
     let text: string;
     try {
@@ -326,16 +339,22 @@ export function establishedOn(ports: readonly number[]): number {
       continue; // tcp6 is absent on a kernel without IPv6
     }
     for (const line of text.split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      const local = fields[1];
-      const state = fields[3];
-      if (local === undefined || state !== '01') continue; // 01: ESTABLISHED
-      const port = parseInt(local.slice(local.lastIndexOf(':') + 1), 16);
-      if (ports.includes(port)) n++;
+      const [, local, remote, state] = line.trim().split(/\s+/);
+      if (local === undefined || remote === undefined || state === undefined) continue;
+      const [remoteAddress, remotePort] = split(remote);
+      sockets.push({ localPort: split(local)[1], remoteAddress, remotePort, state });
     }
   }
-  if (tables === 0) throw new Error('establishedOn reads /proc/net/tcp, which only Linux has');
-  return n;
+  if (tables === 0) throw new Error('tcpSockets reads /proc/net/tcp, which only Linux has');
+  return sockets;
+}
+
+/**
+ * Established TCP connections on this host whose listening end is one of `ports` (each connection
+ * counted once, by its accepted socket).
+ */
+export function establishedOn(ports: readonly number[]): number {
+  return tcpSockets().filter((s) => s.state === '01' && ports.includes(s.localPort)).length;
 }
 
 /** Options of a hand-written Noise client ({@link secureHandshake}). */

@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, NodeTiming, P2PNode, PeerInfo } from '../../lib/node/node.js';
@@ -28,6 +27,7 @@ import {
   rawPeer,
   record,
   signedChat,
+  tcpSockets,
   ups,
   waitFor,
   type Recording,
@@ -100,17 +100,10 @@ async function assertUnharmed(node: P2PNode, friend: P2PNode): Promise<void> {
   assert.deepEqual(peerIds(node), [friend.id]);
 }
 
-/** Sockets on this host in SYN_SENT towards 127.0.0.1:`port` (Linux's /proc/net/tcp). */
-function synSentTo(port: number): number {
-  const remote = `0100007F:${port.toString(16).toUpperCase().padStart(4, '0')}`;
-  return readFileSync('/proc/net/tcp', 'utf8')
-    .split('\n')
-    .slice(1)
-    .filter((line) => {
-      const fields = line.trim().split(/\s+/);
-      return fields[2] === remote && fields[3] === '02'; // 02: SYN_SENT
-    }).length;
-}
+/** Sockets on this host in SYN_SENT towards 127.0.0.1:`port`. */
+const synSentTo = (port: number): number =>
+  tcpSockets().filter((s) => s.state === '02' && s.remoteAddress === '0100007F' && s.remotePort === port)
+    .length;
 
 /** True when the nodes form a line, each connected to its neighbours only. */
 const isLine = (nodes: readonly P2PNode[]): boolean =>
