@@ -495,8 +495,16 @@ export interface RawPeer {
   readonly identity: Identity;
   readonly id: string;
   readonly frames: Frame[];
+  /** The Noise handshake's hash: of two connections, a node keeps the one whose hash is lower. */
+  readonly handshakeHash: Buffer;
+  /** Whether it answers the node's pings now (from `answerPings`; a test may change it). */
+  answersPings: boolean;
   /** Frames of `type` received so far. */
   count(type: Frame['type']): number;
+  /** Whether a frame of `type` came (a `bye`: with `reason`, when given). */
+  got(type: Frame['type'], reason?: string): boolean;
+  /** Sends its hello (done at once unless `deferHello`). */
+  hello(): void;
   /** Encrypts and sends one frame. */
   send(frame: Frame): void;
   /** Encrypts and sends one payload as it is (bytes that need not be a valid frame). */
@@ -518,12 +526,14 @@ export async function rawPeer(
   /**
    * `pack`: the largest pack its hello says it reads (default: none, as a node before packs).
    * `binary`: its hello says it reads binary chat frames (default: no, as a node before them).
+   * `deferHello`: no hello until the test calls `hello()`.
    */
   options: SecureOptions & {
     listenPort?: number;
     answerPings?: boolean;
     pack?: number;
     binary?: boolean;
+    deferHello?: boolean;
   } = {},
 ): Promise<RawPeer> {
   const listenPort = options.listenPort ?? (await freePort());
@@ -534,42 +544,51 @@ export async function rawPeer(
   await new Promise<void>((resolve) => socket.once('connect', resolve));
   const frames: Frame[] = [];
   const chatEncodings = { json: 0, binary: 0 };
+  const state = { answersPings: options.answerPings === true };
   const link = await secureHandshake(
     socket,
     (payload, self) => {
       const frame = parseFrame(payload);
       frames.push(frame);
       if (frame.type === 'chat') chatEncodings[isBinaryChat(payload) ? 'binary' : 'json']++;
-      if (frame.type === 'ping' && options.answerPings === true) self.send({ type: 'pong', n: frame.n });
+      if (frame.type === 'ping' && state.answersPings) self.send({ type: 'pong', n: frame.n });
     },
     options,
   );
   const { identity } = link;
-  link.send({
-    type: 'hello',
-    v: PROTOCOL_VERSION,
-    id: identity.id,
-    nick: 'raw',
-    port: listenPort,
-    ...(options.pack !== undefined ? { pack: options.pack } : {}),
-    ...(options.binary !== undefined ? { binary: options.binary } : {}),
-  });
-  return {
+  const hello = (): void =>
+    link.send({
+      type: 'hello',
+      v: PROTOCOL_VERSION,
+      id: identity.id,
+      nick: 'raw',
+      port: listenPort,
+      ...(options.pack !== undefined ? { pack: options.pack } : {}),
+      ...(options.binary !== undefined ? { binary: options.binary } : {}),
+    });
+  if (options.deferHello !== true) hello();
+  return Object.assign(state, {
     socket,
     identity,
     id: identity.id,
     frames,
-    count: (type) => frames.filter((f) => f.type === type).length,
-    send: (frame) => link.send(frame),
-    sendPayload: (payload) => link.sendPayload(payload),
-    sendPack: (payloads) => link.sendPack(payloads),
+    handshakeHash: link.session.handshakeHash,
+    count: (type: Frame['type']) => frames.filter((f) => f.type === type).length,
+    got: (type: Frame['type'], reason?: string) =>
+      frames.some(
+        (f) => f.type === type && (reason === undefined || (f as { reason?: string }).reason === reason),
+      ),
+    hello,
+    send: (frame: Frame) => link.send(frame),
+    sendPayload: (payload: Buffer) => link.sendPayload(payload),
+    sendPack: (payloads: readonly Buffer[]) => link.sendPack(payloads),
     received: link.received,
     chatEncodings,
-    writePlain: (bytes) => {
+    writePlain: (bytes: Buffer | string) => {
       if (!socket.destroyed) socket.write(bytes);
     },
     closed: done,
-  };
+  });
 }
 
 /** What a test may choose of a message it signs; the rest gets fresh values. */

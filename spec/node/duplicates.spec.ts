@@ -6,77 +6,48 @@
  * peer has given up or one that no longer answers, and never make the peer look gone meanwhile.
  */
 import assert from 'node:assert/strict';
-import { connect, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import { setTimeout as delay } from 'node:timers/promises';
 import type { NodeEvent, NodeTiming, P2PNode } from '../../lib/node/node.js';
-import { parseFrame, PROTOCOL_VERSION, type Frame } from '../../lib/protocol/frames.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
   downs,
-  HOST,
   lineLogger,
   nodeFactory,
+  rawPeer,
   record,
-  secureHandshake,
   waitFor,
+  type RawPeer,
   type Recording,
 } from '../helpers/nodes.js';
 
-/** One connection of the hand-driven peer: handshake done, hello not sent yet. */
-interface Link {
-  readonly socket: Socket;
-  readonly frames: Frame[];
-  /** Whether it answers the node's pings (a dead host does not). */
-  answers: boolean;
-  readonly hash: Buffer;
-  hello(): void;
-  send(frame: Frame): void;
-  got(type: Frame['type'], reason?: string): boolean;
-}
-
-async function open(t: TestContext, port: number, identity: Identity): Promise<Link> {
-  const socket = connect({ host: HOST, port });
-  socket.on('error', () => {});
-  t.after(() => socket.destroy());
-  await new Promise<void>((resolve) => socket.once('connect', resolve));
-  const frames: Frame[] = [];
-  const state = { answers: true };
-  const link = await secureHandshake(
-    socket,
-    (payload, self) => {
-      const frame = parseFrame(payload);
-      frames.push(frame);
-      if (frame.type === 'ping' && state.answers) self.send({ type: 'pong', n: frame.n });
-    },
-    { identity },
-  );
-  return Object.assign(state, {
-    socket,
-    frames,
-    hash: link.session.handshakeHash,
-    hello: () => link.send({ type: 'hello', v: PROTOCOL_VERSION, id: identity.id, nick: 'raw', port: 1 }),
-    send: (frame: Frame) => link.send(frame),
-    got: (type: Frame['type'], reason?: string) =>
-      frames.some(
-        (f) => f.type === type && (reason === undefined || (f as { reason?: string }).reason === reason),
-      ),
-  });
-}
+/** One connection of the hand-driven peer: handshake done, hello when the test says. */
+type Link = RawPeer;
 
 /** `n` connections of one identity, by handshake hash: the node prefers the first of any two. */
 async function links(t: TestContext, port: number, identity: Identity, n: number): Promise<Link[]> {
-  const all = await Promise.all(Array.from({ length: n }, () => open(t, port, identity)));
-  return all.sort((x, y) => Buffer.compare(x.hash, y.hash));
+  const all = await Promise.all(
+    Array.from({ length: n }, () => rawPeer(t, port, { identity, answerPings: true, deferHello: true })),
+  );
+  return all.sort((x, y) => Buffer.compare(x.handshakeHash, y.handshakeHash));
 }
 
 const pinged = (link: Link): boolean => link.frames.some((f) => f.type === 'ping');
 
 /**
- * A node, and `n` connections of one peer to it: the first adopted and then silent (it answers no
- * ping), the second said hello and waits on the node's probe of the first.
+ * Waits until the node has handled everything sent on `link` so far: it answers a ping on the same
+ * connection, after the frames before it.
  */
-async function probing(
+async function handled(link: Link): Promise<void> {
+  const n = 1_000_000 + link.frames.length;
+  link.send({ type: 'ping', n });
+  await waitFor(
+    () => link.frames.some((f) => f.type === 'pong' && f.n === n),
+    'the node to handle what came before',
+  );
+}
+
+/** A node, and `n` connections of one peer to it (by handshake hash), the first said hello and adopted. */
+async function adopted(
   t: TestContext,
   n: number,
   timing?: NodeTiming,
@@ -85,24 +56,34 @@ async function probing(
   const node = await start({ log: lineLogger(), ...(timing === undefined ? {} : { timing }) });
   const events = record(node.events$);
   const conns = await links(t, node.port, generateIdentity(), n);
-  const [c1, c2] = conns as [Link, Link];
-  c1.hello();
+  conns[0]!.hello();
   await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
-  c1.answers = false;
+  return { node, events, conns };
+}
+
+/**
+ * {@link adopted}, and then the first connection silent (it answers no ping) and the second said
+ * hello, waiting on the node's probe of the first.
+ */
+async function probing(
+  t: TestContext,
+  n: number,
+  timing?: NodeTiming,
+): Promise<{ node: P2PNode; events: Recording<NodeEvent>; conns: Link[] }> {
+  const found = await adopted(t, n, timing);
+  const [c1, c2] = found.conns as [Link, Link];
+  c1.answersPings = false;
   c2.hello();
   await waitFor(() => pinged(c1), 'the probe');
-  return { node, events, conns };
+  return found;
 }
 
 describe('duplicate connections of one peer, driven by hand', () => {
   it('moves to a live new connection although earlier new ones closed while it probed the dead one', async (t) => {
-    const start = nodeFactory(t);
     // A long ping interval: the probes of the dead connection stay pending.
-    const node = await start({ log: lineLogger(), timing: { pingIntervalMs: 2000, peerTimeoutMs: 6000 } });
-    const [kept, ...rest] = await links(t, node.port, generateIdentity(), 6);
-    kept!.hello();
-    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
-    kept!.answers = false; // its host vanished
+    const { conns } = await adopted(t, 6, { pingIntervalMs: 2000, peerTimeoutMs: 6000 });
+    const [kept, ...rest] = conns;
+    kept!.answersPings = false; // its host vanished
     // The peer connects again four times, and each of those closes (its own duplicates, a crash).
     for (const again of rest.slice(0, 4)) {
       const pings = kept!.frames.length;
@@ -121,15 +102,11 @@ describe('duplicate connections of one peer, driven by hand', () => {
   });
 
   it('never keeps a connection on which the peer said bye duplicate over the peer’s new one', async (t) => {
-    const start = nodeFactory(t);
-    const node = await start({ log: lineLogger() });
-    const events = record(node.events$);
-    const [old, fresh] = await links(t, node.port, generateIdentity(), 2);
-    old!.hello();
-    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    const { events, conns } = await adopted(t, 2);
+    const [old, fresh] = conns;
     // The peer keeps another connection (it answers pings on this one until then, as a node does).
     old!.send({ type: 'bye', reason: 'duplicate' });
-    await delay(30);
+    await handled(old!);
     fresh!.hello(); // the node prefers `old` by hash, but the peer gave it up
     await waitFor(() => fresh!.got('peers'), 'the node to take the new connection');
     assert.ok(!fresh!.got('bye', 'duplicate'), 'the new connection was not sent away');
@@ -144,7 +121,7 @@ describe('duplicate connections of one peer, driven by hand', () => {
     assert.deepEqual(downs(events), []);
     // The peer keeps another connection after all (its bye on c2 was on its way), and dials again.
     c2!.send({ type: 'bye', reason: 'duplicate' });
-    await delay(30);
+    await handled(c2!);
     c3!.hello();
     await waitFor(() => c3!.got('peers'), 'the node to take c3');
     assert.ok(!c3!.got('bye', 'duplicate'), 'the peer’s only connection, c3, was not sent away for c2');
