@@ -468,13 +468,15 @@ describe('MessageStore', () => {
     });
 
     it('holds the same messages and marks after any number of reopens, whatever order messages came in (property)', (t) => {
+      const RUNS = 300;
+      const REOPENS = 3;
       fc.assert(
         fc.property(
           fc.array(fc.tuple(fc.constantFrom('a', 'b', 'c'), fc.integer({ min: 1, max: 12 })), {
             maxLength: 40,
           }),
           fc.integer({ min: 1, max: 6 }),
-          fc.integer({ min: 1, max: 3 }),
+          fc.integer({ min: 1, max: REOPENS }),
           (arrivals, maxMessages, reopens) => {
             const dir = mkdtempSync(join(tmpdir(), 'p2p-store-'));
             try {
@@ -494,9 +496,9 @@ describe('MessageStore', () => {
             }
           },
         ),
-        { numRuns: 300 },
+        { numRuns: RUNS },
       );
-      t.diagnostic('300 arrival orders, each reopened up to 3 times');
+      t.diagnostic(`${RUNS} arrival orders, each reopened up to ${REOPENS} times`);
     });
 
     it('makes each added message durable within the tick, without close (as for kill -9)', async (t) => {
