@@ -14,8 +14,14 @@ import { rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 
-/** The node flag that makes V8 write /tmp/perf-PID.map. */
-export const PERF_NODE_FLAG = '--perf-basic-prof';
+/**
+ * The node flags of a node under `--perf DIR`: V8 writes /tmp/perf-PID.map (what `perf report` names
+ * JavaScript by), and the log that flag turns on goes to DIR/v8-PID.log instead of an
+ * `isolate-*-v8.log` in the working directory.
+ */
+export function perfNodeFlags(dir: string): string[] {
+  return ['--perf-basic-prof', '--no-logfile-per-isolate', `--logfile=${join(dir, 'v8-%p.log')}`];
+}
 
 /** Samples per second and core. */
 const FREQUENCY = 1999;
@@ -62,7 +68,7 @@ async function stopPerf(child: ChildProcess, exited: Promise<number | null>): Pr
 
 /**
  * Writes DIR/NAME.txt from DIR/NAME.data (samples by process and library, then the top symbols),
- * then removes the symbol maps of `pids`.
+ * then removes the symbol maps and V8 logs of `pids` ({@link perfNodeFlags}).
  */
 export function reportPerf(dir: string, name: string, pids: readonly number[], program = 'perf'): void {
   const data = join(dir, `${name}.data`);
@@ -83,6 +89,9 @@ export function reportPerf(dir: string, name: string, pids: readonly number[], p
       `# by process and library\n${report('comm,dso', 0.2)}\n# by symbol\n${report('dso,sym', 0.15)}`,
     );
   } finally {
-    for (const pid of pids) rmSync(`/tmp/perf-${pid}.map`, { force: true });
+    for (const pid of pids) {
+      rmSync(`/tmp/perf-${pid}.map`, { force: true });
+      rmSync(join(dir, `v8-${pid}.log`), { force: true });
+    }
   }
 }

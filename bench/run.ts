@@ -22,7 +22,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import minimist from 'minimist';
 import { runOnce, type RunResult, type RunSettings } from './measure.js';
-import { PERF_NODE_FLAG } from './perf.js';
+import { perfNodeFlags } from './perf.js';
 import {
   MICRO_DEFAULTS,
   renderMicro,
@@ -213,7 +213,7 @@ function parseOptions(argv: readonly string[]): Options {
           `--cpu-prof-interval=${int('profile-interval', 100, 10)}`,
         ]),
     ...(allocations === undefined ? [] : ['--import', join(ROOT, 'bench', 'heap-sampling.mjs')]),
-    ...(perf === undefined ? [] : [PERF_NODE_FLAG]),
+    ...(perf === undefined ? [] : perfNodeFlags(perf)),
   ];
   const command = nodeFlags.length === 0 ? [bin] : [process.execPath, ...nodeFlags, bin];
   const nodeArgs = ([] as unknown[]).concat(a['node-arg'] ?? []).map(String);

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { reportPerf, startPerf } from '../../bench/perf.js';
+import { perfNodeFlags, reportPerf, startPerf } from '../../bench/perf.js';
 import { tempDir } from '../helpers/temp.js';
 
 /**
@@ -57,16 +58,40 @@ describe('bench/perf', () => {
     await assert.rejects(startPerf(dir, 'x', join(dir, 'no-such-perf')), /did not start.*ENOENT/);
   });
 
-  it("writes the report by process and library, then by symbol, and removes the nodes' symbol maps", (t) => {
+  it('starts a node that names its JavaScript for perf and writes its V8 log into DIR, not the working directory', (t) => {
+    const dir = tempDir(t, 'perf');
+    const cwd = tempDir(t, 'perf-cwd');
+    const child = spawnSync(
+      process.execPath,
+      [...perfNodeFlags(dir), '-e', 'process.stdout.write(String(process.pid))'],
+      {
+        cwd,
+        encoding: 'utf8',
+        timeout: 30_000,
+      },
+    );
+    const pid = Number(child.stdout);
+    t.after(() => rmSync(`/tmp/perf-${pid}.map`, { force: true }));
+    assert.equal(child.status, 0, child.stderr);
+    assert.ok(Number.isInteger(pid) && pid > 0, `stdout is the pid alone: ${JSON.stringify(child.stdout)}`);
+    assert.ok(existsSync(`/tmp/perf-${pid}.map`), 'the symbol map perf reads');
+    assert.ok(existsSync(join(dir, `v8-${pid}.log`)), 'the V8 log in DIR');
+    assert.deepEqual(readdirSync(cwd), [], 'nothing in the working directory');
+  });
+
+  it("writes the report by process and library, then by symbol, and removes the nodes' symbol maps and V8 logs", (t) => {
     const dir = tempDir(t, 'perf');
     // A pid no process has (above Linux's pid_max of 2^22), so no real map is touched.
     const pid = 9_000_000 + process.pid;
     const map = `/tmp/perf-${pid}.map`;
     writeFileSync(map, '0 10 JS:*f x.js:1\n');
     t.after(() => rmSync(map, { force: true }));
+    const log = join(dir, `v8-${pid}.log`);
+    writeFileSync(log, 'v8-version,11,3\n');
     reportPerf(dir, 'random20-r2', [pid], fakePerf(dir));
     const text = readFileSync(join(dir, 'random20-r2.txt'), 'utf8');
     assert.match(text, /# by process and library\nreport by comm,dso\n[^]*# by symbol\nreport by dso,sym/);
     assert.equal(existsSync(map), false);
+    assert.equal(existsSync(log), false);
   });
 });
