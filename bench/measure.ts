@@ -17,7 +17,7 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { reportPerf, startPerf, type PerfRecording } from './perf.js';
+import { removePerfTraces, reportPerf, startPerf, type PerfRecording } from './perf.js';
 import {
   machineBusyS,
   NodeProc,
@@ -347,6 +347,7 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
 
     if (!s.traffic) {
       await sleep(o.idleMs);
+      await perf?.stop();
       const s1 = nodes.map((nd) => nd.sample());
       res.otherCores = other(busy0, s0, s1, process.cpuUsage(bench0), t0);
       const dead = nodes.find((nd) => !nd.alive);
@@ -482,13 +483,14 @@ export async function runOnce(s: Scenario, round: number, o: RunSettings): Promi
   } finally {
     await stopAll(nodes);
     rmSync(state, { recursive: true, force: true });
-    if (perf !== undefined && o.traces?.perf !== undefined) {
-      await perf.stop();
-      reportPerf(
-        o.traces.perf,
-        `${s.name}-r${round}`,
-        nodes.map((nd) => nd.pid),
-      );
+    // The nodes wrote their symbol maps from their start: removed however the run ended.
+    if (o.traces?.perf !== undefined) {
+      const pids = nodes.map((nd) => nd.pid);
+      if (perf === undefined) removePerfTraces(o.traces.perf, pids);
+      else {
+        await perf.stop();
+        reportPerf(o.traces.perf, `${s.name}-r${round}`, pids);
+      }
     }
     res.wallS = r3((nowNs() - tStart) / 1e9);
   }

@@ -26,6 +26,28 @@ export function perfNodeFlags(dir: string): string[] {
 /** Samples per second and core. */
 const FREQUENCY = 1999;
 
+/** Recordings running: told to stop (SIGINT) when this process exits, so none outlives the benchmark. */
+const recording = new Set<ChildProcess>();
+process.once('exit', () => {
+  for (const child of recording) child.kill('SIGINT');
+});
+
+/**
+ * Whether `perf record -a` works here (installed, and allowed: root or a low enough
+ * `kernel.perf_event_paranoid`): `undefined` when it does, else what perf said. A short recording of
+ * `true` into DIR, removed.
+ */
+export function perfProblem(dir: string, program = 'perf'): string | undefined {
+  const out = join(dir, `check-${process.pid}.data`);
+  const r = spawnSync(program, ['record', '-a', '-q', '-o', out, '--', 'true'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  rmSync(out, { force: true });
+  if (r.error !== undefined) return r.error.message;
+  return r.status === 0 ? undefined : `perf record exited with ${r.status}: ${r.stderr.trim()}`;
+}
+
 export interface PerfRecording {
   /** Ends the recording (SIGINT: perf writes its file) and waits for perf to exit, at most 10 s. */
   stop(): Promise<void>;
@@ -52,6 +74,8 @@ export async function startPerf(dir: string, name: string, program = 'perf'): Pr
       resolve(null);
     });
   });
+  recording.add(child);
+  void exited.then(() => recording.delete(child));
   const early = await Promise.race([exited, delay(300, 'running' as const, { ref: false })]);
   if (early !== 'running') throw new Error(`perf record did not start (exit ${early}): ${stderr.trim()}`);
   return { stop: () => stopPerf(child, exited) };
@@ -66,9 +90,17 @@ async function stopPerf(child: ChildProcess, exited: Promise<number | null>): Pr
   }
 }
 
+/** Removes what nodes started with {@link perfNodeFlags} leave: their symbol maps and V8 logs. */
+export function removePerfTraces(dir: string, pids: readonly number[]): void {
+  for (const pid of pids) {
+    rmSync(`/tmp/perf-${pid}.map`, { force: true });
+    rmSync(join(dir, `v8-${pid}.log`), { force: true });
+  }
+}
+
 /**
  * Writes DIR/NAME.txt from DIR/NAME.data (samples by process and library, then the top symbols),
- * then removes the symbol maps and V8 logs of `pids` ({@link perfNodeFlags}).
+ * while the nodes' symbol maps still exist; then removes those ({@link removePerfTraces}).
  */
 export function reportPerf(dir: string, name: string, pids: readonly number[], program = 'perf'): void {
   const data = join(dir, `${name}.data`);
@@ -89,9 +121,6 @@ export function reportPerf(dir: string, name: string, pids: readonly number[], p
       `# by process and library\n${report('comm,dso', 0.2)}\n# by symbol\n${report('dso,sym', 0.15)}`,
     );
   } finally {
-    for (const pid of pids) {
-      rmSync(`/tmp/perf-${pid}.map`, { force: true });
-      rmSync(join(dir, `v8-${pid}.log`), { force: true });
-    }
+    removePerfTraces(dir, pids);
   }
 }

@@ -22,7 +22,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import minimist from 'minimist';
 import { runOnce, type RunResult, type RunSettings } from './measure.js';
-import { perfNodeFlags } from './perf.js';
+import { perfNodeFlags, perfProblem } from './perf.js';
 import {
   MICRO_DEFAULTS,
   renderMicro,
@@ -203,6 +203,8 @@ function parseOptions(argv: readonly string[]): Options {
   const allocations = directory('allocations');
   const calls = directory('calls');
   const perf = directory('perf');
+  const cannot = perf === undefined ? undefined : perfProblem(perf);
+  if (cannot !== undefined) usageError(`--perf: Linux perf cannot record here: ${cannot}`);
   const nodeFlags = [
     ...(profile === undefined
       ? []

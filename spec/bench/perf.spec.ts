@@ -2,14 +2,17 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, it } from 'node:test';
-import { perfNodeFlags, reportPerf, startPerf } from '../../bench/perf.js';
+import { perfNodeFlags, perfProblem, reportPerf, startPerf } from '../../bench/perf.js';
+import { waitFor } from '../helpers/nodes.js';
 import { tempDir } from '../helpers/temp.js';
 
 /**
  * A stand-in for Linux perf (the real one needs root or a lowered perf_event_paranoid, and is not on
- * every machine): `record` notes its arguments, and writes its -o file only when interrupted, as
- * perf does; `report` prints a line naming its --sort.
+ * every machine): `record` notes its arguments, and writes its -o file only when interrupted (or,
+ * given a command after `--`, once that command ends), as perf does; `report` prints a line naming
+ * its --sort.
  */
 function fakePerf(dir: string, { refuse = false } = {}): string {
   const path = join(dir, 'perf');
@@ -20,7 +23,13 @@ if [ "$1" = record ]; then
   ${refuse ? 'echo "perf_event_paranoid setting is 4" >&2; exit 255' : ''}
   echo "$@" > "${dir}/record-args"
   out=""
-  while [ $# -gt 0 ]; do [ "$1" = -o ] && out="$2"; shift; done
+  command=""
+  while [ $# -gt 0 ]; do
+    [ "$1" = -o ] && out="$2"
+    if [ "$1" = -- ]; then shift; command="$*"; break; fi
+    shift
+  done
+  if [ -n "$command" ]; then $command; echo samples > "$out"; exit 0; fi
   trap 'echo samples > "$out"; exit 0' INT
   i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
   exit 3
@@ -41,12 +50,51 @@ describe('bench/perf', () => {
     const dir = tempDir(t, 'perf');
     const perf = fakePerf(dir);
     const recording = await startPerf(dir, 'mesh3-r1', perf);
+    t.after(() => recording.stop());
     const args = readFileSync(join(dir, 'record-args'), 'utf8').trim().split(' ');
     assert.deepEqual(args.slice(0, 2), ['record', '-a'], 'every process on every core');
     assert.equal(args[args.indexOf('-o') + 1], join(dir, 'mesh3-r1.data'));
     assert.equal(existsSync(join(dir, 'mesh3-r1.data')), false, 'nothing written while recording');
     await recording.stop();
     assert.equal(readFileSync(join(dir, 'mesh3-r1.data'), 'utf8'), 'samples\n');
+  });
+
+  it('is told to stop when the process that started it exits, so no recording outlives the benchmark', async (t) => {
+    const dir = tempDir(t, 'perf');
+    const script = join(dir, 'start-and-exit.mjs');
+    const module = fileURLToPath(new URL('../../bench/perf.ts', import.meta.url));
+    // As the benchmark does on SIGTERM: process.exit while a recording runs.
+    writeFileSync(
+      script,
+      `const { startPerf } = await import(${JSON.stringify(module)});\n` +
+        `await startPerf(${JSON.stringify(dir)}, 'left', ${JSON.stringify(fakePerf(dir))});\n` +
+        'process.exit(130);\n',
+    );
+    const run = spawnSync(process.execPath, ['--import', 'tsx', script], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(run.status, 130, run.stderr);
+    await waitFor(
+      () => existsSync(join(dir, 'left.data')),
+      'the recording to be interrupted (it writes its file)',
+      5_000,
+    );
+  });
+
+  it('checks that perf can record here: nothing wrong, what perf said, or that it is missing', (t) => {
+    const dir = tempDir(t, 'perf');
+    assert.equal(perfProblem(dir, fakePerf(dir)), undefined);
+    assert.match(
+      perfProblem(dir, fakePerf(dir, { refuse: true })) ?? '',
+      /exited with 255: perf_event_paranoid setting is 4/,
+    );
+    assert.match(perfProblem(dir, join(dir, 'no-such-perf')) ?? '', /ENOENT/);
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.endsWith('.data')),
+      [],
+      'the check leaves no recording behind',
+    );
   });
 
   it('fails with what perf said when it refuses to record, or is missing', async (t) => {
