@@ -1026,7 +1026,8 @@ export function heldFrame({ id, from, nick, ts, seq, text }: HeldFrame): HeldFra
  * Largest buffer a held payload may be a view of. A received payload is a view of the bytes the
  * socket read (decrypted in place), up to 64 KiB that may hold many other frames, and one read at
  * start-up holds the whole log: a view of those is copied when it is kept, so a held message keeps
- * at most this much memory alive (a payload of Node's 8 KiB pool is kept as it is).
+ * at most this much memory alive. A payload of Node's pool is kept as it is where the pool is 8 KiB
+ * (Node 20, 22); Node 24's is 64 KiB, so there it is copied too.
  */
 const MAX_KEPT_BACKING = 16 * 1024;
 
@@ -1043,7 +1044,13 @@ let keptAt = 0;
 function keepable(payload: Buffer): Buffer {
   if (payload.buffer.byteLength <= MAX_KEPT_BACKING) return payload;
   const length = payload.length;
-  if (length > MAX_KEPT_BACKING / 4) return Buffer.from(payload); // a long message: a copy of its own
+  if (length > MAX_KEPT_BACKING / 4) {
+    // A long message: a copy of its own. Not Buffer.from, which takes anything under half of Node's
+    // pool from the pool: under 32 KiB on Node 24, a copy that would keep 64 KiB alive.
+    const own = Buffer.alloc(length);
+    own.set(payload);
+    return own;
+  }
   if (keptAt + length > keptSlab.length) {
     keptSlab = Buffer.alloc(MAX_KEPT_BACKING);
     keptAt = 0;
