@@ -83,8 +83,8 @@ const USAGE = `usage: npm run bench -- [options]
                        nodes under --perf-basic-prof (JavaScript named): DIR/SCENARIO-rROUND.data
                        and .txt (samples by process, library and symbol; needs perf and root
                        or kernel.perf_event_paranoid <= 0)
-                       (--profile, --calls and --allocations slow the nodes down: the
-                       figures of such a run are not the node's)
+                       (--profile, --calls, --allocations and --perf slow the nodes down:
+                       the figures of such a run are not the node's)
   --logs DIR           keep every node's stderr in DIR
   --out FILE           results as JSON (default .bench-out/bench-<time>.json)
   --markdown           print the tables as markdown too
