@@ -294,7 +294,8 @@ export interface P2PNode {
   /**
    * Sends a chat message to every node of the network and returns it. With a data directory the
    * message is in the history log when this returns.
-   * @throws {RangeError} when `text` is empty or longer than `MAX_TEXT_LENGTH`, or the node is closed.
+   * @throws {RangeError} when `text` is empty, longer than `MAX_TEXT_LENGTH` or has a lone surrogate,
+   *   or the node is closed.
    */
   send(text: string): ChatMessage;
   /**
@@ -302,8 +303,8 @@ export interface P2PNode {
    * cover each 64 of them (a hash tree, see lib/security/sign.ts), so a pasted block of lines costs
    * little more than one line does. With a data directory they are in the history
    * log when this returns.
-   * @throws {RangeError} when a text is empty or longer than `MAX_TEXT_LENGTH` (then none is sent),
-   *   or the node is closed.
+   * @throws {RangeError} when a text is empty, longer than `MAX_TEXT_LENGTH` or has a lone surrogate
+   *   (then none is sent), or the node is closed.
    */
   sendAll(texts: readonly string[]): ChatMessage[];
   /**
@@ -716,6 +717,9 @@ class ChatNode implements P2PNode {
       if (text.length === 0 || text.length > MAX_TEXT_LENGTH) {
         throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
       }
+      // Checked here, not left to the signer: then none is sent, and no sequence number is used.
+      if (LONE_SURROGATE.test(text))
+        throw new RangeError('send: text has a lone surrogate (UTF-8 cannot carry it)');
     }
     const sent: ChatMessage[] = [];
     for (let start = 0; start < texts.length; start += SIGN_BATCH) {
@@ -1835,6 +1839,8 @@ const ACCEPT_RATE = { burst: 20, perSecond: 5 } as const;
  * more signature, and one more check at each node, per 64 messages.
  */
 const SIGN_BATCH = 64;
+/** A UTF-16 code unit that is half of no pair (the `u` flag reads a pair as one code point). */
+const LONE_SURROGATE = /\p{Surrogate}/u;
 
 /** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */
 const RESYNC_BATCH = 256;

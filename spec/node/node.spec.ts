@@ -981,4 +981,17 @@ describe('createNode', () => {
     assert.throws(() => node.setNick(''), RangeError);
     assert.equal(node.send('x'.repeat(MAX_TEXT_LENGTH)).text.length, MAX_TEXT_LENGTH);
   });
+
+  it('refuses a text with a lone surrogate before it sends any of the batch or uses a sequence number', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const texts = Array.from({ length: 70 }, (_, i) => `line ${i}`);
+    // The bad one in the second signing batch of 64: the first must not have gone out either.
+    assert.throws(() => node.sendAll([...texts, 'cut \ud83c']), /lone surrogate/);
+    assert.throws(() => node.send('\udc00 cut'), /lone surrogate/);
+    assert.deepEqual(node.history(), []);
+    assert.equal(node.stats().historySize, 0);
+    // A pair is one character, and what follows carries on from seq 1.
+    assert.equal(node.send('pair \ud83c\udf0d').seq, 1);
+  });
 });
