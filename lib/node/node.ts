@@ -1019,9 +1019,9 @@ class ChatNode implements P2PNode {
   /**
    * Pings `kept`, then retires `conn` if `kept` answered (a pong with the ping's nonce: the peer's
    * own pings and pongs do not count, so both sides judge by one round trip each way) within a ping
-   * interval. If it did not, `kept` is dropped and `conn` takes its place; if it closed meanwhile,
-   * `conn` becomes the connection to the peer. `conn` carries frames as usual meanwhile: the peer's
-   * messages to us are not held up.
+   * interval, or more while `kept` is heard from (see below). If it did not, `kept` is dropped and
+   * `conn` takes its place; if it closed meanwhile, `conn` becomes the connection to the peer.
+   * `conn` carries frames as usual meanwhile: the peer's messages to us are not held up.
    */
   private probeThenRetire(kept: Connection, conn: Connection): void {
     const id = conn.peerId!;
@@ -1054,7 +1054,7 @@ class ChatNode implements P2PNode {
           this.switchTo(current, conn),
           new ProtocolError(
             'ERR_PEER_TIMEOUT',
-            `silent for ${Date.now() - kept.lastSeen} ms and no answer to a ping since the peer connected again`,
+            `no answer to a ping since the peer connected again (waited ${Date.now() - sentAt} ms, silent for ${Date.now() - kept.lastSeen} ms)`,
           ),
         );
       }
@@ -1062,9 +1062,27 @@ class ChatNode implements P2PNode {
     const probe: Probe = { n: randomInt(2 ** 32), answered: false, candidate: conn, settle };
     kept.probes.push(probe);
     kept.send({ type: 'ping', n: probe.n });
-    // After I/O already waiting: a pong that came while this process stalled still counts.
-    const timer = setTimeout(() => setImmediate(settle), this.timing.pingIntervalMs);
-    timer.unref();
+    const sentAt = Date.now();
+    const { pingIntervalMs, peerTimeoutMs } = this.timing;
+    // After I/O already waiting: a pong that came while this process stalled still counts. And a
+    // connection heard from in the last interval is alive, its pong behind what the peer sent
+    // before it: it gets another interval, up to the peer timeout, rather than being dropped as
+    // dead. (In the last interval, not since the ping: bytes a dead peer sent before it went
+    // would buy one interval, not the whole timeout.)
+    let since = sentAt;
+    const onTimer = (): void => {
+      setImmediate(() => {
+        if (settled) return;
+        const now = Date.now();
+        if (!probe.answered && kept.lastSeen >= since && now - sentAt + pingIntervalMs <= peerTimeoutMs) {
+          since = now;
+          timer = setTimeout(onTimer, pingIntervalMs).unref();
+        } else {
+          settle();
+        }
+      });
+    };
+    let timer = setTimeout(onTimer, pingIntervalMs).unref();
   }
 
   /** A connection whose hello came from a node that is not a peer yet: it becomes one, unless full. */

@@ -139,6 +139,37 @@ describe('duplicate connections of one peer, driven by hand', () => {
     assert.ok(!c2!.got('peers'), 'the connection of a peer that is going away was not taken up');
   });
 
+  it('keeps a connection that is heard from while its answer to the probe comes late, up to the peer timeout', async (t) => {
+    const timing = { pingIntervalMs: 300, peerTimeoutMs: 3000 };
+    const { events, conns } = await probing(t, 2, timing);
+    const [c1, c2] = conns;
+    // c1 is alive and busy: its own frames keep coming, its pong is behind them for 3 intervals.
+    const busy = setInterval(() => c1!.send({ type: 'ping', n: 7 }), 100);
+    t.after(() => clearInterval(busy));
+    await new Promise((resolve) => setTimeout(resolve, 3 * timing.pingIntervalMs));
+    for (const f of c1!.frames) if (f.type === 'ping') c1!.send({ type: 'pong', n: f.n });
+    await waitFor(() => c2!.got('bye', 'duplicate'), 'the node to retire the new connection');
+    clearInterval(busy);
+    assert.ok(!c2!.got('peers'), 'the new connection never took the place');
+    assert.ok(!c1!.got('bye'), 'the busy connection was not dropped');
+    assert.deepEqual(downs(events), []);
+  });
+
+  it('drops a connection heard from but never answering the probe, at the peer timeout', async (t) => {
+    const timing = { pingIntervalMs: 300, peerTimeoutMs: 1500 };
+    const { events, conns } = await probing(t, 2, timing);
+    const [c1, c2] = conns;
+    const began = Date.now();
+    const busy = setInterval(() => c1!.send({ type: 'ping', n: 7 }), 100);
+    t.after(() => clearInterval(busy));
+    await waitFor(() => c2!.got('peers'), 'the new connection to take the place', 5000);
+    clearInterval(busy);
+    const waited = Date.now() - began;
+    assert.ok(waited >= timing.peerTimeoutMs - 2 * timing.pingIntervalMs, `moved after ${waited} ms`);
+    assert.ok(!c2!.got('bye', 'duplicate'), 'the new connection was not sent away');
+    assert.deepEqual(downs(events), []);
+  });
+
   it('closes at once while a probe waits (not after its ping interval): one peer-down, events completed', async (t) => {
     const { node, events } = await probing(t, 2, { pingIntervalMs: 5000, peerTimeoutMs: 20000 });
     const began = Date.now();
