@@ -438,6 +438,8 @@ export class Connection {
   destroy(): void {
     this.closing = true;
     clearTimeout(this.resumeTimer);
+    clearTimeout(this.resyncTimer);
+    this.resyncTimer = undefined;
     this.outbox.error(new Error('connection destroyed'));
     this.writerSubscription.unsubscribe();
     this.socket.destroy();

@@ -1262,8 +1262,7 @@ class ChatNode implements P2PNode {
       if (!conn.closing && this.active.get(conn.peerId ?? '')?.conn === conn)
         this.sendSync(conn, { ...this.syncFrame(), max: this.limits.senderMessages.burst });
     }, this.timing.rateResyncDelayMs);
-    conn.resyncTimer.unref();
-    conn.socket.once('close', () => clearTimeout(conn.resyncTimer));
+    conn.resyncTimer.unref(); // cleared when the connection closes (Connection#destroy)
   }
 
   /** A bad peer or a failed socket: one log line naming the peer and the reason, then close it. */

@@ -161,4 +161,30 @@ describe('abuse limits: nothing lost', () => {
     await waitFor(() => fromSender(inboxB, s.id).length === 200, 'b to deliver all 200', 10_000);
     assert.equal(new Set(fromSender(inboxB, s.id).map((m) => m.seq)).size, 200, 'each once');
   });
+
+  it('asks again after each of many over-rate episodes without a listener piling up on the socket', async (t) => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    t.after(() => process.off('warning', onWarning));
+    const start = nodeFactory(t);
+    const node = await start({
+      limits: { senderMessages: { perSecond: 1, burst: 1 } },
+      timing: { rateResyncDelayMs: 20, peerTimeoutMs: 60_000 },
+    });
+    const peer = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 1, 'the peer');
+    // 15 episodes: two messages each, the second over the rate; the node asks again 20 ms later
+    // (for as many as the rate lets in: `max` 1).
+    const asked = (): number => peer.frames.filter((f) => f.type === 'sync' && f.max === 1).length;
+    for (let round = 0; round < 15; round++) {
+      burst(peer, 2, 2 * round + 1, `round ${round}`);
+      await waitFor(() => asked() >= round + 1, `the request after episode ${round}`);
+    }
+    // Node warns at the 11th listener of one event on one emitter (a leak of one per episode did).
+    assert.deepEqual(
+      warnings.filter((w) => w.includes('MaxListenersExceeded')),
+      [],
+    );
+  });
 });
