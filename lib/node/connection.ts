@@ -3,7 +3,14 @@ import { defer, Observable, type Subscriber, type Subscription } from 'rxjs';
 import { formatAddress, normalizeHost } from '../protocol/address.js';
 import { FrameDecoder, isPack, unpack } from '../protocol/codec.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { isBinaryChat, parseFrame, serializeFrame, type Frame, type HelloFrame } from '../protocol/frames.js';
+import {
+  isBinaryChat,
+  parseFrame,
+  serializeFrame,
+  type Frame,
+  type HelloFrame,
+  type SyncFrame,
+} from '../protocol/frames.js';
 import type { Decoded } from '../operators/decode.js';
 import type { PeerRef } from '../operators/types.js';
 import { fromSocket } from '../transport/from-socket.js';
@@ -12,6 +19,7 @@ import { TAG_BYTES } from '../security/cipher.js';
 import { TokenBucket, type RateOptions } from '../transport/token-bucket.js';
 import { Multicast } from '../util/multicast.js';
 import type { Identity } from '../security/identity.js';
+import type { StoredMessage } from '../store/message-store.js';
 import {
   createHandshake,
   MAX_HANDSHAKE_MESSAGE_BYTES,
@@ -32,6 +40,8 @@ export interface ConnectionOptions {
   readonly writer: WriterOptions;
   /** Frames per second the peer may send once authenticated; over it, reading pauses. */
   readonly frameRate: RateOptions;
+  /** Sync requests per second the peer may have answered; over it, its latest waits (see `takeSync`). */
+  readonly syncRate: RateOptions;
   /** Called when the writer gives up on the peer (outbox overflow, no drain). */
   readonly onWriteFault: (conn: Connection, err: ProtocolError) => void;
   readonly security: LinkSecurity;
@@ -142,6 +152,13 @@ export class Connection {
   endsPeer = false;
   /** A pending request to the peer for messages this node lacks (see the node's rate limits). */
   resyncTimer: NodeJS.Timeout | undefined;
+  /**
+   * What this node is sending the peer in answer to its sync, and how far it got: one backlog at a
+   * time, a newer sync's in place of the rest of an older one's (see the node's resync).
+   */
+  resync: { readonly backlog: readonly StoredMessage[]; next: number; ready: boolean } | undefined;
+  /** A turn of the node's resync pump is scheduled for this connection. */
+  resyncPumping = false;
   /** When this node last answered the peer's anti-entropy sync with its own (ms): once a period at most. */
   lastEntropyAnswer = 0;
   /** The authenticated session, once the handshake completed. */
@@ -172,6 +189,10 @@ export class Connection {
   private readonly writerSubscription: Subscription;
   private readonly frameRate: TokenBucket;
   private resumeTimer: NodeJS.Timeout | undefined;
+  private readonly syncRate: TokenBucket;
+  /** The peer's latest sync over its rate, waiting for a token, and the timer that hands it on. */
+  private pendingSync: SyncFrame | undefined;
+  private syncTimer: NodeJS.Timeout | undefined;
 
   /** The address this node dialled, for outbound connections. */
   readonly dialed: string | undefined;
@@ -194,6 +215,7 @@ export class Connection {
     this.fullFrameBytes = maxFrameBytes + TAG_BYTES;
     this.packLimit = Math.min(maxFrameBytes, PACK_BYTES);
     this.frameRate = new TokenBucket(options.frameRate);
+    this.syncRate = new TokenBucket(options.syncRate);
     this.handshake = createHandshake({
       initiator: outbound,
       identity: security.identity,
@@ -422,6 +444,31 @@ export class Connection {
     return true;
   }
 
+  /**
+   * Hands the peer's `sync` to `answer` now when the peer is within its sync rate. Over it, the sync
+   * waits for a token in place of any that waited before: each sync carries all of the peer's marks,
+   * so the latest tells best what it lacks. A peer sending syncs faster than the rate then costs one
+   * answer per token, not one per frame, and an honest one's request is answered late, never lost.
+   */
+  takeSync(sync: SyncFrame, answer: (sync: SyncFrame) => void): void {
+    if (this.syncTimer !== undefined) {
+      this.pendingSync = sync;
+      return;
+    }
+    if (this.syncRate.tryTake(1)) {
+      answer(sync);
+      return;
+    }
+    this.pendingSync = sync;
+    this.syncTimer = setTimeout(() => {
+      this.syncTimer = undefined;
+      const latest = this.pendingSync;
+      this.pendingSync = undefined;
+      if (latest !== undefined && !this.closing) this.takeSync(latest, answer);
+    }, this.syncRate.msUntil(1));
+    this.syncTimer.unref();
+  }
+
   /** Flushes what is queued and ends the connection; destroys it if the peer does not close in time. */
   end(graceMs = 2000): void {
     this.closing = true;
@@ -440,6 +487,9 @@ export class Connection {
     clearTimeout(this.resumeTimer);
     clearTimeout(this.resyncTimer);
     this.resyncTimer = undefined;
+    clearTimeout(this.syncTimer);
+    this.pendingSync = undefined;
+    this.resync = undefined;
     this.outbox.error(new Error('connection destroyed'));
     this.writerSubscription.unsubscribe();
     this.socket.destroy();

@@ -69,7 +69,7 @@ import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signedChats } from '../security/sign.js';
 import { chatProblemChecker, signatureCheck, type ChatChecker } from '../operators/verify.js';
 import { rateLimitCheck, spendRateStep } from '../operators/rate-limit.js';
-import { RateLimiter, type RateOptions } from '../transport/token-bucket.js';
+import { checkRate, RateLimiter, type RateOptions } from '../transport/token-bucket.js';
 import { silentLogger, type Logger } from './log.js';
 
 /**
@@ -164,6 +164,15 @@ export interface NodeLimits {
    */
   readonly peerFrames?: RateOptions;
   /**
+   * History requests (`sync` frames) per second a peer may have answered, with a burst on top. Each
+   * answer walks this node's history window and may send the peer all of it; over the rate the
+   * peer's latest request waits for the rate, in place of any that waited before, so a peer that
+   * sends syncs in a loop gets one answer per token instead of a copy of the history per 26-byte
+   * frame. Default 10/s, burst 20: several times what an honest peer asks (an anti-entropy sync and
+   * its answer per 2 s period, a gap repair round per 500 ms, one after an over-rate episode).
+   */
+  readonly peerSyncs?: RateOptions;
+  /**
    * Chat messages a sender (a signing key) may have accepted per second, with a burst on top; its
    * excess is dropped before the signature check (cheap) and not relayed, so a flood is cut at the
    * first hop instead of crossing the network, and the node asks the peer again 5 s later for what
@@ -189,6 +198,7 @@ export interface NodeLimits {
 
 export const LIMIT_DEFAULTS = {
   peerFrames: { perSecond: 10_000, burst: 20_000 },
+  peerSyncs: { perSecond: 10, burst: 20 },
   senderMessages: { perSecond: 500, burst: 2_500 },
   maxDials: 16,
   maxLearnedAddresses: 256,
@@ -566,6 +576,9 @@ class ChatNode implements P2PNode {
     this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
     positive('maxDials', this.limits.maxDials);
     positive('maxLearnedAddresses', this.limits.maxLearnedAddresses);
+    // Checked here, not at the first connection that would build a bucket of them.
+    checkRate(this.limits.peerFrames, 'peerFrames');
+    checkRate(this.limits.peerSyncs, 'peerSyncs');
     this.senderRate = new RateLimiter(this.limits.senderMessages, { max: 10_000 });
     if (options.advertise !== undefined && isUnspecified(options.advertise.host)) {
       throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
@@ -807,6 +820,7 @@ class ChatNode implements P2PNode {
       maxFrameBytes: this.maxFrameBytes,
       writer: this.writerOptions,
       frameRate: this.limits.peerFrames,
+      syncRate: this.limits.peerSyncs,
       onWriteFault: (c, err) => this.drop(c, err),
       security: this.security,
       dialed,
@@ -916,8 +930,7 @@ class ChatNode implements P2PNode {
         this.onBye(conn, frame.reason);
         return undefined;
       case 'sync':
-        this.resync(conn, frame);
-        if (frame.minAgeMs !== undefined) this.answerEntropySync(conn);
+        conn.takeSync(frame, (sync) => this.answerSync(conn, sync));
         return undefined;
       case 'peers':
         conn.noteNeighbours(new Set(frame.peers.map((p) => p.id)));
@@ -1517,11 +1530,20 @@ class ChatNode implements P2PNode {
     return this.entropySince !== undefined && now < this.lastNews + this.timing.antiEntropyMs;
   }
 
+  /** A peer's sync, within its rate (Connection#takeSync): what it lacks, and our own if it asks. */
+  private answerSync(conn: Connection, sync: SyncFrame): void {
+    this.resync(conn, sync);
+    if (sync.minAgeMs !== undefined) this.answerEntropySync(conn);
+  }
+
   /**
    * Sends a peer the messages of our window it lacks, as ordinary chat frames, in bounded batches:
    * a batch per turn of the event loop and never more than RESYNC_OUTBOX_BYTES queued, so live
    * traffic to this and every other peer goes on in between. A message kept unchecked is checked
-   * before it goes.
+   * before it goes. One backlog per peer: a newer sync's takes the place of what is left of an
+   * older one's (the newer marks say what the peer lacks now; what was written meanwhile is in
+   * flight, left out by `rx`), so a peer never gets a message twice from two syncs, nor holds this
+   * node to several backlogs at once.
    */
   private resync(conn: Connection, sync: SyncFrame): void {
     const marks = new Map(sync.marks.map((m) => [m.from, m.seq]));
@@ -1547,36 +1569,55 @@ class ChatNode implements P2PNode {
     const backlog = lacking.filter((m) => flying === undefined || !flying.has(m.frame.id)).slice(0, sync.max);
     if (backlog.length === 0) return;
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
-    let next = 0;
-    const pump = (): void => {
-      if (this.closed || conn.closing || conn.socket.destroyed) return;
-      let sent = 0;
-      while (next < backlog.length && sent < RESYNC_BATCH && conn.outboxBytes < RESYNC_OUTBOX_BYTES) {
-        const message = backlog[next++]!;
-        if (!message.verified) {
-          // The store keeps no signature: checked on the payload, as the peer will check it.
-          const frame = parseFrame(message.payload);
-          const problem =
-            frame.type === 'chat' ? this.chatProblem(frame, message.payload) : 'not a chat message';
-          if (problem !== undefined) {
-            this.log.warn(
-              `resync: not sending a held message of ${message.frame.from.slice(0, 8)} (${problem})`,
-            );
-            continue;
-          }
-          message.verified = true;
-        }
-        this.sendChat(conn, message.payload, message.frame);
-        sent++;
-      }
-      if (next < backlog.length) {
-        if (sent > 0) setImmediate(pump);
-        else setTimeout(pump, 10).unref(); // the peer is still draining the last batch
-      }
-    };
+    const state = { backlog, next: 0, ready: false };
+    conn.resync = state;
     // The backlog may hold messages of this turn whose records are not written yet: none leaves
     // before it is on disk.
-    this.store.afterWrite(pump);
+    this.store.afterWrite(() => {
+      state.ready = true;
+      this.pumpResync(conn);
+    });
+  }
+
+  /**
+   * Sends a batch of the peer's resync backlog (see resync), and schedules the next turn while some
+   * is left. One turn at a time per connection; a backlog not yet on disk waits for its write.
+   */
+  private pumpResync(conn: Connection): void {
+    const state = conn.resync;
+    if (state === undefined || !state.ready || conn.resyncPumping) return;
+    if (this.closed || conn.closing || conn.socket.destroyed) return;
+    const { backlog } = state;
+    let sent = 0;
+    while (state.next < backlog.length && sent < RESYNC_BATCH && conn.outboxBytes < RESYNC_OUTBOX_BYTES) {
+      const message = backlog[state.next++]!;
+      if (!message.verified) {
+        // The store keeps no signature: checked on the payload, as the peer will check it.
+        const frame = parseFrame(message.payload);
+        const problem =
+          frame.type === 'chat' ? this.chatProblem(frame, message.payload) : 'not a chat message';
+        if (problem !== undefined) {
+          this.log.warn(
+            `resync: not sending a held message of ${message.frame.from.slice(0, 8)} (${problem})`,
+          );
+          continue;
+        }
+        message.verified = true;
+      }
+      this.sendChat(conn, message.payload, message.frame);
+      sent++;
+    }
+    if (state.next >= backlog.length) {
+      conn.resync = undefined;
+      return;
+    }
+    conn.resyncPumping = true;
+    const again = (): void => {
+      conn.resyncPumping = false;
+      this.pumpResync(conn);
+    };
+    if (sent > 0) setImmediate(again);
+    else setTimeout(again, 10).unref(); // the peer is still draining the last batch
   }
 
   // ---- dialling ----------------------------------------------------------------------------

@@ -8,10 +8,14 @@ export interface RateOptions {
   readonly burst: number;
 }
 
-function checkRate(rate: RateOptions): void {
+/**
+ * Checks a rate's fields; `what` names it in the error.
+ * @throws {RangeError} for a field that is not a positive finite number.
+ */
+export function checkRate(rate: RateOptions, what = 'rate'): void {
   for (const [name, value] of Object.entries(rate)) {
     if (!Number.isFinite(value) || value <= 0)
-      throw new RangeError(`rate: ${name} must be a positive number, got ${value}`);
+      throw new RangeError(`${what}: ${name} must be a positive number, got ${value}`);
   }
 }
 

@@ -7,15 +7,19 @@ import { Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { Connection, type ConnectionOptions } from '../../lib/node/connection.js';
-import { PROTOCOL_VERSION, type Frame } from '../../lib/protocol/frames.js';
+import { PROTOCOL_VERSION, type Frame, type SyncFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { socketPair, waitFor } from '../helpers/nodes.js';
 
-function options(frameRate = { perSecond: 10_000, burst: 20_000 }): ConnectionOptions {
+function options(
+  frameRate = { perSecond: 10_000, burst: 20_000 },
+  syncRate = { perSecond: 10, burst: 20 },
+): ConnectionOptions {
   return {
     maxFrameBytes: 256 * 1024,
     writer: {},
     frameRate,
+    syncRate,
     onWriteFault: () => {},
     security: { identity: generateIdentity(), networkKey: undefined },
   };
@@ -35,6 +39,8 @@ async function pair(
   });
   return { a, b, client };
 }
+
+const sync = (n: number): SyncFrame => ({ type: 'sync', marks: [], rx: n });
 
 const hello = (id: string): Frame => ({ type: 'hello', v: PROTOCOL_VERSION, id, nick: 'x', port: 1 });
 
@@ -56,6 +62,36 @@ async function greeted(a: Connection, b: Connection, onFrame: (frame: Frame) => 
 }
 
 describe('Connection', () => {
+  it('answers syncs within the rate at once, and of those over it only the latest, once a token is there', async (t) => {
+    const { client, server } = await socketPair(t);
+    const conn = new Connection(server, false, options(undefined, { perSecond: 20, burst: 5 }));
+    t.after(() => {
+      conn.destroy();
+      client.destroy();
+    });
+    const answered: number[] = [];
+    for (let n = 1; n <= 12; n++) conn.takeSync(sync(n), (s) => answered.push(s.rx!));
+    assert.deepEqual(answered, [1, 2, 3, 4, 5], 'the burst at once');
+    await waitFor(() => answered.length === 6, 'the one kept for a token');
+    assert.deepEqual(answered.slice(5), [12], 'the latest, in place of 6-11');
+    await delay(300); // the bucket full again
+    conn.takeSync(sync(13), (s) => answered.push(s.rx!));
+    conn.takeSync(sync(14), (s) => answered.push(s.rx!));
+    assert.deepEqual(answered.slice(6), [13, 14], 'a token each, at once');
+  });
+
+  it('answers no sync that waited for a token once it is destroyed', async (t) => {
+    const { client, server } = await socketPair(t);
+    const conn = new Connection(server, false, options(undefined, { perSecond: 10, burst: 1 }));
+    t.after(() => client.destroy());
+    const answered: number[] = [];
+    conn.takeSync(sync(1), (s) => answered.push(s.rx!));
+    conn.takeSync(sync(2), (s) => answered.push(s.rx!));
+    conn.destroy();
+    await delay(300); // 3 tokens' time
+    assert.deepEqual(answered, [1]);
+  });
+
   it('hands on no frame of a read once it was destroyed while handling an earlier one of that read', async (t) => {
     const { a, b } = await pair(t);
     const pings: number[] = [];

@@ -95,6 +95,35 @@ describe('abuse limits', () => {
     });
   }
 
+  it('answers a flood of sync frames at its sync rate, one backlog at a time, not with the history per frame', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const node = await start({ log, timing: { peerTimeoutMs: 60_000 } });
+    const window = 2000;
+    node.sendAll(Array.from({ length: window }, (_, i) => `message ${i}`));
+    const raw = await rawPeer(t, node.port, { answerPings: true, pack: 65_536 });
+    await waitFor(() => node.peers().length === 1, 'the peer');
+    // 500 syncs asking for everything (26 bytes each), in one pack: 1,300 times what a node does.
+    const sync = serializeFrame({ type: 'sync', marks: [] });
+    const flooded = Date.now();
+    raw.sendPack(Array.from({ length: 500 }, () => sync));
+    await waitFor(() => raw.count('chat') >= window, 'the history');
+    // Then quiet: no chat frame for 500 ms (the answers are done), within 20 s.
+    for (let last = -1, round = 0; raw.count('chat') !== last; round++) {
+      assert.ok(round < 40, `still sending after ${round / 2} s: ${raw.count('chat')} frames`);
+      last = raw.count('chat');
+      await new Promise((resolve) => setTimeout(resolve, 500));
+    }
+    const answers = log.count('resync: sending');
+    const seconds = (Date.now() - flooded) / 1000;
+    // The burst of 20 at once, then at most 10/s; each answer takes the place of the one before.
+    assert.ok(answers <= 21 + 10 * seconds, `${answers} answers in ${seconds} s`);
+    const copies = raw.count('chat') / window;
+    // The 20 of the burst come in one turn, each in place of the one before: one backlog goes
+    // out, then the one kept for a token. Without the rate and the single backlog: 500.
+    assert.ok(copies <= 3, `${copies} copies of the history`);
+  });
+
   it('keeps at most maxDials connection attempts in flight; the others wait their turn', async (t) => {
     const start = nodeFactory(t);
     const dead = await deadEnds(t, 8);

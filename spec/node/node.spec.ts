@@ -973,6 +973,22 @@ describe('createNode', () => {
     }
   });
 
+  it('refuses bad rate limits at creation, naming the limit, not at its first connection', async (t) => {
+    const start = nodeFactory(t);
+    const bad = [
+      { peerFrames: { perSecond: 0, burst: 10 } },
+      { peerSyncs: { perSecond: 10, burst: -1 } },
+      { peerSyncs: { perSecond: Number.NaN, burst: 1 } },
+    ];
+    for (const limits of bad) {
+      await assert.rejects(
+        start({ limits }),
+        new RegExp(`^RangeError: ${Object.keys(limits)[0]}:`),
+        JSON.stringify(limits),
+      );
+    }
+  });
+
   it('refuses to send an empty or oversized message', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
