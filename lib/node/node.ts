@@ -1639,8 +1639,9 @@ class ChatNode implements P2PNode {
     if (addr === undefined || this.targets.has(addr)) return;
     try {
       this.addLearned(newTarget(addr, parseAddress(addr), false, conn.peerId));
-    } catch {
+    } catch (err) {
       // An address we cannot parse is one we cannot dial; the hello check already logged it.
+      if (!(err instanceof AddressError)) throw err;
     }
   }
 
