@@ -266,8 +266,14 @@ export class Connection {
     if (this.ref === undefined && this.hello !== undefined) {
       const key = this.session?.remotePublicKey.toString('hex');
       this.ref = { id: this.hello.id, host: this.remoteHost, ...(key === undefined ? {} : { key }) };
+      this.refs.add(this.ref);
     }
     return this.ref;
+  }
+
+  /** True when `ref` is one this connection handed out: a frame carrying it came in on this one. */
+  delivered(ref: PeerRef): boolean {
+    return this.refs.has(ref);
   }
 
   /**
@@ -285,10 +291,14 @@ export class Connection {
   /** Records the peers this peer says it is connected to (its latest peer list). */
   noteNeighbours(ids: ReadonlySet<string>): void {
     const ref = this.peerRef;
-    if (ref !== undefined) this.ref = { ...ref, neighbours: ids };
+    if (ref === undefined) return;
+    this.ref = { ...ref, neighbours: ids };
+    this.refs.add(this.ref);
   }
 
   private ref: PeerRef | undefined;
+  /** Every {@link peerRef} this connection handed out (a new one at each peer list): {@link delivered}. */
+  private readonly refs = new WeakSet<PeerRef>();
 
   /** The remote node's id, once its hello arrived. */
   get peerId(): string | undefined {

@@ -48,7 +48,7 @@ import { dedupCheck } from '../operators/dedup.js';
 import { filterMap } from '../operators/filter-map.js';
 import { mergePeers } from '../operators/merge-peers.js';
 import { lastRelayTargets, relay, type RelayView } from '../operators/relay.js';
-import type { Inbound } from '../operators/types.js';
+import type { Inbound, PeerRef } from '../operators/types.js';
 import { BACKOFF_DEFAULTS, backoffDelay, type BackoffOptions } from '../transport/backoff.js';
 import { writerSettings, type WriterOptions } from '../transport/writer.js';
 import { remember } from '../operators/remember.js';
@@ -1209,8 +1209,8 @@ class ChatNode implements P2PNode {
    * flood of forgeries cannot flood the log.
    */
   private invalidMessage(message: Inbound<ChatFrame>, reason: string): void {
-    const conn = message.peer === null ? undefined : this.active.get(message.peer.id)?.conn;
-    if (conn === undefined) return;
+    const conn = message.peer === null ? undefined : this.deliveredBy(message.peer);
+    if (conn === undefined) return; // closed meanwhile
     conn.strikes++;
     this.invalidMessages++;
     if (conn.strikes === 1) this.log.warn(`${conn.label} relayed an invalid message (${reason}): dropped`);
@@ -1220,6 +1220,17 @@ class ChatNode implements P2PNode {
         new ProtocolError('ERR_BAD_SIGNATURE', `${conn.strikes} invalid messages, the last: ${reason}`),
       );
     }
+  }
+
+  /**
+   * The open connection a frame carrying `ref` came in on: the peer's active one as a rule, but a
+   * second connection of the peer (probed, or retired and not closed yet) carries frames too.
+   */
+  private deliveredBy(ref: PeerRef): Connection | undefined {
+    const active = this.active.get(ref.id)?.conn;
+    if (active?.delivered(ref) === true) return active;
+    for (const conn of this.conns) if (conn.delivered(ref)) return conn;
+    return undefined;
   }
 
   /** True at most once a minute per `key`: for log lines a peer could otherwise repeat at will. */

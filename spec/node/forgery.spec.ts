@@ -404,6 +404,29 @@ describe('forgery: strikes', () => {
     assertClean(s, 'strike 2 as signed', [first, second]);
   });
 
+  it('charges invalid messages to the connection that delivered them, not to the peer’s other one', async (t) => {
+    const s = await scene(t, { a: { timing: { helloTimeoutMs: 60_000 } } });
+    const first = await s.fromB('b1');
+    // The attacker connects again with the same key: A keeps one connection and retires the other
+    // with `bye duplicate`, which a raw peer never acts on: it stays open and its frames are read.
+    const again = await rawPeer(t, s.a.port, { identity: s.attacker.identity, answerPings: true });
+    const retiredBye = (raw: RawPeer): boolean =>
+      raw.frames.some((f) => f.type === 'bye' && f.reason === 'duplicate');
+    await waitFor(() => retiredBye(s.attacker) || retiredBye(again), 'A to retire one of the two');
+    const [retired, kept] = retiredBye(again) ? [again, s.attacker] : [s.attacker, again];
+    for (let i = 0; i < 3; i++) {
+      retired.send({ ...signedChat(retired.identity, { text: `strike ${i}`, seq: i + 2 }), from: s.b.id });
+    }
+    await dropped(retired);
+    assert.equal(s.a.stats().invalidMessages, 3);
+    // The connection A kept is still up, and carries the attacker's valid messages.
+    await s.barrier(kept, 'kept still heard');
+    assert.ok(peerIds(s.a).includes(s.attacker.id));
+    assert.equal(downs(s.eventsA).length, 0, 'the peer never went down');
+    const second = await s.fromB('b2');
+    for (let i = 0; i < 3; i++) assertClean(s, `strike ${i}`, [first, second]);
+  });
+
   it('a burst of invalid messages gives one first-offence line and one disconnect line', async (t) => {
     const s = await scene(t);
     const first = await s.fromB('b1');
