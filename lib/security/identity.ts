@@ -53,7 +53,10 @@ export function nodeIdOf(publicKey: Uint8Array): string {
 }
 
 /**
- * The node:crypto KeyObject of a raw Ed25519 public key.
+ * The node:crypto KeyObject of a raw Ed25519 public key. node:crypto takes any bytes that decode
+ * to a point, small-order ones included, and its `verify` with such a key accepts signatures made
+ * without a private key: a key from a peer is checked with libsodium instead (`verifyChat`, the
+ * handshake's identity proof).
  * @throws {RangeError} when `publicKey` is not 32 bytes.
  * @throws {Error} from node:crypto when the bytes are not a valid key encoding.
  */

@@ -1,10 +1,10 @@
 import { Buffer } from 'node:buffer';
-import { verify as cryptoVerify } from 'node:crypto';
 import NoiseState from 'noise-handshake';
 import { checkMaxMessageBytes, CipherState, DEFAULT_MAX_MESSAGE_BYTES } from './cipher.js';
 import { SecurityError, wrapFailure } from './errors.js';
-import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, nodeIdOf, publicKeyFromRaw, type Identity } from './identity.js';
+import { PUBLIC_KEY_BYTES, SIGNATURE_BYTES, nodeIdOf, type Identity } from './identity.js';
 import { NETWORK_KEY_BYTES } from './network-key.js';
+import { sodium } from './sodium.js';
 
 /**
  * The handshake runs `Noise_XX_25519_ChaChaPoly_BLAKE2b`, or `Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b`
@@ -23,6 +23,9 @@ import { NETWORK_KEY_BYTES } from './network-key.js';
  * `IDENTITY_PROOF_PREFIX || role || its Noise static key || handshake hash before its message`.
  * The hash covers both ephemeral keys, so a proof is bound to this one session (channel binding) and
  * cannot be replayed into another; the static key ties the proof to the key Noise authenticates.
+ * The signature is checked with libsodium's strict verification, as chat signatures are: a
+ * small-order identity key (for which a signature can be made without a private key), a small-order
+ * R, or a non-canonical key or S fails the proof.
  */
 export const NOISE_PROTOCOL = 'Noise_XX_25519_ChaChaPoly_BLAKE2b';
 export const NOISE_PROTOCOL_PSK = 'Noise_XXpsk0_25519_ChaChaPoly_BLAKE2b';
@@ -316,7 +319,8 @@ class NoiseHandshake implements Handshake {
   /**
    * Checks the peer's identity payload and returns its identity key.
    * @throws {SecurityError} `ERR_HANDSHAKE` for a malformed payload, `ERR_IDENTITY` for a proof that
-   *   does not verify, `ERR_UNEXPECTED_PEER` for an identity other than the expected one.
+   *   does not verify (strictly: a small-order key never does), `ERR_UNEXPECTED_PEER` for an identity
+   *   other than the expected one.
    */
   private checkProof(payload: Buffer, role: number): Buffer {
     const remoteStatic = this.noise.rs;
@@ -327,15 +331,15 @@ class NoiseHandshake implements Handshake {
     }
     const publicKey = Buffer.from(payload.subarray(1, 1 + PUBLIC_KEY_BYTES));
     const signature = payload.subarray(1 + PUBLIC_KEY_BYTES);
-    let valid: boolean;
-    try {
-      const key = publicKeyFromRaw(publicKey);
-      valid = cryptoVerify(null, this.signedProofBytes(role, remoteStatic, transcript), key, signature);
-    } catch (err) {
-      if (err instanceof TypeError || err instanceof RangeError) throw err;
-      valid = false; // node:crypto refused the key bytes
+    // libsodium, not node:crypto: OpenSSL's check takes a small-order key (the identity point, ...)
+    // with a signature anyone can make (R a small-order point, S = 0), so a peer could prove such a
+    // key with no private key. libsodium refuses small-order keys and R, and non-canonical encodings:
+    // the same check as the chat signatures (sign.ts), which then never meet a key proven here that
+    // they would refuse. Once per handshake, and faster than node:crypto's anyway.
+    const signed = this.signedProofBytes(role, remoteStatic, transcript);
+    if (!sodium.crypto_sign_verify_detached(signature, signed, publicKey)) {
+      throw new SecurityError('ERR_IDENTITY', "the peer's identity proof does not verify");
     }
-    if (!valid) throw new SecurityError('ERR_IDENTITY', "the peer's identity proof does not verify");
     const remoteId = nodeIdOf(publicKey);
     if (this.expectedRemoteId !== undefined && remoteId !== this.expectedRemoteId) {
       throw new SecurityError(
