@@ -378,25 +378,61 @@ export interface LineBatch {
 }
 
 /**
+ * readline's own record of the row, counted from the prompt's first, that it left the cursor on when
+ * it last drew the prompt and line: its redraw (`prompt()`, and the edits that draw the line again)
+ * first moves up by it. A private field (no API gives it): absent until readline first draws, which
+ * readline takes as 0, as this does.
+ */
+type DrawnRows = { prevRows?: unknown };
+
+/**
  * For a terminal: a prompt that stays intact while messages and logs arrive (each is written above
- * it, then the prompt and the half-typed line are drawn again).
+ * it, then the prompt and the half-typed line are drawn again, the cursor where it was in the line),
+ * even when the prompt and line wrap over several rows of the terminal.
  */
 export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink {
   const out = io.stdout;
   // Loaded here: only a terminal needs readline (its code is ~0.3 MB a piped node would carry idle).
-  const { clearLine, createInterface, cursorTo } = process.getBuiltinModule('node:readline');
+  const { clearScreenDown, createInterface, cursorTo, moveCursor } =
+    process.getBuiltinModule('node:readline');
   const rl = createInterface({ input: io.stdin, output: out, terminal: true, historySize: 100 });
   rl.on('SIGINT', onInterrupt);
+  // Whether the prompt is on screen: not before the first is drawn, nor after Enter (readline goes to
+  // a new row and draws no prompt) until one is drawn again.
+  let promptShown = false;
+  rl.on('line', () => (promptShown = false));
+  const prompt = (preserveCursor: boolean): void => {
+    rl.prompt(preserveCursor);
+    promptShown = true;
+  };
+  /**
+   * The rows of the prompt and line above the cursor's. While the prompt is shown, worked out from
+   * the prompt and the line: readline's own record of it (see {@link DrawnRows}) stays 0 after a paste
+   * that wraps (it writes a paste's characters without counting rows). While the prompt is not shown,
+   * that record: what the cursor has above it is only what was typed since Enter, if anything.
+   */
+  const rowsAbove = (): number => {
+    if (promptShown) return rl.getCursorPos().rows;
+    const drawn = (rl as DrawnRows).prevRows;
+    return typeof drawn === 'number' ? drawn : 0;
+  };
   let closed = false;
   const above = (stream: Writable, text: string | Uint8Array): void => {
     if (closed) {
       stream.write(text);
       return;
     }
+    // Clear from the first row of the prompt down (the rows of a line that wraps, not just the
+    // cursor's), write, and draw the prompt and line again below.
+    moveCursor(out, 0, -rowsAbove());
     cursorTo(out, 0);
-    clearLine(out, 0);
+    clearScreenDown(out);
     stream.write(text);
-    rl.prompt(true);
+    // The prompt starts on the cursor's row now: readline's redraw must not move up first (it would
+    // clear the last rows of the text). Not a number yet (readline has not drawn), it counts as 0.
+    const drawn = rl as DrawnRows;
+    if (typeof drawn.prevRows === 'number') drawn.prevRows = 0;
+    prompt(true);
   };
   // A burst of messages is drawn once per turn: one clear, the lines, one prompt.
   const batch = lineBatch(out, (text) => above(out, text));
@@ -409,7 +445,7 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     },
     message: (m) => show(formatMessage(m)),
     sent() {
-      rl.prompt();
+      prompt(false);
     },
     peerUp: (p) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) joined from ${sanitize(p.address)}`),
     peerDown: (p, reason) => show(`* ${sanitize(p.nick)} (${shortId(p.id)}) left: ${sanitize(reason)}`),

@@ -6,6 +6,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import fc from 'fast-check';
 import {
+  formatMessage,
   jsonConsole,
   lineBatch,
   MAX_LINE_CHARS,
@@ -21,6 +22,7 @@ import { MAX_TEXT_LENGTH } from '../../lib/protocol/frames.js';
 import type { ChatMessage, PeerInfo } from '../../lib/node/node.js';
 import { waitFor } from '../helpers/nodes.js';
 import { procsFor, type CliEvent, type SentEvent } from '../helpers/procs.js';
+import { terminal, wrapped, type Cursor } from '../helpers/terminal.js';
 
 /** The end of this turn of the event loop, after the sinks' own `setImmediate` flush. */
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
@@ -250,6 +252,191 @@ describe('console sinks: one stdout write per turn of the event loop', () => {
       stdout.writes().some((w) => w.includes('line 101\n')),
       'close() draws what is queued',
     );
+  });
+});
+
+/** Columns of the fake terminal: narrow, so a short line wraps. */
+const COLUMNS = 20;
+
+/**
+ * A terminal for `ttyConsole`, COLUMNS wide: stdin a PassThrough that says it is a TTY (keys are
+ * typed into it), stdout and stderr both drawing on one {@link terminal}, as they do on a real one.
+ * readline draws only for a TERM other than `dumb`: TERM is set for the test.
+ */
+function ttyIo(t: TestContext) {
+  const screen = terminal(COLUMNS);
+  const tty = (): Writable =>
+    Object.assign(
+      new Writable({
+        decodeStrings: false,
+        write(chunk: string | Buffer, _encoding, callback) {
+          screen.write(chunk);
+          callback();
+        },
+      }),
+      { isTTY: true, columns: COLUMNS },
+    );
+  const stdin = Object.assign(new PassThrough(), { isTTY: true });
+  const io: ConsoleIo = { stdin, stdout: tty(), stderr: tty() };
+  const term = process.env['TERM'];
+  process.env['TERM'] = 'xterm';
+  t.after(() => {
+    if (term === undefined) delete process.env['TERM'];
+    else process.env['TERM'] = term;
+    stdin.end();
+  });
+  return { io, stdin, screen };
+}
+
+/** A terminal console that has drawn its ready line and its prompt, `${nick}> `. */
+async function readyTty(t: TestContext, nick = 'alice') {
+  const { io, stdin, screen } = ttyIo(t);
+  const sink = ttyConsole(io, () => {});
+  t.after(() => sink.close());
+  sink.ready({ id: ID, port: 8001, nick });
+  await nextTurn();
+  const readyRows = wrapped(
+    `p2p: node a1b2c3 (${ID}) listening on port 8001. Type a message, or /help.`,
+    COLUMNS,
+  );
+  assert.deepEqual(
+    screen.rows(),
+    [...readyRows, ...wrapped(`${nick}> `, COLUMNS)],
+    'the ready line and the prompt',
+  );
+  /** Types `keys` one at a time, a read each, as a person does (an escape sequence is one key). */
+  const type = async (...keys: string[]): Promise<void> => {
+    for (const key of keys) {
+      stdin.write(key);
+      await nextTurn();
+    }
+  };
+  /** Pastes `text`: one read. */
+  const paste = async (text: string): Promise<void> => {
+    stdin.write(text);
+    await nextTurn();
+  };
+  return { sink, screen, type, paste, readyRows };
+}
+
+const LEFT = '\x1b[D';
+const BACKSPACE = '\x7f';
+
+/**
+ * The rows of a prompt and line `text` drawn from row `top`, and the cursor after its `at`-th
+ * character. A text that fills its last row has the cursor on a row of its own below (readline
+ * writes a space there to have the terminal make that row).
+ */
+function drawn(text: string, top: number, at = text.length): { rows: string[]; cursor: Cursor } {
+  const rows = wrapped(text, COLUMNS);
+  if (text.length > 0 && text.length % COLUMNS === 0) rows.push('');
+  return { rows, cursor: { row: top + Math.floor(at / COLUMNS), col: at % COLUMNS } };
+}
+
+describe('terminal (the spec helper): a screen as xterm draws it', () => {
+  it('wraps at its width with the wrap pending in the last column, moves and erases as xterm does', () => {
+    const screen = terminal(5);
+    screen.write('abcde'); // fills the row: the cursor stays in its last column, a wrap pending
+    assert.deepEqual([screen.rows(), screen.cursor], [['abcde'], { row: 0, col: 4 }]);
+    screen.write('\r\nfgh'); // the pending wrap is cancelled: one row down, not two
+    assert.deepEqual([screen.rows(), screen.cursor], [['abcde', 'fgh'], { row: 1, col: 3 }]);
+    screen.write('ijkl\x1b[1A\x1b[3G\x1b[K'); // wraps; then up, to column 3, erase to the end
+    assert.deepEqual([screen.rows(), screen.cursor], [['abcde', 'fg', 'kl'], { row: 1, col: 2 }]);
+    screen.write('\x1b[2D\x1b[1B\x1b[0J');
+    assert.deepEqual([screen.rows(), screen.cursor], [['abcde', 'fg', ''], { row: 2, col: 0 }]);
+    assert.throws(() => screen.write('\x1b[2;3H'), /unknown sequence CSI 2;3H/);
+  });
+});
+
+describe('ttyConsole: lines drawn above a prompt and line wrapped over several rows', () => {
+  it('draws a message above the half-typed line, then the prompt and the line once, the cursor at its end', async (t) => {
+    // 46 characters: 'alice> ' and the line take three rows; 33: two full rows, the cursor on a third.
+    const lines = [
+      'the quick brown fox jumps over the lazy dog 46',
+      'exactly two full rows: 33 chars.',
+      'short',
+      '',
+    ];
+    for (const [typed, how] of lines.flatMap((line) => [
+      [line, 'typed'] as const,
+      [line, 'pasted'] as const,
+    ])) {
+      const { sink, screen, type, paste, readyRows } = await readyTty(t);
+      await (how === 'typed' ? type(...typed) : paste(typed));
+      const name = `${how} ${typed.length}`;
+      assert.deepEqual(screen.rows(), [...readyRows, ...drawn(`alice> ${typed}`, 0).rows], name);
+
+      sink.message(message(1));
+      await nextTurn();
+      const above = [...readyRows, ...wrapped(formatMessage(message(1)), COLUMNS)];
+      const prompt = drawn(`alice> ${typed}`, above.length);
+      assert.deepEqual(screen.rows(), [...above, ...prompt.rows], `${name}: the message, then the line once`);
+      assert.deepEqual(screen.cursor, prompt.cursor, `${name}: the cursor where it was in the line`);
+
+      // readline's own redraw (a backspace) starts from the row the console left it on.
+      await type(BACKSPACE);
+      const after = drawn(`alice> ${typed.slice(0, -1)}`, above.length);
+      assert.deepEqual(screen.rows(), [...above, ...after.rows], `${name}: then a backspace`);
+      assert.deepEqual(screen.cursor, after.cursor, `${name}: then a backspace`);
+    }
+  });
+
+  it('puts the cursor back in the middle of the line, on the row it was on', async (t) => {
+    const { sink, screen, type, readyRows } = await readyTty(t);
+    const typed = 'the quick brown fox jumps over the lazy dog 46';
+    await type(...typed, ...Array<string>(COLUMNS + 4).fill(LEFT)); // onto the row above
+    const at = 7 + typed.length - COLUMNS - 4;
+    assert.deepEqual(screen.cursor, drawn(`alice> ${typed}`, readyRows.length, at).cursor);
+
+    sink.message(message(1));
+    await nextTurn();
+    const above = [...readyRows, ...wrapped(formatMessage(message(1)), COLUMNS)];
+    const prompt = drawn(`alice> ${typed}`, above.length, at);
+    assert.deepEqual(screen.rows(), [...above, ...prompt.rows]);
+    assert.deepEqual(screen.cursor, prompt.cursor);
+
+    await type('Z'); // inserted in the middle: readline draws the whole line again
+    const edited = `alice> ${typed.slice(0, at - 7)}Z${typed.slice(at - 7)}`;
+    assert.deepEqual(screen.rows(), [...above, ...drawn(edited, above.length).rows]);
+    assert.deepEqual(screen.cursor, drawn(edited, above.length, at + 1).cursor);
+  });
+
+  it('draws long messages, several turns of them and a log line (stderr) above it, keeping each whole', async (t) => {
+    const { sink, screen, paste, readyRows } = await readyTty(t);
+    const typed = 'the quick brown fox jumps over the lazy dog 46';
+    await paste(typed);
+    const long = { ...message(1), text: 'a message longer than the terminal is wide, by far' };
+    sink.message(long);
+    sink.message(message(2));
+    await nextTurn();
+    sink.log('warn: a log line, wider than the terminal');
+    sink.message(message(3));
+    await nextTurn();
+    const above = [
+      ...readyRows,
+      ...wrapped(formatMessage(long), COLUMNS),
+      ...wrapped(formatMessage(message(2)), COLUMNS),
+      ...wrapped('warn: a log line, wider than the terminal', COLUMNS),
+      ...wrapped(formatMessage(message(3)), COLUMNS),
+    ];
+    const prompt = drawn(`alice> ${typed}`, above.length);
+    assert.deepEqual(screen.rows(), [...above, ...prompt.rows]);
+    assert.deepEqual(screen.cursor, prompt.cursor);
+  });
+
+  it('with a prompt wider than the terminal: keeps the line just entered, draws the prompt once below the message', async (t) => {
+    const nick = 'a-nickname-of-24-chars__'; // its prompt takes two rows
+    const { sink, screen, type, readyRows } = await readyTty(t, nick);
+    await type('hello\r'); // entered: readline moves to a new row and draws no prompt until asked
+    const entered = wrapped(`${nick}> hello`, COLUMNS);
+    assert.deepEqual(screen.rows(), [...readyRows, ...entered, '']);
+
+    sink.message(message(1));
+    await nextTurn();
+    const above = [...readyRows, ...entered, ...wrapped(formatMessage(message(1)), COLUMNS)];
+    const prompt = drawn(`${nick}> `, above.length);
+    assert.deepEqual(screen.rows(), [...above, ...prompt.rows]);
+    assert.deepEqual(screen.cursor, prompt.cursor);
   });
 });
 
@@ -595,6 +782,33 @@ describe('main: a line too long to send', () => {
       `message not sent: more than ${MAX_LINE_CHARS} characters, the limit is ${MAX_TEXT_LENGTH}\n`,
     ]);
     assert.ok(!stdout.writes().some((w) => w.includes('"sent"')), 'neither was sent');
+  });
+});
+
+describe('main: stdout not a terminal', () => {
+  it('with stdin a terminal and stdout a pipe, writes plain lines: no prompt, no escapes', async (t) => {
+    const { io, stdin, stdout, stderr } = fakeIo(t);
+    const signals = new EventEmitter();
+    const code = main(['0', '--host', '127.0.0.1', '--nick', 'alice', '--log-level', 'error'], {
+      ...io,
+      stdin: Object.assign(stdin, { isTTY: true }),
+      env: {},
+      signals,
+    });
+    t.after(async () => {
+      signals.emit('SIGTERM');
+      await code;
+    });
+    await waitFor(
+      () => stderr.writes().some((w) => w.includes('listening on port')),
+      'the ready line',
+      8_000,
+    );
+    stdin.write('/peers\n/nick bob\n');
+    await waitFor(() => stdout.writes().join('').includes('bob'), 'the replies');
+    signals.emit('SIGTERM');
+    assert.equal(await code, 0);
+    assert.equal(stdout.writes().join(''), 'no peers connected\nyou are now bob\n');
   });
 });
 
