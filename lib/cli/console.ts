@@ -400,11 +400,16 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
   // Whether the prompt is on screen: not before the first is drawn, nor after Enter (readline goes to
   // a new row and draws no prompt) until one is drawn again.
   let promptShown = false;
-  rl.on('line', () => (promptShown = false));
   const prompt = (preserveCursor: boolean): void => {
     rl.prompt(preserveCursor);
     promptShown = true;
   };
+  // Registered before the lines are handed on (linesOf): a blank line sends nothing and gets no
+  // answer, so it gets its prompt here, as a shell's does; any other line's answer draws it.
+  rl.on('line', (line: string) => {
+    promptShown = false;
+    if (line.trim() === '') prompt(false);
+  });
   /**
    * The rows of the prompt and line above the cursor's. While the prompt is shown, worked out from
    * the prompt and the line: readline's own record of it (see {@link DrawnRows}) stays 0 after a paste

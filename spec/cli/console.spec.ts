@@ -424,6 +424,15 @@ describe('ttyConsole: lines drawn above a prompt and line wrapped over several r
     assert.deepEqual(screen.cursor, prompt.cursor);
   });
 
+  it('draws a new prompt for a blank line entered (nothing sent, nothing else would draw one)', async (t) => {
+    const { screen, type, readyRows } = await readyTty(t);
+    await type('\r');
+    await type(' ', ' ', '\r');
+    const prompt = drawn('alice> ', readyRows.length + 2);
+    assert.deepEqual(screen.rows(), [...readyRows, 'alice>', 'alice>', ...prompt.rows]);
+    assert.deepEqual(screen.cursor, prompt.cursor);
+  });
+
   it('with a prompt wider than the terminal: keeps the line just entered, draws the prompt once below the message', async (t) => {
     const nick = 'a-nickname-of-24-chars__'; // its prompt takes two rows
     const { sink, screen, type, readyRows } = await readyTty(t, nick);
