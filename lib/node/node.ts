@@ -430,7 +430,12 @@ function checkTiming(
  */
 export async function createNode(options: NodeOptions = {}): Promise<P2PNode> {
   const node = new ChatNode(options);
-  await node.listen();
+  try {
+    await node.listen();
+  } catch (err) {
+    node.discard(); // never handed out: its data directory is free again, for a retry on another port
+    throw err;
+  }
   return node;
 }
 
@@ -522,6 +527,28 @@ class ChatNode implements P2PNode {
   constructor(private readonly options: NodeOptions) {
     this.nick = checkNick(options.nick ?? 'anon');
     this.log = options.log ?? silentLogger;
+    // Options first: a bad one throws before the data directory is locked, leaving nothing held.
+    // A timer given as undefined takes its default, as a missing one does.
+    this.timing = { ...DEFAULT_TIMING, backoff: {}, ...definedOnly(options.timing) };
+    checkTiming(this.timing);
+    this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
+    this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
+    this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
+    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.historyMaxAgeMs = options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs;
+    this.writerOptions = writerSettings(options.writer);
+    this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
+    positive('maxDials', this.limits.maxDials);
+    positive('maxLearnedAddresses', this.limits.maxLearnedAddresses);
+    // Checked here, not at the first connection that would build a bucket of them.
+    checkRate(this.limits.peerFrames, 'peerFrames');
+    checkRate(this.limits.peerSyncs, 'peerSyncs');
+    this.senderRate = new RateLimiter(this.limits.senderMessages, { max: 10_000 });
+    if (options.advertise !== undefined && isUnspecified(options.advertise.host)) {
+      throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
+    }
+    this.advertise = options.advertise;
+
     const dataDir = options.dataDir;
     this.releaseDataDir = dataDir === undefined ? () => {} : lockDataDir(dataDir);
     try {
@@ -564,26 +591,6 @@ class ChatNode implements P2PNode {
       this.releaseDataDir();
       throw err;
     }
-    // A timer given as undefined takes its default, as a missing one does.
-    this.timing = { ...DEFAULT_TIMING, backoff: {}, ...definedOnly(options.timing) };
-    checkTiming(this.timing);
-    this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
-    this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
-    this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
-    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
-    this.historyMaxAgeMs = options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs;
-    this.writerOptions = writerSettings(options.writer);
-    this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
-    positive('maxDials', this.limits.maxDials);
-    positive('maxLearnedAddresses', this.limits.maxLearnedAddresses);
-    // Checked here, not at the first connection that would build a bucket of them.
-    checkRate(this.limits.peerFrames, 'peerFrames');
-    checkRate(this.limits.peerSyncs, 'peerSyncs');
-    this.senderRate = new RateLimiter(this.limits.senderMessages, { max: 10_000 });
-    if (options.advertise !== undefined && isUnspecified(options.advertise.host)) {
-      throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
-    }
-    this.advertise = options.advertise;
 
     this.events$ = this.events.asObservable();
     this.peers$ = this.peerList.asObservable();
@@ -678,6 +685,15 @@ class ChatNode implements P2PNode {
 
   get port(): number {
     return this.listenPort;
+  }
+
+  /** Closes the history and releases the data directory of a node whose listen() failed. */
+  discard(): void {
+    try {
+      this.store.close();
+    } finally {
+      this.releaseDataDir();
+    }
   }
 
   listen(): Promise<void> {

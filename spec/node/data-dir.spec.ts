@@ -12,8 +12,10 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { DataDirLockedError, lockDataDir } from '../../lib/node/data-dir.js';
+import { createNode } from '../../lib/node/node.js';
 import { tempDir } from '../helpers/temp.js';
 
 const MODULE = new URL('../../lib/node/data-dir.ts', import.meta.url).href;
@@ -303,5 +305,29 @@ describe('lockDataDir', () => {
       assert.equal(await winners[0]!.ask('release'), 'released');
       assert.deepEqual(readdirSync(dir), []);
     }
+  });
+});
+
+describe('createNode and its data directory', () => {
+  it('lets go of the data directory when it cannot listen, so that a retry on another port takes it', async (t) => {
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    t.after(() => server.close());
+    const address = server.address();
+    assert.ok(typeof address === 'object' && address !== null);
+    const dir = tempDir(t, 'node');
+    await assert.rejects(createNode({ host: '127.0.0.1', port: address.port, dataDir: dir }), {
+      code: 'EADDRINUSE',
+    });
+    assert.equal(existsSync(lockPath(dir)), false);
+    const node = await createNode({ host: '127.0.0.1', dataDir: dir });
+    await node.close();
+  });
+
+  it('checks its options before it locks the data directory', async (t) => {
+    const dir = tempDir(t, 'node');
+    await assert.rejects(createNode({ host: '127.0.0.1', dataDir: dir, maxPeers: 0 }), RangeError);
+    assert.equal(existsSync(dir) && readdirSync(dir).includes('lock'), false);
+    lockDataDir(dir)();
   });
 });
