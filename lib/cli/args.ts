@@ -105,6 +105,12 @@ function valuesJoined(argv: readonly string[]): string[] {
   return out;
 }
 
+/** The arguments before `--`, where minimist reads options; after it, everything is a positional. */
+function beforeDashes(argv: readonly string[]): readonly string[] {
+  const end = argv.indexOf('--');
+  return end === -1 ? argv : argv.slice(0, end);
+}
+
 /**
  * Parses the command line (without `node` and the script).
  * @throws {UsageError} naming the first thing that is wrong.
@@ -114,6 +120,10 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
   // `_` holds the positionals (see minimist's options below): as an option it would pass as known.
   const underscore = argv.find((arg) => /^--_(=|$)/.test(arg));
   if (underscore !== undefined) throw new UsageError(`unknown option ${underscore.replace(/=.*/, '')}`);
+  // minimist reads any `--no-X` as `--X=false`: `--no-json` as no --json, `--no-nick` as the name
+  // "false". No option here is spelt so: refused as unknown, not read as something not asked for.
+  const negated = beforeDashes(argv).find((arg) => arg.startsWith('--no-'));
+  if (negated !== undefined) throw new UsageError(`unknown option ${negated.replace(/=.*/, '')}`);
   const negative = argv.find((arg) => /^-\d/.test(arg));
   if (negative !== undefined)
     throw new UsageError(`${negative}: expected a port or count, not a negative number`);

@@ -38,6 +38,7 @@ describe('bin/p2p: command line', () => {
     { name: 'a peer with an empty port', args: ['0', '1.2.3.4:'], mentions: /port/ },
     { name: 'an IPv6 peer without brackets', args: ['0', '::1:80'], mentions: /\[/ },
     { name: 'an unknown option', args: ['0', '--bogus'], mentions: /--bogus/ },
+    { name: 'a --no- form of an option', args: ['0', '--no-json'], mentions: /unknown option --no-json/ },
     { name: 'no port at all', args: [], mentions: /port/ },
     { name: 'options but no port', args: ['--json'], mentions: /port/ },
     // Number-like but not a port as typed (the parser's library made numbers of them: 8001 and 1000).
@@ -120,6 +121,42 @@ describe('parseArgs: options', () => {
         },
       );
     }
+  });
+});
+
+describe('parseArgs: --no- forms', () => {
+  it('refuses --no- followed by any name as an unknown option, instead of reading it as that option set to false', () => {
+    const negated = [
+      '--no-json',
+      '--no-ephemeral',
+      '--no-nick',
+      '--no-help',
+      '--no-version',
+      '--no-history',
+      '--no-data-dir',
+      '--no-bogus',
+      '--no-',
+    ];
+    for (const flag of negated) {
+      for (const argv of [
+        ['8001', flag],
+        ['8001', `${flag}=1`],
+        [flag, '8001', '--json'],
+      ]) {
+        assert.throws(
+          () => parseArgs(argv),
+          (err: unknown) => {
+            assert.ok(err instanceof UsageError, String(err));
+            assert.equal(err.message, `unknown option ${flag}`, JSON.stringify(argv));
+            return true;
+          },
+        );
+      }
+    }
+  });
+
+  it('leaves one after -- to be read as a positional (and refused as a peer)', () => {
+    assert.throws(() => parseArgs(['8001', '--', '--no-json']), /peer: "--no-json"/);
   });
 });
 
