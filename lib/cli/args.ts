@@ -63,6 +63,9 @@ options:
   -h, --help           show this help and exit
   -v, --version        print the version and exit
 
+The flags (--json, --ephemeral, -h, -v) take no value: --json=false, --json=1
+and --json false are refused; leave the flag out instead.
+
 commands (type them in the chat): /help /peers /history [N] /nick NAME
   /connect HOST:PORT /quit
 `;
@@ -80,6 +83,8 @@ const STRINGS = [
   'create-network-key',
 ] as const;
 const BOOLEANS = ['json', 'help', 'version', 'ephemeral'] as const;
+/** The one-letter options; each stands for a flag of {@link BOOLEANS}. */
+const SHORT: Readonly<Record<string, (typeof BOOLEANS)[number]>> = { h: 'help', v: 'version' };
 const VALUE_OPTIONS: ReadonlySet<string> = new Set(STRINGS.map((name) => `--${name}`));
 
 /**
@@ -112,6 +117,46 @@ function beforeDashes(argv: readonly string[]): readonly string[] {
 }
 
 /**
+ * What is wrong with the first flag (an option of {@link BOOLEANS}, or `-h`, `-v`) given a value, or
+ * undefined. A flag takes none, not even `true` or `false`: minimist reads `--json=no` and
+ * `--ephemeral=0` as set, `--json=false` and `--json false` as not set, and `-h=1` or `-hx=1` as
+ * neither (no help, and the node runs). Refused, all of them: what runs is what `--json` alone, or no
+ * `--json`, says.
+ */
+function flagValueError(argv: readonly string[]): string | undefined {
+  const args = beforeDashes(argv);
+  const isFlag = (name: string): boolean => (BOOLEANS as readonly string[]).includes(name);
+  const refusal = (flag: string, given: string): string =>
+    `${flag} takes no value, got ${JSON.stringify(given)}: give it alone, or leave it out`;
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i]!;
+    const next = args[i + 1];
+    const long = /^--([^=]+)(=?)/.exec(arg);
+    if (long !== null) {
+      if (!isFlag(long[1]!)) continue;
+      if (long[2] === '=') return refusal(`--${long[1]}`, arg);
+      // minimist takes a `true` or `false` after a flag as its value.
+      if (next === 'true' || next === 'false') return refusal(arg, `${arg} ${next}`);
+      continue;
+    }
+    // A group of one-letter flags (`-hv`): minimist makes anything after its letters the value of a
+    // letter in it, one it may not know (`-hx=1` sets -h to "x=1").
+    const short = /^-([a-zA-Z]+)(.*)$/s.exec(arg);
+    if (short === null) continue;
+    const [, letters = '', rest] = short;
+    const last = `-${letters.slice(-1)}`;
+    if (rest !== '') {
+      if ([...letters].some((letter) => !(letter in SHORT)))
+        return `unknown option ${arg.replace(/=.*/s, '')}`;
+      return refusal(last, arg);
+    }
+    if ((next === 'true' || next === 'false') && letters.slice(-1) in SHORT)
+      return refusal(last, `${arg} ${next}`);
+  }
+  return undefined;
+}
+
+/**
  * Parses the command line (without `node` and the script).
  * @throws {UsageError} naming the first thing that is wrong.
  */
@@ -124,6 +169,8 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
   // "false". No option here is spelt so: refused as unknown, not read as something not asked for.
   const negated = beforeDashes(argv).find((arg) => arg.startsWith('--no-'));
   if (negated !== undefined) throw new UsageError(`unknown option ${negated.replace(/=.*/, '')}`);
+  const flagValue = flagValueError(argv);
+  if (flagValue !== undefined) throw new UsageError(flagValue);
   const negative = argv.find((arg) => /^-\d/.test(arg));
   if (negative !== undefined)
     throw new UsageError(`${negative}: expected a port or count, not a negative number`);
@@ -133,7 +180,7 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
     // parsePort must see as typed to refuse.
     string: [...STRINGS, '_'],
     boolean: [...BOOLEANS],
-    alias: { h: 'help', v: 'version' },
+    alias: { ...SHORT },
     unknown: (arg) => {
       if (/^-[^\d]/.test(arg) || arg.startsWith('--')) {
         unknown.push(arg);

@@ -39,6 +39,7 @@ describe('bin/p2p: command line', () => {
     { name: 'an IPv6 peer without brackets', args: ['0', '::1:80'], mentions: /\[/ },
     { name: 'an unknown option', args: ['0', '--bogus'], mentions: /--bogus/ },
     { name: 'a --no- form of an option', args: ['0', '--no-json'], mentions: /unknown option --no-json/ },
+    { name: 'a flag given a value', args: ['0', '--json=false'], mentions: /--json takes no value/ },
     { name: 'no port at all', args: [], mentions: /port/ },
     { name: 'options but no port', args: ['--json'], mentions: /port/ },
     // Number-like but not a port as typed (the parser's library made numbers of them: 8001 and 1000).
@@ -157,6 +158,61 @@ describe('parseArgs: --no- forms', () => {
 
   it('leaves one after -- to be read as a positional (and refused as a peer)', () => {
     assert.throws(() => parseArgs(['8001', '--', '--no-json']), /peer: "--no-json"/);
+  });
+});
+
+describe('parseArgs: flags given a value', () => {
+  const refusal = (argv: string[]): string => {
+    try {
+      parseArgs(argv);
+    } catch (err) {
+      assert.ok(err instanceof UsageError, String(err));
+      return err.message;
+    }
+    assert.fail(`${JSON.stringify(argv)} was accepted`);
+  };
+  const takesNoValue = (flag: string, given: string): string =>
+    `${flag} takes no value, got ${JSON.stringify(given)}: give it alone, or leave it out`;
+
+  it('refuses a flag with =, whatever the value (true and false too)', () => {
+    for (const flag of ['--json', '--ephemeral', '--help', '--version']) {
+      for (const value of ['yes', 'no', '1', '0', 'true', 'false', '']) {
+        const given = `${flag}=${value}`;
+        assert.equal(refusal(['8001', given]), takesNoValue(flag, given));
+        assert.equal(refusal([given, '8001']), takesNoValue(flag, given));
+      }
+    }
+  });
+
+  it('refuses a flag followed by true or false, which minimist took as its value', () => {
+    assert.equal(refusal(['8001', '--json', 'false']), takesNoValue('--json', '--json false'));
+    assert.equal(refusal(['8001', '--ephemeral', 'true']), takesNoValue('--ephemeral', '--ephemeral true'));
+    assert.equal(refusal(['--help', 'false', '8001']), takesNoValue('--help', '--help false'));
+    assert.equal(refusal(['8001', '-v', 'false']), takesNoValue('-v', '-v false'));
+    assert.equal(refusal(['8001', '-hv', 'true']), takesNoValue('-v', '-hv true'));
+  });
+
+  it('refuses -h and -v with anything after them, and a group of letters with an unknown one in it', () => {
+    assert.equal(refusal(['8001', '-h=1']), takesNoValue('-h', '-h=1'));
+    assert.equal(refusal(['8001', '-h1']), takesNoValue('-h', '-h1'));
+    assert.equal(refusal(['8001', '-v=no']), takesNoValue('-v', '-v=no'));
+    assert.equal(refusal(['8001', '-hv=1']), takesNoValue('-v', '-hv=1'));
+    // minimist set -h to "x=1" here: no help, and the node ran.
+    assert.equal(refusal(['8001', '-hx=1']), 'unknown option -hx');
+    assert.equal(refusal(['8001', '-x=1']), 'unknown option -x');
+  });
+
+  it('still takes a flag alone, true and false as the values of options that take one, and anything after --', () => {
+    const run = parseArgs(['8001', '--json', '--ephemeral', '--nick', 'true']);
+    assert.equal(run.kind, 'run');
+    if (run.kind === 'run') {
+      assert.equal(run.options.json, true);
+      assert.equal(run.options.ephemeral, true);
+      assert.equal(run.options.nick, 'true');
+    }
+    assert.equal(parseArgs(['8001', '-hv']).kind, 'help');
+    assert.equal(parseArgs(['-vh']).kind, 'help');
+    assert.match(refusal(['8001', '--', '--json=1']), /^peer: "--json=1"/);
   });
 });
 
