@@ -1,6 +1,6 @@
 import minimist from 'minimist';
 import { AddressError, parseAddress, parsePort, type Address } from '../protocol/address.js';
-import { MAX_NICK_LENGTH } from '../protocol/frames.js';
+import { LONE_SURROGATE, MAX_NICK_LENGTH } from '../protocol/frames.js';
 import { LOG_LEVELS, type LogLevel } from '../node/log.js';
 
 /** What the command line asks for. */
@@ -45,7 +45,8 @@ options:
   --host ADDR          listen on this interface only (default: all interfaces)
   --advertise H:P      address peers should dial for this node, instead of the
                        one they see (port forwarding, NAT)
-  --nick NAME          display name, 1-${MAX_NICK_LENGTH} characters (default: $USER, or anon)
+  --nick NAME          display name, 1-${MAX_NICK_LENGTH} UTF-16 code units (${MAX_NICK_LENGTH} letters of
+                       most scripts, fewer for emoji; default: $USER, or anon)
   --json               one JSON event per line on stdout (see README)
   --max-peers N        most connected peers (default 32)
   --data-dir DIR       where the node keeps its id and history (default:
@@ -213,8 +214,16 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
     );
   }
   const nick = single(args, 'nick');
-  if (nick !== undefined && (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /\p{Cc}/u.test(nick))) {
-    throw new UsageError(`--nick: a name of 1-${MAX_NICK_LENGTH} characters without control characters`);
+  // Measured as the wire's limit is, in UTF-16 code units: an emoji is two.
+  if (nick !== undefined && (nick.length === 0 || nick.length > MAX_NICK_LENGTH)) {
+    throw new UsageError(
+      `--nick: 1-${MAX_NICK_LENGTH} UTF-16 code units (${MAX_NICK_LENGTH} letters of most scripts, fewer for emoji), got ${nick.length}`,
+    );
+  }
+  // createNode refuses a lone surrogate too (UTF-8 cannot carry one), with a RangeError: main's
+  // rejection, a stack trace and exit 70, where this is a usage error.
+  if (nick !== undefined && (/\p{Cc}/u.test(nick) || LONE_SURROGATE.test(nick))) {
+    throw new UsageError('--nick: a name without control characters or lone surrogates');
   }
   const maxPeersText = single(args, 'max-peers');
   let maxPeers = 32;

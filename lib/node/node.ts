@@ -364,7 +364,7 @@ function checkNick(nick: string): string {
   // at the first message.
   if (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /[\p{Cc}\p{Surrogate}]/u.test(nick)) {
     throw new RangeError(
-      `nickname must be 1-${MAX_NICK_LENGTH} characters without control characters or halves of one`,
+      `nickname must be 1-${MAX_NICK_LENGTH} UTF-16 code units (${MAX_NICK_LENGTH} letters of most scripts, fewer for emoji), without control characters or lone surrogates`,
     );
   }
   return nick;

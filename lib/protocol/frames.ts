@@ -415,8 +415,12 @@ export function serializeFrame(frame: Frame): Buffer {
 
 /** First byte of a chat frame in the binary encoding. */
 export const BINARY_CHAT = 0x01;
-/** A UTF-16 surrogate outside a pair: in a `u` pattern, pairs are single code points. */
-const LONE_SURROGATE = /\p{Surrogate}/u;
+/**
+ * Matches a UTF-16 surrogate outside a pair (in a `u` pattern, a pair is a single code point): UTF-8
+ * cannot carry one, so {@link encodeChat} refuses a nick or text that has one. Not global: `test`
+ * keeps no state between calls.
+ */
+export const LONE_SURROGATE = /\p{Surrogate}/u;
 /** Bytes of a sender key, and of a signature, in a binary chat frame. */
 const KEY_BYTES = 32;
 const SIG_BYTES = 64;

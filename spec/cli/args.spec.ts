@@ -216,6 +216,66 @@ describe('parseArgs: flags given a value', () => {
   });
 });
 
+describe('parseArgs: --nick', () => {
+  const nickOf = (nick: string): string | undefined => {
+    const parsed = parseArgs(['8001', '--nick', nick]);
+    return parsed.kind === 'run' ? parsed.options.nick : undefined;
+  };
+  const refusal = (nick: string): string => {
+    try {
+      parseArgs(['8001', `--nick=${nick}`]);
+    } catch (err) {
+      assert.ok(err instanceof UsageError, String(err));
+      return err.message;
+    }
+    assert.fail(`${JSON.stringify(nick)} was accepted`);
+  };
+
+  it('takes up to 32 UTF-16 code units: 32 letters, 16 emoji', () => {
+    for (const nick of [
+      'a',
+      'a'.repeat(32),
+      'é'.repeat(32),
+      '中'.repeat(32),
+      '😀'.repeat(16),
+      `${'a'.repeat(30)}😀`,
+    ])
+      assert.equal(nickOf(nick), nick);
+  });
+
+  it('refuses more than 32 code units, saying they are UTF-16 code units and how many were given', () => {
+    for (const [nick, units] of [
+      ['a'.repeat(33), 33],
+      ['😀'.repeat(17), 34],
+      [`${'a'.repeat(31)}😀`, 33],
+    ] as const) {
+      assert.equal(
+        refusal(nick),
+        `--nick: 1-32 UTF-16 code units (32 letters of most scripts, fewer for emoji), got ${units}`,
+      );
+    }
+    assert.match(refusal(''), /^--nick: 1-32 UTF-16 code units .*, got 0$/);
+  });
+
+  it('refuses a lone surrogate, which the node would refuse at start, and a control character', () => {
+    for (const nick of [
+      '\ud800',
+      'a\udc00b',
+      `bob${'😀'.slice(0, 1)}`,
+      '😀'.slice(1),
+      'a\u0007',
+      'a\nb',
+      '\u007f',
+    ]) {
+      assert.equal(
+        refusal(nick),
+        '--nick: a name without control characters or lone surrogates',
+        JSON.stringify(nick),
+      );
+    }
+  });
+});
+
 describe('parseArgs: values that start with a dash and a digit', () => {
   const options = (argv: string[]): Record<string, unknown> => {
     const parsed = parseArgs(argv);
