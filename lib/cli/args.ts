@@ -54,7 +54,8 @@ options:
   --ephemeral          keep nothing on disk: a new id, history in memory only
                        (also the default with port 0)
   --history N          messages of history to keep and offer (default 10000)
-  --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d)
+  --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d; at most
+                       36525d, 100 years)
   --network-key FILE   join the private network of this key: nodes without it
                        are refused during the handshake
   --create-network-key FILE
@@ -256,6 +257,9 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
   }
   const ageText = single(args, 'history-age');
   const historyAgeMs = ageText === undefined ? undefined : parseDuration(ageText, '--history-age');
+  if (historyAgeMs !== undefined && historyAgeMs > MAX_HISTORY_AGE_MS) {
+    throw new UsageError(`--history-age: at most 36525d (100 years), got ${JSON.stringify(ageText)}`);
+  }
   const networkKeyFile = single(args, 'network-key');
   if (networkKeyFile === '') throw new UsageError('--network-key: expected a file name');
   const host = single(args, 'host');
@@ -281,6 +285,13 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
 }
 
 const UNITS: Readonly<Record<string, number>> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/**
+ * Longest `--history-age`: 100 years. A message's timestamp counts from 1970, so until 2070 none is
+ * older: a longer age keeps nothing more. Up to 999999d (8.6e16 ms) was taken, past the safe
+ * integers and the range of a Date (8.64e15 ms either side of 1970).
+ */
+const MAX_HISTORY_AGE_MS = 36_525 * 86_400_000;
 
 /** Parses `90s`, `30m`, `12h`, `7d` into milliseconds. */
 export function parseDuration(text: string, what: string): number {

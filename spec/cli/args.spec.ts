@@ -276,6 +276,45 @@ describe('parseArgs: --nick', () => {
   });
 });
 
+describe('parseArgs: --history-age', () => {
+  const ageOf = (text: string): number | undefined => {
+    const parsed = parseArgs(['8001', '--history-age', text]);
+    return parsed.kind === 'run' ? parsed.options.historyAgeMs : undefined;
+  };
+
+  it('takes a duration up to 100 years, in milliseconds', () => {
+    assert.equal(ageOf('90s'), 90_000);
+    assert.equal(ageOf('7d'), 7 * 86_400_000);
+    assert.equal(ageOf('999999s'), 999_999_000);
+    assert.equal(ageOf('999999m'), 999_999 * 60_000);
+    assert.equal(ageOf('36525d'), 3_155_760_000_000);
+    assert.equal(ageOf('876600h'), 3_155_760_000_000);
+  });
+
+  it('refuses one longer than 100 years (999999d was 8.6e16 ms: past the safe integers and the range of a Date)', () => {
+    for (const text of ['36526d', '876601h', '999999h', '999999d']) {
+      assert.throws(
+        () => ageOf(text),
+        (err: unknown) => {
+          assert.ok(err instanceof UsageError, String(err));
+          assert.equal(err.message, `--history-age: at most 36525d (100 years), got "${text}"`);
+          return true;
+        },
+      );
+    }
+  });
+
+  it('still refuses what is not a duration, and zero', () => {
+    for (const text of ['0d', '7', '7w', '1.5h', '1000000s', '']) {
+      assert.throws(
+        () => ageOf(text),
+        /^UsageError: --history-age: expected a duration/,
+        JSON.stringify(text),
+      );
+    }
+  });
+});
+
 describe('parseArgs: values that start with a dash and a digit', () => {
   const options = (argv: string[]): Record<string, unknown> => {
     const parsed = parseArgs(argv);
