@@ -1,6 +1,6 @@
 import minimist from 'minimist';
 import { AddressError, parseAddress, parsePort, type Address } from '../protocol/address.js';
-import { LONE_SURROGATE, MAX_NICK_LENGTH } from '../protocol/frames.js';
+import { MAX_NICK_LENGTH } from '../protocol/frames.js';
 import { LOG_LEVELS, type LogLevel } from '../node/log.js';
 
 /** What the command line asks for. */
@@ -223,7 +223,7 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
   }
   // createNode refuses a lone surrogate too (UTF-8 cannot carry one), with a RangeError: main's
   // rejection, a stack trace and exit 70, where this is a usage error.
-  if (nick !== undefined && (/\p{Cc}/u.test(nick) || LONE_SURROGATE.test(nick))) {
+  if (nick !== undefined && (/\p{Cc}/u.test(nick) || !nick.isWellFormed())) {
     throw new UsageError('--nick: a name without control characters or lone surrogates');
   }
   const maxPeersText = single(args, 'max-peers');

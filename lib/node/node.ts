@@ -362,7 +362,7 @@ const DEFAULT_TIMING = {
 function checkNick(nick: string): string {
   // A lone surrogate (half of a character cut off) cannot be encoded, nor signed: refused here, not
   // at the first message.
-  if (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /[\p{Cc}\p{Surrogate}]/u.test(nick)) {
+  if (nick.length === 0 || nick.length > MAX_NICK_LENGTH || /\p{Cc}/u.test(nick) || !nick.isWellFormed()) {
     throw new RangeError(
       `nickname must be 1-${MAX_NICK_LENGTH} UTF-16 code units (${MAX_NICK_LENGTH} letters of most scripts, fewer for emoji), without control characters or lone surrogates`,
     );
@@ -747,7 +747,7 @@ class ChatNode implements P2PNode {
         throw new RangeError(`send: text must be 1-${MAX_TEXT_LENGTH} characters, got ${text.length}`);
       }
       // Checked here, not left to the signer: then none is sent, and no sequence number is used.
-      if (LONE_SURROGATE.test(text))
+      if (!text.isWellFormed())
         throw new RangeError('send: text has a lone surrogate (UTF-8 cannot carry it)');
     }
     const sent: ChatMessage[] = [];
@@ -1925,8 +1925,6 @@ const ACCEPT_RATE = { burst: 20, perSecond: 5 } as const;
  * more signature, and one more check at each node, per 64 messages.
  */
 const SIGN_BATCH = 64;
-/** A UTF-16 code unit that is half of no pair (the `u` flag reads a pair as one code point). */
-const LONE_SURROGATE = /\p{Surrogate}/u;
 
 /** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */
 const RESYNC_BATCH = 256;

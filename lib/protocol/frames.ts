@@ -415,12 +415,6 @@ export function serializeFrame(frame: Frame): Buffer {
 
 /** First byte of a chat frame in the binary encoding. */
 export const BINARY_CHAT = 0x01;
-/**
- * Matches a UTF-16 surrogate outside a pair (in a `u` pattern, a pair is a single code point): UTF-8
- * cannot carry one, so {@link encodeChat} refuses a nick or text that has one. Not global: `test`
- * keeps no state between calls.
- */
-export const LONE_SURROGATE = /\p{Surrogate}/u;
 /** Bytes of a sender key, and of a signature, in a binary chat frame. */
 const KEY_BYTES = 32;
 const SIG_BYTES = 64;
@@ -445,7 +439,7 @@ export function isBinaryChat(payload: Uint8Array): boolean {
  */
 export function encodeChat(frame: ChatFrame): Buffer {
   // UTF-8 cannot carry a lone surrogate (it would arrive as U+FFFD): no signature covers one anyway.
-  if (LONE_SURROGATE.test(frame.nick) || LONE_SURROGATE.test(frame.text)) {
+  if (!frame.nick.isWellFormed() || !frame.text.isWellFormed()) {
     throw new RangeError('encodeChat: a nick or text with a lone surrogate');
   }
   const id = Buffer.byteLength(frame.id, 'utf8');

@@ -36,14 +36,12 @@ export interface SignedChatFields {
   readonly seq?: number;
 }
 
-const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
-
 /**
  * Byte length of a well-formed string in UTF-8. A lone surrogate would be encoded as U+FFFD, so two
  * different strings would sign the same: refused instead.
  */
 function utf8Length(name: string, value: string, maxBytes: number): number {
-  if (LONE_SURROGATE.test(value)) throw new RangeError(`${name} contains a lone surrogate`);
+  if (!value.isWellFormed()) throw new RangeError(`${name} contains a lone surrogate`);
   const length = Buffer.byteLength(value, 'utf8');
   if (length > maxBytes) throw new RangeError(`${name} is ${length} bytes, the limit is ${maxBytes}`);
   return length;
