@@ -154,7 +154,7 @@ export class Connection {
   resyncTimer: NodeJS.Timeout | undefined;
   /**
    * What this node is sending the peer in answer to its sync, and how far it got: one backlog at a
-   * time, a newer sync's in place of the rest of an older one's (see the node's resync).
+   * time, a newer sync's joined to what the peer still lacks of an older one's (see the node's resync).
    */
   resync: { readonly backlog: readonly StoredMessage[]; next: number; ready: boolean } | undefined;
   /** A turn of the node's resync pump is scheduled for this connection. */
@@ -456,20 +456,21 @@ export class Connection {
 
   /**
    * Hands the peer's `sync` to `answer` now when the peer is within its sync rate. Over it, the sync
-   * waits for a token in place of any that waited before: each sync carries all of the peer's marks,
-   * so the latest tells best what it lacks. A peer sending syncs faster than the rate then costs one
-   * answer per token, not one per frame, and an honest one's request is answered late, never lost.
+   * waits for a token, merged with any that waited before (see mergeSyncs): each sync carries all of
+   * the peer's marks, so the latest's tell best what it lacks, and the loosest filters of the merged
+   * keep every request whole. A peer sending syncs faster than the rate then costs one answer per
+   * token, not one per frame, and an honest one's request is answered late, never lost or narrowed.
    */
   takeSync(sync: SyncFrame, answer: (sync: SyncFrame) => void): void {
     if (this.syncTimer !== undefined) {
-      this.pendingSync = sync;
+      this.pendingSync = mergeSyncs(this.pendingSync, sync);
       return;
     }
     if (this.syncRate.tryTake(1)) {
       answer(sync);
       return;
     }
-    this.pendingSync = sync;
+    this.pendingSync = mergeSyncs(this.pendingSync, sync);
     this.syncTimer = setTimeout(() => {
       this.syncTimer = undefined;
       const latest = this.pendingSync;
@@ -504,4 +505,32 @@ export class Connection {
     this.writerSubscription.unsubscribe();
     this.socket.destroy();
   }
+}
+
+/**
+ * Two syncs waiting for a token as one: the latest's marks and rx, with the loosest filters of the
+ * two (an earlier one's request is not narrowed by a later one's: `busy` only when both had it, no
+ * `max` or `since` when one had none), and a `minAgeMs` when either had one, so an anti-entropy
+ * sync's ask-back is kept (0 when the other had none: it filters nothing out).
+ */
+function mergeSyncs(earlier: SyncFrame | undefined, latest: SyncFrame): SyncFrame {
+  if (earlier === undefined) return latest;
+  const { minAgeMs: _m, busy: _b, max: _x, since: _s, ...rest } = latest;
+  const minAgeMs =
+    earlier.minAgeMs === undefined && latest.minAgeMs === undefined
+      ? undefined
+      : Math.min(earlier.minAgeMs ?? 0, latest.minAgeMs ?? 0);
+  const max =
+    earlier.max === undefined || latest.max === undefined ? undefined : Math.max(earlier.max, latest.max);
+  const since =
+    earlier.since === undefined || latest.since === undefined
+      ? undefined
+      : Math.min(earlier.since, latest.since);
+  return {
+    ...rest,
+    ...(minAgeMs === undefined ? {} : { minAgeMs }),
+    ...(earlier.busy === true && latest.busy === true ? { busy: true } : {}),
+    ...(max === undefined ? {} : { max }),
+    ...(since === undefined ? {} : { since }),
+  };
 }

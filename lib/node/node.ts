@@ -166,10 +166,10 @@ export interface NodeLimits {
   /**
    * History requests (`sync` frames) per second a peer may have answered, with a burst on top. Each
    * answer walks this node's history window and may send the peer all of it; over the rate the
-   * peer's latest request waits for the rate, in place of any that waited before, so a peer that
-   * sends syncs in a loop gets one answer per token instead of a copy of the history per 26-byte
-   * frame. Default 10/s, burst 20: several times what an honest peer asks (an anti-entropy sync and
-   * its answer per 2 s period, a gap repair round per 500 ms, one after an over-rate episode).
+   * peer's requests wait for the rate merged into one (Connection#takeSync), so a peer that sends
+   * syncs in a loop gets one answer per token instead of a copy of the history per 26-byte frame. Default 10/s, burst 20: several times what an honest peer asks (an anti-entropy sync and
+   * its answer per 2 s period, a gap repair round per 500 ms, one after an over-rate episode). Peers
+   * whose `gapRepairMs` or `antiEntropyMs` are far below the defaults ask more often: raise it for them.
    */
   readonly peerSyncs?: RateOptions;
   /**
@@ -1568,9 +1568,10 @@ class ChatNode implements P2PNode {
    * a batch per turn of the event loop and never more than RESYNC_OUTBOX_BYTES queued, so live
    * traffic to this and every other peer goes on in between. A message kept unchecked is checked
    * before it goes. One backlog per peer: a newer sync's takes the place of what is left of an
-   * older one's (the newer marks say what the peer lacks now; what was written meanwhile is in
-   * flight, left out by `rx`), so a peer never gets a message twice from two syncs, nor holds this
-   * node to several backlogs at once.
+   * older one's, joined to what of that rest the newer marks say the peer still lacks, whatever the
+   * newer sync's filters (a gap repair's `busy` and `minAgeMs` must not cut a joining peer's history
+   * short); what was written meanwhile is in flight, left out by `rx`. So a peer never gets a
+   * message twice from two syncs, nor holds this node to several backlogs at once.
    */
   private resync(conn: Connection, sync: SyncFrame): void {
     const marks = new Map(sync.marks.map((m) => [m.from, m.seq]));
@@ -1593,8 +1594,20 @@ class ChatNode implements P2PNode {
     });
     if (lacking.length === 0) return; // the usual answer: nothing (the ring is not walked)
     const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);
-    const backlog = lacking.filter((m) => flying === undefined || !flying.has(m.frame.id)).slice(0, sync.max);
+    let backlog = lacking.filter((m) => flying === undefined || !flying.has(m.frame.id)).slice(0, sync.max);
     if (backlog.length === 0) return;
+    // What the older backlog has not sent yet and the peer still lacks by these marks goes on, even
+    // where this sync's own filters (minAgeMs, busy, max, since) would leave it out.
+    const prev = conn.resync;
+    if (prev !== undefined && prev.next < prev.backlog.length) {
+      const ids = new Set(backlog.map((m) => m.frame.id));
+      const carried = prev.backlog.slice(prev.next).filter((m) => {
+        const { from, seq, id } = m.frame;
+        if (ids.has(id) || flying?.has(id) === true || seq <= (marks.get(from) ?? 0)) return false;
+        return !(have.get(from) ?? []).some(([first, last]) => seq >= first && seq <= last);
+      });
+      if (carried.length > 0) backlog = [...carried, ...backlog];
+    }
     this.log.debug(`resync: sending ${backlog.length} messages to ${conn.label}`);
     const state = { backlog, next: 0, ready: false };
     conn.resync = state;

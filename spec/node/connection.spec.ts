@@ -80,6 +80,28 @@ describe('Connection', () => {
     assert.deepEqual(answered.slice(6), [13, 14], 'a token each, at once');
   });
 
+  it('merges the syncs that wait for a token: the latest marks, the loosest filters, an ask-back kept', async (t) => {
+    const { client, server } = await socketPair(t);
+    const conn = new Connection(server, false, options(undefined, { perSecond: 20, burst: 1 }));
+    t.after(() => {
+      conn.destroy();
+      client.destroy();
+    });
+    const answered: SyncFrame[] = [];
+    const take = (s: SyncFrame): void => conn.takeSync(s, (a) => answered.push(a));
+    take(sync(1)); // the token
+    const marks = [{ from: 'z', seq: 3 }];
+    // Anti-entropy (asks back), then a full one with a cap, then a gap repair's (holes only, young left out).
+    take({ ...sync(2), minAgeMs: 2000, since: 100, max: 50 });
+    take({ ...sync(3), max: 10 });
+    take({ ...sync(4), marks, busy: true, minAgeMs: 500, max: 5 });
+    await waitFor(() => answered.length === 2, 'the merged one');
+    // Each filter as loose as its loosest: `busy` only when all had it, `since` absent as one had
+    // none, `max` the largest, `minAgeMs` the smallest and 0 for one without: an answer of all the
+    // peer lacks (up to 50), and the node still asks back.
+    assert.deepEqual(answered[1], { type: 'sync', marks, rx: 4, minAgeMs: 0, max: 50 });
+  });
+
   it('answers no sync that waited for a token once it is destroyed', async (t) => {
     const { client, server } = await socketPair(t);
     const conn = new Connection(server, false, options(undefined, { perSecond: 10, burst: 1 }));

@@ -6,8 +6,10 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
 import type { ChatMessage } from '../../lib/node/node.js';
-import { serializeFrame, type PeerEntry } from '../../lib/protocol/frames.js';
+import { serializeFrame, type ChatFrame, type PeerEntry, type SyncFrame } from '../../lib/protocol/frames.js';
+import { generateIdentity } from '../../lib/security/identity.js';
 import {
   deadEnds,
   HOST,
@@ -122,6 +124,64 @@ describe('abuse limits', () => {
     // The 20 of the burst come in one turn, each in place of the one before: one backlog goes
     // out, then the one kept for a token. Without the rate and the single backlog: 500.
     assert.ok(copies <= 3, `${copies} copies of the history`);
+  });
+
+  it('a narrower sync (a gap repair: busy, minAgeMs) does not cut the rest of an older full backlog short', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ nick: 'n', timing: { peerTimeoutMs: 60_000 } });
+    const window = 2000;
+    node.sendAll(Array.from({ length: window }, (_, i) => `history ${i} ${'x'.repeat(200)}`));
+    // Two messages of a third sender Z, held by the node (relayed to it by some peer).
+    const z = generateIdentity();
+    const source = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 1, 'the source peer');
+    source.send(signedChat(z, { text: 'z1', seq: 1 }));
+    source.send(signedChat(z, { text: 'z2', seq: 2 }));
+    await waitFor(() => node.stats().historySize === window + 2, 'the node to hold z1 and z2');
+    await delay(700); // z1 older than the gap repair's minAgeMs below
+
+    const peer = await rawPeer(t, node.port, { answerPings: true, pack: 65_536 });
+    await waitFor(() => node.peers().length === 2, 'the joining peer');
+    // What a joining node sends at peer-up (it has nothing), then what its gap repair sends a moment
+    // later, having had z2 from another peer: holes only (busy), none younger than its minAgeMs.
+    const rx = peer.frames.length;
+    const joining: SyncFrame = { type: 'sync', marks: [], rx };
+    const repair: SyncFrame = {
+      type: 'sync',
+      marks: [{ from: z.id, seq: 0, have: [[2, 2]] }],
+      minAgeMs: 500,
+      busy: true,
+      rx,
+    };
+    peer.sendPack([serializeFrame(joining), serializeFrame(repair)]);
+    const chatsOf = (from: string): number[] =>
+      peer.frames.filter((f): f is ChatFrame => f.type === 'chat' && f.from === from).map((f) => f.seq);
+    // Before: the repair's backlog (z1) took the place of the rest of the first (256 of 2,000 sent).
+    await waitFor(() => chatsOf(node.id).length === window, 'the whole history', 10_000);
+    assert.equal(new Set(chatsOf(node.id)).size, window, 'each once');
+    // z1 once; z2 not at all, the peer said it has it (unless it was on its way before the repair).
+    const zs = chatsOf(z.id);
+    assert.deepEqual(
+      zs.filter((seq) => seq === 1),
+      [1],
+    );
+    assert.ok(zs.filter((seq) => seq === 2).length <= 1, `z: ${zs.join(',')}`);
+  });
+
+  it('still asks back for an anti-entropy sync that waited for the rate with others after it', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ nick: 'n', limits: { peerSyncs: { perSecond: 2, burst: 1 } } });
+    const peer = await rawPeer(t, node.port, { answerPings: true, pack: 65_536 });
+    await waitFor(() => node.peers().length === 1 && peer.count('sync') === 1, 'the peer-up sync');
+    const plain: SyncFrame = { type: 'sync', marks: [], rx: peer.frames.length };
+    // The token's worth; then an anti-entropy sync (minAgeMs: answer with your own) and a gap
+    // repair's, both over the rate. Before: the repair's took the other's place, no ask-back.
+    peer.sendPack([
+      serializeFrame(plain),
+      serializeFrame({ ...plain, minAgeMs: 1000 }),
+      serializeFrame({ ...plain, busy: true }),
+    ]);
+    await waitFor(() => peer.count('sync') === 2, 'the node to ask back (its own sync)', 3000);
   });
 
   it('keeps at most maxDials connection attempts in flight; the others wait their turn', async (t) => {
