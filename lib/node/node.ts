@@ -1225,10 +1225,10 @@ class ChatNode implements P2PNode {
    * flood of forgeries cannot flood the log.
    */
   private invalidMessage(message: Inbound<ChatFrame>, reason: string): void {
-    const conn = message.peer === null ? undefined : this.deliveredBy(message.peer);
-    if (conn === undefined) return; // closed meanwhile
-    conn.strikes++;
     this.invalidMessages++;
+    const conn = message.peer === null ? undefined : this.deliveredBy(message.peer);
+    if (conn === undefined) return; // closed meanwhile: counted, nobody to charge
+    conn.strikes++;
     if (conn.strikes === 1) this.log.warn(`${conn.label} relayed an invalid message (${reason}): dropped`);
     if (conn.strikes >= MAX_STRIKES) {
       this.drop(
