@@ -2,6 +2,7 @@ import { Buffer } from 'node:buffer';
 import {
   closeSync,
   existsSync,
+  fsyncSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -125,13 +126,52 @@ function isSystemError(err: unknown): err is NodeJS.ErrnoException {
   return code === SHORT_WRITE || (typeof errno === 'number' && typeof syscall === 'string');
 }
 
-function readReserved(path: string): number {
+/**
+ * The `seq` file: line 1 the own sequence numbers reserved (up to and including it), line 2 the boot
+ * id of the machine when it was written, where the system tells one (Linux). Builds before the boot
+ * line read line 1 only.
+ */
+function readReserved(path: string): { upTo: number; boot: string | undefined } {
+  let text: string;
   try {
-    const value = Number.parseInt(readFileSync(path, 'utf8'), 10);
-    return Number.isSafeInteger(value) && value > 0 ? value : 0;
+    text = readFileSync(path, 'utf8');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { upTo: 0, boot: undefined };
     throw err;
+  }
+  const [first = '', boot = ''] = text.split('\n');
+  const value = Number.parseInt(first, 10);
+  return { upTo: Number.isSafeInteger(value) && value > 0 ? value : 0, boot: boot === '' ? undefined : boot };
+}
+
+/**
+ * This boot of the machine (Linux's boot id), undefined where the system does not tell it. Records
+ * written in the same boot are in the page cache even when the process was killed; after another
+ * boot, those not yet on disk may be gone.
+ */
+function currentBoot(): string | undefined {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim() || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Flushes a directory's entries (a rename) to disk, where the platform allows it: not on Windows,
+ * nor on a file system that cannot sync a directory (EINVAL, ENOTSUP, ENOSYS: some FUSE and network
+ * ones), which is no failure to write.
+ */
+function syncDir(dir: string): void {
+  if (process.platform === 'win32') return;
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } catch (err) {
+    const { code } = err as NodeJS.ErrnoException;
+    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'ENOSYS') throw err;
+  } finally {
+    closeSync(fd);
   }
 }
 const RECORD_HEADER = 8; // u32 length + u32 crc32 of the body
@@ -293,13 +333,19 @@ export class MessageStore {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       repair = store.load(join(dir, LOG_FILE));
       const marks = readReservedMarks(dir);
-      store.reservedSeq = Math.max(readReserved(join(dir, SEQ_FILE)), marks.upTo);
+      const reserved = readReserved(join(dir, SEQ_FILE));
+      store.reservedSeq = Math.max(reserved.upTo, marks.upTo);
       store.markFiles = marks.names;
       // With a damaged log, or one that writes failed to keep up to date, the last own numbers may
       // be gone from it: resume above the reserved block rather than reuse one (peers would drop the
-      // new message as known).
+      // new message as known). So too when the machine may have restarted since the seq file was
+      // written: the log is not synced, and records lost with the page cache can leave a log cut
+      // between two records, which looks whole; or a log that shows no own number at all (gone,
+      // emptied). A close writes the last number used as the block (see close), so only a stop
+      // without one skips the rest of a block.
       unsaved = existsSync(join(dir, UNSAVED_FILE)) || marks.names.length > 0;
-      if (repair !== undefined || unsaved || store.lastSeq > store.reservedSeq) {
+      const sameBoot = reserved.boot !== undefined && reserved.boot === currentBoot();
+      if (repair !== undefined || unsaved || !sameBoot || store.lastSeq === 0) {
         store.lastSeq = Math.max(store.lastSeq, store.reservedSeq);
       }
     }
@@ -352,14 +398,24 @@ export class MessageStore {
   private markFiles: string[] = [];
 
   /**
-   * Writes the `seq` file (a temporary file renamed over it), then removes the marks it supersedes.
-   * When the disk refuses it, marks the block instead (see {@link markReserved}) and throws.
+   * Writes the `seq` file (a temporary file synced to disk and renamed over it, the rename synced
+   * too: the block must be on disk before its numbers are sent, as the log is not synced), then
+   * removes the marks it supersedes. When the disk refuses it, marks the block instead (see
+   * {@link markReserved}) and throws.
    */
   private writeReserved(dir: string): void {
     const path = join(dir, SEQ_FILE);
     try {
-      writeFileSync(`${path}.tmp`, `${this.reservedSeq}\n`, { mode: 0o600 });
+      const boot = currentBoot();
+      const fd = openSync(`${path}.tmp`, 'w', 0o600);
+      try {
+        writeFileSync(fd, boot === undefined ? `${this.reservedSeq}\n` : `${this.reservedSeq}\n${boot}\n`);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
       renameSync(`${path}.tmp`, path);
+      syncDir(dir);
     } catch (err) {
       rmQuietly(`${path}.tmp`);
       if (isSystemError(err)) this.markReserved(dir);
@@ -584,11 +640,26 @@ export class MessageStore {
     }
   }
 
-  /** Writes what is pending (while writes fail: one last try of the whole window), and closes the log. */
+  /**
+   * Writes what is pending (while writes fail: one last try of the whole window), and closes the log.
+   * The `seq` file is given the last own number used, so the next start goes on right after it,
+   * whatever the log lost (see open).
+   */
   close(): void {
     this.flush();
     if (this.writeFailure !== undefined && this.fd !== undefined) this.compactOrFail();
-    if (this.fd !== undefined) closeSync(this.fd);
+    if (this.fd === undefined) return;
+    if (this.dir !== undefined && this.writeFailure === undefined && this.lastSeq < this.reservedSeq) {
+      // Nothing above lastSeq was used. Should this fail, the block stays reserved (marked, or in
+      // the file as it was): the next start skips the rest of it, as after a kill.
+      this.reservedSeq = this.lastSeq;
+      try {
+        this.writeReserved(this.dir);
+      } catch (err) {
+        if (!isSystemError(err)) throw err;
+      }
+    }
+    closeSync(this.fd);
     this.fd = undefined;
   }
 

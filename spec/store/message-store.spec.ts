@@ -79,6 +79,9 @@ function recordStarts(log: Buffer): { starts: number[]; end: number } {
   return { starts, end: offset };
 }
 
+/** The own sequence numbers reserved in the `seq` file of `dir` (its first line). */
+const reservedIn = (dir: string): number => Number(readFileSync(join(dir, 'seq'), 'utf8').split('\n')[0]);
+
 /** The kind byte of the record at `start`: 1 a message, 2 the meta record. */
 const kindAt = (log: Buffer, start: number): number => log[start + 8]!;
 
@@ -997,7 +1000,7 @@ describe('MessageStore', () => {
       now += WRITE_RETRY_MS;
       store.retryWrite();
       assert.deepEqual(seen, ['ENOSPC', undefined], 'writing again once both files are written');
-      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '1001\n');
+      assert.equal(reservedIn(dir), 1_001);
       assert.equal(existsSync(join(dir, 'unsaved')), false);
       assert.deepEqual(reservedMarks(dir), [], 'the mark of the block goes with the seq file written');
     });
@@ -1026,7 +1029,7 @@ describe('MessageStore', () => {
       const reopened = MessageStore.open(SELF, dir, {}, clock);
       t.after(() => reopened.store.close());
       assert.equal(reopened.store.nextSeq(), 3_004, 'above every number sent during the outage');
-      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '4004\n');
+      assert.equal(reservedIn(dir), 4_004);
       assert.deepEqual(reservedMarks(dir), []);
       assert.equal(existsSync(join(dir, 'unsaved')), false);
     });
@@ -1043,7 +1046,7 @@ describe('MessageStore', () => {
       let now = T0;
       const { store } = open(t, dir, {}, () => now);
       for (let i = 0; i < 1_001; i++) store.nextSeq();
-      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '1001\n');
+      assert.equal(reservedIn(dir), 1_001);
       const seqTmp = join(dir, 'seq.tmp');
       symlinkSync('/dev/full', seqTmp);
       // The mark of the next block cannot be made either, this once: a directory holds its name.
@@ -1097,7 +1100,7 @@ describe('MessageStore', () => {
         'reserved-99999999999999999',
         'reserved-abc',
       ]);
-      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '3003\n');
+      assert.equal(reservedIn(dir), 3_003);
       assert.equal(reopened.store.nextSeq(), 3_004);
     });
 
@@ -1126,7 +1129,7 @@ describe('MessageStore', () => {
       const reopened = MessageStore.open(SELF, dir, {}, clock);
       t.after(() => reopened.store.close());
       assert.deepEqual(reservedMarks(dir), [], 'written into the seq file at the start');
-      assert.equal(readFileSync(join(dir, 'seq'), 'utf8'), '5000\n');
+      assert.equal(reservedIn(dir), 5_000);
       assert.equal(reopened.store.nextSeq(), 5_001);
     });
 
@@ -1191,6 +1194,83 @@ catch (err) { console.log(err.code); }`,
       add(store, chat('a', 1));
       assert.throws(() => store.flush(), TypeError);
       held.fd = undefined;
+    });
+  });
+
+  describe('own sequence numbers across a crash of the machine (writes not yet on disk are lost)', () => {
+    /** Stops `store` as kill -9 would: its log's descriptor closed, nothing more written. */
+    function kill(store: MessageStore): void {
+      const held = store as unknown as { fd: number | undefined };
+      if (held.fd !== undefined) closeSync(held.fd);
+      held.fd = undefined;
+    }
+
+    /** A store in a fresh directory that sent own messages 1-5, one record each, and was killed. */
+    function sentFive(t: TestContext): string {
+      const dir = tempDir(t, 'store');
+      const store = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let i = 0; i < 5; i++) {
+        add(store, chat(SELF, store.nextSeq()));
+        store.flush();
+      }
+      kill(store);
+      return dir;
+    }
+
+    /** Cuts the log right after its `keep`th record: what a power loss leaves of unsynced appends. */
+    function cutAtRecord(dir: string, keep: number): void {
+      const path = join(dir, LOG);
+      const log = readFileSync(path);
+      const { starts, end } = recordStarts(log);
+      writeFileSync(path, log.subarray(0, starts[keep] ?? end));
+    }
+
+    /** The seq file's first line (the block reserved) with `rest` after it. */
+    function rewriteSeq(dir: string, rest: string): void {
+      const path = join(dir, 'seq');
+      writeFileSync(path, `${readFileSync(path, 'utf8').split('\n')[0]}\n${rest}`);
+    }
+
+    for (const [name, rest] of [
+      ['a seq file written in another boot', 'another-boot\n'],
+      ['a seq file that does not say its boot (an older build)', ''],
+    ] as const) {
+      it(`numbers above the reserved block when the log lost its last own records at a record boundary (nothing to see), with ${name}`, (t) => {
+        const dir = sentFive(t);
+        cutAtRecord(dir, 4); // the meta record and own messages 1-3
+        rewriteSeq(dir, rest);
+        const { store, repair } = open(t, dir);
+        assert.equal(repair, undefined, 'a log cut between two records looks whole');
+        assert.deepEqual(ids(store), [`${SELF}-1`, `${SELF}-2`, `${SELF}-3`]);
+        assert.equal(store.nextSeq(), 1_002, 'not 4: peers hold 4 and 5, and would drop a new 4 as known');
+      });
+    }
+
+    it('numbers above the reserved block when the log is gone, in the same boot too', (t) => {
+      const dir = sentFive(t);
+      rmSync(join(dir, LOG));
+      const { store } = open(t, dir);
+      assert.equal(store.nextSeq(), 1_002, 'not 1');
+    });
+
+    it('goes on from the log after a kill in the same boot: every record written is in the page cache', (t) => {
+      const dir = sentFive(t);
+      const { store } = open(t, dir);
+      assert.equal(store.nextSeq(), 6);
+    });
+
+    it('goes on from its last number after a close, even when the machine restarted and the log lost records', (t) => {
+      const dir = tempDir(t, 'store');
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let i = 0; i < 5; i++) {
+        add(first, chat(SELF, first.nextSeq()));
+        first.flush();
+      }
+      first.close();
+      cutAtRecord(dir, 4);
+      rewriteSeq(dir, 'another-boot\n');
+      const { store } = open(t, dir);
+      assert.equal(store.nextSeq(), 6, 'the close wrote the last number used: nothing above it was sent');
     });
   });
 
