@@ -2,6 +2,7 @@ import minimist from 'minimist';
 import { AddressError, parseAddress, parsePort, type Address } from '../protocol/address.js';
 import { MAX_NICK_LENGTH } from '../protocol/frames.js';
 import { LOG_LEVELS, type LogLevel } from '../node/log.js';
+import { MIN_HISTORY_AGE_MS } from '../store/message-store.js';
 
 /** What the command line asks for. */
 export interface CliOptions {
@@ -54,8 +55,8 @@ options:
   --ephemeral          keep nothing on disk: a new id, history in memory only
                        (also the default with port 0)
   --history N          messages of history to keep and offer (default 10000)
-  --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d; at most
-                       36525d, 100 years)
+  --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d; at least
+                       10m, at most 36525d, 100 years)
   --network-key FILE   join the private network of this key: nodes without it
                        are refused during the handshake
   --create-network-key FILE
@@ -259,6 +260,11 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
   const historyAgeMs = ageText === undefined ? undefined : parseDuration(ageText, '--history-age');
   if (historyAgeMs !== undefined && historyAgeMs > MAX_HISTORY_AGE_MS) {
     throw new UsageError(`--history-age: at most 36525d (100 years), got ${JSON.stringify(ageText)}`);
+  }
+  if (historyAgeMs !== undefined && historyAgeMs < MIN_HISTORY_AGE_MS) {
+    throw new UsageError(
+      `--history-age: at least 10m, got ${JSON.stringify(ageText)} (no older message is taken in, so a shorter age drops messages of peers whose clocks lag; to keep fewer messages, use --history N)`,
+    );
   }
   const networkKeyFile = single(args, 'network-key');
   if (networkKeyFile === '') throw new UsageError('--network-key: expected a file name');

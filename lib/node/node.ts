@@ -56,6 +56,7 @@ import {
   heldFrame,
   HISTORY_DEFAULTS,
   MessageStore,
+  MIN_HISTORY_AGE_MS,
   WRITE_RETRY_MS,
   type HeldFrame,
   type HistoryWindow,
@@ -536,6 +537,11 @@ class ChatNode implements P2PNode {
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
     this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
     this.historyMaxAgeMs = options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs;
+    if (!(this.historyMaxAgeMs >= MIN_HISTORY_AGE_MS)) {
+      throw new RangeError(
+        `history: maxAgeMs must be at least ${MIN_HISTORY_AGE_MS} (10 minutes: no older message is taken in, so a shorter age drops messages of peers whose clocks lag), got ${this.historyMaxAgeMs}`,
+      );
+    }
     this.writerOptions = writerSettings(options.writer);
     this.limits = { ...LIMIT_DEFAULTS, ...options.limits };
     positive('maxDials', this.limits.maxDials);

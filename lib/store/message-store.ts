@@ -23,11 +23,25 @@ import { ProtocolError } from '../protocol/errors.js';
 export interface HistoryWindow {
   /** Most messages kept. Default 10,000: days of a busy group chat, about 2-3 MB on disk and in memory. */
   readonly maxMessages?: number;
-  /** Oldest message kept, by its timestamp. Default 7 days: a laptop closed over a long weekend still catches up. */
+  /**
+   * Oldest message kept, by its timestamp, and the oldest taken in at all. Default 7 days: a laptop
+   * closed over a long weekend still catches up. A node takes at least {@link MIN_HISTORY_AGE_MS}.
+   */
   readonly maxAgeMs?: number;
 }
 
 export const HISTORY_DEFAULTS = { maxMessages: 10_000, maxAgeMs: 7 * 24 * 3600_000 } as const;
+
+/**
+ * The shortest history age a node takes (`createNode`, `--history-age`): 10 minutes. The age is also
+ * how old a message the node takes in at all, so it is how far a peer's clock may lag and how late a
+ * message may come (a resync's backlog goes at the sender's rate): a node with a 1 s age dropped
+ * every message of a peer whose clock was 2 s behind, and never fetched it. 10 minutes covers the
+ * 2 minutes a clock may be ahead (the dedup's skew), the other way, with room for resyncs. The store
+ * itself takes any positive age (its specs run on an injected clock). To keep fewer messages, use
+ * `maxMessages`.
+ */
+export const MIN_HISTORY_AGE_MS = 10 * 60_000;
 
 /**
  * What the store keeps of a message's frame: what it is shown and ordered by. The signature, key and

@@ -283,7 +283,8 @@ describe('parseArgs: --history-age', () => {
   };
 
   it('takes a duration up to 100 years, in milliseconds', () => {
-    assert.equal(ageOf('90s'), 90_000);
+    assert.equal(ageOf('600s'), 600_000);
+    assert.equal(ageOf('10m'), 600_000);
     assert.equal(ageOf('7d'), 7 * 86_400_000);
     assert.equal(ageOf('999999s'), 999_999_000);
     assert.equal(ageOf('999999m'), 999_999 * 60_000);
@@ -300,6 +301,21 @@ describe('parseArgs: --history-age', () => {
           assert.equal(err.message, `--history-age: at most 36525d (100 years), got "${text}"`);
           return true;
         },
+      );
+    }
+  });
+
+  it('refuses one under 10 minutes: the age also refuses older messages, so a short one dropped live messages of a peer whose clock lags', () => {
+    for (const text of ['1s', '90s', '599s', '9m']) {
+      assert.throws(
+        () => ageOf(text),
+        (err: unknown) => {
+          assert.ok(err instanceof UsageError, String(err));
+          assert.match(err.message, new RegExp(`^--history-age: at least 10m, got "${text}" \\(`));
+          assert.match(err.message, /--history N/);
+          return true;
+        },
+        text,
       );
     }
   });

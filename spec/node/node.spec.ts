@@ -966,6 +966,18 @@ describe('createNode', () => {
     assert.equal(node.peers().length, 0);
   });
 
+  it('refuses a history age under 10 minutes at creation: a message older than the age is refused, so a peer whose clock lags a little was not heard', async (t) => {
+    const start = nodeFactory(t);
+    for (const maxAgeMs of [1_000, 599_999]) {
+      await assert.rejects(
+        start({ history: { maxAgeMs } }),
+        /^RangeError: history: maxAgeMs must be at least 600000/,
+        String(maxAgeMs),
+      );
+    }
+    (await start({ history: { maxAgeMs: 600_000 } })).peers();
+  });
+
   it('refuses bad writer options at creation, before it listens, not at its first connection', async (t) => {
     const start = nodeFactory(t);
     for (const writer of [{ flushBytes: 0 }, { maxOutboxBytes: 1.5 }, { drainTimeoutMs: -1 }]) {
