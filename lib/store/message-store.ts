@@ -2,11 +2,13 @@ import { Buffer } from 'node:buffer';
 import {
   closeSync,
   existsSync,
+  fstatSync,
   fsyncSync,
   mkdirSync,
   openSync,
   readdirSync,
   readFileSync,
+  readSync,
   renameSync,
   rmSync,
   writeFileSync,
@@ -206,6 +208,12 @@ const ENTRY_HEADER = 4;
 const TURN_ENTRIES_AT = RECORD_HEADER + 1;
 /** The crc32 of each kind's byte, where a record's checksum starts. */
 const KIND_CRC: readonly number[] = [0, 1, 2, 3].map((kind) => crc32(Uint8Array.of(kind)));
+/**
+ * Bytes of the log read at a time at start. Not the whole file: readFileSync refuses a file over
+ * 2 GiB, which a window of a few million messages (`--history`) takes, and the copy held the whole
+ * log while its messages were kept apart.
+ */
+const LOAD_CHUNK = 4 * 1024 * 1024;
 /** A turn's first buffer of records (a burst's turn: ~60 messages of ~350 bytes); kept while no larger. */
 const TURN_BYTES = 32 * 1024;
 
@@ -787,29 +795,56 @@ export class MessageStore {
     return true;
   }
 
-  /** Reads the log; stops at the first torn or damaged record and truncates the file there. */
+  /**
+   * Reads the log, {@link LOAD_CHUNK} bytes at a time; stops at the first torn or damaged record (the
+   * start's compaction then rewrites the file without it).
+   */
   private load(path: string): StoreRepair | undefined {
-    let data: Buffer;
+    let fd: number;
     try {
-      data = readFileSync(path);
+      fd = openSync(path, 'r');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw err;
     }
+    try {
+      return this.loadFrom(fd, fstatSync(fd).size);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  private loadFrom(fd: number, size: number): StoreRepair | undefined {
+    let chunk = Buffer.alloc(0);
+    let chunkAt = 0; // where chunk[0] is in the file
+    /** The `length` bytes at `at` (all within the file), from the chunk or a new one read from `at`. */
+    const bytesAt = (at: number, length: number): Buffer => {
+      if (at + length > chunkAt + chunk.length) {
+        chunk = Buffer.alloc(Math.min(Math.max(LOAD_CHUNK, length), size - at)); // zeros if it shrank
+        for (let got = 0; got < chunk.length;) {
+          const n = readSync(fd, chunk, got, chunk.length - got, at + got);
+          if (n === 0) break;
+          got += n;
+        }
+        chunkAt = at;
+      }
+      return chunk.subarray(at - chunkAt, at - chunkAt + length);
+    };
     let offset = 0;
     let reason: string | undefined;
-    while (offset < data.length) {
-      if (data.length - offset < RECORD_HEADER) {
+    while (offset < size) {
+      if (size - offset < RECORD_HEADER) {
         reason = 'a torn record header at the end';
         break;
       }
-      const length = data.readUInt32BE(offset);
-      const sum = data.readUInt32BE(offset + 4);
-      if (length < 1 || length > data.length - offset - RECORD_HEADER) {
+      const header = bytesAt(offset, RECORD_HEADER);
+      const length = header.readUInt32BE(0);
+      const sum = header.readUInt32BE(4);
+      if (length < 1 || length > size - offset - RECORD_HEADER) {
         reason = length < 1 ? 'an empty record' : 'a torn record at the end';
         break;
       }
-      const body = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length);
+      const body = bytesAt(offset + RECORD_HEADER, length);
       if (crc32(body) !== sum) {
         reason = `a damaged record at byte ${offset}`;
         break;
@@ -824,7 +859,7 @@ export class MessageStore {
       offset += RECORD_HEADER + length;
     }
     this.recordsInLog = 0;
-    return reason === undefined ? undefined : { droppedBytes: data.length - offset, reason };
+    return reason === undefined ? undefined : { droppedBytes: size - offset, reason };
   }
 
   private replay(body: Buffer): void {

@@ -821,6 +821,40 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(reopened.store).length, 100);
     });
 
+    it('opens a log of more than 2 GiB (readFileSync refused one, so a node with a large --history could not start again)', (t) => {
+      const dir = tempDir(t, 'store');
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let seq = 1; seq <= 3; seq++) add(first, chat('a', seq));
+      first.close();
+      // Zeros after the records, past 2 GiB (a sparse file: no blocks written), as a crash of the
+      // machine can leave at the end of a log.
+      const path = join(dir, LOG);
+      const whole = statSync(path).size;
+      truncateSync(path, 2 ** 31 + 4096);
+      const { store, repair } = open(t, dir);
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3']);
+      assert.deepEqual(repair, { droppedBytes: 2 ** 31 + 4096 - whole, reason: 'an empty record' });
+      assert.ok(statSync(path).size < 2 * whole, 'compacted to the records');
+    });
+
+    it('reads a log longer than what it reads at a time, records across the seams', (t) => {
+      const dir = tempDir(t, 'store');
+      const window = { maxMessages: 30_000 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      // ~9 MB: more than two chunks of 4 MiB, one record a message (compacted at the open below).
+      for (let seq = 1; seq <= 25_000; seq++)
+        add(first, chat('a', seq, T0, `message ${seq} ${'x'.repeat(100)}`));
+      first.close();
+      const compacted = MessageStore.open(SELF, dir, window, clock).store;
+      const written = ids(compacted);
+      compacted.close();
+      const { store, repair } = open(t, dir, window);
+      assert.equal(repair, undefined);
+      assert.ok(statSync(join(dir, LOG)).size > 8 * 1024 * 1024);
+      assert.equal(store.size, 25_000);
+      assert.deepEqual(ids(store), written);
+    });
+
     it('survives any truncation or single-byte corruption of a valid log, keeping a prefix', (t) => {
       const dir = tempDir(t, 'store');
       const window = { maxMessages: 8 };
