@@ -279,8 +279,13 @@ export class MessageStore {
   private readonly senders = new Map<string, SenderState>();
   /** The sender last moved to the end of `senders` (most messages in a row come from one). */
   private latestSender: SenderState | undefined;
-  /** Held messages in arrival order (oldest first), for eviction and `recent`. */
-  private order: StoredMessage[] = [];
+  /**
+   * Held messages in arrival order (oldest first), for eviction and `recent`, from `orderStart` on;
+   * the slots before it are cleared as their messages are evicted (the array is cut down only once
+   * they are more than half of it, and kept every evicted message alive until then: twice the
+   * window's memory).
+   */
+  private order: (StoredMessage | undefined)[] = [];
   /**
    * The messages held, by id (the first one held under an id, if senders reuse one: ids are unique
    * only per sender, and a sender may pick another's id).
@@ -623,7 +628,8 @@ export class MessageStore {
   /** The last `n` messages held, oldest first. */
   recent(n: number): StoredMessage[] {
     this.evict();
-    return this.order.slice(Math.max(this.orderStart, this.order.length - n));
+    // From orderStart on, every slot holds a message.
+    return this.order.slice(Math.max(this.orderStart, this.order.length - n)) as StoredMessage[];
   }
 
   /**
@@ -741,7 +747,7 @@ export class MessageStore {
     for (let size = this.size; size > 0; size--) {
       const first = this.order[this.orderStart]!;
       if (size <= this.maxMessages && first.frame.ts >= oldest) break;
-      this.orderStart++;
+      this.order[this.orderStart++] = undefined;
       if (this.byId.get(first.frame.id) === first) this.byId.delete(first.frame.id);
       const sender = this.senderOf(first.frame.from)!;
       sender.held.delete(first.frame.seq);
@@ -901,8 +907,10 @@ export class MessageStore {
    * floors read from a meta record before it must not drop it.
    */
   private replayMessage({ frame, payload, verified }: StoredRecord): void {
-    if (this.senderOf(frame.from)?.held.has(frame.seq) !== true)
-      this.hold(frame, payload, this.now(), verified);
+    if (this.senderOf(frame.from)?.held.has(frame.seq) === true) return;
+    this.hold(frame, payload, this.now(), verified);
+    // Evicted as it goes: the log holds up to twice the window, all of it held at once before.
+    if (this.size > this.maxMessages) this.evict();
   }
 
   /**

@@ -18,12 +18,17 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { crc32 } from 'node:zlib';
 import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { MessageStore, WRITE_RETRY_MS, type HistoryWindow } from '../../lib/store/message-store.js';
 import { tempDir } from '../helpers/temp.js';
+
+// For the memory specs: gc() in a fresh context sees the flag (set before that context exists).
+setFlagsFromString('--expose-gc');
 
 const SELF = 'me';
 /** The clock of every store here: the frames' timestamps are well inside the default 7-day window. */
@@ -296,6 +301,21 @@ describe('MessageStore', () => {
       );
       // Another sender's message under a held id is not a copy of it.
       assert.equal(store.holdsCopy('a-3', serializeFrame({ ...chat('x', 3), id: 'a-3' })), false);
+    });
+
+    it('lets go of an evicted message: the arrival order kept every one until more than half of it was evicted', async (t) => {
+      const { store } = open(t, undefined, { maxMessages: 10 });
+      const firstHeld = (): WeakRef<object> => {
+        add(store, chat('a', 1));
+        return new WeakRef(store.recent(1)[0]!);
+      };
+      const first = firstHeld();
+      for (let seq = 2; seq <= 100; seq++) add(store, chat('a', seq));
+      assert.deepEqual(ids(store, 1), ['a-100']);
+      assert.equal(store.knows(chat('a', 1)), true, 'known as older than the floor, not held');
+      await new Promise(setImmediate); // a WeakRef's target lives to the end of the job that made it
+      (runInNewContext('gc') as () => void)();
+      assert.equal(first.deref(), undefined, 'collected');
     });
 
     it("holds two senders' messages under one id, each its own (ids are unique per sender only)", (t) => {
@@ -835,6 +855,29 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3']);
       assert.deepEqual(repair, { droppedBytes: 2 ** 31 + 4096 - whole, reason: 'an empty record' });
       assert.ok(statSync(path).size < 2 * whole, 'compacted to the records');
+    });
+
+    it('holds no more than the window while it reads a log of twice the window (the log holds up to that before a compaction)', (t) => {
+      const dir = tempDir(t, 'store');
+      const window = { maxMessages: 100 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      for (let seq = 1; seq <= 200; seq++) add(first, chat('a', seq));
+      first.close();
+      const proto = MessageStore.prototype as unknown as { hold: (...args: unknown[]) => unknown };
+      const hold = proto.hold;
+      let most = 0;
+      proto.hold = function (this: MessageStore, ...args: unknown[]) {
+        const kept = hold.apply(this, args);
+        most = Math.max(most, this.size);
+        return kept;
+      };
+      try {
+        const { store } = open(t, dir, window);
+        assert.deepEqual(ids(store), ids(first).slice(-100));
+      } finally {
+        proto.hold = hold;
+      }
+      assert.ok(most <= 101, `held ${most} at once`);
     });
 
     it('reads a log longer than what it reads at a time, records across the seams', (t) => {
