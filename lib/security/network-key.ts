@@ -62,15 +62,33 @@ export function parseNetworkKey(text: string, source = 'network key file'): Buff
  * Creates a network key file at `path` with a fresh random key (mode 0600, written atomically; its
  * directory is created with mode 0700 when missing) and returns the key. Copy the file to every node
  * of the network, by a channel you trust.
- * @throws {SecurityError} `ERR_NETWORK_KEY_FILE` when `path` exists already (it is never overwritten).
+ * @throws {SecurityError} `ERR_NETWORK_KEY_FILE` when `path` exists already (it is never overwritten),
+ *   its directory is writable by other users, or the file system refuses the directory or the file
+ *   (a parent that is a regular file, no permission, a read-only file system, no hard links).
  */
 export function createNetworkKeyFile(path: string): Buffer {
-  ensurePrivateDir(dirname(path), 'ERR_NETWORK_KEY_FILE');
   const key = generateNetworkKey();
-  if (!writeFileOnce(path, formatNetworkKey(key))) {
+  let created: boolean;
+  try {
+    ensurePrivateDir(dirname(path), 'ERR_NETWORK_KEY_FILE');
+    created = writeFileOnce(path, formatNetworkKey(key));
+  } catch (err) {
+    // A refusal of the file system is the user's to fix, as a missing key file is: one line, not a
+    // stack trace and exit 70 from the CLI.
+    if (!isSystemError(err)) throw err;
+    throw new SecurityError('ERR_NETWORK_KEY_FILE', `cannot create ${path}: ${err.message}`, { cause: err });
+  }
+  if (!created) {
     throw new SecurityError('ERR_NETWORK_KEY_FILE', `${path} exists already; it is never overwritten`);
   }
   return key;
+}
+
+/** An error of a file system call (it names the call and the errno), not a bug. */
+function isSystemError(err: unknown): err is NodeJS.ErrnoException {
+  if (!(err instanceof Error) || err instanceof TypeError || err instanceof RangeError) return false;
+  const { errno, syscall } = err as NodeJS.ErrnoException;
+  return typeof errno === 'number' && typeof syscall === 'string';
 }
 
 /**

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, createServer, type AddressInfo, type Socket } from 'node:net';
@@ -132,6 +132,17 @@ describe('bin/p2p --create-network-key', () => {
     assert.equal(again.stdout, '');
     assert.equal(readFileSync(path, 'utf8'), text, 'the key is unchanged');
     assert.equal(statSync(path).mode & 0o777, 0o600);
+  });
+
+  it('exits 1 with one line naming the file when the file system refuses it (a path under a regular file)', async () => {
+    const file = freshPath();
+    writeFileSync(file, 'not a directory\n', { mode: 0o600 });
+    const path = join(file, 'net.key');
+    const run = await runCli(['--create-network-key', path]);
+    assert.equal(run.code, 1, run.stderr);
+    assert.equal(run.stdout, '');
+    assert.match(run.stderr, /^p2p: cannot create .*net\.key: E[A-Z]+: .*\n$/);
+    assert.doesNotMatch(run.stderr, /\n {4}at /, 'no stack trace');
   });
 
   it('gives two runs two different keys', async () => {
