@@ -252,9 +252,10 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
           queueMicrotask(() => scheduled && drain());
         }
       },
-      // At the end of piped input the node stays up, relaying, until a signal; a terminal's Ctrl+D quits.
+      // At the end of piped input the node stays up, relaying, until a signal; a terminal's Ctrl+D
+      // quits, whatever stdout is (`bin/p2p 8001 | tee chat.log` is typed at too).
       complete: () => {
-        if (mode === 'tty') quit();
+        if (io.stdin.isTTY === true) quit();
       },
     }),
   );

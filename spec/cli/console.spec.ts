@@ -819,6 +819,29 @@ describe('main: stdout not a terminal', () => {
     assert.equal(await code, 0);
     assert.equal(stdout.writes().join(''), 'no peers connected\nyou are now bob\n');
   });
+
+  it('with stdin a terminal and stdout a pipe, leaves with exit 0 at the end of input (Ctrl+D), as /help says', async (t) => {
+    const { io, stdin, stderr } = fakeIo(t);
+    const signals = new EventEmitter();
+    const code = main(['0', '--host', '127.0.0.1', '--log-level', 'error'], {
+      ...io,
+      stdin: Object.assign(stdin, { isTTY: true }),
+      env: {},
+      signals,
+    });
+    t.after(async () => {
+      signals.emit('SIGTERM');
+      await code;
+    });
+    await waitFor(
+      () => stderr.writes().some((w) => w.includes('listening on port')),
+      'the ready line',
+      8_000,
+    );
+    stdin.end();
+    const ended = await Promise.race([code, delay(3_000).then(() => 'still running')]);
+    assert.equal(ended, 0);
+  });
 });
 
 describe('main: the default nick', () => {
