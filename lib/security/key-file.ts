@@ -27,20 +27,28 @@ function errnoCode(err: unknown): string | undefined {
 
 /**
  * Creates `dir` (and its parents) with mode 0700 when missing. An existing directory is kept as it is,
- * unless others may write into it: then they could swap the key file, so it is refused.
+ * unless others may write into it: then they could swap the key file, so it is refused. The message
+ * names the fix: `chmod 700` for a directory of the user's own, a new directory for a shared one
+ * (sticky, as /tmp is, or another user's), where `chmod 700` would lock the others out or fail.
  * @throws {SecurityError} with `code` when the directory is writable by group or others.
  */
 export function ensurePrivateDir(dir: string, code: SecurityErrorCode): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   if (!CHECK_MODES) return;
-  const mode = statSync(dir).mode & 0o777;
+  const stats = statSync(dir);
+  const mode = stats.mode & 0o7777;
   if ((mode & 0o022) !== 0) {
+    const shared = (mode & STICKY) !== 0 || stats.uid !== process.getuid?.();
+    const fix = shared ? 'name a new directory (it is created with mode 0700)' : `chmod 700 ${dir}`;
     throw new SecurityError(
       code,
-      `directory ${dir} is writable by other users (mode ${mode.toString(8)}): chmod 700 ${dir}`,
+      `directory ${dir} is writable by other users (mode ${mode.toString(8)}): ${fix}`,
     );
   }
 }
+
+/** The sticky bit: in a directory, only a file's owner may remove or rename it (/tmp). */
+const STICKY = 0o1000;
 
 /**
  * Writes `content` to `path` with mode 0600, atomically and only if `path` does not exist: the bytes

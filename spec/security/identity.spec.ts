@@ -79,6 +79,24 @@ describe('identity', () => {
     assert.throws(() => loadOrCreateIdentity(dir), securityError('ERR_IDENTITY_FILE', /chmod 700/));
   });
 
+  it('refuses a shared directory (sticky, as /tmp is) without advising chmod 700 on it, which would lock its other users out', () => {
+    if (!posix) return;
+    const dir = join(tempDir(), 'sticky');
+    mkdirSync(dir);
+    chmodSync(dir, 0o1777);
+    assert.throws(
+      () => loadOrCreateIdentity(dir),
+      securityError('ERR_IDENTITY_FILE', /\(mode 1777\).*a new directory/),
+    );
+    assert.throws(
+      () => loadOrCreateIdentity(dir),
+      (err: unknown) => {
+        assert.doesNotMatch((err as Error).message, /chmod/);
+        return true;
+      },
+    );
+  });
+
   it('refuses a key file that is not a PEM private key', () => {
     const dir = tempDir();
     writeFileSync(join(dir, IDENTITY_FILE), 'not a key\n', { mode: 0o600 });
