@@ -28,17 +28,17 @@ import {
 } from 'node:fs';
 import { Buffer } from 'node:buffer';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 
 /**
  * The default data directory of the node listening on `port`: one per port, so several nodes on one
- * host never share one. `$XDG_STATE_HOME/p2p/node-PORT`, else `~/.local/state/p2p/node-PORT`.
+ * host never share one. `$XDG_STATE_HOME/p2p/node-PORT`, else `~/.local/state/p2p/node-PORT`. A
+ * relative `$XDG_STATE_HOME` is ignored, as the XDG Base Directory spec says: the node's identity
+ * and history would follow the working directory it was started in.
  */
 export function defaultDataDir(port: number, env: NodeJS.ProcessEnv = process.env): string {
-  const base =
-    env['XDG_STATE_HOME'] !== undefined && env['XDG_STATE_HOME'] !== ''
-      ? env['XDG_STATE_HOME']
-      : join(homedir(), '.local', 'state');
+  const state = env['XDG_STATE_HOME'];
+  const base = state !== undefined && isAbsolute(state) ? state : join(homedir(), '.local', 'state');
   return join(base, 'p2p', `node-${port}`);
 }
 

@@ -10,11 +10,12 @@ import {
   utimesSync,
   writeFileSync,
 } from 'node:fs';
+import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { createServer } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import { DataDirLockedError, lockDataDir } from '../../lib/node/data-dir.js';
+import { DataDirLockedError, defaultDataDir, lockDataDir } from '../../lib/node/data-dir.js';
 import { createNode } from '../../lib/node/node.js';
 import { tempDir } from '../helpers/temp.js';
 
@@ -134,6 +135,25 @@ function refused(fn: () => unknown): DataDirLockedError {
   }
   assert.fail('the lock was taken');
 }
+
+describe('defaultDataDir', () => {
+  it('is node-PORT under $XDG_STATE_HOME/p2p, else under ~/.local/state/p2p', () => {
+    assert.equal(
+      defaultDataDir(8001, { XDG_STATE_HOME: '/srv/state' }),
+      join('/srv/state', 'p2p', 'node-8001'),
+    );
+    const home = join(homedir(), '.local', 'state', 'p2p', 'node-8001');
+    assert.equal(defaultDataDir(8001, {}), home);
+    assert.equal(defaultDataDir(8001, { XDG_STATE_HOME: '' }), home);
+  });
+
+  it('ignores a relative $XDG_STATE_HOME, as the XDG spec says: the directory would follow the working directory', () => {
+    const home = join(homedir(), '.local', 'state', 'p2p', 'node-8001');
+    assert.equal(defaultDataDir(8001, { XDG_STATE_HOME: 'state' }), home);
+    assert.equal(defaultDataDir(8001, { XDG_STATE_HOME: './state' }), home);
+    assert.equal(defaultDataDir(8001, { XDG_STATE_HOME: '~/.local/state' }), home);
+  });
+});
 
 describe('lockDataDir', () => {
   it('creates and takes a free directory, names its pid in the lock, and releases it', (t) => {
