@@ -353,6 +353,13 @@ const LISTEN_CALLS: ReadonlySet<string> = new Set(['listen', 'bind', 'getaddrinf
 function startFailure(err: unknown, options: CliOptions, dataDir: string | undefined): string {
   if (err instanceof SecurityError) return `cannot start: ${err.message}`;
   if (err instanceof DataDirLockedError) {
+    // The default directory is the port's own: the node holding it was started on this port, as when
+    // one command is run twice, and the port is what to change (its own --data-dir would only make
+    // this one fail next on the port in use).
+    if (options.dataDir === undefined) {
+      const pid = err.pid === undefined ? '' : ` (pid ${err.pid})`;
+      return `cannot start: another node${pid} runs on port ${options.port} (its data directory ${err.dir} is in use); pick another port`;
+    }
     return `${err.message}: another node runs with it; give this one its own --data-dir (or --ephemeral)`;
   }
   const { code, syscall } = (err ?? {}) as NodeJS.ErrnoException;

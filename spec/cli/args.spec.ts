@@ -104,6 +104,25 @@ describe('bin/p2p: command line', () => {
     assert.match(lines[0]!, /in use/);
     assert.doesNotMatch(run.stderr, STACK_LINE, 'no stack trace');
   });
+
+  it('run twice on one port, says the port is taken by the other node: not to give a --data-dir, which then fails on the port', async (t) => {
+    const procs = procsFor(t);
+    const [port] = await freePorts(1);
+    // The default data directory, as a user who starts the same command twice has it.
+    const first = await procs.node({ port: port!, nick: 'first' });
+    const run = await runCli([String(port), '--host', '127.0.0.1', '--json']);
+    assert.equal(run.code, 1, `stderr: ${run.stderr}`);
+    assert.equal(run.stdout, '', 'no ready event');
+    const lines = run.stderr.split('\n').filter((line) => line.length > 0);
+    assert.equal(lines.length, 1, `one line on stderr, got:\n${run.stderr}`);
+    assert.match(
+      lines[0]!,
+      new RegExp(`^p2p: .*another node \\(pid ${first.pid}\\) runs on port ${port}\\b`),
+    );
+    assert.match(lines[0]!, /pick another port/);
+    assert.doesNotMatch(lines[0]!, /--data-dir|--ephemeral/);
+    assert.equal(first.exit, undefined, 'the first node goes on');
+  });
 });
 
 describe('parseArgs: options', () => {
