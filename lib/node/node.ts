@@ -229,7 +229,8 @@ export interface NodeOptions {
   readonly peers?: readonly Address[];
   /**
    * Most connected peers; a further one gets `bye full` as soon as its handshake shows who it is
-   * (instead of this node's hello). Default 32.
+   * (instead of this node's hello). A node sent the hello holds a slot until its own hello comes.
+   * Default 32.
    */
   readonly maxPeers?: number;
   /**
@@ -1123,8 +1124,10 @@ class ChatNode implements P2PNode {
   /** A connection whose hello came from a node that is not a peer yet: it becomes one, unless full. */
   private adopt(conn: Connection): void {
     const hello = conn.hello!;
-    if (this.active.size >= this.maxPeers) {
-      // Became full since its handshake ended (the usual refusal comes earlier, instead of our hello).
+    if (this.isFullFor(hello.id)) {
+      // Rare: its slot was held from the end of its handshake (isFullFor), and a full node refuses
+      // then, instead of its hello. Left for a slot that went to another node meanwhile (a probe that
+      // settled after the peer's old connection closed).
       conn.send({ type: 'bye', reason: this.refuseFull(conn) });
       conn.end();
       return;
@@ -1186,14 +1189,28 @@ class ChatNode implements P2PNode {
     conn.end();
   }
 
-  /** True when a new peer `remoteId` would be one too many (a second connection of a peer is not). */
+  /**
+   * True when a new peer `remoteId` would be one too many (a second connection of a peer is not).
+   * Counted with the peers: each node whose handshake ended and which was sent this node's hello, but
+   * whose own hello has not come yet. It holds a slot until then (or until its connection closes, at
+   * the latest at the hello timeout): it may have taken our hello for a welcome and reported us up,
+   * and a `bye full` when its hello comes would make it report us down at once and back off.
+   */
   private isFullFor(remoteId: string): boolean {
-    return this.active.size >= this.maxPeers && !this.active.has(remoteId) && remoteId !== this.id;
+    if (remoteId === this.id || this.active.has(remoteId)) return false;
+    if (this.active.size >= this.maxPeers) return true;
+    const held = new Set<string>();
+    for (const conn of this.conns) {
+      const id = conn.session?.remoteId;
+      if (id === undefined || conn.hello !== undefined || conn.closing) continue;
+      if (id !== remoteId && id !== this.id && !this.active.has(id)) held.add(id);
+    }
+    return this.active.size + held.size >= this.maxPeers;
   }
 
   private refuseFull(conn: Connection): 'full' {
-    this.log.info(`refusing ${conn.label}: already ${this.maxPeers} peers (--max-peers)`);
-    conn.closeReason = `refused: already ${this.maxPeers} peers`;
+    this.log.info(`refusing ${conn.label}: already ${this.maxPeers} peers, or about to be (--max-peers)`);
+    conn.closeReason = `refused: already ${this.maxPeers} peers, or about to be`;
     conn.reasonLogged = true;
     return 'full';
   }

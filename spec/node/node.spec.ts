@@ -887,6 +887,75 @@ describe('createNode', () => {
     assert.deepEqual(downs(fullEvents), []);
   });
 
+  it('holds a slot for a node it sent its hello to until that node’s hello comes: a later one is refused, never the node told it was welcome', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ maxPeers: 1, log: lineLogger() });
+    const events = record(node.events$);
+    // The first peer has the node's hello (a node would report it up now), and its own is slow.
+    const welcomed = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => welcomed.got('hello'), 'the node’s hello to the first peer');
+    const later = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => later.got('hello') || later.got('bye'), 'the node to answer the second peer');
+    later.hello();
+    welcomed.hello();
+    await waitFor(
+      () => welcomed.got('peers') || welcomed.got('bye'),
+      'the node to take or refuse the first peer',
+    );
+    assert.ok(!welcomed.got('bye'), 'the peer the node said hello to was not refused as full after it');
+    assert.ok(
+      later.got('bye', 'full') && !later.got('hello'),
+      'the later peer was refused instead of greeted',
+    );
+    assert.deepEqual(peerIds(node), [welcomed.id]);
+    assert.deepEqual(
+      events.values.map((e) => [e.type, e.peer.id]),
+      [['peer-up', welcomed.id]],
+    );
+  });
+
+  it('with room for one peer, dials three at once and never shows itself to the two it refuses: no peer-up, no peer-down there', async (t) => {
+    const start = nodeFactory(t);
+    const logs = range(3).map(() => lineLogger());
+    const others = await Promise.all(logs.map((log) => start({ log })));
+    const events = others.map((other) => record(other.events$));
+    // It dials, so each hello of theirs comes a round trip after its own: time to adopt another.
+    const node = await start({ maxPeers: 1, peers: others.map((other) => loopback(other.port)) });
+    await waitFor(() => node.peers().length === 1, 'one peer');
+    const kept = others.findIndex((other) => other.id === node.peers()[0]!.id);
+    const refused = range(3).filter((i) => i !== kept);
+    await waitFor(
+      () =>
+        refused.every((i) => logs[i]!.count('refused the connection') > 0 || downs(events[i]!).length > 0),
+      'the two others to be refused',
+    );
+    for (const i of refused) assert.deepEqual(events[i]!.values, [], 'events of a refused node');
+    assert.equal(ups(events[kept]!).length, 1);
+    assert.deepEqual(downs(events[kept]!), []);
+  });
+
+  it('frees the slot held for a node that never says hello when its connection closes or its hello times out', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ maxPeers: 1 });
+    const events = record(node.events$);
+    const gone = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => gone.got('hello'), 'the node’s hello to the first peer');
+    gone.socket.destroy(); // it leaves before its hello
+    const silent = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => silent.got('hello') || silent.got('bye'), 'the node to answer the second peer');
+    assert.ok(silent.got('hello'), 'the slot of a closed connection was freed at once');
+    const openedAt = Date.now();
+    await silent.closed; // it never says hello: dropped at the hello timeout
+    assert.ok(Date.now() - openedAt < 2 * FAST_TIMING.helloTimeoutMs!, 'dropped at the hello timeout');
+    const third = await rawPeer(t, node.port);
+    await waitFor(() => third.got('peers') || third.got('bye'), 'the node to take or refuse the third peer');
+    assert.ok(third.got('peers'), 'the slot held for a silent peer was freed at its hello timeout');
+    assert.deepEqual(
+      events.values.map((e) => [e.type, e.peer.id]),
+      [['peer-up', third.id]],
+    );
+  });
+
   it('backs off from a node that keeps refusing it as full', async (t) => {
     const start = nodeFactory(t);
     const full = await start({ maxPeers: 1 });
