@@ -1159,6 +1159,7 @@ class ChatNode implements P2PNode {
   private onBye(conn: Connection, reason: string): void {
     const id = conn.peerId;
     if (reason === 'duplicate' && id !== undefined && this.active.get(id)?.conn === conn) {
+      if (conn.retiredByPeer) return; // said again: its timer runs already (one per frame would pile up)
       conn.retiredByPeer = true;
       // The peer keeps another connection to us that we have not seen yet: go on using this one
       // until that one's hello arrives (onHello swaps and ends this), or give up after the hello timeout.

@@ -78,6 +78,15 @@ async function probing(
   return found;
 }
 
+/** The process warnings (MaxListenersExceededWarning: a listener added per frame) during the test `t`. */
+function warnings(t: TestContext): string[] {
+  const seen: string[] = [];
+  const onWarning = (warning: Error): void => void seen.push(`${warning.name}: ${warning.message}`);
+  process.on('warning', onWarning);
+  t.after(() => process.off('warning', onWarning));
+  return seen;
+}
+
 describe('duplicate connections of one peer, driven by hand', () => {
   it('moves to a live new connection although earlier new ones closed while it probed the dead one', async (t) => {
     // A long ping interval: the probes of the dead connection stay pending.
@@ -110,6 +119,18 @@ describe('duplicate connections of one peer, driven by hand', () => {
     fresh!.hello(); // the node prefers `old` by hash, but the peer gave it up
     await waitFor(() => fresh!.got('peers'), 'the node to take the new connection');
     assert.ok(!fresh!.got('bye', 'duplicate'), 'the new connection was not sent away');
+    assert.deepEqual(downs(events), []);
+  });
+
+  it('takes a bye duplicate the peer repeats on one connection as one: no timer or listener per frame', async (t) => {
+    const seen = warnings(t);
+    const { node, events, conns } = await adopted(t, 1);
+    const [only] = conns;
+    for (let i = 0; i < 40; i++) only!.send({ type: 'bye', reason: 'duplicate' });
+    await handled(only!);
+    await new Promise((resolve) => setImmediate(resolve)); // warnings are emitted on the next tick
+    assert.deepEqual(seen, []);
+    assert.equal(node.peers().length, 1, 'kept until its other connection comes, or the hello timeout');
     assert.deepEqual(downs(events), []);
   });
 
