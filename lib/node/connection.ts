@@ -480,17 +480,30 @@ export class Connection {
     this.syncTimer.unref();
   }
 
-  /** Flushes what is queued and ends the connection; destroys it if the peer does not close in time. */
+  /**
+   * Flushes what is queued and ends the connection; destroys it if the peer does not close within
+   * `graceMs`. Called again (a peer repeating its `bye`, the node shutting down), it only brings the
+   * deadline forward when the new grace ends sooner: one timer and one 'close' listener in all.
+   */
   end(graceMs = 2000): void {
     this.closing = true;
-    // Read again if the rate limit paused it, or the peer's own close would go unseen.
-    clearTimeout(this.resumeTimer);
-    this.socket.resume();
-    this.outbox.complete();
-    const timer = setTimeout(() => this.socket.destroy(), graceMs);
-    timer.unref();
-    this.socket.once('close', () => clearTimeout(timer));
+    const deadline = Date.now() + graceMs;
+    if (this.endTimer === undefined) {
+      // Read again if the rate limit paused it, or the peer's own close would go unseen.
+      clearTimeout(this.resumeTimer);
+      this.socket.resume();
+      this.outbox.complete();
+      this.socket.once('close', () => clearTimeout(this.endTimer));
+    } else if (deadline >= this.endDeadline) return;
+    clearTimeout(this.endTimer);
+    this.endDeadline = deadline;
+    this.endTimer = setTimeout(() => this.socket.destroy(), graceMs);
+    this.endTimer.unref();
   }
+
+  /** Destroys the socket if the peer has not closed it by {@link endDeadline} (see {@link end}). */
+  private endTimer: NodeJS.Timeout | undefined;
+  private endDeadline = Infinity;
 
   /** Drops what is queued and closes the socket now. */
   destroy(): void {

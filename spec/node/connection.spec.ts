@@ -129,6 +129,21 @@ describe('Connection', () => {
     assert.deepEqual(pings, [1]);
   });
 
+  it('ends once however often it is told to: one grace timer and one close listener, the shortest grace kept', async (t) => {
+    const { client, server } = await socketPair(t);
+    client.pause(); // a peer that does not read: it never sees this end's close, nor closes its own
+    const conn = new Connection(server, false, options());
+    t.after(() => conn.destroy());
+    const listeners = server.listenerCount('close');
+    for (let i = 0; i < 20; i++) conn.end(5000); // what each `bye` a peer repeats asked of it
+    assert.ok(server.listenerCount('close') <= listeners + 1, `${server.listenerCount('close')} listeners`);
+    const began = Date.now();
+    conn.end(50); // the node's shutdown, with a shorter grace
+    conn.end(5000);
+    await waitFor(() => server.destroyed, 'the shorter grace to end it', 2000);
+    assert.ok(Date.now() - began < 1000, `destroyed after ${Date.now() - began} ms`);
+  });
+
   it('holds a peer to its frame rate while the connection closes, without pausing its reads', async (t) => {
     const { a, b, client } = await pair(t, { perSecond: 50, burst: 50 });
     let pings = 0;
