@@ -1693,6 +1693,10 @@ class ChatNode implements P2PNode {
       target = newTarget(entry.addr, parseAddress(entry.addr), false, entry.id);
       if (!this.addLearned(target)) return;
       this.log.debug(`learned ${entry.id.slice(0, 8)} at ${entry.addr}`);
+    } else if (target.nodeId !== undefined && this.active.has(target.nodeId)) {
+      // A connected peer's address: its handshake proved who is there, and a list naming another
+      // node at it (a peer that restarted as a new node, or a lie) would have it dialled again.
+      return;
     } else target.nodeId = entry.id;
     if (!target.dialing && target.timer === undefined) this.dialNow(target);
   }

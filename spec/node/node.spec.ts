@@ -459,6 +459,26 @@ describe('createNode', () => {
     await waitFor(() => silent.accepted() === 2, 'the node to dial it again');
   });
 
+  it('does not dial a connected peer again because a peer list names its address under other ids', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const honest = await start();
+    const node = await start({ log, peers: [loopback(honest.port)] });
+    await waitFor(() => connectedTo(node, [honest]), 'the honest peer to connect');
+    const liar = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 2, 'the liar to be up');
+    const dials = (): number => log.count(`connected to ${HOST}:${honest.port}`);
+    assert.equal(dials(), 1);
+    // Each list names the honest peer's address under a fresh id: a node it would take for another.
+    for (let i = 0; i < 5; i++) {
+      liar.send({ type: 'peers', peers: [{ id: generateIdentity().id, addr: `${HOST}:${honest.port}` }] });
+      const pings = liar.count('ping');
+      await waitFor(() => liar.count('ping') > pings, 'an upkeep tick');
+    }
+    assert.equal(dials(), 1, 'the honest peer, connected all along, was dialled again');
+    assert.ok(peerIds(node).includes(honest.id));
+  });
+
   it('does not dial a target again while its first connection is still in the handshake', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
