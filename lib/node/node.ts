@@ -814,16 +814,12 @@ class ChatNode implements P2PNode {
     // Loopback is exempt from the per-host rate: every node on this host shares it.
     if (!isLoopback(host) && !this.acceptRate.tryTake(host)) {
       refusal = `more than ${ACCEPT_RATE.burst} connections in a burst from ${host}`;
-    } else if (this.pendingHandshakes() >= MAX_PENDING_HANDSHAKES) {
+    } else if (this.pendingHandshakes() >= MAX_PENDING_HANDSHAKES && !this.shedOldestPending()) {
       refusal = `${MAX_PENDING_HANDSHAKES} connections are already in their handshake`;
     }
     if (refusal !== undefined) {
-      // Shed the flood, not the honest peers: a refused socket costs nothing more. One line per second.
-      const now = Date.now();
-      if (now - this.lastRefusalLog > 1000) {
-        this.lastRefusalLog = now;
-        this.log.warn(`refusing connections: ${refusal}`);
-      }
+      // Shed the flood, not the honest peers: a refused socket costs nothing more.
+      this.warnOncePerSecond(`refusing connections: ${refusal}`);
       socket.on('error', () => {});
       socket.destroy();
       return;
@@ -831,11 +827,43 @@ class ChatNode implements P2PNode {
     this.attach(socket, false, undefined);
   }
 
-  /** Connections still before their hello (handshake included). */
+  /** Logs `line` unless a line of the connection flood was logged within the last second. */
+  private warnOncePerSecond(line: string): void {
+    const now = Date.now();
+    if (now - this.lastRefusalLog <= 1000) return;
+    this.lastRefusalLog = now;
+    this.log.warn(line);
+  }
+
+  /** Connections still before their hello (handshake included), but for those closed already. */
   private pendingHandshakes(): number {
     let n = 0;
-    for (const conn of this.conns) if (conn.hello === undefined) n++;
+    for (const conn of this.conns) if (conn.hello === undefined && !conn.socket.destroyed) n++;
     return n;
+  }
+
+  /**
+   * Closes the oldest inbound connection still before its hello, making room for a new one; false
+   * when there is none (the slots are this node's own dials). Refusing the new one instead let
+   * connections that never speak keep every new peer out: each held its slot for the hello timeout,
+   * so a trickle of 7 a second (two hosts within the accept rate) renewed all 64 for ever. Now one
+   * is held until 64 newer ones come, and an honest handshake, a round trip or two, is shed only if
+   * 64 connections come within it.
+   */
+  private shedOldestPending(): boolean {
+    for (const conn of this.conns) {
+      // A Set iterates in insertion order: the oldest first.
+      if (conn.outbound || conn.hello !== undefined || conn.socket.destroyed) continue;
+      conn.closeReason = `closed to make room: ${MAX_PENDING_HANDSHAKES} connections were in their handshake`;
+      conn.reasonLogged = true;
+      this.log.debug(`${conn.label}: ${conn.closeReason}`);
+      this.warnOncePerSecond(
+        `connections: ${MAX_PENDING_HANDSHAKES} in their handshake, closing the oldest to make room`,
+      );
+      conn.destroy();
+      return true;
+    }
+    return false;
   }
 
   private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
@@ -1942,7 +1970,8 @@ const MAX_SELF_ADDRS = 256;
 
 /**
  * Connections in their handshake at once. 64: a handshake takes about 1 ms of CPU, so 64 is far
- * more than honest peers ever open together, and bounds what a connection flood can hold.
+ * more than honest peers ever open together, and bounds what a connection flood can hold. One more
+ * inbound closes the oldest inbound one still before its hello (see shedOldestPending).
  */
 const MAX_PENDING_HANDSHAKES = 64;
 /**

@@ -993,6 +993,20 @@ describe('createNode', () => {
     assert.ok(elapsed >= 230, `four redials of a full node took only ${elapsed} ms: no backoff`);
   });
 
+  it('takes a new peer while connections that never speak hold every handshake slot, closing the oldest of them', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ timing: { helloTimeoutMs: 10_000 } });
+    // 64 TCP connections that send nothing (loopback: no per-host accept rate), each one held until
+    // its hello timeout: new peers were refused for as long as they were renewed.
+    const squatters = range(64).map(() => connect({ host: HOST, port: node.port }).on('error', () => {}));
+    t.after(() => squatters.forEach((socket) => socket.destroy()));
+    await Promise.all(squatters.map((socket) => once(socket, 'connect')));
+    const peer = await rawPeer(t, node.port);
+    await waitFor(() => peer.got('peers'), 'the new peer to be taken');
+    await closed(squatters[0]!); // the oldest made room
+    assert.deepEqual(peerIds(node), [peer.id]);
+  });
+
   it('drops a connection that sends no hello within helloTimeoutMs', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
