@@ -114,7 +114,10 @@ export interface NodeTiming {
   readonly peerTimeoutMs?: number;
   /** Longest wait for a TCP connect. Default 5 s. */
   readonly connectTimeoutMs?: number;
-  /** Retry delays of dials. */
+  /**
+   * Retry delays of dials. A link lost after it lasted `pingIntervalMs` is dialled again at the first
+   * delay; a failed dial, a refusal or a shorter link (a node that says hello and hangs up) backs off.
+   */
   readonly backoff?: BackoffOptions;
   /** Delay before telling peers that the peer set changed, so a burst of joins sends one list. Default 250 ms. */
   readonly peerListDelayMs?: number;
@@ -347,6 +350,8 @@ interface Target {
 interface ActivePeer {
   conn: Connection;
   info: PeerInfo;
+  /** When it came up (ms): a new connection of it taking the place of the old one keeps it. */
+  readonly since: number;
 }
 
 const DEFAULT_TIMING = {
@@ -1161,7 +1166,7 @@ class ChatNode implements P2PNode {
       return;
     }
     const info = this.infoOf(conn);
-    this.active.set(hello.id, { conn, info });
+    this.active.set(hello.id, { conn, info, since: Date.now() });
     this.log.info(`peer up: ${conn.label}`);
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
@@ -1380,7 +1385,7 @@ class ChatNode implements P2PNode {
     this.conns.delete(conn);
     conn.destroy();
     const id = conn.peerId;
-    let wasActive = false;
+    let worked = false; // it was a peer, long enough to count as a link that worked
     const heir = conn.endsPeer
       ? undefined
       : conn.probes.find((p) => !p.candidate.closing && !p.candidate.socket.destroyed)?.candidate;
@@ -1391,8 +1396,10 @@ class ChatNode implements P2PNode {
       this.switchTo(this.active.get(id)!, heir);
       this.noteNews(); // frames on their way over the closed one are lost
     } else if (id !== undefined && this.active.get(id)?.conn === conn) {
-      wasActive = true;
-      const { info } = this.active.get(id)!;
+      const { info, since } = this.active.get(id)!;
+      // A link that lasted less than a ping interval did not work: a node that says hello and hangs
+      // up (or keeps crashing) is dialled again with backoff, not at once with a peer-up each time.
+      worked = Date.now() - since >= this.timing.pingIntervalMs;
       this.active.delete(id);
       const reason = conn.closeReason ?? (this.closed ? 'node closing' : 'connection closed');
       if (!this.closed && !conn.reasonLogged) this.log.info(`peer down: ${conn.label} (${reason})`);
@@ -1412,7 +1419,7 @@ class ChatNode implements P2PNode {
       const related = target.addr === conn.dialed || (id !== undefined && target.nodeId === id);
       if (!related || target.dialing || target.timer !== undefined) continue;
       if (target.nodeId !== undefined && this.active.has(target.nodeId)) continue;
-      if (wasActive && !conn.refused) {
+      if (worked && !conn.refused) {
         target.attempts = 0;
         this.schedule(target);
       } else this.failed(target);

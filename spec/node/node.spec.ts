@@ -1,11 +1,22 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import type { ChatMessage, NodeEvent, NodeTiming, P2PNode, PeerInfo } from '../../lib/node/node.js';
-import { pack, PACK_MARKER } from '../../lib/protocol/codec.js';
-import { encodeChat, MAX_TEXT_LENGTH, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
+import { encodeFrame, FrameDecoder, pack, PACK_MARKER } from '../../lib/protocol/codec.js';
+import {
+  encodeChat,
+  MAX_TEXT_LENGTH,
+  PROTOCOL_VERSION,
+  serializeFrame,
+  type ChatFrame,
+} from '../../lib/protocol/frames.js';
+import {
+  createHandshake,
+  MAX_HANDSHAKE_MESSAGE_BYTES,
+  type SecureSession,
+} from '../../lib/security/noise.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
@@ -974,6 +985,50 @@ describe('createNode', () => {
       events.values.map((e) => [e.type, e.peer.id]),
       [['peer-up', third.id]],
     );
+  });
+
+  it('backs off from a node that says hello and hangs up at once, as from one that refuses it', async (t) => {
+    // A listener that completes the handshake, says hello and closes 20 ms later, every time: the
+    // link was up, but not for long enough to count as one that worked.
+    const identity = generateIdentity();
+    let accepted = 0;
+    const server = createServer((socket) => {
+      accepted++;
+      socket.on('error', () => {});
+      const handshake = createHandshake({ initiator: false, identity });
+      const decoder = new FrameDecoder(MAX_HANDSHAKE_MESSAGE_BYTES);
+      let session: SecureSession | undefined;
+      socket.on('data', (chunk: Buffer) => {
+        for (const raw of decoder.push(chunk)) {
+          if (session !== undefined) continue;
+          const step = handshake.receive(raw);
+          if (step.reply !== undefined) socket.write(encodeFrame(step.reply));
+          if (step.session === undefined) continue;
+          session = step.session;
+          decoder.maxFrameBytes = 1 << 20;
+          const hello = { type: 'hello', v: PROTOCOL_VERSION, id: identity.id, nick: 'x', port: 1 } as const;
+          socket.write(encodeFrame(session.encrypt(serializeFrame(hello))));
+          setTimeout(() => socket.destroy(), 20);
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const start = nodeFactory(t);
+    const node = await start({
+      peers: [loopback((server.address() as { port: number }).port)],
+      timing: { backoff: { baseMs: 100, maxMs: 1000 } },
+    });
+    const events = record(node.events$);
+
+    await waitFor(() => ups(events).length >= 5, 'five links up', 8000);
+    const upAt = events.at.filter((_, i) => events.values[i]!.type === 'peer-up');
+    const elapsed = upAt[4]! - upAt[0]!;
+    // As after a refusal: retries 1..4 wait at least half their ceilings, 100·2^k capped at 1 s, so
+    // 100 + 200 + 400 + 500 ms between the first and the fifth. Counted as links that worked, each
+    // reset the backoff: a redial 50-100 ms after each, with a peer-up and a peer-down, for ever.
+    assert.ok(elapsed >= 1200, `four redials of a node that hangs up took only ${elapsed} ms: no backoff`);
+    assert.ok(accepted >= 5);
   });
 
   it('backs off from a node that keeps refusing it as full', async (t) => {
