@@ -214,7 +214,11 @@ export interface NodeOptions {
   readonly port?: number;
   /** Interface to listen on. Default: all interfaces (IPv6 and IPv4). */
   readonly host?: string;
-  /** `host:port` to tell peers instead of the address they see (port forwarding, NAT). */
+  /**
+   * `host:port` to tell peers instead of the address they see (port forwarding, NAT). `createNode`
+   * throws a RangeError for one that peers could not read back (`parseAddress`) or could not dial
+   * (0.0.0.0, ::).
+   */
   readonly advertise?: Address;
   /** Display name. Default `anon`. */
   readonly nick?: string;
@@ -556,8 +560,16 @@ class ChatNode implements P2PNode {
     checkRate(this.limits.peerFrames, 'peerFrames');
     checkRate(this.limits.peerSyncs, 'peerSyncs');
     this.senderRate = new RateLimiter(this.limits.senderMessages, { max: 10_000 });
-    if (options.advertise !== undefined && isUnspecified(options.advertise.host)) {
-      throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
+    if (options.advertise !== undefined) {
+      // As peers read it from the hello: one they cannot parse has the node dropped at every hello.
+      try {
+        parseAddress(formatAddress(options.advertise));
+      } catch (err) {
+        if (!(err instanceof AddressError)) throw err;
+        throw new RangeError(`advertise: ${err.message}`, { cause: err });
+      }
+      if (isUnspecified(options.advertise.host))
+        throw new RangeError('advertise: an unspecified address (0.0.0.0, ::) cannot be advertised');
     }
     this.advertise = options.advertise;
 

@@ -1159,6 +1159,19 @@ describe('createNode', () => {
     }
   });
 
+  it('refuses an advertised address its peers could not read, at creation', async (t) => {
+    const start = nodeFactory(t);
+    for (const advertise of [
+      { host: 'not a host', port: 8001 },
+      { host: '127.0.0.1', port: 0 },
+      { host: '127.0.0.1', port: 65536 },
+      { host: '0.0.0.0', port: 8001 },
+    ]) {
+      // Every peer dropped such a node at its hello (ERR_BAD_FRAME: a malformed address).
+      await assert.rejects(start({ advertise }), /^RangeError: advertise: /, JSON.stringify(advertise));
+    }
+  });
+
   it('refuses to send an empty or oversized message', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
