@@ -19,7 +19,6 @@ import {
   fstatSync,
   linkSync,
   mkdirSync,
-  openSync,
   readFileSync,
   readSync,
   rmSync,
@@ -29,6 +28,7 @@ import {
 import { Buffer } from 'node:buffer';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
+import { openIfExists } from '../util/fs.js';
 
 /**
  * The default data directory of the node listening on `port`: one per port, so several nodes on one
@@ -166,13 +166,8 @@ function alive(holder: Holder): boolean {
 
 /** The file at `path`, or undefined when there is none. */
 function snapshot(path: string): Snapshot | undefined {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
+  const fd = openIfExists(path);
+  if (fd === undefined) return undefined;
   try {
     const { ino, size, mtimeMs } = fstatSync(fd);
     const bytes = Buffer.alloc(Math.min(size, MAX_LOCK_BYTES));

@@ -12,6 +12,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { errnoCode } from '../util/fs.js';
 import { SecurityError, type SecurityErrorCode } from './errors.js';
 
 /** Key files are a few hundred bytes; anything bigger is not ours and is not read into memory. */
@@ -19,11 +20,6 @@ const MAX_KEY_FILE_BYTES = 4096;
 
 /** Mode bits are meaningless on Windows; everywhere else they are the only protection of a key file. */
 const CHECK_MODES = process.platform !== 'win32';
-
-function errnoCode(err: unknown): string | undefined {
-  const code = (err as NodeJS.ErrnoException | null)?.code;
-  return typeof code === 'string' ? code : undefined;
-}
 
 /**
  * Creates `dir` (and its parents) with mode 0700 when missing. An existing directory is kept as it is,

@@ -20,6 +20,7 @@ import { crc32 } from 'node:zlib';
 import { getUint32, putUint32 } from '../protocol/codec.js';
 import { parseFrame, type ChatFrame } from '../protocol/frames.js';
 import { ProtocolError } from '../protocol/errors.js';
+import { openIfExists } from '../util/fs.js';
 
 /** How much history a node keeps. Every default carries its reason. */
 export interface HistoryWindow {
@@ -806,13 +807,8 @@ export class MessageStore {
    * start's compaction then rewrites the file without it).
    */
   private load(path: string): StoreRepair | undefined {
-    let fd: number;
-    try {
-      fd = openSync(path, 'r');
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
+    const fd = openIfExists(path);
+    if (fd === undefined) return undefined;
     try {
       return this.loadFrom(fd, fstatSync(fd).size);
     } finally {

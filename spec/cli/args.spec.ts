@@ -10,6 +10,17 @@ const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { version
 const USAGE_LINE = /^usage: p2p <port> \[host:port \.\.\.\] \[options\]$/m;
 const STACK_LINE = /^\s+at /m;
 
+/** The usage error's message for `argv`; fails the test if it is accepted. */
+function refusal(argv: string[]): string {
+  try {
+    parseArgs(argv);
+  } catch (err) {
+    assert.ok(err instanceof UsageError, String(err));
+    return err.message;
+  }
+  assert.fail(`${JSON.stringify(argv)} was accepted`);
+}
+
 describe('bin/p2p: command line', () => {
   it('prints the usage on stdout and exits 0 for --help and -h', async () => {
     for (const flag of ['--help', '-h']) {
@@ -181,15 +192,6 @@ describe('parseArgs: --no- forms', () => {
 });
 
 describe('parseArgs: flags given a value', () => {
-  const refusal = (argv: string[]): string => {
-    try {
-      parseArgs(argv);
-    } catch (err) {
-      assert.ok(err instanceof UsageError, String(err));
-      return err.message;
-    }
-    assert.fail(`${JSON.stringify(argv)} was accepted`);
-  };
   const takesNoValue = (flag: string, given: string): string =>
     `${flag} takes no value, got ${JSON.stringify(given)}: give it alone, or leave it out`;
 
@@ -355,15 +357,6 @@ describe('parseArgs: values that start with a dash and a digit', () => {
     const parsed = parseArgs(argv);
     assert.equal(parsed.kind, 'run');
     return parsed.kind === 'run' ? { ...parsed.options } : {};
-  };
-  const refusal = (argv: string[]): string => {
-    try {
-      parseArgs(argv);
-    } catch (err) {
-      assert.ok(err instanceof UsageError, String(err));
-      return err.message;
-    }
-    assert.fail(`${JSON.stringify(argv)} was accepted`);
   };
 
   it('takes one after an option that takes a value as that value, as with =', () => {

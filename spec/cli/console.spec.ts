@@ -795,10 +795,11 @@ describe('main: a line too long to send', () => {
 });
 
 describe('main: stdout not a terminal', () => {
-  it('with stdin a terminal and stdout a pipe, writes plain lines: no prompt, no escapes', async (t) => {
+  /** main with stdin a terminal and stdout a pipe, once it listens; stopped after the test. */
+  async function startTtyIn(t: TestContext, extra: string[]) {
     const { io, stdin, stdout, stderr } = fakeIo(t);
     const signals = new EventEmitter();
-    const code = main(['0', '--host', '127.0.0.1', '--nick', 'alice', '--log-level', 'error'], {
+    const code = main(['0', '--host', '127.0.0.1', ...extra, '--log-level', 'error'], {
       ...io,
       stdin: Object.assign(stdin, { isTTY: true }),
       env: {},
@@ -813,6 +814,11 @@ describe('main: stdout not a terminal', () => {
       'the ready line',
       8_000,
     );
+    return { stdin, stdout, signals, code };
+  }
+
+  it('with stdin a terminal and stdout a pipe, writes plain lines: no prompt, no escapes', async (t) => {
+    const { stdin, stdout, signals, code } = await startTtyIn(t, ['--nick', 'alice']);
     stdin.write('/peers\n/nick bob\n');
     await waitFor(() => stdout.writes().join('').includes('bob'), 'the replies');
     signals.emit('SIGTERM');
@@ -821,23 +827,7 @@ describe('main: stdout not a terminal', () => {
   });
 
   it('with stdin a terminal and stdout a pipe, leaves with exit 0 at the end of input (Ctrl+D), as /help says', async (t) => {
-    const { io, stdin, stderr } = fakeIo(t);
-    const signals = new EventEmitter();
-    const code = main(['0', '--host', '127.0.0.1', '--log-level', 'error'], {
-      ...io,
-      stdin: Object.assign(stdin, { isTTY: true }),
-      env: {},
-      signals,
-    });
-    t.after(async () => {
-      signals.emit('SIGTERM');
-      await code;
-    });
-    await waitFor(
-      () => stderr.writes().some((w) => w.includes('listening on port')),
-      'the ready line',
-      8_000,
-    );
+    const { stdin, code } = await startTtyIn(t, []);
     stdin.end();
     const ended = await Promise.race([code, delay(3_000).then(() => 'still running')]);
     assert.equal(ended, 0);
