@@ -356,6 +356,11 @@ interface ActivePeer {
   info: PeerInfo;
   /** When it came up (ms): a new connection of it taking the place of the old one keeps it. */
   readonly since: number;
+  /**
+   * When `info.nick` was last said (ms): our clock at its hello, else the newest of its messages.
+   * An older message (history a resync brings) does not turn the nick back.
+   */
+  nickTs: number;
 }
 
 const DEFAULT_TIMING = {
@@ -675,7 +680,9 @@ class ChatNode implements P2PNode {
       remember(this.store),
       tap((m) => {
         this.noteNews();
-        if (m.peer !== null && this.store.missesBefore(m.frame)) this.noteGap(m.frame, m.peer.id);
+        if (m.peer === null) return;
+        if (this.store.missesBefore(m.frame)) this.noteGap(m.frame, m.peer.id);
+        this.noteNick(m.frame);
       }),
       shareHot(),
     );
@@ -1091,6 +1098,7 @@ class ChatNode implements P2PNode {
     const old = existing.conn;
     existing.conn = conn;
     existing.info = this.infoOf(conn);
+    existing.nickTs = Date.now();
     this.publishPeers();
     conn.send(this.peerListFor(conn));
     this.sendSync(conn, this.syncFrame());
@@ -1178,7 +1186,8 @@ class ChatNode implements P2PNode {
       return;
     }
     const info = this.infoOf(conn);
-    this.active.set(hello.id, { conn, info, since: Date.now() });
+    const now = Date.now();
+    this.active.set(hello.id, { conn, info, since: now, nickTs: now });
     this.log.info(`peer up: ${conn.label}`);
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
@@ -1869,6 +1878,19 @@ class ChatNode implements P2PNode {
   }
 
   // ---- peer table ----------------------------------------------------------------------------
+
+  /**
+   * A connected peer's newer message under another nickname (it ran /nick since its hello): the
+   * peer table takes that name. Signed by the peer, so nobody else can rename it.
+   */
+  private noteNick(frame: ChatFrame): void {
+    const peer = this.active.get(frame.from);
+    if (peer === undefined || frame.ts <= peer.nickTs) return;
+    peer.nickTs = frame.ts;
+    if (peer.info.nick === frame.nick) return;
+    peer.info = { ...peer.info, nick: frame.nick };
+    this.publishPeers();
+  }
 
   private publishPeers(): void {
     this.neighbourVersion++;

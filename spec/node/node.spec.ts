@@ -196,6 +196,35 @@ describe('createNode', () => {
     ] satisfies PeerInfo[]);
   });
 
+  it("lists a peer under the nick of its newest message after it renamed itself, not an older message's", async (t) => {
+    const start = nodeFactory(t);
+    const bob = await start({ nick: 'bob' });
+    const early = bob.send('said as bob before ann came');
+    bob.setNick('robert');
+    const ann = await start({ nick: 'ann', peers: [loopback(bob.port)] });
+    const annInbox = record(ann.messages$);
+    const annPeers = record(ann.peers$);
+    await waitFor(() => times(annInbox, early.id) === 1, "bob's history to reach ann");
+    // The hello said robert; the history's older message as bob does not turn it back.
+    assert.deepEqual(
+      ann.peers().map((p) => p.nick),
+      ['robert'],
+    );
+
+    bob.setNick('bobby');
+    const renamed = bob.send('now as bobby');
+    await waitFor(() => times(annInbox, renamed.id) === 1, 'the message as bobby');
+    assert.deepEqual(
+      ann.peers().map((p) => [p.id, p.nick]),
+      [[bob.id, 'bobby']],
+    );
+    assert.deepEqual(
+      annPeers.values.at(-1)?.map((p) => p.nick),
+      ['bobby'],
+      'peers$ says so too',
+    );
+  });
+
   it('knows a peer at its advertised address in canonical spelling, however the peer wrote it', async (t) => {
     const start = nodeFactory(t);
     const ann = await start({ nick: 'ann' });
