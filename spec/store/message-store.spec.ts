@@ -35,6 +35,17 @@ const SELF = 'me';
 const T0 = 1_000_000;
 const clock = (): number => T0;
 const LOG = 'messages.log';
+/**
+ * Whether the system tells its boot id (Linux's /proc), as the store reads it: what tells a kill from
+ * a restart of the machine. Without it, every start may follow a restart.
+ */
+const HAS_BOOT_ID = ((): boolean => {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim() !== '';
+  } catch {
+    return false;
+  }
+})();
 
 /**
  * Well-formed signing fields. The store keeps frames as they are; checking signatures is the node's
@@ -1330,11 +1341,19 @@ catch (err) { console.log(err.code); }`,
       assert.equal(store.nextSeq(), 1_002, 'not 1');
     });
 
-    it('goes on from the log after a kill in the same boot: every record written is in the page cache', (t) => {
-      const dir = sentFive(t);
-      const { store } = open(t, dir);
-      assert.equal(store.nextSeq(), 6);
-    });
+    it(
+      'goes on from the log after a kill in the same boot: every record written is in the page cache',
+      {
+        skip: HAS_BOOT_ID
+          ? false
+          : 'no boot id here (/proc/sys/kernel/random/boot_id): every start may follow a restart of the machine',
+      },
+      (t) => {
+        const dir = sentFive(t);
+        const { store } = open(t, dir);
+        assert.equal(store.nextSeq(), 6);
+      },
+    );
 
     it('goes on from its last number after a close, even when the machine restarted and the log lost records', (t) => {
       const dir = tempDir(t, 'store');
