@@ -17,7 +17,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import { getUint32, putUint32 } from '../protocol/codec.js';
+import { DEFAULT_MAX_FRAME_BYTES, getUint32, putUint32 } from '../protocol/codec.js';
 import { parseFrame, type ChatFrame } from '../protocol/frames.js';
 import { ProtocolError } from '../protocol/errors.js';
 import { openIfExists } from '../util/fs.js';
@@ -207,6 +207,25 @@ const KIND_BATCH = 4;
 const ENTRY_HEADER = 4;
 /** Where a turn's first entry goes in its buffer: after the batch record's header and kind byte. */
 const TURN_ENTRIES_AT = RECORD_HEADER + 1;
+/**
+ * The longest record body (kind byte + body, what a record's length field counts) the log holds:
+ * 64 frames of the default largest size ({@link DEFAULT_MAX_FRAME_BYTES}), 16 MiB. The writer keeps
+ * to it: a turn's batch is written out before it would grow past it ({@link append}), a compaction's
+ * meta record is split ({@link metas}), and a message whose record would not fit (only with a
+ * `maxFrameBytes` far above the default) is not taken ({@link MAX_PAYLOAD_BYTES}). A length field
+ * that claims more is damage: read as it claims, it had the start allocate up to 4 GiB before the
+ * checksum was looked at, and an allocation that failed stopped the node as a bug.
+ */
+export const MAX_RECORD_BYTES = 64 * DEFAULT_MAX_FRAME_BYTES;
+/**
+ * The longest payload the store takes: one that fits a batch of its own (the batch's kind byte, the
+ * entry's length and kind byte) within {@link MAX_RECORD_BYTES}. A valid chat frame is far shorter
+ * (its text is at most 16 Ki UTF-16 units); only extra fields of a sender under a raised
+ * `maxFrameBytes` could make one longer.
+ */
+export const MAX_PAYLOAD_BYTES = MAX_RECORD_BYTES - 1 - ENTRY_HEADER - 1;
+/** Bytes of a meta record left for its senders: less its kind byte, `lastSeq` and the braces. */
+const META_ENTRY_BYTES = MAX_RECORD_BYTES - 64;
 /** The crc32 of each kind's byte, where a record's checksum starts. */
 const KIND_CRC: readonly number[] = [0, 1, 2, 3].map((kind) => crc32(Uint8Array.of(kind)));
 /**
@@ -514,13 +533,14 @@ export class MessageStore {
   }
 
   /**
-   * Adds a message unless it is known or outside the window; returns whether it was added.
+   * Adds a message unless it is known, outside the window, or longer than the log keeps
+   * ({@link MAX_PAYLOAD_BYTES}); returns whether it was added.
    * Its record is written to the log with the others of this turn of the event loop, in one write at
    * the end of the turn (a microtask), or at once by {@link flush}. Whatever must not happen before
    * the message is on disk (showing it, relaying it) waits for {@link afterWrite}.
    */
   add(frame: ChatFrame, payload: Buffer, verified = true): boolean {
-    if (this.knows(frame)) return false;
+    if (payload.length > MAX_PAYLOAD_BYTES || this.knows(frame)) return false;
     const now = this.now();
     if (frame.ts < now - this.maxAgeMs) return false;
     // The record's bytes are copied into the turn's batch at once (see append), whatever the caller
@@ -771,16 +791,34 @@ export class MessageStore {
     }
   }
 
-  private meta(): Meta {
-    const floors: Record<string, number> = {};
-    const seen: Record<string, number> = {};
+  /**
+   * The meta records of a compaction: one, unless the senders' floors could make it longer than a
+   * record may be ({@link MAX_RECORD_BYTES}: some 100,000 senders): then as many as it takes,
+   * each with some of the senders (reading them merges them, as it merges any two meta records).
+   */
+  private metas(): Meta[] {
+    const metas: Meta[] = [];
+    let floors: Record<string, number> = {};
+    let seen: Record<string, number> = {};
+    let bytes = 0;
     const oldest = this.oldest();
     for (const [from, sender] of this.senders) {
       if (sender.floor === 0 || this.forgetIfStale(sender, oldest)) continue;
+      // At most what its two entries take as JSON: the key twice, a safe integer (at most 17
+      // characters) with its colon and comma twice.
+      const entry = 2 * (Buffer.byteLength(JSON.stringify(from)) + 19);
+      if (bytes + entry > META_ENTRY_BYTES) {
+        metas.push({ lastSeq: this.lastSeq, floors, seen });
+        floors = {};
+        seen = {};
+        bytes = 0;
+      }
       floors[from] = sender.floor;
       seen[from] = sender.newestTs;
+      bytes += entry;
     }
-    return { lastSeq: this.lastSeq, floors, seen };
+    metas.push({ lastSeq: this.lastSeq, floors, seen });
+    return metas;
   }
 
   /** The oldest timestamp the window takes in now (ms): anything stamped before it is too old. */
@@ -842,6 +880,11 @@ export class MessageStore {
       const header = bytesAt(offset, RECORD_HEADER);
       const length = header.readUInt32BE(0);
       const sum = header.readUInt32BE(4);
+      if (length > MAX_RECORD_BYTES) {
+        // Checked before anything is allocated for it: no record of the writer is that long.
+        reason = `a damaged record at byte ${offset} (its length field says ${length} bytes, over the longest record, ${MAX_RECORD_BYTES})`;
+        break;
+      }
       if (length < 1 || length > size - offset - RECORD_HEADER) {
         reason = length < 1 ? 'an empty record' : 'a torn record at the end';
         break;
@@ -915,6 +958,9 @@ export class MessageStore {
    * not copied into a buffer of their own.
    */
   private record(parts: Uint8Array[], kind: number, body: Buffer): void {
+    if (1 + body.length > MAX_RECORD_BYTES) {
+      throw new RangeError(`a record of ${1 + body.length} bytes, over the longest the log holds`);
+    }
     // A plain Uint8Array and byte stores: Buffer.allocUnsafe and writeUInt32BE check their arguments
     // through wrappers that allocate, for every message.
     const header = new Uint8Array(RECORD_HEADER + 1);
@@ -933,6 +979,9 @@ export class MessageStore {
   private append(kind: number, body: Buffer): void {
     if (this.fd === undefined) return;
     const entry = ENTRY_HEADER + 1 + body.length;
+    // A turn that would grow past the longest record is written out first: the rest of it goes in
+    // a record of its own. What waits for the turn runs once both are written (see flush).
+    if (this.pending > 0 && this.pendingAt + entry > RECORD_HEADER + MAX_RECORD_BYTES) this.writeTurn();
     if (this.pendingAt + entry > this.turn.length) this.growTurn(entry);
     const turn = this.turn;
     const at = this.pendingAt;
@@ -1028,16 +1077,17 @@ export class MessageStore {
     this.onWriteFailure?.(undefined);
   }
 
-  /** Rewrites the log as one meta record plus the window, atomically (temporary file + rename). */
+  /** Rewrites the log as its meta record(s) plus the window, atomically (temporary file + rename). */
   private compact(): void {
     if (this.dir === undefined) return;
     const path = join(this.dir, LOG_FILE);
     const tmp = `${path}.tmp`;
+    const metas = this.metas();
     const fd = openSync(tmp, 'w', 0o600);
     let fdOpen = true;
     try {
       const parts: Uint8Array[] = [];
-      this.record(parts, KIND_META, Buffer.from(JSON.stringify(this.meta()), 'utf8'));
+      for (const meta of metas) this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
       for (let i = this.orderStart; i < this.order.length; i++) {
         const message = this.order[i]!;
         this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
@@ -1067,7 +1117,7 @@ export class MessageStore {
     const appending = openSync(path, 'a', 0o600);
     const old = this.fd;
     this.fd = appending;
-    this.recordsInLog = this.size + 1;
+    this.recordsInLog = this.size + metas.length;
     if (old !== undefined) {
       try {
         closeSync(old);

@@ -24,7 +24,13 @@ import { crc32 } from 'node:zlib';
 import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
-import { MessageStore, WRITE_RETRY_MS, type HistoryWindow } from '../../lib/store/message-store.js';
+import {
+  MAX_PAYLOAD_BYTES,
+  MAX_RECORD_BYTES,
+  MessageStore,
+  WRITE_RETRY_MS,
+  type HistoryWindow,
+} from '../../lib/store/message-store.js';
 import { tempDir } from '../helpers/temp.js';
 
 // For the memory specs: gc() in a fresh context sees the flag (set before that context exists).
@@ -866,6 +872,104 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3']);
       assert.deepEqual(repair, { droppedBytes: 2 ** 31 + 4096 - whole, reason: 'an empty record' });
       assert.ok(statSync(path).size < 2 * whole, 'compacted to the records');
+    });
+
+    it('takes a record length over the longest record as damage, before it allocates anything for it', (t) => {
+      const dir = tempDir(t, 'store');
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      for (let seq = 1; seq <= 3; seq++) {
+        add(first, chat('a', seq));
+        first.flush();
+      }
+      first.close();
+      // A header whose length field says 0xFFFFFFF0, then zeros past 4 GiB (a sparse file), so the
+      // length fits the file: read as it claims, the record asked for ~4 GiB of memory.
+      const path = join(dir, LOG);
+      const bad = statSync(path).size;
+      const header = Buffer.alloc(8);
+      header.writeUInt32BE(0xffff_fff0, 0);
+      writeFileSync(path, header, { flag: 'a' });
+      const size = 2 ** 32 + 4096;
+      truncateSync(path, size);
+      // A machine without that much memory to spare: a large allocation fails, as V8's does.
+      let largest = 0;
+      const alloc = Buffer.alloc.bind(Buffer);
+      t.mock.method(Buffer, 'alloc', (length: number, ...rest: []): Buffer => {
+        largest = Math.max(largest, length);
+        if (length > MAX_RECORD_BYTES) throw new RangeError('Array buffer allocation failed');
+        return alloc(length, ...rest);
+      });
+      const { store, repair } = open(t, dir);
+      t.mock.restoreAll();
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3'], 'the records before it are kept');
+      assert.deepEqual(repair, {
+        droppedBytes: size - bad,
+        reason: `a damaged record at byte ${bad} (its length field says ${0xffff_fff0} bytes, over the longest record, ${MAX_RECORD_BYTES})`,
+      });
+      assert.ok(largest <= MAX_RECORD_BYTES, `no allocation over the longest record (${largest})`);
+      assert.ok(statSync(path).size < bad + 4096, 'the log was rewritten without it');
+    });
+
+    it('writes a turn longer than the longest record as several records, and reads them all back', (t) => {
+      const dir = tempDir(t, 'store');
+      const window = { maxMessages: 2_000 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      // ~48 KiB a message (16 Ki characters of 3 bytes each), all in one turn: ~19 MiB.
+      const long = '\u20ac'.repeat(16 * 1024);
+      const count = Math.ceil((1.2 * MAX_RECORD_BYTES) / (3 * long.length));
+      for (let seq = 1; seq <= count; seq++) add(first, chat('a', seq, T0, long));
+      first.flush();
+      const log = readFileSync(join(dir, LOG));
+      first.close();
+      const { starts, end } = recordStarts(log);
+      assert.equal(end, log.length, 'whole records');
+      assert.ok(
+        starts.length > 2,
+        `the meta record and more than one record for the turn (${starts.length})`,
+      );
+      for (const start of starts) assert.ok(log.readUInt32BE(start) <= MAX_RECORD_BYTES);
+      const { store, repair } = open(t, dir, window);
+      assert.equal(repair, undefined);
+      assert.equal(store.size, count);
+      assert.equal(store.marks().get('a'), count);
+    });
+
+    it('takes a payload up to the longest a record holds, alone in its turn or not, and refuses a longer one', (t) => {
+      const dir = tempDir(t, 'store');
+      const first = MessageStore.open(SELF, dir, {}, clock).store;
+      /** The frame's JSON padded with spaces to `length` bytes (JSON.parse takes trailing spaces). */
+      const padded = (frame: ChatFrame, length: number): Buffer => {
+        const json = serializeFrame(frame);
+        return Buffer.concat([json, Buffer.alloc(length - json.length, ' ')]);
+      };
+      assert.equal(first.add(chat('a', 1), padded(chat('a', 1), MAX_PAYLOAD_BYTES + 1)), false);
+      assert.equal(first.add(chat('a', 1), padded(chat('a', 1), MAX_PAYLOAD_BYTES)), true);
+      first.flush();
+      add(first, chat('a', 2));
+      assert.equal(first.add(chat('a', 3), padded(chat('a', 3), MAX_PAYLOAD_BYTES)), true);
+      first.close();
+      const { store, repair } = open(t, dir);
+      assert.equal(repair, undefined);
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3']);
+    });
+
+    it('splits the meta record of many senders, each part under the longest record, and keeps every floor', (t) => {
+      const dir = tempDir(t, 'store');
+      const window = { maxMessages: 30_000 };
+      const first = MessageStore.open(SELF, dir, window, clock).store;
+      // 130,000 senders with ids of 64 characters, each with its message evicted: ~18 MB of floors.
+      const senders = Array.from({ length: 160_000 }, (_, i) => `${i}-`.padEnd(64, 'x'));
+      senders.forEach((from, i) => add(first, { ...chat(from, 7), id: `m${i}`, nick: 'n' }));
+      first.close();
+      const log = readFileSync(join(dir, LOG));
+      const metas = recordStarts(log).starts.filter((start) => kindAt(log, start) === 2);
+      assert.ok(metas.length > 1, `more than one meta record (${metas.length})`);
+      for (const start of metas) assert.ok(log.readUInt32BE(start) <= MAX_RECORD_BYTES);
+      const { store, repair } = open(t, dir, window);
+      assert.equal(repair, undefined);
+      for (const from of senders)
+        assert.equal(store.knows({ from, seq: 7 }), true, 'held, or its floor kept');
+      assert.equal(store.knows({ from: senders[0]!, seq: 8 }), false);
     });
 
     it('holds no more than the window while it reads a log of twice the window (the log holds up to that before a compaction)', (t) => {
