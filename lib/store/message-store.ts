@@ -1077,7 +1077,10 @@ export class MessageStore {
     this.onWriteFailure?.(undefined);
   }
 
-  /** Rewrites the log as its meta record(s) plus the window, atomically (temporary file + rename). */
+  /**
+   * Rewrites the log as its meta record(s) plus the window, atomically: a temporary file, synced to
+   * disk, renamed over the log, and the directory synced.
+   */
   private compact(): void {
     if (this.dir === undefined) return;
     const path = join(this.dir, LOG_FILE);
@@ -1102,6 +1105,9 @@ export class MessageStore {
           code: SHORT_WRITE,
         });
       }
+      // On disk before it replaces the log: renamed first, a crash of the machine could leave a log
+      // with the window's records missing or zeroed (its data not yet written) in place of the old.
+      fsyncSync(fd);
       fdOpen = false;
       closeSync(fd);
       renameSync(tmp, path);
@@ -1125,6 +1131,9 @@ export class MessageStore {
         // Linux frees the descriptor even when close reports an error.
       }
     }
+    // The rename on disk too (where the platform can sync a directory). Last, so a failure here
+    // leaves the store appending to the new log, and is noted as a failed write (compactOrFail).
+    syncDir(this.dir);
   }
 }
 

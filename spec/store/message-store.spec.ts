@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import {
   closeSync,
   existsSync,
@@ -856,6 +858,51 @@ describe('MessageStore', () => {
       t.diagnostic(`log: ${windowBytes} bytes for the window, at most ${largest} bytes while writing 10×`);
       assert.ok(largest <= 2.1 * windowBytes, `${largest} <= 2.1 × ${windowBytes}`);
       assert.deepEqual(ids(reopened.store).length, 100);
+    });
+
+    it('syncs a compaction to disk: the temporary file before its rename over the log, the directory after it', (t) => {
+      const dir = tempDir(t, 'store');
+      const path = join(dir, LOG);
+      const first = MessageStore.open(SELF, dir, { maxMessages: 2 }, clock).store;
+      t.after(() => first.close());
+      // Each call on the log's files, in order: the store's named imports of node:fs follow the
+      // module's properties once syncBuiltinESMExports runs.
+      const calls: string[] = [];
+      const names = new Map<number, string>();
+      const name = (file: string): string =>
+        file === dir ? 'dir' : file === path ? 'log' : file === `${path}.tmp` ? 'tmp' : 'other';
+      const real = { openSync: fs.openSync, fsyncSync: fs.fsyncSync, renameSync: fs.renameSync };
+      t.after(() => {
+        t.mock.restoreAll();
+        syncBuiltinESMExports();
+      });
+      t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+        const fd = real.openSync(file, flags, mode);
+        names.set(fd, name(file));
+        if (name(file) !== 'other') calls.push(`open ${name(file)}`);
+        return fd;
+      });
+      t.mock.method(fs, 'fsyncSync', (fd: number): void => {
+        real.fsyncSync(fd);
+        calls.push(`fsync ${names.get(fd) ?? 'other'}`);
+      });
+      t.mock.method(fs, 'renameSync', (from: string, to: string): void => {
+        real.renameSync(from, to);
+        calls.push(`rename ${name(from)} ${name(to)}`);
+      });
+      syncBuiltinESMExports();
+      for (let seq = 1; seq <= 5; seq++) {
+        add(first, chat('a', seq));
+        first.flush(); // a record each: the fifth makes the log hold more than twice the window
+      }
+      assert.deepEqual(calls, [
+        'open tmp',
+        'fsync tmp',
+        'rename tmp log',
+        'open log',
+        'open dir',
+        'fsync dir',
+      ]);
     });
 
     it('opens a log of more than 2 GiB (readFileSync refused one, so a node with a large --history could not start again)', (t) => {
