@@ -646,11 +646,21 @@ export class MessageStore {
     });
   }
 
-  /** The last `n` messages held, oldest first. */
+  /**
+   * The last `n` messages held that are within the window's age, oldest first (in arrival order).
+   * Evict drops by age from the front of the arrival order only: one that came late may be older
+   * than the age while it waits behind younger ones, and is left out.
+   */
   recent(n: number): StoredMessage[] {
     this.evict();
+    const oldest = this.oldest();
+    const last: StoredMessage[] = [];
     // From orderStart on, every slot holds a message.
-    return this.order.slice(Math.max(this.orderStart, this.order.length - n)) as StoredMessage[];
+    for (let i = this.order.length - 1; i >= this.orderStart && last.length < n; i--) {
+      const message = this.order[i]!;
+      if (message.frame.ts >= oldest) last.push(message);
+    }
+    return last.reverse();
   }
 
   /**
@@ -947,9 +957,30 @@ export class MessageStore {
    */
   private replayMessage({ frame, payload, verified }: StoredRecord): void {
     if (this.senderOf(frame.from)?.held.has(frame.seq) === true) return;
+    if (frame.ts < this.oldest()) {
+      this.passOver(frame);
+      return;
+    }
     this.hold(frame, payload, this.now(), verified);
     // Evicted as it goes: the log holds up to twice the window, all of it held at once before.
     if (this.size > this.maxMessages) this.evict();
+  }
+
+  /**
+   * A message read from the log that is older than the window's age already (one that came late
+   * stays in the log behind younger ones until they are evicted): not held, but counted as evicted,
+   * so its sender's floor still guards it, and an own number is not used again.
+   */
+  private passOver(frame: ChatFrame): void {
+    let sender = this.senderOf(frame.from);
+    if (sender === undefined) {
+      sender = newSender(frame.from);
+      this.senders.set(frame.from, sender);
+    }
+    if (frame.seq > sender.floor) sender.floor = frame.seq;
+    if (frame.seq > sender.top) sender.top = frame.seq;
+    if (frame.ts > sender.newestTs) sender.newestTs = frame.ts;
+    if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
   }
 
   /**

@@ -438,6 +438,23 @@ describe('MessageStore', () => {
       );
     });
 
+    it('returns no message older than maxAgeMs among the last n, even one that came late and is not evicted yet', (t) => {
+      let now = 10_000;
+      const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
+      add(store, chat('a', 1, 10_000));
+      add(store, chat('b', 1, 9_100)); // old already, but in the window: arrived after a-1
+      add(store, chat('a', 2, 10_000));
+      assert.deepEqual(ids(store), ['a-1', 'b-1', 'a-2']);
+      now = 10_200; // b-1 is 1,100 ms old: past the age, behind a-1 in the arrival order
+      assert.deepEqual(ids(store), ['a-1', 'a-2']);
+      assert.deepEqual(
+        store.recent(2).map((m) => m.frame.id),
+        ['a-1', 'a-2'],
+        'the last two within the age',
+      );
+      assert.equal(store.knows(chat('b', 1, 9_100)), true, 'still known');
+    });
+
     it('does not return messages that aged out of the window while nothing arrived', (t) => {
       let now = 10_000;
       const { store } = open(t, undefined, { maxAgeMs: 1_000 }, () => now);
@@ -491,6 +508,27 @@ describe('MessageStore', () => {
         'their bytes are held',
       );
       assert.equal(add(store, chat('a', 2)), false);
+    });
+
+    it('drops at load what is older than maxAgeMs already, though it came late and younger ones are before it', (t) => {
+      const dir = tempDir(t, 'store');
+      let now = 10_000;
+      const window = { maxAgeMs: 1_000 };
+      const first = MessageStore.open(SELF, dir, window, () => now).store;
+      add(first, chat('a', 1, 10_000));
+      add(first, chat('b', 1, 9_100)); // came late: older than a-1, after it in the log
+      add(first, chat(SELF, 7, 9_100)); // an own message handed back late by a peer
+      add(first, chat('a', 2, 10_000));
+      first.close();
+      now = 10_200; // b-1 and me-7 are 1,100 ms old: past the age; a-1 and a-2 are not
+      const { store, repair } = open(t, dir, window, () => now);
+      assert.equal(repair, undefined);
+      assert.equal(store.size, 2, 'held: a-1 and a-2 only');
+      assert.deepEqual(ids(store), ['a-1', 'a-2']);
+      assert.equal(store.knows(chat('b', 1, 9_100)), true, 'what was dropped is still known');
+      assert.equal(store.marks().get('a'), 2);
+      assert.equal(store.firstHole(), undefined, 'no hole where b-1 was');
+      assert.equal(store.nextSeq(), 8, 'own numbers go on above the one dropped');
     });
 
     it('keeps a message that arrived after a later one of its sender was evicted, across reopens', (t) => {
