@@ -2,7 +2,7 @@ import minimist from 'minimist';
 import { AddressError, parseAddress, parsePort, type Address } from '../protocol/address.js';
 import { MAX_NICK_LENGTH } from '../protocol/frames.js';
 import { LOG_LEVELS, type LogLevel } from '../node/log.js';
-import { MIN_HISTORY_AGE_MS } from '../store/message-store.js';
+import { MAX_HISTORY_MESSAGES, MIN_HISTORY_AGE_MS } from '../store/message-store.js';
 
 /** What the command line asks for. */
 export interface CliOptions {
@@ -54,7 +54,8 @@ options:
                        ~/.local/state/p2p/node-PORT; $XDG_STATE_HOME if set)
   --ephemeral          keep nothing on disk: a new id, history in memory only
                        (also the default with port 0)
-  --history N          messages of history to keep and offer (default 10000)
+  --history N          messages of history to keep and offer (default 10000;
+                       1..1000000)
   --history-age AGE    oldest message kept: 30m, 12h, 7d (default 7d; at least
                        10m, at most 36525d, 100 years)
   --network-key FILE   join the private network of this key: nodes without it
@@ -249,9 +250,9 @@ export function parseArgs(given: readonly string[]): ParsedArgs {
   const historyText = single(args, 'history');
   let historyMessages: number | undefined;
   if (historyText !== undefined) {
-    if (!/^\d+$/.test(historyText) || Number(historyText) < 1 || Number(historyText) > 10_000_000) {
+    if (!/^\d+$/.test(historyText) || Number(historyText) < 1 || Number(historyText) > MAX_HISTORY_MESSAGES) {
       throw new UsageError(
-        `--history: expected a number of messages in 1..10000000, got ${JSON.stringify(historyText)}`,
+        `--history: expected a number of messages in 1..${MAX_HISTORY_MESSAGES}, got ${JSON.stringify(historyText)}`,
       );
     }
     historyMessages = Number(historyText);

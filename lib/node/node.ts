@@ -56,6 +56,7 @@ import {
   heldFrame,
   HISTORY_DEFAULTS,
   MessageStore,
+  MAX_HISTORY_MESSAGES,
   MIN_HISTORY_AGE_MS,
   WRITE_RETRY_MS,
   type HeldFrame,
@@ -555,6 +556,12 @@ class ChatNode implements P2PNode {
     if (!(this.historyMaxAgeMs >= MIN_HISTORY_AGE_MS)) {
       throw new RangeError(
         `history: maxAgeMs must be at least ${MIN_HISTORY_AGE_MS} (10 minutes: no older message is taken in, so a shorter age drops messages of peers whose clocks lag), got ${this.historyMaxAgeMs}`,
+      );
+    }
+    const historyMaxMessages = options.history?.maxMessages;
+    if (historyMaxMessages !== undefined && historyMaxMessages > MAX_HISTORY_MESSAGES) {
+      throw new RangeError(
+        `history: maxMessages must be at most ${MAX_HISTORY_MESSAGES}, got ${historyMaxMessages}`,
       );
     }
     this.writerOptions = writerSettings(options.writer);

@@ -36,6 +36,15 @@ export interface HistoryWindow {
 export const HISTORY_DEFAULTS = { maxMessages: 10_000, maxAgeMs: 7 * 24 * 3600_000 } as const;
 
 /**
+ * The most messages a node keeps (`createNode`'s `history.maxMessages`, `--history`): 1,000,000,
+ * 100 times the default. Every message held is in memory (its payload and what is shown of it, about
+ * 1 KB), and the log holds up to twice the window before it is compacted, all of it read at start:
+ * a larger window is more memory and a slower start than a chat's history is worth. The store itself
+ * takes any positive count.
+ */
+export const MAX_HISTORY_MESSAGES = 1_000_000;
+
+/**
  * The shortest history age a node takes (`createNode`, `--history-age`): 10 minutes. The age is also
  * how old a message the node takes in at all, so it is how far a peer's clock may lag and how late a
  * message may come (a resync's backlog goes at the sender's rate): a node with a 1 s age dropped
@@ -230,8 +239,8 @@ const META_ENTRY_BYTES = MAX_RECORD_BYTES - 64;
 const KIND_CRC: readonly number[] = [0, 1, 2, 3].map((kind) => crc32(Uint8Array.of(kind)));
 /**
  * Bytes of the log read at a time at start. Not the whole file: readFileSync refuses a file over
- * 2 GiB, which a window of a few million messages (`--history`) takes, and the copy held the whole
- * log while its messages were kept apart.
+ * 2 GiB, which the log of a large window (`--history`) of long messages can reach, and the copy
+ * held the whole log while its messages were kept apart.
  */
 const LOAD_CHUNK = 4 * 1024 * 1024;
 /** A turn's first buffer of records (a burst's turn: ~60 messages of ~350 bytes); kept while no larger. */

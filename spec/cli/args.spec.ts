@@ -4,6 +4,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { parseArgs, UsageError } from '../../lib/cli/args.js';
+import { MAX_HISTORY_MESSAGES } from '../../lib/store/message-store.js';
 import { freePorts, procsFor, ROOT, runCli } from '../helpers/procs.js';
 
 const pkg = JSON.parse(readFileSync(`${ROOT}package.json`, 'utf8')) as { version: string };
@@ -56,6 +57,11 @@ describe('bin/p2p: command line', () => {
     // Number-like but not a port as typed (the parser's library made numbers of them: 8001 and 1000).
     { name: 'a port in hexadecimal', args: ['0x1f41'], mentions: /0x1f41/ },
     { name: 'a port in exponent notation', args: ['1e3'], mentions: /1e3/ },
+    {
+      name: 'a --history over its cap',
+      args: ['0', '--history', '1000001'],
+      mentions: /--history: .*1000001/,
+    },
   ];
   for (const { name, args, mentions } of usageErrors) {
     it(`exits 2 with a message and the usage on stderr for ${name}`, async () => {
@@ -292,6 +298,24 @@ describe('parseArgs: --nick', () => {
         refusal(nick),
         '--nick: a name without control characters or lone surrogates',
         JSON.stringify(nick),
+      );
+    }
+  });
+});
+
+describe('parseArgs: --history', () => {
+  it(`takes 1..${MAX_HISTORY_MESSAGES} messages, and refuses more`, () => {
+    const history = (text: string): number | undefined => {
+      const parsed = parseArgs(['8001', '--history', text]);
+      return parsed.kind === 'run' ? parsed.options.historyMessages : undefined;
+    };
+    assert.equal(history('1'), 1);
+    assert.equal(history(String(MAX_HISTORY_MESSAGES)), MAX_HISTORY_MESSAGES);
+    assert.equal(MAX_HISTORY_MESSAGES, 1_000_000);
+    for (const text of ['0', '1000001', '10000000']) {
+      assert.equal(
+        refusal(['8001', '--history', text]),
+        `--history: expected a number of messages in 1..1000000, got "${text}"`,
       );
     }
   });

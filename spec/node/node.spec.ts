@@ -18,6 +18,7 @@ import {
   type SecureSession,
 } from '../../lib/security/noise.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
+import { MAX_HISTORY_MESSAGES } from '../../lib/store/message-store.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
@@ -1163,6 +1164,16 @@ describe('createNode', () => {
       );
     }
     (await start({ history: { maxAgeMs: 600_000 } })).peers();
+  });
+
+  it('refuses a history of more than MAX_HISTORY_MESSAGES (1,000,000) messages at creation', async (t) => {
+    const start = nodeFactory(t);
+    assert.equal(MAX_HISTORY_MESSAGES, 1_000_000);
+    await assert.rejects(
+      start({ history: { maxMessages: MAX_HISTORY_MESSAGES + 1 } }),
+      /^RangeError: history: maxMessages must be at most 1000000, got 1000001$/,
+    );
+    (await start({ history: { maxMessages: MAX_HISTORY_MESSAGES } })).peers();
   });
 
   it('refuses bad writer options at creation, before it listens, not at its first connection', async (t) => {
