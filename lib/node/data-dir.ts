@@ -28,7 +28,7 @@ import {
 import { Buffer } from 'node:buffer';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
-import { openIfExists } from '../util/fs.js';
+import { errnoCode, openIfExists } from '../util/fs.js';
 
 /**
  * The default data directory of the node listening on `port`: one per port, so several nodes on one
@@ -91,21 +91,27 @@ interface Snapshot {
 const held = new Set<string>();
 
 /**
- * Identifies a running process across pid reuse: Linux's boot id and the process's start time (field
- * 22 of `/proc/PID/stat`, clock ticks since boot). Undefined where there is no `/proc` (macOS,
- * Windows) or the process is gone: a pid's liveness is all that is known there.
+ * What `/proc/PID/stat` tells of a process: its state (field 3: `Z` for a zombie, one that exited
+ * and was not reaped yet) and what identifies it across pid reuse, Linux's boot id and its start
+ * time (field 22, clock ticks since boot). Undefined where there is no `/proc` (macOS, Windows) or
+ * the process is gone: a pid's liveness is all that is known there.
  */
-function processStart(pid: number): string | undefined {
+function procStat(pid: number): { state: string; start: string | undefined } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
     // Field 2, the command name, is in parentheses and may hold spaces and parentheses itself.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     const startTime = fields[22 - 3];
-    if (startTime === undefined || !/^\d+$/.test(startTime)) return undefined;
-    return `${bootId()}:${startTime}`;
+    const start = startTime !== undefined && /^\d+$/.test(startTime) ? `${bootId()}:${startTime}` : undefined;
+    return { state: fields[0] ?? '', start };
   } catch {
     return undefined;
   }
+}
+
+/** The start of process `pid` (see {@link procStat}), undefined where unknown. */
+function processStart(pid: number): string | undefined {
+  return procStat(pid)?.start;
 }
 
 let cachedBootId: string | undefined;
@@ -154,14 +160,18 @@ function alive(holder: Holder): boolean {
   if (holder.pid === process.pid) {
     if (holder.token !== undefined && held.has(holder.token)) return true;
     // Not one of ours: this process in another thread or module copy (the same start), or an earlier
-    // process that had our pid (a container's pid 1 after a restart).
+    // process that had our pid (a container's pid 1 after a restart). Without our start (no /proc)
+    // the two cannot be told apart: in doubt, in use.
     const mine = ownStart();
-    return mine !== undefined && holder.start === mine;
+    return mine === undefined || holder.start === mine;
   }
   if (!exists(holder.pid)) return false;
+  const stat = procStat(holder.pid);
+  // A zombie has exited: it only waits for its parent to collect its status.
+  if (stat?.state === 'Z') return false;
   if (holder.start === undefined) return true;
-  const start = processStart(holder.pid);
-  return start === undefined || start === holder.start; // a different start: the pid was reused
+  // A different start: the pid was reused.
+  return stat?.start === undefined || stat.start === holder.start;
 }
 
 /** The file at `path`, or undefined when there is none. */
@@ -245,7 +255,14 @@ export function lockDataDir(dir: string): () => void {
   const token = randomBytes(16).toString('hex');
   const bytes = lockBytes(token);
   const mine = join(dir, `${LOCK}.${token}.tmp`);
-  writeFileSync(mine, bytes, { flag: 'wx', mode: 0o600 });
+  try {
+    writeFileSync(mine, bytes, { flag: 'wx', mode: 0o600 });
+  } catch (err) {
+    // Created, then not written in full (a full disk, a file size limit): not left behind. One that
+    // was there already (EEXIST) is not ours.
+    if (errnoCode(err) !== 'EEXIST') rmQuietly(mine);
+    throw err;
+  }
   try {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       try {
@@ -277,4 +294,13 @@ function releaser(path: string, token: string, bytes: Buffer): () => void {
     const now = snapshot(path);
     if (now !== undefined && now.bytes.equals(bytes)) rmSync(path, { force: true });
   };
+}
+
+/** Removes `path` if it is there, keeping the error being reported the one that is. */
+function rmQuietly(path: string): void {
+  try {
+    rmSync(path, { force: true });
+  } catch {
+    // the first error is the one to report
+  }
 }

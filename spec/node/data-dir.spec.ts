@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { setTimeout as delay } from 'node:timers/promises';
 import { createHash } from 'node:crypto';
 import {
   existsSync,
@@ -242,6 +244,111 @@ describe('lockDataDir', () => {
       release();
     },
   );
+
+  it(
+    'takes over the lock of a zombie (exited, not yet reaped by its parent): it is dead',
+    { skip: HAS_PROC ? false : 'no /proc here: a zombie cannot be told from a live process' },
+    async (t) => {
+      const dir = tempDir(t, 'lock');
+      // `true` exits at once; its parent became `sleep`, which never reaps it: a zombie while it sleeps.
+      const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 60'], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      const parentExited = new Promise((resolve) => parent.once('exit', resolve));
+      t.after(async () => {
+        if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
+        await parentExited;
+      });
+      const [line] = (await once(createInterface({ input: parent.stdout }), 'line')) as [string];
+      const zombie = Number(line);
+      const state = (): string | undefined => {
+        try {
+          const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
+          return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+        } catch {
+          return undefined;
+        }
+      };
+      for (let i = 0; i < 200 && state() !== 'Z'; i++) await delay(10);
+      assert.equal(state(), 'Z', `${zombie} is a zombie`);
+      const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
+      const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3]!;
+      const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+      // A lock of 0.1.0's format (the bare pid), and one of this version's naming its very start.
+      for (const lock of [`${zombie}\n`, `${zombie}\n${boot}:${start}\n${'d'.repeat(32)}\n`]) {
+        writeFileSync(lockPath(dir), lock);
+        const release = lockDataDir(dir);
+        assert.equal(lockPid(dir), process.pid, JSON.stringify(lock));
+        release();
+      }
+    },
+  );
+
+  it('refuses, without /proc, a lock that names its own pid but is not its own: it may be this process', (t) => {
+    const dir = tempDir(t, 'lock');
+    // A child without /proc (its reads fail as on macOS): the module loads after fs is patched.
+    const script = `
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
+const read = fs.readFileSync;
+fs.readFileSync = (path, ...rest) => {
+  if (String(path).startsWith('/proc/')) throw Object.assign(new Error('ENOENT: ' + path), { code: 'ENOENT' });
+  return read(path, ...rest);
+};
+syncBuiltinESMExports();
+const { lockDataDir, DataDirLockedError } = await import(process.env.DATA_DIR_MODULE);
+const dir = process.env.LOCK_DIR;
+// Another thread or module copy of this process (a token not of this module) took it.
+fs.writeFileSync(dir + '/lock', process.pid + '\\n-\\n' + 'e'.repeat(32) + '\\n');
+try {
+  lockDataDir(dir);
+  console.log('won');
+} catch (err) {
+  console.log(err instanceof DataDirLockedError ? 'refused ' + err.pid + ' ' + process.pid : 'error ' + err.message);
+}`;
+    const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      env: { ...process.env, DATA_DIR_MODULE: MODULE, LOCK_DIR: dir },
+      encoding: 'utf8',
+      timeout: ANSWER_MS,
+    });
+    const [answer, pid, own] = child.stdout.trim().split(' ');
+    assert.equal(answer, 'refused', child.stdout + child.stderr);
+    assert.equal(pid, own, 'refused as held by itself');
+  });
+
+  it('leaves no temporary file behind when it cannot write its lock (a full disk, a file size limit)', (t) => {
+    const dir = tempDir(t, 'lock');
+    // A child under `ulimit -f 0`: creating the file works, writing a byte to it fails (EFBIG; Node
+    // ignores SIGXFSZ), as a full disk lets a file be created and refuses its data.
+    const script = `
+const { lockDataDir } = await import(process.env.DATA_DIR_MODULE);
+try {
+  lockDataDir(process.env.LOCK_DIR);
+  console.log('won');
+} catch (err) {
+  console.log(err.code);
+}`;
+    const child = spawnSync(
+      'bash',
+      [
+        '-c',
+        'ulimit -f 0 && exec "$0" "$@"',
+        process.execPath,
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        script,
+      ],
+      {
+        env: { ...process.env, DATA_DIR_MODULE: MODULE, LOCK_DIR: dir },
+        encoding: 'utf8',
+        timeout: ANSWER_MS,
+      },
+    );
+    assert.equal(child.stdout.trim(), 'EFBIG', child.stderr);
+    assert.deepEqual(readdirSync(dir), [], 'no lock, and no lock.<token>.tmp');
+  });
 
   it('takes over a lock file that is not a lock; an empty one only once it is a few seconds old', (t) => {
     const dir = tempDir(t, 'lock');
