@@ -196,7 +196,9 @@ export interface NodeLimits {
   readonly maxDials?: number;
   /**
    * Addresses learned from peer lists and inbound peers, kept for dialling. Default 256: many times
-   * the target degree; the least recently learned idle one is forgotten when a new one comes.
+   * the target degree; the least recently learned idle one is forgotten when a new one comes, never
+   * a proven one (a node was found there) for an unproven one, and one peer's lists hold at most a
+   * quarter of the table.
    */
   readonly maxLearnedAddresses?: number;
 }
@@ -350,6 +352,13 @@ interface Target {
   attempts: number;
   timer: NodeJS.Timeout | undefined;
   dialing: boolean;
+  /**
+   * A node was found there: this node dialled it and its hello was verified, or an inbound peer's
+   * verified hello advertised it. A flood of unproven addresses never pushes a proven one out.
+   */
+  proven: boolean;
+  /** The peer whose list named it (unproven ones count against that peer's share of the table). */
+  readonly source: string | undefined;
 }
 
 interface ActivePeer {
@@ -710,10 +719,17 @@ class ChatNode implements P2PNode {
         }
       }),
     );
+    // The peer whose list it is: mergePeers emits a list's new entries as the list goes in, at once
+    // (a mergeMap of an array), so the last list seen is the one each entry comes from.
+    let listFrom: string | undefined;
     this.subscription.add(
       inbound$
-        .pipe(filterMap(peersOnly), mergePeers({ selfId: this.id, rememberMs: this.timing.relearnMs }))
-        .subscribe((entry) => this.learn(entry)),
+        .pipe(
+          filterMap(peersOnly),
+          tap((list) => (listFrom = list.peer?.id)),
+          mergePeers({ selfId: this.id, rememberMs: this.timing.relearnMs }),
+        )
+        .subscribe((entry) => this.learn(entry, listFrom)),
     );
 
     this.server = createServer((socket) => this.accept(socket));
@@ -1045,6 +1061,7 @@ class ChatNode implements P2PNode {
     if (target !== undefined) {
       target.nodeId = hello.id;
       target.dialing = false;
+      target.proven = true;
     }
     const existing = this.active.get(hello.id);
     if (existing !== undefined) this.onDuplicate(conn, existing);
@@ -1749,11 +1766,11 @@ class ChatNode implements P2PNode {
 
   // ---- dialling ----------------------------------------------------------------------------
 
-  private learn(entry: PeerEntry): void {
+  private learn(entry: PeerEntry, source: string | undefined): void {
     if (this.active.has(entry.id) || this.selfAddrs.has(entry.addr)) return;
     let target = this.targets.get(entry.addr);
     if (target === undefined) {
-      target = newTarget(entry.addr, parseAddress(entry.addr), false, entry.id);
+      target = newTarget(entry.addr, parseAddress(entry.addr), false, entry.id, source);
       if (!this.addLearned(target)) return;
       this.log.debug(`learned ${entry.id.slice(0, 8)} at ${entry.addr}`);
     } else if (target.nodeId !== undefined && this.active.has(target.nodeId)) {
@@ -1764,12 +1781,22 @@ class ChatNode implements P2PNode {
     if (!target.dialing && target.timer === undefined) this.dialNow(target);
   }
 
-  /** An inbound peer's listen address is worth redialling if the link breaks. */
+  /**
+   * An inbound peer's listen address is worth redialling if the link breaks. Its hello was verified:
+   * the address is proven (one known already, unproven from a peer list, becomes so).
+   */
   private rememberInbound(conn: Connection): void {
     const addr = conn.listenAddress;
-    if (addr === undefined || this.targets.has(addr)) return;
+    if (addr === undefined) return;
+    const known = this.targets.get(addr);
+    if (known !== undefined) {
+      known.proven = true;
+      return;
+    }
     try {
-      this.addLearned(newTarget(addr, parseAddress(addr), false, conn.peerId));
+      const target = newTarget(addr, parseAddress(addr), false, conn.peerId, conn.peerId);
+      target.proven = true;
+      this.addLearned(target);
     } catch (err) {
       // An address we cannot parse is one we cannot dial; the hello check already logged it.
       if (!(err instanceof AddressError)) throw err;
@@ -1777,22 +1804,40 @@ class ChatNode implements P2PNode {
   }
 
   /**
-   * Keeps a learned address, within {@link NodeLimits.maxLearnedAddresses}: when the table is full
-   * the least recently learned idle one (not being dialled, its node not connected) makes room.
-   * False when every learned address is busy: the new one is not kept.
+   * Keeps a learned address, within {@link NodeLimits.maxLearnedAddresses}. Only idle ones (not
+   * being dialled, their node not connected) make room, the least recently learned first. A peer's
+   * unproven addresses take at most a quarter of the table: past that, a new one from it takes the
+   * place of its oldest. When the table is full, an unproven one goes; a proven one goes only for a
+   * new proven one, never for an address a peer list named, so a flood of lists cannot push out
+   * the nodes this one has met. False when nothing may make room: the new one is not kept.
    */
   private addLearned(target: Target): boolean {
+    const max = this.limits.maxLearnedAddresses;
+    const share = Math.max(1, Math.floor(max / 4));
+    const ofSource = target.proven ? undefined : target.source;
     let learned = 0;
-    let idle: Target | undefined;
+    let sourceHolds = 0;
+    let oldestOfSource: Target | undefined;
+    let oldestUnproven: Target | undefined;
+    let oldestProven: Target | undefined;
     for (const t of this.targets.values()) {
       if (t.persistent) continue;
       learned++;
-      if (idle === undefined && !t.dialing && !(t.nodeId !== undefined && this.active.has(t.nodeId)))
-        idle = t;
+      const mine = ofSource !== undefined && !t.proven && t.source === ofSource;
+      if (mine) sourceHolds++;
+      if (t.dialing || (t.nodeId !== undefined && this.active.has(t.nodeId))) continue;
+      if (mine) oldestOfSource ??= t;
+      if (t.proven) oldestProven ??= t;
+      else oldestUnproven ??= t;
     }
-    if (learned >= this.limits.maxLearnedAddresses) {
-      if (idle === undefined) return false;
-      this.forget(idle);
+    let room: Target | undefined;
+    if (sourceHolds >= share) room = oldestOfSource;
+    else if (learned >= max) room = oldestUnproven ?? (target.proven ? oldestProven : undefined);
+    else room = target;
+    if (room === undefined) return false;
+    if (room !== target) {
+      this.log.debug(`forgetting ${room.addr} to make room for ${target.addr} (learned address table)`);
+      this.forget(room);
     }
     this.targets.set(target.addr, target);
     return true;
@@ -2065,8 +2110,24 @@ function messageId(): string {
   return id;
 }
 
-function newTarget(addr: string, address: Address, persistent: boolean, nodeId: string | undefined): Target {
-  return { addr, address, persistent, nodeId, attempts: 0, timer: undefined, dialing: false };
+function newTarget(
+  addr: string,
+  address: Address,
+  persistent: boolean,
+  nodeId: string | undefined,
+  source?: string,
+): Target {
+  return {
+    addr,
+    address,
+    persistent,
+    nodeId,
+    attempts: 0,
+    timer: undefined,
+    dialing: false,
+    proven: false,
+    source,
+  };
 }
 
 /** A message as `messages$` and `history()` give it: the fields the history keeps. */

@@ -5,13 +5,15 @@
  * nothing; dials in flight never exceed the cap; learned addresses never exceed the table size.
  */
 import assert from 'node:assert/strict';
-import { describe, it } from 'node:test';
+import { createServer, type Socket } from 'node:net';
+import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
-import type { ChatMessage } from '../../lib/node/node.js';
+import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
 import { serializeFrame, type ChatFrame, type PeerEntry, type SyncFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
   deadEnds,
+  freePort,
   HOST,
   lineLogger,
   loopback,
@@ -228,6 +230,121 @@ describe('abuse limits', () => {
       h.peers().some((p) => p.id === raw.id),
       'the raw peer is still connected',
     );
+  });
+});
+
+/** Listens on `port` from now on and counts the connections it gets; closed after the test. */
+async function listenOn(t: TestContext, port: number): Promise<() => number> {
+  let accepted = 0;
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    accepted++;
+    sockets.add(socket);
+    socket.on('error', () => {});
+    socket.once('close', () => sockets.delete(socket));
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(port, HOST, resolve));
+  t.after(async () => {
+    for (const socket of sockets) socket.destroy();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return () => accepted;
+}
+
+/** `n` entries of fake nodes at loopback ports nothing listens on (from 1 + `base`). */
+function fakeEntries(n: number, base: number): PeerEntry[] {
+  return Array.from({ length: n }, (_, i) => ({
+    id: (base + i).toString(16).padStart(32, 'f'),
+    addr: `${HOST}:${1 + base + i}`,
+  }));
+}
+
+/** Raw peers, each connected to `port` and up at `node`. */
+async function rawPeers(t: TestContext, node: P2PNode, n: number): Promise<RawPeer[]> {
+  const raws: RawPeer[] = [];
+  for (let i = 0; i < n; i++) raws.push(await rawPeer(t, node.port, { answerPings: true }));
+  await waitFor(() => raws.every((r) => node.peers().some((p) => p.id === r.id)), 'the raw peers up');
+  return raws;
+}
+
+/** Each raw peer sends its list, then a message; resolves when `node` holds all the messages. */
+async function flood(node: P2PNode, raws: readonly RawPeer[], lists: readonly PeerEntry[][]): Promise<void> {
+  const before = node.stats().historySize;
+  raws.forEach((raw, i) => {
+    raw.send({ type: 'peers', peers: lists[i]! });
+    raw.send(signedChat(raw.identity, { text: 'barrier', seq: 1 }));
+  });
+  await waitFor(() => node.stats().historySize === before + raws.length, 'the lists to be handled');
+}
+
+describe('abuse limits: the learned address table', () => {
+  // Dials of the fake addresses fail at once and never prove them; a learned address is not
+  // forgotten for failing within the test; every learned address may be dialled.
+  const table = (maxLearnedAddresses: number): NodeOptions => ({
+    nick: 'h',
+    limits: { maxLearnedAddresses },
+    learnedDialAttempts: 100_000,
+    targetPeers: 32,
+  });
+
+  it('keeps an address it proved (dialled, hello verified) through a flood of unproven ones from many peers', async (t) => {
+    const start = nodeFactory(t);
+    const h = await start(table(12));
+    const a = await start({ nick: 'a' });
+    const port = a.port;
+    const [teller] = await rawPeers(t, h, 1);
+    teller!.send({ type: 'peers', peers: [{ id: a.id, addr: `${HOST}:${port}` }] });
+    await waitFor(() => h.peers().some((p) => p.id === a.id), 'h to dial a');
+    await a.close();
+    await waitFor(() => !h.peers().some((p) => p.id === a.id), 'h to see a go');
+    // 4 more peers (their own addresses kept too), each naming 20 unreachable nodes.
+    const raws = await rawPeers(t, h, 4);
+    await flood(
+      h,
+      raws,
+      raws.map((_, i) => fakeEntries(20, 1000 + 100 * i)),
+    );
+    assert.ok(h.stats().knownAddresses <= 12, `${h.stats().knownAddresses} addresses kept`);
+    // a's address is still dialled: a node back there is reached. Before: forgotten for the flood.
+    const back = await start({ nick: 'a2', port });
+    await waitFor(() => h.peers().some((p) => p.id === back.id), 'h to dial a again at its address', 5000);
+  });
+
+  it('lets one peer hold at most a quarter of the table: its flood does not push out what others named', async (t) => {
+    const start = nodeFactory(t);
+    const h = await start(table(8));
+    const [first, flooder] = await rawPeers(t, h, 2);
+    const port = await freePort();
+    await flood(h, [first!], [[{ id: 'e'.repeat(32), addr: `${HOST}:${port}` }]]);
+    await flood(h, [flooder!], [fakeEntries(60, 2000)]);
+    // The two peers' own addresses, the one the first named, and 2 (a quarter of 8) of the flood's.
+    assert.ok(h.stats().knownAddresses <= 5, `${h.stats().knownAddresses} addresses kept`);
+    const accepted = await listenOn(t, port);
+    await waitFor(() => accepted() > 0, 'h to dial the address the first peer named', 5000);
+  });
+
+  it("proves an address it knew unproven when an inbound peer's verified hello advertises it", async (t) => {
+    const start = nodeFactory(t);
+    const h = await start(table(12));
+    const port = await freePort();
+    const [teller] = await rawPeers(t, h, 1);
+    // Named first by a peer (unproven: h's dials of it are refused)...
+    await flood(h, [teller!], [[{ id: 'e'.repeat(32), addr: `${HOST}:${port}` }]]);
+    // ...then the node listening there connects in and says hello; then its link goes.
+    const inbound = await rawPeer(t, h.port, { answerPings: true, listenPort: port });
+    await waitFor(() => h.peers().some((p) => p.id === inbound.id), 'the inbound peer up');
+    inbound.socket.destroy();
+    await waitFor(() => !h.peers().some((p) => p.id === inbound.id), 'the inbound peer gone');
+    const raws = await rawPeers(t, h, 4);
+    await flood(
+      h,
+      raws,
+      raws.map((_, i) => fakeEntries(20, 3000 + 100 * i)),
+    );
+    // Before: still unproven, the oldest unproven address, the first to go.
+    const accepted = await listenOn(t, port);
+    await waitFor(() => accepted() > 0, 'h to dial the inbound peer at its address', 5000);
   });
 });
 
