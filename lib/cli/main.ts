@@ -4,7 +4,7 @@ import { Subscription } from 'rxjs';
 import { AddressError } from '../protocol/address.js';
 import { MAX_NICK_LENGTH, MAX_TEXT_LENGTH } from '../protocol/frames.js';
 import { levelLogger } from '../node/log.js';
-import { createNode, LIMIT_DEFAULTS, type P2PNode } from '../node/node.js';
+import { createNode, LIMIT_DEFAULTS, type ConnectOutcome, type P2PNode } from '../node/node.js';
 import { TokenBucket } from '../transport/token-bucket.js';
 import { DataDirLockedError, defaultDataDir } from '../node/data-dir.js';
 import { SecurityError } from '../security/errors.js';
@@ -320,8 +320,7 @@ function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => 
       return;
     case '/connect':
       try {
-        node.connect(arg);
-        sink.notice(`dialling ${arg}`);
+        sink.notice(connectNotice(arg, node.connect(arg)));
       } catch (err) {
         if (!(err instanceof AddressError)) throw err;
         sink.notice(`/connect: ${err.message}`);
@@ -333,6 +332,22 @@ function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => 
       return;
     default:
       sink.notice(`unknown command ${command}; /help lists them (start a message with // to send a /)`);
+  }
+}
+
+/** The line `/connect` shows: what the node does with the address now. */
+function connectNotice(addr: string, outcome: ConnectOutcome): string {
+  switch (outcome) {
+    case 'dialling':
+      return `dialling ${addr}`;
+    case 'connected':
+      return `already connected to ${addr} (redialled if the link breaks)`;
+    case 'full':
+      return `not dialling ${addr} now: already at --max-peers; it is dialled once a peer leaves`;
+    case 'self':
+      return `${addr} is this node: not dialling it`;
+    case 'closed':
+      return `not dialling ${addr}: the node is closing`;
   }
 }
 

@@ -331,9 +331,10 @@ export interface P2PNode {
   sendAll(texts: readonly string[]): ChatMessage[];
   /**
    * Dials `address` (a `host:port` string or an {@link Address}) and keeps it connected, retrying with
-   * backoff. @throws {AddressError} for a malformed string.
+   * backoff; returns what it did now (see {@link ConnectOutcome}). @throws {AddressError} for a
+   * malformed string.
    */
-  connect(address: string | Address): void;
+  connect(address: string | Address): ConnectOutcome;
   /** Changes the nickname used from now on. @throws {RangeError} for an empty or too long name. */
   setNick(nick: string): void;
   /**
@@ -342,6 +343,14 @@ export interface P2PNode {
    */
   close(): Promise<void>;
 }
+
+/**
+ * What {@link P2PNode.connect} did with an address, which it keeps dialling in any case (but its own):
+ * `dialling` it (at once, or when a dial in flight ends: they are capped); `connected`: its node is a
+ * peer already (dialled again if the link breaks); `full`: the node has `maxPeers` peers, and dials it
+ * once one leaves; `self`: it is this node, not dialled; `closed`: the node is closed.
+ */
+export type ConnectOutcome = 'dialling' | 'connected' | 'full' | 'self' | 'closed';
 
 interface Target {
   readonly addr: string;
@@ -821,23 +830,29 @@ class ChatNode implements P2PNode {
     return sent;
   }
 
-  connect(address: string | Address): void {
-    if (this.closed) return;
+  connect(address: string | Address): ConnectOutcome {
+    if (this.closed) return 'closed';
     const parsed = typeof address === 'string' ? parseAddress(address) : address;
     const addr = formatAddress(parsed);
     if (this.selfAddrs.has(addr)) {
       this.log.info(`${addr} is this node; not dialling it`);
-      return;
+      return 'self';
     }
-    const target = this.targets.get(addr);
-    if (target !== undefined) {
-      target.persistent = true;
-      if (target.timer !== undefined || !target.dialing) this.dialNow(target);
-      return;
+    let target = this.targets.get(addr);
+    if (target === undefined) {
+      target = newTarget(addr, parsed, true, undefined);
+      this.targets.set(addr, target);
     }
-    const fresh = newTarget(addr, parsed, true, undefined);
-    this.targets.set(addr, fresh);
-    this.dialNow(fresh);
+    target.persistent = true;
+    if (target.nodeId !== undefined && this.active.has(target.nodeId)) return 'connected';
+    if (this.isFull()) {
+      this.log.info(
+        `not dialling ${addr} now: already ${this.active.size} peers, the most this node takes (maxPeers); dialling it once one leaves`,
+      );
+      return 'full';
+    }
+    if (target.timer !== undefined || !target.dialing) this.dialNow(target);
+    return 'dialling';
   }
 
   setNick(nick: string): void {
@@ -1453,6 +1468,8 @@ class ChatNode implements P2PNode {
       this.schedulePeerList();
       // Frames on their way over it are lost, and peers that counted on it relaying are not told yet.
       this.noteNews();
+      // A slot is free: the addresses left waiting while the node was full are dialled now.
+      if (!this.closed && this.active.size === this.maxPeers - 1) setImmediate(() => this.dialIdle());
     }
     // Probes of this connection: another connection of its peer may take its place now.
     for (const probe of conn.probes.splice(0)) setImmediate(probe.settle);
@@ -1843,11 +1860,24 @@ class ChatNode implements P2PNode {
     return true;
   }
 
+  /** As many peers as it takes: a dial would end in this node refusing the peer (`bye full`). */
+  private isFull(): boolean {
+    return this.active.size >= this.maxPeers;
+  }
+
   private wantsDial(target: Target): boolean {
     if (this.closed || target.dialing) return false;
     if (target.nodeId !== undefined && this.active.has(target.nodeId)) return false;
+    if (this.isFull()) return false; // dialled again once a peer leaves (onClosed, upkeep)
     if (target.persistent) return true;
     return this.active.size + this.dialsInFlight() < this.targetPeers;
+  }
+
+  /** Dials the known addresses that wait for nothing (no backoff, no dial in flight) and are wanted. */
+  private dialIdle(): void {
+    for (const target of this.targets.values()) {
+      if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
+    }
   }
 
   private dialsInFlight(): number {
@@ -2008,9 +2038,7 @@ class ChatNode implements P2PNode {
       else if (conn.framesSent === conn.sentAtUpkeep) conn.send(keepalive);
       conn.sentAtUpkeep = conn.framesSent;
     }
-    for (const target of this.targets.values()) {
-      if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
-    }
+    this.dialIdle();
     this.store.retryWrite();
   }
 

@@ -20,7 +20,7 @@ import {
 import { main } from '../../lib/cli/main.js';
 import { MAX_TEXT_LENGTH } from '../../lib/protocol/frames.js';
 import type { ChatMessage, PeerInfo } from '../../lib/node/node.js';
-import { waitFor } from '../helpers/nodes.js';
+import { rawPeer, waitFor } from '../helpers/nodes.js';
 import { procsFor, type CliEvent, type SentEvent } from '../helpers/procs.js';
 import { terminal, wrapped, type Cursor } from '../helpers/terminal.js';
 
@@ -737,10 +737,11 @@ describe('lineBatch: backpressure', () => {
  * `main` with `--json` on fake streams, up to its ready event; stopped (SIGTERM) after the test
  * however it ends, so a failed assertion never leaves a node running.
  */
-async function startMain(t: TestContext, env: NodeJS.ProcessEnv = {}) {
+async function startMain(t: TestContext, env: NodeJS.ProcessEnv = {}, extra: readonly string[] = []) {
   const { io, stdin, stdout, stderr } = fakeIo(t);
   const signals = new EventEmitter();
-  const code = main(['0', '--host', '127.0.0.1', '--json', '--log-level', 'error'], { ...io, env, signals });
+  const args = ['0', '--host', '127.0.0.1', '--json', '--log-level', 'error', ...extra];
+  const code = main(args, { ...io, env, signals });
   // A second SIGTERM after main is done reaches no listener.
   t.after(async () => {
     signals.emit('SIGTERM');
@@ -791,6 +792,22 @@ describe('main: a line too long to send', () => {
       `message not sent: more than ${MAX_LINE_CHARS} characters, the limit is ${MAX_TEXT_LENGTH}\n`,
     ]);
     assert.ok(!stdout.writes().some((w) => w.includes('"sent"')), 'neither was sent');
+  });
+});
+
+describe('main: /connect', () => {
+  it('at --max-peers says it does not dial now, and that it dials once a peer leaves', async (t) => {
+    const { stdin, stdout, stderr } = await startMain(t, {}, ['--max-peers', '1']);
+    const ready = stdout
+      .writes()
+      .flatMap(eventsOf)
+      .find((e) => e['event'] === 'ready');
+    await rawPeer(t, Number(ready!['port']));
+    await waitFor(() => stdout.writes().some((w) => w.includes('"peer-up"')), 'the peer-up');
+    stdin.write('/connect 127.0.0.1:1\n');
+    const notice = 'not dialling 127.0.0.1:1 now: already at --max-peers; it is dialled once a peer leaves\n';
+    await waitFor(() => stderr.writes().includes(notice), 'the notice');
+    assert.ok(!stderr.writes().includes('dialling 127.0.0.1:1\n'), 'not said to be dialling');
   });
 });
 

@@ -165,6 +165,22 @@ export async function deadEnds(t: TestContext, n = 1): Promise<DeadEnds> {
   return { addresses, accepted: () => accepted, peak: () => peak, reached: () => reached.size };
 }
 
+/**
+ * Listens on `port` (on 127.0.0.1) from now on, closing each connection at once; returns the count of
+ * connections so far. Closed after the test.
+ */
+export async function listenOn(t: TestContext, port: number): Promise<() => number> {
+  let accepted = 0;
+  const server = createServer((socket) => {
+    accepted++;
+    socket.on('error', () => {});
+    socket.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(port, HOST, resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  return () => accepted;
+}
+
 /** A TCP forwarder's port, and its switch to stop it the way a host that vanished stops. */
 export interface Forwarder {
   readonly port: number;

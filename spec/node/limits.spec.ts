@@ -5,7 +5,6 @@
  * nothing; dials in flight never exceed the cap; learned addresses never exceed the table size.
  */
 import assert from 'node:assert/strict';
-import { createServer, type Socket } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
@@ -16,6 +15,7 @@ import {
   freePort,
   HOST,
   lineLogger,
+  listenOn,
   loopback,
   nodeFactory,
   rawPeer,
@@ -232,25 +232,6 @@ describe('abuse limits', () => {
     );
   });
 });
-
-/** Listens on `port` from now on and counts the connections it gets; closed after the test. */
-async function listenOn(t: TestContext, port: number): Promise<() => number> {
-  let accepted = 0;
-  const sockets = new Set<Socket>();
-  const server = createServer((socket) => {
-    accepted++;
-    sockets.add(socket);
-    socket.on('error', () => {});
-    socket.once('close', () => sockets.delete(socket));
-    socket.destroy();
-  });
-  await new Promise<void>((resolve) => server.listen(port, HOST, resolve));
-  t.after(async () => {
-    for (const socket of sockets) socket.destroy();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  });
-  return () => accepted;
-}
 
 /** `n` entries of fake nodes at loopback ports nothing listens on (from 1 + `base`). */
 function fakeEntries(n: number, base: number): PeerEntry[] {

@@ -32,6 +32,7 @@ import {
   freePort,
   HOST,
   lineLogger,
+  listenOn,
   loopback,
   nextTurn,
   nodeFactory,
@@ -1059,6 +1060,42 @@ describe('createNode', () => {
     // reset the backoff: a redial 50-100 ms after each, with a peer-up and a peer-down, for ever.
     assert.ok(elapsed >= 1200, `four redials of a node that hangs up took only ${elapsed} ms: no backoff`);
     assert.ok(accepted >= 5);
+  });
+
+  it('at maxPeers dials no given address (it would refuse the node itself), and dials it again once a peer leaves', async (t) => {
+    const start = nodeFactory(t);
+    const port = await freePort(); // nothing there yet: each dial is refused at once, and retried
+    const node = await start({ maxPeers: 1, peers: [loopback(port)] });
+    // A peer fills the node; it answers pings: each ping is one upkeep tick of the node.
+    const peer = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 1, 'the node full');
+    const accepted = await listenOn(t, port);
+    const pings = peer.count('ping');
+    await waitFor(() => peer.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    // Before: redialled with backoff (at most 200 ms apart here) while full.
+    assert.equal(accepted(), 0, 'dials of the given address while full');
+    peer.socket.destroy();
+    await waitFor(() => accepted() > 0, 'the node to dial the given address once its peer left');
+  });
+
+  it('at maxPeers, connect() does not dial, says so, and dials once a peer leaves', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const node = await start({ maxPeers: 1, log });
+    const peer = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 1, 'the node full');
+    const dead = await deadEnds(t);
+    assert.equal(node.connect(dead.addresses[0]!), 'full');
+    assert.equal(
+      log.count(`not dialling ${dead.addresses[0]!} now: already 1 peers`),
+      1,
+      log.lines.join('\n'),
+    );
+    const pings = peer.count('ping');
+    await waitFor(() => peer.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    assert.equal(dead.accepted(), 0, 'dials while full');
+    peer.socket.destroy();
+    await waitFor(() => dead.accepted() > 0, 'the node to dial the address once its peer left');
   });
 
   it('backs off from a node that keeps refusing it as full', async (t) => {
