@@ -1473,6 +1473,11 @@ class ChatNode implements P2PNode {
     }
     // Probes of this connection: another connection of its peer may take its place now.
     for (const probe of conn.probes.splice(0)) setImmediate(probe.settle);
+    // Probes for this connection (it was the new one): settled now, their timers cleared; a close
+    // would only have been found when the timer fired.
+    for (const kept of this.conns) {
+      for (const probe of [...kept.probes]) if (probe.candidate === conn) probe.settle();
+    }
     if (this.closed) return;
     const dialedTarget = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
     if (dialedTarget !== undefined && conn.hello === undefined) dialedTarget.dialing = false;
@@ -1905,12 +1910,16 @@ class ChatNode implements P2PNode {
     target.dialing = true;
     const socket = netConnect({ host: target.address.host, port: target.address.port });
     this.dialSockets.add(socket);
-    socket.once('close', () => this.dialSockets.delete(socket));
     const timer = setTimeout(
       () => socket.destroy(new Error('connect timed out')),
       this.timing.connectTimeoutMs,
     );
     timer.unref();
+    // Destroyed without an error (close() ends dials in flight) it emits neither error nor connect.
+    socket.once('close', () => {
+      clearTimeout(timer);
+      this.dialSockets.delete(socket);
+    });
     const onError = (err: NodeJS.ErrnoException): void => {
       clearTimeout(timer);
       this.dialSockets.delete(socket);
@@ -2049,8 +2058,14 @@ class ChatNode implements P2PNode {
     clearTimeout(this.entropyTimer);
     clearTimeout(this.gapTimer);
     for (const target of this.targets.values()) clearTimeout(target.timer);
-    for (const socket of this.dialSockets) socket.destroy(); // its error handler sees this.closed
-    this.dialSockets.clear();
+    // Dials not connected yet: their error handler sees this.closed; their close clears their timer.
+    const closedDials = [...this.dialSockets].map(
+      (socket) =>
+        new Promise<void>((resolve) => {
+          socket.once('close', () => resolve());
+          socket.destroy();
+        }),
+    );
     const closedSockets = [...this.conns].map(
       (conn) =>
         new Promise<void>((resolve) => {
@@ -2061,7 +2076,7 @@ class ChatNode implements P2PNode {
         }),
     );
     const serverClosed = new Promise<void>((resolve) => this.server.close(() => resolve()));
-    await Promise.all([...closedSockets, serverClosed]);
+    await Promise.all([...closedDials, ...closedSockets, serverClosed]);
     this.subscription.unsubscribe();
     this.store.close();
     this.releaseDataDir();

@@ -181,6 +181,49 @@ export async function listenOn(t: TestContext, port: number): Promise<() => numb
   return () => accepted;
 }
 
+/** Timers set with the global `setTimeout` since {@link liveTimers}, not yet cleared and not fired. */
+export interface LiveTimers {
+  /** How many of them were set with a delay of `delayMs`. */
+  count(delayMs: number): number;
+}
+
+/**
+ * Tracks the timers that code sets with the global `setTimeout` (as lib/ does) until the test ends,
+ * so a spec can tell a timer that outlives what it was for. Unref'd timers included, which
+ * `process.getActiveResourcesInfo()` leaves out. Tests of one file run one at a time, so the
+ * process-wide patch sees only the running test's timers.
+ */
+export function liveTimers(t: TestContext): LiveTimers {
+  const live = new Map<NodeJS.Timeout, number>();
+  const realSet = globalThis.setTimeout;
+  const realClear = globalThis.clearTimeout;
+  const tracked = (callback: (...args: unknown[]) => void, delayMs?: number, ...args: unknown[]) => {
+    const timer: NodeJS.Timeout = realSet(
+      (...given: unknown[]) => {
+        live.delete(timer);
+        callback(...given);
+      },
+      delayMs,
+      ...args,
+    );
+    live.set(timer, delayMs ?? 0);
+    return timer;
+  };
+  // The patched pair has setTimeout's call signature; its __promisify__ is the original's.
+  globalThis.setTimeout = Object.assign(tracked, {
+    __promisify__: realSet.__promisify__,
+  }) as typeof setTimeout;
+  globalThis.clearTimeout = (timer?: string | number | NodeJS.Timeout) => {
+    if (typeof timer === 'object') live.delete(timer);
+    realClear(timer);
+  };
+  t.after(() => {
+    globalThis.setTimeout = realSet;
+    globalThis.clearTimeout = realClear;
+  });
+  return { count: (delayMs) => [...live.values()].filter((d) => d === delayMs).length };
+}
+
 /** A TCP forwarder's port, and its switch to stop it the way a host that vanished stops. */
 export interface Forwarder {
   readonly port: number;

@@ -12,6 +12,7 @@ import { generateIdentity, type Identity } from '../../lib/security/identity.js'
 import {
   downs,
   lineLogger,
+  liveTimers,
   nodeFactory,
   rawPeer,
   record,
@@ -198,5 +199,21 @@ describe('duplicate connections of one peer, driven by hand', () => {
     assert.ok(Date.now() - began < 1500, `close took ${Date.now() - began} ms`);
     assert.equal(downs(events).length, 1);
     assert.ok(events.completed);
+  });
+
+  it('cancels the timer of a probe when the new connection it was for closes', async (t) => {
+    const timers = liveTimers(t);
+    const pingIntervalMs = 5000; // the probe's timer: set with this delay, and nothing else is
+    const { node, conns } = await probing(t, 2, { pingIntervalMs, peerTimeoutMs: 20000 });
+    const [c1, c2] = conns as [Link, Link];
+    assert.equal(timers.count(pingIntervalMs), 1, 'the probe timer');
+    c2.socket.destroy();
+    // Before: it lived on for its ping interval, to find the connection it was for gone.
+    await waitFor(() => timers.count(pingIntervalMs) === 0, 'the probe timer to be cleared', 2000);
+    assert.deepEqual(
+      node.peers().map((p) => p.id),
+      [c1.id],
+      'the first connection is kept',
+    );
   });
 });

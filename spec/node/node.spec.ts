@@ -33,6 +33,7 @@ import {
   HOST,
   lineLogger,
   listenOn,
+  liveTimers,
   loopback,
   nextTurn,
   nodeFactory,
@@ -915,6 +916,19 @@ describe('createNode', () => {
       assert.match(downs(events)[0]?.reason ?? '', /shut ?down/i);
     }
     assert.equal(peerIds(upstream).includes(node.id), false);
+  });
+
+  it('clears the connect timeout of a dial that close() ends before it connected', async (t) => {
+    const timers = liveTimers(t);
+    const start = nodeFactory(t);
+    const connectTimeoutMs = 7777; // set with this delay, and nothing else is
+    const node = await start({ timing: { connectTimeoutMs } });
+    const dead = await deadEnds(t);
+    node.connect(dead.addresses[0]!);
+    assert.equal(timers.count(connectTimeoutMs), 1, 'the connect timeout');
+    await node.close(); // in the same turn: the dial has not connected yet
+    // Before: it lived on after the close, for the whole timeout.
+    assert.equal(timers.count(connectTimeoutMs), 0, 'connect timeouts left');
   });
 
   it('refuses peers beyond maxPeers with a bye naming the reason, sent instead of its hello', async (t) => {
