@@ -340,6 +340,8 @@ function connectNotice(addr: string, outcome: ConnectOutcome): string {
   switch (outcome) {
     case 'dialling':
       return `dialling ${addr}`;
+    case 'already-dialling':
+      return `already dialling ${addr}`;
     case 'connected':
       return `already connected to ${addr} (redialled if the link breaks)`;
     case 'full':

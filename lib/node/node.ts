@@ -346,11 +346,12 @@ export interface P2PNode {
 
 /**
  * What {@link P2PNode.connect} did with an address, which it keeps dialling in any case (but its own):
- * `dialling` it (at once, or when a dial in flight ends: they are capped); `connected`: its node is a
+ * `dialling` it (at once, or when a dial in flight ends: they are capped); `already-dialling`: a dial
+ * of it is in flight, and no second one starts; `connected`: its node is a
  * peer already (dialled again if the link breaks); `full`: the node has `maxPeers` peers, and dials it
  * once one leaves; `self`: it is this node, not dialled; `closed`: the node is closed.
  */
-export type ConnectOutcome = 'dialling' | 'connected' | 'full' | 'self' | 'closed';
+export type ConnectOutcome = 'dialling' | 'already-dialling' | 'connected' | 'full' | 'self' | 'closed';
 
 interface Target {
   readonly addr: string;
@@ -851,7 +852,12 @@ class ChatNode implements P2PNode {
       );
       return 'full';
     }
-    if (target.timer !== undefined || !target.dialing) this.dialNow(target);
+    if (target.dialing) {
+      // In flight (connecting, or in its handshake): a second dial would be a duplicate connection.
+      this.log.info(`already dialling ${addr}: not dialling it a second time`);
+      return 'already-dialling';
+    }
+    this.dialNow(target);
     return 'dialling';
   }
 

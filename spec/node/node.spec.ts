@@ -539,6 +539,20 @@ describe('createNode', () => {
     assert.equal(silent.peak(), 1, `${silent.accepted()} connections, ${silent.peak()} open at once`);
   });
 
+  it('connect() to an address being dialled starts no second dial, and says so', async (t) => {
+    const start = nodeFactory(t);
+    const log = lineLogger();
+    const node = await start({ log });
+    const silent = await deadEnds(t); // the dial stays in its handshake until the hello timeout
+    const [addr] = silent.addresses as [string];
+    assert.equal(node.connect(addr), 'dialling');
+    await waitFor(() => silent.accepted() >= 1, 'the dial');
+    assert.equal(node.connect(addr), 'already-dialling');
+    assert.equal(log.count(`already dialling ${addr}`), 1, log.lines.join('\n'));
+    assert.equal(node.stats().dialsInFlight, 1);
+    assert.equal(silent.peak(), 1, `${silent.accepted()} connections, ${silent.peak()} open at once`);
+  });
+
   it('relays a message from one end of a line of five to the other, exactly once at every node', async (t) => {
     const start = nodeFactory(t);
     const nodes = await line(start);
