@@ -397,6 +397,13 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
     process.getBuiltinModule('node:readline');
   const rl = createInterface({ input: io.stdin, output: out, terminal: true, historySize: 100 });
   rl.on('SIGINT', onInterrupt);
+  // The terminal went away (closed, an SSH session dropped): reading it, or taking it out of raw mode
+  // as readline closes, fails with EIO. The node leaves as on Ctrl+C, rather than dying on an
+  // unhandled 'error' (with its lock and links left behind). An error without an errno code is a bug.
+  rl.on('error', (err: NodeJS.ErrnoException) => {
+    if (typeof err.code !== 'string') throw err;
+    onInterrupt();
+  });
   // Whether the prompt is on screen: not before the first is drawn, nor after Enter (readline goes to
   // a new row and draws no prompt) until one is drawn again.
   let promptShown = false;

@@ -1,4 +1,5 @@
-import { readFileSync } from 'node:fs';
+import { closeSync, readFileSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import type { Readable, Writable } from 'node:stream';
 import { Subscription } from 'rxjs';
 import { AddressError } from '../protocol/address.js';
@@ -18,7 +19,7 @@ export interface CliIo {
   readonly stdout: Writable & { isTTY?: boolean };
   readonly stderr: Writable;
   readonly env: NodeJS.ProcessEnv;
-  /** Where SIGINT/SIGTERM are listened for, and `'exit'` (to write out queued output). */
+  /** Where SIGINT/SIGTERM/SIGHUP are listened for, and `'exit'` (to write out queued output). */
   readonly signals: NodeJS.EventEmitter;
 }
 
@@ -38,6 +39,13 @@ const QUEUE_HIGH = 5_000;
 const QUEUE_LOW = 1_000;
 /** Lines a paced paste waits for at once, so they go out under one signature. */
 const PACE_BATCH = 64;
+
+/**
+ * The signals that make the node leave cleanly (tell its peers, close its history, release its data
+ * directory, exit 0): Ctrl+C, `kill`, and SIGHUP, which a terminal sends when it is closed (or an SSH
+ * session drops), where the default action would kill the node with its lock and links left behind.
+ */
+export const STOP_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 
 /** How long close() may take before the CLI gives up waiting for sockets. */
 const CLOSE_GRACE_MS = 2000;
@@ -259,18 +267,22 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
       },
     }),
   );
+  // Left in place until the node has closed: a second signal (a closed terminal sends SIGHUP more
+  // than once) must not kill it half way through its shutdown.
   const onSignal = (): void => quit();
   // Exits that skip the return path below (an uncaught exception) still write the queued lines.
   const onExit = (): void => sink.flush();
-  io.signals.on('SIGINT', onSignal).on('SIGTERM', onSignal).on('exit', onExit);
+  for (const signal of STOP_SIGNALS) io.signals.on(signal, onSignal);
+  io.signals.on('exit', onExit);
 
   await quitting;
   const unsent = queue.length - head;
   if (unsent > 0) sink.notice(`${unsent} typed line(s) not sent: the node is closing`);
-  io.signals.off('SIGINT', onSignal).off('SIGTERM', onSignal).off('exit', onExit);
   subscription.unsubscribe();
   sink.close();
   await Promise.race([node.close(), new Promise((resolve) => setTimeout(resolve, CLOSE_GRACE_MS).unref())]);
+  for (const signal of STOP_SIGNALS) io.signals.off(signal, onSignal);
+  io.signals.off('exit', onExit);
   return 0;
 }
 
@@ -410,6 +422,7 @@ function startFailure(err: unknown, options: CliOptions, dataDir: string | undef
  * it holds (see {@link exitWhenWritten}).
  */
 export function run(argv: readonly string[]): void {
+  terminalsAtStart = [0, 1, 2].filter((fd) => isatty(fd));
   main(argv).then(
     (code) => exitWhenWritten(code),
     (err: unknown) => {
@@ -427,9 +440,33 @@ export function run(argv: readonly string[]): void {
  */
 function exitWhenWritten(code: number): void {
   const out = process.stdout;
+  // Last of the 'exit' listeners: after the console has written out what it still held.
+  process.once('exit', closeLostTerminals);
   if (out.writableLength === 0 || out.destroyed) process.exit(code);
   const exit = (): never => process.exit(code);
   setTimeout(exit, EXIT_FLUSH_MS);
   out.once('error', exit);
   out.write('', exit);
+}
+
+/** The standard streams (fds 0-2) that were a terminal when {@link run} started. */
+let terminalsAtStart: readonly number[] = [];
+
+/**
+ * Closes each standard stream that was a terminal at start and is none now: the terminal was closed
+ * (hung up; `isatty` then fails with EIO). At exit, Node 20 puts the modes each such terminal had at
+ * start back, and aborts (SIGABRT and a core dump, after a clean shutdown) when that fails, as it does
+ * on a terminal that has gone (nodejs/node#51519, fixed by nodejs/node#58200 in later versions). It
+ * skips a descriptor that is closed.
+ */
+function closeLostTerminals(): void {
+  for (const fd of terminalsAtStart) {
+    if (isatty(fd)) continue;
+    try {
+      closeSync(fd);
+    } catch (err) {
+      // Closed already (EBADF): nothing for Node to restore either.
+      if (typeof (err as NodeJS.ErrnoException).code !== 'string') throw err;
+    }
+  }
 }
