@@ -154,6 +154,19 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
     options.ephemeral || (options.dataDir === undefined && options.port === 0)
       ? undefined
       : (options.dataDir ?? defaultDataDir(options.port, io.env));
+  // From here on a stop signal is never lost, even one that arrives while the node is starting
+  // (registered before createNode's first await: no signal can be handled before that). Left in
+  // place until the node has closed: a second signal (a closed terminal sends SIGHUP more than once)
+  // must not kill it half way through its shutdown.
+  const onSignal = (): void => quit();
+  // Exits that skip the return path below (an uncaught exception) still write the queued lines.
+  const onExit = (): void => sink.flush();
+  for (const signal of STOP_SIGNALS) io.signals.on(signal, onSignal);
+  io.signals.on('exit', onExit);
+  const unlisten = (): void => {
+    for (const signal of STOP_SIGNALS) io.signals.off(signal, onSignal);
+    io.signals.off('exit', onExit);
+  };
   try {
     node = await createNode({
       port: options.port,
@@ -171,6 +184,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
       ...(options.advertise !== undefined ? { advertise: options.advertise } : {}),
     });
   } catch (err) {
+    unlisten();
     sink.close();
     io.stderr.write(`p2p: ${startFailure(err, options, dataDir)}\n`);
     return 1;
@@ -183,8 +197,11 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
       e.type === 'peer-up' ? sink.peerUp(e.peer) : sink.peerDown(e.peer, e.reason),
     ),
   );
-  sink.ready({ id: node.id, port: node.port, nick: node.nick });
-  sink.history(node.history(START_HISTORY), true);
+  // Stopped while starting: no ready line for a node that is leaving at once.
+  if (!quitRequested) {
+    sink.ready({ id: node.id, port: node.port, nick: node.nick });
+    sink.history(node.history(START_HISTORY), true);
+  }
 
   // The text lines of one turn of the event loop (one read of stdin: a paste, a piped file) go out
   // together, in order: one signature and one log write for all of them. A command sends the lines
@@ -267,13 +284,6 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
       },
     }),
   );
-  // Left in place until the node has closed: a second signal (a closed terminal sends SIGHUP more
-  // than once) must not kill it half way through its shutdown.
-  const onSignal = (): void => quit();
-  // Exits that skip the return path below (an uncaught exception) still write the queued lines.
-  const onExit = (): void => sink.flush();
-  for (const signal of STOP_SIGNALS) io.signals.on(signal, onSignal);
-  io.signals.on('exit', onExit);
 
   await quitting;
   const unsent = queue.length - head;
@@ -281,8 +291,7 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   subscription.unsubscribe();
   sink.close();
   await Promise.race([node.close(), new Promise((resolve) => setTimeout(resolve, CLOSE_GRACE_MS).unref())]);
-  for (const signal of STOP_SIGNALS) io.signals.off(signal, onSignal);
-  io.signals.off('exit', onExit);
+  unlisten();
   return 0;
 }
 
@@ -420,10 +429,19 @@ function startFailure(err: unknown, options: CliOptions, dataDir: string | undef
 /**
  * Entry point of `bin/p2p`: runs {@link main} and exits with its code, once stdout has written what
  * it holds (see {@link exitWhenWritten}).
+ * @param early stop signals (of {@link STOP_SIGNALS}) that `bin/p2p` caught while this code was loading,
+ *   in order: handed to `main` as soon as it listens for them, so that one sent right at start-up
+ *   stops the node cleanly instead of being lost.
  */
-export function run(argv: readonly string[]): void {
+export function run(argv: readonly string[], early: readonly NodeJS.Signals[] = []): void {
   terminalsAtStart = [0, 1, 2].filter((fd) => isatty(fd));
-  main(argv).then(
+  // A copy: bin/p2p's own listener, still there until run returns, adds each one emitted here again.
+  const caught = [...early];
+  const exitCode = main(argv);
+  // main listens for the signals from before its first await (see runNode), so by now; a run that
+  // starts no node (--help, a usage error) has no listener, and exits on its own anyway.
+  for (const signal of caught) process.emit(signal, signal);
+  exitCode.then(
     (code) => exitWhenWritten(code),
     (err: unknown) => {
       // A bug, not a user or network error: show it whole.
