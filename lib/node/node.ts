@@ -774,7 +774,8 @@ class ChatNode implements P2PNode {
         this.server.on('error', (err) => this.log.error(`listener: ${err.message}`));
         const address = this.server.address();
         this.listenPort = typeof address === 'object' && address !== null ? address.port : 0;
-        this.log.info(`listening on port ${this.listenPort} as ${this.id} (${this.nick})`);
+        // Debug: the CLI says so itself, in every mode (its ready line, or event); at info it said it twice.
+        this.log.debug(`listening on port ${this.listenPort} as ${this.id} (${this.nick})`);
         for (const peer of this.options.peers ?? []) this.connect(peer);
         resolve();
       });

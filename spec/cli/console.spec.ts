@@ -901,3 +901,26 @@ describe('bin/p2p output at exit', () => {
     assert.deepEqual(await node.waitForExit(), { code: 0, signal: null });
   });
 });
+
+describe('bin/p2p: the start-up line', () => {
+  it('says once that it listens: one stderr line in a pipe at the default log level (info), none besides the ready event with --json', async (t) => {
+    const procs = procsFor(t);
+    const plain = procs.spawn(['0', '--host', '127.0.0.1'], { json: false });
+    const json = procs.spawn(['0', '--host', '127.0.0.1', '--json']);
+    await plain.waitForStderr(/listening on port/);
+    await json.waitForEvent((e) => e.event === 'ready');
+    // A reply from each: whatever they printed at start is out by now.
+    plain.send('/peers');
+    json.send('/peers');
+    await plain.waitForStdout(/no peers connected/);
+    await json.waitForEvent((e) => (e as { event: string }).event === 'peers');
+    // Before: `info: listening on port P as ID (nick)` from the node, then the CLI's own line.
+    const lines = plain.stderrLines.filter((line) => line.includes('listening'));
+    assert.equal(lines.length, 1, lines.join('\n'));
+    assert.match(lines[0]!, /^p2p: node [0-9a-f]{32} listening on port \d+$/);
+    assert.deepEqual(
+      json.stderrLines.filter((line) => line.includes('listening')),
+      [],
+    );
+  });
+});
