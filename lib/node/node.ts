@@ -1310,8 +1310,9 @@ class ChatNode implements P2PNode {
   }
 
   private refuseFull(conn: Connection): 'full' {
-    this.log.info(`refusing ${conn.label}: already ${this.maxPeers} peers, or about to be (--max-peers)`);
-    conn.closeReason = `refused: already ${this.maxPeers} peers, or about to be`;
+    const peers = this.maxPeers === 1 ? '1 peer' : `${this.maxPeers} peers`;
+    this.log.info(`refusing ${conn.label}: already ${peers}, or about to be (--max-peers)`);
+    conn.closeReason = `refused: already ${peers}, or about to be`;
     conn.reasonLogged = true;
     return 'full';
   }

@@ -126,10 +126,12 @@ describe('bin/p2p: the seed example', () => {
       [],
       'no peer-up or peer-down for the full node',
     );
-    assert.ok(
-      full.stderrLines.some((l) => l.includes(`refusing peer ${extra.ready.id.slice(0, 8)} at`)),
-      full.stderrLines.join('\n'),
+    const refusal = full.stderrLines.find((l) =>
+      l.includes(`refusing peer ${extra.ready.id.slice(0, 8)} at`),
     );
+    assert.ok(refusal !== undefined, full.stderrLines.join('\n'));
+    // Before: "already 1 peers".
+    assert.match(refusal, /: already 1 peer, or about to be \(--max-peers\)$/);
     assert.equal(full.events.filter(isPeerUp).length, 1, 'the full node took only its first peer');
   });
 
