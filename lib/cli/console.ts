@@ -390,8 +390,20 @@ type DrawnRows = { prevRows?: unknown };
  * it, then the prompt and the half-typed line are drawn again, the cursor where it was in the line),
  * even when the prompt and line wrap over several rows of the terminal.
  */
-export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink {
+export function ttyConsole(
+  io: ConsoleIo,
+  onInterrupt: () => void,
+  options: {
+    /**
+     * A terminal that knows no escape sequences (`TERM=dumb`: an editor's shell buffer, a serial
+     * console): nothing is written but text, `\r` and `\n`. readline sees this for itself (in
+     * `process.env`) and then echoes what is typed with no line editing.
+     */
+    readonly dumb?: boolean;
+  } = {},
+): ConsoleSink {
   const out = io.stdout;
+  const dumb = options.dumb === true;
   // Loaded here: only a terminal needs readline (its code is ~0.3 MB a piped node would carry idle).
   const { clearScreenDown, createInterface, cursorTo, moveCursor } =
     process.getBuiltinModule('node:readline');
@@ -408,7 +420,9 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
   // a new row and draws no prompt) until one is drawn again.
   let promptShown = false;
   const prompt = (preserveCursor: boolean): void => {
-    rl.prompt(preserveCursor);
+    // A dumb terminal's cursor is always at the end of the line (readline only appends there).
+    if (dumb) out.write(preserveCursor ? rl.getPrompt() + rl.line : rl.getPrompt());
+    else rl.prompt(preserveCursor);
     promptShown = true;
   };
   // Registered before the lines are handed on (linesOf): a blank line sends nothing and gets no
@@ -432,6 +446,16 @@ export function ttyConsole(io: ConsoleIo, onInterrupt: () => void): ConsoleSink 
   const above = (stream: Writable, text: string | Uint8Array): void => {
     if (closed) {
       stream.write(text);
+      return;
+    }
+    if (dumb) {
+      // No cursor moves: blank the row the prompt and line are on with spaces, from its start, or,
+      // when they take more than that row, go on below them. Then the text, and the prompt again.
+      const drawn = (promptShown ? rl.getPrompt().length : 0) + rl.line.length;
+      const columns = (out as { columns?: number }).columns ?? 80;
+      if (drawn > 0) out.write(drawn < columns ? `\r${' '.repeat(drawn)}\r` : '\n');
+      stream.write(text);
+      prompt(true);
       return;
     }
     // Clear from the first row of the prompt down (the rows of a line that wraps, not just the

@@ -130,7 +130,11 @@ async function runNode(options: CliOptions, io: CliIo): Promise<number> {
   });
   const mode = options.json ? 'json' : io.stdin.isTTY === true && io.stdout.isTTY === true ? 'tty' : 'plain';
   const sink: ConsoleSink =
-    mode === 'json' ? jsonConsole(io) : mode === 'tty' ? ttyConsole(io, () => quit()) : plainConsole(io);
+    mode === 'json'
+      ? jsonConsole(io)
+      : mode === 'tty'
+        ? ttyConsole(io, () => quit(), { dumb: io.env['TERM'] === 'dumb' })
+        : plainConsole(io);
   // A reader of our output went away (`bin/p2p ... | head -1`, or `2>&1 | head -1`): leave as on a
   // signal, instead of dying on an unhandled EPIPE with the peers seeing a dropped link. Nothing is
   // written about it (the other stream may be the broken one); kept to the end, as later writes fail too.

@@ -74,4 +74,40 @@ describe('bin/p2p in a terminal', () => {
     assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
     await jay.waitForPeerDown(id!);
   });
+
+  it("with TERM=dumb writes no escape sequence: a message that arrives mid-line goes on the prompt's row, then the prompt and the half-typed line again", async (t) => {
+    const procs = procsFor(t);
+    const tty = procs.spawn(
+      ['-qfec', 'stty cols 200 rows 50; exec bin/p2p 0 --host 127.0.0.1 --nick dim', '/dev/null'],
+      { command: 'script', json: false, env: { TERM: 'dumb' } },
+    );
+    const [, id, port] = await waitForScreen(tty, /node [0-9a-f]{6} \(([0-9a-f]+)\) listening on port (\d+)/);
+    await waitForScreen(tty, /^dim> /m);
+    const jay = await procs.node({ nick: 'jay', peers: [`127.0.0.1:${port}`] });
+    await waitForScreen(tty, /\* jay \([0-9a-f]{6}\) joined from /);
+
+    tty.write('half');
+    await waitForScreen(tty, /dim> half$/);
+    const mark = tty.stdout.length;
+    jay.send('while you type');
+    // The row of the prompt and line blanked with spaces from its start, the message, then both again.
+    await tty.waitUntil(
+      () =>
+        /^\r {9}\r\[[\d:]{8}\] jay \([0-9a-f]{6}\): while you type\r?\ndim> half$/.test(
+          tty.stdout.slice(mark),
+        )
+          ? true
+          : undefined,
+      8_000,
+      'the message above the prompt and half-typed line',
+    );
+    tty.write(' done\r');
+    assert.equal((await jay.waitForMessage('half done')).from, id);
+    tty.write('/peers\r');
+    await waitForScreen(tty, /1 peer:/);
+    tty.write('/quit\r');
+    assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
+    // Before: each line above the prompt came after \x1b[1G\x1b[0J (to column 1, clear below).
+    assert.ok(!tty.stdout.includes('\x1b'), JSON.stringify(tty.stdout));
+  });
 });
