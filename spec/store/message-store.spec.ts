@@ -70,6 +70,16 @@ function chat(from: string, seq: number, ts = T0, text = `${from} #${seq}`): Cha
 const add = (store: MessageStore, frame: ChatFrame): boolean => store.add(frame, serializeFrame(frame));
 
 /** The payload {@link add} gives for the frame `chat(from, seq)` with id `from-seq`. */
+/** Writes a log of `count` messages from 'a' (one flushed record each) in `dir`, then closes it. */
+function writeLog(dir: string, count: number): void {
+  const store = MessageStore.open(SELF, dir, {}, clock).store;
+  for (let seq = 1; seq <= count; seq++) {
+    add(store, chat('a', seq));
+    store.flush();
+  }
+  store.close();
+}
+
 const payloadOf = (id: string): Buffer => {
   const [from, seq] = id.split('-');
   return serializeFrame(chat(from!, Number(seq)));
@@ -721,12 +731,7 @@ describe('MessageStore', () => {
 
     it('stops at a corrupted record in the middle, reports it, and truncates the log to the good part', (t) => {
       const dir = tempDir(t, 'store');
-      const first = MessageStore.open(SELF, dir, {}, clock).store;
-      for (let seq = 1; seq <= 10; seq++) {
-        add(first, chat('a', seq));
-        first.flush();
-      }
-      first.close();
+      writeLog(dir, 10);
       const path = join(dir, LOG);
       const log = readFileSync(path);
       const { starts } = recordStarts(log);
@@ -750,12 +755,7 @@ describe('MessageStore', () => {
 
     it('treats a record whose length was zeroed as the end of the good part', (t) => {
       const dir = tempDir(t, 'store');
-      const first = MessageStore.open(SELF, dir, {}, clock).store;
-      for (let seq = 1; seq <= 3; seq++) {
-        add(first, chat('a', seq));
-        first.flush();
-      }
-      first.close();
+      writeLog(dir, 3);
       const path = join(dir, LOG);
       const log = readFileSync(path);
       const bad = recordStarts(log).starts.at(-1)!;
@@ -961,12 +961,7 @@ describe('MessageStore', () => {
 
     it('takes a record length over the longest record as damage, before it allocates anything for it', (t) => {
       const dir = tempDir(t, 'store');
-      const first = MessageStore.open(SELF, dir, {}, clock).store;
-      for (let seq = 1; seq <= 3; seq++) {
-        add(first, chat('a', seq));
-        first.flush();
-      }
-      first.close();
+      writeLog(dir, 3);
       // A header whose length field says 0xFFFFFFF0, then zeros past 4 GiB (a sparse file), so the
       // length fits the file: read as it claims, the record asked for ~4 GiB of memory.
       const path = join(dir, LOG);
