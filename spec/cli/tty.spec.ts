@@ -19,6 +19,21 @@ function waitForScreen(proc: Proc, pattern: RegExp, from = 0, timeoutMs = 8_000)
   return proc.waitUntil(() => screen(proc, from).match(pattern) ?? undefined, timeoutMs, `screen ${pattern}`);
 }
 
+/** Starts bin/p2p in a 200×50 pseudo-terminal with `nick` and `TERM=term`; resolves once its prompt shows. */
+async function startInTerminal(
+  procs: ReturnType<typeof procsFor>,
+  nick: string,
+  term: string,
+): Promise<{ tty: Proc; id: string; port: string }> {
+  const tty = procs.spawn(
+    ['-qfec', `stty cols 200 rows 50; exec bin/p2p 0 --host 127.0.0.1 --nick ${nick}`, '/dev/null'],
+    { command: 'script', json: false, env: { TERM: term } },
+  );
+  const [, id, port] = await waitForScreen(tty, /node [0-9a-f]{6} \(([0-9a-f]+)\) listening on port (\d+)/);
+  await waitForScreen(tty, new RegExp(`^${nick}> `, 'm'));
+  return { tty, id: id!, port: port! };
+}
+
 describe('bin/p2p in a terminal', () => {
   it('has `script` (util-linux) to give it a pseudo-terminal', () => {
     assert.ok(hasScript, 'install util-linux (bsdutils) for `script`: the terminal tests need a pty');
@@ -26,12 +41,7 @@ describe('bin/p2p in a terminal', () => {
 
   it('shows a prompt, answers /help, /peers and /nick, and shows messages as "[HH:MM:SS] nick (id): text"', async (t) => {
     const procs = procsFor(t);
-    const tty = procs.spawn(
-      ['-qfec', 'stty cols 200 rows 50; exec bin/p2p 0 --host 127.0.0.1 --nick tty', '/dev/null'],
-      { command: 'script', json: false, env: { TERM: 'xterm' } },
-    );
-    const [, id, port] = await waitForScreen(tty, /node [0-9a-f]{6} \(([0-9a-f]+)\) listening on port (\d+)/);
-    await waitForScreen(tty, /^tty> /m);
+    const { tty, id, port } = await startInTerminal(procs, 'tty', 'xterm');
 
     let mark = tty.stdout.length;
     tty.write('/help\r');
@@ -43,7 +53,7 @@ describe('bin/p2p in a terminal', () => {
 
     const jay = await procs.node({ nick: 'jay', peers: [`127.0.0.1:${port}`] });
     const jid = jay.ready.id.slice(0, 6);
-    await jay.waitForPeerUp(id!);
+    await jay.waitForPeerUp(id);
     await waitForScreen(tty, new RegExp(`\\* jay \\(${jid}\\) joined from 127\\.0\\.0\\.1:`));
 
     mark = tty.stdout.length;
@@ -72,17 +82,12 @@ describe('bin/p2p in a terminal', () => {
 
     tty.write('/quit\r');
     assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
-    await jay.waitForPeerDown(id!);
+    await jay.waitForPeerDown(id);
   });
 
   it("with TERM=dumb writes no escape sequence: a message that arrives mid-line goes on the prompt's row, then the prompt and the half-typed line again", async (t) => {
     const procs = procsFor(t);
-    const tty = procs.spawn(
-      ['-qfec', 'stty cols 200 rows 50; exec bin/p2p 0 --host 127.0.0.1 --nick dim', '/dev/null'],
-      { command: 'script', json: false, env: { TERM: 'dumb' } },
-    );
-    const [, id, port] = await waitForScreen(tty, /node [0-9a-f]{6} \(([0-9a-f]+)\) listening on port (\d+)/);
-    await waitForScreen(tty, /^dim> /m);
+    const { tty, id, port } = await startInTerminal(procs, 'dim', 'dumb');
     const jay = await procs.node({ nick: 'jay', peers: [`127.0.0.1:${port}`] });
     await waitForScreen(tty, /\* jay \([0-9a-f]{6}\) joined from /);
 
