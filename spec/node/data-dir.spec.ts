@@ -250,8 +250,12 @@ describe('lockDataDir', () => {
     { skip: HAS_PROC ? false : 'no /proc here: a zombie cannot be told from a live process' },
     async (t) => {
       const dir = tempDir(t, 'lock');
-      // `true` exits at once; its parent became `sleep`, which never reaps it: a zombie while it sleeps.
-      const parent = spawn('sh', ['-c', 'true & echo $!; exec sleep 60'], {
+      // The child exits once its parent, the shell, has become `sleep` (which never reaps it): a
+      // zombie while that sleeps. Had it exited before, the shell could have reaped it (dash does
+      // before its next command), and it was gone.
+      const child =
+        'i=0; while [ $i -lt 500 ] && [ "$(cat /proc/$$/comm)" != sleep ]; do i=$((i+1)); sleep 0.01; done';
+      const parent = spawn('sh', ['-c', `${child} & echo $!; exec sleep 60`], {
         stdio: ['ignore', 'pipe', 'inherit'],
       });
       const parentExited = new Promise((resolve) => parent.once('exit', resolve));
