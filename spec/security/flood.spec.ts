@@ -40,9 +40,20 @@ const MAX_RSS_BYTES = 200 * 1024 * 1024;
 const FD_SETTLE_SLACK = 8;
 /**
  * After an attack that leaves nothing behind (connections, addresses) H's resident memory comes back
- * to within this of its baseline: room for the heap V8 grew during the attack and keeps a while.
+ * to within this of its baseline: room for the heap V8 grew during the attack and keeps. Most of it is
+ * the young generation (on 64-bit Node 20 its semi-spaces grow to 16 MB each in a burst of
+ * allocations), which stays committed: V8's memory reducer only starts after a full GC that gave
+ * memory back, and the young generation is not what one gives back. Seen: 40 MB here, 49 MB on a CI
+ * machine (--trace-gc: 6 MB of live heap in 46 MB committed). Leaks are caught by
+ * {@link RSS_REPEAT_BYTES} instead.
  */
-const RSS_SETTLE_BYTES = 48 * 1024 * 1024;
+const RSS_SETTLE_BYTES = 64 * 1024 * 1024;
+/**
+ * A second connection flood leaves at most this much more memory behind than the first: the heap V8
+ * grew for the first is there to serve the second, so what stays on top of it is what the node kept
+ * of 5,000 connections (3 KB a connection at most).
+ */
+const RSS_REPEAT_BYTES = 16 * 1024 * 1024;
 /**
  * After a flood of valid messages, more: what got through is kept by design (a full history window,
  * 10,000 messages by default, and the dedup cache's ids), on top of the heap V8 keeps.
@@ -696,6 +707,22 @@ describe('floods: the node sheds the attacker and keeps serving its honest peers
     assertRelays(afterwards);
     assertLinkKept(s);
     assertBounded(g, after);
+
+    // The same again: memory that grew for the first flood serves the second; nothing piles up.
+    const again = gauge(t, s.h.pid);
+    const repeated = await connectionFlood(s.h.ready.port, sockets);
+    const afterAgain = await settled(again, s.h.pid);
+    again.stop();
+    t.diagnostic(`connections, again (${repeated.length} attempts): ${describeGauge(again, afterAgain)}`);
+    assert.equal(s.h.exit, undefined, 'H is still running after a second flood');
+    assert.ok(
+      afterAgain.rss <= after.rss + RSS_REPEAT_BYTES,
+      `H's RSS after a second flood ${MiB(afterAgain.rss)} ≤ after the first ${MiB(after.rss)} + ${MiB(RSS_REPEAT_BYTES)}`,
+    );
+    assert.ok(
+      afterAgain.fds <= g.baselineFds + FD_SETTLE_SLACK,
+      `H's fds back to ${afterAgain.fds} after a second flood (baseline ${g.baselineFds} + ${FD_SETTLE_SLACK})`,
+    );
   });
 
   it('10,000 valid messages per second from one peer: its excess is dropped, honest lines flow', async (t) => {
