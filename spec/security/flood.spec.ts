@@ -49,9 +49,11 @@ const FD_SETTLE_SLACK = 8;
  */
 const RSS_SETTLE_BYTES = 64 * 1024 * 1024;
 /**
- * A second connection flood leaves at most this much more memory behind than the first: the heap V8
- * grew for the first is there to serve the second, so what stays on top of it is what the node kept
- * of 5,000 connections (3 KB a connection at most).
+ * A third connection flood leaves at most this much more memory behind than the second: the heap V8
+ * grew for the first floods is there to serve it, so what stays on top is what the node kept of
+ * 5,000 connections (3 KB a connection at most). Not the second against the first: on a loaded CI
+ * machine the second still grew H's heap by 34 MB (objects that live longer on a slow machine are
+ * promoted to the old generation, which grows once more).
  */
 const RSS_REPEAT_BYTES = 16 * 1024 * 1024;
 /**
@@ -708,20 +710,26 @@ describe('floods: the node sheds the attacker and keeps serving its honest peers
     assertLinkKept(s);
     assertBounded(g, after);
 
-    // The same again: memory that grew for the first flood serves the second; nothing piles up.
-    const again = gauge(t, s.h.pid);
-    const repeated = await connectionFlood(s.h.ready.port, sockets);
-    const afterAgain = await settled(again, s.h.pid);
-    again.stop();
-    t.diagnostic(`connections, again (${repeated.length} attempts): ${describeGauge(again, afterAgain)}`);
-    assert.equal(s.h.exit, undefined, 'H is still running after a second flood');
+    // Twice more: the heap V8 grew for the first floods serves the next; nothing piles up.
+    const rss = [after.rss];
+    for (const round of [2, 3]) {
+      const again = gauge(t, s.h.pid);
+      const repeated = await connectionFlood(s.h.ready.port, sockets);
+      const afterAgain = await settled(again, s.h.pid);
+      again.stop();
+      rss.push(afterAgain.rss);
+      t.diagnostic(
+        `connections, flood ${round} (${repeated.length} attempts): ${describeGauge(again, afterAgain)}`,
+      );
+      assert.equal(s.h.exit, undefined, `H is still running after flood ${round}`);
+      assert.ok(
+        afterAgain.fds <= g.baselineFds + FD_SETTLE_SLACK,
+        `H's fds back to ${afterAgain.fds} after flood ${round} (baseline ${g.baselineFds} + ${FD_SETTLE_SLACK})`,
+      );
+    }
     assert.ok(
-      afterAgain.rss <= after.rss + RSS_REPEAT_BYTES,
-      `H's RSS after a second flood ${MiB(afterAgain.rss)} ≤ after the first ${MiB(after.rss)} + ${MiB(RSS_REPEAT_BYTES)}`,
-    );
-    assert.ok(
-      afterAgain.fds <= g.baselineFds + FD_SETTLE_SLACK,
-      `H's fds back to ${afterAgain.fds} after a second flood (baseline ${g.baselineFds} + ${FD_SETTLE_SLACK})`,
+      rss[2]! <= rss[1]! + RSS_REPEAT_BYTES,
+      `H's RSS after the third flood ${MiB(rss[2]!)} ≤ after the second ${MiB(rss[1]!)} + ${MiB(RSS_REPEAT_BYTES)}`,
     );
   });
 
