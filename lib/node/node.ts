@@ -377,10 +377,12 @@ interface ActivePeer {
   /** When it came up (ms): a new connection of it taking the place of the old one keeps it. */
   readonly since: number;
   /**
-   * When `info.nick` was last said (ms): our clock at its hello, else the newest of its messages.
-   * An older message (history a resync brings) does not turn the nick back.
+   * When `info.nick` was said, in the peer's own terms, never this node's clock (the two differ: a
+   * peer whose clock lagged had its rename ignored, one ahead had old messages a resync brought
+   * turn its nick back): after its message `nickSeq`. A message's own seq, or for a hello the
+   * peer's last message then (the messages it sends after the hello have greater ones).
    */
-  nickTs: number;
+  nickSeq: number;
 }
 
 const DEFAULT_TIMING = {
@@ -963,6 +965,7 @@ class ChatNode implements P2PNode {
       ...(this.advertise !== undefined ? { addr: formatAddress(this.advertise) } : {}),
       pack: conn.packLimit,
       binary: true,
+      seq: this.store.ownSeq,
     };
     conn.send(hello);
     this.log.debug(`${outbound ? 'connected to' : 'accepted'} ${conn.remoteSocketAddress}`);
@@ -1144,7 +1147,7 @@ class ChatNode implements P2PNode {
     const old = existing.conn;
     existing.conn = conn;
     existing.info = this.infoOf(conn);
-    existing.nickTs = Date.now();
+    existing.nickSeq = conn.hello!.seq ?? 0;
     this.publishPeers();
     conn.send(this.peerListFor(conn));
     this.sendSync(conn, this.syncFrame());
@@ -1232,8 +1235,9 @@ class ChatNode implements P2PNode {
       return;
     }
     const info = this.infoOf(conn);
-    const now = Date.now();
-    this.active.set(hello.id, { conn, info, since: now, nickTs: now });
+    // A hello from a node before hellos carried `seq` is taken as said before its first message:
+    // its messages rename it, older ones a resync brings too.
+    this.active.set(hello.id, { conn, info, since: Date.now(), nickSeq: hello.seq ?? 0 });
     this.log.info(`peer up: ${conn.label}`);
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
@@ -1984,8 +1988,9 @@ class ChatNode implements P2PNode {
    */
   private noteNick(frame: ChatFrame): void {
     const peer = this.active.get(frame.from);
-    if (peer === undefined || frame.ts <= peer.nickTs) return;
-    peer.nickTs = frame.ts;
+    // Sent after its messages below `seq`, and after hellos that said less (see nickSeq).
+    if (peer === undefined || frame.seq <= peer.nickSeq) return;
+    peer.nickSeq = frame.seq;
     if (peer.info.nick === frame.nick) return;
     peer.info = { ...peer.info, nick: frame.nick };
     this.publishPeers();

@@ -46,6 +46,12 @@ export interface HelloFrame {
    * frames are sent to this sender as JSON (a binary one is converted on its way out).
    */
   readonly binary?: boolean;
+  /**
+   * The sequence number of the sender's last message so far (0: none yet): the messages it sends
+   * after this hello have greater ones. A receiver tells by it whether the nick of one of the
+   * sender's messages is newer than this hello's, without comparing the sender's clock with its own.
+   */
+  readonly seq?: number;
 }
 
 /**
@@ -290,6 +296,7 @@ export function validateFrame(raw: unknown): Frame {
       if (o['addr'] !== undefined) hello.addr = str(o, 'addr', 300);
       if (o['pack'] !== undefined) hello.pack = int(o, 'pack', 0, 0xffff_ffff);
       if (o['binary'] !== undefined) hello.binary = bool(o, 'binary');
+      if (o['seq'] !== undefined) hello.seq = int(o, 'seq', 0, Number.MAX_SAFE_INTEGER);
       return hello;
     }
     case 'chat': {

@@ -428,6 +428,11 @@ export class MessageStore {
     return this.order.length - this.orderStart;
   }
 
+  /** The sequence number {@link nextSeq} gave last (or a higher one of this node's that came back); 0 before any. */
+  get ownSeq(): number {
+    return this.lastSeq;
+  }
+
   /**
    * The next sequence number for a message of this node (never reused, across restarts too: when
    * the log was damaged, or writes failed until the node stopped, numbering resumes above the block

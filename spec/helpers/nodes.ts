@@ -32,6 +32,7 @@ import {
   serializeFrame,
   type ChatFrame,
   type Frame,
+  type HelloFrame,
 } from '../../lib/protocol/frames.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { signedChatFrame } from '../../lib/security/sign.js';
@@ -562,8 +563,8 @@ export interface RawPeer {
   count(type: Frame['type']): number;
   /** Whether a frame of `type` came (a `bye`: with `reason`, when given). */
   got(type: Frame['type'], reason?: string): boolean;
-  /** Sends its hello (done at once unless `deferHello`). */
-  hello(): void;
+  /** Sends its hello (done at once unless `deferHello`), with `fields` over its own (nick `raw`). */
+  hello(fields?: Partial<HelloFrame>): void;
   /** Encrypts and sends one frame. */
   send(frame: Frame): void;
   /** Encrypts and sends one payload as it is (bytes that need not be a valid frame). */
@@ -615,7 +616,7 @@ export async function rawPeer(
     options,
   );
   const { identity } = link;
-  const hello = (): void =>
+  const hello = (fields: Partial<HelloFrame> = {}): void =>
     link.send({
       type: 'hello',
       v: PROTOCOL_VERSION,
@@ -624,6 +625,7 @@ export async function rawPeer(
       port: listenPort,
       ...(options.pack !== undefined ? { pack: options.pack } : {}),
       ...(options.binary !== undefined ? { binary: options.binary } : {}),
+      ...fields,
     });
   if (options.deferHello !== true) hello();
   return Object.assign(state, {

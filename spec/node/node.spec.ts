@@ -228,6 +228,52 @@ describe('createNode', () => {
     );
   });
 
+  // A peer's messages carry its clock, not ours: which of its nicks is newest is told by its
+  // sequence numbers (its hello says its last one), so a clock behind or ahead of ours is no matter.
+  it("takes a peer's rename from its next message although the peer's clock is a minute behind", async (t) => {
+    const node = await nodeFactory(t)({ nick: 'ann' });
+    const inbox = record(node.messages$);
+    const bob = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+    bob.hello({ nick: 'bob', seq: 0 });
+    await waitFor(() => node.peers().length === 1, 'bob to come up');
+    const renamed = signedChat(bob.identity, { text: 'hi', seq: 1, nick: 'robert', ts: Date.now() - 60_000 });
+    bob.send(renamed);
+    await waitFor(() => times(inbox, renamed.id) === 1, 'the message as robert');
+    assert.deepEqual(
+      node.peers().map((p) => p.nick),
+      ['robert'],
+    );
+  });
+
+  it("keeps a peer's newer nick over its older messages although the peer's clock is a minute ahead", async (t) => {
+    const node = await nodeFactory(t)({ nick: 'ann' });
+    const inbox = record(node.messages$);
+    const bob = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+    const ahead = (): number => Date.now() + 60_000;
+    // Its message 2 went out as bob, then it renamed itself and connected: a resync brings that one now.
+    bob.hello({ nick: 'robert', seq: 2 });
+    await waitFor(() => node.peers().length === 1, 'bob to come up');
+    const old = signedChat(bob.identity, { text: 'as bob', seq: 2, nick: 'bob', ts: ahead() });
+    bob.send(old);
+    await waitFor(() => times(inbox, old.id) === 1, 'the old message');
+    assert.deepEqual(
+      node.peers().map((p) => p.nick),
+      ['robert'],
+      "the hello's nick stays",
+    );
+
+    const renamed = signedChat(bob.identity, { text: 'as bobby', seq: 3, nick: 'bobby', ts: ahead() });
+    const older = signedChat(bob.identity, { text: 'as bob before', seq: 1, nick: 'bob', ts: ahead() });
+    bob.send(renamed);
+    bob.send(older);
+    await waitFor(() => times(inbox, older.id) === 1, 'the messages as bobby and bob');
+    assert.deepEqual(
+      node.peers().map((p) => p.nick),
+      ['bobby'],
+      'an older message after a newer one does not turn the nick back, whatever its ts',
+    );
+  });
+
   it('knows a peer at its advertised address in canonical spelling, however the peer wrote it', async (t) => {
     const start = nodeFactory(t);
     const ann = await start({ nick: 'ann' });

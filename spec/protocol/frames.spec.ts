@@ -44,7 +44,7 @@ const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_C
 
 /** Every field each frame type carries; anything else is dropped by validation. */
 const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
-  hello: ['type', 'v', 'id', 'nick', 'port', 'addr', 'pack', 'binary'],
+  hello: ['type', 'v', 'id', 'nick', 'port', 'addr', 'pack', 'binary', 'seq'],
   chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig', 'proof'],
   peers: ['type', 'peers'],
   ping: ['type', 'n'],
@@ -109,14 +109,16 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
     fc.option(textArb(300), { nil: undefined }),
     fc.option(fc.integer({ min: 0, max: 0xffff_ffff }), { nil: undefined }),
     fc.option(fc.boolean(), { nil: undefined }),
+    fc.option(fc.nat(), { nil: undefined }),
   )
-  .map(([id, nick, port, addr, pack, binary]) => {
+  .map(([id, nick, port, addr, pack, binary, seq]) => {
     const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id, nick, port };
     return {
       ...hello,
       ...(addr === undefined ? {} : { addr }),
       ...(pack === undefined ? {} : { pack }),
       ...(binary === undefined ? {} : { binary }),
+      ...(seq === undefined ? {} : { seq }),
     };
   });
 
@@ -349,7 +351,7 @@ describe('validateFrame', () => {
   });
 
   describe('accepts', () => {
-    it('a hello with and without addr, pack and binary', () => {
+    it('a hello with and without addr, pack, binary and seq', () => {
       const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id: 'node-1', nick: 'ann', port: 8002 };
       assert.deepEqual(validateFrame(hello), hello);
       assert.deepEqual(validateFrame({ ...hello, addr: 'example.com:9000' }), {
@@ -360,6 +362,8 @@ describe('validateFrame', () => {
       assert.deepEqual(validateFrame({ ...hello, pack: 0 }), { ...hello, pack: 0 }, '0: no packs');
       assert.deepEqual(validateFrame({ ...hello, binary: true }), { ...hello, binary: true });
       assert.throws(() => validateFrame({ ...hello, binary: 1 }), protocolError('ERR_BAD_FRAME'));
+      assert.deepEqual(validateFrame({ ...hello, seq: 42 }), { ...hello, seq: 42 });
+      assert.deepEqual(validateFrame({ ...hello, seq: 0 }), { ...hello, seq: 0 }, '0: no message yet');
     });
 
     it('text of exactly MAX_TEXT_LENGTH and a nick of exactly MAX_NICK_LENGTH code units', () => {
@@ -553,6 +557,7 @@ describe('validateFrame', () => {
         { ...hello, addr: null },
         { ...hello, pack: '65536' },
         { ...hello, pack: null },
+        { ...hello, seq: '42' },
         { type: 'peers', peers: {} },
         { type: 'peers', peers: 'a:1' },
         { type: 'peers', peers: [null] },
@@ -577,6 +582,8 @@ describe('validateFrame', () => {
         { ...hello, pack: -1 },
         { ...hello, pack: 2 ** 32 },
         { ...hello, pack: 1.5 },
+        { ...hello, seq: -1 },
+        { ...hello, seq: 2 ** 53 },
       ];
       for (const value of cases) {
         assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));

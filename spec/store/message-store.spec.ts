@@ -476,12 +476,15 @@ describe('MessageStore', () => {
 
     it('gives this node fresh sequence numbers from 1', (t) => {
       const { store } = open(t, undefined);
+      assert.equal(store.ownSeq, 0, 'none given yet');
       assert.deepEqual([store.nextSeq(), store.nextSeq(), store.nextSeq()], [1, 2, 3]);
+      assert.equal(store.ownSeq, 3, 'the last one given');
     });
 
     it('goes on after the highest own sequence number it holds', (t) => {
       const { store } = open(t, undefined);
       add(store, chat(SELF, 41)); // e.g. own messages handed back by a peer
+      assert.equal(store.ownSeq, 41);
       assert.equal(store.nextSeq(), 42);
     });
 
