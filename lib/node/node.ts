@@ -380,9 +380,12 @@ interface ActivePeer {
    * When `info.nick` was said, in the peer's own terms, never this node's clock (the two differ: a
    * peer whose clock lagged had its rename ignored, one ahead had old messages a resync brought
    * turn its nick back): after its message `nickSeq`. A message's own seq, or for a hello the
-   * peer's last message then (the messages it sends after the hello have greater ones).
+   * peer's last message then (the messages it sends after the hello have greater ones). `nickTs`:
+   * for a hello, the peer's clock then, which orders two hellos after the same message (connections
+   * that crossed); -1 for a message, older than a hello that carries its seq (sent after it).
    */
   nickSeq: number;
+  nickTs: number;
 }
 
 const DEFAULT_TIMING = {
@@ -966,6 +969,7 @@ class ChatNode implements P2PNode {
       pack: conn.packLimit,
       binary: true,
       seq: this.store.ownSeq,
+      ts: Date.now(),
     };
     conn.send(hello);
     this.log.debug(`${outbound ? 'connected to' : 'accepted'} ${conn.remoteSocketAddress}`);
@@ -1146,8 +1150,18 @@ class ChatNode implements P2PNode {
   private switchTo(existing: ActivePeer, conn: Connection): Connection {
     const old = existing.conn;
     existing.conn = conn;
-    existing.info = this.infoOf(conn);
-    existing.nickSeq = conn.hello!.seq ?? 0;
+    const hello = conn.hello!;
+    const [seq, ts] = [hello.seq ?? 0, hello.ts ?? 0];
+    // Its hello may have left before a rename we learnt since (from a message, or the other
+    // connection's hello): its nick only if it is as new at least (see nickSeq). A tie goes to it:
+    // a node before hellos carried `seq` and `ts` says neither, and its new hello's nick was taken.
+    if (seq > existing.nickSeq || (seq === existing.nickSeq && ts >= existing.nickTs)) {
+      existing.info = this.infoOf(conn);
+      existing.nickSeq = seq;
+      existing.nickTs = ts;
+    } else {
+      existing.info = { ...this.infoOf(conn), nick: existing.info.nick };
+    }
     this.publishPeers();
     conn.send(this.peerListFor(conn));
     this.sendSync(conn, this.syncFrame());
@@ -1237,7 +1251,8 @@ class ChatNode implements P2PNode {
     const info = this.infoOf(conn);
     // A hello from a node before hellos carried `seq` is taken as said before its first message:
     // its messages rename it, older ones a resync brings too.
-    this.active.set(hello.id, { conn, info, since: Date.now(), nickSeq: hello.seq ?? 0 });
+    const [nickSeq, nickTs] = [hello.seq ?? 0, hello.ts ?? 0];
+    this.active.set(hello.id, { conn, info, since: Date.now(), nickSeq, nickTs });
     this.log.info(`peer up: ${conn.label}`);
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
@@ -1991,6 +2006,7 @@ class ChatNode implements P2PNode {
     // Sent after its messages below `seq`, and after hellos that said less (see nickSeq).
     if (peer === undefined || frame.seq <= peer.nickSeq) return;
     peer.nickSeq = frame.seq;
+    peer.nickTs = -1;
     if (peer.info.nick === frame.nick) return;
     peer.info = { ...peer.info, nick: frame.nick };
     this.publishPeers();

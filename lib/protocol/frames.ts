@@ -52,6 +52,11 @@ export interface HelloFrame {
    * sender's messages is newer than this hello's, without comparing the sender's clock with its own.
    */
   readonly seq?: number;
+  /**
+   * The sender's clock when it sent this hello, ms since the epoch: of two hellos with one `seq` (no
+   * message between them), the later one has the newer nick. Compared with the same sender's only.
+   */
+  readonly ts?: number;
 }
 
 /**
@@ -297,6 +302,7 @@ export function validateFrame(raw: unknown): Frame {
       if (o['pack'] !== undefined) hello.pack = int(o, 'pack', 0, 0xffff_ffff);
       if (o['binary'] !== undefined) hello.binary = bool(o, 'binary');
       if (o['seq'] !== undefined) hello.seq = int(o, 'seq', 0, Number.MAX_SAFE_INTEGER);
+      if (o['ts'] !== undefined) hello.ts = int(o, 'ts', 0, Number.MAX_SAFE_INTEGER);
       return hello;
     }
     case 'chat': {

@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { describe, it, type TestContext } from 'node:test';
 import type { NodeEvent, NodeTiming, P2PNode } from '../../lib/node/node.js';
+import type { HelloFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
   downs,
@@ -16,6 +17,7 @@ import {
   nodeFactory,
   rawPeer,
   record,
+  signedChat,
   waitFor,
   type RawPeer,
   type Recording,
@@ -133,6 +135,39 @@ describe('duplicate connections of one peer, driven by hand', () => {
     assert.deepEqual(seen, []);
     assert.equal(node.peers().length, 1, 'kept until its other connection comes, or the hello timeout');
     assert.deepEqual(downs(events), []);
+  });
+
+  it("keeps the peer's newest nick when it moves to a connection whose hello is older", async (t) => {
+    const node = await nodeFactory(t)({ log: lineLogger() });
+    const inbox = record(node.messages$);
+    const identity = generateIdentity();
+    const [c1, c2, c3, c4] = (await links(t, node.port, identity, 4)) as [Link, Link, Link, Link];
+    const nick = (): string | undefined => node.peers()[0]?.nick;
+    /** The peer gives `from` up and says `hello` on `to`, which the node moves to. */
+    const moveTo = async (from: Link, to: Link, hello: Partial<HelloFrame>): Promise<void> => {
+      from.send({ type: 'bye', reason: 'duplicate' });
+      await handled(from);
+      to.hello(hello);
+      await waitFor(() => to.got('peers'), 'the node to move to the new connection');
+    };
+    const t0 = Date.now();
+    // The peer sent c2's hello as ann, then c1's; it renamed itself anna and said so on c1.
+    c1.hello({ nick: 'ann', seq: 0, ts: t0 + 1 });
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    const renamed = signedChat(identity, { text: 'hi', seq: 1, nick: 'anna' });
+    c1.send(renamed);
+    await waitFor(() => inbox.values.some((m) => m.id === renamed.id), 'the message as anna');
+    assert.equal(nick(), 'anna');
+    // The peer keeps c2 (the two crossed), whose hello is older than the message.
+    await moveTo(c1, c2, { nick: 'ann', seq: 0, ts: t0 });
+    assert.equal(nick(), 'anna', 'an older hello does not turn the nick back');
+
+    // A hello sent after the message says a newer nick, and one later still (a rename said in no
+    // message) a newer one again.
+    await moveTo(c2, c3, { nick: 'annabel', seq: 1, ts: t0 + 2 });
+    assert.equal(nick(), 'annabel');
+    await moveTo(c3, c4, { nick: 'bel', seq: 1, ts: t0 + 3 });
+    assert.equal(nick(), 'bel');
   });
 
   it('hands the place of a connection that closed during a probe to the new one, but not one the peer retired', async (t) => {

@@ -44,7 +44,7 @@ const PARSE_CODES: readonly ProtocolErrorCode[] = ['ERR_BAD_JSON', ...VALIDATE_C
 
 /** Every field each frame type carries; anything else is dropped by validation. */
 const FIELDS: Readonly<Record<Frame['type'], readonly string[]>> = {
-  hello: ['type', 'v', 'id', 'nick', 'port', 'addr', 'pack', 'binary', 'seq'],
+  hello: ['type', 'v', 'id', 'nick', 'port', 'addr', 'pack', 'binary', 'seq', 'ts'],
   chat: ['type', 'id', 'from', 'nick', 'ts', 'seq', 'text', 'key', 'sig', 'proof'],
   peers: ['type', 'peers'],
   ping: ['type', 'n'],
@@ -110,8 +110,9 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
     fc.option(fc.integer({ min: 0, max: 0xffff_ffff }), { nil: undefined }),
     fc.option(fc.boolean(), { nil: undefined }),
     fc.option(fc.nat(), { nil: undefined }),
+    fc.option(fc.nat(), { nil: undefined }),
   )
-  .map(([id, nick, port, addr, pack, binary, seq]) => {
+  .map(([id, nick, port, addr, pack, binary, seq, ts]) => {
     const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id, nick, port };
     return {
       ...hello,
@@ -119,6 +120,7 @@ const helloArb: fc.Arbitrary<HelloFrame> = fc
       ...(pack === undefined ? {} : { pack }),
       ...(binary === undefined ? {} : { binary }),
       ...(seq === undefined ? {} : { seq }),
+      ...(ts === undefined ? {} : { ts }),
     };
   });
 
@@ -351,7 +353,7 @@ describe('validateFrame', () => {
   });
 
   describe('accepts', () => {
-    it('a hello with and without addr, pack, binary and seq', () => {
+    it('a hello with and without addr, pack, binary, seq and ts', () => {
       const hello: HelloFrame = { type: 'hello', v: PROTOCOL_VERSION, id: 'node-1', nick: 'ann', port: 8002 };
       assert.deepEqual(validateFrame(hello), hello);
       assert.deepEqual(validateFrame({ ...hello, addr: 'example.com:9000' }), {
@@ -364,6 +366,7 @@ describe('validateFrame', () => {
       assert.throws(() => validateFrame({ ...hello, binary: 1 }), protocolError('ERR_BAD_FRAME'));
       assert.deepEqual(validateFrame({ ...hello, seq: 42 }), { ...hello, seq: 42 });
       assert.deepEqual(validateFrame({ ...hello, seq: 0 }), { ...hello, seq: 0 }, '0: no message yet');
+      assert.deepEqual(validateFrame({ ...hello, ts: 1764079331000 }), { ...hello, ts: 1764079331000 });
     });
 
     it('text of exactly MAX_TEXT_LENGTH and a nick of exactly MAX_NICK_LENGTH code units', () => {
@@ -558,6 +561,7 @@ describe('validateFrame', () => {
         { ...hello, pack: '65536' },
         { ...hello, pack: null },
         { ...hello, seq: '42' },
+        { ...hello, ts: null },
         { type: 'peers', peers: {} },
         { type: 'peers', peers: 'a:1' },
         { type: 'peers', peers: [null] },
@@ -584,6 +588,8 @@ describe('validateFrame', () => {
         { ...hello, pack: 1.5 },
         { ...hello, seq: -1 },
         { ...hello, seq: 2 ** 53 },
+        { ...hello, ts: -1 },
+        { ...hello, ts: 1.5 },
       ];
       for (const value of cases) {
         assert.throws(() => validateFrame(value), protocolError('ERR_BAD_FRAME'), JSON.stringify(value));
