@@ -358,7 +358,16 @@ interface Target {
   readonly address: Address;
   /** Given by the user (command line, `connect`): retried forever. Learned ones are forgotten. */
   persistent: boolean;
+  /** The node there, as far as this node knows: see `idProven`. */
   nodeId: string | undefined;
+  /**
+   * `nodeId` was proven by a handshake: this node dialled the address and that node's hello came, or
+   * (a learned address) the node's own verified hello advertised it. Otherwise it is a peer list's
+   * word, a hint that is never enough to skip a dial: a peer could name an address under the id of a
+   * node that is connected (a second identity of its own) and keep it from being dialled. A list's
+   * word is not taken at all for an address the user gave, nor over a proven id.
+   */
+  idProven: boolean;
   attempts: number;
   timer: NodeJS.Timeout | undefined;
   dialing: boolean;
@@ -851,7 +860,8 @@ class ChatNode implements P2PNode {
       this.targets.set(addr, target);
     }
     target.persistent = true;
-    if (target.nodeId !== undefined && this.active.has(target.nodeId)) return 'connected';
+    if (!target.idProven) target.nodeId = undefined; // a peer list's word, not kept for an address the user gave
+    if (this.reached(target)) return 'connected';
     if (this.isFull()) {
       this.log.info(
         `not dialling ${addr} now: already ${this.active.size} peers, the most this node takes (maxPeers); dialling it once one leaves`,
@@ -1089,6 +1099,7 @@ class ChatNode implements P2PNode {
     }
     if (target !== undefined) {
       target.nodeId = hello.id;
+      target.idProven = true;
       target.dialing = false;
       target.proven = true;
     }
@@ -1512,7 +1523,7 @@ class ChatNode implements P2PNode {
     for (const target of this.targets.values()) {
       const related = target.addr === conn.dialed || (id !== undefined && target.nodeId === id);
       if (!related || target.dialing || target.timer !== undefined) continue;
-      if (target.nodeId !== undefined && this.active.has(target.nodeId)) continue;
+      if (this.reached(target)) continue;
       if (worked && !conn.refused) {
         target.attempts = 0;
         this.schedule(target);
@@ -1822,11 +1833,11 @@ class ChatNode implements P2PNode {
       target = newTarget(entry.addr, parseAddress(entry.addr), false, entry.id, source);
       if (!this.addLearned(target)) return;
       this.log.debug(`learned ${entry.id.slice(0, 8)} at ${entry.addr}`);
-    } else if (target.nodeId !== undefined && this.active.has(target.nodeId)) {
+    } else if (this.reached(target)) {
       // A connected peer's address: its handshake proved who is there, and a list naming another
       // node at it (a peer that restarted as a new node, or a lie) would have it dialled again.
       return;
-    } else target.nodeId = entry.id;
+    } else if (!target.idProven && !target.persistent) target.nodeId = entry.id;
     if (!target.dialing && target.timer === undefined) this.dialNow(target);
   }
 
@@ -1840,11 +1851,17 @@ class ChatNode implements P2PNode {
     const known = this.targets.get(addr);
     if (known !== undefined) {
       known.proven = true;
+      // The node's own word over a list's; an address the user gave takes an id from a dial only.
+      if (!known.idProven && !known.persistent) {
+        known.nodeId = conn.peerId;
+        known.idProven = true;
+      }
       return;
     }
     try {
       const target = newTarget(addr, parseAddress(addr), false, conn.peerId, conn.peerId);
       target.proven = true;
+      target.idProven = true;
       this.addLearned(target);
     } catch (err) {
       // An address we cannot parse is one we cannot dial; the hello check already logged it.
@@ -1874,7 +1891,7 @@ class ChatNode implements P2PNode {
       learned++;
       const mine = ofSource !== undefined && !t.proven && t.source === ofSource;
       if (mine) sourceHolds++;
-      if (t.dialing || (t.nodeId !== undefined && this.active.has(t.nodeId))) continue;
+      if (t.dialing || this.reached(t)) continue;
       if (mine) oldestOfSource ??= t;
       if (t.proven) oldestProven ??= t;
       else oldestUnproven ??= t;
@@ -1897,9 +1914,14 @@ class ChatNode implements P2PNode {
     return this.active.size >= this.maxPeers;
   }
 
+  /** Whether the node proven to be at `target` is a peer now (a peer list's word does not count). */
+  private reached(target: Target): boolean {
+    return target.idProven && target.nodeId !== undefined && this.active.has(target.nodeId);
+  }
+
   private wantsDial(target: Target): boolean {
     if (this.closed || target.dialing) return false;
-    if (target.nodeId !== undefined && this.active.has(target.nodeId)) return false;
+    if (this.reached(target)) return false;
     if (this.isFull()) return false; // dialled again once a peer leaves (onClosed, upkeep)
     if (target.persistent) return true;
     return this.active.size + this.dialsInFlight() < this.targetPeers;
@@ -2194,6 +2216,7 @@ function newTarget(
     address,
     persistent,
     nodeId,
+    idProven: false,
     attempts: 0,
     timer: undefined,
     dialing: false,

@@ -568,6 +568,26 @@ describe('createNode', () => {
     assert.ok(peerIds(node).includes(honest.id));
   });
 
+  it('dials an address the user gave again when it comes back, whatever node a peer list says is there', async (t) => {
+    const start = nodeFactory(t);
+    const given = await start();
+    const port = given.port;
+    const node = await start({ peers: [loopback(port)] });
+    await waitFor(() => connectedTo(node, [given]), 'the given peer to connect');
+    const liar = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 2, 'the liar to be up');
+    await given.close();
+    await waitFor(() => !peerIds(node).includes(given.id), 'the given peer to go');
+    // The liar names the address under a second identity of its own, then connects as that one:
+    // were the list believed, the address would count as connected as long as that one stays.
+    const accomplice = generateIdentity();
+    liar.send({ type: 'peers', peers: [{ id: accomplice.id, addr: `${HOST}:${port}` }] });
+    await rawPeer(t, node.port, { answerPings: true, identity: accomplice });
+    await waitFor(() => peerIds(node).includes(accomplice.id), 'the second identity to be up');
+    const back = await start({ port });
+    await waitFor(() => peerIds(node).includes(back.id), 'the node to dial the address again', 5000);
+  });
+
   it('does not dial a target again while its first connection is still in the handshake', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
