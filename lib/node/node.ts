@@ -2031,9 +2031,13 @@ class ChatNode implements P2PNode {
     peer.nickTs = -1;
     if (peer.info.nick === frame.nick) return;
     peer.info = { ...peer.info, nick: frame.nick };
-    this.publishPeers();
+    // peers$ only: who is linked to whom is the same, so the relay keeps its last targets (a new
+    // version or id list would have them walked out again, at each message of a peer that renames
+    // itself each time).
+    this.peerList.next([...this.active.values()].map((p) => p.info));
   }
 
+  /** The peer table changed (a peer up, down, or on a new connection): peers$, and the relay's view. */
   private publishPeers(): void {
     this.neighbourVersion++;
     const infos = [...this.active.values()].map((p) => p.info);

@@ -18,6 +18,7 @@ import {
   type SecureSession,
 } from '../../lib/security/noise.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
+import type { RelayView } from '../../lib/operators/relay.js';
 import { MAX_HISTORY_MESSAGES } from '../../lib/store/message-store.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
@@ -272,6 +273,30 @@ describe('createNode', () => {
       ['bobby'],
       'an older message after a newer one does not turn the nick back, whatever its ts',
     );
+  });
+
+  it('keeps its relay targets when a peer renames itself: a nick is no part of who is linked to whom', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const raw = await rawPeer(t, node.port, { answerPings: true });
+    const lists = record(node.peers$);
+    await waitFor(() => node.peers().length === 1, 'the raw peer to be up');
+    raw.send(signedChat(raw.identity, { text: 'as raw', seq: 1 }));
+    await waitFor(() => node.stats().historySize === 1, 'the first message');
+    // What the relay's last answer is kept under (lib/operators/relay.ts, lastRelayTargets): the
+    // view's version and the peer id list. A new value of either has every message's targets
+    // walked out again; a peer renaming itself with each message would have them walked every time.
+    const internals = node as unknown as {
+      relayView: RelayView;
+      peerIds: { readonly value: readonly string[] };
+    };
+    const version = internals.relayView.version!();
+    const ids = internals.peerIds.value;
+    raw.send(signedChat(raw.identity, { text: 'as renamed', seq: 2, nick: 'renamed' }));
+    await waitFor(() => node.peers()[0]?.nick === 'renamed', 'the rename');
+    assert.equal(lists.values.at(-1)?.[0]?.nick, 'renamed', 'peers$ says so');
+    assert.equal(internals.relayView.version!(), version, 'the relay view is the same');
+    assert.equal(internals.peerIds.value, ids, 'the peer id list is the same');
   });
 
   it('knows a peer at its advertised address in canonical spelling, however the peer wrote it', async (t) => {
