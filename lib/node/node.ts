@@ -348,8 +348,9 @@ export interface P2PNode {
  * What {@link P2PNode.connect} did with an address, which it keeps dialling in any case (but its own):
  * `dialling` it (at once, or when a dial in flight ends: they are capped); `already-dialling`: a dial
  * of it is in flight, and no second one starts; `connected`: its node is a
- * peer already (dialled again if the link breaks); `full`: the node has `maxPeers` peers, and dials it
- * once one leaves; `self`: it is this node, not dialled; `closed`: the node is closed.
+ * peer already (dialled again if the link breaks); `full`: the node has `maxPeers` peers, slots held
+ * for nodes it said hello to included, and dials it once one is free; `self`: it is this node, not
+ * dialled; `closed`: the node is closed.
  */
 export type ConnectOutcome = 'dialling' | 'already-dialling' | 'connected' | 'full' | 'self' | 'closed';
 
@@ -864,7 +865,7 @@ class ChatNode implements P2PNode {
     if (this.reached(target)) return 'connected';
     if (this.isFull()) {
       this.log.info(
-        `not dialling ${addr} now: already ${this.active.size} peers, the most this node takes (maxPeers); dialling it once one leaves`,
+        `not dialling ${addr} now: already ${this.peerCount()}, or about to be, the most this node takes (maxPeers); dialling it once one leaves`,
       );
       return 'full';
     }
@@ -1329,18 +1330,40 @@ class ChatNode implements P2PNode {
    */
   private isFullFor(remoteId: string): boolean {
     if (remoteId === this.id || this.active.has(remoteId)) return false;
-    if (this.active.size >= this.maxPeers) return true;
+    return this.active.size >= this.maxPeers || this.slotsTaken(remoteId) >= this.maxPeers;
+  }
+
+  /**
+   * As many peers as it takes, slots held included (see {@link isFullFor}): a dial would end in this
+   * node refusing the peer itself (`bye full`) at the end of the handshake.
+   */
+  private isFull(): boolean {
+    return this.active.size >= this.maxPeers || this.slotsTaken() >= this.maxPeers;
+  }
+
+  /**
+   * The peers, and the other nodes (but `except`) that hold a slot until their hello comes: the
+   * handshake ended and this node sent its hello (see {@link isFullFor}). The one count that
+   * accepting, dialling and connect() go by. With `dials`, this node's dials in flight too, each
+   * once: a dial's held slot is left to {@link dialsInFlight}, which counts it until its hello.
+   */
+  private slotsTaken(except?: string, dials = false): number {
     const held = new Set<string>();
     for (const conn of this.conns) {
       const id = conn.session?.remoteId;
-      if (id === undefined || conn.hello !== undefined || conn.closing) continue;
-      if (id !== remoteId && id !== this.id && !this.active.has(id)) held.add(id);
+      if (id === undefined || conn.hello !== undefined || conn.closing || (dials && conn.outbound)) continue;
+      if (id !== except && id !== this.id && !this.active.has(id)) held.add(id);
     }
-    return this.active.size + held.size >= this.maxPeers;
+    return this.active.size + held.size + (dials ? this.dialsInFlight() : 0);
+  }
+
+  /** `maxPeers` in words: `1 peer`, `32 peers`. */
+  private peerCount(): string {
+    return this.maxPeers === 1 ? '1 peer' : `${this.maxPeers} peers`;
   }
 
   private refuseFull(conn: Connection): 'full' {
-    const peers = this.maxPeers === 1 ? '1 peer' : `${this.maxPeers} peers`;
+    const peers = this.peerCount();
     this.log.info(`refusing ${conn.label}: already ${peers}, or about to be (--max-peers)`);
     conn.closeReason = `refused: already ${peers}, or about to be`;
     conn.reasonLogged = true;
@@ -1517,6 +1540,10 @@ class ChatNode implements P2PNode {
       for (const probe of [...kept.probes]) if (probe.candidate === conn) probe.settle();
     }
     if (this.closed) return;
+    // Its handshake ended but its hello never came: the slot it held is free (see isFullFor), and
+    // the addresses left waiting while the node was full are dialled now, as when a peer leaves.
+    if (conn.session !== undefined && conn.hello === undefined && this.slotsTaken() === this.maxPeers - 1)
+      setImmediate(() => this.dialIdle());
     const dialedTarget = conn.dialed === undefined ? undefined : this.targets.get(conn.dialed);
     if (dialedTarget !== undefined && conn.hello === undefined) dialedTarget.dialing = false;
     // Dial again whatever this connection stood for, unless the node is reachable another way.
@@ -1909,11 +1936,6 @@ class ChatNode implements P2PNode {
     return true;
   }
 
-  /** As many peers as it takes: a dial would end in this node refusing the peer (`bye full`). */
-  private isFull(): boolean {
-    return this.active.size >= this.maxPeers;
-  }
-
   /** Whether the node proven to be at `target` is a peer now (a peer list's word does not count). */
   private reached(target: Target): boolean {
     return target.idProven && target.nodeId !== undefined && this.active.has(target.nodeId);
@@ -1924,11 +1946,12 @@ class ChatNode implements P2PNode {
     if (this.reached(target)) return false;
     if (this.isFull()) return false; // dialled again once a peer leaves (onClosed, upkeep)
     if (target.persistent) return true;
-    return this.active.size + this.dialsInFlight() < this.targetPeers;
+    return this.slotsTaken(undefined, true) < this.targetPeers;
   }
 
   /** Dials the known addresses that wait for nothing (no backoff, no dial in flight) and are wanted. */
   private dialIdle(): void {
+    if (this.closed || this.isFull()) return; // for each of them (wantsDial), and dialling fills no slot
     for (const target of this.targets.values()) {
       if (target.timer === undefined && !target.dialing && this.wantsDial(target)) this.dialNow(target);
     }

@@ -1206,7 +1206,7 @@ describe('createNode', () => {
     const dead = await deadEnds(t);
     assert.equal(node.connect(dead.addresses[0]!), 'full');
     assert.equal(
-      log.count(`not dialling ${dead.addresses[0]!} now: already 1 peers`),
+      log.count(`not dialling ${dead.addresses[0]!} now: already 1 peer, or about to be`),
       1,
       log.lines.join('\n'),
     );
@@ -1215,6 +1215,39 @@ describe('createNode', () => {
     assert.equal(dead.accepted(), 0, 'dials while full');
     peer.socket.destroy();
     await waitFor(() => dead.accepted() > 0, 'the node to dial the address once its peer left');
+  });
+
+  it('counts a slot held for a node it said hello to as taken: full with it, connect() does not dial until it is freed', async (t) => {
+    const start = nodeFactory(t);
+    // No upkeep tick within the test: the freed slot itself has the address dialled.
+    const timing = { helloTimeoutMs: 10_000, pingIntervalMs: 20_000, peerTimeoutMs: 60_000 };
+    const node = await start({ maxPeers: 1, timing });
+    const held = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => held.got('hello'), 'the node’s hello to the first peer');
+    const dead = await deadEnds(t);
+    // Before: 'dialling', and the dial was refused by the node itself at the end of its handshake.
+    assert.equal(node.connect(dead.addresses[0]!), 'full');
+    assert.equal(node.stats().dialsInFlight, 0);
+    held.socket.destroy(); // it leaves before its hello: the slot is free
+    await waitFor(() => dead.accepted() > 0, 'the node to dial the address once the slot was freed');
+  });
+
+  it('does not dial a given address while the last slot is held for a node it said hello to', async (t) => {
+    const start = nodeFactory(t);
+    const port = await freePort(); // nothing there yet: each dial is refused at once, and retried
+    const node = await start({ maxPeers: 2, peers: [loopback(port)], timing: { helloTimeoutMs: 10_000 } });
+    // A peer that answers pings (each ping is one upkeep tick of the node), and one whose hello is slow.
+    const peer = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 1, 'the first peer up');
+    const held = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => held.got('hello'), 'the node’s hello to the second peer');
+    const accepted = await listenOn(t, port);
+    const pings = peer.count('ping');
+    await waitFor(() => peer.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    // Before: redialled with backoff (at most 200 ms apart here), then refused by the node itself.
+    assert.equal(accepted(), 0, 'dials of the given address while the last slot was held');
+    held.socket.destroy();
+    await waitFor(() => accepted() > 0, 'the node to dial the given address once the slot was freed');
   });
 
   it('backs off from a node that keeps refusing it as full', async (t) => {
