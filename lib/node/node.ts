@@ -928,27 +928,35 @@ class ChatNode implements P2PNode {
   }
 
   /**
-   * Closes the oldest inbound connection still before its hello, making room for a new one; false
-   * when there is none (the slots are this node's own dials). Refusing the new one instead let
+   * Closes an inbound connection still before its hello, making room for a new one; false when
+   * there is none (the slots are this node's own dials). Refusing the new one instead let
    * connections that never speak keep every new peer out: each held its slot for the hello timeout,
    * so a trickle of 7 a second (two hosts within the accept rate) renewed all 64 for ever. Now one
-   * is held until 64 newer ones come, and an honest handshake, a round trip or two, is shed only if
-   * 64 connections come within it.
+   * is held until 64 newer ones come. The one closed is the oldest that sent nothing, if any: a
+   * socket that is silent costs its opener nothing, while an honest handshake, which has sent its
+   * first message, is a round trip or two from its hello; closing the oldest of all (it used to be
+   * so) shut out the honest peer whose handshake began just before a flood of silent ones.
    */
   private shedOldestPending(): boolean {
+    let shed: Connection | undefined;
     for (const conn of this.conns) {
       // A Set iterates in insertion order: the oldest first.
       if (conn.outbound || conn.hello !== undefined || conn.socket.destroyed) continue;
-      conn.closeReason = `closed to make room: ${MAX_PENDING_HANDSHAKES} connections were in their handshake`;
-      conn.reasonLogged = true;
-      this.log.debug(`${conn.label}: ${conn.closeReason}`);
-      this.warnOncePerSecond(
-        `connections: ${MAX_PENDING_HANDSHAKES} in their handshake, closing the oldest to make room`,
-      );
-      conn.destroy();
-      return true;
+      shed ??= conn;
+      if (conn.socket.bytesRead === 0) {
+        shed = conn; // not a byte of a handshake came on it
+        break;
+      }
     }
-    return false;
+    if (shed === undefined) return false;
+    shed.closeReason = `closed to make room: ${MAX_PENDING_HANDSHAKES} connections were in their handshake`;
+    shed.reasonLogged = true;
+    this.log.debug(`${shed.label}: ${shed.closeReason}`);
+    this.warnOncePerSecond(
+      `connections: ${MAX_PENDING_HANDSHAKES} in their handshake, closing one to make room (the oldest that sent nothing, else the oldest)`,
+    );
+    shed.destroy();
+    return true;
   }
 
   private attach(socket: Socket, outbound: boolean, dialed: string | undefined): void {
@@ -2185,7 +2193,8 @@ const MAX_SELF_ADDRS = 256;
 /**
  * Connections in their handshake at once. 64: a handshake takes about 1 ms of CPU, so 64 is far
  * more than honest peers ever open together, and bounds what a connection flood can hold. One more
- * inbound closes the oldest inbound one still before its hello (see shedOldestPending).
+ * inbound closes an inbound one still before its hello, the oldest that sent nothing first (see
+ * shedOldestPending).
  */
 const MAX_PENDING_HANDSHAKES = 64;
 /**

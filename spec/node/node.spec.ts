@@ -1281,6 +1281,42 @@ describe('createNode', () => {
     assert.deepEqual(peerIds(node), [peer.id]);
   });
 
+  it('makes room for a new connection by closing a socket that sent nothing, not an older handshake under way', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ timing: { helloTimeoutMs: 10_000 } });
+    // The oldest: a client that sent its first handshake message, has the node's answer, and has
+    // not sent the last one yet (a round trip away, on a slow link).
+    const identity = generateIdentity();
+    const handshake = createHandshake({ initiator: true, identity });
+    const decoder = new FrameDecoder(MAX_HANDSHAKE_MESSAGE_BYTES);
+    const answers: Buffer[] = [];
+    const honest = connect({ host: HOST, port: node.port }).on('error', () => {});
+    t.after(() => honest.destroy());
+    honest.on('data', (chunk: Buffer) => answers.push(...decoder.push(chunk)));
+    await once(honest, 'connect');
+    honest.write(encodeFrame(handshake.start()!));
+    await waitFor(() => answers.length === 1, "the node's answer");
+    // 63 newer connections that send nothing take the other handshake slots.
+    const squatters = range(63).map(() => connect({ host: HOST, port: node.port }).on('error', () => {}));
+    t.after(() => squatters.forEach((socket) => socket.destroy()));
+    await Promise.all(squatters.map((socket) => once(socket, 'connect')));
+    const peer = await rawPeer(t, node.port);
+    await waitFor(() => peer.got('peers'), 'the new peer to be taken');
+
+    // Before: the honest client was the one closed, the oldest before its hello.
+    const { reply, session } = handshake.receive(answers[0]!);
+    honest.write(encodeFrame(reply!));
+    const port = await freePort();
+    const hello = { type: 'hello', v: PROTOCOL_VERSION, id: identity.id, nick: 'honest', port } as const;
+    honest.write(encodeFrame(session!.encrypt(serializeFrame(hello))));
+    await waitFor(() => peerIds(node).includes(identity.id), 'the honest client to be up');
+    await waitFor(() => squatters[0]!.destroyed, 'the oldest silent socket to be closed');
+    assert.ok(
+      squatters.slice(1).every((socket) => !socket.destroyed),
+      'one silent socket was closed',
+    );
+  });
+
   it('drops a connection that sends no hello within helloTimeoutMs', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
