@@ -369,6 +369,12 @@ interface Target {
    * word is not taken at all for an address the user gave, nor over a proven id.
    */
   idProven: boolean;
+  /**
+   * `nodeId` was proven by this node's own dial of the address. A hello's `addr` is the node's own
+   * word about where it listens: enough for a learned address, not for one the user gives later
+   * (another peer could have claimed it first).
+   */
+  idDialled: boolean;
   attempts: number;
   timer: NodeJS.Timeout | undefined;
   dialing: boolean;
@@ -861,7 +867,12 @@ class ChatNode implements P2PNode {
       this.targets.set(addr, target);
     }
     target.persistent = true;
-    if (!target.idProven) target.nodeId = undefined; // a peer list's word, not kept for an address the user gave
+    if (!target.idDialled) {
+      // A peer list's word, or a hello's (an inbound peer may have named this address as its own):
+      // for an address the user gives, only a dial of it tells who is there.
+      target.nodeId = undefined;
+      target.idProven = false;
+    }
     if (this.reached(target)) return 'connected';
     if (this.isFull()) {
       this.log.info(
@@ -1109,6 +1120,7 @@ class ChatNode implements P2PNode {
     if (target !== undefined) {
       target.nodeId = hello.id;
       target.idProven = true;
+      target.idDialled = true;
       target.dialing = false;
       target.proven = true;
     }
@@ -2253,6 +2265,7 @@ function newTarget(
     persistent,
     nodeId,
     idProven: false,
+    idDialled: false,
     attempts: 0,
     timer: undefined,
     dialing: false,

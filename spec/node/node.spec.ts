@@ -614,6 +614,18 @@ describe('createNode', () => {
     await waitFor(() => peerIds(node).includes(back.id), 'the node to dial the address again', 5000);
   });
 
+  it('dials an address the user gives although an inbound peer named it as its own in its hello', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start();
+    const given = await start(); // not connected to node yet
+    // The liar's hello says it listens at the given node's address: node knows the address as its.
+    const liar = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+    liar.hello({ port: given.port });
+    await waitFor(() => peerIds(node).includes(liar.id), 'the liar to be up');
+    assert.equal(node.connect(loopback(given.port)), 'dialling', 'only a dial tells who is there');
+    await waitFor(() => peerIds(node).includes(given.id), 'the node to reach the given address', 5000);
+  });
+
   it('does not dial a target again while its first connection is still in the handshake', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
