@@ -174,6 +174,15 @@ describe('bin/p2p in a terminal that is closed', () => {
     const children = readFileSync(`/proc/${tty.pid}/task/${tty.pid}/children`, 'utf8').trim().split(/\s+/);
     assert.equal(children.length, 1, 'script runs the node (exec) as its one child');
     const node = Number(children[0]);
+    // Once `script` is killed the node is no child of procs' any more: should it outlive the wait
+    // below, it is stopped here, not left running after the spec.
+    t.after(() => {
+      try {
+        process.kill(node, 'SIGKILL');
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    });
 
     // Killing `script` closes the terminal's master side: the kernel hangs the terminal up, sends
     // the node (its session leader) SIGHUP, and its reads and mode changes fail with EIO.
