@@ -386,6 +386,20 @@ export interface LineBatch {
 type DrawnRows = { prevRows?: unknown };
 
 /**
+ * An error of a system call (a read, `setRawMode`): an errno number, the call's name, and a code that
+ * is the errno's name (`EIO`). Node's own errors have a string code too (`ERR_INVALID_ARG_TYPE`,
+ * `ERR_STREAM_DESTROYED`, often a TypeError or RangeError): those are bugs, not a terminal gone.
+ */
+function isSystemError(err: NodeJS.ErrnoException): boolean {
+  return (
+    typeof err.errno === 'number' &&
+    typeof err.syscall === 'string' &&
+    typeof err.code === 'string' &&
+    /^E[A-Z0-9]+$/.test(err.code)
+  );
+}
+
+/**
  * For a terminal: a prompt that stays intact while messages and logs arrive (each is written above
  * it, then the prompt and the half-typed line are drawn again, the cursor where it was in the line),
  * even when the prompt and line wrap over several rows of the terminal.
@@ -410,10 +424,10 @@ export function ttyConsole(
   const rl = createInterface({ input: io.stdin, output: out, terminal: true, historySize: 100 });
   rl.on('SIGINT', onInterrupt);
   // The terminal went away (closed, an SSH session dropped): reading it, or taking it out of raw mode
-  // as readline closes, fails with EIO. The node leaves as on Ctrl+C, rather than dying on an
-  // unhandled 'error' (with its lock and links left behind). An error without an errno code is a bug.
+  // as readline closes, fails with a system error (EIO: `setRawMode EIO`, errno -5). The node leaves
+  // as on Ctrl+C, rather than dying on an unhandled 'error' (with its lock and links left behind).
   rl.on('error', (err: NodeJS.ErrnoException) => {
-    if (typeof err.code !== 'string') throw err;
+    if (!isSystemError(err)) throw err;
     onInterrupt();
   });
   // Whether the prompt is on screen: not before the first is drawn, nor after Enter (readline goes to

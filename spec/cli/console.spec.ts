@@ -449,6 +449,59 @@ describe('ttyConsole: lines drawn above a prompt and line wrapped over several r
   });
 });
 
+/** The error `fn` throws (it must throw one). */
+function thrownBy(fn: () => unknown): Error {
+  try {
+    fn();
+  } catch (err) {
+    return err as Error;
+  }
+  throw new Error('it threw nothing');
+}
+
+describe('ttyConsole: errors on stdin', () => {
+  it('leaves as on Ctrl+C on a system error of the terminal (setRawMode or read EIO: the terminal was closed)', (t) => {
+    for (const syscall of ['setRawMode', 'read']) {
+      const { io, stdin } = ttyIo(t);
+      let interrupts = 0;
+      const sink = ttyConsole(io, () => interrupts++);
+      t.after(() => sink.close());
+      // As Node makes it for a failed system call (what the closed-terminal spec in signals.spec sees).
+      const eio = Object.assign(new Error(`${syscall} EIO`), { errno: -5, code: 'EIO', syscall });
+      stdin.emit('error', eio);
+      assert.equal(interrupts, 1, syscall);
+    }
+  });
+
+  it("rethrows Node's own errors (ERR_* codes: bugs), rather than taking them for the terminal going away", async (t) => {
+    const destroyed = new PassThrough();
+    destroyed.destroy();
+    const notWritten = await new Promise<Error>((resolve) => destroyed.write('x', (err) => resolve(err!)));
+    const bugs = [
+      thrownBy(() => Buffer.from(5 as unknown as string)),
+      thrownBy(() => Buffer.alloc(1).readUInt8(5)),
+      notWritten,
+    ];
+    assert.deepEqual(
+      bugs.map((err) => [err.name, (err as NodeJS.ErrnoException).code]),
+      [
+        ['TypeError', 'ERR_INVALID_ARG_TYPE'],
+        ['RangeError', 'ERR_OUT_OF_RANGE'],
+        ['Error', 'ERR_STREAM_DESTROYED'],
+      ],
+    );
+    for (const bug of bugs) {
+      const { io, stdin } = ttyIo(t);
+      let interrupts = 0;
+      const sink = ttyConsole(io, () => interrupts++);
+      t.after(() => sink.close());
+      // Before: any error with a string code made the node leave, exit 0, the bug never seen.
+      assert.throws(() => stdin.emit('error', bug), bug);
+      assert.equal(interrupts, 0, (bug as NodeJS.ErrnoException).code);
+    }
+  });
+});
+
 describe('pipeLines: piped input split as readline splits it', () => {
   /** The lines of `chunks`, written one per turn, as `split` gives them. */
   async function linesOf(chunks: readonly Buffer[], split: 'readline' | 'pipeLines'): Promise<string[]> {
