@@ -421,7 +421,14 @@ export function ttyConsole(
   // Loaded here: only a terminal needs readline (its code is ~0.3 MB a piped node would carry idle).
   const { clearScreenDown, createInterface, cursorTo, moveCursor } =
     process.getBuiltinModule('node:readline');
+  const resizeListeners = out.listeners('resize');
   const rl = createInterface({ input: io.stdin, output: out, terminal: true, historySize: 100 });
+  // readline draws the prompt and line again when the terminal is resized, with escapes whatever
+  // TERM says (`\x1b[1G\x1b[0J`): in dumb mode its listener goes. What is on screen stays as it is,
+  // and the next line above the prompt is measured at the new width.
+  if (dumb)
+    for (const listener of out.listeners('resize'))
+      if (!resizeListeners.includes(listener)) out.off('resize', listener as () => void);
   rl.on('SIGINT', onInterrupt);
   // The terminal went away (closed, an SSH session dropped): reading it, or taking it out of raw mode
   // as readline closes, fails with a system error (EIO: `setRawMode EIO`, errno -5). The node leaves
@@ -456,6 +463,22 @@ export function ttyConsole(
     const drawn = (rl as DrawnRows).prevRows;
     return typeof drawn === 'number' ? drawn : 0;
   };
+  /**
+   * In dumb mode, where the cursor is: after the prompt, if shown, and the line (readline only
+   * appends there). Measured by readline, in columns of the terminal (a CJK character takes two, a
+   * combining accent none), as it measures the prompt and line together only: without the prompt
+   * when it is not on screen.
+   */
+  const dumbCursor = (): { rows: number; cols: number } => {
+    if (promptShown) return rl.getCursorPos();
+    const shown = rl.getPrompt();
+    rl.setPrompt('');
+    try {
+      return rl.getCursorPos();
+    } finally {
+      rl.setPrompt(shown);
+    }
+  };
   let closed = false;
   const above = (stream: Writable, text: string | Uint8Array): void => {
     if (closed) {
@@ -465,9 +488,9 @@ export function ttyConsole(
     if (dumb) {
       // No cursor moves: blank the row the prompt and line are on with spaces, from its start, or,
       // when they take more than that row, go on below them. Then the text, and the prompt again.
-      const drawn = (promptShown ? rl.getPrompt().length : 0) + rl.line.length;
-      const columns = (out as { columns?: number }).columns ?? 80;
-      if (drawn > 0) out.write(drawn < columns ? `\r${' '.repeat(drawn)}\r` : '\n');
+      const { rows, cols } = dumbCursor();
+      if (rows > 0) out.write('\n');
+      else if (cols > 0) out.write(`\r${' '.repeat(cols)}\r`);
       stream.write(text);
       prompt(true);
       return;

@@ -502,6 +502,43 @@ describe('ttyConsole: errors on stdin', () => {
   });
 });
 
+describe('ttyConsole with TERM=dumb', () => {
+  it('blanks what was typed since Enter (no prompt on its row) by the columns it takes, wide characters two', async (t) => {
+    const written: string[] = [];
+    const stdout = Object.assign(
+      new Writable({
+        decodeStrings: false,
+        write(chunk: string | Buffer, _encoding, callback) {
+          written.push(String(chunk));
+          callback();
+        },
+      }),
+      { isTTY: true, columns: COLUMNS },
+    );
+    const stdin = Object.assign(new PassThrough(), { isTTY: true });
+    const term = process.env['TERM'];
+    process.env['TERM'] = 'dumb'; // readline reads it as it starts
+    const sink = ttyConsole({ stdin, stdout, stderr: stdout }, () => {}, { dumb: true });
+    t.after(() => {
+      sink.close();
+      stdin.end();
+      if (term === undefined) delete process.env['TERM'];
+      else process.env['TERM'] = term;
+    });
+    sink.ready({ id: ID, port: 8001, nick: 'alice' });
+    await nextTurn();
+    stdin.write('/nothing-answers-this\r'); // entered: the prompt is not drawn again until an answer
+    await nextTurn();
+    stdin.write('你好');
+    await nextTurn();
+    const mark = written.length;
+    sink.message(message(1));
+    await nextTurn();
+    // Two characters of two columns each, on a row of their own: four spaces (before, two).
+    assert.equal(written.slice(mark).join(''), `\r    \r${formatMessage(message(1))}\nalice> 你好`);
+  });
+});
+
 describe('pipeLines: piped input split as readline splits it', () => {
   /** The lines of `chunks`, written one per turn, as `split` gives them. */
   async function linesOf(chunks: readonly Buffer[], split: 'readline' | 'pipeLines'): Promise<string[]> {

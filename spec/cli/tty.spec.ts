@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { describe, it } from 'node:test';
 import { procsFor, type Proc, type SentEvent } from '../helpers/procs.js';
 
@@ -32,6 +33,18 @@ async function startInTerminal(
   const [, id, port] = await waitForScreen(tty, /node [0-9a-f]{6} \(([0-9a-f]+)\) listening on port (\d+)/);
   await waitForScreen(tty, new RegExp(`^${nick}> `, 'm'));
   return { tty, id: id!, port: port! };
+}
+
+/**
+ * Sets the width of the node's terminal, as a window resized does: the kernel sends the node (in
+ * the terminal's foreground) SIGWINCH, and Node emits 'resize' on stdout.
+ */
+function resizeTerminal(tty: Proc, columns: number): void {
+  const children = readFileSync(`/proc/${tty.pid}/task/${tty.pid}/children`, 'utf8').trim().split(/\s+/);
+  assert.equal(children.length, 1, 'script runs the node (exec) as its one child');
+  const pty = readlinkSync(`/proc/${children[0]!}/fd/0`);
+  const stty = spawnSync('stty', ['-F', pty, 'cols', String(columns)], { encoding: 'utf8' });
+  assert.equal(stty.status, 0, stty.stderr);
 }
 
 describe('bin/p2p in a terminal', () => {
@@ -113,6 +126,55 @@ describe('bin/p2p in a terminal', () => {
     tty.write('/quit\r');
     assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
     // Before: each line above the prompt came after \x1b[1G\x1b[0J (to column 1, clear below).
+    assert.ok(!tty.stdout.includes('\x1b'), JSON.stringify(tty.stdout));
+  });
+
+  it('with TERM=dumb writes no escape sequence when the terminal is resized (readline does not draw the line again)', async (t) => {
+    const procs = procsFor(t);
+    const { tty } = await startInTerminal(procs, 'dim', 'dumb');
+    tty.write('half');
+    await waitForScreen(tty, /dim> half$/);
+    resizeTerminal(tty, 120);
+    // An answer after the resize: the resize was seen before it (its signal came first).
+    tty.write('\r/peers\r');
+    await waitForScreen(tty, /no peers connected/);
+    tty.write('/quit\r');
+    assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
+    // Before: readline drew the prompt and line again at the resize, \x1b[1G\x1b[0Jdim> half\x1b[10G.
+    assert.ok(!tty.stdout.includes('\x1b'), JSON.stringify(tty.stdout));
+  });
+
+  it('with TERM=dumb blanks a half-typed line of wide (CJK) characters by the columns they take, two each', async (t) => {
+    const procs = procsFor(t);
+    const { tty, port } = await startInTerminal(procs, 'dim', 'dumb');
+    const jay = await procs.node({ nick: 'jay', peers: [`127.0.0.1:${port}`] });
+    await waitForScreen(tty, /\* jay \([0-9a-f]{6}\) joined from /);
+
+    /** Sends `text` from jay and resolves once the terminal shows what `expected` matches after `mark`. */
+    const messageShown = async (text: string, expected: (line: string) => RegExp): Promise<void> => {
+      const mark = tty.stdout.length;
+      jay.send(text);
+      const line = String.raw`\[[\d:]{8}\] jay \([0-9a-f]{6}\): ${text}`;
+      await tty.waitUntil(
+        () => (expected(line).test(tty.stdout.slice(mark)) ? true : undefined),
+        8_000,
+        `${text} above the prompt and half-typed line: ${expected(line)}`,
+      );
+    };
+
+    tty.write('half 你好');
+    await waitForScreen(tty, /dim> half 你好$/);
+    // 'dim> half ' and two characters two columns wide: 14 columns (12 UTF-16 units).
+    await messageShown('first', (line) => new RegExp(String.raw`^\r {14}\r${line}\r?\ndim> half 你好$`));
+
+    // 100 more: 214 columns, more than the terminal's 200 (112 units, fewer): no blanking, a new row.
+    const wide = '字'.repeat(100);
+    tty.write(wide);
+    await waitForScreen(tty, new RegExp(`dim> half 你好${wide}$`));
+    await messageShown('second', (line) => new RegExp(String.raw`^\r?\n${line}\r?\ndim> half 你好${wide}$`));
+
+    tty.write('\r/quit\r');
+    assert.deepEqual(await tty.waitForExit(5_000), { code: 0, signal: null });
     assert.ok(!tty.stdout.includes('\x1b'), JSON.stringify(tty.stdout));
   });
 });
