@@ -1,4 +1,4 @@
-import { Buffer } from 'node:buffer';
+import { Buffer, constants } from 'node:buffer';
 import {
   closeSync,
   existsSync,
@@ -221,9 +221,12 @@ const TURN_ENTRIES_AT = RECORD_HEADER + 1;
  * 64 frames of the default largest size ({@link DEFAULT_MAX_FRAME_BYTES}), 16 MiB. The writer keeps
  * to it: a turn's batch is written out before it would grow past it ({@link append}), a compaction's
  * meta record is split ({@link metas}), and a message whose record would not fit (only with a
- * `maxFrameBytes` far above the default) is not taken ({@link MAX_PAYLOAD_BYTES}). A length field
- * that claims more is damage: read as it claims, it had the start allocate up to 4 GiB before the
- * checksum was looked at, and an allocation that failed stopped the node as a bug.
+ * `maxFrameBytes` far above the default) is not taken ({@link MAX_PAYLOAD_BYTES}). A longer record
+ * is one of a build before this limit (a compaction wrote its meta record whole, whatever the number
+ * of senders): it is read only once its bytes, checked a chunk at a time, match its checksum, and is
+ * damage otherwise (see {@link legacyDamage}). Read as its length field claims, a damaged one had
+ * the start allocate up to 4 GiB before the checksum was looked at, and an allocation that failed
+ * stopped the node as a bug.
  */
 export const MAX_RECORD_BYTES = 64 * DEFAULT_MAX_FRAME_BYTES;
 /**
@@ -904,14 +907,25 @@ export class MessageStore {
       const header = bytesAt(offset, RECORD_HEADER);
       const length = header.readUInt32BE(0);
       const sum = header.readUInt32BE(4);
-      if (length > MAX_RECORD_BYTES) {
-        // Checked before anything is allocated for it: no record of the writer is that long.
-        reason = `a damaged record at byte ${offset} (its length field says ${length} bytes, over the longest record, ${MAX_RECORD_BYTES})`;
+      const over = length > MAX_RECORD_BYTES;
+      if (length < 1 || length > size - offset - RECORD_HEADER) {
+        reason =
+          length < 1
+            ? 'an empty record'
+            : over
+              ? `a damaged record at byte ${offset} (its length field says ${length} bytes, over the longest record, ${MAX_RECORD_BYTES}, and past the end of the file)`
+              : 'a torn record at the end';
         break;
       }
-      if (length < 1 || length > size - offset - RECORD_HEADER) {
-        reason = length < 1 ? 'an empty record' : 'a torn record at the end';
-        break;
+      if (over) {
+        // No record of this writer is that long, but an older build's meta record (or turn) could
+        // be: its bytes are checked against its checksum a chunk at a time before the record is
+        // read whole, so a damaged length field (which fits the file) costs a read, not memory.
+        const damage = legacyDamage(fd, offset + RECORD_HEADER, length, sum);
+        if (damage !== undefined) {
+          reason = `a damaged record at byte ${offset} (its length field says ${length} bytes, over the longest record, ${MAX_RECORD_BYTES}, and ${damage})`;
+          break;
+        }
       }
       const body = bytesAt(offset + RECORD_HEADER, length);
       if (crc32(body) !== sum) {
@@ -948,6 +962,10 @@ export class MessageStore {
       return;
     }
     if (kind === KIND_META) {
+      // Longer than a string may be (V8's limit, 512 MiB: an older build's single meta record of
+      // some 5 million senders), it cannot be parsed: unreadable, rather than a bug exit.
+      if (body.length - 1 > constants.MAX_STRING_LENGTH)
+        throw new ProtocolError('ERR_FRAME_TOO_LARGE', 'a meta record longer than a string may be');
       const meta = JSON.parse(body.toString('utf8', 1)) as Meta;
       if (typeof meta.lastSeq === 'number' && meta.lastSeq > this.lastSeq) this.lastSeq = meta.lastSeq;
       for (const [from, floor] of Object.entries(meta.floors ?? {})) {
@@ -971,7 +989,9 @@ export class MessageStore {
    */
   private replayMessage({ frame, payload, verified }: StoredRecord): void {
     if (this.senderOf(frame.from)?.held.has(frame.seq) === true) return;
-    if (frame.ts < this.oldest()) {
+    // Longer than this build takes ({@link add}): only an older build's log, under a raised
+    // `maxFrameBytes`, holds one. Held, the start's compaction could not write it (record throws).
+    if (frame.ts < this.oldest() || payload.length > MAX_PAYLOAD_BYTES) {
       this.passOver(frame);
       return;
     }
@@ -982,7 +1002,8 @@ export class MessageStore {
 
   /**
    * A message read from the log that is older than the window's age already (one that came late
-   * stays in the log behind younger ones until they are evicted): not held, but counted as evicted,
+   * stays in the log behind younger ones until they are evicted), or longer than this build takes:
+   * not held, but counted as evicted,
    * so its sender's floor still guards it, and an own number is not used again.
    */
   private passOver(frame: ChatFrame): void {
@@ -1180,6 +1201,33 @@ export class MessageStore {
     // leaves the store appending to the new log, and is noted as a failed write (compactOrFail).
     syncDir(this.dir);
   }
+}
+
+/**
+ * Why the record body of `length` bytes at `at` of the log is damage, or undefined when it checks out
+ * against its checksum `sum`: for a record over {@link MAX_RECORD_BYTES}, which only a build before
+ * that limit wrote (a compaction's single meta record of some 100,000 senders or more, or a turn of
+ * that many bytes). Read {@link LOAD_CHUNK} bytes at a time, so nothing as long as the length field
+ * says is allocated before the checksum proved it genuine.
+ */
+function legacyDamage(fd: number, at: number, length: number, sum: number): string | undefined {
+  const chunk = Buffer.alloc(Math.min(LOAD_CHUNK, length));
+  let crc = 0;
+  for (let done = 0; done < length;) {
+    const want = Math.min(chunk.length, length - done);
+    let got = 0;
+    while (got < want) {
+      const n = readSync(fd, chunk, got, want - got, at + done + got);
+      if (n === 0) return 'the file ends before it'; // it shrank while being read
+      got += n;
+    }
+    // A kind no build wrote is damage at once: no need to read the gigabytes it may claim.
+    if (done === 0 && (chunk[0]! < KIND_MESSAGE || chunk[0]! > KIND_BATCH))
+      return `its kind byte is ${chunk[0]}`;
+    crc = crc32(chunk.subarray(0, want), crc);
+    done += want;
+  }
+  return crc === sum ? undefined : 'its checksum does not match';
 }
 
 /** Removes a temporary file after a failure, keeping that failure the one reported. */

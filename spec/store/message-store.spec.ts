@@ -119,6 +119,40 @@ const reservedIn = (dir: string): number => Number(readFileSync(join(dir, 'seq')
 /** The kind byte of the record at `start`: 1 a message, 2 the meta record. */
 const kindAt = (log: Buffer, start: number): number => log[start + 8]!;
 
+/** A record of the log: `[u32 length][u32 crc32][kind byte + body]`. */
+function recordOf(kind: number, body: Uint8Array): Buffer {
+  const record = Buffer.alloc(8 + 1 + body.length);
+  record.writeUInt32BE(1 + body.length, 0);
+  record[8] = kind;
+  record.set(body, 9);
+  record.writeUInt32BE(crc32(record.subarray(8)), 4);
+  return record;
+}
+
+/** The floor of sender `i` in {@link legacyMeta}. */
+const floorOf = (i: number): number => 1 + (i % 5_000);
+
+let legacy: { meta: Buffer; senders: string[] } | undefined;
+
+/**
+ * The single meta record a build before the longest record's limit wrote at a compaction: 110,000
+ * senders with ids of 64 hex characters, a floor and a timestamp each (~17 MB, over
+ * {@link MAX_RECORD_BYTES}), and own last number 42. Made once.
+ */
+function legacyMeta(): { meta: Buffer; senders: string[] } {
+  if (legacy !== undefined) return legacy;
+  const senders = Array.from({ length: 110_000 }, (_, i) => i.toString(16).padStart(64, '0'));
+  // The JSON that build's JSON.stringify gave, put together as text: objects of 110,000 keys each
+  // took as long to build as the store takes to read them.
+  const floors = senders.map((from, i) => `"${from}":${floorOf(i)}`).join(',');
+  const seen = senders.map((from, i) => `"${from}":${1_700_000_000_000 + i}`).join(',');
+  const json = `{"lastSeq":42,"floors":{${floors}},"seen":{${seen}}}`;
+  const meta = recordOf(2, Buffer.from(json));
+  assert.ok(meta.readUInt32BE(0) > MAX_RECORD_BYTES, 'a record over the longest record');
+  legacy = { meta, senders };
+  return legacy;
+}
+
 describe('MessageStore', () => {
   describe('in memory', () => {
     it('adds a new message once and knows it afterwards', (t) => {
@@ -987,10 +1021,114 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(store), ['a-1', 'a-2', 'a-3'], 'the records before it are kept');
       assert.deepEqual(repair, {
         droppedBytes: size - bad,
-        reason: `a damaged record at byte ${bad} (its length field says ${0xffff_fff0} bytes, over the longest record, ${MAX_RECORD_BYTES})`,
+        reason: `a damaged record at byte ${bad} (its length field says ${0xffff_fff0} bytes, over the longest record, ${MAX_RECORD_BYTES}, and its kind byte is 0)`,
       });
       assert.ok(largest <= MAX_RECORD_BYTES, `no allocation over the longest record (${largest})`);
       assert.ok(statSync(path).size < bad + 4096, 'the log was rewritten without it');
+    });
+
+    it('reads a meta record over the longest record that an older build wrote, and every record after it', (t) => {
+      const dir = tempDir(t, 'store');
+      const { meta, senders } = legacyMeta();
+      const messages = [
+        chat('a', 1),
+        chat('a', 2),
+        { ...chat(senders[7]!, 8), id: 'after-floor', nick: 'n' },
+      ];
+      writeFileSync(
+        join(dir, LOG),
+        Buffer.concat([meta, ...messages.map((frame) => recordOf(1, serializeFrame(frame)))]),
+      );
+      const { store, repair } = open(t, dir);
+      assert.equal(repair, undefined, 'no damage');
+      assert.deepEqual(ids(store), ['a-1', 'a-2', 'after-floor'], 'the messages after it are kept');
+      assert.equal(store.ownSeq, 42, 'its own last number is kept');
+      senders.forEach((from, i) =>
+        assert.equal(store.knows({ from, seq: floorOf(i) }), true, 'every floor kept'),
+      );
+      assert.equal(store.knows({ from: senders[0]!, seq: floorOf(0) + 1 }), false);
+      store.close();
+      // The start's compaction wrote it again as meta records of this build (read back merged: see
+      // the spec of many senders' floors below).
+      const log = readFileSync(join(dir, LOG));
+      const { starts, end } = recordStarts(log);
+      assert.equal(end, log.length, 'whole records');
+      const metas = starts.filter((start) => kindAt(log, start) === 2);
+      assert.ok(metas.length > 1, `split into several meta records (${metas.length})`);
+      for (const start of starts) assert.ok(log.readUInt32BE(start) <= MAX_RECORD_BYTES);
+      assert.equal(starts.length, metas.length + 3, 'and the three messages');
+    });
+
+    it('takes a record over the longest record as damage, without holding it whole, when its checksum fails or it passes the end of the file', (t) => {
+      const dir = tempDir(t, 'store');
+      const { meta } = legacyMeta();
+      const damaged = Buffer.from(meta);
+      const flipped = damaged.length - 100; // one bit near its end, in the last senders' entries
+      damaged.writeUInt8(damaged.readUInt8(flipped) ^ 1, flipped);
+      const after = recordOf(1, payloadOf('a-1'));
+      const path = join(dir, LOG);
+      // A machine without that much memory to spare: a large allocation fails, as V8's does.
+      let largest = 0;
+      const alloc = Buffer.alloc.bind(Buffer);
+      const opened = (log: Buffer): ReturnType<typeof open> => {
+        writeFileSync(path, log);
+        largest = 0;
+        const mock = t.mock.method(Buffer, 'alloc', (length: number, ...rest: []): Buffer => {
+          largest = Math.max(largest, length);
+          if (length > MAX_RECORD_BYTES) throw new RangeError('Array buffer allocation failed');
+          return alloc(length, ...rest);
+        });
+        try {
+          return open(t, dir);
+        } finally {
+          mock.mock.restore();
+        }
+      };
+      const length = damaged.readUInt32BE(0);
+      const bad = opened(Buffer.concat([damaged, after]));
+      assert.deepEqual(bad.repair, {
+        droppedBytes: damaged.length + after.length,
+        reason: `a damaged record at byte 0 (its length field says ${length} bytes, over the longest record, ${MAX_RECORD_BYTES}, and its checksum does not match)`,
+      });
+      assert.equal(bad.store.size, 0, 'nothing after it is read');
+      assert.equal(bad.store.knows({ from: 'a', seq: 1 }), false, 'nor its floors');
+      assert.ok(largest <= MAX_RECORD_BYTES, `no allocation over the longest record (${largest})`);
+      bad.store.close();
+
+      // Its first 64 KiB, then the file ends: past the end of the file, damage at once.
+      const before = recordOf(1, payloadOf('a-1'));
+      const torn = opened(Buffer.concat([before, meta.subarray(0, 64 * 1024)]));
+      assert.deepEqual(torn.repair, {
+        droppedBytes: 64 * 1024,
+        reason: `a damaged record at byte ${before.length} (its length field says ${length} bytes, over the longest record, ${MAX_RECORD_BYTES}, and past the end of the file)`,
+      });
+      assert.deepEqual(ids(torn.store), ['a-1']);
+      assert.ok(largest <= MAX_RECORD_BYTES, `no allocation over the longest record (${largest})`);
+    });
+
+    it("reads an older build's turn over the longest record, and passes over a message longer than this build takes (its floor guards it)", (t) => {
+      const dir = tempDir(t, 'store');
+      // ~48 KiB a message (16 Ki characters of 3 bytes each), all in one batch record: ~17 MiB.
+      const long = '\u20ac'.repeat(16 * 1024);
+      const count = Math.ceil((1.05 * MAX_RECORD_BYTES) / (3 * long.length));
+      const entries = Array.from({ length: count }, (_, i) => {
+        const body = recordOf(1, serializeFrame(chat('a', i + 1, T0, long))).subarray(4);
+        body.writeUInt32BE(body.length - 4, 0); // [u32 length][kind + body]: no checksum of its own
+        return body;
+      });
+      const turn = recordOf(4, Buffer.concat(entries));
+      assert.ok(turn.readUInt32BE(0) > MAX_RECORD_BYTES, 'a record over the longest record');
+      // A message an older build kept under a raised maxFrameBytes: a record over the longest too.
+      const json = serializeFrame(chat('b', 1));
+      const huge = Buffer.concat([json, Buffer.alloc(MAX_RECORD_BYTES - json.length, ' ')]);
+      writeFileSync(join(dir, LOG), Buffer.concat([turn, recordOf(1, huge), recordOf(1, payloadOf('b-2'))]));
+      const { store, repair } = open(t, dir);
+      assert.equal(repair, undefined, 'no damage');
+      assert.equal(store.size, count + 1);
+      assert.equal(store.marks().get('a'), count, 'the whole turn');
+      assert.deepEqual(ids(store, 1), ['b-2'], 'and what follows');
+      assert.equal(store.knows(chat('b', 1)), true, 'not held, but known');
+      assert.equal(store.marks().get('b'), 2);
     });
 
     it('writes a turn longer than the longest record as several records, and reads them all back', (t) => {
