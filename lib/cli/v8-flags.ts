@@ -17,6 +17,19 @@
  * - `--gc-memory-reducer-start-delay-ms=5000`: V8 shrinks the heap of a process gone quiet (a full GC
  *   that gives back the young generation's pages, ~2 MB here) 8 s after start by default; 5 s is past
  *   a node's start-up (handshakes, first peer lists).
+ *
+ * Measured and not set: a smaller young generation, for the RSS a burst leaves (V8 grows each
+ * semi-space from 1 up to 16 MB under load and keeps them committed).
+ * - `--max-semi-space-size` does nothing from here: V8 sizes the heap when the process starts, before
+ *   these flags are set (a test allocating 3 million objects: the new space still grew to 32 MB with
+ *   it set here to 1, and stayed at 2 MB with it on the command line).
+ * - `--semi-space-growth-factor=1` does work from here (the same test: 2 MB; on the command line it
+ *   did nothing, 32 MB): the semi-spaces stay at 1 MB. After the flood spec's 5,000 connection
+ *   attempts the node kept 67.7 MB instead of 91.1 (baseline 50.4), 77.8 instead of 92.2 after a
+ *   second flood; after a mesh3 burst of 2,000 messages 55.5-56.0 MB instead of 57.2-57.7. But a
+ *   mesh3 receiver spent 17,600 instructions per message in the collector instead of 14,800-15,600
+ *   (callgrind; 139,800 in all instead of 134,200-137,300, +2-4 %; the sender the same), while the
+ *   throughput targets are at the edge and the memory ones met.
  */
 export function v8FlagsFor(v8Version: string): string[] {
   const major = Number.parseInt(v8Version, 10);
