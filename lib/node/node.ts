@@ -31,7 +31,6 @@ import {
   MAX_TEXT_LENGTH,
   PROTOCOL_VERSION,
   parseFrame,
-  chatIdOf,
   type ChatFrame,
   type Frame,
   type HelloFrame,
@@ -979,12 +978,9 @@ class ChatNode implements P2PNode {
       onWriteFault: (c, err) => this.drop(c, err),
       security: this.security,
       dialed,
-      isKnown: (payload) => {
-        const id = chatIdOf(payload);
-        // Copies of a held message are dropped on their raw bytes, before parsing (each message
-        // reaches a node once per link); a copy of an older one takes the full path, dropped there.
-        return id !== undefined && this.store.holdsCopy(id, payload);
-      },
+      // Copies of a held message are dropped on their raw bytes, before parsing (each message
+      // reaches a node once per link); a copy of an older one takes the full path, dropped there.
+      isKnown: (id, payload) => this.store.holdsCopy(id, payload),
       // Full: say so instead of the hello, so the peer never sees us as up for a moment.
       refuse: (remoteId) => (this.isFullFor(remoteId) ? this.refuseFull(conn) : undefined),
     });

@@ -261,9 +261,12 @@ function ranges(value: unknown, mark: number): [number, number][] {
 /**
  * Parses one frame payload into a validated {@link Frame}: UTF-8 JSON, or a chat frame in the binary
  * encoding ({@link encodeChat}, first byte {@link BINARY_CHAT}).
+ * @param id the payload's {@link chatIdOf}, when the caller has read it already (a node does, to drop
+ *   copies of messages it holds before parsing them): a binary chat frame takes it as its id instead
+ *   of reading it again. Undefined: read here, and a malformed one refused.
  */
-export function parseFrame(payload: Buffer): Frame {
-  if (isBinaryChat(payload)) return decodeChat(payload);
+export function parseFrame(payload: Buffer, id?: string): Frame {
+  if (isBinaryChat(payload)) return decodeChat(payload, id);
   let raw: unknown;
   try {
     raw = JSON.parse(payload.toString('utf8'));
@@ -672,15 +675,18 @@ function utf8(payload: Buffer, start: number, end: number, name: string): string
   return text;
 }
 
-/** A binary chat frame as a validated {@link ChatFrame}, with the checks {@link validateFrame} makes of JSON. */
-function decodeChat(payload: Buffer): ChatFrame {
+/**
+ * A binary chat frame as a validated {@link ChatFrame}, with the checks {@link validateFrame} makes of
+ * JSON; `knownId` is its {@link chatIdOf} when the caller has it (see {@link parseFrame}).
+ */
+function decodeChat(payload: Buffer, knownId: string | undefined): ChatFrame {
   const layout = binaryChatLayout(payload);
   if (layout === undefined) bad('binary chat frame of the wrong length');
   const seq = getUint64(payload, 1 + KEY_BYTES);
   const ts = getUint64(payload, 1 + KEY_BYTES + 8);
   if (seq === undefined || seq < 1) bad(`seq must be an integer in 1..${Number.MAX_SAFE_INTEGER}`);
   if (ts === undefined) bad(`ts must be an integer in 0..${Number.MAX_SAFE_INTEGER}`);
-  const id = chatIdOf(payload) ?? bad('id is malformed');
+  const id = knownId ?? chatIdOf(payload) ?? bad('id is malformed');
   const nick = utf8(payload, layout.nickAt + 2, layout.textAt, 'nick');
   if (nick.length > MAX_NICK_LENGTH) bad(`nick is longer than ${MAX_NICK_LENGTH}`);
   const text = utf8(payload, layout.textAt + 4, layout.bodyEnd, 'text');

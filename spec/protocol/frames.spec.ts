@@ -716,6 +716,8 @@ describe('chatIdOf', () => {
       fc.property(wellFormedChatArb, (frame) => {
         const payload = encodeChat(frame);
         assert.equal(chatIdOf(payload), frame.id);
+        // Given to parseFrame (as a node does), the same frame as parsing without it.
+        assert.deepEqual(parseFrame(payload, chatIdOf(payload)), parseFrame(payload));
       }),
     );
     const frame = encodeChat(BASE_CHAT);
