@@ -2,9 +2,10 @@ import { Buffer } from 'node:buffer';
 import type { Interface } from 'node:readline';
 import { StringDecoder } from 'node:string_decoder';
 import type { Readable, Writable } from 'node:stream';
-import { Observable, Subject } from 'rxjs';
+import { Observable } from 'rxjs';
 import type { ChatMessage, PeerInfo } from '../node/node.js';
 import type { WritingBuffer } from '../protocol/codec.js';
+import { Multicast } from '../util/multicast.js';
 
 /** The console sink: the actor that owns stdout (and the prompt). One per CLI run. */
 export interface ConsoleSink {
@@ -188,7 +189,8 @@ export function pipeLines(input: Readable): {
   hold(held: boolean): void;
   close(): void;
 } {
-  const lines = new Subject<string>();
+  // A Multicast, not an RxJS Subject: each line typed or piped is one `next` (see Multicast).
+  const lines = new Multicast<string>();
   const decoder = new StringDecoder('utf8');
   let partial = '';
   let sawReturn = false;
