@@ -653,6 +653,15 @@ export async function rawPeer(
 }
 
 /** What a test may choose of a message it signs; the rest gets fresh values. */
+/**
+ * Waits for `count` more upkeep ticks of the node `witness` is connected to: the node pings each peer
+ * once a tick, so a raw peer (one that answers pings) is the test's clock.
+ */
+export async function upkeepTicks(witness: RawPeer, count: number, timeoutMs = 5000): Promise<void> {
+  const pings = witness.count('ping');
+  await waitFor(() => witness.count('ping') >= pings + count, `${count} upkeep tick(s)`, timeoutMs);
+}
+
 export interface SignedFields {
   readonly text: string;
   readonly seq: number;

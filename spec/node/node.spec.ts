@@ -43,9 +43,10 @@ import {
   record,
   signedChat,
   tcpSockets,
+  type Recording,
+  upkeepTicks,
   ups,
   waitFor,
-  type Recording,
 } from '../helpers/nodes.js';
 
 const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
@@ -501,10 +502,9 @@ describe('createNode', () => {
     node.connect(loopback(node.port));
     await waitFor(() => log.count('is this node; not dialling it again') === 1, 'the node to notice itself');
     await waitFor(() => establishedOn([node.port]) === 1, 'the link to itself to close (the witness stays)');
-    const pings = witness.count('ping');
-    await waitFor(() => witness.count('ping') >= pings + 5, 'five more upkeep ticks', 5000);
+    await upkeepTicks(witness, 5);
     node.connect(`127.0.0.1:${node.port}`); // asked again: refused without a dial
-    await waitFor(() => witness.count('ping') >= pings + 7, 'two more upkeep ticks', 5000);
+    await upkeepTicks(witness, 2);
 
     assert.equal(log.count('connected to'), 1, 'dialled itself once');
     assert.deepEqual(peerIds(node), [witness.id]);
@@ -565,8 +565,7 @@ describe('createNode', () => {
     const learnedAt = Date.now();
     await waitFor(() => log.count(`forgetting ${addr}`) === 1, 'the node to give up on it');
     teller.send(named); // named again at once: still known as given up
-    const pings = teller.count('ping');
-    await waitFor(() => teller.count('ping') >= pings + 2, 'two upkeep ticks', 5000);
+    await upkeepTicks(teller, 2);
     assert.equal(silent.accepted(), 1, 'not dialled again within relearnMs');
 
     await waitFor(() => Date.now() - learnedAt > 1_600, 'relearnMs to pass', 3_000);
@@ -587,8 +586,7 @@ describe('createNode', () => {
     // Each list names the honest peer's address under a fresh id: a node it would take for another.
     for (let i = 0; i < 5; i++) {
       liar.send({ type: 'peers', peers: [{ id: generateIdentity().id, addr: `${HOST}:${honest.port}` }] });
-      const pings = liar.count('ping');
-      await waitFor(() => liar.count('ping') > pings, 'an upkeep tick');
+      await upkeepTicks(liar, 1, 3000);
     }
     assert.equal(dials(), 1, 'the honest peer, connected all along, was dialled again');
     assert.ok(peerIds(node).includes(honest.id));
@@ -637,8 +635,7 @@ describe('createNode', () => {
 
     node.connect(addr);
     await waitFor(() => silent.accepted() >= 1, 'the dial');
-    const pings = witness.count('ping');
-    await waitFor(() => witness.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    await upkeepTicks(witness, 3);
     // A redial after the hello timeout closed the first connection is fine; two at once are not.
     assert.equal(silent.peak(), 1, `${silent.accepted()} connections, ${silent.peak()} open at once`);
   });
@@ -1202,8 +1199,7 @@ describe('createNode', () => {
     const peer = await rawPeer(t, node.port, { answerPings: true });
     await waitFor(() => node.peers().length === 1, 'the node full');
     const accepted = await listenOn(t, port);
-    const pings = peer.count('ping');
-    await waitFor(() => peer.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    await upkeepTicks(peer, 3);
     // Before: redialled with backoff (at most 200 ms apart here) while full.
     assert.equal(accepted(), 0, 'dials of the given address while full');
     peer.socket.destroy();
@@ -1223,8 +1219,7 @@ describe('createNode', () => {
       1,
       log.lines.join('\n'),
     );
-    const pings = peer.count('ping');
-    await waitFor(() => peer.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    await upkeepTicks(peer, 3);
     assert.equal(dead.accepted(), 0, 'dials while full');
     peer.socket.destroy();
     await waitFor(() => dead.accepted() > 0, 'the node to dial the address once its peer left');
@@ -1255,8 +1250,7 @@ describe('createNode', () => {
     const held = await rawPeer(t, node.port, { deferHello: true });
     await waitFor(() => held.got('hello'), 'the node’s hello to the second peer');
     const accepted = await listenOn(t, port);
-    const pings = peer.count('ping');
-    await waitFor(() => peer.count('ping') >= pings + 3, 'three upkeep ticks', 5000);
+    await upkeepTicks(peer, 3);
     // Before: redialled with backoff (at most 200 ms apart here), then refused by the node itself.
     assert.equal(accepted(), 0, 'dials of the given address while the last slot was held');
     held.socket.destroy();
