@@ -196,8 +196,8 @@ export interface NodeLimits {
   /**
    * Addresses learned from peer lists and inbound peers, kept for dialling. Default 256: many times
    * the target degree; the least recently learned idle one is forgotten when a new one comes, never
-   * a proven one (a node was found there) for an unproven one, and one peer's lists hold at most a
-   * quarter of the table.
+   * a proven one (this node dialled it and found a node there) for an unproven one, and what one
+   * peer names (its lists, its own address in its hello) holds at most a quarter of the table.
    */
   readonly maxLearnedAddresses?: number;
 }
@@ -362,7 +362,8 @@ interface Target {
   nodeId: string | undefined;
   /**
    * `nodeId` was proven by a handshake: this node dialled the address and that node's hello came, or
-   * (a learned address) the node's own verified hello advertised it. Otherwise it is a peer list's
+   * (a learned address) the node's own verified hello advertised it: enough not to dial the address
+   * while that node is a peer, not to keep the address over others (see `proven`). Otherwise a list's
    * word, a hint that is never enough to skip a dial: a peer could name an address under the id of a
    * node that is connected (a second identity of its own) and keep it from being dialled. A list's
    * word is not taken at all for an address the user gave, nor over a proven id.
@@ -378,8 +379,9 @@ interface Target {
   timer: NodeJS.Timeout | undefined;
   dialing: boolean;
   /**
-   * A node was found there: this node dialled it and its hello was verified, or an inbound peer's
-   * verified hello advertised it. A flood of unproven addresses never pushes a proven one out.
+   * A node was found there: this node dialled it and its hello was verified. An inbound peer's
+   * hello naming it does not count: a hello proves who sent it, not that it listens there, and
+   * identities cost nothing to make. A flood of unproven addresses never pushes a proven one out.
    */
   proven: boolean;
   /** The peer whose list named it (unproven ones count against that peer's share of the table). */
@@ -1885,15 +1887,17 @@ class ChatNode implements P2PNode {
   }
 
   /**
-   * An inbound peer's listen address is worth redialling if the link breaks. Its hello was verified:
-   * the address is proven (one known already, unproven from a peer list, becomes so).
+   * An inbound peer's listen address is worth redialling if the link breaks. Its verified hello
+   * proves who the peer is, not that it listens there (any identity can name any address): the
+   * address stays unproven, counted against that peer's share like the addresses its lists name,
+   * until a dial of it finds a node (onHello). Its word does tell who is there while it is
+   * connected, so the address is not dialled then (reached).
    */
   private rememberInbound(conn: Connection): void {
     const addr = conn.listenAddress;
     if (addr === undefined) return;
     const known = this.targets.get(addr);
     if (known !== undefined) {
-      known.proven = true;
       // The node's own word over a list's; an address the user gave takes an id from a dial only.
       if (!known.idProven && !known.persistent) {
         known.nodeId = conn.peerId;
@@ -1903,7 +1907,6 @@ class ChatNode implements P2PNode {
     }
     try {
       const target = newTarget(addr, parseAddress(addr), false, conn.peerId, conn.peerId);
-      target.proven = true;
       target.idProven = true;
       this.addLearned(target);
     } catch (err) {
@@ -1917,8 +1920,9 @@ class ChatNode implements P2PNode {
    * being dialled, their node not connected) make room, the least recently learned first. A peer's
    * unproven addresses take at most a quarter of the table: past that, a new one from it takes the
    * place of its oldest. When the table is full, an unproven one goes; a proven one goes only for a
-   * new proven one, never for an address a peer list named, so a flood of lists cannot push out
-   * the nodes this one has met. False when nothing may make room: the new one is not kept.
+   * new proven one, never for an address a peer list or an inbound peer's hello named, so neither a
+   * flood of lists nor many identities each naming an address can push out the nodes this one has
+   * dialled. False when nothing may make room: the new one is not kept.
    */
   private addLearned(target: Target): boolean {
     const max = this.limits.maxLearnedAddresses;

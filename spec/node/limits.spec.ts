@@ -305,27 +305,55 @@ describe('abuse limits: the learned address table', () => {
     await waitFor(() => accepted() > 0, 'h to dial the address the first peer named', 5000);
   });
 
-  it("proves an address it knew unproven when an inbound peer's verified hello advertises it", async (t) => {
+  it("does not prove an address a peer list named when an inbound peer's hello advertises it", async (t) => {
     const start = nodeFactory(t);
-    const h = await start(table(12));
+    const log = lineLogger();
+    // A long backoff: after its first (refused) dial, the address waits idle for the whole test.
+    const h = await start({ ...table(12), log, timing: { backoff: { baseMs: 60_000, maxMs: 60_000 } } });
     const port = await freePort();
+    const addr = `${HOST}:${port}`;
     const [teller] = await rawPeers(t, h, 1);
-    // Named first by a peer (unproven: h's dials of it are refused)...
-    await flood(h, [teller!], [[{ id: 'e'.repeat(32), addr: `${HOST}:${port}` }]]);
-    // ...then the node listening there connects in and says hello; then its link goes.
+    // Named first by a peer (unproven: h's dial of it is refused)...
+    await flood(h, [teller!], [[{ id: 'e'.repeat(32), addr }]]);
+    await waitFor(() => h.stats().dialsInFlight === 0, 'the dial of it to fail');
+    // ...then an inbound peer says hello giving it as its own address; then its link goes.
     const inbound = await rawPeer(t, h.port, { answerPings: true, listenPort: port });
     await waitFor(() => h.peers().some((p) => p.id === inbound.id), 'the inbound peer up');
     inbound.socket.destroy();
     await waitFor(() => !h.peers().some((p) => p.id === inbound.id), 'the inbound peer gone');
+    // 4 peers' lists of unproven addresses fill the table: the oldest idle unproven one goes first.
     const raws = await rawPeers(t, h, 4);
     await flood(
       h,
       raws,
       raws.map((_, i) => fakeEntries(20, 3000 + 100 * i)),
     );
-    // Before: still unproven, the oldest unproven address, the first to go.
-    const accepted = await listenOn(t, port);
-    await waitFor(() => accepted() > 0, 'h to dial the inbound peer at its address', 5000);
+    // Before: the hello had made it proven, and no unproven address could take its place.
+    assert.equal(log.count(`forgetting ${addr} to make room`), 1, log.lines.join('\n'));
+  });
+
+  it('keeps an address it dialled through many identities each advertising a fake address in its hello', async (t) => {
+    const start = nodeFactory(t);
+    const h = await start(table(8));
+    const a = await start({ nick: 'a' });
+    const port = a.port;
+    const [teller] = await rawPeers(t, h, 1);
+    teller!.send({ type: 'peers', peers: [{ id: a.id, addr: `${HOST}:${port}` }] });
+    await waitFor(() => h.peers().some((p) => p.id === a.id), 'h to dial a');
+    await a.close();
+    await waitFor(() => !h.peers().some((p) => p.id === a.id), 'h to see a go');
+    // 16 identities, one after the other: each says hello with an address nothing listens at, is
+    // taken as a peer, and goes.
+    for (let i = 0; i < 16; i++) {
+      const [liar] = await rawPeers(t, h, 1);
+      liar!.socket.destroy();
+      await waitFor(() => !h.peers().some((p) => p.id === liar!.id), 'the identity gone');
+    }
+    assert.ok(h.stats().knownAddresses <= 8, `${h.stats().knownAddresses} addresses kept`);
+    // a's address is still dialled: a node back there is reached. Before: each identity's address
+    // was proven by its hello, and the first one past the table's size pushed a's out.
+    const back = await start({ nick: 'a2', port });
+    await waitFor(() => h.peers().some((p) => p.id === back.id), 'h to dial a again at its address', 5000);
   });
 });
 
