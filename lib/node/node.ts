@@ -56,6 +56,7 @@ import {
   HISTORY_DEFAULTS,
   MessageStore,
   MAX_HISTORY_MESSAGES,
+  MAX_PAYLOAD_BYTES,
   MIN_HISTORY_AGE_MS,
   WRITE_RETRY_MS,
   type HeldFrame,
@@ -263,7 +264,14 @@ export interface NodeOptions {
   readonly dataDir?: string;
   /** How much history to keep and to offer peers that reconnect or join late. */
   readonly history?: HistoryWindow;
-  /** Largest frame accepted, in bytes. Default {@link DEFAULT_MAX_FRAME_BYTES}. */
+  /**
+   * Largest frame accepted (and sent), in bytes of plaintext: encryption adds 16. Default
+   * {@link DEFAULT_MAX_FRAME_BYTES} (256 KiB). At most {@link MAX_PAYLOAD_BYTES} (16 MiB less 6
+   * bytes), the longest message the history keeps: a frame's plaintext is a message as the history
+   * writes it, and a longer one would pass the dedup check (its id marked seen) and then be
+   * neither kept, shown nor relayed, a gap that resync would ask peers to fill forever.
+   * `createNode` throws a RangeError for a value over it, or one that is not a positive integer.
+   */
   readonly maxFrameBytes?: number;
   readonly writer?: WriterOptions;
   readonly timing?: NodeTiming;
@@ -592,7 +600,12 @@ class ChatNode implements P2PNode {
     this.maxPeers = positive('maxPeers', options.maxPeers ?? 32);
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
-    this.maxFrameBytes = options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES;
+    this.maxFrameBytes = positive('maxFrameBytes', options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+    if (this.maxFrameBytes > MAX_PAYLOAD_BYTES) {
+      throw new RangeError(
+        `maxFrameBytes must be at most ${MAX_PAYLOAD_BYTES} (the longest message the history keeps), got ${this.maxFrameBytes}`,
+      );
+    }
     this.historyMaxAgeMs = options.history?.maxAgeMs ?? HISTORY_DEFAULTS.maxAgeMs;
     if (!(this.historyMaxAgeMs >= MIN_HISTORY_AGE_MS)) {
       throw new RangeError(

@@ -220,12 +220,12 @@ const TURN_ENTRIES_AT = RECORD_HEADER + 1;
  * The longest record body (kind byte + body, what a record's length field counts) the log holds:
  * 64 frames of the default largest size ({@link DEFAULT_MAX_FRAME_BYTES}), 16 MiB. The writer keeps
  * to it: a turn's batch is written out before it would grow past it ({@link append}), a compaction's
- * meta record is split ({@link metas}), and a message whose record would not fit (only with a
- * `maxFrameBytes` far above the default) is not taken ({@link MAX_PAYLOAD_BYTES}). A longer record
- * is one of a build before this limit (a compaction wrote its meta record whole, whatever the number
- * of senders): it is read only once its bytes, checked a chunk at a time, match its checksum, and is
- * damage otherwise (see {@link legacyDamage}). Read as its length field claims, a damaged one had
- * the start allocate up to 4 GiB before the checksum was looked at, and an allocation that failed
+ * meta record is split ({@link metas}), and a message whose record would not fit is not taken
+ * ({@link MAX_PAYLOAD_BYTES}: `createNode` refuses a `maxFrameBytes` that would let one in). A longer
+ * record is one of a build before this limit (a compaction wrote its meta record whole, whatever the
+ * number of senders): it is read only once its bytes, checked a chunk at a time, match its checksum,
+ * and is damage otherwise (see {@link legacyDamage}). Read as its length field claims, a damaged one
+ * had the start allocate up to 4 GiB before the checksum was looked at, and an allocation that failed
  * stopped the node as a bug.
  */
 export const MAX_RECORD_BYTES = 64 * DEFAULT_MAX_FRAME_BYTES;
@@ -233,7 +233,8 @@ export const MAX_RECORD_BYTES = 64 * DEFAULT_MAX_FRAME_BYTES;
  * The longest payload the store takes: one that fits a batch of its own (the batch's kind byte, the
  * entry's length and kind byte) within {@link MAX_RECORD_BYTES}. A valid chat frame is far shorter
  * (its text is at most 16 Ki UTF-16 units); only extra fields of a sender under a raised
- * `maxFrameBytes` could make one longer.
+ * `maxFrameBytes` could make one longer, and `createNode` refuses a `maxFrameBytes` over this: a
+ * message it let in and this store did not take would be marked seen, then dropped unseen.
  */
 export const MAX_PAYLOAD_BYTES = MAX_RECORD_BYTES - 1 - ENTRY_HEADER - 1;
 /** Bytes of a meta record left for its senders: less its kind byte, `lastSeq` and the braces. */

@@ -19,7 +19,7 @@ import {
 } from '../../lib/security/noise.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
 import type { RelayView } from '../../lib/operators/relay.js';
-import { MAX_HISTORY_MESSAGES } from '../../lib/store/message-store.js';
+import { MAX_HISTORY_MESSAGES, MAX_PAYLOAD_BYTES } from '../../lib/store/message-store.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { generateIdentity, type Identity } from '../../lib/security/identity.js';
 import {
@@ -1442,6 +1442,26 @@ describe('createNode', () => {
       // Every peer dropped such a node at its hello (ERR_BAD_FRAME: a malformed address).
       await assert.rejects(start({ advertise }), /^RangeError: advertise: /, JSON.stringify(advertise));
     }
+  });
+
+  it('refuses a maxFrameBytes over the longest message the history keeps, at creation, and takes one of that length', async (t) => {
+    const start = nodeFactory(t);
+    assert.equal(MAX_PAYLOAD_BYTES, 16 * 1024 * 1024 - 6);
+    // Before: a message of MAX_PAYLOAD_BYTES + 1 bytes went through dedup (its id marked seen) and
+    // the history did not take it: never shown, never relayed, a gap asked for forever.
+    for (const maxFrameBytes of [MAX_PAYLOAD_BYTES + 1, 2 ** 32, 0, 1.5]) {
+      await assert.rejects(start({ maxFrameBytes }), /^RangeError: maxFrameBytes /, String(maxFrameBytes));
+    }
+    // At the bound, a frame of the full length is a message the node keeps and shows.
+    const node = await start({ maxFrameBytes: MAX_PAYLOAD_BYTES });
+    const inbox = record(node.messages$);
+    const raw = await rawPeer(t, node.port, { answerPings: true, maxMessageBytes: MAX_PAYLOAD_BYTES });
+    await waitFor(() => node.peers().length === 1, 'the peer up');
+    const json = serializeFrame(signedChat(raw.identity, { text: 'the longest', seq: 1 }));
+    // JSON.parse takes trailing spaces: the frame is exactly as long as the node reads.
+    raw.sendPayload(Buffer.concat([json, Buffer.alloc(MAX_PAYLOAD_BYTES - json.length, ' ')]));
+    await waitFor(() => inbox.values.some((m) => m.text === 'the longest'), 'the message shown', 10_000);
+    assert.equal(node.stats().historySize, 1);
   });
 
   it('refuses to send an empty or oversized message', async (t) => {
