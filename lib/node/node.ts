@@ -411,6 +411,13 @@ interface ActivePeer {
    */
   nickSeq: number;
   nickTs: number;
+  /**
+   * Its hello said no `seq` (a build before hellos carried it): nothing orders its nicks in its own
+   * terms, so the rule of those builds holds for it. A message's nick is taken when its `ts` is past
+   * `nickTs`, this node's clock at the hello, then the newest `ts` taken (history a resync brings
+   * after the hello does not turn the nick back); a new connection's hello always gives its nick.
+   */
+  legacyNick: boolean;
 }
 
 const DEFAULT_TIMING = {
@@ -1195,11 +1202,21 @@ class ChatNode implements P2PNode {
     existing.conn = conn;
     const hello = conn.hello!;
     const [seq, ts] = [hello.seq ?? 0, hello.ts ?? 0];
-    // Its hello may have left before a rename we learnt since (from a message, or the other
-    // connection's hello): its nick only if it is as new at least (see nickSeq). A tie goes to it:
-    // a node before hellos carried `seq` and `ts` says neither, and its new hello's nick was taken.
-    if (seq > existing.nickSeq || (seq === existing.nickSeq && ts >= existing.nickTs)) {
+    if (hello.seq === undefined) {
+      // A build before hellos carried `seq`: its new hello's nick, as those builds took it.
       existing.info = this.infoOf(conn);
+      existing.legacyNick = true;
+      existing.nickSeq = 0;
+      existing.nickTs = Date.now();
+    } else if (
+      existing.legacyNick ||
+      seq > existing.nickSeq ||
+      (seq === existing.nickSeq && ts >= existing.nickTs)
+    ) {
+      // Its hello may have left before a rename we learnt since (from a message, or the other
+      // connection's hello): its nick only if it is as new at least (see nickSeq); a tie goes to it.
+      existing.info = this.infoOf(conn);
+      existing.legacyNick = false;
       existing.nickSeq = seq;
       existing.nickTs = ts;
     } else {
@@ -1292,10 +1309,10 @@ class ChatNode implements P2PNode {
       return;
     }
     const info = this.infoOf(conn);
-    // A hello from a node before hellos carried `seq` is taken as said before its first message:
-    // its messages rename it, older ones a resync brings too.
-    const [nickSeq, nickTs] = [hello.seq ?? 0, hello.ts ?? 0];
-    this.active.set(hello.id, { conn, info, since: Date.now(), nickSeq, nickTs });
+    const now = Date.now();
+    const legacyNick = hello.seq === undefined; // see ActivePeer.legacyNick
+    const [nickSeq, nickTs] = legacyNick ? [0, now] : [hello.seq, hello.ts ?? 0];
+    this.active.set(hello.id, { conn, info, since: now, nickSeq, nickTs, legacyNick });
     this.log.info(`peer up: ${conn.label}`);
     this.publishPeers();
     this.events.next({ type: 'peer-up', peer: info });
@@ -2081,10 +2098,17 @@ class ChatNode implements P2PNode {
    */
   private noteNick(frame: ChatFrame): void {
     const peer = this.active.get(frame.from);
-    // Sent after its messages below `seq`, and after hellos that said less (see nickSeq).
-    if (peer === undefined || frame.seq <= peer.nickSeq) return;
-    peer.nickSeq = frame.seq;
-    peer.nickTs = -1;
+    if (peer === undefined) return;
+    if (peer.legacyNick) {
+      // Its clock against ours at its hello (see legacyNick).
+      if (frame.ts <= peer.nickTs) return;
+      peer.nickTs = frame.ts;
+    } else {
+      // Sent after its messages below `seq`, and after hellos that said less (see nickSeq).
+      if (frame.seq <= peer.nickSeq) return;
+      peer.nickSeq = frame.seq;
+      peer.nickTs = -1;
+    }
     if (peer.info.nick === frame.nick) return;
     peer.info = { ...peer.info, nick: frame.nick };
     // peers$ only: who is linked to whom is the same, so the relay keeps its last targets (a new

@@ -137,6 +137,24 @@ describe('duplicate connections of one peer, driven by hand', () => {
     assert.deepEqual(downs(events), []);
   });
 
+  it('takes the nick of the new hello of a peer of an older build (no seq) when it moves to its connection', async (t) => {
+    const node = await nodeFactory(t)({ log: lineLogger() });
+    const inbox = record(node.messages$);
+    const identity = generateIdentity();
+    const [c1, c2] = (await links(t, node.port, identity, 2)) as [Link, Link];
+    c1.hello({ nick: 'ann' });
+    await waitFor(() => node.peers().length === 1, 'the first connection to be adopted');
+    const said = signedChat(identity, { text: 'hi', seq: 5, nick: 'ann' });
+    c1.send(said);
+    await waitFor(() => inbox.values.some((m) => m.id === said.id), 'its message');
+    // It renamed itself and connected again; it says so in its new hello only.
+    c1.send({ type: 'bye', reason: 'duplicate' });
+    await handled(c1);
+    c2.hello({ nick: 'anna' });
+    await waitFor(() => c2.got('peers'), 'the node to move to the new connection');
+    assert.equal(node.peers()[0]?.nick, 'anna');
+  });
+
   it("keeps the peer's newest nick when it moves to a connection whose hello is older", async (t) => {
     const node = await nodeFactory(t)({ log: lineLogger() });
     const inbox = record(node.messages$);

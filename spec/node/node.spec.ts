@@ -276,6 +276,36 @@ describe('createNode', () => {
     );
   });
 
+  it('orders the nicks of a peer of an older build (a hello without seq) by its clock against ours, as that build did', async (t) => {
+    const node = await nodeFactory(t)({ nick: 'ann' });
+    const inbox = record(node.messages$);
+    const bob = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+    bob.hello({ nick: 'robert' }); // no seq, no ts: renamed since its older messages
+    await waitFor(() => node.peers().length === 1, 'bob to come up');
+    // What a resync brings right after the hello: its history, under its old nick.
+    const old = signedChat(bob.identity, {
+      text: 'an hour ago',
+      seq: 7,
+      nick: 'bob',
+      ts: Date.now() - 3_600_000,
+    });
+    bob.send(old);
+    await waitFor(() => times(inbox, old.id) === 1, 'the old message');
+    assert.deepEqual(
+      node.peers().map((p) => p.nick),
+      ['robert'],
+      'history does not turn its nick back',
+    );
+    const renamed = signedChat(bob.identity, { text: 'now', seq: 8, nick: 'bobby', ts: Date.now() + 1 });
+    bob.send(renamed);
+    await waitFor(() => times(inbox, renamed.id) === 1, 'the new message');
+    assert.deepEqual(
+      node.peers().map((p) => p.nick),
+      ['bobby'],
+      'a message after its hello renames it',
+    );
+  });
+
   it('keeps its relay targets when a peer renames itself: a nick is no part of who is linked to whom', async (t) => {
     const start = nodeFactory(t);
     const node = await start();
