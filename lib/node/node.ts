@@ -888,23 +888,21 @@ class ChatNode implements P2PNode {
       this.targets.set(addr, target);
     }
     target.persistent = true;
-    if (!target.idDialled) {
-      // A peer list's word, or a hello's (an inbound peer may have named this address as its own):
-      // for an address the user gives, only a dial of it tells who is there.
-      target.nodeId = undefined;
-      target.idProven = false;
-    }
+    // A peer list's word, or a hello's (an inbound peer may have named this address as its own):
+    // for an address the user gives, only a dial of it tells who is there. The id stays a hint
+    // (see dialTakesNoSlot).
+    if (!target.idDialled) target.idProven = false;
     if (this.reached(target)) return 'connected';
-    if (this.isFull()) {
-      this.log.info(
-        `not dialling ${addr} now: already ${this.peerCount()}, or about to be, the most this node takes (maxPeers); dialling it once one leaves`,
-      );
-      return 'full';
-    }
     if (target.dialing) {
       // In flight (connecting, or in its handshake): a second dial would be a duplicate connection.
       this.log.info(`already dialling ${addr}: not dialling it a second time`);
       return 'already-dialling';
+    }
+    if (this.isFull() && !this.dialTakesNoSlot(target)) {
+      this.log.info(
+        `not dialling ${addr} now: already ${this.peerCount()}, or about to be, the most this node takes (maxPeers); dialling it once one leaves`,
+      );
+      return 'full';
     }
     this.dialNow(target);
     return 'dialling';
@@ -1577,8 +1575,9 @@ class ChatNode implements P2PNode {
       this.schedulePeerList();
       // Frames on their way over it are lost, and peers that counted on it relaying are not told yet.
       this.noteNews();
-      // A slot is free: the addresses left waiting while the node was full are dialled now.
-      if (!this.closed && this.active.size === this.maxPeers - 1) setImmediate(() => this.dialIdle());
+      // A slot is free: the addresses left waiting while the node was full are dialled now (the
+      // slots held for handshakes count, see slotsTaken).
+      if (!this.closed && this.slotsTaken() === this.maxPeers - 1) setImmediate(() => this.dialIdle());
     }
     // Probes of this connection: another connection of its peer may take its place now.
     for (const probe of conn.probes.splice(0)) setImmediate(probe.settle);
@@ -1994,9 +1993,22 @@ class ChatNode implements P2PNode {
   private wantsDial(target: Target): boolean {
     if (this.closed || target.dialing) return false;
     if (this.reached(target)) return false;
-    if (this.isFull()) return false; // dialled again once a peer leaves (onClosed, upkeep)
+    // Dialled again once a peer leaves (onClosed, upkeep).
+    if (this.isFull() && !this.dialTakesNoSlot(target)) return false;
     if (target.persistent) return true;
     return this.slotsTaken(undefined, true) < this.targetPeers;
+  }
+
+  /**
+   * A dial of an address the user gave whose unproven id hint names a peer (its hello named the
+   * address as its own): were the hint true, the dial would find a peer already connected and take
+   * no slot, so a full node makes it too, to learn who is there. Were it a lie, the node there is
+   * refused as full at the end of the handshake.
+   */
+  private dialTakesNoSlot(target: Target): boolean {
+    return (
+      target.persistent && !target.idProven && target.nodeId !== undefined && this.active.has(target.nodeId)
+    );
   }
 
   /** Dials the known addresses that wait for nothing (no backoff, no dial in flight) and are wanted. */

@@ -1270,6 +1270,35 @@ describe('createNode', () => {
     await waitFor(() => dead.accepted() > 0, 'the node to dial the address once the slot was freed');
   });
 
+  it('dials a waiting address at once when a peer leaves while another slot is held for a handshake', async (t) => {
+    const start = nodeFactory(t);
+    // No upkeep tick within the test: the peer leaving itself has the address dialled.
+    const timing = { helloTimeoutMs: 10_000, pingIntervalMs: 20_000, peerTimeoutMs: 60_000 };
+    const node = await start({ maxPeers: 2, timing });
+    const peer = await rawPeer(t, node.port);
+    await waitFor(() => node.peers().length === 1, 'the first peer up');
+    const held = await rawPeer(t, node.port, { deferHello: true });
+    await waitFor(() => held.got('hello'), 'the node’s hello to the second peer');
+    const dead = await deadEnds(t);
+    assert.equal(node.connect(dead.addresses[0]!), 'full');
+    peer.socket.destroy(); // one peer and one held slot of two: a slot is free
+    await waitFor(() => node.peers().length === 0, 'the peer to go');
+    await waitFor(() => dead.accepted() > 0, 'the node to dial the address once the peer left');
+  });
+
+  it('at maxPeers, connect() to the address of a node that is its peer already dials it, to learn who is there', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ maxPeers: 1 });
+    const peer = await start({ peers: [loopback(node.port)] }); // its hello names its own address
+    await waitFor(() => connectedTo(node, [peer]), 'the peer to connect');
+    // The hello is the peer's word only: a dial of the address tells, and takes no slot if it finds
+    // the peer. Before: 'full', and the address was never dialled while the peer stayed.
+    assert.equal(node.connect(loopback(peer.port)), 'dialling');
+    assert.equal(node.connect(loopback(peer.port)), 'already-dialling');
+    await waitFor(() => node.connect(loopback(peer.port)) === 'connected', 'the dial to find the peer');
+    assert.deepEqual(peerIds(node), [peer.id]);
+  });
+
   it('does not dial a given address while the last slot is held for a node it said hello to', async (t) => {
     const start = nodeFactory(t);
     const port = await freePort(); // nothing there yet: each dial is refused at once, and retried
