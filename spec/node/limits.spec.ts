@@ -242,6 +242,24 @@ function fakeEntries(n: number, base: number): PeerEntry[] {
 }
 
 /** Raw peers, each connected to `port` and up at `node`. */
+/**
+ * The port of a node `h` dialled (a raw peer's list named it, so its address is proven) and that went
+ * away since: nothing listens there until the test starts a node at it.
+ */
+async function dialledAndGone(
+  t: TestContext,
+  start: ReturnType<typeof nodeFactory>,
+  h: P2PNode,
+): Promise<number> {
+  const a = await start({ nick: 'a' });
+  const [teller] = await rawPeers(t, h, 1);
+  teller!.send({ type: 'peers', peers: [{ id: a.id, addr: `${HOST}:${a.port}` }] });
+  await waitFor(() => h.peers().some((p) => p.id === a.id), 'h to dial a');
+  await a.close();
+  await waitFor(() => !h.peers().some((p) => p.id === a.id), 'h to see a go');
+  return a.port;
+}
+
 async function rawPeers(t: TestContext, node: P2PNode, n: number): Promise<RawPeer[]> {
   const raws: RawPeer[] = [];
   for (let i = 0; i < n; i++) raws.push(await rawPeer(t, node.port, { answerPings: true }));
@@ -272,13 +290,7 @@ describe('abuse limits: the learned address table', () => {
   it('keeps an address it proved (dialled, hello verified) through a flood of unproven ones from many peers', async (t) => {
     const start = nodeFactory(t);
     const h = await start(table(12));
-    const a = await start({ nick: 'a' });
-    const port = a.port;
-    const [teller] = await rawPeers(t, h, 1);
-    teller!.send({ type: 'peers', peers: [{ id: a.id, addr: `${HOST}:${port}` }] });
-    await waitFor(() => h.peers().some((p) => p.id === a.id), 'h to dial a');
-    await a.close();
-    await waitFor(() => !h.peers().some((p) => p.id === a.id), 'h to see a go');
+    const port = await dialledAndGone(t, start, h);
     // 4 more peers (their own addresses kept too), each naming 20 unreachable nodes.
     const raws = await rawPeers(t, h, 4);
     await flood(
@@ -335,13 +347,7 @@ describe('abuse limits: the learned address table', () => {
   it('keeps an address it dialled through many identities each advertising a fake address in its hello', async (t) => {
     const start = nodeFactory(t);
     const h = await start(table(8));
-    const a = await start({ nick: 'a' });
-    const port = a.port;
-    const [teller] = await rawPeers(t, h, 1);
-    teller!.send({ type: 'peers', peers: [{ id: a.id, addr: `${HOST}:${port}` }] });
-    await waitFor(() => h.peers().some((p) => p.id === a.id), 'h to dial a');
-    await a.close();
-    await waitFor(() => !h.peers().some((p) => p.id === a.id), 'h to see a go');
+    const port = await dialledAndGone(t, start, h);
     // 16 identities, one after the other: each says hello with an address nothing listens at, is
     // taken as a peer, and goes.
     for (let i = 0; i < 16; i++) {
