@@ -223,70 +223,76 @@ describe('lockDataDir', () => {
     assert.equal(refused(() => lockDataDir(dir)).pid, other.pid);
   });
 
-  it(
-    'takes over a lock whose pid was reused by another live process (Linux: its start time differs)',
-    { skip: HAS_PROC ? false : 'no /proc here: a live pid is all that is known' },
-    async (t) => {
-      const dir = tempDir(t, 'lock');
-      const other = await holder(t, dir);
-      assert.equal(await other.ask('lock'), 'won');
-      const [pid, start, token] = lockLines(dir);
-      assert.equal(pid, String(other.pid));
-      assert.match(start!, /^[0-9a-f-]{36}:\d+$/, 'boot id and start time');
-      // The same pid, written by a process that started earlier (the lock outlived it).
-      const startTime = Number(start!.split(':')[1]);
-      writeFileSync(lockPath(dir), `${pid}\n${start!.split(':')[0]}:${startTime - 1}\n${token}\n`);
-      const release = lockDataDir(dir);
-      assert.equal(lockPid(dir), process.pid);
-      // The live child's release finds a lock that is not its own any more, and leaves it.
-      assert.equal(await other.ask('release'), 'released');
-      assert.equal(lockPid(dir), process.pid, 'the other release did not remove our lock');
-      release();
-    },
-  );
+  it('takes over a lock whose pid was reused by another live process (Linux: its start time differs)', async (t) => {
+    const dir = tempDir(t, 'lock');
+    const other = await holder(t, dir);
+    assert.equal(await other.ask('lock'), 'won');
+    const [pid, start, token] = lockLines(dir);
+    if (!HAS_PROC) {
+      // No start to compare (macOS, Windows): a live pid is all that is known, and it is in use.
+      assert.equal(start, '-');
+      writeFileSync(lockPath(dir), `${pid}\n${'0'.repeat(36)}:1\n${token}\n`);
+      assert.equal(refused(() => lockDataDir(dir)).pid, other.pid);
+      return;
+    }
+    assert.equal(pid, String(other.pid));
+    assert.match(start!, /^[0-9a-f-]{36}:\d+$/, 'boot id and start time');
+    // The same pid, written by a process that started earlier (the lock outlived it).
+    const startTime = Number(start!.split(':')[1]);
+    writeFileSync(lockPath(dir), `${pid}\n${start!.split(':')[0]}:${startTime - 1}\n${token}\n`);
+    const release = lockDataDir(dir);
+    assert.equal(lockPid(dir), process.pid);
+    // The live child's release finds a lock that is not its own any more, and leaves it.
+    assert.equal(await other.ask('release'), 'released');
+    assert.equal(lockPid(dir), process.pid, 'the other release did not remove our lock');
+    release();
+  });
 
-  it(
-    'takes over the lock of a zombie (exited, not yet reaped by its parent): it is dead',
-    { skip: HAS_PROC ? false : 'no /proc here: a zombie cannot be told from a live process' },
-    async (t) => {
-      const dir = tempDir(t, 'lock');
-      // The child exits once its parent, the shell, has become `sleep` (which never reaps it): a
-      // zombie while that sleeps. Had it exited before, the shell could have reaped it (dash does
-      // before its next command), and it was gone.
-      const child =
-        'i=0; while [ $i -lt 500 ] && [ "$(cat /proc/$$/comm)" != sleep ]; do i=$((i+1)); sleep 0.01; done';
-      const parent = spawn('sh', ['-c', `${child} & echo $!; exec sleep 60`], {
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      const parentExited = new Promise((resolve) => parent.once('exit', resolve));
-      t.after(async () => {
-        if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
-        await parentExited;
-      });
-      const [line] = (await once(createInterface({ input: parent.stdout }), 'line')) as [string];
-      const zombie = Number(line);
-      const state = (): string | undefined => {
-        try {
-          const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
-          return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-        } catch {
-          return undefined;
-        }
-      };
-      for (let i = 0; i < 200 && state() !== 'Z'; i++) await delay(10);
-      assert.equal(state(), 'Z', `${zombie} is a zombie`);
-      const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
-      const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3]!;
-      const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
-      // A lock of 0.1.0's format (the bare pid), and one of this version's naming its very start.
-      for (const lock of [`${zombie}\n`, `${zombie}\n${boot}:${start}\n${'d'.repeat(32)}\n`]) {
-        writeFileSync(lockPath(dir), lock);
-        const release = lockDataDir(dir);
-        assert.equal(lockPid(dir), process.pid, JSON.stringify(lock));
-        release();
+  it('takes over the lock of a zombie (exited, not yet reaped by its parent): it is dead', async (t) => {
+    const dir = tempDir(t, 'lock');
+    if (!HAS_PROC) {
+      // No /proc (macOS, Windows): a zombie cannot be told from a live process; a live pid is in use.
+      const other = await holder(t, dir);
+      writeFileSync(lockPath(dir), `${other.pid}\n`);
+      assert.equal(refused(() => lockDataDir(dir)).pid, other.pid);
+      return;
+    }
+    // The child exits once its parent, the shell, has become `sleep` (which never reaps it): a
+    // zombie while that sleeps. Had it exited before, the shell could have reaped it (dash does
+    // before its next command), and it was gone.
+    const child =
+      'i=0; while [ $i -lt 500 ] && [ "$(cat /proc/$$/comm)" != sleep ]; do i=$((i+1)); sleep 0.01; done';
+    const parent = spawn('sh', ['-c', `${child} & echo $!; exec sleep 60`], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const parentExited = new Promise((resolve) => parent.once('exit', resolve));
+    t.after(async () => {
+      if (parent.exitCode === null && parent.signalCode === null) parent.kill('SIGKILL');
+      await parentExited;
+    });
+    const [line] = (await once(createInterface({ input: parent.stdout }), 'line')) as [string];
+    const zombie = Number(line);
+    const state = (): string | undefined => {
+      try {
+        const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
+        return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+      } catch {
+        return undefined;
       }
-    },
-  );
+    };
+    for (let i = 0; i < 200 && state() !== 'Z'; i++) await delay(10);
+    assert.equal(state(), 'Z', `${zombie} is a zombie`);
+    const stat = readFileSync(`/proc/${zombie}/stat`, 'latin1');
+    const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[22 - 3]!;
+    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'latin1').trim();
+    // A lock of 0.1.0's format (the bare pid), and one of this version's naming its very start.
+    for (const lock of [`${zombie}\n`, `${zombie}\n${boot}:${start}\n${'d'.repeat(32)}\n`]) {
+      writeFileSync(lockPath(dir), lock);
+      const release = lockDataDir(dir);
+      assert.equal(lockPid(dir), process.pid, JSON.stringify(lock));
+      release();
+    }
+  });
 
   it('refuses, without /proc, a lock that names its own pid but is not its own: it may be this process', (t) => {
     const dir = tempDir(t, 'lock');
