@@ -11,6 +11,7 @@ import {
   PROTOCOL_VERSION,
   serializeFrame,
   type ChatFrame,
+  type HelloFrame,
 } from '../../lib/protocol/frames.js';
 import {
   createHandshake,
@@ -43,6 +44,7 @@ import {
   record,
   signedChat,
   tcpSockets,
+  type RawPeer,
   type Recording,
   upkeepTicks,
   ups,
@@ -54,6 +56,30 @@ const range = (n: number): number[] => Array.from({ length: n }, (_, i) => i);
 /** How many times `inbox` delivered the message with id `id`. */
 const times = (inbox: Recording<ChatMessage>, id: string): number =>
   inbox.values.filter((m) => m.id === id).length;
+
+/** A node (ann), its inbox, and a raw peer bob that is up once it said `hello`. */
+async function bobSaysHello(
+  t: TestContext,
+  hello: Partial<HelloFrame>,
+): Promise<{ node: P2PNode; inbox: Recording<ChatMessage>; bob: RawPeer }> {
+  const node = await nodeFactory(t)({ nick: 'ann' });
+  const inbox = record(node.messages$);
+  const bob = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+  bob.hello(hello);
+  await waitFor(() => node.peers().length === 1, 'bob to come up');
+  return { node, inbox, bob };
+}
+
+/** Waits for the message `id` to reach `inbox`, then gives the nicks `node` lists its peers under. */
+async function nicksOnceArrived(
+  node: P2PNode,
+  inbox: Recording<ChatMessage>,
+  id: string,
+  what: string,
+): Promise<string[]> {
+  await waitFor(() => times(inbox, id) === 1, what);
+  return node.peers().map((p) => p.nick);
+}
 
 /**
  * Sends a message from `sender` and waits until every other node's inbox has it. Messages that went
@@ -233,18 +259,10 @@ describe('createNode', () => {
   // A peer's messages carry its clock, not ours: which of its nicks is newest is told by its
   // sequence numbers (its hello says its last one), so a clock behind or ahead of ours is no matter.
   it("takes a peer's rename from its next message although the peer's clock is a minute behind", async (t) => {
-    const node = await nodeFactory(t)({ nick: 'ann' });
-    const inbox = record(node.messages$);
-    const bob = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
-    bob.hello({ nick: 'bob', seq: 0 });
-    await waitFor(() => node.peers().length === 1, 'bob to come up');
+    const { node, inbox, bob } = await bobSaysHello(t, { nick: 'bob', seq: 0 });
     const renamed = signedChat(bob.identity, { text: 'hi', seq: 1, nick: 'robert', ts: Date.now() - 60_000 });
     bob.send(renamed);
-    await waitFor(() => times(inbox, renamed.id) === 1, 'the message as robert');
-    assert.deepEqual(
-      node.peers().map((p) => p.nick),
-      ['robert'],
-    );
+    assert.deepEqual(await nicksOnceArrived(node, inbox, renamed.id, 'the message as robert'), ['robert']);
   });
 
   it("keeps a peer's newer nick over its older messages although the peer's clock is a minute ahead", async (t) => {
@@ -257,9 +275,8 @@ describe('createNode', () => {
     await waitFor(() => node.peers().length === 1, 'bob to come up');
     const old = signedChat(bob.identity, { text: 'as bob', seq: 2, nick: 'bob', ts: ahead() });
     bob.send(old);
-    await waitFor(() => times(inbox, old.id) === 1, 'the old message');
     assert.deepEqual(
-      node.peers().map((p) => p.nick),
+      await nicksOnceArrived(node, inbox, old.id, 'the old message'),
       ['robert'],
       "the hello's nick stays",
     );
@@ -268,20 +285,15 @@ describe('createNode', () => {
     const older = signedChat(bob.identity, { text: 'as bob before', seq: 1, nick: 'bob', ts: ahead() });
     bob.send(renamed);
     bob.send(older);
-    await waitFor(() => times(inbox, older.id) === 1, 'the messages as bobby and bob');
     assert.deepEqual(
-      node.peers().map((p) => p.nick),
+      await nicksOnceArrived(node, inbox, older.id, 'the messages as bobby and bob'),
       ['bobby'],
       'an older message after a newer one does not turn the nick back, whatever its ts',
     );
   });
 
   it('orders the nicks of a peer of an older build (a hello without seq) by its clock against ours, as that build did', async (t) => {
-    const node = await nodeFactory(t)({ nick: 'ann' });
-    const inbox = record(node.messages$);
-    const bob = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
-    bob.hello({ nick: 'robert' }); // no seq, no ts: renamed since its older messages
-    await waitFor(() => node.peers().length === 1, 'bob to come up');
+    const { node, inbox, bob } = await bobSaysHello(t, { nick: 'robert' }); // no seq, no ts: renamed since its older messages
     // What a resync brings right after the hello: its history, under its old nick.
     const old = signedChat(bob.identity, {
       text: 'an hour ago',
@@ -290,17 +302,15 @@ describe('createNode', () => {
       ts: Date.now() - 3_600_000,
     });
     bob.send(old);
-    await waitFor(() => times(inbox, old.id) === 1, 'the old message');
     assert.deepEqual(
-      node.peers().map((p) => p.nick),
+      await nicksOnceArrived(node, inbox, old.id, 'the old message'),
       ['robert'],
       'history does not turn its nick back',
     );
     const renamed = signedChat(bob.identity, { text: 'now', seq: 8, nick: 'bobby', ts: Date.now() + 1 });
     bob.send(renamed);
-    await waitFor(() => times(inbox, renamed.id) === 1, 'the new message');
     assert.deepEqual(
-      node.peers().map((p) => p.nick),
+      await nicksOnceArrived(node, inbox, renamed.id, 'the new message'),
       ['bobby'],
       'a message after its hello renames it',
     );
