@@ -404,7 +404,8 @@ interface ActivePeer {
   /**
    * When `info.nick` was said, in the peer's own terms, never this node's clock (the two differ: a
    * peer whose clock lagged had its rename ignored, one ahead had old messages a resync brought
-   * turn its nick back): after its message `nickSeq`. A message's own seq, or for a hello the
+   * turn its nick back), but for a peer of an older build (see `legacyNick`): after its message
+   * `nickSeq`. A message's own seq, or for a hello the
    * peer's last message then (the messages it sends after the hello have greater ones). `nickTs`:
    * for a hello, the peer's clock then, which orders two hellos after the same message (connections
    * that crossed); -1 for a message, older than a hello that carries its seq (sent after it).
@@ -1376,7 +1377,7 @@ class ChatNode implements P2PNode {
    */
   private isFullFor(remoteId: string): boolean {
     if (remoteId === this.id || this.active.has(remoteId)) return false;
-    return this.active.size >= this.maxPeers || this.slotsTaken(remoteId) >= this.maxPeers;
+    return this.slotsTaken(remoteId) >= this.maxPeers;
   }
 
   /**
@@ -1384,7 +1385,7 @@ class ChatNode implements P2PNode {
    * node refusing the peer itself (`bye full`) at the end of the handshake.
    */
   private isFull(): boolean {
-    return this.active.size >= this.maxPeers || this.slotsTaken() >= this.maxPeers;
+    return this.slotsTaken() >= this.maxPeers;
   }
 
   /**
