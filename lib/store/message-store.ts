@@ -8,7 +8,6 @@ import {
   openSync,
   readdirSync,
   readFileSync,
-  readSync,
   renameSync,
   rmSync,
   writeFileSync,
@@ -20,7 +19,7 @@ import { crc32 } from 'node:zlib';
 import { DEFAULT_MAX_FRAME_BYTES, getUint32, putUint32 } from '../protocol/codec.js';
 import { parseFrame, type ChatFrame } from '../protocol/frames.js';
 import { ProtocolError } from '../protocol/errors.js';
-import { openIfExists } from '../util/fs.js';
+import { openIfExists, readAt } from '../util/fs.js';
 
 /** How much history a node keeps. Every default carries its reason. */
 export interface HistoryWindow {
@@ -889,11 +888,7 @@ export class MessageStore {
     const bytesAt = (at: number, length: number): Buffer => {
       if (at + length > chunkAt + chunk.length) {
         chunk = Buffer.alloc(Math.min(Math.max(LOAD_CHUNK, length), size - at)); // zeros if it shrank
-        for (let got = 0; got < chunk.length;) {
-          const n = readSync(fd, chunk, got, chunk.length - got, at + got);
-          if (n === 0) break;
-          got += n;
-        }
+        readAt(fd, chunk, chunk.length, at);
         chunkAt = at;
       }
       return chunk.subarray(at - chunkAt, at - chunkAt + length);
@@ -1216,12 +1211,7 @@ function legacyDamage(fd: number, at: number, length: number, sum: number): stri
   let crc = 0;
   for (let done = 0; done < length;) {
     const want = Math.min(chunk.length, length - done);
-    let got = 0;
-    while (got < want) {
-      const n = readSync(fd, chunk, got, want - got, at + done + got);
-      if (n === 0) return 'the file ends before it'; // it shrank while being read
-      got += n;
-    }
+    if (readAt(fd, chunk, want, at + done) < want) return 'the file ends before it'; // it shrank while being read
     // A kind no build wrote is damage at once: no need to read the gigabytes it may claim.
     if (done === 0 && (chunk[0]! < KIND_MESSAGE || chunk[0]! > KIND_BATCH))
       return `its kind byte is ${chunk[0]}`;
@@ -1231,7 +1221,6 @@ function legacyDamage(fd: number, at: number, length: number, sum: number): stri
   return crc === sum ? undefined : 'its checksum does not match';
 }
 
-/** Removes a temporary file after a failure, keeping that failure the one reported. */
 /**
  * Creates the empty file `path` (a mark: `unsaved`, `reserved-<upTo>`), which needs no data block.
  * Best effort: false when the disk refuses even that; a bug is thrown.
@@ -1246,6 +1235,7 @@ function touchMark(path: string): boolean {
   }
 }
 
+/** Removes a temporary file after a failure, keeping that failure the one reported. */
 function rmQuietly(path: string): void {
   try {
     rmSync(path, { force: true });
