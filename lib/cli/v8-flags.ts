@@ -30,6 +30,14 @@
  *   mesh3 receiver spent 17,600 instructions per message in the collector instead of 14,800-15,600
  *   (callgrind; 139,800 in all instead of 134,200-137,300, +2-4 %; the sender the same), while the
  *   throughput targets are at the edge and the memory ones met.
+ * - `--memory-saver-mode` (V8 13, Node 24; V8 12 has no such flag), for the memory a burst leaves
+ *   there: V8 13 keeps its grown heap resident, since its memory reducer takes an embedder
+ *   allocation rate of zero for a high one and never runs in a process like this one
+ *   (nodejs/node#66564; the idle node's `--trace-memory-reducer` says "high alloc" every 8 s).
+ *   Repeated connection floods (spec/security/flood.spec.ts) leave 104 MB, then up to 206 MB after
+ *   eight; with the flag 84 MB, flat. It works from here too, but makes V8 collect for memory
+ *   throughout: `npm run bench` on Node 24, two A/B rounds, took 0.44 and 0.57 CPU s for mesh3
+ *   instead of 0.37 and 0.39, random20 4.03 and 4.85 instead of 3.64 and 3.84.
  */
 export function v8FlagsFor(v8Version: string): string[] {
   const major = Number.parseInt(v8Version, 10);
