@@ -11,6 +11,11 @@
  *   (default 67,584); Node 22 and later (V8 12+): `--invocation-count-for-turbofan` (default 3,000).
  *   On Node 22, random20 ran 1.47x and mesh3 1.16x with them than without (one harness run, 3
  *   rounds).
+ * - No Maglev (V8's mid-tier compiler; Node 24 turns it on, Node 22 has it off, Node 20's V8 is built
+ *   without it): for the same reason, it compiled the message path in the burst. On Node 24, one
+ *   shared-harness run (2 rounds, a loaded machine): CPU per message 0.65x in mesh3 and 0.79x in
+ *   random20 with it off (set from here; 0.75x and 0.71x with `--no-maglev` on the command line),
+ *   throughput 1.47x and 1.15x.
  * - No "early" optimisation of tiny functions: Node's own (an argument validator) were optimised
  *   within seconds even in an idle node, and the first optimisation in a process pages in ~3.5 MB of
  *   TurboFan's code: idle RSS -2.8 MB.
@@ -46,6 +51,7 @@ export function v8FlagsFor(v8Version: string): string[] {
   return [
     '--invocation-count-for-turbofan=45000',
     '--invocation-count-for-early-optimization=1000000',
+    '--no-maglev',
     reducer,
   ];
 }

@@ -12,7 +12,8 @@ function knownFlags(): Set<string> {
   return new Set([...text.matchAll(/^\s+--([a-z0-9-]+) \(/gm)].map((m) => m[1]!));
 }
 
-const nameOf = (flag: string): string => flag.replace(/^--/, '').replace(/=.*/, '');
+/** A flag's name as `--v8-options` lists it: `--no-maglev` turns off the flag `maglev`. */
+const nameOf = (flag: string): string => flag.replace(/^--(no-)?/, '').replace(/=.*/, '');
 
 describe('bin/p2p: V8 flags', () => {
   // That bin/p2p starts with nothing on stderr (no such line) is checked by args.spec's --version test.
@@ -25,7 +26,7 @@ describe('bin/p2p: V8 flags', () => {
       assert.ok(known.has(nameOf(flag)), `${flag} is a flag of V8 ${process.versions.v8}`);
   });
 
-  it("delays TurboFan by Node 20's interrupt budget, and by Node 22's and 24's invocation counts", () => {
+  it("delays TurboFan by Node 20's interrupt budget, and by Node 22's and 24's invocation counts, without Maglev", () => {
     // The V8 versions of Node 20.20, 22.23 and 24.21.
     assert.deepEqual(v8FlagsFor('11.3.244.8-node.38').map(nameOf), [
       'interrupt-budget',
@@ -33,9 +34,11 @@ describe('bin/p2p: V8 flags', () => {
       'gc-memory-reducer-start-delay-ms',
     ]);
     for (const v8 of ['12.4.254.21-node.57', '13.6.233.17-node.53']) {
+      assert.ok(v8FlagsFor(v8).includes('--no-maglev'), `V8 ${v8}: Maglev off`);
       assert.deepEqual(v8FlagsFor(v8).map(nameOf), [
         'invocation-count-for-turbofan',
         'invocation-count-for-early-optimization',
+        'maglev',
         'gc-memory-reducer-start-delay-ms',
       ]);
     }
