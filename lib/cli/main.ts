@@ -315,8 +315,8 @@ function textOf(raw: string, sink: ConsoleSink): string | { readonly command: st
 }
 
 function runCommand(line: string, node: P2PNode, sink: ConsoleSink, quit: () => void): void {
-  const [command = '', ...rest] = line.trim().split(/\s+/);
-  const arg = rest.join(' ');
+  // The argument is the rest of the line as typed (trimmed): a nick keeps its inner spaces.
+  const [, command = '', arg = ''] = /^(\S*)\s*(.*)$/su.exec(line.trim()) ?? [];
   switch (command) {
     case '/help':
       sink.notice(HELP_TEXT);

@@ -933,6 +933,18 @@ describe('main: stdout not a terminal', () => {
     assert.equal(stdout.writes().join(''), 'no peers connected\nyou are now bob\n');
   });
 
+  it('/nick takes the rest of the line as typed, trimmed, its inner spaces kept', async (t) => {
+    const { stdin, stdout, signals, code } = await startTtyIn(t, ['--nick', 'alice']);
+    stdin.write('/nick   Mary  Ann  \n/nick a\tb\n');
+    await waitFor(() => stdout.writes().join('').split('\n').length > 2, 'the two replies');
+    signals.emit('SIGTERM');
+    assert.equal(await code, 0);
+    const [renamed, refused] = stdout.writes().join('').split('\n');
+    assert.equal(renamed, 'you are now Mary  Ann');
+    // A tab is a control character: refused, not turned into a space.
+    assert.match(refused!, /^\/nick: nickname must be/);
+  });
+
   it('with stdin a terminal and stdout a pipe, leaves with exit 0 at the end of input (Ctrl+D), as /help says', async (t) => {
     const { stdin, code } = await startTtyIn(t, []);
     stdin.end();
