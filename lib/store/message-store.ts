@@ -3,6 +3,7 @@ import {
   closeSync,
   existsSync,
   fstatSync,
+  fsync,
   fsyncSync,
   mkdirSync,
   openSync,
@@ -12,6 +13,7 @@ import {
   rmSync,
   writeFileSync,
   writeSync,
+  writev,
   writevSync,
 } from 'node:fs';
 import { join } from 'node:path';
@@ -103,6 +105,25 @@ export interface StoreRepair {
 }
 
 const LOG_FILE = 'messages.log';
+/**
+ * The file a routine compaction writes in the background ({@link MessageStore.startCompaction}), apart
+ * from the synchronous compaction's `messages.log.tmp`: one given up (a failed write, a close) may
+ * still have a write in flight on libuv's thread pool, into its own file, while a synchronous one
+ * writes the other.
+ */
+const NEXT_LOG_FILE = 'messages.log.next';
+/**
+ * Bytes of the window a routine compaction hands to one write: the records' headers (and their
+ * checksums) are made on the event loop a chunk at a time, a few milliseconds each, rather than for
+ * the whole window (up to 1 GB) at once; and a compaction given up stops after the chunk in flight.
+ */
+const COMPACT_CHUNK_BYTES = 1024 * 1024;
+/**
+ * Rounds of a routine compaction that write in the background what was written to the log while
+ * the window was, each synced. In a burst new records come while the last ones are written: what
+ * came during the last round is written (and synced) on the event loop as the file replaces the log.
+ */
+const CATCH_UP_ROUNDS = 4;
 const SEQ_FILE = 'seq';
 /** Own sequence numbers reserved per write of the `seq` file: one small write per 1,000 messages. */
 const SEQ_RESERVE = 1000;
@@ -249,6 +270,30 @@ const LOAD_CHUNK = 4 * 1024 * 1024;
 /** A turn's first buffer of records (a burst's turn: ~60 messages of ~350 bytes); kept while no larger. */
 const TURN_BYTES = 32 * 1024;
 
+/** A routine compaction in flight (see {@link MessageStore.startCompaction}). */
+interface Compaction {
+  /** Its file, {@link NEXT_LOG_FILE}, open for writing; closed once it is renamed or given up. */
+  readonly fd: number;
+  readonly next: string;
+  readonly log: string;
+  /** Records in the window it writes (messages and meta records). */
+  readonly records: number;
+  /** The store's `recordsInLog` when the window was taken: those since are in {@link tail} or pending. */
+  readonly recordsAtStart: number;
+  /**
+   * Copies of what was written to the log since the window was taken, not yet in the file: each
+   * turn's record(s) as written.
+   */
+  tail: Uint8Array[];
+  tailBytes: number;
+  /**
+   * Given up (a failed write, a close): its file is removed at once, and its descriptor closed once
+   * the operation in flight returns (closed before, its number could be another file's when the
+   * thread pool writes to it).
+   */
+  cancelled: boolean;
+}
+
 interface Meta {
   /** Own last sequence number, kept through compactions that drop own messages. */
   lastSeq: number;
@@ -296,8 +341,9 @@ interface SenderState {
  * turn of the event loop are written as one batch record (a turn of one message as that message's
  * record), read whole or not at all. A torn or corrupted record stops the reading there: what
  * follows is dropped (and reported by `open`), the file is truncated to the last good record, and
- * resync with peers fetches the rest. When the log holds
- * twice the window it is compacted (rewritten to a temporary file, then renamed over).
+ * resync with peers fetches the rest. When the log holds twice the window it is compacted: the
+ * window is rewritten to a temporary file, then renamed over the log; in the background (libuv's
+ * thread pool) while the node runs, with what was appended meanwhile added at the end.
  *
  * It is also the replay guard: a message is known when it is held, or when its sequence number is at
  * or below the highest one evicted for its sender, so an old message whose id left the dedup cache
@@ -328,7 +374,13 @@ export class MessageStore {
   /** Own sequence numbers up to this one are reserved in the `seq` file. */
   private reservedSeq = 0;
   private fd: number | undefined;
+  /**
+   * Records appended to the log since it was last compacted (or to be: pending ones count), with the
+   * compaction's own: the log is compacted once they are more than twice the window.
+   */
   private recordsInLog = 0;
+  /** The routine compaction in flight, or given up with an operation still in flight: one at a time. */
+  private compacting: Compaction | undefined;
   /**
    * Records of this turn of the event loop not written yet, as one batch record being built: its
    * record header and kind before {@link TURN_ENTRIES_AT}, then each record's length, kind and body
@@ -390,6 +442,7 @@ export class MessageStore {
     let unsaved = false;
     if (dir !== undefined) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
+      rmQuietly(join(dir, NEXT_LOG_FILE)); // a routine compaction's, cut short by a crash: never read
       repair = store.load(join(dir, LOG_FILE));
       const marks = readReservedMarks(dir);
       const reserved = readReserved(join(dir, SEQ_FILE));
@@ -723,6 +776,9 @@ export class MessageStore {
    */
   close(): void {
     this.flush();
+    // A routine compaction in flight is given up, its file removed now (the process may exit right
+    // after): the log holds every record written, and the next start compacts it anyway.
+    this.cancelCompaction();
     if (this.writeFailure !== undefined && this.fd !== undefined) this.compactOrFail();
     if (this.fd === undefined) return;
     if (this.dir !== undefined && this.writeFailure === undefined && this.lastSeq < this.reservedSeq) {
@@ -812,9 +868,10 @@ export class MessageStore {
     if (
       this.fd !== undefined &&
       this.recordsInLog > 2 * this.maxMessages + 1 &&
-      this.writeFailure === undefined
+      this.writeFailure === undefined &&
+      this.compacting === undefined
     ) {
-      this.compactOrFail();
+      this.startCompaction();
     }
   }
 
@@ -1015,11 +1072,11 @@ export class MessageStore {
   }
 
   /**
-   * Appends one record to `parts`, as its header (length, crc32, kind) and the body itself: for
-   * {@link compact}, which writes the window with writev, so the bodies (payloads held anyway) are
-   * not copied into a buffer of their own.
+   * Appends one record to `parts`, as its header (length, crc32, kind) and the body itself: for the
+   * compactions, which write the window with writev, so the bodies (payloads held anyway) are not
+   * copied into a buffer of their own. Returns the record's bytes.
    */
-  private record(parts: Uint8Array[], kind: number, body: Buffer): void {
+  private record(parts: Uint8Array[], kind: number, body: Buffer): number {
     if (1 + body.length > MAX_RECORD_BYTES) {
       throw new RangeError(`a record of ${1 + body.length} bytes, over the longest the log holds`);
     }
@@ -1030,6 +1087,7 @@ export class MessageStore {
     header[RECORD_HEADER] = kind;
     putUint32(header, 4, crc32(body, KIND_CRC[kind])); // the crc32 of kind + body, without joining them
     parts.push(header, body);
+    return header.length + body.length;
   }
 
   /**
@@ -1106,12 +1164,24 @@ export class MessageStore {
       for (let written = start; written < end;) written += writeSync(this.fd, turn, written, end - written);
     } catch (err) {
       this.failed(err);
+      return;
+    }
+    const compaction = this.compacting;
+    if (compaction !== undefined && !compaction.cancelled) {
+      // For the compaction's file too. A copy of the turn's buffer, which the next turn fills again;
+      // a burst's larger buffer is let go (above), so a view of it is enough.
+      const record = turn === this.turn ? Buffer.from(turn.subarray(start, end)) : turn.subarray(start, end);
+      compaction.tail.push(record);
+      compaction.tailBytes += record.length;
     }
   }
 
   /** Notes a failed write (see {@link onWriteFailure}); rethrows anything but a system error. */
   private failed(err: unknown): void {
     if (!isSystemError(err)) throw err;
+    // The log misses what is kept in memory from now on: a routine compaction in flight could not
+    // catch up with it. The retries rewrite the window (compactOrFail).
+    this.cancelCompaction();
     this.retryAt = this.now() + WRITE_RETRY_MS;
     if (this.writeFailure !== undefined) return;
     this.writeFailure = err;
@@ -1141,10 +1211,13 @@ export class MessageStore {
 
   /**
    * Rewrites the log as its meta record(s) plus the window, atomically: a temporary file, synced to
-   * disk, renamed over the log, and the directory synced.
+   * disk, renamed over the log, and the directory synced. On the event loop, all of it: for the
+   * start, and the retries while writes fail (a rewrite is what tells that writing works again);
+   * the routine compaction runs in the background ({@link startCompaction}).
    */
   private compact(): void {
     if (this.dir === undefined) return;
+    this.cancelCompaction(); // one at a time: this one writes the window as it is now
     const path = join(this.dir, LOG_FILE);
     const tmp = `${path}.tmp`;
     const metas = this.metas();
@@ -1152,21 +1225,14 @@ export class MessageStore {
     let fdOpen = true;
     try {
       const parts: Uint8Array[] = [];
-      for (const meta of metas) this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
+      let bytes = 0;
+      for (const meta of metas)
+        bytes += this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
       for (let i = this.orderStart; i < this.order.length; i++) {
         const message = this.order[i]!;
-        this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
+        bytes += this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
       }
-      // A full disk can stop writev part way without an error (it reports what it wrote): the file
-      // would then replace the log with part of the window.
-      let bytes = 0;
-      for (const part of parts) bytes += part.length;
-      const written = writevSync(fd, parts);
-      if (written !== bytes) {
-        throw Object.assign(new Error(`wrote ${written} of ${bytes} bytes of the history`), {
-          code: SHORT_WRITE,
-        });
-      }
+      writevWhole(fd, parts, bytes);
       // On disk before it replaces the log: renamed first, a crash of the machine could leave a log
       // with the window's records missing or zeroed (its data not yet written) in place of the old.
       fsyncSync(fd);
@@ -1179,23 +1245,209 @@ export class MessageStore {
       throw err;
     }
     this.clearTurn(); // the window just written holds them
-    // The new descriptor first: one that failed to open leaves the old one in use, and the old one
-    // is forgotten before it is closed, so no later call closes its number again (it may be another
-    // file's by then).
+    this.useNewLog(path, this.size + metas.length);
+  }
+
+  /**
+   * Appends to the log at `path`, just renamed over the one in use, from now on: `records` in it.
+   * The new descriptor first: one that failed to open leaves the old one in use, and the old one is
+   * forgotten before it is closed, so no later call closes its number again (it may be another
+   * file's by then). Then the rename on disk too (where the platform can sync a directory); last,
+   * so a failure here leaves the store appending to the new log, and is noted as a failed write.
+   */
+  private useNewLog(path: string, records: number): void {
     const appending = openSync(path, 'a', 0o600);
     const old = this.fd;
     this.fd = appending;
-    this.recordsInLog = this.size + metas.length;
-    if (old !== undefined) {
-      try {
-        closeSync(old);
-      } catch {
-        // Linux frees the descriptor even when close reports an error.
-      }
+    this.recordsInLog = records;
+    if (old !== undefined) closeQuietly(old);
+    if (this.dir !== undefined) syncDir(this.dir);
+  }
+
+  /**
+   * The routine compaction, once the log holds more than twice the window: what {@link compact}
+   * writes, written off the event loop, so a large window (`--history`, up to 1 GB) on a slow disk
+   * does not hold up every peer for seconds. The window as it is now, which is what the log holds
+   * up to here (the turn's records are written first), goes to {@link NEXT_LOG_FILE} through libuv's
+   * thread pool, a chunk at a time, and is synced. Meanwhile records go to the log as ever (a
+   * message is passed on once its record is there), and a copy of each write is kept; they are
+   * appended to the file in turn (see {@link CATCH_UP_ROUNDS}), and the file replaces the log in one
+   * synchronous step with the last of them ({@link finishCompaction}), so no record reaches the old
+   * log after the last copy was taken. As with {@link compact}, a crash at any point leaves the old
+   * log, or the new one whole: the file is on disk before it is renamed. A failure is a failed
+   * write (as compactOrFail notes it), and leaves the log as it was; a failed write to the log, or
+   * {@link close}, gives it up ({@link cancelCompaction}).
+   */
+  private startCompaction(): void {
+    if (this.dir === undefined || this.fd === undefined || this.compacting !== undefined) return;
+    if (this.pending > 0) this.writeTurn();
+    if (this.writeFailure !== undefined) return; // that write failed: the retries rewrite the window
+    const log = join(this.dir, LOG_FILE);
+    const next = join(this.dir, NEXT_LOG_FILE);
+    const metas = this.metas();
+    let fd: number;
+    try {
+      fd = openSync(next, 'w', 0o600);
+    } catch (err) {
+      this.failed(err);
+      return;
     }
-    // The rename on disk too (where the platform can sync a directory). Last, so a failure here
-    // leaves the store appending to the new log, and is noted as a failed write (compactOrFail).
-    syncDir(this.dir);
+    const compaction: Compaction = {
+      fd,
+      next,
+      log,
+      records: this.size + metas.length,
+      recordsAtStart: this.recordsInLog,
+      tail: [],
+      tailBytes: 0,
+      cancelled: false,
+    };
+    this.compacting = compaction;
+    // The messages, not their records: each chunk's headers are made as it is written.
+    const window = this.order.slice(this.orderStart);
+    void this.writeNext(compaction, metas, window).then(
+      () => this.finishCompaction(compaction),
+      (err: unknown) => this.compactionFailed(compaction, err),
+    );
+  }
+
+  /**
+   * The background part of {@link startCompaction}: the window and what came meanwhile, written and
+   * synced. Stops after the operation in flight once the compaction is given up.
+   */
+  private async writeNext(
+    compaction: Compaction,
+    metas: readonly Meta[],
+    window: (StoredMessage | undefined)[],
+  ): Promise<void> {
+    const { fd } = compaction;
+    let parts: Uint8Array[] = [];
+    let bytes = 0;
+    for (const meta of metas)
+      bytes += this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
+    let at = 0;
+    do {
+      while (at < window.length && bytes < COMPACT_CHUNK_BYTES) {
+        const message = window[at]!;
+        window[at++] = undefined; // an evicted message is let go once its chunk is written
+        bytes += this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
+      }
+      await writevWholeInBackground(fd, parts, bytes);
+      if (compaction.cancelled) return;
+      parts = [];
+      bytes = 0;
+    } while (at < window.length);
+    await fsyncInBackground(fd);
+    for (let round = 0; round < CATCH_UP_ROUNDS && compaction.tail.length > 0; round++) {
+      if (compaction.cancelled) return;
+      const { tail, tailBytes } = compaction;
+      compaction.tail = [];
+      compaction.tailBytes = 0;
+      await writevWholeInBackground(fd, tail, tailBytes);
+      if (compaction.cancelled) return;
+      await fsyncInBackground(fd);
+    }
+  }
+
+  /**
+   * The last step of a routine compaction, on the event loop: what was written to the log since the
+   * last round, appended and synced, then the file renamed over the log and appended to from now on.
+   * Nothing is written to the log in between, so the new log holds every record the old one did.
+   */
+  private finishCompaction(compaction: Compaction): void {
+    if (this.compacting === compaction) this.compacting = undefined;
+    if (compaction.cancelled) {
+      closeQuietly(compaction.fd); // its file is gone already (cancelCompaction)
+      return;
+    }
+    const { fd, tail, tailBytes } = compaction;
+    let fdOpen = true;
+    try {
+      if (tail.length > 0) {
+        writevWhole(fd, tail, tailBytes);
+        fsyncSync(fd);
+      }
+      fdOpen = false;
+      closeSync(fd);
+      renameSync(compaction.next, compaction.log);
+    } catch (err) {
+      if (fdOpen) closeQuietly(fd);
+      rmQuietly(compaction.next);
+      this.failed(err);
+      return;
+    }
+    try {
+      this.useNewLog(compaction.log, compaction.records + this.recordsInLog - compaction.recordsAtStart);
+    } catch (err) {
+      this.failed(err);
+    }
+  }
+
+  /** A routine compaction failed (its file, its write or its sync): noted as a failed write, as compactOrFail does. */
+  private compactionFailed(compaction: Compaction, err: unknown): void {
+    if (this.compacting === compaction) this.compacting = undefined;
+    closeQuietly(compaction.fd); // nothing is in flight on it: what failed has returned
+    if (compaction.cancelled) {
+      if (!isSystemError(err)) throw err;
+      return; // given up already: its file is gone, and what gave it up was reported
+    }
+    rmQuietly(compaction.next);
+    this.failed(err);
+  }
+
+  /**
+   * Gives up the routine compaction in flight, if any: its file is removed now, its descriptor
+   * closed once the operation in flight returns ({@link finishCompaction}, {@link compactionFailed}).
+   * Until then it stays {@link compacting}, so no other starts in the background.
+   */
+  private cancelCompaction(): void {
+    const compaction = this.compacting;
+    if (compaction === undefined || compaction.cancelled) return;
+    compaction.cancelled = true;
+    compaction.tail = [];
+    compaction.tailBytes = 0;
+    rmQuietly(compaction.next);
+  }
+}
+
+/** The error of a write that stopped part way: a full disk reports what it wrote, not an error. */
+function shortWrite(written: number, bytes: number): Error {
+  return Object.assign(new Error(`wrote ${written} of ${bytes} bytes of the history`), { code: SHORT_WRITE });
+}
+
+/**
+ * Writes `parts` (`bytes` in all) at the file's position; a compaction's file that a full disk cut
+ * short would replace the log with part of the window, so that is an error.
+ */
+function writevWhole(fd: number, parts: readonly Uint8Array[], bytes: number): void {
+  const written = writevSync(fd, parts);
+  if (written !== bytes) throw shortWrite(written, bytes);
+}
+
+/** {@link writevWhole} on libuv's thread pool (Node's asynchronous writev). */
+function writevWholeInBackground(fd: number, parts: readonly Uint8Array[], bytes: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    writev(fd, parts, (err, written) => {
+      if (err !== null) reject(err);
+      else if (written !== bytes) reject(shortWrite(written, bytes));
+      else resolve();
+    });
+  });
+}
+
+/** fsync on libuv's thread pool. */
+function fsyncInBackground(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    fsync(fd, (err) => (err !== null ? reject(err) : resolve()));
+  });
+}
+
+/** Closes a descriptor that is done with. Linux frees the descriptor even when close reports an error. */
+function closeQuietly(fd: number): void {
+  try {
+    closeSync(fd);
+  } catch {
+    // nothing more to do with it
   }
 }
 
