@@ -111,6 +111,27 @@ const NEXT = `${LOG}.next`;
 const nextTurn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
 
 /**
+ * Mocks fs.openSync for the test `t` (all fs mocks restored after it): each descriptor opened is
+ * named by `name(file)` in the returned map, and each open of a file named other than 'other' is
+ * noted in `calls`.
+ */
+function nameOpens(t: TestContext, name: (file: string) => string, calls: string[]): Map<number, string> {
+  const names = new Map<number, string>();
+  const openSync = fs.openSync;
+  t.after(() => {
+    t.mock.restoreAll();
+    syncBuiltinESMExports();
+  });
+  t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+    const fd = openSync(file, flags, mode);
+    names.set(fd, name(file));
+    if (name(file) !== 'other') calls.push(`open ${name(file)}`);
+    return fd;
+  });
+  return names;
+}
+
+/**
  * Lets the event loop turn until `done()` (at most 100,000 turns and 20 s), calling `each` before
  * every turn. Returns how many turns that took.
  */
@@ -1452,12 +1473,7 @@ describe('MessageStore', () => {
       // Each call on the log's files, in order: the store's named imports of node:fs follow the
       // module's properties once syncBuiltinESMExports runs.
       const calls: string[] = [];
-      const names = new Map<number, string>();
-      const name = (file: string): string =>
-        file === dir ? 'dir' : file === path ? 'log' : file === join(dir, NEXT) ? 'next' : 'other';
-      const nameOf = (fd: number): string => names.get(fd) ?? 'other';
       const real = {
-        openSync: fs.openSync,
         fsync: fs.fsync,
         fsyncSync: fs.fsyncSync,
         renameSync: fs.renameSync,
@@ -1465,16 +1481,10 @@ describe('MessageStore', () => {
         writevSync: fs.writevSync,
         writeSync: fs.writeSync,
       };
-      t.after(() => {
-        t.mock.restoreAll();
-        syncBuiltinESMExports();
-      });
-      t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
-        const fd = real.openSync(file, flags, mode);
-        names.set(fd, name(file));
-        if (name(file) !== 'other') calls.push(`open ${name(file)}`);
-        return fd;
-      });
+      const name = (file: string): string =>
+        file === dir ? 'dir' : file === path ? 'log' : file === join(dir, NEXT) ? 'next' : 'other';
+      const names = nameOpens(t, name, calls);
+      const nameOf = (fd: number): string => names.get(fd) ?? 'other';
       let b = 0;
       t.mock.method(
         fs,
@@ -1530,20 +1540,10 @@ describe('MessageStore', () => {
       add(first, chat('a', 1));
       first.close();
       const calls: string[] = [];
-      const names = new Map<number, string>();
+      const real = { fsyncSync: fs.fsyncSync, renameSync: fs.renameSync };
       const name = (file: string): string =>
         file === dir ? 'dir' : file === path ? 'log' : file === `${path}.tmp` ? 'tmp' : 'other';
-      const real = { openSync: fs.openSync, fsyncSync: fs.fsyncSync, renameSync: fs.renameSync };
-      t.after(() => {
-        t.mock.restoreAll();
-        syncBuiltinESMExports();
-      });
-      t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
-        const fd = real.openSync(file, flags, mode);
-        names.set(fd, name(file));
-        if (name(file) !== 'other') calls.push(`open ${name(file)}`);
-        return fd;
-      });
+      const names = nameOpens(t, name, calls);
       t.mock.method(fs, 'fsyncSync', (fd: number): void => {
         real.fsyncSync(fd);
         calls.push(`fsync ${names.get(fd) ?? 'other'}`);
