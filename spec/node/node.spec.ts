@@ -1529,7 +1529,8 @@ describe('createNode', () => {
     const json = serializeFrame(signedChat(raw.identity, { text: 'the longest', seq: 1 }));
     // JSON.parse takes trailing spaces: the frame is exactly as long as the node reads.
     raw.sendPayload(Buffer.concat([json, Buffer.alloc(MAX_PAYLOAD_BYTES - json.length, ' ')]));
-    await waitFor(() => inbox.values.some((m) => m.text === 'the longest'), 'the message shown', 10_000);
+    // 16 MiB to read, parse and verify: ~1 s alone, over 10 s in a full `npm test` on 2 busy cores.
+    await waitFor(() => inbox.values.some((m) => m.text === 'the longest'), 'the message shown', 30_000);
     assert.equal(node.stats().historySize, 1);
   });
 
