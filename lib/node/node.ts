@@ -1074,7 +1074,7 @@ class ChatNode implements P2PNode {
     return inbound$.pipe(finalize(() => this.onClosed(conn)));
   }
 
-  private onFrame(conn: Connection, { frame, payload }: Decoded): Inbound | undefined {
+  private onFrame(conn: Connection, { frame, payload, layout }: Decoded): Inbound | undefined {
     const hello = conn.hello;
     if (hello === undefined) {
       if (conn.closing) return undefined; // refused before its hello (full): what it sent is moot
@@ -1111,7 +1111,7 @@ class ChatNode implements P2PNode {
         this.neighbourVersion++;
         return { peer: conn.peerRef!, frame, payload };
       case 'chat':
-        return { peer: conn.peerRef!, frame, payload };
+        return { peer: conn.peerRef!, frame, payload, layout };
     }
   }
 

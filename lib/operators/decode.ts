@@ -1,10 +1,12 @@
 import { map, type OperatorFunction } from 'rxjs';
-import { parseFrame, type Frame } from '../protocol/frames.js';
+import { parseFrame, type BinaryChatLayout, type Frame } from '../protocol/frames.js';
 
 /** A frame payload and the frame it holds. */
 export interface Decoded {
   readonly frame: Frame;
   readonly payload: Buffer;
+  /** For a binary chat frame, where its parts lie in `payload` (`binaryChatLayout`), when read. */
+  readonly layout?: BinaryChatLayout | undefined;
 }
 
 /**

@@ -1,4 +1,4 @@
-import type { Frame } from '../protocol/frames.js';
+import type { BinaryChatLayout, Frame } from '../protocol/frames.js';
 
 /** The connected node a frame came from: its node id and the host its socket connects from. */
 export interface PeerRef {
@@ -25,6 +25,12 @@ export interface Inbound<F extends Frame = Frame> {
   readonly frame: F;
   /** The frame's payload bytes as received, so a relay can forward them without re-encoding. */
   readonly payload: Buffer;
+  /**
+   * For a chat frame in the binary encoding, where its parts lie in `payload` (`binaryChatLayout`),
+   * as read when it was parsed: `verifySignatures` checks it with these instead of reading them
+   * again. Absent: read there when needed.
+   */
+  readonly layout?: BinaryChatLayout | undefined;
   /**
    * Set by `verifySignatures` on a chat message it let through without checking its signature (its
    * author delivered it over the authenticated channel, and it goes nowhere else).

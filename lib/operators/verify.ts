@@ -2,7 +2,7 @@ import { Buffer } from 'node:buffer';
 import type { MonoTypeOperatorFunction } from 'rxjs';
 import { filterMap } from './filter-map.js';
 import { boundedLru, LastKeyLru } from '../util/lru.js';
-import { isBinaryChat, type ChatFrame } from '../protocol/frames.js';
+import { isBinaryChat, type BinaryChatLayout, type ChatFrame } from '../protocol/frames.js';
 import { nodeIdOf } from '../security/identity.js';
 import { NETWORK_TAG_BYTES } from '../security/network-key.js';
 import { verifyBinaryChat, verifyChat, verifyChatInBatch } from '../security/sign.js';
@@ -71,7 +71,7 @@ export function signatureCheck(
       if (message.peer.id === message.frame.from)
         return { peer: message.peer, frame: message.frame, payload: message.payload, unverified: true };
       reason = 'its sender id is not the id of its key';
-    } else reason = problem(message.frame, message.payload);
+    } else reason = problem(message.frame, message.payload, message.layout);
     if (reason === undefined) return message;
     onInvalid?.(message, reason);
     return undefined;
@@ -81,9 +81,14 @@ export function signatureCheck(
 /**
  * Why a chat message is not valid (a sentence), or `undefined` when it is. Given the frame's
  * `payload` too, a frame in the binary encoding is checked over those bytes (they must be the
- * bytes the frame was parsed from).
+ * bytes the frame was parsed from); given their `layout` as well (`binaryChatLayout` of them, read
+ * when the frame was parsed), it is not read again.
  */
-export type ChatChecker = (frame: ChatFrame, payload?: Uint8Array) => string | undefined;
+export type ChatChecker = (
+  frame: ChatFrame,
+  payload?: Uint8Array,
+  layout?: BinaryChatLayout,
+) => string | undefined;
 
 /**
  * A checker of chat messages: returns why `frame` is not a valid message of the network with tag
@@ -96,7 +101,7 @@ export function chatProblemChecker(network: Uint8Array): ChatChecker {
   const ids = new LastKeyLru<string, string>(1024);
   // Batches whose signature checked out (the signed bytes they were checked with): one Ed25519 check per batch.
   const batches = boundedLru<string, string>(64);
-  return (frame, payload) => {
+  return (frame, payload, layout) => {
     let id = ids.get(frame.key);
     if (id === undefined) {
       id = nodeIdOf(Buffer.from(frame.key, 'hex'));
@@ -105,7 +110,8 @@ export function chatProblemChecker(network: Uint8Array): ChatChecker {
     if (id !== frame.from) return 'its sender id is not the id of its key';
     let valid: boolean;
     // Binary: checked over the bytes received, nothing re-encoded.
-    if (payload !== undefined && isBinaryChat(payload)) valid = verifyBinaryChat(payload, network, batches);
+    if (payload !== undefined && isBinaryChat(payload))
+      valid = verifyBinaryChat(payload, network, batches, layout);
     else {
       const fields = {
         id: frame.id,

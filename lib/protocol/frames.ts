@@ -264,9 +264,12 @@ function ranges(value: unknown, mark: number): [number, number][] {
  * @param id the payload's {@link chatIdOf}, when the caller has read it already (a node does, to drop
  *   copies of messages it holds before parsing them): a binary chat frame takes it as its id instead
  *   of reading it again. Undefined: read here, and a malformed one refused.
+ * @param layout the payload's {@link binaryChatLayout}, when the caller has read it already (a node
+ *   does, to hand it on to the signature check too): a binary chat frame is read with it instead of
+ *   reading it again. Undefined: read here. Either must be what those functions return for `payload`.
  */
-export function parseFrame(payload: Buffer, id?: string): Frame {
-  if (isBinaryChat(payload)) return decodeChat(payload, id);
+export function parseFrame(payload: Buffer, id?: string, layout?: BinaryChatLayout): Frame {
+  if (isBinaryChat(payload)) return decodeChat(payload, id, layout);
   let raw: unknown;
   try {
     raw = JSON.parse(payload.toString('utf8'));
@@ -603,7 +606,7 @@ export function chatPayload(
   return out;
 }
 
-/** Where the parts of a binary chat frame lie, for the signature check ({@link binaryChatLayout}). */
+/** Where the parts of a binary chat frame lie, for its parse and its signature check ({@link binaryChatLayout}). */
 export interface BinaryChatLayout {
   /** Offsets of the nick's and the text's length prefixes (the id's is at a fixed place). */
   readonly nickAt: number;
@@ -677,10 +680,15 @@ function utf8(payload: Buffer, start: number, end: number, name: string): string
 
 /**
  * A binary chat frame as a validated {@link ChatFrame}, with the checks {@link validateFrame} makes of
- * JSON; `knownId` is its {@link chatIdOf} when the caller has it (see {@link parseFrame}).
+ * JSON; `knownId` and `knownLayout` are its {@link chatIdOf} and {@link binaryChatLayout} when the
+ * caller has them (see {@link parseFrame}).
  */
-function decodeChat(payload: Buffer, knownId: string | undefined): ChatFrame {
-  const layout = binaryChatLayout(payload);
+function decodeChat(
+  payload: Buffer,
+  knownId: string | undefined,
+  knownLayout: BinaryChatLayout | undefined,
+): ChatFrame {
+  const layout = knownLayout ?? binaryChatLayout(payload);
   if (layout === undefined) bad('binary chat frame of the wrong length');
   const seq = getUint64(payload, 1 + KEY_BYTES);
   const ts = getUint64(payload, 1 + KEY_BYTES + 8);

@@ -5,6 +5,7 @@ import {
   chatPayload,
   putChatBody,
   MAX_BATCH,
+  type BinaryChatLayout,
   type ChatFrame,
   type ChatProof,
 } from '../protocol/frames.js';
@@ -695,13 +696,20 @@ function signedInputIn(out: Buffer, body: Uint8Array, network: Uint8Array): Buff
  * (`encodeChat`), over its own bytes: its first part is the signed layout after the prefix, kind
  * and network tag, and its key, signature and proof path are bytes, so nothing is re-encoded to
  * check it. False for a payload that is not one (see `binaryChatLayout`) and as they are.
+ * @param knownLayout the payload's `binaryChatLayout`, when the caller has read it already (a node
+ *   reads it to parse the frame): not read again. It must be what that function returns for `payload`.
  * @throws {RangeError} when `network` is not a 32-byte tag (this node's configuration).
  *
  * The caller still checks that the message's `from` equals `nodeIdOf` of its key.
  */
-export function verifyBinaryChat(payload: Uint8Array, network: Uint8Array, cache?: BatchCache): boolean {
+export function verifyBinaryChat(
+  payload: Uint8Array,
+  network: Uint8Array,
+  cache?: BatchCache,
+  knownLayout?: BinaryChatLayout,
+): boolean {
   checkNetwork(network);
-  const layout = binaryChatLayout(payload);
+  const layout = knownLayout ?? binaryChatLayout(payload);
   if (layout === undefined) return false;
   const { bodyEnd, sigAt, n, i, pathAt, pathBytes } = layout;
   // Plain views, not Buffer#subarray (see bytesView): this runs for every message at every node.

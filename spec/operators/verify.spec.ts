@@ -4,7 +4,7 @@ import { from, take, tap } from 'rxjs';
 import { TestScheduler } from 'rxjs/testing';
 import { signatureCheck, verifySignatures, type VerifyOptions } from '../../lib/operators/verify.js';
 import type { Inbound } from '../../lib/operators/types.js';
-import { encodeChat, parseFrame, type ChatFrame } from '../../lib/protocol/frames.js';
+import { binaryChatLayout, encodeChat, parseFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { signedChat } from '../helpers/nodes.js';
@@ -145,6 +145,27 @@ describe('verifySignatures', () => {
       'm13: its signature does not verify',
       'm14: its sender id is not the id of its key',
     ]);
+  });
+
+  it('hands the checker the layout a message carries (read when it was parsed), and answers the same with it', () => {
+    const payload = encodeChat(signed('hello', 15));
+    const layout = binaryChatLayout(payload)!;
+    const frame = parseFrame(payload, undefined, layout) as ChatFrame;
+    const tampered = Buffer.from(payload);
+    tampered.write('J', tampered.indexOf('hello'), 'latin1');
+    const given: unknown[] = [];
+    const recording = signatureCheck({
+      network,
+      checker: (_frame, _payload, known) => (given.push(known), undefined),
+    });
+    assert.ok(recording({ peer, frame, payload, layout }));
+    assert.deepEqual(given, [layout]);
+    const check = signatureCheck({ network });
+    assert.ok(check({ peer, frame, payload, layout }));
+    const reports: string[] = [];
+    const reporting = signatureCheck({ network, onInvalid: (_m, reason) => reports.push(reason) });
+    assert.equal(reporting({ peer, frame, payload: tampered, layout }), undefined);
+    assert.deepEqual(reports, ['its signature does not verify']);
   });
 
   it("passes this node's own messages without checking them", () => {

@@ -847,6 +847,56 @@ describe('encodeChat / parseFrame (the binary encoding of chat frames)', () => {
     );
   });
 
+  it('parses as it does alone given the layout a caller read (binaryChatLayout), for valid frames, changed ones and any bytes (property)', () => {
+    /** The frame, or the code and message of the ProtocolError (anything else is thrown on). */
+    const outcome = (parse: () => Frame): Frame | string => {
+      try {
+        return parse();
+      } catch (err) {
+        if (!(err instanceof ProtocolError)) throw err;
+        return `${err.code}: ${err.message}`;
+      }
+    };
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          wellFormedChatArb.map((frame) => encodeChat(frame)),
+          fc.uint8Array({ maxLength: 400 }).map((bytes) => Buffer.from([BINARY_CHAT, ...bytes])),
+          fc
+            .tuple(wellFormedChatArb, fc.nat(), fc.integer({ min: 0, max: 255 }))
+            .map(([frame, at, value]) => {
+              const bytes = encodeChat(frame);
+              bytes[at % bytes.length] = value;
+              return bytes;
+            }),
+          chatArb.map((frame) => serializeFrame(frame)),
+        ),
+        (bytes) => {
+          const layout = binaryChatLayout(bytes);
+          const id = chatIdOf(bytes);
+          assert.deepEqual(
+            outcome(() => parseFrame(bytes, undefined, layout)),
+            outcome(() => parseFrame(bytes)),
+          );
+          assert.deepEqual(
+            outcome(() => parseFrame(bytes, id, layout)),
+            outcome(() => parseFrame(bytes)),
+          );
+        },
+      ),
+      { numRuns: NUM_RUNS },
+    );
+  });
+
+  it('reads a binary chat frame with the layout it is given, not again', () => {
+    const payload = encodeChat(BASE_CHAT);
+    const layout = binaryChatLayout(payload)!;
+    // The text's length prefix placed one byte later: nick and text are read where it says.
+    const moved = parseFrame(payload, undefined, { ...layout, textAt: layout.textAt + 1 }) as ChatFrame;
+    assert.deepEqual([moved.nick, moved.text], ['ann\0', 'éllo 🌍']);
+    assert.deepEqual(parseFrame(payload, undefined, layout), BASE_CHAT);
+  });
+
   it('refuses a frame cut short or with bytes after its last field (ERR_BAD_FRAME)', () => {
     const whole = encodeChat(BASE_CHAT);
     for (let cut = 1; cut < whole.length; cut++) {

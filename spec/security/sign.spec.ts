@@ -628,9 +628,31 @@ describe('verifyBinaryChat: a chat frame in the binary encoding, checked over it
         if (at >= fromAt && at < fromAt + frame.from.length) return;
         const bytes = flipBit(whole, bit);
         assert.equal(verifyBinaryChat(bytes, ours), false);
+        assert.equal(
+          verifyBinaryChat(bytes, ours, undefined, binaryChatLayout(bytes)),
+          false,
+          'given its layout',
+        );
       }),
       { numRuns: 300 },
     );
+  });
+
+  it('answers as it does alone given the layout the caller read (binaryChatLayout), and checks the bytes that layout names', () => {
+    const cache = new Map<string, string>();
+    for (const frame of frames) {
+      const payload = encodeChat(frame);
+      const layout = binaryChatLayout(payload)!;
+      assert.ok(verifyBinaryChat(payload, ours, undefined, layout));
+      assert.ok(verifyBinaryChat(payload, ours, cache, layout));
+      assert.equal(verifyBinaryChat(payload, theirs, cache, layout), false);
+      // Not read again: a layout whose signed body ends a byte early names bytes never signed.
+      forgetCheckedPath();
+      assert.equal(
+        verifyBinaryChat(payload, ours, undefined, { ...layout, bodyEnd: layout.bodyEnd - 1 }),
+        false,
+      );
+    }
   });
 
   it('answers false, never throws, for bytes that are not a binary chat frame (property)', () => {
