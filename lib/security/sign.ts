@@ -254,6 +254,15 @@ const PATH_WORDS = new Int32Array(
 );
 const OUTPUT_WORDS = new Int32Array(NODE_OUTPUT.buffer, NODE_OUTPUT.byteOffset, HASH_BYTES / WORD_BYTES);
 
+/** Bytes that name a batch: its signature, the signer's public key and the network tag, in that order. */
+const BATCH_ID_BYTES = SIGNATURE_BYTES + PUBLIC_KEY_BYTES + NETWORK_TAG_BYTES;
+/**
+ * The batch a walk checks ({@link rootIsSigned}), as {@link BATCH_ID_BYTES}: side by side, it is
+ * compared with the last path's in one Buffer#equals, not three (each a call through Node's argument
+ * checks into C++, most of a burst in code V8 has not optimised), and recorded in one copy.
+ */
+const BATCH_ID = Buffer.alloc(BATCH_ID_BYTES);
+
 /** The bytes as a latin1 string, one character per byte (a view, no copy). */
 function latin1(bytes: Uint8Array): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('latin1');
@@ -467,24 +476,20 @@ class CheckedPath {
   n = 0;
   i = 0;
   pathBytes = 0;
-  readonly signature = Buffer.alloc(SIGNATURE_BYTES);
-  readonly publicKey = Buffer.alloc(PUBLIC_KEY_BYTES);
-  readonly network = Buffer.alloc(NETWORK_TAG_BYTES);
+  /** Its batch's signature, key and network, laid out as {@link BATCH_ID}. */
+  readonly batch = Buffer.alloc(BATCH_ID_BYTES);
   readonly path = new Int32Array(MAX_PATH_BYTES / WORD_BYTES);
   /** The node at level `l` at word `l * 16` (level 0: the leaf). */
   readonly nodes = new Int32Array((MAX_LEVELS * HASH_BYTES) / WORD_BYTES);
   /** Path bytes used below level `l`. */
   readonly usedBelow = new Int32Array(MAX_LEVELS);
 
-  /** Same batch: same size, signature, key and network (the signature covers the other three). */
-  sameBatch(publicKey: Uint8Array, n: number, signature: Uint8Array, network: Uint8Array): boolean {
-    return (
-      this.valid &&
-      this.n === n &&
-      this.signature.equals(signature) &&
-      this.publicKey.equals(publicKey) &&
-      this.network.equals(network)
-    );
+  /**
+   * Same batch as the walk's: same size, and signature, key and network ({@link BATCH_ID}). The
+   * signature covers the other three.
+   */
+  sameBatch(n: number): boolean {
+    return this.valid && this.n === n && this.batch.equals(BATCH_ID);
   }
 
   /**
@@ -554,22 +559,13 @@ class CheckedPath {
     for (let l = level; l < MAX_LEVELS; l++) this.usedBelow[l] = from.usedBelow[l]! + shift;
   }
 
-  /** Records the batch and path of a walk that checked out (its nodes are in place). */
-  record(
-    publicKey: Uint8Array,
-    i: number,
-    n: number,
-    pathBytes: number,
-    signature: Uint8Array,
-    network: Uint8Array,
-  ): void {
+  /** Records the batch ({@link BATCH_ID}) and path of a walk that checked out (its nodes are in place). */
+  record(i: number, n: number, pathBytes: number): void {
     this.valid = true;
     this.n = n;
     this.i = i;
     this.pathBytes = pathBytes;
-    this.signature.set(signature);
-    this.publicKey.set(publicKey);
-    this.network.set(network);
+    this.batch.set(BATCH_ID);
     this.path.set(PATH_WORDS.subarray(0, pathBytes / WORD_BYTES));
   }
 }
@@ -623,7 +619,11 @@ function rootIsSigned(
   network: Uint8Array,
   cache: BatchCache | undefined,
 ): boolean {
-  const last = checkedPath.sameBatch(publicKey, n, signature, network) ? checkedPath : undefined;
+  // The batch this message claims, to compare with the last path's and to record if it checks out.
+  BATCH_ID.set(signature, 0);
+  BATCH_ID.set(publicKey, SIGNATURE_BYTES);
+  BATCH_ID.set(network, SIGNATURE_BYTES + PUBLIC_KEY_BYTES);
+  const last = checkedPath.sameBatch(n) ? checkedPath : undefined;
   const walk = walking;
   let used = 0;
   let level = 0;
@@ -662,7 +662,7 @@ function rootIsSigned(
   }
   // Checked out (joined, or to its signed root): the last path now, which the next message of the
   // batch joins lower.
-  walk.record(publicKey, i, n, pathBytes, signature, network);
+  walk.record(i, n, pathBytes);
   walking = checkedPath;
   checkedPath = walk;
   return true;

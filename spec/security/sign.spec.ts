@@ -12,6 +12,7 @@ import {
 import { ProtocolError } from '../../lib/protocol/errors.js';
 import { chatProblemChecker } from '../../lib/operators/verify.js';
 import { generateIdentity } from '../../lib/security/identity.js';
+import { sodium } from '../../lib/security/sodium.js';
 import { generateNetworkKey, networkTag } from '../../lib/security/network-key.js';
 import {
   chatSigningBytes,
@@ -588,6 +589,39 @@ describe('batches: one signature of a hash tree for many messages', () => {
           }
         }
       }
+    }
+  });
+
+  it("refuses, right after a batch's message checked out, one its signer planted in that batch under another key or for another network", () => {
+    // Bob signs a tree of two leaves whose second is a message with Alice's key, or one for another
+    // network: its proof rebuilds the root Bob signed, but that signature is Bob's, in ours.
+    const leaf = (fields: SignedChatFields, net: Uint8Array): Buffer => {
+      const out = Buffer.alloc(32);
+      sodium.crypto_generichash(out, Buffer.concat([Buffer.from([0]), chatSigningBytes(fields, net)]));
+      return out;
+    };
+    const planted: [string, Uint8Array, Uint8Array][] = [
+      ["Alice's key", alice.publicKey, ours],
+      ['another network', bob.publicKey, theirs],
+    ];
+    for (const [what, publicKey, net] of planted) {
+      const own = { ...message, id: 'p1', seq: 1, publicKey: bob.publicKey };
+      const other = { ...message, id: 'p2', seq: 2, publicKey };
+      const left = leaf(own, ours);
+      const right = leaf(other, net);
+      const root = Buffer.alloc(32);
+      sodium.crypto_generichash(root, Buffer.concat([Buffer.from([1]), left, right]));
+      const size = Buffer.from([0, 0, 0, 2]);
+      const sig = bob.sign(
+        Buffer.concat([SIGNING_PREFIX, Buffer.from([2]), ours, bob.publicKey, size, root]),
+      );
+      forgetCheckedPath();
+      assert.ok(verifyChatInBatch(own, { i: 0, n: 2, path: right.toString('base64url') }, sig, ours), what);
+      assert.equal(
+        verifyChatInBatch(other, { i: 1, n: 2, path: left.toString('base64url') }, sig, net),
+        false,
+        what,
+      );
     }
   });
 
