@@ -124,6 +124,14 @@ const COMPACT_CHUNK_BYTES = 1024 * 1024;
  * came during the last round is written (and synced) on the event loop as the file replaces the log.
  */
 const CATCH_UP_ROUNDS = 4;
+/**
+ * A routine compaction is given up once more records came while it ran than the window it writes,
+ * and the copies it keeps of them pass this many bytes: a disk whose syncs hang (the slow disk the
+ * background compaction is for) would otherwise have it keep every record of a burst in memory.
+ * The log holds them all; the next record written starts another compaction. The bytes are for small
+ * windows, which a burst outgrows while a quick compaction runs.
+ */
+const MAX_TAIL_BYTES_FLOOR = 4 * 1024 * 1024;
 const SEQ_FILE = 'seq';
 /** Own sequence numbers reserved per write of the `seq` file: one small write per 1,000 messages. */
 const SEQ_RESERVE = 1000;
@@ -776,8 +784,9 @@ export class MessageStore {
    */
   close(): void {
     this.flush();
-    // A routine compaction in flight is given up, its file removed now (the process may exit right
-    // after): the log holds every record written, and the next start compacts it anyway.
+    // A routine compaction in flight is given up, its file removed now: the log holds every record
+    // written, and the next start compacts it anyway. (An exit right after waits for its operation
+    // in flight on the thread pool, such as the sync of the whole window: Node finishes those first.)
     this.cancelCompaction();
     if (this.writeFailure !== undefined && this.fd !== undefined) this.compactOrFail();
     if (this.fd === undefined) return;
@@ -1173,6 +1182,12 @@ export class MessageStore {
       const record = turn === this.turn ? Buffer.from(turn.subarray(start, end)) : turn.subarray(start, end);
       compaction.tail.push(record);
       compaction.tailBytes += record.length;
+      if (
+        this.recordsInLog - compaction.recordsAtStart > compaction.records &&
+        compaction.tailBytes > MAX_TAIL_BYTES_FLOOR
+      ) {
+        this.cancelCompaction();
+      }
     }
   }
 

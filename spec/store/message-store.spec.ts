@@ -1430,6 +1430,50 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(reopened.store), ids(store));
     });
 
+    it('is given up when more than the window came while its sync hangs: what it kept of that is let go, the log has all', async (t) => {
+      const maxMessages = 1_000;
+      const window = { maxMessages };
+      const { dir, store, ino } = fullLog(t, maxMessages);
+      // A disk whose syncs hang: the compaction's first sync (of the window) is held until released.
+      const held: Array<() => void> = [];
+      const realFsync = fs.fsync;
+      t.after(() => {
+        t.mock.restoreAll();
+        syncBuiltinESMExports();
+      });
+      t.mock.method(fs, 'fsync', (fd: number, done: (err: NodeJS.ErrnoException | null) => void): void => {
+        held.push(() => realFsync(fd, done));
+      });
+      syncBuiltinESMExports();
+      let seq = 2 * maxMessages;
+      add(store, chat('a', ++seq, T0, `message ${seq} `.padEnd(1_000, 'x'))); // starts it
+      const next = join(dir, NEXT);
+      await turnsUntil(() => held.length > 0, 'its sync of the window');
+      assert.ok(existsSync(next));
+      // A burst while the sync hangs: 5 MB, five windows, 100 messages a turn.
+      for (let turn = 0; turn < 50; turn++) {
+        for (let i = 0; i < 100; i++)
+          add(store, chat('b', turn * 100 + i + 1, T0, `b ${turn} ${i} `.padEnd(1_000, 'y')));
+        await nextTurn();
+      }
+      assert.ok(!existsSync(next), 'given up: its file removed');
+      const kept = (store as unknown as { compacting: { tail: unknown[]; tailBytes: number } }).compacting;
+      assert.equal(kept.tailBytes, 0, 'the copies of what came meanwhile let go');
+      assert.equal(logInode(dir), ino, 'the log not replaced');
+      assert.deepEqual(idsOfCopy(t, dir, window).ids, ids(store), 'the log holds what the store does');
+      // The sync returns: the next write starts a compaction again, and it completes.
+      t.mock.restoreAll();
+      syncBuiltinESMExports();
+      for (const release of held.splice(0)) release();
+      await turnsUntil(() => !compacting(store), 'the given-up compaction to end');
+      add(store, chat('c', 1));
+      await turnsUntil(() => !compacting(store) && logInode(dir) !== ino, 'a compaction that completes');
+      store.close();
+      const reopened = open(t, dir, window);
+      assert.equal(reopened.repair, undefined);
+      assert.deepEqual(ids(reopened.store), ids(store));
+    });
+
     it('is given up at close: the log keeps every record, and neither its file nor its descriptor is left', async (t) => {
       const maxMessages = 5_000;
       const window = { maxMessages };
