@@ -13,9 +13,8 @@
  *   rounds).
  * - No Maglev (V8's mid-tier compiler; Node 24 turns it on, Node 22 has it off, Node 20's V8 is built
  *   without it): for the same reason, it compiled the message path in the burst. On Node 24, one
- *   shared-harness run (2 rounds, a loaded machine): CPU per message 0.65x in mesh3 and 0.79x in
- *   random20 with it off (set from here; 0.75x and 0.71x with `--no-maglev` on the command line),
- *   throughput 1.47x and 1.15x.
+ *   shared-harness run (3 rounds, quiet machine): throughput 1.37x in mesh3 and 1.41x in random20
+ *   with it off (set from here), CPU per message 0.69x and 0.67x.
  * - No "early" optimisation of tiny functions: Node's own (an argument validator) were optimised
  *   within seconds even in an idle node, and the first optimisation in a process pages in ~3.5 MB of
  *   TurboFan's code: idle RSS -2.8 MB.
