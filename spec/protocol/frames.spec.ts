@@ -763,6 +763,18 @@ describe('chatIdOf', () => {
  * make a pair when joined, and encodeChat rightly refuses both.
  */
 const wellFormedChatArb = chatArb.filter((f) => f.nick.isWellFormed() && f.text.isWellFormed());
+/** Any bytes after the binary chat marker. */
+const afterBinaryMarkerArb = fc
+  .uint8Array({ maxLength: 400 })
+  .map((bytes) => Buffer.from([BINARY_CHAT, ...bytes]));
+/** A valid binary chat frame with one byte changed (possibly to itself). */
+const changedBinaryChatArb = fc
+  .tuple(wellFormedChatArb, fc.nat(), fc.integer({ min: 0, max: 255 }))
+  .map(([frame, at, value]) => {
+    const bytes = encodeChat(frame);
+    bytes[at % bytes.length] = value;
+    return bytes;
+  });
 
 /** A valid frame to take apart by hand: batched, with a two-hash path. */
 const BASE_CHAT: ChatFrame = {
@@ -823,26 +835,14 @@ describe('encodeChat / parseFrame (the binary encoding of chat frames)', () => {
 
   it('gives a Frame or a ProtocolError for any bytes after the binary marker, and for any change to a valid frame', () => {
     fc.assert(
-      fc.property(
-        fc.oneof(
-          fc.uint8Array({ maxLength: 400 }).map((bytes) => Buffer.from([BINARY_CHAT, ...bytes])),
-          fc
-            .tuple(wellFormedChatArb, fc.nat(), fc.integer({ min: 0, max: 255 }))
-            .map(([frame, at, value]) => {
-              const bytes = encodeChat(frame);
-              bytes[at % bytes.length] = value;
-              return bytes;
-            }),
-        ),
-        (bytes) => {
-          // ERR_BAD_JSON when the marker byte itself was changed.
-          const frame = frameOrProtocolError(
-            () => parseFrame(bytes),
-            bytes[0] === BINARY_CHAT ? ['ERR_BAD_FRAME'] : PARSE_CODES,
-          );
-          if (frame !== undefined) assert.equal(frame.type, 'chat');
-        },
-      ),
+      fc.property(fc.oneof(afterBinaryMarkerArb, changedBinaryChatArb), (bytes) => {
+        // ERR_BAD_JSON when the marker byte itself was changed.
+        const frame = frameOrProtocolError(
+          () => parseFrame(bytes),
+          bytes[0] === BINARY_CHAT ? ['ERR_BAD_FRAME'] : PARSE_CODES,
+        );
+        if (frame !== undefined) assert.equal(frame.type, 'chat');
+      }),
       { numRuns: NUM_RUNS },
     );
   });
@@ -861,14 +861,8 @@ describe('encodeChat / parseFrame (the binary encoding of chat frames)', () => {
       fc.property(
         fc.oneof(
           wellFormedChatArb.map((frame) => encodeChat(frame)),
-          fc.uint8Array({ maxLength: 400 }).map((bytes) => Buffer.from([BINARY_CHAT, ...bytes])),
-          fc
-            .tuple(wellFormedChatArb, fc.nat(), fc.integer({ min: 0, max: 255 }))
-            .map(([frame, at, value]) => {
-              const bytes = encodeChat(frame);
-              bytes[at % bytes.length] = value;
-              return bytes;
-            }),
+          afterBinaryMarkerArb,
+          changedBinaryChatArb,
           chatArb.map((frame) => serializeFrame(frame)),
         ),
         (bytes) => {
