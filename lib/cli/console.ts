@@ -442,7 +442,12 @@ export function ttyConsole(
   // Whether the prompt is on screen: not before the first is drawn, nor after Enter (readline goes to
   // a new row and draws no prompt) until one is drawn again.
   let promptShown = false;
+  // readline closes by itself at the end of its input (the terminal gone): it draws nothing more,
+  // and Node 24's throws ERR_USE_AFTER_CLOSE for a prompt then. What comes is written as it is.
+  let rlClosed = false;
+  rl.on('close', () => (rlClosed = true));
   const prompt = (preserveCursor: boolean): void => {
+    if (rlClosed) return;
     // A dumb terminal's cursor is always at the end of the line (readline only appends there).
     if (dumb) out.write(preserveCursor ? rl.getPrompt() + rl.line : rl.getPrompt());
     else rl.prompt(preserveCursor);
@@ -483,7 +488,7 @@ export function ttyConsole(
   };
   let closed = false;
   const above = (stream: Writable, text: string | Uint8Array): void => {
-    if (closed) {
+    if (closed || rlClosed) {
       stream.write(text);
       return;
     }

@@ -348,6 +348,25 @@ describe('terminal (the spec helper): a screen as xterm draws it', () => {
   });
 });
 
+describe('ttyConsole: after readline closed by itself (the terminal gone, stdin ended)', () => {
+  it('still writes what comes and closes, without drawing the prompt again (Node 24 throws ERR_USE_AFTER_CLOSE)', async (t) => {
+    const { io, stdin, screen } = ttyIo(t);
+    const sink = ttyConsole(io, () => {});
+    sink.ready({ id: ID, port: 8001, nick: 'alice' });
+    await nextTurn();
+    stdin.end(); // readline closes on the end of its input
+    await nextTurn();
+    sink.sent(message(1));
+    sink.notice('one more line');
+    sink.log('a log line');
+    sink.close();
+    // Written as they come: after the prompt left on screen (nothing is drawn again).
+    const rows = screen.rows();
+    const at = rows.indexOf('alice> one more line');
+    assert.deepEqual(rows.slice(at, at + 2), ['alice> one more line', 'a log line'], rows.join('|'));
+  });
+});
+
 describe('ttyConsole: lines drawn above a prompt and line wrapped over several rows', () => {
   it('draws a message above the half-typed line, then the prompt and the line once, the cursor at its end', async (t) => {
     // 46 characters: 'alice> ' and the line take three rows; 33: two full rows, the cursor on a third.
