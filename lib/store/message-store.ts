@@ -1080,6 +1080,16 @@ export class MessageStore {
     if (frame.from === this.selfId && frame.seq > this.lastSeq) this.lastSeq = frame.seq;
   }
 
+  /** {@link record} of a meta record, as the compactions write them before the window. */
+  private metaRecord(parts: Uint8Array[], meta: Meta): number {
+    return this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
+  }
+
+  /** {@link record} of a message of the window, as the compactions write it. */
+  private messageRecord(parts: Uint8Array[], message: StoredMessage): number {
+    return this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
+  }
+
   /**
    * Appends one record to `parts`, as its header (length, crc32, kind) and the body itself: for the
    * compactions, which write the window with writev, so the bodies (payloads held anyway) are not
@@ -1241,11 +1251,10 @@ export class MessageStore {
     try {
       const parts: Uint8Array[] = [];
       let bytes = 0;
-      for (const meta of metas)
-        bytes += this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
+      for (const meta of metas) bytes += this.metaRecord(parts, meta);
       for (let i = this.orderStart; i < this.order.length; i++) {
         const message = this.order[i]!;
-        bytes += this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
+        bytes += this.messageRecord(parts, message);
       }
       writevWhole(fd, parts, bytes);
       // On disk before it replaces the log: renamed first, a crash of the machine could leave a log
@@ -1338,14 +1347,13 @@ export class MessageStore {
     const { fd } = compaction;
     let parts: Uint8Array[] = [];
     let bytes = 0;
-    for (const meta of metas)
-      bytes += this.record(parts, KIND_META, Buffer.from(JSON.stringify(meta), 'utf8'));
+    for (const meta of metas) bytes += this.metaRecord(parts, meta);
     let at = 0;
     do {
       while (at < window.length && bytes < COMPACT_CHUNK_BYTES) {
         const message = window[at]!;
         window[at++] = undefined; // an evicted message is let go once its chunk is written
-        bytes += this.record(parts, message.verified ? KIND_MESSAGE : KIND_UNVERIFIED, message.payload);
+        bytes += this.messageRecord(parts, message);
       }
       await writevWholeInBackground(fd, parts, bytes);
       if (compaction.cancelled) return;
