@@ -1246,28 +1246,14 @@ export class MessageStore {
     const path = join(this.dir, LOG_FILE);
     const tmp = `${path}.tmp`;
     const metas = this.metas();
-    const fd = openSync(tmp, 'w', 0o600);
-    let fdOpen = true;
-    try {
-      const parts: Uint8Array[] = [];
-      let bytes = 0;
-      for (const meta of metas) bytes += this.metaRecord(parts, meta);
-      for (let i = this.orderStart; i < this.order.length; i++) {
-        const message = this.order[i]!;
-        bytes += this.messageRecord(parts, message);
-      }
-      writevWhole(fd, parts, bytes);
-      // On disk before it replaces the log: renamed first, a crash of the machine could leave a log
-      // with the window's records missing or zeroed (its data not yet written) in place of the old.
-      fsyncSync(fd);
-      fdOpen = false;
-      closeSync(fd);
-      renameSync(tmp, path);
-    } catch (err) {
-      if (fdOpen) closeSync(fd);
-      rmQuietly(tmp);
-      throw err;
+    const parts: Uint8Array[] = [];
+    let bytes = 0;
+    for (const meta of metas) bytes += this.metaRecord(parts, meta);
+    for (let i = this.orderStart; i < this.order.length; i++) {
+      const message = this.order[i]!;
+      bytes += this.messageRecord(parts, message);
     }
+    renameOver(openSync(tmp, 'w', 0o600), tmp, path, parts, bytes);
     this.clearTurn(); // the window just written holds them
     this.useNewLog(path, this.size + metas.length);
   }
@@ -1383,19 +1369,9 @@ export class MessageStore {
       closeQuietly(compaction.fd); // its file is gone already (cancelCompaction)
       return;
     }
-    const { fd, tail, tailBytes } = compaction;
-    let fdOpen = true;
     try {
-      if (tail.length > 0) {
-        writevWhole(fd, tail, tailBytes);
-        fsyncSync(fd);
-      }
-      fdOpen = false;
-      closeSync(fd);
-      renameSync(compaction.next, compaction.log);
+      renameOver(compaction.fd, compaction.next, compaction.log, compaction.tail, compaction.tailBytes);
     } catch (err) {
-      if (fdOpen) closeQuietly(fd);
-      rmQuietly(compaction.next);
       this.failed(err);
       return;
     }
@@ -1430,6 +1406,35 @@ export class MessageStore {
     compaction.tail = [];
     compaction.tailBytes = 0;
     rmQuietly(compaction.next);
+  }
+}
+
+/**
+ * Ends the writing of `file` through `fd` (closed here, whatever happens) with `parts` (`bytes` in
+ * all; none: what is there is synced already) and renames it over `log`: synced before, as renamed
+ * first a crash of the machine could leave a log with records missing or zeroed (their data not
+ * yet written) in place of the old one. On a failure `file` is removed and the error thrown.
+ */
+function renameOver(
+  fd: number,
+  file: string,
+  log: string,
+  parts: readonly Uint8Array[],
+  bytes: number,
+): void {
+  let fdOpen = true;
+  try {
+    if (parts.length > 0) {
+      writevWhole(fd, parts, bytes);
+      fsyncSync(fd);
+    }
+    fdOpen = false;
+    closeSync(fd);
+    renameSync(file, log);
+  } catch (err) {
+    if (fdOpen) closeQuietly(fd);
+    rmQuietly(file);
+    throw err;
   }
 }
 
