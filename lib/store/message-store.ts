@@ -139,6 +139,23 @@ const SEQ_RESERVE = 1000;
 export const WRITE_RETRY_MS = 5_000;
 
 /**
+ * After a routine compaction's own file failed (see {@link MessageStore.onCompactionFailure}), the
+ * least time before the next one starts: 5 s, as {@link WRITE_RETRY_MS}, so a passing failure (no
+ * descriptor left for a moment) costs little; doubled after each failure in a row, up to
+ * {@link COMPACT_RETRY_MAX_MS}.
+ */
+export const COMPACT_RETRY_MS = 5_000;
+
+/**
+ * The longest wait between two routine compactions that fail: 5 minutes. Each try writes up to the
+ * whole window again (up to 1 GB with the largest `--history`) before a disk without room for that
+ * copy refuses it, so the tries are spaced out; the log meanwhile grows by what comes (appends to it
+ * still work), at most 5 minutes' worth more than a quicker retry would leave, and a disk that has
+ * room again gets its log compacted within those minutes.
+ */
+export const COMPACT_RETRY_MAX_MS = 5 * 60_000;
+
+/**
  * Present while writes fail (an empty file: creating one needs no data block, so it mostly works on
  * a full disk): own messages may have been sent that the log lacks, so a restart numbers above the
  * reserved block, as after a damaged log.
@@ -404,6 +421,12 @@ export class MessageStore {
   /** The error that made writes fail, until one works again (see {@link onWriteFailure}). */
   private writeFailure: NodeJS.ErrnoException | undefined;
   private retryAt = 0;
+  /** The error of the first of the routine compactions failing in a row (see {@link onCompactionFailure}). */
+  private compactionFailure: NodeJS.ErrnoException | undefined;
+  /** No routine compaction starts before this time (ms): the backoff after one failed. */
+  private compactAt = 0;
+  /** The last wait before {@link compactAt}; 0 once a compaction worked (or before any failed). */
+  private compactBackoffMs = 0;
   private readonly maxMessages: number;
   private readonly maxAgeMs: number;
 
@@ -418,6 +441,20 @@ export class MessageStore {
    * thrown.
    */
   onWriteFailure: ((err: NodeJS.ErrnoException | undefined) => void) | undefined;
+
+  /**
+   * Told when a routine compaction in the background fails on its own file, {@link NEXT_LOG_FILE}
+   * (a full disk, an I/O error, no descriptor left to open it, a rename that fails), while the log
+   * itself takes records: with that error, once for failures in a row, and with `undefined` once a
+   * compaction works again. That is no failed write (see {@link onWriteFailure}): the file is
+   * removed, the log is as it was, and records go on to it as ever, nothing kept in memory only.
+   * The next one starts at the first record {@link COMPACT_RETRY_MS} later, then twice as long
+   * after each failure in a row, up to {@link COMPACT_RETRY_MAX_MS}: a disk without room for a
+   * second copy of the window would otherwise have one written and refused at every record.
+   * Meanwhile the log grows past twice the window, by what comes until a compaction works. A failure
+   * to write to the log itself, or to go on with the new one once it is renamed, is a failed write.
+   */
+  onCompactionFailure: ((err: NodeJS.ErrnoException | undefined) => void) | undefined;
 
   private constructor(
     private readonly selfId: string,
@@ -873,12 +910,14 @@ export class MessageStore {
       this.order = this.order.slice(this.orderStart);
       this.orderStart = 0;
     }
-    // While writes fail, retries have their own pace (see writeTurn).
+    // While writes fail, retries have their own pace (see writeTurn); after a failed compaction,
+    // its backoff (see onCompactionFailure).
     if (
       this.fd !== undefined &&
       this.recordsInLog > 2 * this.maxMessages + 1 &&
       this.writeFailure === undefined &&
-      this.compacting === undefined
+      this.compacting === undefined &&
+      (this.compactAt === 0 || this.now() >= this.compactAt)
     ) {
       this.startCompaction();
     }
@@ -1256,6 +1295,7 @@ export class MessageStore {
     renameOver(openSync(tmp, 'w', 0o600), tmp, path, parts, bytes);
     this.clearTurn(); // the window just written holds them
     this.useNewLog(path, this.size + metas.length);
+    this.compacted();
   }
 
   /**
@@ -1284,9 +1324,10 @@ export class MessageStore {
    * appended to the file in turn (see {@link CATCH_UP_ROUNDS}), and the file replaces the log in one
    * synchronous step with the last of them ({@link finishCompaction}), so no record reaches the old
    * log after the last copy was taken. As with {@link compact}, a crash at any point leaves the old
-   * log, or the new one whole: the file is on disk before it is renamed. A failure is a failed
-   * write (as compactOrFail notes it), and leaves the log as it was; a failed write to the log, or
-   * {@link close}, gives it up ({@link cancelCompaction}).
+   * log, or the new one whole: the file is on disk before it is renamed. A failure of its own file
+   * leaves the log as it was and taking records: it is removed, and the next compaction waits (see
+   * {@link onCompactionFailure}). A failed write to the log, or {@link close}, gives it up
+   * ({@link cancelCompaction}).
    */
   private startCompaction(): void {
     if (this.dir === undefined || this.fd === undefined || this.compacting !== undefined) return;
@@ -1299,7 +1340,7 @@ export class MessageStore {
     try {
       fd = openSync(next, 'w', 0o600);
     } catch (err) {
-      this.failed(err);
+      this.compactionFileFailed(err);
       return;
     }
     const compaction: Compaction = {
@@ -1370,19 +1411,27 @@ export class MessageStore {
       return;
     }
     try {
+      // Its own file (the rest written to it, synced, renamed): the log is as it was on a failure.
       renameOver(compaction.fd, compaction.next, compaction.log, compaction.tail, compaction.tailBytes);
+    } catch (err) {
+      this.compactionFileFailed(err);
+      return;
+    }
+    try {
+      // The log renamed over: a failure here leaves records going to the old one, or the rename
+      // not on disk, so it is a failed write (see useNewLog).
+      this.useNewLog(compaction.log, compaction.records + this.recordsInLog - compaction.recordsAtStart);
     } catch (err) {
       this.failed(err);
       return;
     }
-    try {
-      this.useNewLog(compaction.log, compaction.records + this.recordsInLog - compaction.recordsAtStart);
-    } catch (err) {
-      this.failed(err);
-    }
+    this.compacted();
   }
 
-  /** A routine compaction failed (its file, its write or its sync): noted as a failed write, as compactOrFail does. */
+  /**
+   * A routine compaction failed in the background (its file's write or sync): its file is removed,
+   * and the failure noted as one of its own file ({@link compactionFileFailed}).
+   */
   private compactionFailed(compaction: Compaction, err: unknown): void {
     if (this.compacting === compaction) this.compacting = undefined;
     closeQuietly(compaction.fd); // nothing is in flight on it: what failed has returned
@@ -1391,7 +1440,33 @@ export class MessageStore {
       return; // given up already: its file is gone, and what gave it up was reported
     }
     rmQuietly(compaction.next);
-    this.failed(err);
+    this.compactionFileFailed(err);
+  }
+
+  /**
+   * Notes a failure of a routine compaction's own file, removed by then (see
+   * {@link onCompactionFailure}): the log still takes records, so this is no failed write; the next
+   * compaction waits its backoff. Rethrows anything but a system error.
+   */
+  private compactionFileFailed(err: unknown): void {
+    if (!isSystemError(err)) throw err;
+    this.compactBackoffMs =
+      this.compactBackoffMs === 0
+        ? COMPACT_RETRY_MS
+        : Math.min(2 * this.compactBackoffMs, COMPACT_RETRY_MAX_MS);
+    this.compactAt = this.now() + this.compactBackoffMs;
+    if (this.compactionFailure !== undefined) return;
+    this.compactionFailure = err;
+    this.onCompactionFailure?.(err);
+  }
+
+  /** A compaction (either kind) replaced the log: the next one starts when the log is due, and a run of failures is over. */
+  private compacted(): void {
+    this.compactBackoffMs = 0;
+    this.compactAt = 0;
+    if (this.compactionFailure === undefined) return;
+    this.compactionFailure = undefined;
+    this.onCompactionFailure?.(undefined);
   }
 
   /**

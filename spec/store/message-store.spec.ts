@@ -27,6 +27,8 @@ import { describe, it, type TestContext } from 'node:test';
 import fc from 'fast-check';
 import { encodeChat, parseFrame, serializeFrame, type ChatFrame } from '../../lib/protocol/frames.js';
 import {
+  COMPACT_RETRY_MAX_MS,
+  COMPACT_RETRY_MS,
   MAX_PAYLOAD_BYTES,
   MAX_RECORD_BYTES,
   MessageStore,
@@ -1870,93 +1872,220 @@ describe('MessageStore', () => {
       assert.equal(existsSync(join(dir, 'unsaved')), false);
     });
 
-    /** A system error as a file system call reports one. */
-    const ioError = (syscall: string): NodeJS.ErrnoException =>
-      Object.assign(new Error(`EIO: i/o error, ${syscall}`), { errno: -5, code: 'EIO', syscall });
+    /** A system error as a file system call reports one (`errno` negative, as libuv's). */
+    const systemError = (code: string, errno: number, what: string, syscall: string): NodeJS.ErrnoException =>
+      Object.assign(new Error(`${code}: ${what}, ${syscall}`), { errno, code, syscall });
 
-    /** Ways to make the next routine compaction of the store in `dir` fail (mocks restored by the test). */
-    const compactionFailures: readonly [string, string, (t: TestContext, dir: string) => void][] = [
-      [
-        'its file on a full disk',
-        'ENOSPC',
-        (_t, dir) => symlinkSync('/dev/full', join(dir, NEXT)), // its open follows the link
-      ],
-      [
-        'its write cut short',
-        'ERR_SHORT_WRITE',
-        (t) => {
-          const real = fs.writev;
-          t.mock.method(fs, 'writev', (fd: number, parts: Uint8Array[], callback: never) =>
-            real(fd, parts.slice(0, 1), callback),
-          );
-        },
-      ],
-      [
-        'its sync failing',
-        'EIO',
-        (t) => {
-          t.mock.method(fs, 'fsync', (_fd: number, callback: (err: Error) => void) =>
-            setImmediate(() => callback(ioError('fsync'))),
-          );
-        },
-      ],
-      [
-        'its rename failing',
-        'EIO',
-        (t, dir) => {
-          const real = fs.renameSync;
-          t.mock.method(fs, 'renameSync', (from: string, to: string) => {
-            if (from === join(dir, NEXT)) throw ioError('rename');
-            real(from, to);
+    /** An I/O error of `syscall`. */
+    const ioError = (syscall: string): NodeJS.ErrnoException => systemError('EIO', -5, 'i/o error', syscall);
+
+    describe('a compaction in the background whose own file fails: no failed write, the log appended to as ever, tried again later', () => {
+      /** The failures of routine compactions `store` reported (undefined: one compacted again). */
+      function watchedCompactions(store: MessageStore): (string | undefined)[] {
+        const seen: (string | undefined)[] = [];
+        store.onCompactionFailure = (err) => seen.push(err?.code);
+        return seen;
+      }
+
+      /** Ways to make the next routine compaction of the store in `dir` fail (mocks restored by the test). */
+      const compactionFailures: readonly [string, string, (t: TestContext, dir: string) => void][] = [
+        [
+          'its file not opened, no descriptor left',
+          'EMFILE',
+          (t, dir) => {
+            const real = fs.openSync;
+            t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+              if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
+              return real(file, flags, mode);
+            });
+          },
+        ],
+        [
+          'its file on a full disk',
+          'ENOSPC',
+          (_t, dir) => symlinkSync('/dev/full', join(dir, NEXT)), // its open follows the link
+        ],
+        [
+          'its write cut short',
+          'ERR_SHORT_WRITE',
+          (t) => {
+            const real = fs.writev;
+            t.mock.method(fs, 'writev', (fd: number, parts: Uint8Array[], callback: never) =>
+              real(fd, parts.slice(0, 1), callback),
+            );
+          },
+        ],
+        [
+          'its sync failing',
+          'EIO',
+          (t) => {
+            t.mock.method(fs, 'fsync', (_fd: number, callback: (err: Error) => void) =>
+              setImmediate(() => callback(ioError('fsync'))),
+            );
+          },
+        ],
+        [
+          'its rename failing',
+          'EIO',
+          (t, dir) => {
+            const real = fs.renameSync;
+            t.mock.method(fs, 'renameSync', (from: string, to: string) => {
+              if (from === join(dir, NEXT)) throw ioError('rename');
+              real(from, to);
+            });
+          },
+        ],
+      ];
+
+      for (const [failure, code, inject] of compactionFailures) {
+        it(`leaves the log whole when a compaction in the background fails (${failure}): its file removed, the log appended to as ever, the failure reported once`, async (t) => {
+          const maxMessages = 100;
+          const window = { maxMessages };
+          const { dir, store, ino } = fullLog(t, maxMessages);
+          const seen = watched(store);
+          const compactions = watchedCompactions(store);
+          t.after(() => {
+            t.mock.restoreAll();
+            syncBuiltinESMExports();
           });
-        },
-      ],
-    ];
+          inject(t, dir);
+          syncBuiltinESMExports();
+          add(store, chat('a', 2 * maxMessages + 1)); // starts it (an open that fails: at once)
+          let seq = 0;
+          add(store, chat('b', ++seq));
+          await turnsUntil(
+            () => compactions.length > 0 || seen.length > 0,
+            'the failure',
+            () => add(store, chat('b', ++seq)),
+          );
+          t.mock.restoreAll();
+          syncBuiltinESMExports();
+          assert.deepEqual(seen, [], 'not a failed write: the log itself takes records');
+          assert.deepEqual(compactions, [code], 'reported once, as a failed compaction');
+          assert.equal(compacting(store), false, 'over');
+          assert.equal(existsSync(join(dir, NEXT)), false, 'its file is removed');
+          assert.equal(logInode(dir), ino, 'the log is not replaced');
+          assert.equal(existsSync(join(dir, 'unsaved')), false, 'nothing is kept in memory only');
+          const held = ids(store);
+          assert.ok(held.includes(`b-${seq}`));
+          const copy = idsOfCopy(t, dir, window);
+          assert.equal(copy.repair, undefined);
+          assert.deepEqual(copy.ids, held, 'every message written to the log while it ran is there');
+          // Appended to the log as ever: on disk once flushed, with no retry of a failed write.
+          add(store, chat('c', 1));
+          store.flush();
+          assert.ok(ids(store).includes('c-1'));
+          assert.deepEqual(idsOfCopy(t, dir, window).ids, ids(store));
+          assert.deepEqual(seen, []);
+          store.close();
+          const reopened = open(t, dir, window);
+          assert.equal(reopened.repair, undefined);
+          assert.deepEqual(ids(reopened.store), ids(store));
+        });
+      }
 
-    for (const [failure, code, inject] of compactionFailures) {
-      it(`leaves the log whole when a compaction in the background fails (${failure}): its file removed, writes failing as after any failed write`, async (t) => {
+      it('tries a compaction whose file failed again after COMPACT_RETRY_MS, then twice as long each time up to COMPACT_RETRY_MAX_MS, reporting the streak once and its end', async (t) => {
         let now = T0;
         const maxMessages = 100;
         const window = { maxMessages };
         const { dir, store, ino } = fullLog(t, maxMessages, () => now);
         const seen = watched(store);
+        const compactions = watchedCompactions(store);
         t.after(() => {
           t.mock.restoreAll();
           syncBuiltinESMExports();
         });
-        inject(t, dir);
-        syncBuiltinESMExports();
-        add(store, chat('a', 2 * maxMessages + 1)); // starts it
-        assert.deepEqual(seen, [], 'in flight');
+        // Every sync of its file fails: the background compaction's are the only asynchronous syncs.
+        let tries = 0;
+        const failSyncs = (): void => {
+          t.mock.method(fs, 'fsync', (_fd: number, callback: (err: Error) => void) => {
+            tries++;
+            setImmediate(() => callback(ioError('fsync')));
+          });
+          syncBuiltinESMExports();
+        };
+        failSyncs();
         let seq = 0;
-        await turnsUntil(
-          () => seen.length > 0,
-          'the failure',
-          () => add(store, chat('b', ++seq)),
-        );
+        const addOne = (): void => {
+          add(store, chat('b', ++seq));
+          store.flush();
+        };
+        add(store, chat('a', 2 * maxMessages + 1)); // starts the first
+        await turnsUntil(() => compactions.length > 0 || seen.length > 0, 'the first failure');
+        assert.equal(tries, 1);
+        // The waits double from COMPACT_RETRY_MS and stay at COMPACT_RETRY_MAX_MS.
+        const waits: number[] = [];
+        for (let wait = COMPACT_RETRY_MS; waits.length < 9; wait = Math.min(2 * wait, COMPACT_RETRY_MAX_MS))
+          waits.push(wait);
+        assert.equal(waits.at(-2), COMPACT_RETRY_MAX_MS);
+        for (const wait of waits) {
+          // A try starts at the first record written once its time has come, not before.
+          now += wait - 1;
+          addOne();
+          assert.equal(compacting(store), false, `not tried ${wait - 1} ms after the last failure`);
+          now += 1;
+          addOne();
+          assert.equal(compacting(store), true, `tried ${wait} ms after the last failure`);
+          await turnsUntil(() => !compacting(store), 'the try to fail');
+        }
+        assert.equal(tries, 1 + waits.length);
+        assert.deepEqual(compactions, ['EIO'], 'one report for the streak, not one per try');
+        assert.deepEqual(seen, [], 'no write failed');
+        assert.equal(logInode(dir), ino, 'the log is not replaced');
+        assert.equal(existsSync(join(dir, NEXT)), false);
+        assert.deepEqual(idsOfCopy(t, dir, window).ids, ids(store), 'every record on the log');
+
+        // The disk works again: the next try compacts the log to about the window, and says so.
         t.mock.restoreAll();
         syncBuiltinESMExports();
-        assert.deepEqual(seen, [code], 'reported as a failed write');
-        assert.equal(compacting(store), false, 'over');
-        assert.equal(existsSync(join(dir, NEXT)), false, 'its file is removed');
-        assert.equal(logInode(dir), ino, 'the log is not replaced');
-        const held = ids(store);
-        assert.ok(held.includes(`b-${seq}`));
-        const copy = idsOfCopy(t, dir, window);
-        assert.equal(copy.repair, undefined);
-        assert.deepEqual(copy.ids, held, 'every message written to the log while it ran is there');
-        // As after any failed write: kept in memory (not appended), until a retry rewrites the window.
-        assert.equal(existsSync(join(dir, 'unsaved')), true);
-        add(store, chat('c', 1));
-        store.flush();
-        assert.deepEqual(idsOfCopy(t, dir, window).ids, held);
-        now += WRITE_RETRY_MS;
-        store.retryWrite();
-        assert.deepEqual(seen, [code, undefined]);
+        const before = statSync(join(dir, LOG)).size;
+        now += COMPACT_RETRY_MAX_MS;
+        addOne();
+        await turnsUntil(() => !compacting(store), 'the compaction');
+        assert.notEqual(logInode(dir), ino, 'compacted');
+        assert.ok(statSync(join(dir, LOG)).size < before / 2, 'the log holds about the window');
+        assert.deepEqual(compactions, ['EIO', undefined]);
         assert.deepEqual(idsOfCopy(t, dir, window).ids, ids(store));
-        assert.equal(existsSync(join(dir, 'unsaved')), false);
+
+        // A failure after that is a new streak: reported again, and tried again after COMPACT_RETRY_MS.
+        failSyncs();
+        const triesBefore = tries;
+        await turnsUntil(() => compacting(store), 'the next compaction', addOne);
+        await turnsUntil(() => !compacting(store), 'its failure');
+        assert.deepEqual(compactions, ['EIO', undefined, 'EIO']);
+        now += COMPACT_RETRY_MS;
+        addOne();
+        assert.equal(compacting(store), true, 'tried after COMPACT_RETRY_MS again');
+        await turnsUntil(() => !compacting(store), 'its failure');
+        assert.equal(tries, triesBefore + 2);
+        assert.deepEqual(compactions, ['EIO', undefined, 'EIO']);
+        assert.deepEqual(seen, []);
+        store.close();
+        const reopened = open(t, dir, window);
+        assert.equal(reopened.repair, undefined);
+        assert.deepEqual(ids(reopened.store), ids(store));
       });
-    }
+
+      it('throws a bug in opening the file of a compaction in the background rather than report it as a failed compaction', (t) => {
+        const maxMessages = 100;
+        const { dir, store } = fullLog(t, maxMessages);
+        const seen = watched(store);
+        const compactions = watchedCompactions(store);
+        t.after(() => {
+          t.mock.restoreAll();
+          syncBuiltinESMExports();
+        });
+        const real = fs.openSync;
+        t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+          if (file === join(dir, NEXT)) throw new TypeError('a bug');
+          return real(file, flags, mode);
+        });
+        syncBuiltinESMExports();
+        assert.throws(() => add(store, chat('a', 2 * maxMessages + 1)), TypeError);
+        assert.deepEqual(seen, []);
+        assert.deepEqual(compactions, []);
+      });
+    });
 
     it('gives up a compaction in the background when a write to the log fails meanwhile, and the retry writes the window', async (t) => {
       let now = T0;
