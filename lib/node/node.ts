@@ -58,6 +58,8 @@ import {
   MAX_HISTORY_MESSAGES,
   MAX_PAYLOAD_BYTES,
   MIN_HISTORY_AGE_MS,
+  COMPACT_RETRY_MAX_MS,
+  COMPACT_RETRY_MS,
   WRITE_RETRY_MS,
   type HeldFrame,
   type HistoryWindow,
@@ -433,6 +435,11 @@ const DEFAULT_TIMING = {
   relearnMs: 600_000,
 } as const;
 
+/** A system error as a line says it: its message starts with its code (ENOSPC: no space left on device, write). */
+function systemReason(err: NodeJS.ErrnoException): string {
+  return err.message.startsWith(`${err.code}`) ? err.message : `${err.code}: ${err.message}`;
+}
+
 function checkNick(nick: string): string {
   // A lone surrogate (half of a character cut off) cannot be encoded, nor signed: refused here, not
   // at the first message.
@@ -674,10 +681,18 @@ class ChatNode implements P2PNode {
           this.log.info(`history: writing to ${dataDir} again, the messages kept meanwhile included`);
           return;
         }
-        // A system error's message starts with its code (ENOSPC: no space left on device, write).
-        const reason = err.message.startsWith(`${err.code}`) ? err.message : `${err.code}: ${err.message}`;
         this.log.error(
-          `history: cannot write to ${dataDir} (${reason}); messages are kept in memory, shown and relayed, and written once it works again (tried at least ${WRITE_RETRY_MS / 1000} s apart)`,
+          `history: cannot write to ${dataDir} (${systemReason(err)}); messages are kept in memory, shown and relayed, and written once it works again (tried at least ${WRITE_RETRY_MS / 1000} s apart)`,
+        );
+      };
+      // A warning, not an error: nothing is kept in memory only, the log just grows until then.
+      store.onCompactionFailure = (err) => {
+        if (err === undefined) {
+          this.log.info(`history: compacting the log in ${dataDir} again`);
+          return;
+        }
+        this.log.warn(
+          `history: cannot compact the log in ${dataDir} (${systemReason(err)}); messages are still written to it, which grows until a compaction works (tried again ${COMPACT_RETRY_MS / 1000} s later, then twice as long each time up to ${COMPACT_RETRY_MAX_MS / 60_000} minutes)`,
         );
       };
       if (repair !== undefined) {

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import fs, { readFileSync, writeFileSync } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
+import { levelLogger } from '../../lib/node/log.js';
 import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
 import { freePort, HOST, loopback, nodeFactory, record, waitFor, type Recording } from '../helpers/nodes.js';
 import { tempDir } from '../helpers/temp.js';
@@ -197,6 +199,52 @@ describe('history: nothing lost (in-process nodes)', () => {
     assert.ok(next.seq > 5, `seq ${next.seq} after 5 sent before the restart`);
     // With a reused number, a holds another message under it and drops this one as known.
     await waitFor(() => aInbox.values.some((m) => m.id === next.id), 'a to get the new message');
+  });
+
+  it('says once in its log when its history cannot be compacted, and goes on writing it to disk', async (t) => {
+    const start = nodeFactory(t);
+    const dir = dataDir(t, 'compaction');
+    const lines: string[] = [];
+    const log = levelLogger('debug', (line) => lines.push(line));
+    const history = { maxMessages: 10 };
+    const a = await start({ nick: 'a', dataDir: dir, history, log });
+    // The file of its compaction in the background cannot be opened (no descriptor left); its log can.
+    const next = join(dir, 'messages.log.next');
+    const realOpen = fs.openSync;
+    t.after(() => {
+      t.mock.restoreAll();
+      syncBuiltinESMExports();
+    });
+    t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+      if (file === next) {
+        throw Object.assign(new Error(`EMFILE: too many open files, open '${file}'`), {
+          errno: -24,
+          code: 'EMFILE',
+          syscall: 'open',
+        });
+      }
+      return realOpen(file, flags, mode);
+    });
+    syncBuiltinESMExports();
+    // Four windows: the log is due for a compaction from the 22nd on; the next try waits 5 s.
+    const sent = Array.from({ length: 40 }, (_, i) => a.send(`message ${i + 1}`));
+    t.mock.restoreAll();
+    syncBuiltinESMExports();
+    const said = lines.filter((line) => line.includes('history:'));
+    assert.equal(said.length, 1, said.join('\n'));
+    assert.match(
+      said[0]!,
+      /^warn: history: cannot compact the log in .+ \(EMFILE: too many open files, open .+\); messages are still written to it, which grows until a compaction works/,
+    );
+    await a.close();
+    // Every message on disk, none kept in memory only: a restart with room for them all holds them.
+    const again = await start({ nick: 'a', dataDir: dir, history: { maxMessages: 40 } });
+    assert.deepEqual(idsOf(again.history(40)), idsOf(sent));
+    assert.equal(
+      again.send('after the restart').seq,
+      41,
+      'numbered right after: no write failed (after one, a restart numbers above the reserved block)',
+    );
   });
 
   it("does not take a peer's sync mark for its own id as its counter (sync frames are unsigned)", async (t) => {
