@@ -26,9 +26,11 @@ import {
 import { DEFAULT_MAX_FRAME_BYTES, type SlicingBuffer } from '../protocol/codec.js';
 import { isPeerError, ProtocolError } from '../protocol/errors.js';
 import {
+  binaryChatBytes,
   MAX_NICK_LENGTH,
   MAX_PEERS_PER_LIST,
   MAX_TEXT_LENGTH,
+  PATH_HASH_BYTES,
   PROTOCOL_VERSION,
   parseFrame,
   type ChatFrame,
@@ -213,6 +215,17 @@ export const LIMIT_DEFAULTS = {
   maxLearnedAddresses: 256,
 } as const;
 
+/**
+ * Smallest `maxFrameBytes` a node takes: 1 KiB. Every frame a node must send to work fits it: the
+ * largest hello is 522 bytes (a 32-letter nick of 3-byte characters, an advertised host name of 253
+ * characters, every number at its largest), a peer list of one entry at most 337 (a longer list is
+ * cut to the limit: a peer list is a hint, and a shorter one only has the relay send more copies),
+ * a sync is kept within half the limit, and a handshake message (193 bytes at most) has its own
+ * limit. A chat line of a few hundred characters fits with it; `send` refuses a longer one. Below it
+ * the hello would not fit, and the node could not keep a single peer.
+ */
+export const MIN_FRAME_BYTES = 1024;
+
 /** Options of {@link createNode}. */
 export interface NodeOptions {
   /** TCP port to listen on. Default 0: any free port (see `P2PNode.port`). */
@@ -268,11 +281,17 @@ export interface NodeOptions {
   readonly history?: HistoryWindow;
   /**
    * Largest frame accepted (and sent), in bytes of plaintext: encryption adds 16. Default
-   * {@link DEFAULT_MAX_FRAME_BYTES} (256 KiB). At most {@link MAX_PAYLOAD_BYTES} (16 MiB less 6
-   * bytes), the longest message the history keeps: a frame's plaintext is a message as the history
-   * writes it, and a longer one would pass the dedup check (its id marked seen) and then be
-   * neither kept, shown nor relayed, a gap that resync would ask peers to fill forever.
-   * `createNode` throws a RangeError for a value over it, or one that is not a positive integer.
+   * {@link DEFAULT_MAX_FRAME_BYTES} (256 KiB), where the longest chat line (`MAX_TEXT_LENGTH`
+   * characters, 48 KiB of UTF-8 at most) fits. At least {@link MIN_FRAME_BYTES} (1 KiB), which the
+   * largest hello fits. Below the longest line's frame (about 48.5 KiB), `send` and `sendAll` throw a
+   * RangeError for a text whose frame is over the limit, and peer lists are cut to it; every node of
+   * a network should then use the same value, since a frame over it from a peer (a long line, a peer
+   * list or sync of a node with a larger limit) ends that peer's link. At most
+   * {@link MAX_PAYLOAD_BYTES} (16 MiB less 6 bytes), the longest message the history keeps: a
+   * frame's plaintext is a message as the history writes it, and a longer one would pass the dedup
+   * check (its id marked seen) and then be neither kept, shown nor relayed, a gap that resync would
+   * ask peers to fill forever. `createNode` throws a RangeError for a value outside these bounds, or
+   * one that is not an integer.
    */
   readonly maxFrameBytes?: number;
   readonly writer?: WriterOptions;
@@ -326,7 +345,8 @@ export interface P2PNode {
    * Sends a chat message to every node of the network and returns it. With a data directory the
    * message is in the history log when this returns.
    * @throws {RangeError} when `text` is empty, longer than `MAX_TEXT_LENGTH` or has a lone surrogate,
-   *   or the node is closed.
+   *   when its frame is over `maxFrameBytes` (only below the default, see {@link NodeOptions}), or
+   *   when the node is closed.
    */
   send(text: string): ChatMessage;
   /**
@@ -334,8 +354,8 @@ export interface P2PNode {
    * cover each 64 of them (a hash tree, see lib/security/sign.ts), so a pasted block of lines costs
    * little more than one line does. With a data directory they are in the history
    * log when this returns.
-   * @throws {RangeError} when a text is empty, longer than `MAX_TEXT_LENGTH` or has a lone surrogate
-   *   (then none is sent), or the node is closed.
+   * @throws {RangeError} when a text is empty, longer than `MAX_TEXT_LENGTH`, has a lone surrogate
+   *   or makes a frame over `maxFrameBytes` (then none is sent), or the node is closed.
    */
   sendAll(texts: readonly string[]): ChatMessage[];
   /**
@@ -616,6 +636,11 @@ class ChatNode implements P2PNode {
     this.targetPeers = positive('targetPeers', Math.min(options.targetPeers ?? 6, this.maxPeers));
     this.learnedDialAttempts = positive('learnedDialAttempts', options.learnedDialAttempts ?? 8);
     this.maxFrameBytes = positive('maxFrameBytes', options.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES);
+    if (this.maxFrameBytes < MIN_FRAME_BYTES) {
+      throw new RangeError(
+        `maxFrameBytes must be at least ${MIN_FRAME_BYTES} (the largest hello must fit, or no peer could be kept), got ${this.maxFrameBytes}`,
+      );
+    }
     if (this.maxFrameBytes > MAX_PAYLOAD_BYTES) {
       throw new RangeError(
         `maxFrameBytes must be at most ${MAX_PAYLOAD_BYTES} (the longest message the history keeps), got ${this.maxFrameBytes}`,
@@ -873,6 +898,7 @@ class ChatNode implements P2PNode {
       if (!text.isWellFormed())
         throw new RangeError('send: text has a lone surrogate (UTF-8 cannot carry it)');
     }
+    this.checkFrameSizes(texts);
     const sent: ChatMessage[] = [];
     for (let start = 0; start < texts.length; start += SIGN_BATCH) {
       const ts = Date.now();
@@ -888,6 +914,29 @@ class ChatNode implements P2PNode {
       this.store.flush();
     }
     return sent;
+  }
+
+  /**
+   * Checks that each text's frame fits `maxFrameBytes` as {@link sendAll} will sign it (in batches of
+   * {@link SIGN_BATCH}, each message with the proof of its batch: a hash per level of its tree at
+   * most). A frame over it could not be written to any peer; with the default limit every text fits.
+   * @throws {RangeError} naming the first text that does not fit.
+   */
+  private checkFrameSizes(texts: readonly string[]): void {
+    const nick = Buffer.byteLength(this.nick, 'utf8');
+    for (let start = 0; start < texts.length; start += SIGN_BATCH) {
+      const batch = Math.min(SIGN_BATCH, texts.length - start);
+      const pathBytes = batch === 1 ? undefined : PATH_HASH_BYTES * Math.ceil(Math.log2(batch));
+      for (let i = start; i < start + batch; i++) {
+        const text = Buffer.byteLength(texts[i]!, 'utf8');
+        const bytes = binaryChatBytes(MESSAGE_ID_LENGTH, nick, text, this.id.length, pathBytes);
+        if (bytes > this.maxFrameBytes) {
+          throw new RangeError(
+            `send: a text of ${text} bytes of UTF-8 makes a frame of ${bytes} bytes, over maxFrameBytes (${this.maxFrameBytes})`,
+          );
+        }
+      }
+    }
   }
 
   connect(address: string | Address): ConnectOutcome {
@@ -2153,14 +2202,23 @@ class ChatNode implements P2PNode {
     this.peerIds.next(infos.map((p) => p.id));
   }
 
-  /** The peers to tell `recipient` about: every other connected peer at an address it can use. */
+  /**
+   * The peers to tell `recipient` about: every other connected peer at an address it can use, as
+   * many as {@link MAX_PEERS_PER_LIST} and the frame limit let in (with a small `maxFrameBytes`, 64
+   * long host names do not fit: the list is cut, a hint that only has the relay send more copies).
+   */
   private peerListFor(recipient: Connection): PeersFrame {
     const peers: PeerEntry[] = [];
+    let bytes = EMPTY_PEER_LIST_BYTES;
     for (const { conn } of this.active.values()) {
       if (conn === recipient || peers.length >= MAX_PEERS_PER_LIST) continue;
       const addr = conn.listenAddress;
       if (addr === undefined) continue;
-      peers.push({ id: conn.peerId!, addr: this.localize(addr, recipient) });
+      const entry = { id: conn.peerId!, addr: this.localize(addr, recipient) };
+      // The entry and its comma (one too many for the first: a byte to spare).
+      bytes += Buffer.byteLength(JSON.stringify(entry), 'utf8') + 1;
+      if (bytes > this.maxFrameBytes) break;
+      peers.push(entry);
     }
     return { type: 'peers', peers };
   }
@@ -2304,6 +2362,10 @@ const RESYNC_OUTBOX_BYTES = 1024 * 1024;
 let idPool = Buffer.alloc(0);
 let idOffset = 0;
 const ID_BYTES = 12;
+/** Characters of a message id: {@link ID_BYTES} in base64url. */
+const MESSAGE_ID_LENGTH = Math.ceil((ID_BYTES * 4) / 3);
+/** Bytes of a peer list without entries. */
+const EMPTY_PEER_LIST_BYTES = Buffer.byteLength(JSON.stringify({ type: 'peers', peers: [] }), 'utf8');
 
 /** A fresh message id: 96 random bits, 16 base64url characters. */
 function messageId(): string {

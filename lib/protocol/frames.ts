@@ -437,11 +437,29 @@ export const BINARY_CHAT = 0x01;
 /** Bytes of a sender key, and of a signature, in a binary chat frame. */
 const KEY_BYTES = 32;
 const SIG_BYTES = 64;
-const PATH_HASH_BYTES = 32;
+/** Bytes of one hash of a chat proof's path (a SHA-256), in a binary chat frame. */
+export const PATH_HASH_BYTES = 32;
 /** Most path hashes: ten levels for a batch of {@link MAX_BATCH}. */
 const MAX_PATH_HASHES = 10;
 /** Offset of the id's length: after the marker, key, seq and ts. */
 const ID_AT = 1 + KEY_BYTES + 16;
+
+/**
+ * Bytes of a chat frame in the binary encoding (see above) whose id, nick and text take these many
+ * bytes of UTF-8 and whose `from` this many characters, with a proof path of `pathBytes` (undefined:
+ * no proof). A node checks with it that a message it is asked to send fits its frame limit before it
+ * signs one.
+ */
+export function binaryChatBytes(
+  id: number,
+  nick: number,
+  text: number,
+  from: number,
+  pathBytes: number | undefined,
+): number {
+  const proof = pathBytes === undefined ? 0 : 3 + pathBytes;
+  return 1 + KEY_BYTES + 16 + 2 + id + 2 + nick + 4 + text + 1 + from + SIG_BYTES + 2 + proof;
+}
 
 /** True when `payload` is a chat frame in the binary encoding (by its first byte). */
 export function isBinaryChat(payload: Uint8Array): boolean {
@@ -474,21 +492,7 @@ export function encodeChat(frame: ChatFrame): Buffer {
       throw new RangeError(`encodeChat: ${value} is not a safe non-negative integer`);
   }
   const pathBytes = proof === undefined ? 0 : Math.floor((proof.path.length * 3) / 4);
-  const size =
-    1 +
-    KEY_BYTES +
-    16 +
-    2 +
-    id +
-    2 +
-    nick +
-    4 +
-    text +
-    1 +
-    from +
-    SIG_BYTES +
-    2 +
-    (proof ? 3 + pathBytes : 0);
+  const size = binaryChatBytes(id, nick, text, from, proof === undefined ? undefined : pathBytes);
   const out = Buffer.allocUnsafe(size);
   out[0] = BINARY_CHAT;
   let at = putChatBody(out, 1, frame.key, frame);

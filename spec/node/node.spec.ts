@@ -3,7 +3,14 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { connect, createServer } from 'node:net';
 import { describe, it, type TestContext } from 'node:test';
-import type { ChatMessage, NodeEvent, NodeTiming, P2PNode, PeerInfo } from '../../lib/node/node.js';
+import {
+  MIN_FRAME_BYTES,
+  type ChatMessage,
+  type NodeEvent,
+  type NodeTiming,
+  type P2PNode,
+  type PeerInfo,
+} from '../../lib/node/node.js';
 import { encodeFrame, FrameDecoder, pack, PACK_MARKER } from '../../lib/protocol/codec.js';
 import {
   encodeChat,
@@ -1532,6 +1539,112 @@ describe('createNode', () => {
     // 16 MiB to read, parse and verify: ~1 s alone, over 10 s in a full `npm test` on 2 busy cores.
     await waitFor(() => inbox.values.some((m) => m.text === 'the longest'), 'the message shown', 30_000);
     assert.equal(node.stats().historySize, 1);
+  });
+
+  it('refuses a maxFrameBytes under MIN_FRAME_BYTES at creation; at the bound, the largest hello fits and peers come up', async (t) => {
+    const start = nodeFactory(t);
+    assert.equal(MIN_FRAME_BYTES, 1024);
+    // Before: a node of 100 bytes was created, and its first peer's handshake threw "frame of 141
+    // bytes, the limit is 100" from its hello, out of the pipeline: the process died.
+    for (const maxFrameBytes of [MIN_FRAME_BYTES - 1, 100, 1]) {
+      await assert.rejects(
+        start({ maxFrameBytes }),
+        /^RangeError: maxFrameBytes must be at least 1024 \(the largest hello must fit/,
+        String(maxFrameBytes),
+      );
+    }
+    // The largest hello: 32 letters of 3 bytes each, a host name of 253 characters, numbers at
+    // their largest; and a peer list of one such entry.
+    const host = `${'a'.repeat(63)}.`.repeat(3) + 'a'.repeat(61);
+    const addr = `${host}:65535`;
+    const largest = {
+      type: 'hello',
+      v: PROTOCOL_VERSION,
+      id: 'f'.repeat(32),
+      nick: '€'.repeat(32),
+      port: 65535,
+    };
+    const hello = serializeFrame({
+      ...largest,
+      addr,
+      pack: 65_536,
+      binary: true,
+      seq: Number.MAX_SAFE_INTEGER,
+      ts: Number.MAX_SAFE_INTEGER,
+    } as HelloFrame);
+    assert.ok(hello.length <= MIN_FRAME_BYTES, `a hello of ${hello.length} bytes`);
+    const list = serializeFrame({ type: 'peers', peers: [{ id: 'f'.repeat(32), addr }] });
+    assert.ok(list.length <= MIN_FRAME_BYTES, `a peer list of ${list.length} bytes`);
+    const a = await start({
+      nick: '€'.repeat(32),
+      advertise: { host, port: 65535 },
+      maxFrameBytes: MIN_FRAME_BYTES,
+    });
+    const b = await start({ maxFrameBytes: MIN_FRAME_BYTES, peers: [loopback(a.port)] });
+    await waitFor(() => a.peers().length === 1 && b.peers().length === 1, 'a and b up');
+    assert.equal(b.peers()[0]!.nick, '€'.repeat(32));
+    const inbox = record(b.messages$);
+    const sent = a.send('short enough');
+    await waitFor(() => times(inbox, sent.id) === 1, 'the message at b');
+  });
+
+  it('refuses to send a text whose frame is over maxFrameBytes, sending none of the batch, and sends the longest that fits', async (t) => {
+    const start = nodeFactory(t);
+    const maxFrameBytes = 8 * 1024;
+    const node = await start({ nick: 'ann', maxFrameBytes });
+    const watcher = await rawPeer(t, node.port, { answerPings: true, binary: true });
+    await waitFor(() => node.peers().length === 1, 'the watcher up');
+    // Before: send() returned, and writing the frame to the watcher threw "frame of 8193 bytes, the
+    // limit is 8192" out of the pipeline: the process died.
+    const overhead = 175; // a binary chat frame of ann's, without a proof, less its text
+    const fits = 'x'.repeat(maxFrameBytes - overhead);
+    assert.throws(
+      () => node.send(`${fits}x`),
+      /^RangeError: send: a text of 8018 bytes of UTF-8 makes a frame of 8193 bytes, over maxFrameBytes \(8192\)$/,
+    );
+    // Counted in UTF-8: a 3-byte character where a 1-byte one fits is over.
+    assert.throws(() => node.send(`${fits.slice(1)}€`), /over maxFrameBytes/);
+    // In a batch, each frame carries its proof (a hash per level): the one that fits alone is over.
+    assert.throws(() => node.sendAll(['first', fits]), /over maxFrameBytes/);
+    assert.deepEqual(node.history(), []);
+    const sent = node.send(fits);
+    assert.equal(sent.seq, 1, 'no sequence number used by the refused ones');
+    await waitFor(() => watcher.frames.some((f) => f.type === 'chat'), 'the message at the watcher');
+    const chat = watcher.frames.find((f): f is ChatFrame => f.type === 'chat')!;
+    assert.equal(chat.id, sent.id);
+    assert.equal(encodeChat(chat).length, maxFrameBytes, 'a frame of exactly the limit');
+    assert.equal(node.peers().length, 1);
+  });
+
+  it('cuts a peer list to the frame limit: five long host names at 1 KiB make a list of three', async (t) => {
+    const start = nodeFactory(t);
+    const node = await start({ maxFrameBytes: MIN_FRAME_BYTES, timing: { peerListDelayMs: 10 } });
+    const host = `${'b'.repeat(63)}.`.repeat(3) + 'b'.repeat(61);
+    const named: RawPeer[] = [];
+    for (let i = 0; i < 5; i++) {
+      const peer = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+      peer.hello({ addr: `${host}:${9000 + i}` });
+      named.push(peer);
+    }
+    await waitFor(() => node.peers().length === 5, 'the five peers up');
+    const watcher = await rawPeer(t, node.port, { answerPings: true });
+    await waitFor(() => node.peers().length === 6, 'the watcher up');
+    // Before: the first list over the limit (four names, to each of the first peers) threw "frame of
+    // 1266 bytes, the limit is 1024" out of the pipeline: the node's inbound stream died with it.
+    await waitFor(
+      () => watcher.frames.some((f) => f.type === 'peers' && f.peers.length === 3),
+      'a list of three at the watcher',
+    );
+    for (const frame of watcher.frames) {
+      if (frame.type !== 'peers') continue;
+      assert.ok(
+        serializeFrame(frame).length <= MIN_FRAME_BYTES,
+        `a list of ${serializeFrame(frame).length} bytes`,
+      );
+      assert.ok(frame.peers.length <= 3, `a list of ${frame.peers.length}`);
+    }
+    await upkeepTicks(watcher, 1);
+    assert.equal(node.peers().length, 6, 'every peer still up');
   });
 
   it('refuses to send an empty or oversized message', async (t) => {
