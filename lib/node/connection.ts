@@ -159,8 +159,13 @@ export class Connection {
    * time, a newer sync's joined to what the peer still lacks of an older one's (see the node's resync).
    */
   resync: { readonly backlog: readonly StoredMessage[]; next: number; ready: boolean } | undefined;
-  /** A turn of the node's resync pump is scheduled for this connection. */
-  resyncPumping = false;
+  /**
+   * The next turn of the node's resync pump for this connection, when one is scheduled: at the next
+   * turn of the event loop, or (`resyncWait`) a little later while the peer drains the last batch.
+   * Cleared by {@link destroy}: no turn outlives the connection.
+   */
+  resyncTurn: NodeJS.Immediate | undefined;
+  resyncWait: NodeJS.Timeout | undefined;
   /** When this node last answered the peer's anti-entropy sync with its own (ms): once a period at most. */
   lastEntropyAnswer = 0;
   /** The authenticated session, once the handshake completed. */
@@ -518,6 +523,10 @@ export class Connection {
     clearTimeout(this.resumeTimer);
     clearTimeout(this.resyncTimer);
     this.resyncTimer = undefined;
+    clearImmediate(this.resyncTurn);
+    this.resyncTurn = undefined;
+    clearTimeout(this.resyncWait);
+    this.resyncWait = undefined;
     clearTimeout(this.syncTimer);
     this.pendingSync = undefined;
     this.resync = undefined;

@@ -1928,7 +1928,8 @@ class ChatNode implements P2PNode {
    */
   private pumpResync(conn: Connection): void {
     const state = conn.resync;
-    if (state === undefined || !state.ready || conn.resyncPumping) return;
+    if (state === undefined || !state.ready || conn.resyncTurn !== undefined || conn.resyncWait !== undefined)
+      return;
     if (this.closed || conn.closing || conn.socket.destroyed) return;
     const { backlog } = state;
     let sent = 0;
@@ -1954,13 +1955,14 @@ class ChatNode implements P2PNode {
       conn.resync = undefined;
       return;
     }
-    conn.resyncPumping = true;
     const again = (): void => {
-      conn.resyncPumping = false;
+      conn.resyncTurn = undefined;
+      conn.resyncWait = undefined;
       this.pumpResync(conn);
     };
-    if (sent > 0) setImmediate(again);
-    else setTimeout(again, 10).unref(); // the peer is still draining the last batch
+    // Kept on the connection, which clears them when it closes (Connection#destroy).
+    if (sent > 0) conn.resyncTurn = setImmediate(again);
+    else conn.resyncWait = setTimeout(again, RESYNC_WAIT_MS).unref(); // the peer is still draining the last batch
   }
 
   // ---- dialling ----------------------------------------------------------------------------
@@ -2357,6 +2359,8 @@ const SIGN_BATCH = 64;
 /** Messages per resync batch, and the most bytes queued for a peer before the next batch waits. */
 const RESYNC_BATCH = 256;
 const RESYNC_OUTBOX_BYTES = 1024 * 1024;
+/** Wait before the next batch of a resync while the last ones are still queued (the peer drains them). */
+const RESYNC_WAIT_MS = 10;
 
 /** Random bytes for message ids, drawn 256 ids at a time: one getrandom call instead of one per message. */
 let idPool = Buffer.alloc(0);

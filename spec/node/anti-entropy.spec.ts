@@ -13,6 +13,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { ChatMessage, NodeTiming, P2PNode } from '../../lib/node/node.js';
 import {
+  MAX_TEXT_LENGTH,
   serializeFrame,
   type ChatFrame,
   type PeersFrame,
@@ -22,6 +23,7 @@ import { generateIdentity } from '../../lib/security/identity.js';
 import {
   connectedTo,
   lineLogger,
+  liveTimers,
   loopback,
   nodeFactory,
   rawPeer,
@@ -451,6 +453,31 @@ describe('answering a sync', () => {
       assert.deepEqual(await ask(peer, { marks: [] }), seqs);
     });
   }
+
+  it('leaves no resync turn behind when the connection closes while its backlog waits for the peer to drain', async (t) => {
+    const timers = liveTimers(t);
+    const start = nodeFactory(t);
+    const x = await start({ nick: 'x' });
+    // 12 MB of history, more than loopback's socket buffers take from a peer that reads nothing:
+    // the resync fills the outbox to its bound and waits (10 ms at a time) for the peer to drain it.
+    const line = '€'.repeat(MAX_TEXT_LENGTH);
+    x.sendAll(Array.from({ length: 240 }, () => line));
+    const peer = await rawPeer(t, x.port, { answerPings: true, binary: true });
+    await waitFor(() => x.peers().length === 1, 'the raw peer to be up');
+    peer.socket.pause();
+    peer.send({ type: 'sync', marks: [] });
+    await waitFor(() => timers.count(10) === 1, 'the resync to wait for the peer', 10_000);
+    let left: number | undefined;
+    const downs = x.events$.subscribe((event) => {
+      if (event.type === 'peer-down') left = timers.count(10);
+    });
+    t.after(() => downs.unsubscribe());
+    peer.socket.destroy();
+    await waitFor(() => left !== undefined, 'the raw peer to be down');
+    // Before: the wait outlived the connection, and its turn came after the close.
+    assert.equal(left, 0, 'resync waits left once the connection closed');
+    assert.equal(timers.count(10), 0);
+  });
 
   it('sends a busy peer only what fills its gaps, and the rest once it asks without busy', async (t) => {
     const { x, peer, seqs } = await held(t);
