@@ -13,7 +13,6 @@
  *   A claim left by a process that died meanwhile is stale in turn, and removed the same way.
  * - The release removes `lock` only while it is still ours (it names a random token of ours).
  */
-import { createHash, randomBytes } from 'node:crypto';
 import {
   closeSync,
   fstatSync,
@@ -28,6 +27,7 @@ import {
 import { Buffer } from 'node:buffer';
 import { homedir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
+import { randomBytes, sha256 } from '../security/bytes.js';
 import { errnoCode, openIfExists } from '../util/fs.js';
 
 /**
@@ -209,11 +209,7 @@ function inUse(seen: Snapshot): { pid: number | undefined } | undefined {
  * @throws {DataDirLockedError} when a live process is taking it over.
  */
 function removeStale(dir: string, name: string, seen: Snapshot, mine: string, depth: number): void {
-  const id = createHash('sha256')
-    .update(`${name}\0${seen.ino}\0${seen.size}\0`)
-    .update(seen.bytes)
-    .digest('hex')
-    .slice(0, 24);
+  const id = sha256(`${name}\0${seen.ino}\0${seen.size}\0`, seen.bytes).toString('hex').slice(0, 24);
   const claimName = `${LOCK}.claim-${id}`;
   const claim = join(dir, claimName);
   try {

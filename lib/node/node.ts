@@ -1,5 +1,4 @@
 import { Buffer } from 'node:buffer';
-import { randomBytes, randomInt } from 'node:crypto';
 import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
 import {
   BehaviorSubject,
@@ -71,6 +70,7 @@ import { lockDataDir } from './data-dir.js';
 import type { LinkSecurity } from './connection.js';
 import { SecurityError } from '../security/errors.js';
 import { generateIdentity, loadOrCreateIdentity, type Identity } from '../security/identity.js';
+import { randomBytes, randomUint32 } from '../security/bytes.js';
 import { NETWORK_KEY_BYTES, networkTag } from '../security/network-key.js';
 import { signedChats } from '../security/sign.js';
 import { chatProblemChecker, signatureCheck, type ChatChecker } from '../operators/verify.js';
@@ -1334,7 +1334,7 @@ class ChatNode implements P2PNode {
         );
       }
     };
-    const probe: Probe = { n: randomInt(2 ** 32), answered: false, candidate: conn, settle };
+    const probe: Probe = { n: randomUint32(), answered: false, candidate: conn, settle };
     kept.probes.push(probe);
     kept.send({ type: 'ping', n: probe.n });
     const sentAt = Date.now();

@@ -1,15 +1,11 @@
 import { Buffer } from 'node:buffer';
-import {
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  generateKeyPairSync,
-  sign as cryptoSign,
-  type KeyObject,
-} from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { randomBytes, sha256 } from './bytes.js';
 import { SecurityError } from './errors.js';
 import { ensurePrivateDir, readPrivateFile, writeFileOnce } from './key-file.js';
+import { sodium } from './sodium.js';
 
 /** Bytes of a raw Ed25519 public key. */
 export const PUBLIC_KEY_BYTES = 32;
@@ -33,7 +29,10 @@ export interface Identity {
   readonly id: string;
   /** The raw 32-byte Ed25519 public key. */
   readonly publicKey: Buffer;
-  /** The private key, kept inside node:crypto (never exported as raw bytes here). */
+  /**
+   * The private key as a node:crypto KeyObject, for programs that use node:crypto with it. Made when
+   * first read (loading node:crypto then): the identity itself signs with libsodium.
+   */
   readonly privateKey: KeyObject;
   /** Ed25519 signature (64 bytes) of `data`. */
   sign(data: Buffer): Buffer;
@@ -49,7 +48,7 @@ export function nodeIdOf(publicKey: Uint8Array): string {
   if (publicKey.length !== PUBLIC_KEY_BYTES) {
     throw new RangeError(`an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${publicKey.length}`);
   }
-  return createHash('sha256').update(publicKey).digest().subarray(0, NODE_ID_BYTES).toString('hex');
+  return sha256(publicKey).subarray(0, NODE_ID_BYTES).toString('hex');
 }
 
 /**
@@ -64,20 +63,73 @@ export function publicKeyFromRaw(publicKey: Uint8Array): KeyObject {
   if (publicKey.length !== PUBLIC_KEY_BYTES) {
     throw new RangeError(`an Ed25519 public key is ${PUBLIC_KEY_BYTES} bytes, got ${publicKey.length}`);
   }
-  return createPublicKey({
+  return nodeCrypto().createPublicKey({
     key: Buffer.concat([ED25519_SPKI_PREFIX, publicKey]),
     format: 'der',
     type: 'spki',
   });
 }
 
-function rawPublicKey(privateKey: KeyObject): Buffer {
-  const der = createPublicKey(privateKey).export({ format: 'der', type: 'spki' });
-  return Buffer.from(der.subarray(ED25519_SPKI_PREFIX.length));
+/**
+ * DER of an Ed25519 private key in PKCS#8 (version 1, no attributes, no public key: RFC 8410), up to
+ * the 32-byte seed that ends it. The form OpenSSL and node:crypto write, and this module too.
+ */
+const ED25519_PKCS8_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+/** Bytes of an Ed25519 seed: the private key, from which libsodium derives the key pair. */
+const SEED_BYTES = 32;
+
+const require = createRequire(import.meta.url);
+/**
+ * node:crypto, loaded on first use: only a program's own KeyObjects and unusual key files need it
+ * (loading it costs a node ~1.5 MB: README, Performance).
+ */
+function nodeCrypto(): typeof import('node:crypto') {
+  return require('node:crypto') as typeof import('node:crypto');
 }
 
+/** The identity of a 32-byte Ed25519 seed (the private key). The seed is copied. */
+function identityFromSeed(seed: Uint8Array): Identity {
+  const publicKey = Buffer.alloc(sodium.crypto_sign_PUBLICKEYBYTES);
+  const secretKey = Buffer.alloc(sodium.crypto_sign_SECRETKEYBYTES);
+  sodium.crypto_sign_seed_keypair(publicKey, secretKey, seed);
+  let keyObject: KeyObject | undefined;
+  return {
+    id: nodeIdOf(publicKey),
+    publicKey,
+    get privateKey(): KeyObject {
+      keyObject ??= nodeCrypto().createPrivateKey({
+        key: Buffer.concat([ED25519_PKCS8_PREFIX, secretKey.subarray(0, SEED_BYTES)]),
+        format: 'der',
+        type: 'pkcs8',
+      });
+      return keyObject;
+    },
+    sign(data) {
+      const signature = Buffer.alloc(sodium.crypto_sign_BYTES);
+      sodium.crypto_sign_detached(signature, data, secretKey);
+      return signature;
+    },
+  };
+}
+
+/** The seed of a PKCS#8 DER Ed25519 private key in the form {@link ED25519_PKCS8_PREFIX} describes. */
+function seedOfPkcs8(der: Uint8Array): Buffer | undefined {
+  if (der.length !== ED25519_PKCS8_PREFIX.length + SEED_BYTES) return undefined;
+  const prefix = der.subarray(0, ED25519_PKCS8_PREFIX.length);
+  return ED25519_PKCS8_PREFIX.equals(prefix) ? Buffer.from(der.subarray(prefix.length)) : undefined;
+}
+
+/** The PKCS#8 PEM of an Ed25519 seed: what `openssl genpkey -algorithm ed25519` writes. */
+function pemOfSeed(seed: Uint8Array): string {
+  const der = Buffer.concat([ED25519_PKCS8_PREFIX, seed]).toString('base64');
+  return `-----BEGIN PRIVATE KEY-----\n${der}\n-----END PRIVATE KEY-----\n`;
+}
+
+/** A PEM file holding one private key, as OpenSSL writes one: its base64 body, else undefined. */
+const PKCS8_PEM = /^-----BEGIN PRIVATE KEY-----\r?\n([A-Za-z0-9+/=\r\n]+?)\r?\n-----END PRIVATE KEY-----\s*$/;
+
 /**
- * The identity of an Ed25519 private key.
+ * The identity of an Ed25519 private key held in a node:crypto KeyObject.
  * @throws {TypeError} when `privateKey` is not an Ed25519 private key.
  */
 export function identityFromPrivateKey(privateKey: KeyObject): Identity {
@@ -86,29 +138,31 @@ export function identityFromPrivateKey(privateKey: KeyObject): Identity {
       `an identity needs an Ed25519 private key, got ${privateKey.type} ${privateKey.asymmetricKeyType}`,
     );
   }
-  const publicKey = rawPublicKey(privateKey);
-  return {
-    id: nodeIdOf(publicKey),
-    publicKey,
-    privateKey,
-    sign: (data) => cryptoSign(null, data, privateKey),
-  };
+  const seed = seedOfPkcs8(privateKey.export({ format: 'der', type: 'pkcs8' }));
+  if (seed === undefined) throw new TypeError('node:crypto exported an Ed25519 key in an unknown form');
+  return identityFromSeed(seed);
 }
 
 /** A new random identity, in memory only (tests, throwaway nodes). */
 export function generateIdentity(): Identity {
-  return identityFromPrivateKey(generateKeyPairSync('ed25519').privateKey);
+  return identityFromSeed(randomBytes(SEED_BYTES));
 }
 
 /**
  * Parses an identity file: an Ed25519 private key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), the
- * format `openssl genpkey -algorithm ed25519` writes.
+ * format `openssl genpkey -algorithm ed25519` writes. That form is read here; any other PEM (another
+ * layout of an Ed25519 key, or a key of another kind, for the error) is handed to node:crypto.
  * @throws {SecurityError} `ERR_IDENTITY_FILE` when it is not one.
  */
 export function parseIdentity(pem: string, source = 'identity file'): Identity {
+  const body = PKCS8_PEM.exec(pem)?.[1]?.replace(/\r?\n/g, '');
+  const der = body === undefined ? undefined : Buffer.from(body, 'base64');
+  // Buffer.from is lenient (it skips stray characters): only canonical base64 is read here.
+  const seed = der !== undefined && der.toString('base64') === body ? seedOfPkcs8(der) : undefined;
+  if (seed !== undefined) return identityFromSeed(seed);
   let key: KeyObject;
   try {
-    key = createPrivateKey({ key: pem, format: 'pem' });
+    key = nodeCrypto().createPrivateKey({ key: pem, format: 'pem' });
   } catch (err) {
     throw new SecurityError('ERR_IDENTITY_FILE', `${source} does not hold a private key in PEM`, {
       cause: err,
@@ -139,9 +193,8 @@ export function loadOrCreateIdentity(dir: string): Identity {
   const path = join(dir, IDENTITY_FILE);
   const existing = readPrivateFile(path, 'ERR_IDENTITY_FILE');
   if (existing !== undefined) return parseIdentity(existing, path);
-  const fresh = generateIdentity();
-  const pem = fresh.privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
-  if (writeFileOnce(path, pem)) return fresh;
+  const seed = randomBytes(SEED_BYTES);
+  if (writeFileOnce(path, pemOfSeed(seed))) return identityFromSeed(seed);
   // Lost a race with another process starting in the same directory: use the key it wrote.
   const theirs = readPrivateFile(path, 'ERR_IDENTITY_FILE');
   if (theirs === undefined)

@@ -1,4 +1,3 @@
-import { randomBytes } from 'node:crypto';
 import {
   closeSync,
   fchmodSync,
@@ -13,6 +12,7 @@ import {
 } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { errnoCode } from '../util/fs.js';
+import { randomBytes } from './bytes.js';
 import { SecurityError, type SecurityErrorCode } from './errors.js';
 
 /** Key files are a few hundred bytes; anything bigger is not ours and is not read into memory. */

@@ -1,6 +1,6 @@
 import { Buffer } from 'node:buffer';
-import { createHash, randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
+import { randomBytes, sha256 } from './bytes.js';
 import { SecurityError } from './errors.js';
 import { ensurePrivateDir, readPrivateFile, writeFileOnce } from './key-file.js';
 
@@ -108,9 +108,9 @@ export function loadNetworkKey(path: string): Buffer {
  * @throws {RangeError} when `key` is given and is not 32 bytes.
  */
 export function networkTag(key?: Uint8Array): Buffer {
-  if (key === undefined) return createHash('sha256').update(PUBLIC_TAG_INPUT).digest();
+  if (key === undefined) return sha256(PUBLIC_TAG_INPUT);
   checkKey(key);
-  return createHash('sha256').update(TAG_PREFIX).update(key).digest();
+  return sha256(TAG_PREFIX, key);
 }
 
 /**

@@ -10,6 +10,11 @@ export interface SodiumSizes {
   readonly crypto_kx_SEEDBYTES: number;
   readonly crypto_scalarmult_BYTES: number;
   readonly crypto_scalarmult_SCALARBYTES: number;
+  readonly crypto_sign_PUBLICKEYBYTES: number;
+  readonly crypto_sign_SECRETKEYBYTES: number;
+  readonly crypto_sign_SEEDBYTES: number;
+  readonly crypto_sign_BYTES: number;
+  readonly crypto_hash_sha256_BYTES: number;
 }
 
 /**
@@ -61,6 +66,14 @@ export interface Sodium extends SodiumSizes {
   crypto_scalarmult_base: (q: Uint8Array, n: Uint8Array) => void;
   /** `q` = X25519 of secret `n` and public `p`. */
   crypto_scalarmult: (q: Uint8Array, n: Uint8Array, p: Uint8Array) => void;
+  /** Fills `buf` with random bytes from the operating system's generator. */
+  randombytes_buf: (buf: Uint8Array) => void;
+  /** The Ed25519 key pair of a 32-byte `seed`: public key `pk` (32 bytes), secret key `sk` (64: seed and public key). */
+  crypto_sign_seed_keypair: (pk: Uint8Array, sk: Uint8Array, seed: Uint8Array) => void;
+  /** Writes secret key `sk`'s Ed25519 signature of `m` (64 bytes) into `sig`. */
+  crypto_sign_detached: (sig: Uint8Array, m: Uint8Array, sk: Uint8Array) => void;
+  /** SHA-256 of `input`, written into `output` (32 bytes). */
+  crypto_hash_sha256: (output: Uint8Array, input: Uint8Array) => void;
 }
 
 /** The addon's own functions, as sodium-native 5.1 calls them. */
@@ -112,6 +125,10 @@ interface Addon extends SodiumSizes {
   crypto_kx_seed_keypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): number;
   crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): number;
   crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): number;
+  randombytes_buf(buf: ArrayBufferLike, offset: number, length: number): void;
+  crypto_sign_seed_keypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): number;
+  crypto_sign_detached(sig: Uint8Array, m: Uint8Array, sk: Uint8Array): number;
+  crypto_hash_sha256(output: Uint8Array, input: Uint8Array): number;
 }
 
 /**
@@ -209,6 +226,11 @@ export function wrapAddon(addon: Addon): Sodium {
   const NPUBBYTES = addon.crypto_aead_chacha20poly1305_ietf_NPUBBYTES;
   const X25519 = addon.crypto_scalarmult_BYTES;
   const SCALAR = addon.crypto_scalarmult_SCALARBYTES;
+  const SIGN_PUBLIC = addon.crypto_sign_PUBLICKEYBYTES;
+  const SIGN_SECRET = addon.crypto_sign_SECRETKEYBYTES;
+  const SIGN_SEED = addon.crypto_sign_SEEDBYTES;
+  const SIGNATURE = addon.crypto_sign_BYTES;
+  const SHA256 = addon.crypto_hash_sha256_BYTES;
   const aeadKeys = (npub: unknown, k: unknown): void => {
     exactly('a ChaCha20-Poly1305 nonce', npub, NPUBBYTES);
     exactly('a ChaCha20-Poly1305 key', k, KEYBYTES);
@@ -224,6 +246,11 @@ export function wrapAddon(addon: Addon): Sodium {
     crypto_kx_SEEDBYTES: addon.crypto_kx_SEEDBYTES,
     crypto_scalarmult_BYTES: X25519,
     crypto_scalarmult_SCALARBYTES: SCALAR,
+    crypto_sign_PUBLICKEYBYTES: SIGN_PUBLIC,
+    crypto_sign_SECRETKEYBYTES: SIGN_SECRET,
+    crypto_sign_SEEDBYTES: SIGN_SEED,
+    crypto_sign_BYTES: SIGNATURE,
+    crypto_hash_sha256_BYTES: SHA256,
     sodium_memzero(buf) {
       bytes('the buffer to zero', buf);
       addon.sodium_memzero(buf);
@@ -347,6 +374,27 @@ export function wrapAddon(addon: Addon): Sodium {
       exactly('an X25519 secret key', n, SCALAR);
       exactly('an X25519 public key', p, X25519);
       ok(addon.crypto_scalarmult(q, n, p), 'X25519');
+    },
+    randombytes_buf(buf) {
+      within32('the buffer to fill', buf);
+      addon.randombytes_buf(buf.buffer, buf.byteOffset, buf.byteLength);
+    },
+    crypto_sign_seed_keypair(pk, sk, seed) {
+      exactly('an Ed25519 public key', pk, SIGN_PUBLIC);
+      exactly('an Ed25519 secret key', sk, SIGN_SECRET);
+      exactly('an Ed25519 seed', seed, SIGN_SEED);
+      ok(addon.crypto_sign_seed_keypair(pk, sk, seed), 'Ed25519 key generation');
+    },
+    crypto_sign_detached(sig, m, sk) {
+      exactly('an Ed25519 signature', sig, SIGNATURE);
+      bytes('a message to sign', m);
+      exactly('an Ed25519 secret key', sk, SIGN_SECRET);
+      ok(addon.crypto_sign_detached(sig, m, sk), 'Ed25519 signing');
+    },
+    crypto_hash_sha256(output, input) {
+      exactly('a SHA-256 output', output, SHA256);
+      bytes('a SHA-256 input', input);
+      ok(addon.crypto_hash_sha256(output, input), 'SHA-256');
     },
   };
 }

@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, verify } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify } from 'node:crypto';
 import { chmodSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import fc from 'fast-check';
 import {
   generateIdentity,
   IDENTITY_FILE,
@@ -123,5 +124,46 @@ describe('identity', () => {
       mode: 0o600,
     });
     assert.equal(loadOrCreateIdentity(dir).id, identityFromPrivateKey(privateKey).id);
+  });
+  it('writes its key file as node:crypto (OpenSSL) writes the same key, and signs as OpenSSL does', () => {
+    const dir = tempDir();
+    const identity = loadOrCreateIdentity(dir);
+    const pem = readFileSync(join(dir, IDENTITY_FILE), 'utf8');
+    const key = createPrivateKey(pem);
+    assert.equal(key.export({ format: 'pem', type: 'pkcs8' }), pem, 'byte for byte');
+    const raw = createPublicKey(key).export({ format: 'der', type: 'spki' }).subarray(-32);
+    assert.deepEqual(identity.publicKey, raw);
+    const data = Buffer.from('signed by libsodium');
+    assert.deepEqual(identity.sign(data), sign(null, data, key), 'Ed25519 is deterministic (RFC 8032)');
+    assert.deepEqual(identity.privateKey.export({ format: 'pem', type: 'pkcs8' }), pem, 'its KeyObject');
+  });
+
+  it('reads any Ed25519 key OpenSSL writes or reads, as OpenSSL does, and refuses anything else with ERR_IDENTITY_FILE', () => {
+    const { privateKey } = generateKeyPairSync('ed25519');
+    const pem = privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
+    const want = identityFromPrivateKey(privateKey).id;
+    // Other layouts OpenSSL takes (read through node:crypto): CRLF lines, text before the PEM.
+    for (const variant of [pem, pem.replaceAll('\n', '\r\n'), `a comment\n${pem}`, pem.trimEnd()]) {
+      assert.equal(parseIdentity(variant).id, want, JSON.stringify(variant));
+    }
+    // Any text: an identity exactly when node:crypto reads an Ed25519 key from it, else the error.
+    const mutated = fc
+      .tuple(fc.nat(pem.length - 1), fc.string({ maxLength: 3 }))
+      .map(([at, text]) => pem.slice(0, at) + text + pem.slice(at + 1));
+    fc.assert(
+      fc.property(fc.oneof(mutated, fc.string({ maxLength: 200 })), (text) => {
+        let expected: string | undefined;
+        try {
+          const key = createPrivateKey(text);
+          if (key.asymmetricKeyType === 'ed25519') expected = identityFromPrivateKey(key).id;
+        } catch {
+          expected = undefined;
+        }
+        if (expected === undefined)
+          assert.throws(() => parseIdentity(text), securityError('ERR_IDENTITY_FILE'));
+        else assert.equal(parseIdentity(text).id, expected);
+      }),
+      { numRuns: 300 },
+    );
   });
 });

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, sign } from 'node:crypto';
+import { createHash, createPrivateKey, generateKeyPairSync, sign } from 'node:crypto';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -107,6 +107,59 @@ describe('sodium (libsodium from sodium-native)', () => {
     );
   });
 
+  it('derives Ed25519 key pairs and signs as sodium-native and node:crypto do, and hashes SHA-256 as both', () => {
+    const pkcs8 = (seed: Uint8Array) =>
+      createPrivateKey({
+        key: Buffer.concat([Buffer.from('302e020100300506032b657004220420', 'hex'), seed]),
+        format: 'der',
+        type: 'pkcs8',
+      });
+    fc.assert(
+      fc.property(bytes(32, 32), bytes(0, 300), (seed, message) => {
+        const [wantPk, wantSk, wantSig] = [Buffer.alloc(32), Buffer.alloc(64), Buffer.alloc(64)];
+        reference.crypto_sign_seed_keypair(wantPk, wantSk, seed);
+        reference.crypto_sign_detached(wantSig, message, wantSk);
+        assert.deepEqual(
+          wantSig,
+          sign(null, message, pkcs8(seed)),
+          'the same signature as OpenSSL (RFC 8032)',
+        );
+        const wantHash = createHash('sha256').update(message).digest();
+        for (const impl of [sodium, wrapped]) {
+          const [pk, sk, sig, hash] = [
+            view(new Uint8Array(32)),
+            view(new Uint8Array(64)),
+            view(new Uint8Array(64)),
+            view(new Uint8Array(32)),
+          ];
+          impl.crypto_sign_seed_keypair(pk, sk, view(seed));
+          assert.deepEqual([Buffer.from(pk), Buffer.from(sk)], [wantPk, wantSk]);
+          impl.crypto_sign_detached(sig, view(message), sk);
+          assert.deepEqual(Buffer.from(sig), wantSig);
+          assert.ok(impl.crypto_sign_verify_detached(sig, message, pk));
+          impl.crypto_hash_sha256(hash, view(message));
+          assert.deepEqual(Buffer.from(hash), wantHash);
+        }
+      }),
+      { numRuns: 50 },
+    );
+  });
+
+  it('fills a view at any offset with random bytes, and only it', () => {
+    for (const impl of [sodium, wrapped]) {
+      const backing = Buffer.alloc(64 + 14, 0xa5);
+      const [a, b] = [backing.subarray(7, 39), backing.subarray(39, 71)];
+      impl.randombytes_buf(a);
+      impl.randombytes_buf(b);
+      assert.notDeepEqual(a, b, 'two draws differ (a 2^-256 chance that they do not)');
+      assert.notDeepEqual(a, Buffer.alloc(32, 0xa5));
+      assert.deepEqual(
+        [...backing.subarray(0, 7), ...backing.subarray(71)],
+        Array(14).fill(0xa5) as number[],
+      );
+    }
+  });
+
   it('encrypts as sodium-native does and decrypts its own, refusing a changed byte with a plain Error', () => {
     fc.assert(
       fc.property(
@@ -201,6 +254,12 @@ describe('sodium (libsodium from sodium-native)', () => {
       ['kx seed 31', (s) => s.crypto_kx_seed_keypair(b(32), b(32), b(31))],
       ['scalarmult_base secret 33', (s) => s.crypto_scalarmult_base(b(32), b(33))],
       ['scalarmult public 31', (s) => s.crypto_scalarmult(b(32), b(32), b(31))],
+      ['sign public key 31', (s) => s.crypto_sign_seed_keypair(b(31), b(64), b(32))],
+      ['sign secret key 63', (s) => s.crypto_sign_seed_keypair(b(32), b(63), b(32))],
+      ['sign seed 33', (s) => s.crypto_sign_seed_keypair(b(32), b(64), b(33))],
+      ['signature 63 to write', (s) => s.crypto_sign_detached(b(63), b(3), b(64))],
+      ['signing key 32', (s) => s.crypto_sign_detached(b(64), b(3), b(32))],
+      ['sha256 output 31', (s) => s.crypto_hash_sha256(b(31), b(3))],
     ];
     for (const [what, call] of calls) {
       assert.throws(() => call(wrapped), RangeError, what);
@@ -242,6 +301,10 @@ describe('sodium (libsodium from sodium-native)', () => {
         ['hash input', (s) => s.crypto_generichash(b(32), as(w))],
         ['hash output', (s) => s.crypto_generichash(as(w), b(3))],
         ['batch entry', (s) => s.crypto_generichash_batch(b(32), [b(3), as(w)])],
+        ['random buffer', (s) => s.randombytes_buf(as(w))],
+        ['sign seed', (s) => s.crypto_sign_seed_keypair(b(32), b(64), as(w))],
+        ['message to sign', (s) => s.crypto_sign_detached(b(64), as(w), b(64))],
+        ['sha256 input', (s) => s.crypto_hash_sha256(b(32), as(w))],
       ];
       for (const [what, call] of calls) {
         assert.throws(() => call(wrapped), TypeError, `${what}: wrong argument ${i}`);
