@@ -144,9 +144,10 @@ export class Proc {
     this.command = options.command ?? BIN;
     this.json = options.json ?? args.includes('--json');
     // Default data directories (per port) go under a state home of this test run, never the user's.
-    const env: NodeJS.ProcessEnv = { ...process.env, XDG_STATE_HOME: STATE_HOME, ...options.env };
+    const env: NodeJS.ProcessEnv = { ...process.env };
     delete env['NODE_TEST_CONTEXT']; // the child is a program under test, not a test file
-    delete env['NODE_OPTIONS'];
+    delete env['NODE_OPTIONS']; // tsx's, of this test process (a test may give its own)
+    Object.assign(env, { XDG_STATE_HOME: STATE_HOME }, options.env);
     this.child = spawn(this.command, [...args], {
       cwd: ROOT,
       stdio: ['pipe', 'pipe', 'pipe'],
