@@ -29,6 +29,30 @@ export default tseslint.config(
       'no-restricted-globals': [
         'error',
         { name: 'Buffer', message: "import { Buffer } from 'node:buffer' (the global is a getter)" },
+        {
+          name: 'performance',
+          message:
+            'the CLI bundle defines it as undefined (package.json: perf_hooks costs an idle node ~0.2 MB)',
+        },
+      ],
+      // Each costs an idle node memory (README, Performance: idle memory; spec/cli/footprint.spec.ts).
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          paths: [
+            {
+              name: 'node:crypto',
+              message: 'lib/security/bytes.ts and sodium.ts (libsodium); node:crypto costs ~1 MB',
+              allowTypeImports: true,
+            },
+            {
+              name: 'node:tty',
+              message: "a stream's isTTY (node:tty costs ~0.15 MB)",
+              allowTypeImports: true,
+            },
+            { name: 'node:process', message: 'the global process (the import loads ~0.5 MB)' },
+          ],
+        },
       ],
     },
   },

@@ -441,7 +441,7 @@ export function run(argv: readonly string[], early: readonly NodeJS.Signals[] = 
   // The streams' isTTY, not node:tty's isatty: the streams are made anyway, and node:tty (~0.15 MB
   // of an idle node) is loaded by them only where one is a terminal.
   const streams = [process.stdin, process.stdout, process.stderr];
-  terminalsAtStart = [0, 1, 2].filter((fd) => streams[fd]?.isTTY === true);
+  terminalsAtStart = [0, 1, 2].filter((fd) => streams[fd]!.isTTY === true);
   // A copy: bin/p2p's own listener, still there until run returns, adds each one emitted here again.
   const caught = [...early];
   const exitCode = main(argv);

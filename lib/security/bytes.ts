@@ -5,7 +5,7 @@ import { sodium } from './sodium.js';
  * Random bytes and SHA-256, from libsodium (loaded for the handshake and signatures anyway).
  *
  * The node does not load node:crypto: loading it, and OpenSSL's Ed25519 keys behind it, cost an idle
- * node ~1.5 MB of memory (README, Performance), for a few calls that libsodium answers the same.
+ * node ~0.7-1.5 MB of memory (README, Performance), for a few calls that libsodium answers the same.
  */
 
 /** `size` bytes from the operating system's random generator (libsodium's randombytes_buf). */

@@ -31,7 +31,8 @@ export interface Identity {
   readonly publicKey: Buffer;
   /**
    * The private key as a node:crypto KeyObject, for programs that use node:crypto with it. Made when
-   * first read (loading node:crypto then): the identity itself signs with libsodium.
+   * first read (loading node:crypto then), also for an identity made from a KeyObject: the identity
+   * itself signs with libsodium.
    */
   readonly privateKey: KeyObject;
   /** Ed25519 signature (64 bytes) of `data`. */
@@ -87,11 +88,15 @@ function nodeCrypto(): typeof import('node:crypto') {
   return require('node:crypto') as typeof import('node:crypto');
 }
 
-/** The identity of a 32-byte Ed25519 seed (the private key). The seed is copied. */
-function identityFromSeed(seed: Uint8Array): Identity {
+/**
+ * The identity of a 32-byte Ed25519 seed (the private key), zeroed afterwards when `wipe`. The key is
+ * held in the process's memory (a buffer of its own, not Node's shared pool), as node:crypto's was.
+ */
+function identityFromSeed(seed: Uint8Array, wipe = false): Identity {
   const publicKey = Buffer.alloc(sodium.crypto_sign_PUBLICKEYBYTES);
   const secretKey = Buffer.alloc(sodium.crypto_sign_SECRETKEYBYTES);
   sodium.crypto_sign_seed_keypair(publicKey, secretKey, seed);
+  if (wipe) sodium.sodium_memzero(seed);
   let keyObject: KeyObject | undefined;
   return {
     id: nodeIdOf(publicKey),
@@ -116,7 +121,10 @@ function identityFromSeed(seed: Uint8Array): Identity {
 function seedOfPkcs8(der: Uint8Array): Buffer | undefined {
   if (der.length !== ED25519_PKCS8_PREFIX.length + SEED_BYTES) return undefined;
   const prefix = der.subarray(0, ED25519_PKCS8_PREFIX.length);
-  return ED25519_PKCS8_PREFIX.equals(prefix) ? Buffer.from(der.subarray(prefix.length)) : undefined;
+  if (!ED25519_PKCS8_PREFIX.equals(prefix)) return undefined;
+  const seed = Buffer.alloc(SEED_BYTES); // its own memory, not the shared pool: zeroed after use
+  seed.set(der.subarray(prefix.length));
+  return seed;
 }
 
 /** The PKCS#8 PEM of an Ed25519 seed: what `openssl genpkey -algorithm ed25519` writes. */
@@ -125,8 +133,12 @@ function pemOfSeed(seed: Uint8Array): string {
   return `-----BEGIN PRIVATE KEY-----\n${der}\n-----END PRIVATE KEY-----\n`;
 }
 
-/** A PEM file holding one private key, as OpenSSL writes one: its base64 body, else undefined. */
-const PKCS8_PEM = /^-----BEGIN PRIVATE KEY-----\r?\n([A-Za-z0-9+/=\r\n]+?)\r?\n-----END PRIVATE KEY-----\s*$/;
+/**
+ * An Ed25519 key file as OpenSSL writes one (LF or CRLF lines): the 48 bytes of DER are one line of
+ * 64 base64 characters, without padding, and any such line is canonical base64. Anything else (a
+ * layout OpenSSL reads too, or that it refuses) is left to node:crypto.
+ */
+const PKCS8_PEM = /^-----BEGIN PRIVATE KEY-----\r?\n([A-Za-z0-9+/]{64})\r?\n-----END PRIVATE KEY-----\s*$/;
 
 /**
  * The identity of an Ed25519 private key held in a node:crypto KeyObject.
@@ -138,14 +150,16 @@ export function identityFromPrivateKey(privateKey: KeyObject): Identity {
       `an identity needs an Ed25519 private key, got ${privateKey.type} ${privateKey.asymmetricKeyType}`,
     );
   }
-  const seed = seedOfPkcs8(privateKey.export({ format: 'der', type: 'pkcs8' }));
+  const der = privateKey.export({ format: 'der', type: 'pkcs8' });
+  const seed = seedOfPkcs8(der);
+  sodium.sodium_memzero(der);
   if (seed === undefined) throw new TypeError('node:crypto exported an Ed25519 key in an unknown form');
-  return identityFromSeed(seed);
+  return identityFromSeed(seed, true);
 }
 
 /** A new random identity, in memory only (tests, throwaway nodes). */
 export function generateIdentity(): Identity {
-  return identityFromSeed(randomBytes(SEED_BYTES));
+  return identityFromSeed(randomBytes(SEED_BYTES), true);
 }
 
 /**
@@ -155,11 +169,13 @@ export function generateIdentity(): Identity {
  * @throws {SecurityError} `ERR_IDENTITY_FILE` when it is not one.
  */
 export function parseIdentity(pem: string, source = 'identity file'): Identity {
-  const body = PKCS8_PEM.exec(pem)?.[1]?.replace(/\r?\n/g, '');
-  const der = body === undefined ? undefined : Buffer.from(body, 'base64');
-  // Buffer.from is lenient (it skips stray characters): only canonical base64 is read here.
-  const seed = der !== undefined && der.toString('base64') === body ? seedOfPkcs8(der) : undefined;
-  if (seed !== undefined) return identityFromSeed(seed);
+  const body = PKCS8_PEM.exec(pem)?.[1];
+  if (body !== undefined) {
+    const der = Buffer.from(body, 'base64');
+    const seed = seedOfPkcs8(der);
+    sodium.sodium_memzero(der);
+    if (seed !== undefined) return identityFromSeed(seed, true);
+  }
   let key: KeyObject;
   try {
     key = nodeCrypto().createPrivateKey({ key: pem, format: 'pem' });
@@ -194,7 +210,9 @@ export function loadOrCreateIdentity(dir: string): Identity {
   const existing = readPrivateFile(path, 'ERR_IDENTITY_FILE');
   if (existing !== undefined) return parseIdentity(existing, path);
   const seed = randomBytes(SEED_BYTES);
-  if (writeFileOnce(path, pemOfSeed(seed))) return identityFromSeed(seed);
+  const created = writeFileOnce(path, pemOfSeed(seed));
+  const identity = identityFromSeed(seed, true);
+  if (created) return identity;
   // Lost a race with another process starting in the same directory: use the key it wrote.
   const theirs = readPrivateFile(path, 'ERR_IDENTITY_FILE');
   if (theirs === undefined)

@@ -142,16 +142,27 @@ describe('identity', () => {
     const { privateKey } = generateKeyPairSync('ed25519');
     const pem = privateKey.export({ format: 'pem', type: 'pkcs8' }).toString();
     const want = identityFromPrivateKey(privateKey).id;
-    // Other layouts OpenSSL takes (read through node:crypto): CRLF lines, text before the PEM.
+    // As OpenSSL writes it, CRLF lines, no last newline; text before the PEM (read by node:crypto).
     for (const variant of [pem, pem.replaceAll('\n', '\r\n'), `a comment\n${pem}`, pem.trimEnd()]) {
       assert.equal(parseIdentity(variant).id, want, JSON.stringify(variant));
     }
+    // Blank lines (after the header, before the footer, inside the body), a body cut in two lines.
+    const [head, body, foot] = pem.split('\n') as [string, string, string];
+    const layouts = [
+      `${head}\n\n${body}\n${foot}\n`,
+      `${head}\n${body}\n\n${foot}\n`,
+      `${head}\n${body.slice(0, 32)}\n\n${body.slice(32)}\n${foot}\n`,
+      `${head}\n${body.slice(0, 32)}\n${body.slice(32)}\n${foot}\n`,
+    ];
     // Any text: an identity exactly when node:crypto reads an Ed25519 key from it, else the error.
     const mutated = fc
-      .tuple(fc.nat(pem.length - 1), fc.string({ maxLength: 3 }))
+      .tuple(
+        fc.nat(pem.length - 1),
+        fc.string({ unit: fc.constantFrom('\n', '\r', ' ', '=', '-', 'A', '+', '/', '\t'), maxLength: 3 }),
+      )
       .map(([at, text]) => pem.slice(0, at) + text + pem.slice(at + 1));
     fc.assert(
-      fc.property(fc.oneof(mutated, fc.string({ maxLength: 200 })), (text) => {
+      fc.property(fc.oneof(mutated, fc.string({ maxLength: 200 }), fc.constantFrom(...layouts)), (text) => {
         let expected: string | undefined;
         try {
           const key = createPrivateKey(text);

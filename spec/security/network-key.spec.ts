@@ -119,4 +119,17 @@ describe('network key', () => {
     assert.equal(networkFingerprint(), 'public');
     assert.match(networkFingerprint(a), /^[0-9a-f]{8}$/);
   });
+
+  it('keeps the tags of every earlier version: nodes of different versions share a network', () => {
+    // SHA-256 of the domain-separated inputs, as first released (computed with node:crypto).
+    assert.equal(
+      networkTag().toString('hex'),
+      '08d753fca6a67a047c9b5c4b4838f9b079cc10519ed56743429364c763a638d5',
+    );
+    assert.equal(
+      networkTag(Buffer.alloc(32, 7)).toString('hex'),
+      'd66bd74b52cd276cdfaab731c07887073ae84e2b95ddd21dd6f2683b7177dfa2',
+    );
+    assert.equal(networkFingerprint(Buffer.alloc(32, 7)), 'd66bd74b');
+  });
 });
