@@ -292,6 +292,13 @@ export interface NodeOptions {
    * check (its id marked seen) and then be neither kept, shown nor relayed, a gap that resync would
    * ask peers to fill forever. `createNode` throws a RangeError for a value outside these bounds, or
    * one that is not an integer.
+   *
+   * Lowered on a `dataDir` a node used with a higher limit, the history may hold messages whose
+   * frames are over it (nothing longer is taken in while it runs: the decoder refuses such a frame,
+   * `send` such a text). They are kept and shown by `history()`, and a run with a limit they fit
+   * sends them again; this one leaves them out of every resync answer (the rest of it goes: peers
+   * get them from nodes whose limit they fit) and logs one warning at start, naming how many there
+   * are and the longest.
    */
   readonly maxFrameBytes?: number;
   readonly writer?: WriterOptions;
@@ -725,6 +732,7 @@ class ChatNode implements P2PNode {
           `history: dropped ${repair.droppedBytes} bytes of ${dataDir} (${repair.reason}); peers will resend what is missing`,
         );
       }
+      this.noteLongerThanFrames();
     } catch (err) {
       this.releaseDataDir();
       throw err;
@@ -1704,6 +1712,25 @@ class ChatNode implements P2PNode {
     };
   }
 
+  /**
+   * Says once, at start, that the history holds messages longer than `maxFrameBytes`: a run with a
+   * larger limit took them in (this one's decoder refuses a longer frame, and `send` a longer text).
+   * They are kept, shown by `history()` and sent again by a run whose limit they fit; this one
+   * leaves them out of every resync (see {@link resync}), since no frame of it can carry one. Kept
+   * rather than dropped at load: the start's compaction would erase them from the log for good.
+   */
+  private noteLongerThanFrames(): void {
+    const { count, longest } = this.store.longerThan(this.maxFrameBytes);
+    if (count === 0) return;
+    const held =
+      count === 1
+        ? `1 message held (of ${longest} bytes) is`
+        : `${count} messages held (the longest ${longest} bytes) are`;
+    this.log.warn(
+      `history: ${held} over maxFrameBytes (${this.maxFrameBytes}), from a run with a larger limit: kept and shown, never sent to peers while the limit is lower (peers get them from nodes whose limit they fit)`,
+    );
+  }
+
   /** Sends a sync on `conn`, saying how many frames this node has read on it (see {@link resync}). */
   private sendSync(conn: Connection, sync: SyncFrame): void {
     conn.send({ ...sync, rx: conn.rxFrames });
@@ -1897,7 +1924,23 @@ class ChatNode implements P2PNode {
     });
     if (lacking.length === 0) return; // the usual answer: nothing (the ring is not walked)
     const flying = sync.rx === undefined ? undefined : conn.inFlight(sync.rx);
-    let backlog = lacking.filter((m) => flying === undefined || !flying.has(m.frame.id)).slice(0, sync.max);
+    let tooLong = 0;
+    let backlog = lacking
+      .filter((m) => {
+        if (flying !== undefined && flying.has(m.frame.id)) return false;
+        // Held from a run with a larger maxFrameBytes (said once, at start): no frame of this node
+        // can carry it. Checked here, before it is encoded: a frame over the limit that reaches
+        // Connection#write is a bug, and throws.
+        if (m.payload.length <= this.maxFrameBytes) return true;
+        tooLong++;
+        return false;
+      })
+      .slice(0, sync.max);
+    if (tooLong > 0) {
+      this.log.debug(
+        `resync: leaving out ${tooLong} held message${tooLong === 1 ? '' : 's'} over maxFrameBytes for ${conn.label}`,
+      );
+    }
     if (backlog.length === 0) return;
     // What the older backlog has not sent yet and the peer still lacks by these marks goes on, even
     // where this sync's own filters (minAgeMs, busy, max, since) would leave it out.

@@ -779,6 +779,26 @@ export class MessageStore {
   }
 
   /**
+   * How many of the messages held have a payload longer than `bytes`, and the longest of them (0
+   * when none has). A node run before with a larger `maxFrameBytes` may hold such messages: they are
+   * kept (shown, and sent again once the node runs with a limit they fit), and no frame of a node
+   * whose limit is `bytes` can carry them. One walk of the window: for the start, not per message.
+   */
+  longerThan(bytes: number): { readonly count: number; readonly longest: number } {
+    this.evict();
+    let count = 0;
+    let longest = 0;
+    // From orderStart on, every slot holds a message.
+    for (let i = this.orderStart; i < this.order.length; i++) {
+      const { length } = this.order[i]!.payload;
+      if (length <= bytes) continue;
+      count++;
+      if (length > longest) longest = length;
+    }
+    return { count, longest };
+  }
+
+  /**
    * Runs `callback` once every record added so far is written: at once when none is pending (always,
    * for a store without a directory), else right after the write, in the order of the calls.
    */

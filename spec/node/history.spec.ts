@@ -5,7 +5,19 @@ import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { levelLogger } from '../../lib/node/log.js';
 import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
-import { freePort, HOST, loopback, nodeFactory, record, waitFor, type Recording } from '../helpers/nodes.js';
+import type { SyncFrame } from '../../lib/protocol/frames.js';
+import {
+  freePort,
+  HOST,
+  lineLogger,
+  loopback,
+  nodeFactory,
+  rawPeer,
+  record,
+  waitFor,
+  type RawPeer,
+  type Recording,
+} from '../helpers/nodes.js';
 import { tempDir } from '../helpers/temp.js';
 
 /**
@@ -341,5 +353,76 @@ describe('history: nothing lost (in-process nodes)', () => {
       sameSet(idsOf(bAfter.values), idsOf([...aSide, ...cSide])),
       'after the restart: what it missed',
     );
+  });
+});
+
+describe('history: messages over a lowered maxFrameBytes', () => {
+  let pings = 0;
+  /**
+   * Sends `sync` and then a ping; returns the ids of the chat messages the node sent back before its
+   * pong: it answers a sync at once (its first batch), so these are the whole answer.
+   */
+  async function ask(peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<string[]> {
+    const n = ++pings;
+    const from = peer.frames.length;
+    peer.send({ type: 'sync', ...sync });
+    peer.send({ type: 'ping', n });
+    await waitFor(() => peer.frames.some((f) => f.type === 'pong' && f.n === n), 'the pong');
+    const end = peer.frames.findIndex((f) => f.type === 'pong' && f.n === n);
+    return peer.frames.slice(from, end).flatMap((f) => (f.type === 'chat' ? [f.id] : []));
+  }
+
+  it('keeps what a run with a larger limit held, leaves it out of every resync (one log line) and sends the rest', async (t) => {
+    const start = nodeFactory(t);
+    const dir = dataDir(t, 'lowered');
+    const long = 'ü'.repeat(10_000); // 20,000 bytes of UTF-8: a frame of about 20 KB, over 8 KiB
+    const a = await start({ nick: 'a', dataDir: dir });
+    const b = await start({ nick: 'b', peers: [loopback(a.port)] });
+    await waitFor(() => a.peers().length === 1, 'a and b to connect');
+    const sent = [
+      a.send('short 1'),
+      a.send(long),
+      a.send('short 2'),
+      b.send(`${long} of b`),
+      b.send('short of b'),
+    ];
+    const all = new Set(idsOf(sent));
+    await waitFor(() => holdsExactly(a, all), 'a to hold all five');
+    await b.close();
+    await a.close();
+
+    const log = lineLogger();
+    const a2 = await start({ nick: 'a', dataDir: dir, maxFrameBytes: 8 * 1024, log });
+    assert.ok(holdsExactly(a2, all), 'the long ones are kept, and shown in its history');
+    /** Lines about them a user sees (debug ones aside: a resync names the peer it left them out for). */
+    const told = (): string[] =>
+      log.lines.filter((line) => !line.startsWith('debug:') && line.includes('over maxFrameBytes'));
+    const atStart = told();
+
+    // A peer that lacks everything asks, again and again: each answer holds the three short ones and
+    // neither long one (before, the first answer threw a RangeError out of Connection#write, uncaught).
+    const peer = await rawPeer(t, a2.port, { answerPings: true, binary: true });
+    await waitFor(() => a2.peers().length === 1, 'the raw peer to be up');
+    const shorts = [sent[0]!, sent[2]!, sent[4]!].map((m) => m.id).sort();
+    for (let i = 1; i <= 3; i++)
+      assert.deepEqual((await ask(peer, { marks: [] })).sort(), shorts, `answer ${i}`);
+    assert.equal(a2.peers().length, 1, 'the peer is still connected');
+    const after = a2.send('still up');
+    await waitFor(() => peer.frames.some((f) => f.type === 'chat' && f.id === after.id), 'a new message');
+
+    // A real node that joins fetches the short ones; its gap repair asks for the long one of a in
+    // vain, and a says nothing more about it.
+    const j = await start({ nick: 'j', peers: [loopback(a2.port)] });
+    const expected = new Set([...shorts, after.id]);
+    await waitFor(() => holdsExactly(j, expected), 'the joiner to hold the short ones');
+    await waitFor(() => j.stats().gapRepairs >= 2, "the joiner to ask for a's long message, from every peer");
+    assert.equal(atStart.length, 1, atStart.join('\n'));
+    assert.match(
+      atStart[0]!,
+      /^warn: history: 2 messages held \(the longest \d+ bytes\) are over maxFrameBytes \(8192\), from a run with a larger limit: kept and shown, never sent to peers/,
+    );
+    assert.deepEqual(told(), atStart, 'the line at start, and no other');
+    assert.ok(log.count('debug: resync: leaving out 2 held messages over maxFrameBytes') >= 3);
+    assert.equal(a2.peers().length, 2, 'both peers still connected');
   });
 });

@@ -261,6 +261,27 @@ describe('MessageStore', () => {
       assert.deepEqual(ids(store), ['a-1']);
     });
 
+    it('counts the messages held whose payload is longer than a limit, and the longest, evicted ones aside', (t) => {
+      const { store } = open(t, undefined, { maxMessages: 3 });
+      assert.deepEqual(store.longerThan(0), { count: 0, longest: 0 }, 'empty');
+      const sizes = [12_000, 300, 9_000, 7_000, 100];
+      sizes.forEach((size, i) => add(store, chat('a', i + 1, T0, 'x'.repeat(size))));
+      const held = [9_000, 7_000, 100].map(
+        (size, i) => serializeFrame(chat('a', i + 3, T0, 'x'.repeat(size))).length,
+      );
+      assert.deepEqual(
+        store.longerThan(8 * 1024),
+        { count: 1, longest: held[0] },
+        'the 12,000 one was evicted',
+      );
+      assert.deepEqual(store.longerThan(held[1]! - 1), { count: 2, longest: held[0] });
+      assert.deepEqual(
+        store.longerThan(held[0]!),
+        { count: 0, longest: 0 },
+        'a payload of exactly the limit fits',
+      );
+    });
+
     it('does not know a message of a sender it never heard of', (t) => {
       const { store } = open(t, undefined);
       add(store, chat('a', 1));
