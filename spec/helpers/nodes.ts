@@ -33,6 +33,7 @@ import {
   type ChatFrame,
   type Frame,
   type HelloFrame,
+  type SyncFrame,
 } from '../../lib/protocol/frames.js';
 import { networkTag } from '../../lib/security/network-key.js';
 import { signedChatFrame } from '../../lib/security/sign.js';
@@ -660,6 +661,21 @@ export async function rawPeer(
 export async function upkeepTicks(witness: RawPeer, count: number, timeoutMs = 5000): Promise<void> {
   const pings = witness.count('ping');
   await waitFor(() => witness.count('ping') >= pings + count, `${count} upkeep tick(s)`, timeoutMs);
+}
+
+let syncPings = 0;
+/**
+ * Sends `sync` from `peer`, then a ping; resolves with the chat frames the node sent back before its
+ * pong. A node answers a sync at once (its first batch of messages), so these are the whole answer.
+ */
+export async function askSync(peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<ChatFrame[]> {
+  const n = (syncPings = (syncPings + 1) >>> 0);
+  const from = peer.frames.length;
+  peer.send({ type: 'sync', ...sync });
+  peer.send({ type: 'ping', n });
+  await waitFor(() => peer.frames.some((f) => f.type === 'pong' && f.n === n), 'the pong');
+  const end = peer.frames.findIndex((f) => f.type === 'pong' && f.n === n);
+  return peer.frames.slice(from, end).filter((f): f is ChatFrame => f.type === 'chat');
 }
 
 export interface SignedFields {

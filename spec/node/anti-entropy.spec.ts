@@ -21,6 +21,7 @@ import {
 } from '../../lib/protocol/frames.js';
 import { generateIdentity } from '../../lib/security/identity.js';
 import {
+  askSync,
   connectedTo,
   lineLogger,
   liveTimers,
@@ -412,21 +413,9 @@ describe('answering a sync', () => {
     return { x, peer, before, seqs };
   }
 
-  let pings = 0;
-  /**
-   * Sends `sync` (with `rx`, the frames read so far, unless it is given) and then a ping; returns the
-   * seqs of the messages X sent back before its pong: X answers a sync at once (its first batch of
-   * messages), so these are the whole answer.
-   */
-  async function ask(peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<number[]> {
-    const n = ++pings;
-    const from = peer.frames.length;
-    peer.send({ type: 'sync', ...sync });
-    peer.send({ type: 'ping', n });
-    await waitFor(() => peer.frames.some((f) => f.type === 'pong' && f.n === n), 'the pong');
-    const end = peer.frames.findIndex((f) => f.type === 'pong' && f.n === n);
-    return peer.frames.slice(from, end).flatMap((f) => (f.type === 'chat' ? [f.seq] : []));
-  }
+  /** The seqs of the messages X sends back for `sync` (its whole answer: {@link askSync}). */
+  const ask = async (peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<number[]> =>
+    (await askSync(peer, sync)).map((f) => f.seq);
 
   it('sends nothing stamped before the sync’s since: older than the asking node’s window takes in', async (t) => {
     const { x, peer, seqs } = await held(t);

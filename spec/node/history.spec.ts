@@ -7,6 +7,7 @@ import { levelLogger } from '../../lib/node/log.js';
 import type { ChatMessage, NodeOptions, P2PNode } from '../../lib/node/node.js';
 import type { SyncFrame } from '../../lib/protocol/frames.js';
 import {
+  askSync,
   freePort,
   HOST,
   lineLogger,
@@ -357,20 +358,9 @@ describe('history: nothing lost (in-process nodes)', () => {
 });
 
 describe('history: messages over a lowered maxFrameBytes', () => {
-  let pings = 0;
-  /**
-   * Sends `sync` and then a ping; returns the ids of the chat messages the node sent back before its
-   * pong: it answers a sync at once (its first batch), so these are the whole answer.
-   */
-  async function ask(peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<string[]> {
-    const n = ++pings;
-    const from = peer.frames.length;
-    peer.send({ type: 'sync', ...sync });
-    peer.send({ type: 'ping', n });
-    await waitFor(() => peer.frames.some((f) => f.type === 'pong' && f.n === n), 'the pong');
-    const end = peer.frames.findIndex((f) => f.type === 'pong' && f.n === n);
-    return peer.frames.slice(from, end).flatMap((f) => (f.type === 'chat' ? [f.id] : []));
-  }
+  /** The ids of the messages the node sends back for `sync` (its whole answer: {@link askSync}). */
+  const ask = async (peer: RawPeer, sync: Omit<SyncFrame, 'type'>): Promise<string[]> =>
+    (await askSync(peer, sync)).map((f) => f.id);
 
   it('keeps what a run with a larger limit held, leaves it out of every resync (one log line) and sends the rest', async (t) => {
     const start = nodeFactory(t);
