@@ -353,7 +353,8 @@ export interface P2PNode {
    * message is in the history log when this returns.
    * @throws {RangeError} when `text` is empty, longer than `MAX_TEXT_LENGTH` or has a lone surrogate,
    *   when its frame is over `maxFrameBytes` (only below the default, see {@link NodeOptions}), or
-   *   when the node is closed.
+   *   when the node is closed. The frame checked is the binary one: a peer that reads only JSON
+   *   frames (an older node) is not sent a message whose JSON is over the limit (a warning says so).
    */
   send(text: string): ChatMessage;
   /**
@@ -2250,7 +2251,8 @@ class ChatNode implements P2PNode {
   /**
    * The peers to tell `recipient` about: every other connected peer at an address it can use, as
    * many as {@link MAX_PEERS_PER_LIST} and the frame limit let in (with a small `maxFrameBytes`, 64
-   * long host names do not fit: the list is cut, a hint that only has the relay send more copies).
+   * long host names do not fit: those left out are a hint lost, which only has the relay send more
+   * copies).
    */
   private peerListFor(recipient: Connection): PeersFrame {
     const peers: PeerEntry[] = [];
@@ -2260,9 +2262,11 @@ class ChatNode implements P2PNode {
       const addr = conn.listenAddress;
       if (addr === undefined) continue;
       const entry = { id: conn.peerId!, addr: this.localize(addr, recipient) };
-      // The entry and its comma (one too many for the first: a byte to spare).
-      bytes += Buffer.byteLength(JSON.stringify(entry), 'utf8') + 1;
-      if (bytes > this.maxFrameBytes) break;
+      // The entry and its comma (one too many for the first: a byte to spare). One that does not fit
+      // is left out, and a shorter one after it may still go.
+      const entryBytes = Buffer.byteLength(JSON.stringify(entry), 'utf8') + 1;
+      if (bytes + entryBytes > this.maxFrameBytes) continue;
+      bytes += entryBytes;
       peers.push(entry);
     }
     return { type: 'peers', peers };

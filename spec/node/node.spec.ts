@@ -1616,7 +1616,7 @@ describe('createNode', () => {
     assert.equal(node.peers().length, 1);
   });
 
-  it('cuts a peer list to the frame limit: five long host names at 1 KiB make a list of three', async (t) => {
+  it('cuts a peer list to the frame limit: of five long host names at 1 KiB three fit, and a short one after them', async (t) => {
     const start = nodeFactory(t);
     const node = await start({ maxFrameBytes: MIN_FRAME_BYTES, timing: { peerListDelayMs: 10 } });
     const host = `${'b'.repeat(63)}.`.repeat(3) + 'b'.repeat(61);
@@ -1627,13 +1627,20 @@ describe('createNode', () => {
       named.push(peer);
     }
     await waitFor(() => node.peers().length === 5, 'the five peers up');
+    // A short name after them: the entries that do not fit are left out, not the rest of the list.
+    const short = await rawPeer(t, node.port, { answerPings: true, deferHello: true });
+    short.hello({ addr: '127.0.0.1:9100' });
+    await waitFor(() => node.peers().length === 6, 'the sixth peer up');
     const watcher = await rawPeer(t, node.port, { answerPings: true });
-    await waitFor(() => node.peers().length === 6, 'the watcher up');
+    await waitFor(() => node.peers().length === 7, 'the watcher up');
     // Before: the first list over the limit (four names, to each of the first peers) threw "frame of
     // 1266 bytes, the limit is 1024" out of the pipeline: the node's inbound stream died with it.
     await waitFor(
-      () => watcher.frames.some((f) => f.type === 'peers' && f.peers.length === 3),
-      'a list of three at the watcher',
+      () =>
+        watcher.frames.some(
+          (f) => f.type === 'peers' && f.peers.length === 4 && f.peers.some((p) => p.id === short.id),
+        ),
+      'a list of three long names and the short one at the watcher',
     );
     for (const frame of watcher.frames) {
       if (frame.type !== 'peers') continue;
@@ -1641,10 +1648,10 @@ describe('createNode', () => {
         serializeFrame(frame).length <= MIN_FRAME_BYTES,
         `a list of ${serializeFrame(frame).length} bytes`,
       );
-      assert.ok(frame.peers.length <= 3, `a list of ${frame.peers.length}`);
+      assert.ok(frame.peers.length <= 4, `a list of ${frame.peers.length}`);
     }
     await upkeepTicks(watcher, 1);
-    assert.equal(node.peers().length, 6, 'every peer still up');
+    assert.equal(node.peers().length, 7, 'every peer still up');
   });
 
   it('refuses to send an empty or oversized message', async (t) => {
