@@ -448,7 +448,8 @@ export class MessageStore {
    * itself takes records: with that error, once for failures in a row, and with `undefined` once a
    * compaction works again. That is no failed write (see {@link onWriteFailure}): the file is
    * removed, the log is as it was, and records go on to it as ever, nothing kept in memory only.
-   * The next one starts at the first record {@link COMPACT_RETRY_MS} later, then twice as long
+   * The next one starts at the store's first use {@link COMPACT_RETRY_MS} later (a record added, or
+   * a look-up that drops what aged out: marks, a resync's), then twice as long
    * after each failure in a row, up to {@link COMPACT_RETRY_MAX_MS}: a disk without room for a
    * second copy of the window would otherwise have one written and refused at every record.
    * Meanwhile the log grows past twice the window, by what comes until a compaction works. A failure
