@@ -5,6 +5,7 @@ import {
   fstatSync,
   fsync,
   fsyncSync,
+  ftruncateSync,
   mkdirSync,
   openSync,
   readdirSync,
@@ -98,6 +99,9 @@ export interface LackingOptions {
 /** The highest sequence number held without a gap, per sender: what a peer is asked to go beyond. */
 export type Marks = ReadonlyMap<string, number>;
 
+/** Told of a streak of failed compactions, and of its end (see {@link MessageStore.onCompactionFailure}). */
+export type CompactionFailureHandler = (err: NodeJS.ErrnoException | undefined) => void;
+
 /** What {@link MessageStore.open} found wrong in the file and dropped. */
 export interface StoreRepair {
   readonly droppedBytes: number;
@@ -158,7 +162,8 @@ export const COMPACT_RETRY_MAX_MS = 5 * 60_000;
 /**
  * Present while writes fail (an empty file: creating one needs no data block, so it mostly works on
  * a full disk): own messages may have been sent that the log lacks, so a restart numbers above the
- * reserved block, as after a damaged log.
+ * reserved block, as after a damaged log. So too after a start that numbered above the block but
+ * could not compact the log to say so (see {@link MessageStore.keepLog}).
  */
 const UNSAVED_FILE = 'unsaved';
 
@@ -404,6 +409,8 @@ export class MessageStore {
    * compaction's own: the log is compacted once they are more than twice the window.
    */
   private recordsInLog = 0;
+  /** Bytes of the log the start read as whole records: where a damaged tail it dropped begins. */
+  private loadedBytes = 0;
   /** The routine compaction in flight, or given up with an operation still in flight: one at a time. */
   private compacting: Compaction | undefined;
   /**
@@ -454,8 +461,20 @@ export class MessageStore {
    * second copy of the window would otherwise have one written and refused at every record.
    * Meanwhile the log grows past twice the window, by what comes until a compaction works. A failure
    * to write to the log itself, or to go on with the new one once it is renamed, is a failed write.
+   * So too the compaction at the start ({@link open}) that fails on its own file, `messages.log.tmp`:
+   * the store starts on the log as it is. That failure comes before a handler can be set, so a
+   * handler set during a streak is told of it at once.
    */
-  onCompactionFailure: ((err: NodeJS.ErrnoException | undefined) => void) | undefined;
+  get onCompactionFailure(): CompactionFailureHandler | undefined {
+    return this.compactionFailureHandler;
+  }
+
+  set onCompactionFailure(handler: CompactionFailureHandler | undefined) {
+    this.compactionFailureHandler = handler;
+    if (this.compactionFailure !== undefined) handler?.(this.compactionFailure);
+  }
+
+  private compactionFailureHandler: CompactionFailureHandler | undefined;
 
   private constructor(
     private readonly selfId: string,
@@ -475,7 +494,10 @@ export class MessageStore {
 
   /**
    * Opens the store of node `selfId` in `dir` (created if missing), or an in-memory one without `dir`.
-   * Returns it with what had to be dropped from a damaged log, if anything.
+   * Returns it with what had to be dropped from a damaged log, if anything. The log is compacted
+   * first; when that fails on its own file with a system error (a disk without room for a copy of
+   * the window), the store starts on the log as it is (see {@link keepLog}). Throws a bug, and a
+   * failure to open the log or to cut a damaged tail from it.
    */
   static open(
     selfId: string,
@@ -486,6 +508,7 @@ export class MessageStore {
     const store = new MessageStore(selfId, dir, window, now);
     let repair: StoreRepair | undefined;
     let unsaved = false;
+    let raised = false;
     if (dir !== undefined) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       rmQuietly(join(dir, NEXT_LOG_FILE)); // a routine compaction's, cut short by a crash: never read
@@ -504,16 +527,26 @@ export class MessageStore {
       unsaved = existsSync(join(dir, UNSAVED_FILE)) || marks.names.length > 0;
       const sameBoot = reserved.boot !== undefined && reserved.boot === currentBoot();
       if (repair !== undefined || unsaved || !sameBoot || store.lastSeq === 0) {
+        raised = store.reservedSeq > store.lastSeq;
         store.lastSeq = Math.max(store.lastSeq, store.reservedSeq);
       }
     }
     store.evict();
     if (dir !== undefined) {
       try {
-        store.compact(); // start from a clean log holding just the window
-        if (unsaved) {
-          store.writeReserved(dir);
-          rmSync(join(dir, UNSAVED_FILE), { force: true });
+        let records: number | undefined;
+        try {
+          records = store.replaceLog(dir); // start from a clean log holding just the window
+        } catch (err) {
+          if (!isSystemError(err)) throw err;
+          store.keepLog(dir, err, raised && !unsaved);
+        }
+        if (records !== undefined) {
+          store.useCompacted(dir, records);
+          if (unsaved) {
+            store.writeReserved(dir);
+            rmSync(join(dir, UNSAVED_FILE), { force: true });
+          }
         }
       } catch (err) {
         // Not started: the store is not handed out, so its log's descriptor is closed here.
@@ -1064,6 +1097,7 @@ export class MessageStore {
       offset += RECORD_HEADER + length;
     }
     this.recordsInLog = 0;
+    this.loadedBytes = offset;
     return reason === undefined ? undefined : { droppedBytes: size - offset, reason };
   }
 
@@ -1302,8 +1336,16 @@ export class MessageStore {
    */
   private compact(): void {
     if (this.dir === undefined) return;
+    this.useCompacted(this.dir, this.replaceLog(this.dir));
+  }
+
+  /**
+   * The part of {@link compact} that writes: its file written, synced and renamed over the log.
+   * Returns the records written. A failure leaves the log on disk as it was, its file removed.
+   */
+  private replaceLog(dir: string): number {
     this.cancelCompaction(); // one at a time: this one writes the window as it is now
-    const path = join(this.dir, LOG_FILE);
+    const path = join(dir, LOG_FILE);
     const tmp = `${path}.tmp`;
     const metas = this.metas();
     const parts: Uint8Array[] = [];
@@ -1314,9 +1356,52 @@ export class MessageStore {
       bytes += this.messageRecord(parts, message);
     }
     renameOver(openSync(tmp, 'w', 0o600), tmp, path, parts, bytes);
+    return this.size + metas.length;
+  }
+
+  /** The rest of {@link compact}: the log just renamed over (`records` in it) appended to from now on. */
+  private useCompacted(dir: string, records: number): void {
     this.clearTurn(); // the window just written holds them
-    this.useNewLog(path, this.size + metas.length);
+    this.useNewLog(join(dir, LOG_FILE), records);
     this.compacted();
+  }
+
+  /**
+   * The compaction at the start failed on its own file, `err` a system error (a disk without room
+   * for a second copy of the window, no descriptor left): the node starts on the log as it is
+   * instead, as after a routine compaction that failed (see {@link onCompactionFailure}), rather
+   * than not at all. Its file is removed; the log is opened for appending, first cut back to its
+   * last whole record if the start dropped a damaged tail (a truncation needs no room on the disk;
+   * synced, so no record is appended after that tail on disk), and due for a compaction, tried
+   * after the backoff. On disk the log stays one the next start reads whole, only longer than the
+   * window. `mark`: the start raised its own numbering above what the log holds (which the start's
+   * compaction would have written in its meta record), so the `unsaved` mark keeps the next start
+   * from going back below it. Should the mark or the log fail too, `err` is thrown: no start.
+   */
+  private keepLog(dir: string, err: NodeJS.ErrnoException, mark: boolean): void {
+    const path = join(dir, LOG_FILE);
+    rmQuietly(`${path}.tmp`);
+    if (mark && !touchMark(join(dir, UNSAVED_FILE))) throw err;
+    let fd: number;
+    try {
+      fd = openSync(path, 'a', 0o600);
+    } catch (openErr) {
+      if (!isSystemError(openErr)) throw openErr;
+      throw err;
+    }
+    try {
+      if (fstatSync(fd).size > this.loadedBytes) {
+        ftruncateSync(fd, this.loadedBytes);
+        fsyncSync(fd);
+      }
+    } catch (cutErr) {
+      closeQuietly(fd);
+      if (!isSystemError(cutErr)) throw cutErr;
+      throw err;
+    }
+    this.fd = fd;
+    this.recordsInLog = 2 * this.maxMessages + 2; // due: the start's compaction is what failed
+    this.compactionFileFailed(err);
   }
 
   /**

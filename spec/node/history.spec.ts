@@ -260,6 +260,32 @@ describe('history: nothing lost (in-process nodes)', () => {
     );
   });
 
+  it('starts when its disk has no room for the compaction at the start, says so once, and keeps its history on disk', async (t) => {
+    const start = nodeFactory(t);
+    const dir = dataDir(t, 'fullstart');
+    const history = { maxMessages: 10 };
+    const a = await start({ nick: 'a', dataDir: dir, history });
+    const sent = Array.from({ length: 15 }, (_, i) => a.send(`message ${i + 1}`));
+    await a.close();
+    // Every write of the start's compaction fails as on a full disk.
+    fs.symlinkSync('/dev/full', join(dir, 'messages.log.tmp'));
+    const lines: string[] = [];
+    const log = levelLogger('debug', (line) => lines.push(line));
+    const again = await start({ nick: 'a', dataDir: dir, history, log });
+    const said = lines.filter((line) => line.includes('history:'));
+    assert.equal(said.length, 1, said.join('\n'));
+    assert.match(
+      said[0]!,
+      /^warn: history: cannot compact the log in .+ \(ENOSPC: no space left on device, write\)/,
+    );
+    assert.deepEqual(idsOf(again.history(10)), idsOf(sent.slice(5)));
+    const after = again.send('after the start');
+    assert.equal(after.seq, 16, 'numbered right after: its log holds what it sent');
+    await again.close();
+    const third = await start({ nick: 'a', dataDir: dir, history: { maxMessages: 20 } });
+    assert.deepEqual(idsOf(third.history(20)), idsOf([...sent, after]));
+  });
+
   it("does not take a peer's sync mark for its own id as its counter (sync frames are unsigned)", async (t) => {
     const start = nodeFactory(t);
     const a = await start({ nick: 'a' });

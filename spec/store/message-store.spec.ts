@@ -1900,14 +1900,121 @@ describe('MessageStore', () => {
     /** An I/O error of `syscall`. */
     const ioError = (syscall: string): NodeJS.ErrnoException => systemError('EIO', -5, 'i/o error', syscall);
 
-    describe('a compaction in the background whose own file fails: no failed write, the log appended to as ever, tried again later', () => {
-      /** The failures of routine compactions `store` reported (undefined: one compacted again). */
-      function watchedCompactions(store: MessageStore): (string | undefined)[] {
-        const seen: (string | undefined)[] = [];
-        store.onCompactionFailure = (err) => seen.push(err?.code);
-        return seen;
+    /** The failures of compactions `store` reported (undefined: one compacted again). */
+    function watchedCompactions(store: MessageStore): (string | undefined)[] {
+      const seen: (string | undefined)[] = [];
+      store.onCompactionFailure = (err) => seen.push(err?.code);
+      return seen;
+    }
+
+    describe('a compaction at the start whose own file fails: the store starts on the log as it is, tried again later', () => {
+      /** A log in a fresh directory of 150 messages, 'a' 1 to 150, for a window of 100; its bytes. */
+      function logOf150(t: TestContext): { dir: string; window: HistoryWindow; bytes: Buffer } {
+        const dir = tempDir(t, 'store');
+        const window = { maxMessages: 100 };
+        const first = MessageStore.open(SELF, dir, window, clock).store;
+        for (let seq = 1; seq <= 150; seq++) add(first, chat('a', seq));
+        first.close();
+        return { dir, window, bytes: readFileSync(join(dir, LOG)) };
       }
 
+      const range = (from: string, first: number, last: number): string[] =>
+        Array.from({ length: last - first + 1 }, (_, i) => `${from}-${first + i}`);
+
+      it('starts when its file has no room (ENOSPC): every message read, the failure reported once, new records appended, compacted after COMPACT_RETRY_MS', async (t) => {
+        const { dir, window, bytes } = logOf150(t);
+        symlinkSync('/dev/full', join(dir, `${LOG}.tmp`));
+        let now = T0;
+        const opened = open(t, dir, window, () => now);
+        const { store } = opened;
+        const seen = watched(store);
+        const compactions = watchedCompactions(store);
+        assert.equal(opened.repair, undefined);
+        assert.deepEqual(compactions, ['ENOSPC'], 'told when its handler is set: the start comes first');
+        assert.equal(existsSync(join(dir, `${LOG}.tmp`)), false, 'its file is removed');
+        assert.deepEqual(readFileSync(join(dir, LOG)), bytes, 'the log as it was');
+        assert.deepEqual(ids(store), range('a', 51, 150));
+        const ino = logInode(dir);
+        add(store, chat('b', 1));
+        store.flush();
+        assert.equal(logInode(dir), ino, 'not tried again before COMPACT_RETRY_MS');
+        assert.equal(compacting(store), false);
+        assert.ok(readFileSync(join(dir, LOG)).length > bytes.length, 'appended to');
+        const copy = idsOfCopy(t, dir, window);
+        assert.equal(copy.repair, undefined);
+        assert.deepEqual(copy.ids, ids(store));
+        // After the backoff, the next record starts a routine compaction (its file has room).
+        now += COMPACT_RETRY_MS;
+        add(store, chat('b', 2));
+        assert.equal(compacting(store), true, 'tried COMPACT_RETRY_MS later');
+        await turnsUntil(() => !compacting(store), 'the compaction');
+        assert.notEqual(logInode(dir), ino, 'compacted');
+        assert.deepEqual(compactions, ['ENOSPC', undefined]);
+        assert.deepEqual(seen, [], 'no write failed');
+        add(store, chat('b', 3));
+        store.close();
+        const reopened = open(t, dir, window);
+        assert.equal(reopened.repair, undefined);
+        assert.deepEqual(ids(reopened.store), [...range('a', 54, 150), 'b-1', 'b-2', 'b-3']);
+      });
+
+      it('cuts a damaged tail it dropped from the log before appending, so the next start reads the log whole', (t) => {
+        const { dir, window, bytes } = logOf150(t);
+        writeFileSync(join(dir, LOG), Buffer.concat([bytes, Buffer.from([0, 0, 0, 50, 1, 2, 3])])); // a torn record
+        symlinkSync('/dev/full', join(dir, `${LOG}.tmp`));
+        const opened = open(t, dir, window);
+        const compactions = watchedCompactions(opened.store);
+        assert.equal(opened.repair?.droppedBytes, 7);
+        assert.deepEqual(compactions, ['ENOSPC']);
+        assert.deepEqual(readFileSync(join(dir, LOG)), bytes, 'cut back to its last whole record');
+        add(opened.store, chat('b', 1));
+        opened.store.close();
+        const reopened = open(t, dir, window);
+        assert.equal(reopened.repair, undefined, 'the record appended follows a whole one');
+        assert.deepEqual(ids(reopened.store), [...range('a', 52, 150), 'b-1']);
+      });
+
+      it('keeps its own numbering above the reserved block it started from for the next start, which the log does not hold', (t) => {
+        const dir = tempDir(t, 'store');
+        const first = MessageStore.open(SELF, dir, {}, clock).store;
+        for (let i = 0; i < 3; i++) add(first, chat(SELF, first.nextSeq())); // reserves 1..1001
+        first.flush();
+        // What a kill now leaves (no close to write the last number used as the block), with a torn
+        // tail: the start numbers above the block, which its compaction would have written.
+        const killed = tempDir(t, 'store');
+        for (const name of [LOG, 'seq']) writeFileSync(join(killed, name), readFileSync(join(dir, name)));
+        first.close();
+        writeFileSync(
+          join(killed, LOG),
+          Buffer.concat([readFileSync(join(killed, LOG)), Buffer.from([0, 0])]),
+        );
+        symlinkSync('/dev/full', join(killed, `${LOG}.tmp`));
+        const opened = open(t, killed);
+        assert.ok(opened.repair !== undefined);
+        assert.equal(opened.store.ownSeq, 1_001);
+        opened.store.close();
+        const reopened = open(t, killed);
+        assert.equal(reopened.repair, undefined);
+        assert.equal(reopened.store.nextSeq(), 1_002, 'not 4: its messages 4 and on may have been sent');
+      });
+
+      it('throws a bug in writing its file rather than start on the log as it is', (t) => {
+        const { dir, window } = logOf150(t);
+        t.after(() => {
+          t.mock.restoreAll();
+          syncBuiltinESMExports();
+        });
+        t.mock.method(fs, 'writevSync', (): number => {
+          throw new TypeError('a bug');
+        });
+        syncBuiltinESMExports();
+        const descriptors = readdirSync('/proc/self/fd').length;
+        assert.throws(() => MessageStore.open(SELF, dir, window, clock), TypeError);
+        assert.equal(readdirSync('/proc/self/fd').length, descriptors, 'no descriptor left open');
+      });
+    });
+
+    describe('a compaction in the background whose own file fails: no failed write, the log appended to as ever, tried again later', () => {
       /** Ways to make the next routine compaction of the store in `dir` fail (mocks restored by the test). */
       const compactionFailures: readonly [string, string, (t: TestContext, dir: string) => void][] = [
         [
@@ -2148,14 +2255,15 @@ describe('MessageStore', () => {
       const before = readFileSync(join(dir, LOG));
       assert.ok(before.length > 16 * 1024);
       // A child under `ulimit -f 8` (8 KiB): its start rewrites the log, and writev stops at the
-      // limit with a count, not an error (Node ignores SIGXFSZ).
+      // limit with a count, not an error (Node ignores SIGXFSZ). It starts on the log as it was.
       const storeModule = fileURLToPath(new URL('../../lib/store/message-store.ts', import.meta.url));
       const script = join(dir, 'open.mts');
       writeFileSync(
         script,
         `import { MessageStore } from ${JSON.stringify(storeModule)};
-try { MessageStore.open('me', ${JSON.stringify(dir)}, {}, () => ${T0}); console.log('opened'); }
-catch (err) { console.log(err.code); }`,
+const { store } = MessageStore.open('me', ${JSON.stringify(dir)}, {}, () => ${T0});
+store.onCompactionFailure = (err) => console.log(err?.code);
+store.close();`,
       );
       const child = spawnSync(
         'bash',
