@@ -432,6 +432,11 @@ export class MessageStore {
   private compactionFailure: NodeJS.ErrnoException | undefined;
   /** No routine compaction starts before this time (ms): the backoff after one failed. */
   private compactAt = 0;
+  /**
+   * When the last one failed (ms): a clock that reads earlier went back since, and the retry is due
+   * at once, rather than once the clock has made up the step as well as the backoff.
+   */
+  private compactFailedAt = 0;
   /** The last wait before {@link compactAt}; 0 once a compaction worked (or before any failed). */
   private compactBackoffMs = 0;
   private readonly maxMessages: number;
@@ -457,7 +462,8 @@ export class MessageStore {
    * removed, the log is as it was, and records go on to it as ever, nothing kept in memory only.
    * The next one starts at the store's first use {@link COMPACT_RETRY_MS} later (a record added, or
    * a look-up that drops what aged out: marks, a resync's), then twice as long
-   * after each failure in a row, up to {@link COMPACT_RETRY_MAX_MS}: a disk without room for a
+   * after each failure in a row, up to {@link COMPACT_RETRY_MAX_MS} (at once where the clock went
+   * back before the last failure: not once it has made up the step too): a disk without room for a
    * second copy of the window would otherwise have one written and refused at every record.
    * Meanwhile the log grows past twice the window, by what comes until a compaction works. A failure
    * to write to the log itself, or to go on with the new one once it is renamed, is a failed write.
@@ -971,7 +977,7 @@ export class MessageStore {
       this.recordsInLog > 2 * this.maxMessages + 1 &&
       this.writeFailure === undefined &&
       this.compacting === undefined &&
-      (this.compactAt === 0 || this.now() >= this.compactAt)
+      this.compactionDue()
     ) {
       this.startCompaction();
     }
@@ -1560,10 +1566,18 @@ export class MessageStore {
       this.compactBackoffMs === 0
         ? COMPACT_RETRY_MS
         : Math.min(2 * this.compactBackoffMs, COMPACT_RETRY_MAX_MS);
-    this.compactAt = this.now() + this.compactBackoffMs;
+    this.compactFailedAt = this.now();
+    this.compactAt = this.compactFailedAt + this.compactBackoffMs;
     if (this.compactionFailure !== undefined) return;
     this.compactionFailure = err;
     this.onCompactionFailure?.(err);
+  }
+
+  /** Whether a routine compaction may start: none failed, or its backoff is over (or the clock went back). */
+  private compactionDue(): boolean {
+    if (this.compactAt === 0) return true;
+    const now = this.now();
+    return now >= this.compactAt || now < this.compactFailedAt;
   }
 
   /** A compaction (either kind) replaced the log: the next one starts when the log is due, and a run of failures is over. */

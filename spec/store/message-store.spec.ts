@@ -2194,6 +2194,37 @@ describe('MessageStore', () => {
         assert.deepEqual(ids(reopened.store), ids(store));
       });
 
+      it('tries a compaction whose file failed again at once when the clock went back since, rather than after the step and the backoff', async (t) => {
+        let now = T0;
+        const maxMessages = 100;
+        const { store, ino, dir } = fullLog(t, maxMessages, () => now);
+        const compactions = watchedCompactions(store);
+        t.after(() => {
+          t.mock.restoreAll();
+          syncBuiltinESMExports();
+        });
+        const real = fs.openSync;
+        t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+          if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
+          return real(file, flags, mode);
+        });
+        syncBuiltinESMExports();
+        add(store, chat('a', 2 * maxMessages + 1)); // starts one, whose open fails at once
+        assert.deepEqual(compactions, ['EMFILE']);
+        t.mock.restoreAll();
+        syncBuiltinESMExports();
+        now += COMPACT_RETRY_MS - 1;
+        add(store, chat('b', 1));
+        assert.equal(compacting(store), false, 'within the backoff: not tried');
+        // The clock steps back an hour: before the failure, so the wait is over.
+        now = T0 - 3_600_000;
+        add(store, chat('b', 2));
+        assert.equal(compacting(store), true, 'tried at once');
+        await turnsUntil(() => !compacting(store), 'the compaction');
+        assert.notEqual(logInode(dir), ino, 'compacted');
+        assert.deepEqual(compactions, ['EMFILE', undefined]);
+      });
+
       it('throws a bug in opening the file of a compaction in the background rather than report it as a failed compaction', (t) => {
         const maxMessages = 100;
         const { dir, store } = fullLog(t, maxMessages);
