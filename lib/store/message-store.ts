@@ -428,7 +428,10 @@ export class MessageStore {
   /** The error that made writes fail, until one works again (see {@link onWriteFailure}). */
   private writeFailure: NodeJS.ErrnoException | undefined;
   private retryAt = 0;
-  /** The error of the first of the routine compactions failing in a row (see {@link onCompactionFailure}). */
+  /**
+   * The error of the compactions failing in a row, the first of those with its code (see
+   * {@link onCompactionFailure}).
+   */
   private compactionFailure: NodeJS.ErrnoException | undefined;
   /** No routine compaction starts before this time (ms): the backoff after one failed. */
   private compactAt = 0;
@@ -457,7 +460,8 @@ export class MessageStore {
   /**
    * Told when a routine compaction in the background fails on its own file, {@link NEXT_LOG_FILE}
    * (a full disk, an I/O error, no descriptor left to open it, a rename that fails), while the log
-   * itself takes records: with that error, once for failures in a row, and with `undefined` once a
+   * itself takes records: with that error, once for failures in a row (again when one fails with
+   * another error code: EMFILE, then ENOSPC), and with `undefined` once a
    * compaction works again. That is no failed write (see {@link onWriteFailure}): the file is
    * removed, the log is as it was, and records go on to it as ever, nothing kept in memory only.
    * The next one starts at the store's first use {@link COMPACT_RETRY_MS} later (a record added, or
@@ -1568,7 +1572,8 @@ export class MessageStore {
         : Math.min(2 * this.compactBackoffMs, COMPACT_RETRY_MAX_MS);
     this.compactFailedAt = this.now();
     this.compactAt = this.compactFailedAt + this.compactBackoffMs;
-    if (this.compactionFailure !== undefined) return;
+    // Told once a streak, and again when its error changes: what the disk lacks now is what to fix.
+    if (this.compactionFailure?.code === err.code) return;
     this.compactionFailure = err;
     this.onCompactionFailure?.(err);
   }

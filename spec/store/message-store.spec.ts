@@ -2225,6 +2225,50 @@ describe('MessageStore', () => {
         assert.deepEqual(compactions, ['EMFILE', undefined]);
       });
 
+      it('reports a streak again when its error changes (EMFILE, then ENOSPC), not at each failure, and keeps doubling its wait', async (t) => {
+        let now = T0;
+        const maxMessages = 100;
+        const { store, dir } = fullLog(t, maxMessages, () => now);
+        const seen = watched(store);
+        const compactions = watchedCompactions(store);
+        t.after(() => {
+          t.mock.restoreAll();
+          syncBuiltinESMExports();
+        });
+        const real = fs.openSync;
+        t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+          if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
+          return real(file, flags, mode);
+        });
+        syncBuiltinESMExports();
+        let seq = 0;
+        /** Waits `wait` ms less one (not tried), then one more, and adds a record, which tries it. */
+        const tryAfter = async (wait: number): Promise<void> => {
+          now += wait - 1;
+          add(store, chat('b', ++seq));
+          assert.equal(compacting(store), false, `not tried ${wait - 1} ms after the last failure`);
+          now += 1;
+          add(store, chat('b', ++seq));
+          await turnsUntil(() => !compacting(store), 'the try');
+        };
+        add(store, chat('a', 2 * maxMessages + 1)); // starts the first, whose open fails at once
+        await tryAfter(COMPACT_RETRY_MS);
+        assert.deepEqual(compactions, ['EMFILE'], 'the same error again: not reported');
+        t.mock.restoreAll();
+        syncBuiltinESMExports();
+        // Its file on a full disk now (the link is removed with the file after each failure).
+        symlinkSync('/dev/full', join(dir, NEXT));
+        await tryAfter(2 * COMPACT_RETRY_MS);
+        assert.deepEqual(compactions, ['EMFILE', 'ENOSPC'], 'another error: reported');
+        symlinkSync('/dev/full', join(dir, NEXT));
+        await tryAfter(4 * COMPACT_RETRY_MS);
+        assert.deepEqual(compactions, ['EMFILE', 'ENOSPC']);
+        await tryAfter(8 * COMPACT_RETRY_MS); // room again
+        assert.deepEqual(compactions, ['EMFILE', 'ENOSPC', undefined]);
+        assert.deepEqual(seen, [], 'no write failed');
+        assert.deepEqual(idsOfCopy(t, dir, { maxMessages }).ids, ids(store));
+      });
+
       it('throws a bug in opening the file of a compaction in the background rather than report it as a failed compaction', (t) => {
         const maxMessages = 100;
         const { dir, store } = fullLog(t, maxMessages);
