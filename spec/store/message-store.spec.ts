@@ -1900,6 +1900,20 @@ describe('MessageStore', () => {
     /** An I/O error of `syscall`. */
     const ioError = (syscall: string): NodeJS.ErrnoException => systemError('EIO', -5, 'i/o error', syscall);
 
+    /** Makes opening the compaction file of the store in `dir` fail with EMFILE, until the mocks are restored (after the test at the latest). */
+    function failOpenOfNext(t: TestContext, dir: string): void {
+      t.after(() => {
+        t.mock.restoreAll();
+        syncBuiltinESMExports();
+      });
+      const real = fs.openSync;
+      t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
+        if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
+        return real(file, flags, mode);
+      });
+      syncBuiltinESMExports();
+    }
+
     /** The failures of compactions `store` reported (undefined: one compacted again). */
     function watchedCompactions(store: MessageStore): (string | undefined)[] {
       const seen: (string | undefined)[] = [];
@@ -2017,17 +2031,7 @@ describe('MessageStore', () => {
     describe('a compaction in the background whose own file fails: no failed write, the log appended to as ever, tried again later', () => {
       /** Ways to make the next routine compaction of the store in `dir` fail (mocks restored by the test). */
       const compactionFailures: readonly [string, string, (t: TestContext, dir: string) => void][] = [
-        [
-          'its file not opened, no descriptor left',
-          'EMFILE',
-          (t, dir) => {
-            const real = fs.openSync;
-            t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
-              if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
-              return real(file, flags, mode);
-            });
-          },
-        ],
+        ['its file not opened, no descriptor left', 'EMFILE', failOpenOfNext],
         [
           'its file on a full disk',
           'ENOSPC',
@@ -2199,16 +2203,7 @@ describe('MessageStore', () => {
         const maxMessages = 100;
         const { store, ino, dir } = fullLog(t, maxMessages, () => now);
         const compactions = watchedCompactions(store);
-        t.after(() => {
-          t.mock.restoreAll();
-          syncBuiltinESMExports();
-        });
-        const real = fs.openSync;
-        t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
-          if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
-          return real(file, flags, mode);
-        });
-        syncBuiltinESMExports();
+        failOpenOfNext(t, dir);
         add(store, chat('a', 2 * maxMessages + 1)); // starts one, whose open fails at once
         assert.deepEqual(compactions, ['EMFILE']);
         t.mock.restoreAll();
@@ -2231,16 +2226,7 @@ describe('MessageStore', () => {
         const { store, dir } = fullLog(t, maxMessages, () => now);
         const seen = watched(store);
         const compactions = watchedCompactions(store);
-        t.after(() => {
-          t.mock.restoreAll();
-          syncBuiltinESMExports();
-        });
-        const real = fs.openSync;
-        t.mock.method(fs, 'openSync', (file: string, flags: string, mode?: number): number => {
-          if (file === join(dir, NEXT)) throw systemError('EMFILE', -24, 'too many open files', 'open');
-          return real(file, flags, mode);
-        });
-        syncBuiltinESMExports();
+        failOpenOfNext(t, dir);
         let seq = 0;
         /** Waits `wait` ms less one (not tried), then one more, and adds a record, which tries it. */
         const tryAfter = async (wait: number): Promise<void> => {
