@@ -928,10 +928,12 @@ class ChatNode implements P2PNode {
   /**
    * Checks that each text's frame fits `maxFrameBytes` as {@link sendAll} will sign it (in batches of
    * {@link SIGN_BATCH}, each message with the proof of its batch: a hash per level of its tree at
-   * most). A frame over it could not be written to any peer; with the default limit every text fits.
+   * most). A frame over it could not be written to any peer; with the default limit every text fits,
+   * and nothing is counted (this runs for every message sent).
    * @throws {RangeError} naming the first text that does not fit.
    */
   private checkFrameSizes(texts: readonly string[]): void {
+    if (this.maxFrameBytes >= LONGEST_CHAT_FRAME) return;
     const nick = Buffer.byteLength(this.nick, 'utf8');
     for (let start = 0; start < texts.length; start += SIGN_BATCH) {
       const batch = Math.min(SIGN_BATCH, texts.length - start);
@@ -2415,6 +2417,17 @@ let idOffset = 0;
 const ID_BYTES = 12;
 /** Characters of a message id: {@link ID_BYTES} in base64url. */
 const MESSAGE_ID_LENGTH = Math.ceil((ID_BYTES * 4) / 3);
+/**
+ * Bytes of the longest chat frame a node signs: the longest nick and text at 3 bytes of UTF-8 per
+ * UTF-16 unit, the longest wire id, a proof path for a batch of {@link SIGN_BATCH}.
+ */
+const LONGEST_CHAT_FRAME = binaryChatBytes(
+  MESSAGE_ID_LENGTH,
+  3 * MAX_NICK_LENGTH,
+  3 * MAX_TEXT_LENGTH,
+  64,
+  PATH_HASH_BYTES * Math.ceil(Math.log2(SIGN_BATCH)),
+);
 /** Bytes of a peer list without entries. */
 const EMPTY_PEER_LIST_BYTES = Buffer.byteLength(JSON.stringify({ type: 'peers', peers: [] }), 'utf8');
 
