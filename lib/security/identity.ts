@@ -82,7 +82,7 @@ const SEED_BYTES = 32;
 const require = createRequire(import.meta.url);
 /**
  * node:crypto, loaded on first use: only a program's own KeyObjects and unusual key files need it
- * (loading it costs a node ~1.5 MB: README, Performance).
+ * (loading it costs a node ~0.7-1.5 MB: README, Performance).
  */
 function nodeCrypto(): typeof import('node:crypto') {
   return require('node:crypto') as typeof import('node:crypto');
@@ -103,7 +103,7 @@ function identityFromSeed(seed: Uint8Array, wipe = false): Identity {
     publicKey,
     get privateKey(): KeyObject {
       keyObject ??= nodeCrypto().createPrivateKey({
-        key: Buffer.concat([ED25519_PKCS8_PREFIX, secretKey.subarray(0, SEED_BYTES)]),
+        key: pkcs8OfSeed(secretKey.subarray(0, SEED_BYTES)),
         format: 'der',
         type: 'pkcs8',
       });
@@ -127,9 +127,14 @@ function seedOfPkcs8(der: Uint8Array): Buffer | undefined {
   return seed;
 }
 
+/** The PKCS#8 DER of an Ed25519 seed (see {@link ED25519_PKCS8_PREFIX}). */
+function pkcs8OfSeed(seed: Uint8Array): Buffer {
+  return Buffer.concat([ED25519_PKCS8_PREFIX, seed]);
+}
+
 /** The PKCS#8 PEM of an Ed25519 seed: what `openssl genpkey -algorithm ed25519` writes. */
 function pemOfSeed(seed: Uint8Array): string {
-  const der = Buffer.concat([ED25519_PKCS8_PREFIX, seed]).toString('base64');
+  const der = pkcs8OfSeed(seed).toString('base64');
   return `-----BEGIN PRIVATE KEY-----\n${der}\n-----END PRIVATE KEY-----\n`;
 }
 
