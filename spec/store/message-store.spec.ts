@@ -103,6 +103,19 @@ function open(
   return opened;
 }
 
+/** Reopens the store of `dir` (closed by now): nothing to repair, and it holds `want`. */
+function reopensWhole(
+  t: TestContext,
+  dir: string,
+  window: HistoryWindow,
+  want: readonly string[],
+  message?: string,
+): void {
+  const reopened = open(t, dir, window);
+  assert.equal(reopened.repair, undefined, message);
+  assert.deepEqual(ids(reopened.store), want);
+}
+
 /** The inode of the log in `dir`: a compaction renames another file over the log. */
 const logInode = (dir: string): number => statSync(join(dir, LOG)).ino;
 
@@ -1448,9 +1461,7 @@ describe('MessageStore', () => {
       await Promise.resolve();
       assert.deepEqual(idsOfCopy(t, dir, window).ids, ids(store));
       store.close();
-      const reopened = open(t, dir, window);
-      assert.equal(reopened.repair, undefined);
-      assert.deepEqual(ids(reopened.store), ids(store));
+      reopensWhole(t, dir, window, ids(store));
     });
 
     it('is given up when more than the window came while its sync hangs: what it kept of that is let go, the log has all', async (t) => {
@@ -1492,9 +1503,7 @@ describe('MessageStore', () => {
       add(store, chat('c', 1));
       await turnsUntil(() => !compacting(store) && logInode(dir) !== ino, 'a compaction that completes');
       store.close();
-      const reopened = open(t, dir, window);
-      assert.equal(reopened.repair, undefined);
-      assert.deepEqual(ids(reopened.store), ids(store));
+      reopensWhole(t, dir, window, ids(store));
     });
 
     it('is given up at close: the log keeps every record, and neither its file nor its descriptor is left', async (t) => {
@@ -1524,9 +1533,7 @@ describe('MessageStore', () => {
         descriptors - 1,
         "the log's and its file's descriptors closed",
       );
-      const reopened = open(t, dir, window);
-      assert.equal(reopened.repair, undefined);
-      assert.deepEqual(ids(reopened.store), held);
+      reopensWhole(t, dir, window, held);
     });
 
     it('syncs its file before the rename over the log, with what came meanwhile (the last of it on the event loop), and the directory after it', async (t) => {
@@ -1967,9 +1974,7 @@ describe('MessageStore', () => {
         assert.deepEqual(seen, [], 'no write failed');
         add(store, chat('b', 3));
         store.close();
-        const reopened = open(t, dir, window);
-        assert.equal(reopened.repair, undefined);
-        assert.deepEqual(ids(reopened.store), [...range('a', 54, 150), 'b-1', 'b-2', 'b-3']);
+        reopensWhole(t, dir, window, [...range('a', 54, 150), 'b-1', 'b-2', 'b-3']);
       });
 
       it('cuts a damaged tail it dropped from the log before appending, so the next start reads the log whole', (t) => {
@@ -1983,9 +1988,13 @@ describe('MessageStore', () => {
         assert.deepEqual(readFileSync(join(dir, LOG)), bytes, 'cut back to its last whole record');
         add(opened.store, chat('b', 1));
         opened.store.close();
-        const reopened = open(t, dir, window);
-        assert.equal(reopened.repair, undefined, 'the record appended follows a whole one');
-        assert.deepEqual(ids(reopened.store), [...range('a', 52, 150), 'b-1']);
+        reopensWhole(
+          t,
+          dir,
+          window,
+          [...range('a', 52, 150), 'b-1'],
+          'the record appended follows a whole one',
+        );
       });
 
       it('keeps its own numbering above the reserved block it started from for the next start, which the log does not hold', (t) => {
@@ -2110,9 +2119,7 @@ describe('MessageStore', () => {
           assert.deepEqual(idsOfCopy(t, dir, window).ids, ids(store));
           assert.deepEqual(seen, []);
           store.close();
-          const reopened = open(t, dir, window);
-          assert.equal(reopened.repair, undefined);
-          assert.deepEqual(ids(reopened.store), ids(store));
+          reopensWhole(t, dir, window, ids(store));
         });
       }
 
@@ -2193,9 +2200,7 @@ describe('MessageStore', () => {
         assert.deepEqual(compactions, ['EIO', undefined, 'EIO']);
         assert.deepEqual(seen, []);
         store.close();
-        const reopened = open(t, dir, window);
-        assert.equal(reopened.repair, undefined);
-        assert.deepEqual(ids(reopened.store), ids(store));
+        reopensWhole(t, dir, window, ids(store));
       });
 
       it('tries a compaction whose file failed again at once when the clock went back since, rather than after the step and the backoff', async (t) => {
