@@ -40,9 +40,9 @@ export const HISTORY_DEFAULTS = { maxMessages: 10_000, maxAgeMs: 7 * 24 * 3600_0
 /**
  * The most messages a node keeps (`createNode`'s `history.maxMessages`, `--history`): 1,000,000,
  * 100 times the default. Every message held is in memory (its payload and what is shown of it, about
- * 1 KB), and the log holds up to twice the window before it is compacted, all of it read at start:
- * a larger window is more memory and a slower start than a chat's history is worth. The store itself
- * takes any positive count.
+ * 1 KB), and the log holds about twice the window before it is compacted (more while compactions
+ * fail), all of it read at start: a larger window is more memory and a slower start than a chat's
+ * history is worth. The store itself takes any positive count.
  */
 export const MAX_HISTORY_MESSAGES = 1_000_000;
 
@@ -132,8 +132,9 @@ const CATCH_UP_ROUNDS = 4;
  * A routine compaction is given up once more records came while it ran than the window it writes,
  * and the copies it keeps of them pass this many bytes: a disk whose syncs hang (the slow disk the
  * background compaction is for) would otherwise have it keep every record of a burst in memory.
- * The log holds them all; the next record written starts another compaction. The bytes are for small
- * windows, which a burst outgrows while a quick compaction runs.
+ * The log holds them all; the first record written once its operation in flight has returned starts
+ * another compaction. The bytes are for small windows, which a burst outgrows while a quick
+ * compaction runs.
  */
 const MAX_TAIL_BYTES_FLOOR = 4 * 1024 * 1024;
 const SEQ_FILE = 'seq';
@@ -433,14 +434,13 @@ export class MessageStore {
    * {@link onCompactionFailure}).
    */
   private compactionFailure: NodeJS.ErrnoException | undefined;
-  /** No routine compaction starts before this time (ms): the backoff after one failed. */
-  private compactAt = 0;
   /**
-   * When the last one failed (ms): a clock that reads earlier went back since, and the retry is due
-   * at once, rather than once the clock has made up the step as well as the backoff.
+   * When the last one failed (ms): no routine compaction starts before {@link compactBackoffMs}
+   * later. A clock that reads earlier went back since, and the retry is due at once, rather than
+   * once the clock has made up the step as well as the backoff.
    */
   private compactFailedAt = 0;
-  /** The last wait before {@link compactAt}; 0 once a compaction worked (or before any failed). */
+  /** The wait after the last failure; 0 once a compaction worked (or before any failed). */
   private compactBackoffMs = 0;
   private readonly maxMessages: number;
   private readonly maxAgeMs: number;
@@ -978,7 +978,7 @@ export class MessageStore {
     // its backoff (see onCompactionFailure).
     if (
       this.fd !== undefined &&
-      this.recordsInLog > 2 * this.maxMessages + 1 &&
+      this.recordsInLog > this.compactionThreshold() &&
       this.writeFailure === undefined &&
       this.compacting === undefined &&
       this.compactionDue()
@@ -1038,7 +1038,7 @@ export class MessageStore {
 
   /**
    * Reads the log, {@link LOAD_CHUNK} bytes at a time; stops at the first torn or damaged record (the
-   * start's compaction then rewrites the file without it).
+   * start's compaction then rewrites the file without it, or, failing, the file is cut there).
    */
   private load(path: string): StoreRepair | undefined {
     const fd = openIfExists(path);
@@ -1321,15 +1321,19 @@ export class MessageStore {
   }
 
   /**
-   * {@link compact}, whose failure is noted as a failed write. While writes fail, its success ends
-   * that once the `seq` file is written too.
+   * While writes fail (its only use): rewrites the log as its meta record(s) plus the window,
+   * atomically, on the event loop ({@link replaceLog}, {@link useCompacted}): a rewrite is what tells
+   * that writing works again, and its success ends the failure once the `seq` file is written too.
+   * A failure is noted as a failed write. The start's compaction is {@link open}'s; the routine one
+   * runs in the background ({@link startCompaction}).
    */
   private compactOrFail(): void {
+    const dir = this.dir;
+    if (dir === undefined) return; // no writes, so none failed
     try {
-      this.compact();
-      if (this.writeFailure === undefined || this.dir === undefined) return;
-      this.writeReserved(this.dir);
-      rmSync(join(this.dir, UNSAVED_FILE), { force: true });
+      this.useCompacted(dir, this.replaceLog(dir));
+      this.writeReserved(dir);
+      rmSync(join(dir, UNSAVED_FILE), { force: true });
     } catch (err) {
       this.failed(err);
       return;
@@ -1339,18 +1343,8 @@ export class MessageStore {
   }
 
   /**
-   * Rewrites the log as its meta record(s) plus the window, atomically: a temporary file, synced to
-   * disk, renamed over the log, and the directory synced. On the event loop, all of it: for the
-   * start, and the retries while writes fail (a rewrite is what tells that writing works again);
-   * the routine compaction runs in the background ({@link startCompaction}).
-   */
-  private compact(): void {
-    if (this.dir === undefined) return;
-    this.useCompacted(this.dir, this.replaceLog(this.dir));
-  }
-
-  /**
-   * The part of {@link compact} that writes: its file written, synced and renamed over the log.
+   * A rewrite of the log as its meta record(s) plus the window: a temporary file, synced to disk,
+   * renamed over the log, and the directory synced (see {@link renameOver}).
    * Returns the records written. A failure leaves the log on disk as it was, its file removed.
    */
   private replaceLog(dir: string): number {
@@ -1369,7 +1363,7 @@ export class MessageStore {
     return this.size + metas.length;
   }
 
-  /** The rest of {@link compact}: the log just renamed over (`records` in it) appended to from now on. */
+  /** The rest of a rewrite ({@link replaceLog}): the log just renamed over (`records` in it) appended to from now on. */
   private useCompacted(dir: string, records: number): void {
     this.clearTurn(); // the window just written holds them
     this.useNewLog(join(dir, LOG_FILE), records);
@@ -1410,7 +1404,7 @@ export class MessageStore {
       throw err;
     }
     this.fd = fd;
-    this.recordsInLog = 2 * this.maxMessages + 2; // due: the start's compaction is what failed
+    this.recordsInLog = this.compactionThreshold() + 1; // due: the start's compaction is what failed
     this.compactionFileFailed(err);
   }
 
@@ -1431,7 +1425,7 @@ export class MessageStore {
   }
 
   /**
-   * The routine compaction, once the log holds more than twice the window: what {@link compact}
+   * The routine compaction, once the log holds more than twice the window: what {@link replaceLog}
    * writes, written off the event loop, so a large window (`--history`, up to 1 GB) on a slow disk
    * does not hold up every peer for seconds. The window as it is now, which is what the log holds
    * up to here (the turn's records are written first), goes to {@link NEXT_LOG_FILE} through libuv's
@@ -1439,7 +1433,7 @@ export class MessageStore {
    * message is passed on once its record is there), and a copy of each write is kept; they are
    * appended to the file in turn (see {@link CATCH_UP_ROUNDS}), and the file replaces the log in one
    * synchronous step with the last of them ({@link finishCompaction}), so no record reaches the old
-   * log after the last copy was taken. As with {@link compact}, a crash at any point leaves the old
+   * log after the last copy was taken. As with {@link replaceLog}, a crash at any point leaves the old
    * log, or the new one whole: the file is on disk before it is renamed. A failure of its own file
    * leaves the log as it was and taking records: it is removed, and the next compaction waits (see
    * {@link onCompactionFailure}). A failed write to the log, or {@link close}, gives it up
@@ -1521,7 +1515,7 @@ export class MessageStore {
    * Nothing is written to the log in between, so the new log holds every record the old one did.
    */
   private finishCompaction(compaction: Compaction): void {
-    if (this.compacting === compaction) this.compacting = undefined;
+    this.compacting = undefined; // it, cancelled or not: only one is in flight (see cancelCompaction)
     if (compaction.cancelled) {
       closeQuietly(compaction.fd); // its file is gone already (cancelCompaction)
       return;
@@ -1549,7 +1543,7 @@ export class MessageStore {
    * and the failure noted as one of its own file ({@link compactionFileFailed}).
    */
   private compactionFailed(compaction: Compaction, err: unknown): void {
-    if (this.compacting === compaction) this.compacting = undefined;
+    this.compacting = undefined; // it, cancelled or not (see finishCompaction)
     closeQuietly(compaction.fd); // nothing is in flight on it: what failed has returned
     if (compaction.cancelled) {
       if (!isSystemError(err)) throw err;
@@ -1571,24 +1565,27 @@ export class MessageStore {
         ? COMPACT_RETRY_MS
         : Math.min(2 * this.compactBackoffMs, COMPACT_RETRY_MAX_MS);
     this.compactFailedAt = this.now();
-    this.compactAt = this.compactFailedAt + this.compactBackoffMs;
     // Told once a streak, and again when its error changes: what the disk lacks now is what to fix.
     if (this.compactionFailure?.code === err.code) return;
     this.compactionFailure = err;
     this.onCompactionFailure?.(err);
   }
 
+  /** Records in the log past which a routine compaction starts: about twice the window. */
+  private compactionThreshold(): number {
+    return 2 * this.maxMessages + 1;
+  }
+
   /** Whether a routine compaction may start: none failed, or its backoff is over (or the clock went back). */
   private compactionDue(): boolean {
-    if (this.compactAt === 0) return true;
+    if (this.compactBackoffMs === 0) return true;
     const now = this.now();
-    return now >= this.compactAt || now < this.compactFailedAt;
+    return now >= this.compactFailedAt + this.compactBackoffMs || now < this.compactFailedAt;
   }
 
   /** A compaction (either kind) replaced the log: the next one starts when the log is due, and a run of failures is over. */
   private compacted(): void {
     this.compactBackoffMs = 0;
-    this.compactAt = 0;
     if (this.compactionFailure === undefined) return;
     this.compactionFailure = undefined;
     this.onCompactionFailure?.(undefined);
